@@ -1,0 +1,513 @@
+"""
+The TOML configuration file turned into typed, validated settings.
+
+Every problem is reported as one L{ConfigError} whose text names the key and
+what is wrong with it, so that C{twistd secmail} and C{secmail check-config}
+can print one clear line and stop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_DATA_DIR = "secmail-data"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where mail goes: direct to the Internet by MX lookup, or to one SMTP host."""
+
+    mx: bool
+    host: str = ""
+    port: int = 25
+
+    def __str__(self) -> str:
+        return "mx" if self.mx else f"smtp://{self.host}:{self.port}"
+
+
+MX = Route(mx=True)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    hostname: str
+    data_dir: str
+    bounce_address: str
+    notification_from: str
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    listen: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
+    accepted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_message_size: int = 10_240_000
+    max_header_size: int = 102_400
+    max_recipients: int = 1000
+    max_line_length: int = 2048
+    max_hops: int = 50
+    idle_timeout: int = 300
+    max_connections_per_client: int = 50
+    soft_error_limit: int = 10
+    hard_error_limit: int = 20
+    tls_certificate: str = ""
+    tls_key: str = ""
+    starttls: bool = True
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    outgoing: Route = MX
+    incoming: Route | None = None
+    incoming_domains: tuple[str, ...] = ()
+    domains: Mapping[str, Route] = field(default_factory=dict)
+
+    def is_incoming(self, domain: str) -> bool:
+        domain = domain.lower()
+        return domain in self.incoming_domains or domain in self.domains
+
+    def for_domain(self, domain: str) -> Route:
+        """The route for mail to C{domain}: its own route, the incoming route or the outgoing one."""
+        domain = domain.lower()
+        if domain in self.domains:
+            return self.domains[domain]
+        if domain in self.incoming_domains and self.incoming is not None:
+            return self.incoming
+        return self.outgoing
+
+
+@dataclass(frozen=True)
+class SecureSettings:
+    mode: str = "marked"
+    extension: str = ".s"
+    default_country_code: str = "358"
+    retention_days: int = 30
+    subject_keyword: str = "[secure]"
+    notification_shows_subject: bool = False
+
+
+@dataclass(frozen=True)
+class PortalSettings:
+    listen: tuple[str, ...] = ("ssl:8443:interface=127.0.0.1",)
+    url: str = "https://localhost:8443"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    database: str
+    master_key_file: str
+    master_key_generated: bool
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    retry_initial: int = 300
+    retry_max: int = 4000
+    lifetime: int = 5 * 24 * 3600
+    poll_interval: float = 5.0
+    concurrency: int = 20
+    connect_timeout: int = 30
+
+
+@dataclass(frozen=True)
+class Settings:
+    gateway: GatewaySettings
+    smtp: SmtpSettings
+    routes: RouteSettings
+    secure: SecureSettings
+    portal: PortalSettings
+    store: StoreSettings
+    queue: QueueSettings
+
+    @property
+    def tls_generated(self) -> bool:
+        """Whether the certificate is the self-signed one kept in the data directory."""
+        return not self.smtp.tls_certificate
+
+    @property
+    def tls_certificate(self) -> str:
+        return self.smtp.tls_certificate or os.path.join(self.gateway.data_dir, "tls", "cert.pem")
+
+    @property
+    def tls_key(self) -> str:
+        return self.smtp.tls_key or os.path.join(self.gateway.data_dir, "tls", "key.pem")
+
+
+# --- value checkers: each returns the converted value or raises ValueError ----------------
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {_kind(value)}")
+    return value
+
+
+def _nonempty(value: Any) -> str:
+    text = _str(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {_kind(value)}")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a whole number, not {_kind(value)}")
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, not {_kind(value)}")
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+    return float(value)
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of strings, not {_kind(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f"item {i + 1} must be a string, not {_kind(item)}")
+    return tuple(value)
+
+
+def _endpoints(value: Any) -> tuple[str, ...]:
+    items = _str_list(value)
+    for item in items:
+        check_endpoint(item)
+    return items
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for item in _str_list(value):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network in CIDR form such as 127.0.0.0/8") from None
+    return tuple(nets)
+
+
+def _domain(value: Any) -> str:
+    text = _nonempty(value).strip().lower().rstrip(".")
+    labels = text.split(".")
+    if not all(labels) or any(not _label_ok(label) for label in labels):
+        raise ValueError(f"{value!r} is not a domain name")
+    return text
+
+
+def _label_ok(label: str) -> bool:
+    return len(label) <= 63 and all(c.isalnum() or c == "-" for c in label)
+
+
+def _domains(value: Any) -> tuple[str, ...]:
+    return tuple(_domain(item) for item in _str_list(value))
+
+
+def _mailbox(value: Any) -> str:
+    text = _nonempty(value).strip()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or any(c in text for c in " <>\r\n\t,"):
+        raise ValueError(f"{value!r} is not an e-mail address such as secmail@example.com")
+    _domain(domain)
+    return text
+
+
+def parse_route(value: Any) -> Route:
+    """C{"mx"} or C{"smtp://host:port"}."""
+    text = _nonempty(value).strip()
+    if text.lower() == "mx":
+        return MX
+    parts = urlsplit(text)
+    if parts.scheme != "smtp" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f'{text!r} must be "mx" or "smtp://host:port"')
+    if parts.username or parts.password or parts.query:
+        raise ValueError(f"{text!r} must be plain smtp://host:port, without user, password or query")
+    try:
+        port = parts.port or 25
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    return Route(mx=False, host=parts.hostname, port=port)
+
+
+def _route_map(value: Any) -> dict[str, Route]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a table of domain = route, not {_kind(value)}")
+    routes = {}
+    for domain, route in value.items():
+        try:
+            routes[_domain(domain)] = parse_route(route)
+        except ValueError as e:
+            raise ValueError(f"domain {domain!r}: {e}") from None
+    return routes
+
+
+def _mode(value: Any) -> str:
+    text = _str(value)
+    if text not in ("marked", "all"):
+        raise ValueError(f'must be "marked" or "all", got {text!r}')
+    return text
+
+
+def _extension(value: Any) -> str:
+    text = _nonempty(value).strip().lower()
+    if not text.startswith("."):
+        text = "." + text
+    if not _label_ok(text[1:]) or not text[1:] or text[1:].isdigit():
+        raise ValueError(f"{value!r} must be a domain label such as .s")
+    return text
+
+
+def _country_code(value: Any) -> str:
+    text = _str(value).strip().lstrip("+")
+    if not (text.isdigit() and 1 <= len(text) <= 3):
+        raise ValueError(f"{value!r} must be a country calling code such as 358")
+    return text
+
+
+def _url(value: Any) -> str:
+    text = _nonempty(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{text!r} must be a URL such as https://secmail.example.com")
+    return text
+
+
+def _database(value: Any) -> str:
+    text = _nonempty(value).strip()
+    if not (text.startswith("sqlite:") or text.startswith(("postgresql://", "postgres://"))):
+        raise ValueError(f'{text!r} must be "sqlite:PATH" or "postgresql://..."')
+    if text.startswith("sqlite:") and not text[len("sqlite:") :]:
+        raise ValueError("sqlite: needs a file path, such as sqlite:/var/lib/secmail/secmail.sqlite")
+    return text
+
+
+def _kind(value: Any) -> str:
+    return {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def check_endpoint(description: str) -> None:
+    """Raise ValueError unless C{description} is a server endpoint Twisted can listen on."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    if description.startswith("ssl:") and "privateKey=" not in description:
+        # Our own certificate is filled in at start-up; check the rest of the string.
+        description = "tcp:" + description[4:]
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:
+        raise ValueError(f"{description!r} is not a valid endpoint: {e}") from None
+
+
+# --- the schema ---------------------------------------------------------------------------
+
+Checker = Callable[[Any], Any]
+
+SCHEMA: dict[str, dict[str, Checker]] = {
+    "gateway": {
+        "hostname": _domain,
+        "data_dir": _nonempty,
+        "bounce_address": _mailbox,
+        "notification_from": _mailbox,
+    },
+    "smtp": {
+        "listen": _endpoints,
+        "accepted_networks": _networks,
+        "max_message_size": _positive_int,
+        "max_header_size": _positive_int,
+        "max_recipients": _positive_int,
+        "max_line_length": _positive_int,
+        "max_hops": _positive_int,
+        "idle_timeout": _positive_int,
+        "max_connections_per_client": _positive_int,
+        "soft_error_limit": _positive_int,
+        "hard_error_limit": _positive_int,
+        "tls_certificate": _str,
+        "tls_key": _str,
+        "starttls": _bool,
+    },
+    "routes": {
+        "outgoing": parse_route,
+        "incoming": parse_route,
+        "incoming_domains": _domains,
+        "domains": _route_map,
+    },
+    "secure": {
+        "mode": _mode,
+        "extension": _extension,
+        "default_country_code": _country_code,
+        "retention_days": _positive_int,
+        "subject_keyword": _str,
+        "notification_shows_subject": _bool,
+    },
+    "portal": {"listen": _endpoints, "url": _url},
+    "store": {"database": _database, "master_key_file": _nonempty},
+    "queue": {
+        "retry_initial": _positive_int,
+        "retry_max": _positive_int,
+        "lifetime": _positive_int,
+        "poll_interval": _positive_number,
+        "concurrency": _positive_int,
+        "connect_timeout": _positive_int,
+    },
+}
+
+
+def load(path: str | None) -> Settings:
+    """Read and check the configuration file at C{path}, or the embedded defaults when None."""
+    if path is None:
+        raw: dict[str, Any] = {}
+    else:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except PermissionError:
+            raise ConfigError(f"{path}: permission denied reading the configuration file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_mapping(raw)
+
+
+def from_mapping(raw: Mapping[str, Any]) -> Settings:
+    """Check a parsed TOML document and build the settings from it and the defaults."""
+    values: dict[str, dict[str, Any]] = {}
+    for section, content in raw.items():
+        if section not in SCHEMA:
+            known = ", ".join(f"[{s}]" for s in SCHEMA)
+            raise ConfigError(f"[{section}]: unknown section (known sections: {known})")
+        if not isinstance(content, dict):
+            raise ConfigError(f"{section}: must be a table ([{section}]), not {_kind(content)}")
+        checked = values.setdefault(section, {})
+        for key, value in content.items():
+            checker = SCHEMA[section].get(key)
+            if checker is None:
+                known = ", ".join(SCHEMA[section])
+                raise ConfigError(f"{section}.{key}: unknown key (known in [{section}]: {known})")
+            try:
+                checked[key] = checker(value)
+            except ValueError as e:
+                raise ConfigError(f"{section}.{key}: {e}") from None
+    return _build(values)
+
+
+def _build(values: dict[str, dict[str, Any]]) -> Settings:
+    g = values.get("gateway", {})
+    hostname = g.get("hostname") or _default_hostname()
+    data_dir = os.path.abspath(g.get("data_dir", DEFAULT_DATA_DIR))
+    gateway = GatewaySettings(
+        hostname=hostname,
+        data_dir=data_dir,
+        bounce_address=g.get("bounce_address", f"secmail-bounces@{hostname}"),
+        notification_from=g.get("notification_from", f"secmail@{hostname}"),
+    )
+    smtp = replace(SmtpSettings(), **values.get("smtp", {}))
+    for key in ("tls_certificate", "tls_key"):
+        path = getattr(smtp, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"smtp.{key}: file {path!r} not found")
+    if bool(smtp.tls_certificate) != bool(smtp.tls_key):
+        raise ConfigError("smtp.tls_certificate and smtp.tls_key must be set together")
+
+    routes = replace(RouteSettings(), **values.get("routes", {}))
+    missing = [d for d in routes.incoming_domains if d not in routes.domains]
+    if missing and routes.incoming is None:
+        raise ConfigError(
+            f"routes.incoming: needed for incoming_domains {', '.join(missing)}; "
+            'set it to the internal mail server, e.g. "smtp://mail.example.com:25"'
+        )
+
+    s = values.get("store", {})
+    key_file = s.get("master_key_file")
+    if key_file is not None and not os.path.isfile(key_file):
+        raise ConfigError(
+            f"store.master_key_file: file {key_file!r} not found "
+            "(create one with: secmail keys generate FILE)"
+        )
+    store = StoreSettings(
+        database=s.get("database", "sqlite:" + os.path.join(data_dir, "secmail.sqlite")),
+        master_key_file=os.path.abspath(key_file or os.path.join(data_dir, "master.key")),
+        master_key_generated=key_file is None,
+    )
+
+    queue = replace(QueueSettings(), **values.get("queue", {}))
+    if queue.retry_max < queue.retry_initial:
+        raise ConfigError("queue.retry_max: must not be smaller than queue.retry_initial")
+
+    return Settings(
+        gateway=gateway,
+        smtp=smtp,
+        routes=routes,
+        secure=replace(SecureSettings(), **values.get("secure", {})),
+        portal=replace(PortalSettings(), **values.get("portal", {})),
+        store=store,
+        queue=queue,
+    )
+
+
+def _default_hostname() -> str:
+    name = socket.getfqdn().lower()
+    try:
+        return _domain(name)
+    except ValueError:
+        return "localhost"
+
+
+SECRET_KEYS = {("store", "database")}
+
+
+def describe(settings: Settings) -> list[str]:
+    """The effective settings as C{section.key = value} lines, secrets masked."""
+    lines = []
+    for section_field in fields(settings):
+        section = getattr(settings, section_field.name)
+        for f in fields(section):
+            value = getattr(section, f.name)
+            if (section_field.name, f.name) in SECRET_KEYS:
+                value = _mask_dsn(str(value))
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
+            elif isinstance(value, Mapping):
+                value = {k: str(v) for k, v in value.items()}
+            elif isinstance(value, Route):
+                value = str(value)
+            lines.append(f"{section_field.name}.{f.name} = {value!r}")
+    return lines
+
+
+def _mask_dsn(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return dsn

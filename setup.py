@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="secmail",
+    version="0.1.0",
+    description="Secure e-mail gateway: ESMTP relay, encrypted store, HTTPS portal, SMS PINs.",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
+    package_data={"secmail.store": ["schema/*.sql"], "web": ["templates/*", "static/*"]},
+    install_requires=[
+        "twisted[tls]>=26.4",
+        "klein>=24.8",
+        "treq>=24.9",
+        "pyopenssl>=24.0",
+        "service-identity>=24.1",
+        "cryptography>=43",
+        "pyserial>=3.5",
+        "phonenumbers>=8.13",
+        "psycopg[binary]>=3.2",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "mypy>=1.11", "mypy-zope>=1.0.5"],
+    },
+    entry_points={"console_scripts": ["secmail = secmail.cli:main"]},
+)
