@@ -77,7 +77,7 @@ class RouteSettings:
         return domain in self.incoming_domains or domain in self.domains
 
     def for_domain(self, domain: str) -> Route:
-        """The route for mail to C{domain}: its own route, the incoming route or the outgoing one."""
+        """The route for mail to C{domain}: its own, the incoming route or the outgoing one."""
         domain = domain.lower()
         if domain in self.domains:
             return self.domains[domain]
@@ -203,7 +203,9 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
         try:
             nets.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            raise ValueError(f"{item!r} is not a network in CIDR form such as 127.0.0.0/8") from None
+            raise ValueError(
+                f"{item!r} is not a network in CIDR form such as 127.0.0.0/8"
+            ) from None
     return tuple(nets)
 
 
@@ -241,7 +243,9 @@ def parse_route(value: Any) -> Route:
     if parts.scheme != "smtp" or not parts.hostname or parts.path not in ("", "/"):
         raise ValueError(f'{text!r} must be "mx" or "smtp://host:port"')
     if parts.username or parts.password or parts.query:
-        raise ValueError(f"{text!r} must be plain smtp://host:port, without user, password or query")
+        raise ValueError(
+            f"{text!r} must be plain smtp://host:port, without user, password or query"
+        )
     try:
         port = parts.port or 25
     except ValueError:
@@ -297,7 +301,9 @@ def _database(value: Any) -> str:
     if not (text.startswith("sqlite:") or text.startswith(("postgresql://", "postgres://"))):
         raise ValueError(f'{text!r} must be "sqlite:PATH" or "postgresql://..."')
     if text.startswith("sqlite:") and not text[len("sqlite:") :]:
-        raise ValueError("sqlite: needs a file path, such as sqlite:/var/lib/secmail/secmail.sqlite")
+        raise ValueError(
+            "sqlite: needs a file path, such as sqlite:/var/lib/secmail/secmail.sqlite"
+        )
     return text
 
 

@@ -1,0 +1,96 @@
+"""
+The two database engines and the few ways in which their SQL differs.
+
+All SQL in secmail is written once, with C{?} placeholders; the engine
+converts it for PostgreSQL and fills in the dialect words of the schema files.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Protocol
+
+import psycopg
+
+
+class Connection(Protocol):
+    def cursor(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+class Engine:
+    """What differs between SQLite and PostgreSQL."""
+
+    name: str
+    #: Words filled into the schema files: {blob}, {serial}, {bigint}.
+    types: dict[str, str]
+    #: Appended to a row-claiming SELECT so that nodes skip each other's rows.
+    skip_locked: str = ""
+
+    def connect(self) -> Connection:
+        raise NotImplementedError
+
+    def convert(self, sql: str) -> str:
+        return sql
+
+    def is_connection_error(self, error: BaseException) -> bool:
+        """Whether the connection is no longer usable and must be opened again."""
+        return False
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class SqliteEngine(Engine):
+    name = "sqlite"
+    types = {"blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER"}
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def connect(self) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: every COMMIT is fsynced before it returns (the 250 depends on it).
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+
+class PostgresEngine(Engine):
+    name = "postgresql"
+    types = {"blob": "BYTEA", "serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT"}
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+        # The default, stated: an acknowledged COMMIT is on disk.
+        conn.execute("SET synchronous_commit TO on")
+        return conn
+
+    def convert(self, sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def is_connection_error(self, error: BaseException) -> bool:
+        return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+
+    def describe(self) -> str:
+        dbname = psycopg.conninfo.conninfo_to_dict(self.dsn).get("dbname", "")
+        return f"postgresql ({dbname})"
+
+
+def engine_for(database: str) -> Engine:
+    """The engine for a C{[store] database} setting."""
+    if database.startswith("sqlite:"):
+        return SqliteEngine(database[len("sqlite:") :])
+    return PostgresEngine(database)

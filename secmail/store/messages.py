@@ -1,0 +1,485 @@
+"""
+Messages, secure envelopes, the outbound queue and events: the gateway's durable state.
+
+Every public method is C{async} and runs its SQL as one C{*_txn} function on
+the database thread. Nothing here knows SMTP or HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from secmail.crypto import MasterKey, Opener
+from secmail.store.database import Database, Txn
+
+
+def new_id() -> str:
+    return secrets.token_hex(16)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+class Sealable(Protocol):
+    message_id: str
+    size: int
+
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def wrapped_key(self) -> bytes: ...
+    @property
+    def chunk_count(self) -> int: ...
+    def sealed_chunks(self) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class NewEnvelope:
+    recipient: str
+    original: str
+    level: str
+    phone: str | None
+    token_hash: str
+    id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """One queue row to be: C{recipients} on one route, all in one domain."""
+
+    kind: str
+    sender: str
+    recipients: tuple[str, ...]
+    route: str
+    domain: str
+    notify: str
+
+
+@dataclass
+class NewMessage:
+    """A message to commit with its envelopes and queue rows."""
+
+    content: Sealable
+    kind: str
+    sender: str
+    envelopes: Sequence[NewEnvelope] = ()
+    deliveries: Sequence[NewDelivery] = ()
+    events: Sequence[tuple[str | None, str, str]] = ()  # (envelope id, kind, detail)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    id: int
+    message_id: str
+    kind: str
+    sender: str
+    recipients: tuple[str, ...]
+    route: str
+    domain: str
+    notify: str
+    created: int
+    next_attempt: int
+    attempts: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class Envelope:
+    id: str
+    message_id: str
+    recipient: str
+    original: str
+    level: str
+    phone: str | None
+    state: str
+    created: int
+    sender: str
+
+
+_QUEUE_COLUMNS = (
+    "id, message_id, kind, sender, recipients, route, domain, notify, created, "
+    "next_attempt, attempts, last_error"
+)
+
+
+def _queue_item(row: Sequence[Any]) -> QueueItem:
+    return QueueItem(
+        id=int(row[0]),
+        message_id=row[1],
+        kind=row[2],
+        sender=row[3],
+        recipients=tuple(json.loads(row[4])),
+        route=row[5],
+        domain=row[6],
+        notify=row[7],
+        created=int(row[8]),
+        next_attempt=int(row[9]),
+        attempts=int(row[10]),
+        last_error=row[11],
+    )
+
+
+class MessageStore:
+    def __init__(self, db: Database, master: MasterKey) -> None:
+        self.db = db
+        self.master = master
+
+    # --- intake ---------------------------------------------------------------------
+
+    async def commit(self, messages: Sequence[NewMessage], now: int) -> list[int]:
+        """Store messages, envelopes, queue rows and events in one transaction."""
+        return await self.db.run(lambda txn: self._commit_txn(txn, messages, now))
+
+    def _commit_txn(self, txn: Txn, messages: Sequence[NewMessage], now: int) -> list[int]:
+        queue_ids: list[int] = []
+        for message in messages:
+            insert_message_txn(txn, message, now)
+            for delivery in message.deliveries:
+                queue_ids.append(
+                    insert_delivery_txn(txn, message.content.message_id, delivery, now)
+                )
+        return queue_ids
+
+    # --- reading --------------------------------------------------------------------
+
+    async def read(self, message_id: str) -> AsyncIterator[bytes]:
+        """The plaintext of a message, chunk by chunk (decrypted on the database thread)."""
+        first = await self.db.run(lambda txn: self._first_chunk_txn(txn, message_id))
+        if first is None:
+            raise LookupError(f"message {message_id} is not in the store")
+        count, opener, data = first
+        yield data
+        for seq in range(1, count):
+            final = seq == count - 1
+            yield await self.db.run(self._chunk_reader(opener, message_id, seq, final))
+
+    async def read_all(self, message_id: str, limit: int | None = None) -> bytes:
+        parts = []
+        size = 0
+        async for chunk in self.read(message_id):
+            parts.append(chunk)
+            size += len(chunk)
+            if limit is not None and size >= limit:
+                break
+        return b"".join(parts)
+
+    def _first_chunk_txn(self, txn: Txn, message_id: str) -> tuple[int, Opener, bytes] | None:
+        row = txn.execute(
+            "SELECT wrapped_key, chunk_count FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        opener = Opener(self.master, message_id, bytes(row[0]))
+        count = int(row[1])
+        return count, opener, self._chunk_txn(txn, opener, message_id, 0, count == 1)
+
+    def _chunk_reader(
+        self, opener: Opener, message_id: str, seq: int, final: bool
+    ) -> Callable[[Txn], bytes]:
+        return lambda txn: self._chunk_txn(txn, opener, message_id, seq, final)
+
+    def _chunk_txn(self, txn: Txn, opener: Opener, message_id: str, seq: int, final: bool) -> bytes:
+        row = txn.execute(
+            "SELECT data FROM message_chunks WHERE message_id = ? AND seq = ?", (message_id, seq)
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"message {message_id}: chunk {seq} is missing")
+        return opener.open(seq, bytes(row[0]), final)
+
+    async def envelope_by_token(self, token: str) -> Envelope | None:
+        token_hash = hash_token(token)
+        return await self.db.run(lambda txn: envelope_by_hash_txn(txn, token_hash))
+
+    async def add_event(
+        self, message_id: str, envelope_id: str | None, kind: str, detail: str, now: int
+    ) -> None:
+        await self.db.run(
+            lambda txn: add_event_txn(txn, message_id, envelope_id, kind, detail, now)
+        )
+
+    async def events(self, message_id: str) -> list[tuple[int, str, str | None, str]]:
+        return await self.db.run(
+            lambda txn: [
+                (int(r[0]), r[1], r[2], r[3])
+                for r in txn.execute(
+                    "SELECT at, kind, envelope_id, detail FROM events "
+                    "WHERE message_id = ? ORDER BY id",
+                    (message_id,),
+                ).fetchall()
+            ]
+        )
+
+    # --- the queue ------------------------------------------------------------------
+
+    async def claim_due(self, owner: str, now: int, lease: int, limit: int) -> list[QueueItem]:
+        """Lease up to C{limit} due rows for C{owner}; other nodes skip them meanwhile."""
+
+        def claim_txn(txn: Txn) -> list[QueueItem]:
+            rows = txn.execute(
+                "SELECT id FROM queue WHERE next_attempt <= ? "
+                "AND (lease_until IS NULL OR lease_until < ?) "
+                "ORDER BY next_attempt, id LIMIT ?" + txn.skip_locked,
+                (now, now, limit),
+            ).fetchall()
+            items = []
+            for (queue_id,) in rows:
+                txn.execute(
+                    "UPDATE queue SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                    (owner, now + lease, queue_id),
+                )
+                row = txn.execute(
+                    f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (queue_id,)
+                ).fetchone()
+                items.append(_queue_item(row))
+            return items
+
+        return await self.db.run(claim_txn)
+
+    async def delivered(
+        self, item: QueueItem, recipients: Sequence[str], detail: str, now: int
+    ) -> None:
+        """The peer said 250 to the final dot: remove the row (and the message if unused)."""
+
+        def txn_(txn: Txn) -> None:
+            txn.execute("DELETE FROM queue WHERE id = ?", (item.id,))
+            add_event_txn(
+                txn, item.message_id, None, "delivered", _detail(item, recipients, detail), now
+            )
+            drop_unused_message_txn(txn, item.message_id)
+
+        await self.db.run(txn_)
+
+    async def defer(
+        self, item: QueueItem, recipients: Sequence[str], next_attempt: int, error: str, now: int
+    ) -> None:
+        """Try C{recipients} again at C{next_attempt}; the others are done with."""
+
+        def txn_(txn: Txn) -> None:
+            txn.execute(
+                "UPDATE queue SET recipients = ?, next_attempt = ?, attempts = attempts + 1, "
+                "last_error = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                (json.dumps(list(recipients)), next_attempt, error[:1000], item.id),
+            )
+            add_event_txn(
+                txn, item.message_id, None, "deferred", _detail(item, recipients, error), now
+            )
+
+        await self.db.run(txn_)
+
+    async def fail(
+        self,
+        item: QueueItem,
+        recipients: Sequence[str],
+        error: str,
+        bounce: NewMessage | None,
+        now: int,
+        remaining: Sequence[str] = (),
+    ) -> None:
+        """C{recipients} failed for good: store the bounce; keep the row only for C{remaining}."""
+
+        def txn_(txn: Txn) -> None:
+            if bounce is not None:
+                insert_message_txn(txn, bounce, now)
+                for delivery in bounce.deliveries:
+                    insert_delivery_txn(txn, bounce.content.message_id, delivery, now)
+            if remaining:
+                txn.execute(
+                    "UPDATE queue SET recipients = ? WHERE id = ?",
+                    (json.dumps(list(remaining)), item.id),
+                )
+            else:
+                txn.execute("DELETE FROM queue WHERE id = ?", (item.id,))
+            add_event_txn(
+                txn, item.message_id, None, "bounced", _detail(item, recipients, error), now
+            )
+            if not remaining:
+                drop_unused_message_txn(txn, item.message_id)
+
+        await self.db.run(txn_)
+
+    async def queue_list(self) -> list[QueueItem]:
+        return await self.db.run(
+            lambda txn: [
+                _queue_item(r)
+                for r in txn.execute(
+                    f"SELECT {_QUEUE_COLUMNS} FROM queue ORDER BY next_attempt, id"
+                ).fetchall()
+            ]
+        )
+
+    async def queue_retry(self, queue_id: int, now: int) -> bool:
+        def txn_(txn: Txn) -> bool:
+            txn.execute(
+                "UPDATE queue SET next_attempt = ?, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ?",
+                (now, queue_id),
+            )
+            return txn.rowcount == 1
+
+        return await self.db.run(txn_)
+
+    async def queue_delete(self, queue_id: int, now: int) -> bool:
+        def txn_(txn: Txn) -> bool:
+            row = txn.execute(
+                f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (queue_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            item = _queue_item(row)
+            txn.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
+            add_event_txn(
+                txn,
+                item.message_id,
+                None,
+                "deleted",
+                _detail(item, item.recipients, "by admin"),
+                now,
+            )
+            drop_unused_message_txn(txn, item.message_id)
+            return True
+
+        return await self.db.run(txn_)
+
+    async def queue_wait(self, now: int) -> int | None:
+        """Seconds until the next row is due (0 when one is due now), None when empty."""
+        row = await self.db.run(
+            lambda txn: txn.execute(
+                "SELECT MIN(next_attempt) FROM queue WHERE lease_until IS NULL OR lease_until < ?",
+                (now,),
+            ).fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return max(0, int(row[0]) - now)
+
+    # --- retention ------------------------------------------------------------------
+
+    async def delete_expired(self, cutoff: int, now: int) -> int:
+        """Delete secure messages created before C{cutoff} that have nothing left to send."""
+
+        def txn_(txn: Txn) -> int:
+            rows = txn.execute(
+                "SELECT id FROM messages m WHERE kind = 'mail' AND created < ? "
+                "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.message_id = m.id)",
+                (cutoff,),
+            ).fetchall()
+            for (message_id,) in rows:
+                txn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                add_event_txn(txn, message_id, None, "expired", "retention period ended", now)
+            return len(rows)
+
+        return await self.db.run(txn_)
+
+    async def count_messages(self) -> int:
+        row = await self.db.run(lambda txn: txn.execute("SELECT COUNT(*) FROM messages").fetchone())
+        return int(row[0])
+
+
+def _detail(item: QueueItem, recipients: Sequence[str], text: str) -> str:
+    return f"{item.kind} to {', '.join(recipients)} via {item.route}: {text}"[:2000]
+
+
+def insert_message_txn(txn: Txn, message: NewMessage, now: int) -> None:
+    content = message.content
+    txn.execute(
+        "INSERT INTO messages (id, kind, sender, created, size, key_id, wrapped_key, chunk_count) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            content.message_id,
+            message.kind,
+            message.sender,
+            now,
+            content.size,
+            content.key_id,
+            content.wrapped_key,
+            content.chunk_count,
+        ),
+    )
+    for seq, data in enumerate(content.sealed_chunks()):
+        txn.execute(
+            "INSERT INTO message_chunks (message_id, seq, data) VALUES (?, ?, ?)",
+            (content.message_id, seq, data),
+        )
+    for env in message.envelopes:
+        txn.execute(
+            "INSERT INTO envelopes (id, message_id, recipient, original, level, phone, "
+            "token_hash, created, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'notified')",
+            (
+                env.id,
+                content.message_id,
+                env.recipient,
+                env.original,
+                env.level,
+                env.phone,
+                env.token_hash,
+                now,
+            ),
+        )
+    for envelope_id, kind, detail in message.events:
+        add_event_txn(txn, content.message_id, envelope_id, kind, detail, now)
+
+
+def insert_delivery_txn(txn: Txn, message_id: str, d: NewDelivery, now: int) -> int:
+    row = txn.execute(
+        "INSERT INTO queue (message_id, kind, sender, recipients, route, domain, notify, created, "
+        "next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (
+            message_id,
+            d.kind,
+            d.sender,
+            json.dumps(list(d.recipients)),
+            d.route,
+            d.domain,
+            d.notify,
+            now,
+            now,
+        ),
+    ).fetchone()
+    return int(row[0])
+
+
+def add_event_txn(
+    txn: Txn, message_id: str, envelope_id: str | None, kind: str, detail: str, now: int
+) -> None:
+    txn.execute(
+        "INSERT INTO events (message_id, envelope_id, at, kind, detail) VALUES (?, ?, ?, ?, ?)",
+        (message_id, envelope_id, now, kind, detail),
+    )
+
+
+def drop_unused_message_txn(txn: Txn, message_id: str) -> None:
+    """Delete a message nothing refers to any more (no queue row, no secure envelope)."""
+    txn.execute(
+        "DELETE FROM messages WHERE id = ? "
+        "AND NOT EXISTS (SELECT 1 FROM queue WHERE message_id = ?) "
+        "AND NOT EXISTS (SELECT 1 FROM envelopes WHERE message_id = ?)",
+        (message_id, message_id, message_id),
+    )
+
+
+def envelope_by_hash_txn(txn: Txn, token_hash: str) -> Envelope | None:
+    row = txn.execute(
+        "SELECT e.id, e.message_id, e.recipient, e.original, e.level, e.phone, e.state, "
+        "e.created, m.sender FROM envelopes e JOIN messages m ON m.id = e.message_id "
+        "WHERE e.token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Envelope(
+        id=row[0],
+        message_id=row[1],
+        recipient=row[2],
+        original=row[3],
+        level=row[4],
+        phone=row[5],
+        state=row[6],
+        created=int(row[7]),
+        sender=row[8],
+    )
