@@ -1,0 +1,242 @@
+"""
+Recipient addresses and the user's marking convention.
+
+A sender asks for secure delivery by appending the configured extension to the
+recipient's domain: C{bob@partner.example.s} is a secure letter,
+C{bob@partner.example.0401234567.s} a registered letter whose PIN goes by SMS
+to that number. Everything here is pure so the SMTP intake can call it on every
+C{RCPT TO} and answer at once, before any mail is accepted (no backscatter).
+
+What is refused, and why:
+  - syntax errors (no or several C{@}, empty parts, bad characters, over-long
+    parts) get C{501};
+  - well-formed addresses we will not take get C{553}: quoted local parts (they
+    would need quoting in every header and log line we write, and mail systems
+    that need them are vanishingly rare), non-ASCII addresses (we do not offer
+    SMTPUTF8), address literals such as C{[192.0.2.1]}, domains that are not
+    fully qualified or end in a number, and phone numbers that cannot be valid.
+"""
+
+from __future__ import annotations
+
+import enum
+import string
+from dataclasses import dataclass
+
+import phonenumbers
+
+MAX_LOCAL_OCTETS = 64
+MAX_DOMAIN_OCTETS = 255
+MAX_LABEL_OCTETS = 63
+MIN_PHONE_DIGITS = 5
+MAX_PHONE_DIGITS = 15
+
+# RFC 5322 atext: what a dot-atom local part may hold besides dots.
+_ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
+_LABEL_CHARS = frozenset(string.ascii_lowercase + string.digits + "-")
+
+
+class Level(enum.Enum):
+    """How a recipient gets the message: in the clear, or kept in the portal."""
+
+    PLAIN = "plain"
+    LETTER = "letter"
+    REGISTERED = "registered"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One C{RCPT TO} address, understood: where it really goes and how securely."""
+
+    address: str
+    level: Level
+    phone: str | None
+    original: str
+
+    @property
+    def domain(self) -> str:
+        """The real domain, which decides the route."""
+        return self.address.rpartition("@")[2]
+
+
+class AddressError(ValueError):
+    """An address we refuse; C{code} and C{text} are the SMTP reply to give."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """
+    Check the syntax of C{address} and return C{(local, domain)}.
+
+    The domain comes back lower-cased and without a trailing dot; the local part
+    keeps its case, as only the receiving system may interpret it.
+    """
+    if not address or not address.strip():
+        raise AddressError(501, "5.1.3 Recipient address is empty")
+    if address.startswith('"'):
+        raise AddressError(
+            553, '5.1.3 Quoted local parts ("..."@domain) are not accepted; use a plain address'
+        )
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in address):
+        raise AddressError(
+            501, "5.1.3 Recipient address must not contain spaces or control characters"
+        )
+    if not address.isascii():
+        raise AddressError(
+            553,
+            "5.6.7 Non-ASCII addresses are not supported here; use the ASCII form of the address",
+        )
+    if address.count("@") != 1:
+        raise AddressError(501, f"5.1.3 Recipient address {address} must contain exactly one @")
+    local, _, domain = address.partition("@")
+    _check_local(address, local)
+    return local, _check_domain(address, domain)
+
+
+def parse_recipient(address: str, extension: str, default_country_code: str) -> Recipient:
+    """
+    Read the marking in C{address} and return the real recipient and its level.
+
+    C{extension} is the configured marker label such as C{".s"} (case and the
+    leading dot do not matter); C{default_country_code} (such as C{"358"}) is
+    given to phone numbers written in national form, with a leading 0.
+    """
+    marker = _marker_labels(extension)
+    suffix = "." + ".".join(marker)
+    local, domain = split_address(address)
+    labels = domain.split(".")
+    level = Level.PLAIN
+    phone = None
+    if len(labels) > len(marker) and labels[-len(marker) :] == marker:
+        labels = labels[: -len(marker)]
+        if labels[-1].isdigit():
+            phone = normalise_phone(labels.pop(), default_country_code)
+            level = Level.REGISTERED
+        else:
+            level = Level.LETTER
+    elif labels == marker:
+        labels = []
+    real_domain = ".".join(labels)
+    if len(labels) < 2:
+        shown = f"Domain {real_domain}" if real_domain else "The domain"
+        raise AddressError(
+            553,
+            f"5.1.3 {shown} in {address} is not a full domain; "
+            f"write it as name@domain.example{suffix}",
+        )
+    if labels[-1].isdigit():
+        hint = ""
+        if level is Level.PLAIN:
+            marked = f"{local}@{real_domain}{suffix}"
+            hint = f"; to send a registered letter, write {marked}"
+        raise AddressError(553, f"5.1.3 Domain {real_domain} in {address} ends in a number{hint}")
+    return Recipient(address=f"{local}@{real_domain}", level=level, phone=phone, original=address)
+
+
+def normalise_phone(number: str, default_country_code: str) -> str:
+    """
+    Turn the digits from an address into E.164 (C{+358401234567}).
+
+    A domain label cannot hold C{+}, so a leading 0 marks the national form and
+    anything else is taken to start with a country code.
+    """
+    country = default_country_code.strip().lstrip("+")
+    if not (country.isdigit() and 1 <= len(country) <= 3):
+        raise ValueError(f"default country code {default_country_code!r} is not like 358")
+    if not (
+        number.isascii()
+        and number.isdigit()
+        and MIN_PHONE_DIGITS <= len(number) <= MAX_PHONE_DIGITS
+    ):
+        raise _bad_phone(number, country)
+    region: str | None = None
+    if number.startswith("0"):
+        region = phonenumbers.region_code_for_country_code(int(country))
+        if region in (phonenumbers.UNKNOWN_REGION, "001"):
+            # Non-geographic codes have no national form to parse: drop the trunk 0.
+            text, region = f"+{country}{number[1:]}", None
+        else:
+            text = number
+    else:
+        text = "+" + number
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        raise _bad_phone(number, country) from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise _bad_phone(number, country)
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _bad_phone(number: str, country: str) -> AddressError:
+    if not (number.isascii() and number.isdigit() and len(number) <= 2 * MAX_PHONE_DIGITS):
+        number = "(not digits only)"
+    return AddressError(
+        553,
+        f"5.1.3 Phone number {number} in the address is not a valid number; "
+        f"write it with its leading 0 (national) or starting with the country code "
+        f"such as {country} (international), digits only",
+    )
+
+
+def _marker_labels(extension: str) -> list[str]:
+    labels = extension.strip().lower().strip(".").split(".")
+    if not all(labels) or any(not set(label) <= _LABEL_CHARS for label in labels):
+        raise ValueError(f"marking extension {extension!r} is not a domain label such as .s")
+    return labels
+
+
+def _check_local(address: str, local: str) -> None:
+    if not local:
+        raise AddressError(501, f"5.1.3 Recipient address {address} has nothing before the @")
+    if len(local) > MAX_LOCAL_OCTETS:
+        raise AddressError(
+            501,
+            f"5.1.3 The part before @ in {address} is longer than {MAX_LOCAL_OCTETS} characters",
+        )
+    atoms = local.split(".")
+    if not all(atoms):
+        raise AddressError(
+            501,
+            f"5.1.3 The part before @ in {address} must not start or end with a dot "
+            "or have two dots in a row",
+        )
+    if any(not set(atom) <= _ATEXT for atom in atoms):
+        raise AddressError(
+            501, f"5.1.3 The part before @ in {address} contains characters not allowed there"
+        )
+
+
+def _check_domain(address: str, domain: str) -> str:
+    if domain.startswith("["):
+        raise AddressError(
+            553, "5.1.3 Address literals such as [192.0.2.1] are not accepted; use a domain name"
+        )
+    domain = domain.lower()
+    if domain.endswith("."):
+        domain = domain[:-1]
+    if not domain:
+        raise AddressError(501, f"5.1.3 Recipient address {address} has no domain after the @")
+    if len(domain) > MAX_DOMAIN_OCTETS:
+        raise AddressError(
+            501, f"5.1.3 The domain in {address} is longer than {MAX_DOMAIN_OCTETS} characters"
+        )
+    for label in domain.split("."):
+        if not label:
+            raise AddressError(501, f"5.1.3 The domain in {address} has an empty label (..)")
+        if (
+            len(label) > MAX_LABEL_OCTETS
+            or not set(label) <= _LABEL_CHARS
+            or label.startswith("-")
+            or label.endswith("-")
+        ):
+            raise AddressError(
+                501,
+                f"5.1.3 The domain in {address} has an invalid part {label[:MAX_LABEL_OCTETS]}; "
+                f"parts hold letters, digits and inner hyphens, at most {MAX_LABEL_OCTETS} each",
+            )
+    return domain

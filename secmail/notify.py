@@ -1,0 +1,218 @@
+"""
+The notification mail a secure recipient gets instead of the message.
+
+It carries the portal link and what the recipient has to do, and never any of
+the message's content: the notification travels in the clear. Only the subject
+may be shown, and only when the administrator turns that on.
+
+Built with L{email.message.EmailMessage} under L{email.policy.SMTP}, which folds
+headers, uses CRLF and refuses CR or LF inside a header value, so a hostile
+display name or subject cannot add headers. Text from the original message is
+also cleaned of control and formatting characters and shortened before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy as email_policy
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from email.utils import make_msgid as email_make_msgid
+
+from secmail.address import Level, Recipient
+from secmail.config import Settings
+
+MAX_NAME_CHARS = 78
+MAX_SUBJECT_CHARS = 200
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A notification ready for the outbound queue: envelope and the mail itself."""
+
+    sender: str
+    recipient: str
+    content: bytes
+
+
+def build_notification(
+    *,
+    settings: Settings,
+    recipient: Recipient,
+    original_sender: str,
+    original_from_display: str | None,
+    original_subject: str | None,
+    token: str,
+    message_id_domain: str,
+    date: datetime,
+    make_msgid: Callable[[], str] | None = None,
+) -> Notification:
+    """
+    Build the notification for one secure recipient.
+
+    The envelope sender is the gateway's bounce address, so a notification that
+    cannot be delivered comes back to us (and is reported to the sender) rather
+    than to a third party. C{token} is the link token, URL-safe base64.
+    """
+    if recipient.level is Level.PLAIN:
+        raise ValueError(f"{recipient.address} is a plain recipient and gets no notification")
+    if not _TOKEN.fullmatch(token):
+        raise ValueError("the link token must be URL-safe base64 (A-Z, a-z, 0-9, - and _)")
+    sender = _null_to_empty(original_sender)
+    who = clean_text(original_from_display or "", MAX_NAME_CHARS) or clean_text(
+        sender, MAX_NAME_CHARS
+    )
+    link = f"{settings.portal.url}/m/{token}"
+
+    subject = (
+        f"Secure message from {who} is waiting for you"
+        if who
+        else "A secure message is waiting for you"
+    )
+    if settings.secure.notification_shows_subject and original_subject:
+        shown = clean_text(original_subject, MAX_SUBJECT_CHARS)
+        if shown:
+            subject = f"{subject}: {shown}"
+
+    msg = EmailMessage(policy=email_policy.SMTP)
+    msg["From"] = Address(
+        display_name=f"{who or 'Secure mail'} via secmail",
+        addr_spec=settings.gateway.notification_from,
+    )
+    msg["To"] = recipient.address
+    reply_to = _address_or_none(sender)
+    if reply_to is not None:
+        msg["Reply-To"] = reply_to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = (
+        make_msgid() if make_msgid is not None else email_make_msgid(domain=message_id_domain)
+    )
+    msg["Auto-Submitted"] = "auto-generated"
+    # Outlook/Exchange: no out-of-office replies to a notification.
+    msg["X-Auto-Response-Suppress"] = "All"
+
+    text = _text_body(settings, recipient, who, link)
+    page = _html_body(settings, recipient, who, link)
+    msg.set_content(text, charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(page, subtype="html", charset="utf-8", cte="quoted-printable")
+    for part in msg.iter_parts():
+        del part["MIME-Version"]
+    # Quoted-printable never holds "=_", so this boundary cannot occur in a part;
+    # deriving it from the content keeps the output a function of the input.
+    msg.set_boundary("=_" + hashlib.sha256((text + page).encode()).hexdigest()[:32])
+    return Notification(
+        sender=settings.gateway.bounce_address,
+        recipient=recipient.address,
+        content=msg.as_bytes(),
+    )
+
+
+def clean_text(text: str, limit: int) -> str:
+    """
+    Make untrusted text fit for one header line: no control or formatting
+    characters (CR, LF, bidi overrides), single spaces, at most C{limit} characters.
+    """
+    chars = [" " if unicodedata.category(c)[0] in "CZ" else c for c in text]
+    cleaned = " ".join("".join(chars).split())
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned
+
+
+def _instructions(recipient: Recipient) -> str:
+    if recipient.level is Level.REGISTERED:
+        where = (
+            f"your phone number ending in {recipient.phone[-2:]}"
+            if recipient.phone
+            else "the phone number registered for you"
+        )
+        return (
+            f"When you open the link, a PIN code is sent by text message (SMS) to {where}. "
+            "Enter the PIN on the page to read the message."
+        )
+    return (
+        "Open the link to read the message. The first time you open it, the message is "
+        "tied to that browser; to read it later in another browser or on another device, "
+        "you will be asked for a code that is sent to this e-mail address."
+    )
+
+
+def _text_body(settings: Settings, recipient: Recipient, who: str, link: str) -> str:
+    sent_by = f"{who} has sent you" if who else "You have been sent"
+    return "\n".join(
+        [
+            "Hello,",
+            "",
+            f"{sent_by} a secure message. It is not delivered by e-mail but kept "
+            "encrypted for you, and you can read it on the secure web page at this link:",
+            "",
+            link,
+            "",
+            _instructions(recipient),
+            "",
+            f"The message is kept for {settings.secure.retention_days} days. "
+            "You can reply to it securely on the same page.",
+            "",
+            "We never ask for your password. If you did not expect this message, "
+            "you can ignore this e-mail.",
+            "",
+            "-- ",
+            f"This notification was sent by the secure e-mail gateway {settings.gateway.hostname}.",
+            "",
+        ]
+    )
+
+
+def _html_body(settings: Settings, recipient: Recipient, who: str, link: str) -> str:
+    e = html.escape
+    sent_by = f"{e(who)} has sent you" if who else "You have been sent"
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            '<head><meta charset="utf-8"><title>Secure message</title></head>',
+            '<body style="font-family: sans-serif; line-height: 1.5;">',
+            "<p>Hello,</p>",
+            f"<p>{sent_by} a secure message. It is not delivered by e-mail but kept "
+            "encrypted for you, and you can read it on the secure web page:</p>",
+            f'<p><a href="{e(link)}"><strong>Open the secure message</strong></a></p>',
+            f"<p>If the link does not work, copy this address into your browser:<br>{e(link)}</p>",
+            f"<p>{e(_instructions(recipient))}</p>",
+            f"<p>The message is kept for {settings.secure.retention_days} days. "
+            "You can reply to it securely on the same page.</p>",
+            "<p>We never ask for your password. If you did not expect this message, "
+            "you can ignore this e-mail.</p>",
+            '<p style="color: #666; font-size: small;">This notification was sent by the '
+            f"secure e-mail gateway {e(settings.gateway.hostname)}.</p>",
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
+
+
+def _null_to_empty(address: str) -> str:
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1].strip()
+    return address
+
+
+def _address_or_none(address: str) -> Address | None:
+    """The sender as a Reply-To address; None for the null sender or anything unparseable."""
+    if not address:
+        return None
+    try:
+        return Address(addr_spec=address)
+    except (ValueError, HeaderParseError):
+        return None
