@@ -71,6 +71,7 @@ class RouteSettings:
     incoming: Route | None = None
     incoming_domains: tuple[str, ...] = ()
     domains: Mapping[str, Route] = field(default_factory=dict)
+    relay_ca_file: str = ""
 
     def is_incoming(self, domain: str) -> bool:
         domain = domain.lower()
@@ -364,6 +365,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "incoming": parse_route,
         "incoming_domains": _domains,
         "domains": _route_map,
+        "relay_ca_file": _str,
     },
     "secure": {
         "mode": _mode,
@@ -446,6 +448,8 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         raise ConfigError("smtp.tls_certificate and smtp.tls_key must be set together")
 
     routes = replace(RouteSettings(), **values.get("routes", {}))
+    if routes.relay_ca_file and not os.path.isfile(routes.relay_ca_file):
+        raise ConfigError(f"routes.relay_ca_file: file {routes.relay_ca_file!r} not found")
     missing = [d for d in routes.incoming_domains if d not in routes.domains]
     if missing and routes.incoming is None:
         raise ConfigError(

@@ -1,0 +1,322 @@
+"""
+Intake: what happens to a message the ESMTP server has received.
+
+L{GatewayDelivery} is the server's C{IMessageDelivery}, one per connection: it
+checks senders and recipients, and gives every recipient of a transaction the
+same L{IncomingMessage}. That message streams the DATA through the encryptor
+and, at the final dot, commits the message, its secure envelopes, the
+notifications and the relay queue rows in one transaction. Only then does the
+server answer 250.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import email.utils
+import errno
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.headerregistry import Address as HeaderAddress
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
+from zope.interface import implementer
+
+from secmail.address import AddressError, Level, Recipient, parse_recipient
+from secmail.config import Settings
+from secmail.crypto import MasterKey
+from secmail.notify import build_notification
+from secmail.policy import MessagePolicy, check_recipient, decide, strip_subject_keyword
+from secmail.store.database import StoreUnavailable
+from secmail.store.messages import (
+    MessageStore,
+    NewDelivery,
+    NewEnvelope,
+    NewMessage,
+    hash_token,
+    new_id,
+)
+from secmail.store.spool import RunInThread, SealedBytes, SpooledMessage
+
+log = Logger()
+
+
+class Intake:
+    """What every connection's delivery shares: settings, store and clock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: MessageStore,
+        master: MasterKey,
+        clock: IReactorTime,
+        run_in_thread: RunInThread,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.master = master
+        self.clock = clock
+        self.run_in_thread = run_in_thread
+        self.on_commit = on_commit
+        self.spool_dir = os.path.join(settings.gateway.data_dir, "spool")
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+    def disk_is_short(self) -> bool:
+        """Less free space than 1.5 message size limits (Postfix's rule)."""
+        try:
+            st = os.statvfs(self.settings.gateway.data_dir)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 1.5 * self.settings.smtp.max_message_size
+
+
+@dataclass
+class _Transaction:
+    sender: str
+    recipients: list[Recipient] = field(default_factory=list)
+    message: IncomingMessage | None = None
+
+
+@implementer(IMessageDelivery)
+class GatewayDelivery:
+    """One connection's view of the intake."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self._transaction: _Transaction | None = None
+        self._tls = False
+
+    def receivedHeader(
+        self, helo: tuple[bytes, bytes], origin: smtp.Address, recipients: Any
+    ) -> bytes:
+        helo_name = helo[0].decode("ascii", "replace") if helo and helo[0] else "unknown"
+        peer = helo[1].decode("ascii", "replace") if helo and len(helo) > 1 else "unknown"
+        helo_name = "".join(c for c in helo_name if c.isalnum() or c in ".-[]:")[:255] or "unknown"
+        with_ = "ESMTPS" if self._tls else "ESMTP"
+        message_id = self._message().message_id
+        date = email.utils.formatdate(self.intake.clock.seconds(), localtime=False)
+        return (
+            f"Received: from {helo_name} ([{peer}])\r\n\tby {self.intake.settings.gateway.hostname}"
+            f" (secmail) with {with_} id {message_id};\r\n\t{date}"
+        ).encode("ascii")
+
+    def validateFrom(self, helo: tuple[bytes, bytes], origin: smtp.Address) -> smtp.Address:
+        if self.intake.disk_is_short():
+            log.warn("Refusing mail: free disk space below 1.5 x max_message_size")
+            raise smtp.SMTPBadSender(origin, 452, "4.3.1 Insufficient system storage")
+        sender = str(origin) if origin.local else ""
+        if sender and any(c in sender for c in "\r\n\0 "):
+            raise smtp.SMTPBadSender(origin, 553, "5.1.7 Sender address is not valid")
+        self._abort()
+        self._transaction = _Transaction(sender=sender)
+        return origin
+
+    def validateTo(self, user: smtp.User) -> Callable[[], IncomingMessage]:
+        transaction = self._transaction
+        if transaction is None:
+            raise smtp.SMTPBadRcpt(user, 503, "5.5.1 Error: need MAIL command")
+        transport = getattr(user.protocol, "transport", None)
+        self._tls = transport is not None and ISSLTransport.providedBy(transport)
+        secure = self.intake.settings.secure
+        try:
+            recipient = parse_recipient(
+                str(user.dest), secure.extension, secure.default_country_code
+            )
+            check_recipient(recipient, self.intake.settings)
+        except AddressError as e:
+            raise smtp.SMTPBadRcpt(user, e.code, e.text) from None
+        if recipient not in transaction.recipients:
+            transaction.recipients.append(recipient)
+        return self._message
+
+    def _message(self) -> IncomingMessage:
+        transaction = self._transaction
+        assert transaction is not None
+        if transaction.message is None:
+            transaction.message = IncomingMessage(
+                self.intake, transaction.sender, transaction.recipients
+            )
+        return transaction.message
+
+    def _abort(self) -> None:
+        if self._transaction is not None and self._transaction.message is not None:
+            if not self._transaction.message.done:
+                self._transaction.message.connectionLost()
+        self._transaction = None
+
+
+@implementer(IMessageSMTP)
+class IncomingMessage:
+    """One transaction's message: streamed through the encryptor, committed at the final dot."""
+
+    def __init__(self, intake: Intake, sender: str, recipients: list[Recipient]) -> None:
+        self.intake = intake
+        self.sender = sender
+        self.recipients = recipients
+        self.message_id = new_id()
+        self.done = False
+        self._headers: list[bytes] | None = []
+        self._spool = SpooledMessage(
+            intake.master, self.message_id, intake.spool_dir, intake.run_in_thread
+        )
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._headers is None:
+            self._spool.write(line + b"\r\n")
+        elif line:
+            self._headers.append(line)
+        else:
+            self._end_of_headers()
+            self._spool.write(b"\r\n")
+
+    def _end_of_headers(self) -> None:
+        assert self._headers is not None
+        self._header_block = b"".join(h + b"\r\n" for h in self._headers)
+        self._spool.write(self._header_block)
+        self._headers = None
+
+    def eomReceived(self) -> Deferred[bytes]:
+        if self._headers is not None:
+            self._end_of_headers()
+        return Deferred.fromCoroutine(self._commit())
+
+    async def _commit(self) -> bytes:
+        self.done = True
+        try:
+            await self._spool.finished()
+            messages = self._plan()
+            await self.intake.store.commit(messages, self.intake.now())
+        except StoreUnavailable as e:
+            self._spool.discard()
+            log.error("Message {id} not accepted: {error}", id=self.message_id, error=str(e))
+            raise smtp.SMTPServerError(
+                451, "4.3.0 Temporary failure storing the message, try again later"
+            ) from e
+        except OSError as e:
+            self._spool.discard()
+            log.error("Message {id} not accepted: {error}", id=self.message_id, error=str(e))
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise smtp.SMTPServerError(452, "4.3.1 Insufficient system storage") from e
+            raise smtp.SMTPServerError(
+                451, "4.3.0 Temporary failure storing the message, try again later"
+            ) from e
+        self._spool.discard()
+        self.intake.on_commit()
+        return self.message_id.encode("ascii")
+
+    def connectionLost(self) -> None:
+        self.done = True
+        self._spool.discard()
+
+    # --- what the message becomes ---------------------------------------------------
+
+    def _headers_of_interest(self) -> tuple[str | None, str | None]:
+        """The Subject and the From display name, read only to write the notification."""
+        try:
+            parsed = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(
+                self._header_block
+            )
+            subject = parsed.get("subject")
+            from_ = parsed.get("from")
+            display = None
+            if from_ is not None and getattr(from_, "addresses", None):
+                first: HeaderAddress = from_.addresses[0]
+                display = first.display_name or None
+            return (str(subject) if subject is not None else None), display
+        except Exception:
+            return None, None
+
+    def _plan(self) -> list[NewMessage]:
+        settings = self.intake.settings
+        subject, display = self._headers_of_interest()
+        policy: MessagePolicy = decide(self.recipients, subject, settings)
+        if policy.subject_keyword_found and subject is not None:
+            subject = strip_subject_keyword(subject, settings.secure.subject_keyword)
+
+        envelopes = []
+        gateway_made = []
+        now = datetime.fromtimestamp(self.intake.clock.seconds(), UTC)
+        for decision in policy.decisions:
+            recipient = decision.recipient
+            if recipient.level is Level.PLAIN:
+                continue
+            token = secrets.token_urlsafe(32)
+            envelope = NewEnvelope(
+                recipient=recipient.address,
+                original=recipient.original,
+                level=recipient.level.value,
+                phone=recipient.phone,
+                token_hash=hash_token(token),
+            )
+            envelopes.append(envelope)
+            notification = build_notification(
+                settings=settings,
+                recipient=recipient,
+                original_sender=self.sender,
+                original_from_display=display,
+                original_subject=subject,
+                token=token,
+                message_id_domain=settings.gateway.hostname,
+                date=now,
+            )
+            domain = recipient.address.rpartition("@")[2]
+            notification_id = new_id()
+            gateway_made.append(
+                NewMessage(
+                    content=SealedBytes(self.intake.master, notification_id, notification.content),
+                    kind="notification",
+                    sender=notification.sender,
+                    deliveries=[
+                        NewDelivery(
+                            kind="notification",
+                            sender=notification.sender,
+                            recipients=(recipient.address,),
+                            route=str(decision.route),
+                            domain=domain,
+                            notify=self.sender,
+                        )
+                    ],
+                    events=[(None, "created", f"notification for message {self.message_id}")],
+                )
+            )
+
+        deliveries: dict[tuple[str, str], list[str]] = {}
+        for decision in policy.plain_recipients:
+            domain = decision.recipient.address.rpartition("@")[2]
+            key = (str(decision.route), domain if decision.route.mx else "")
+            deliveries.setdefault(key, []).append(decision.recipient.address)
+
+        events: list[tuple[str | None, str, str]] = [
+            (None, "received", f"from <{self.sender}>, {self._spool.size} bytes")
+        ]
+        events += [(e.id, "notification queued", f"{e.level} for {e.recipient}") for e in envelopes]
+        original = NewMessage(
+            content=self._spool,
+            kind="mail",
+            sender=self.sender,
+            envelopes=envelopes,
+            deliveries=[
+                NewDelivery(
+                    kind="relay",
+                    sender=self.sender,
+                    recipients=tuple(rcpts),
+                    route=route,
+                    domain=domain,
+                    notify=self.sender,
+                )
+                for (route, domain), rcpts in deliveries.items()
+            ],
+            events=events,
+        )
+        return [original, *gateway_made]

@@ -1,0 +1,187 @@
+"""
+C{twistd secmail}: options and the one place where the gateway is put together.
+
+Everything else receives its collaborators (reactor, store, resolver, sender)
+as arguments; only this module builds them and wires the services. Services
+start in the order they are added and stop in reverse: the database first up
+and last down, the listeners last up and first down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, NoReturn
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+
+from secmail import config
+from secmail.crypto import MasterKeyError, generate_key_file, load_key_file
+from secmail.queue import OutboundQueue, RetentionJob
+from secmail.smtp.delivery import GatewayDelivery, Intake
+from secmail.smtp.routing import SmtpSender
+from secmail.smtp.server import GatewayESMTPFactory
+from secmail.store.database import Database, StoreUnavailable
+from secmail.store.engines import engine_for
+from secmail.store.messages import MessageStore
+from secmail.store.spool import clean_spool
+from secmail.tls import CertificateError, ensure_self_signed, server_options
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Runs the secmail gateway: the ESMTP server, the outbound queue and the HTTPS portal. "
+        "Without --config it runs on its embedded defaults (see etc/secmail.toml)."
+    )
+    optParameters = [
+        ["config", "c", None, "The configuration file (TOML). Default: embedded defaults."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = config.load(self["config"])
+        except config.ConfigError as e:
+            _stop(str(e))
+
+
+def _stop(message: str) -> NoReturn:
+    """One clear line and a non-zero exit: no usage text, no traceback."""
+    print(f"secmail: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+class DatabaseService(Service):
+    """Starts the database thread first and stops it last."""
+
+    name = "database"
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def startService(self) -> None:
+        super().startService()
+        self.db.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.db.stop()
+
+
+class QueueStarter(Service):
+    """Takes back this node's leases from before a restart, then starts the queue."""
+
+    def __init__(self, queue: OutboundQueue) -> None:
+        self.queue = queue
+
+    def startService(self) -> None:
+        super().startService()
+
+        async def start() -> None:
+            try:
+                await self.queue.release_own_leases()
+            finally:
+                self.queue.startService()
+
+        Deferred.fromCoroutine(start()).addErrback(
+            lambda f: log.failure("Cannot take back queue leases", f)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.queue.stopService()
+
+
+def load_master_key(settings: config.Settings) -> Any:
+    path = settings.store.master_key_file
+    if settings.store.master_key_generated and not os.path.exists(path):
+        log.info("Generating a new master key in {path}", path=path)
+        return generate_key_file(path)
+    return load_key_file(path)
+
+
+def portal_endpoint(reactor: Any, description: str, tls: Any, factory: Any) -> Any:
+    """An C{ssl:} endpoint without key files uses our certificate; others are used as they are."""
+    if description.startswith("ssl:") and "privateKey=" not in description:
+        endpoint = serverFromString(reactor, "tcp:" + description[len("ssl:") :])
+        return endpoint, TLSMemoryBIOFactory(tls, False, factory)
+    return serverFromString(reactor, description), factory
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+    from twisted.names import client as dns_client
+
+    from web.portal import Portal, make_site
+
+    settings: config.Settings = options["settings"]
+    os.makedirs(settings.gateway.data_dir, mode=0o700, exist_ok=True)
+    if not settings.smtp.accepted_networks:
+        log.warn("smtp.accepted_networks is empty: no client may hand mail to this gateway")
+
+    try:
+        master = load_master_key(settings)
+    except (MasterKeyError, OSError) as e:
+        _stop(f"store.master_key_file: {e}")
+
+    if settings.tls_generated and ensure_self_signed(
+        settings.tls_certificate, settings.tls_key, settings.gateway.hostname
+    ):
+        log.info("Made a self-signed certificate in {path}", path=settings.tls_certificate)
+    try:
+        tls = server_options(settings.tls_certificate, settings.tls_key)
+    except CertificateError as e:
+        _stop(f"smtp.tls_certificate: {e}")
+
+    engine = engine_for(settings.store.database)
+    db = Database(engine, reactor)
+    try:
+        db.prepare_blocking()
+    except StoreUnavailable as e:
+        _stop(f"store.database: {e}")
+    except Exception as e:
+        _stop(f"store.database: cannot open {engine.describe()}: {e}")
+    removed = clean_spool(os.path.join(settings.gateway.data_dir, "spool"))
+    if removed:
+        log.info("Removed {n} unfinished message(s) left in the spool", n=removed)
+
+    store = MessageStore(db, master)
+    resolver = dns_client.createResolver()
+    sender = SmtpSender(settings, reactor, resolver)
+    node_id = settings.gateway.hostname + "/" + socket.gethostname()
+    queue = OutboundQueue(settings, store, sender, reactor, node_id)
+    intake = Intake(settings, store, master, reactor, deferToThread, on_commit=queue.wake)
+
+    top = MultiService()
+    DatabaseService(db).setServiceParent(top)
+    QueueStarter(queue).setServiceParent(top)
+    TimerService(3600, RetentionJob(settings, store, reactor).run).setServiceParent(top)
+
+    portal = Portal(settings, store)
+    site = make_site(portal)
+    for description in settings.portal.listen:
+        endpoint, factory = portal_endpoint(reactor, description, tls, site)
+        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+
+    smtp_factory = GatewayESMTPFactory(
+        settings.smtp,
+        settings.gateway.hostname,
+        lambda: GatewayDelivery(intake),
+        reactor,
+        tls if settings.smtp.starttls else None,
+    )
+    for description in settings.smtp.listen:
+        StreamServerEndpointService(
+            serverFromString(reactor, description), smtp_factory
+        ).setServiceParent(top)
+    return top

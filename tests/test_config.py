@@ -1,0 +1,104 @@
+"""Configuration: the example runs as it is; every bad value is one clear error naming its key."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from secmail import config
+from secmail.config import ConfigError, Route
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "etc", "secmail.toml")
+
+
+def load_text(text: str) -> config.Settings:
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(text)
+    try:
+        return config.load(f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def test_example_loads() -> None:
+    """The shipped example configuration is valid and sets the documented values."""
+    settings = config.load(EXAMPLE)
+    assert settings.smtp.listen == ("tcp:2525:interface=127.0.0.1",)
+    assert str(settings.smtp.accepted_networks[0]) == "127.0.0.0/8"
+    assert settings.routes.outgoing == config.MX
+
+
+def test_example_documents_every_key() -> None:
+    """Every key the loader knows appears in etc/secmail.toml."""
+    with open(EXAMPLE) as f:
+        text = f.read()
+    for section, keys in config.SCHEMA.items():
+        assert f"[{section}]" in text, section
+        for key in keys:
+            documented = f"\n{key} =" in text or f"# {key} =" in text
+            documented = documented or f"[{section}.{key}]" in text
+            assert documented, f"{section}.{key}"
+
+
+def test_embedded_defaults() -> None:
+    """Without a file the gateway runs on defaults: SQLite under data_dir, loopback ports."""
+    settings = config.load(None)
+    assert settings.store.database.startswith("sqlite:")
+    assert settings.smtp.accepted_networks == ()
+    assert settings.smtp.max_message_size == 10_240_000
+    assert settings.queue.retry_initial == 300 and settings.queue.retry_max == 4000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[smtp]\nbogus = 1\n", "smtp.bogus: unknown key"),
+        ("[nope]\n", "[nope]: unknown section"),
+        ('[smtp]\nmax_message_size = "big"\n', "smtp.max_message_size: must be a whole number"),
+        ("[smtp]\nmax_message_size = -5\n", "smtp.max_message_size: must be greater than 0"),
+        ('[smtp]\nlisten = ["tcp:notaport"]\n', "smtp.listen: 'tcp:notaport' is not a valid"),
+        ('[smtp]\naccepted_networks = ["10.0.0.0/33"]\n', "smtp.accepted_networks:"),
+        ('[routes]\noutgoing = "http://x"\n', "routes.outgoing: 'http://x' must be \"mx\""),
+        ('[secure]\nmode = "some"\n', 'secure.mode: must be "marked" or "all"'),
+        ('[store]\ndatabase = "mysql://x"\n', "store.database:"),
+        ('[store]\nmaster_key_file = "/nonexistent/key"\n', "store.master_key_file: file"),
+        ('[smtp]\ntls_certificate = "/nonexistent.pem"\n', "smtp.tls_certificate: file"),
+        ('[routes]\nincoming_domains = ["example.com"]\n', "routes.incoming: needed"),
+        ("[smtp\n", "not valid TOML"),
+        ('[portal]\nurl = "ftp://x"\n', "portal.url:"),
+        ("[queue]\nretry_initial = 500\nretry_max = 100\n", "queue.retry_max"),
+    ],
+)
+def test_bad_values(text: str, message: str) -> None:
+    """A bad configuration stops with one line naming the key and the problem."""
+    with pytest.raises(ConfigError) as e:
+        load_text(text)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file() -> None:
+    """A configuration file that does not exist is named in the error."""
+    with pytest.raises(ConfigError, match="/no/such.toml: configuration file not found"):
+        config.load("/no/such.toml")
+
+
+def test_routes() -> None:
+    """Per-domain routes override the incoming route, which overrides the outgoing one."""
+    settings = load_text(
+        '[routes]\noutgoing = "smtp://relay.example:2525"\nincoming = "smtp://mail.corp.example"\n'
+        'incoming_domains = ["corp.example"]\n[routes.domains]\n"branch.example" = "smtp://b:26"\n'
+    )
+    assert settings.routes.for_domain("CORP.example") == Route(False, "mail.corp.example", 25)
+    assert settings.routes.for_domain("branch.example") == Route(False, "b", 26)
+    assert settings.routes.for_domain("partner.example") == Route(False, "relay.example", 2525)
+
+
+def test_describe_masks_password() -> None:
+    """check-config output never shows the database password."""
+    settings = load_text('[store]\ndatabase = "postgresql://u:hunter2@db/x"\n')
+    text = "\n".join(config.describe(settings))
+    assert "hunter2" not in text
+    assert "postgresql://u:***@db/x" in text
