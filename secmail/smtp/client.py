@@ -1,0 +1,947 @@
+"""
+Outbound SMTP: hand one queued message to one host, to a list of hosts, or by route.
+
+We do not use C{twisted.mail.smtp.SMTPClient} (reliability.md §5.1 item 7). Its DATA path,
+C{transformChunk}, runs on every 16 KiB C{FileSender} chunk on its own. So a line starting
+with "." is not dot-stuffed when it is the first line or starts a chunk, and the next hop
+sees an early end of data: the message is cut short, or the rest runs as SMTP commands
+(outbound smuggling). It also turns CRLF into CR CR LF and lets a bare CR through. And its
+callback API has neither a timeout for each stage nor per-recipient results. So this
+module has:
+
+  - L{DataEncoder}: pure and line-oriented. It makes line ends canonical CRLF, dot-stuffs
+    every line and folds lines longer than 998 octets.
+  - L{SmtpClientProtocol}: a small state machine. It sends one command at a time, and every
+    state it waits in has its own timeout on the injected clock.
+  - L{deliver}, L{deliver_to_hosts}, L{resolve_mx} and L{deliver_via_route}: the coroutines
+    the queue calls.
+
+Error texts name the host and the command, in the form
+C{"mx.example.com[192.0.2.1]:25 said: 550 5.1.1 no such user (in reply to RCPT TO)"}. They
+can go into a DSN as they are. They never quote message content.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
+from typing import Protocol as TypingProtocol
+
+from cryptography import x509
+from OpenSSL import crypto
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    IResolver,
+    ITLSTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.names.error import DNSNameError
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from secmail.config import Route
+
+if TYPE_CHECKING:
+    # Twisted documents this interface but does not export it from twisted.internet.ssl.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+_log = Logger()
+
+MAX_HOSTS = 5
+"""How many hosts L{deliver_to_hosts} tries at most. Postfix's smtp_mx_address_limit is also 5."""
+
+DNS_TIMEOUTS = (1, 3, 11, 45)
+"""Retry schedule for the MX query, as in twisted.names.client. About a minute in all."""
+
+
+# --- results and errors -----------------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    """Base of the delivery errors. C{text} is safe to put into a DSN."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying will not help, so the message bounces.
+
+    C{recipients} maps each rejected recipient to its own reply text, when each recipient
+    was rejected on its own. It is empty when the whole transaction was refused.
+    """
+
+    def __init__(self, text: str, recipients: Mapping[str, str] | None = None) -> None:
+        super().__init__(text)
+        self.recipients = dict(recipients or {})
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """Try again later.
+
+    C{try_other_hosts} is False once the host has seen the whole message. Then a 4xx was a
+    definite answer about this message, or (after a lost connection or a timeout) the host
+    may in fact have taken it (RFC 1047). Offering the message to the next MX at once
+    would only make duplicates more likely.
+    """
+
+    def __init__(self, text: str, *, try_other_hosts: bool = True) -> None:
+        super().__init__(text)
+        self.try_other_hosts = try_other_hosts
+
+
+@dataclass
+class DeliveryResult:
+    """What one SMTP transaction did for each recipient.
+
+    C{accepted} is filled only when the final dot got 250, so those recipients are
+    delivered. C{temporary} and C{permanent} map a recipient to the reply text of a 4xx or
+    5xx to its RCPT (or to why its address could not be used).
+    """
+
+    accepted: list[str] = field(default_factory=list)
+    temporary: dict[str, str] = field(default_factory=dict)
+    permanent: dict[str, str] = field(default_factory=dict)
+    reply: str = ""
+    """The final-dot reply, e.g. C{"host[ip]:25 said: 250 2.0.0 queued as X"}, for the log."""
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+class TlsPolicy(Enum):
+    """When and how to use STARTTLS."""
+
+    NONE = "none"
+    """Never use STARTTLS."""
+    OPPORTUNISTIC = "opportunistic"
+    """For MX hosts. Use STARTTLS when it is offered, without certificate checks. Encryption
+    protects against passive snooping. Without DANE/MTA-STS there is nothing to verify
+    against. A failed handshake is a temporary failure."""
+    VERIFY = "verify"
+    """For a configured relay host. When STARTTLS is offered, the certificate must be valid
+    for the host name. When it is not offered, carry on in plain text."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait in each state. The defaults follow RFC 5321 §4.5.3.2."""
+
+    connect: float = 30
+    greeting: float = 300
+    helo: float = 300
+    starttls: float = 300
+    mail: float = 300
+    rcpt: float = 300
+    data_init: float = 120
+    content: float = 180
+    """The longest time the transfer may make no progress: a stuck content source or a peer
+    that stopped reading. This is Postfix's smtp_data_xfer_timeout."""
+    final_dot: float = 600
+    quit: float = 10
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Settings for the gateway as a whole, the same for every delivery."""
+
+    helo: str
+    ca_file: str | None = None
+    """PEM file of CAs to trust under L{TlsPolicy.VERIFY}. None means the platform's trust store."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        problem = _address_problem(self.helo)
+        if not self.helo or problem:
+            raise ValueError(f"HELO name {self.helo!r} cannot be used: {problem or 'empty'}")
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message for one SMTP transaction.
+
+    C{content} is a factory, so every attempt reads the message afresh. It yields the raw
+    message in any chunking. L{DataEncoder} makes it fit for the wire. C{size}, if known,
+    is sent as C{SIZE=} to hosts that advertise SIZE.
+    """
+
+    sender: str
+    recipients: Sequence[str]
+    content: Callable[[], AsyncIterator[bytes]]
+    size: int | None = None
+
+
+# --- envelope checks --------------------------------------------------------------------------
+
+_FORBIDDEN_IN_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
+
+
+def _address_problem(address: str) -> str | None:
+    """Why C{address} cannot go between the angle brackets of MAIL/RCPT, or None.
+
+    A CR or LF would end the command early and let the rest become a new command (SMTP
+    injection, GHSA-v3q9-hj7j-63hq). A space or '>' would end the path early.
+    """
+    match = _FORBIDDEN_IN_ADDRESS.search(address)
+    if match is None:
+        return None
+    char = match.group()
+    names = {"\r": "CR", "\n": "LF", "\x00": "NUL", " ": "a space", "<": "'<'", ">": "'>'"}
+    return "contains " + names.get(char, f"control character {char!r}")
+
+
+def check_envelope(message: OutgoingMessage) -> dict[str, str]:
+    """Reject a message whose envelope cannot be sent, and find its unusable recipients.
+
+    Raises L{PermanentDeliveryError} for a bad sender, or when no recipient is usable.
+    Otherwise it returns the unusable recipients, each with the reason. These are
+    permanent failures for those recipients only.
+    """
+    problem = _address_problem(message.sender)
+    if problem:
+        raise PermanentDeliveryError(f"invalid sender address {message.sender!r}: {problem}")
+    if not message.recipients:
+        raise ValueError("a message needs at least one recipient")
+    invalid = {}
+    for recipient in message.recipients:
+        problem = "is empty" if not recipient else _address_problem(recipient)
+        if problem:
+            invalid[recipient] = f"invalid recipient address {recipient!r}: {problem}"
+    if len(invalid) == len(set(message.recipients)):
+        first = next(iter(invalid.values()))
+        raise PermanentDeliveryError(first, recipients=invalid)
+    return invalid
+
+
+# --- DATA encoding ----------------------------------------------------------------------------
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class DataEncoder:
+    """Turn raw message bytes, in any chunking, into SMTP DATA wire bytes.
+
+    - Line ends become CRLF. A bare CR or bare LF counts as a line end, because a bare
+      one must never reach the next hop (SMTP smuggling).
+    - A line that starts with "." gets one more "." (RFC 5321 §4.5.2), wherever the chunk
+      boundaries fall, the first line included.
+    - A line longer than 998 octets is folded. After 998 octets on the wire we send CRLF and
+      one space, then the rest: header-style folding, which is what Postfix does with
+      smtp_line_length_limit. In a header this is a valid fold that unfolds to the same
+      value. In a body it adds a line break and a space, and there is no lossless way to
+      fold an over-long body line, which RFC 5322 forbids anyway. The leading space also
+      means a continuation line is never dot-stuffed and never taken for the end of data.
+      The limit counts the stuffed dot, so every wire line is at most 1000 octets with its
+      CRLF.
+    - L{finish} ends a last line that has no line end, then adds the C{.CRLF} terminator.
+
+    Besides the chunk being worked on, it keeps at most one wire line (998 octets).
+    """
+
+    MAX_LINE = 998
+
+    def __init__(self) -> None:
+        self._line = bytearray()  # wire bytes of the current output line, without CRLF
+        self._in_line = False  # the current input line has content, so stuffing is settled
+        self._after_cr = False  # the last chunk ended in CR: an LF next completes that CRLF
+        self._finished = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take the next chunk of the message and return the wire bytes that are complete."""
+        if self._finished:
+            raise RuntimeError("DataEncoder.feed() after finish()")
+        out: list[bytes] = []
+        pos, end = 0, len(data)
+        if self._after_cr and data:
+            self._after_cr = False
+            if data[:1] == b"\n":
+                pos = 1
+        while pos < end:
+            match = _LINE_END.search(data, pos)
+            if match is None:
+                self._append(data[pos:], out)
+                break
+            self._append(data[pos : match.start()], out)
+            self._end_line(out)
+            pos = match.end()
+            if pos == end and match.group() == b"\r":
+                self._after_cr = True
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """End the last line if it has no line end, and add the end-of-data line."""
+        if self._finished:
+            raise RuntimeError("DataEncoder.finish() called twice")
+        self._finished = True
+        out: list[bytes] = []
+        if self._in_line:
+            self._end_line(out)
+        out.append(b".\r\n")
+        return b"".join(out)
+
+    def _append(self, segment: bytes, out: list[bytes]) -> None:
+        if not segment:
+            return
+        line = self._line
+        if not self._in_line:
+            self._in_line = True
+            if segment[:1] == b".":
+                line += b"."
+        pos = 0
+        while True:
+            room = self.MAX_LINE - len(line)
+            if len(segment) - pos <= room:
+                line += segment[pos:]
+                return
+            line += segment[pos : pos + room]
+            pos += room
+            out.append(bytes(line) + b"\r\n")
+            line.clear()
+            line += b" "
+
+    def _end_line(self, out: list[bytes]) -> None:
+        out.append(bytes(self._line) + b"\r\n")
+        self._line.clear()
+        self._in_line = False
+
+
+# --- the protocol -----------------------------------------------------------------------------
+
+
+class State(Enum):
+    """Where the client is in the conversation. The value names it in error texts."""
+
+    GREETING = "initial greeting"
+    EHLO = "EHLO"
+    HELO = "HELO"
+    STARTTLS = "STARTTLS"
+    MAIL = "MAIL FROM"
+    RCPT = "RCPT TO"
+    DATA = "DATA"
+    CONTENT = "message content"
+    END_OF_DATA = "end of data"
+    QUIT = "QUIT"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    code: int
+    lines: list[str]
+
+    @property
+    def kind(self) -> int:
+        return self.code // 100
+
+    @property
+    def text(self) -> str:
+        return f"{self.code} {' '.join(line for line in self.lines if line)}".rstrip()
+
+
+class _Transport(TypingProtocol):
+    """The parts of a TCP (or TLS) transport that the protocol uses."""
+
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
+def _printable(raw: bytes) -> str:
+    """Reply text fit for logs and DSNs: no control characters and no invalid UTF-8."""
+    text = raw.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+@implementer(IPushProducer, IHandshakeListener)
+class SmtpClientProtocol(Protocol):
+    """One SMTP transaction, as a state machine that sends one command at a time.
+
+    C{result} fires with a L{DeliveryResult}, or fails with a L{DeliveryError}. It fires as
+    soon as the outcome is known. The QUIT that follows does not delay it.
+
+    Replies are handled only in the state that expects them. Bytes that come after a
+    complete reply, before we have sent the next command, cannot be an answer to that
+    command. They are treated as a protocol error, which also stops plain-text injection
+    after STARTTLS.
+
+    It is also the transport's push producer while the message content is sent, so a
+    slow peer slows down how fast we read the content.
+    """
+
+    MAX_LINE_LENGTH = 4096
+    """Longest reply line taken (RFC 5321 asks for 512 octets)."""
+    MAX_REPLY_LINES = 100
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        hostname: str,
+        message: OutgoingMessage,
+        options: ClientOptions,
+        tls: TlsPolicy,
+    ) -> None:
+        self.state = State.GREETING
+        self.result: Deferred[DeliveryResult] = Deferred()
+        self._clock = clock
+        self._hostname = hostname
+        self._message = message
+        self._options = options
+        self._timeouts = options.timeouts
+        self._tls = tls
+        self._permanent: dict[str, str] = dict(check_envelope(message))
+        self._temporary: dict[str, str] = {}
+        self._accepted: list[str] = []
+        self._to_send = [r for r in message.recipients if r not in self._permanent]
+        self._recipient = ""
+        self._peer = hostname
+        self._buffer = b""
+        self._reply_lines: list[bytes] = []
+        self._extensions: dict[str, str] = {}
+        self._tls_started = False
+        self._handshake_done = False
+        self._timer: IDelayedCall | None = None
+        self._sending: Deferred[None] | None = None
+        self._paused: Deferred[None] | None = None
+        self._handlers: dict[State, Callable[[_Reply], None]] = {
+            State.GREETING: self._on_greeting,
+            State.EHLO: self._on_ehlo,
+            State.HELO: self._on_helo,
+            State.STARTTLS: self._on_starttls,
+            State.MAIL: self._on_mail,
+            State.RCPT: self._on_rcpt,
+            State.DATA: self._on_data,
+            State.CONTENT: self._on_early_reply,
+            State.END_OF_DATA: self._on_end_of_data,
+            State.QUIT: self._on_quit,
+        }
+
+    @property
+    def _transport(self) -> _Transport:
+        return cast(_Transport, self.transport)
+
+    # --- Twisted's side -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self._transport.getPeer()
+        ip, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        if ip is not None and port is not None:
+            self._peer = f"{self._hostname}[{ip}]:{port}"
+        self._expect(State.GREETING, self._timeouts.greeting)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._buffer += data
+        while self.state is not State.CLOSED:
+            end = self._buffer.find(b"\r\n")
+            if end < 0:
+                if len(self._buffer) > self.MAX_LINE_LENGTH:
+                    self._protocol_error("sent a reply line that is too long")
+                return
+            line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+            if len(line) > self.MAX_LINE_LENGTH:
+                self._protocol_error("sent a reply line that is too long")
+                return
+            reply = self._collect(line)
+            if reply is None:
+                continue
+            if self._buffer and self.state is not State.QUIT:
+                self._protocol_error(
+                    f"sent unexpected data after its reply to {self.state.value} "
+                    "(before our next command)"
+                )
+                return
+            self._cancel_timer()
+            self._handlers[self.state](reply)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        state, self.state = self.state, State.CLOSED
+        self._cancel_timer()
+        self._resume()
+        if state in (State.CLOSED, State.QUIT):
+            return
+        if state is State.EHLO and self._tls_started and not self._handshake_done:
+            text = f"TLS handshake with {self._peer} failed: {reason.getErrorMessage()}"
+        else:
+            text = f"lost connection with {self._peer} {_while(state)}"
+        self._settle_failure(
+            TemporaryDeliveryError(text, try_other_hosts=state is not State.END_OF_DATA)
+        )
+
+    def handshakeCompleted(self) -> None:
+        self._handshake_done = True
+
+    # IPushProducer: the transport calls these while we send the message content.
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        self._resume()
+
+    def stopProducing(self) -> None:
+        """The connection is going away. L{connectionLost} follows and ends the sending."""
+
+    # --- reading replies --------------------------------------------------------------------
+
+    def _collect(self, line: bytes) -> _Reply | None:
+        """Add a reply line, and return the reply once its last line has come."""
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
+            self._protocol_error(f"sent a malformed reply {_printable(line[:80])!r}")
+            return None
+        self._reply_lines.append(line)
+        if len(self._reply_lines) > self.MAX_REPLY_LINES:
+            self._protocol_error("sent a reply with too many lines")
+            return None
+        if line[3:4] == b"-":
+            return None
+        lines, self._reply_lines = self._reply_lines, []
+        return _Reply(int(line[:3]), [_printable(raw[4:]) for raw in lines])
+
+    def _said(self, reply: _Reply) -> str:
+        return f"{self._peer} said: {reply.text} (in reply to {self.state.value})"
+
+    # --- the states ------------------------------------------------------------------------
+
+    def _on_greeting(self, reply: _Reply) -> None:
+        if reply.kind == 2:
+            self._send_ehlo()
+        else:
+            # Even a 554 greeting only means "not this host": Postfix skips 5xx greeters too.
+            self._fail(TemporaryDeliveryError(self._said(reply)))
+
+    def _send_ehlo(self) -> None:
+        self._command(State.EHLO, b"EHLO " + self._options.helo.encode(), self._timeouts.helo)
+
+    def _on_ehlo(self, reply: _Reply) -> None:
+        if reply.kind == 2:
+            self._extensions = {}
+            for line in reply.lines[1:]:
+                keyword, _, params = line.partition(" ")
+                self._extensions[keyword.upper()] = params
+            self._after_hello()
+        elif reply.kind == 5:
+            helo = b"HELO " + self._options.helo.encode()
+            self._command(State.HELO, helo, self._timeouts.helo)
+        else:
+            self._fail(TemporaryDeliveryError(self._said(reply)))
+
+    def _on_helo(self, reply: _Reply) -> None:
+        if reply.kind == 2:
+            self._extensions = {}
+            self._after_hello()
+        else:
+            self._fail(TemporaryDeliveryError(self._said(reply)))
+
+    def _after_hello(self) -> None:
+        if (
+            self._tls is not TlsPolicy.NONE
+            and not self._tls_started
+            and "STARTTLS" in self._extensions
+            and ITLSTransport.providedBy(self.transport)
+        ):
+            self._command(State.STARTTLS, b"STARTTLS", self._timeouts.starttls)
+        else:
+            self._send_mail()
+
+    def _on_starttls(self, reply: _Reply) -> None:
+        if reply.kind != 2:
+            if self._tls is TlsPolicy.OPPORTUNISTIC:
+                self._send_mail()  # plain text, as it would be if STARTTLS were not offered
+            else:
+                self._fail(TemporaryDeliveryError(self._said(reply)))
+            return
+        try:
+            creator = self._tls_creator()
+            cast(ITLSTransport, self.transport).startTLS(creator)
+        except Exception as e:
+            _log.failure("Could not start TLS with {peer}", peer=self._peer)
+            text = f"could not start TLS with {self._peer}: {e}"
+            self._fail(TemporaryDeliveryError(text), polite=False)
+            return
+        # RFC 3207 §4.2: forget everything learnt before TLS and say EHLO again.
+        self._tls_started = True
+        self._extensions = {}
+        self._send_ehlo()
+
+    def _tls_creator(self) -> IOpenSSLClientConnectionCreator:
+        if self._tls is TlsPolicy.VERIFY:
+            ca_file = self._options.ca_file
+            trust = platformTrust() if ca_file is None else load_trust_root(ca_file)
+            return optionsForClientTLS(
+                self._hostname,
+                trustRoot=trust,
+                extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+            )
+        options = CertificateOptions(verify=False, raiseMinimumTo=TLSVersion.TLSv1_2)
+        return cast(IOpenSSLClientConnectionCreator, options)
+
+    def _send_mail(self) -> None:
+        command = b"MAIL FROM:<" + self._message.sender.encode() + b">"
+        if self._message.size is not None and "SIZE" in self._extensions:
+            command += b" SIZE=%d" % self._message.size
+        self._command(State.MAIL, command, self._timeouts.mail)
+
+    def _on_mail(self, reply: _Reply) -> None:
+        if reply.kind == 2:
+            self._next_recipient()
+        else:
+            self._fail_by_code(reply)
+
+    def _next_recipient(self) -> None:
+        if self._to_send:
+            self._recipient = self._to_send.pop(0)
+            command = b"RCPT TO:<" + self._recipient.encode() + b">"
+            self._command(State.RCPT, command, self._timeouts.rcpt)
+        elif self._accepted:
+            self._command(State.DATA, b"DATA", self._timeouts.data_init)
+        elif self._temporary:
+            # Every recipient was refused and some may try again later: each has its own answer.
+            self._quit()
+            self._settle(
+                DeliveryResult(temporary=dict(self._temporary), permanent=dict(self._permanent))
+            )
+        else:
+            first = next(iter(self._permanent.values()))
+            self._fail(PermanentDeliveryError(first, recipients=self._permanent))
+
+    def _on_rcpt(self, reply: _Reply) -> None:
+        if reply.kind == 2:
+            self._accepted.append(self._recipient)
+        elif reply.kind == 4:
+            self._temporary[self._recipient] = self._said(reply)
+        elif reply.kind == 5:
+            self._permanent[self._recipient] = self._said(reply)
+        else:
+            self._protocol_error(f"gave an unexpected reply {reply.text!r} to RCPT TO")
+            return
+        self._next_recipient()
+
+    def _on_data(self, reply: _Reply) -> None:
+        if reply.code == 354:
+            self.state = State.CONTENT
+            self._transport.registerProducer(self, True)
+            self._sending = Deferred.fromCoroutine(self._send_content())
+            self._sending.addErrback(self._content_failed)
+        else:
+            self._fail_by_code(reply)
+
+    async def _send_content(self) -> None:
+        encoder = DataEncoder()
+        chunks = self._message.content()
+        try:
+            while True:
+                self._start_timer(self._timeouts.content)
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                if self.state is not State.CONTENT:
+                    return
+                if chunk:
+                    self._transport.write(encoder.feed(chunk))
+                while self._paused is not None:
+                    await self._paused
+                if self.state is not State.CONTENT:
+                    return
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+        if self.state is not State.CONTENT:
+            return
+        self._transport.unregisterProducer()
+        self._transport.write(encoder.finish())
+        self._expect(State.END_OF_DATA, self._timeouts.final_dot)
+
+    def _content_failed(self, failure: Failure) -> None:
+        """The content source raised, so the message must not be ended with a dot."""
+        if self.state is not State.CONTENT:
+            return  # we stopped the sending ourselves, and the result is settled already
+        _log.failure("Reading the content for {peer} failed", failure, peer=self._peer)
+        text = f"reading the message content failed ({type(failure.value).__name__})"
+        self._fail(TemporaryDeliveryError(text), polite=False)
+
+    def _on_early_reply(self, reply: _Reply) -> None:
+        """A reply while we are still sending content: the peer gave up on the message."""
+        self._fail_by_code(reply, polite=False)
+
+    def _on_end_of_data(self, reply: _Reply) -> None:
+        if reply.code == 250:
+            result = DeliveryResult(
+                accepted=list(self._accepted),
+                temporary=dict(self._temporary),
+                permanent=dict(self._permanent),
+                reply=self._said(reply),
+            )
+            self._quit()
+            self._settle(result)
+        elif reply.kind == 5:
+            self._fail(PermanentDeliveryError(self._said(reply)))
+        else:
+            self._fail(TemporaryDeliveryError(self._said(reply), try_other_hosts=False))
+
+    def _on_quit(self, reply: _Reply) -> None:
+        self.state = State.CLOSED
+        self._cancel_timer()
+        self._transport.loseConnection()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _command(self, state: State, line: bytes, timeout: float) -> None:
+        self._transport.write(line + b"\r\n")
+        self._expect(state, timeout)
+
+    def _expect(self, state: State, timeout: float) -> None:
+        self.state = state
+        self._start_timer(timeout)
+
+    def _start_timer(self, timeout: float) -> None:
+        self._cancel_timer()
+        self._timer = self._clock.callLater(timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        state = self.state
+        if state is State.QUIT:
+            self.state = State.CLOSED
+            self._transport.abortConnection()
+            return
+        text = f"conversation with {self._peer} timed out {_while(state)}"
+        self._fail(
+            TemporaryDeliveryError(text, try_other_hosts=state is not State.END_OF_DATA),
+            polite=False,
+        )
+
+    def _protocol_error(self, what: str) -> None:
+        state = self.state
+        self._fail(
+            TemporaryDeliveryError(
+                f"{self._peer} {what}", try_other_hosts=state is not State.END_OF_DATA
+            ),
+            polite=False,
+        )
+
+    def _fail_by_code(self, reply: _Reply, *, polite: bool = True) -> None:
+        if reply.kind == 5:
+            self._fail(PermanentDeliveryError(self._said(reply)), polite=polite)
+        elif reply.kind == 4:
+            self._fail(TemporaryDeliveryError(self._said(reply)), polite=polite)
+        else:
+            self._protocol_error(f"gave an unexpected reply {reply.text!r} to {self.state.value}")
+
+    def _fail(self, error: DeliveryError, *, polite: bool = True) -> None:
+        """End with C{error}: QUIT when the conversation is in step, else abort."""
+        if polite:
+            self._quit()
+        else:
+            self.state = State.CLOSED
+            self._cancel_timer()
+            self._transport.abortConnection()
+        self._resume()  # a paused sender wakes up, sees the state and stops
+        self._settle_failure(error)
+
+    def _quit(self) -> None:
+        self._command(State.QUIT, b"QUIT", self._timeouts.quit)
+
+    def _settle(self, result: DeliveryResult) -> None:
+        if not self.result.called:
+            self.result.callback(result)
+
+    def _settle_failure(self, error: DeliveryError) -> None:
+        if self._sending is not None and not self._sending.called:
+            self._sending.cancel()
+        if not self.result.called:
+            self.result.errback(Failure(error))
+
+    def _resume(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+
+def _while(state: State) -> str:
+    if state is State.GREETING:
+        return "while receiving the initial greeting"
+    if state is State.CONTENT:
+        return "while sending the message content"
+    return f"while waiting for the reply to {state.value}"
+
+
+def load_trust_root(ca_file: str) -> IOpenSSLTrustRoot:
+    """Trust the CA certificates in the PEM file C{ca_file}, which may hold several."""
+    try:
+        with open(ca_file, "rb") as f:
+            pem = f.read()
+        found = x509.load_pem_x509_certificates(pem)
+    except (OSError, ValueError) as e:
+        raise TemporaryDeliveryError(f"cannot use CA file {ca_file!r}: {e}") from None
+    certificates = [Certificate(crypto.X509.from_cryptography(c)) for c in found]
+    root: IOpenSSLTrustRoot = trustRootFromCertificates(certificates)
+    return root
+
+
+# --- the coroutines the queue calls ----------------------------------------------------------
+
+
+async def deliver(
+    reactor: IReactorTCP,
+    host: str,
+    port: int,
+    message: OutgoingMessage,
+    options: ClientOptions,
+    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+) -> DeliveryResult:
+    """Connect to C{host}:C{port} and run one SMTP transaction for C{message}.
+
+    Returns per-recipient outcomes. Raises L{TemporaryDeliveryError} or
+    L{PermanentDeliveryError} when the whole transaction failed.
+    """
+    check_envelope(message)
+    clock = IReactorTime(reactor)
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=options.timeouts.connect)
+    build = partial(SmtpClientProtocol, clock, host, message, options, tls)
+    connecting = endpoint.connect(Factory.forProtocol(build))
+    connecting.addTimeout(options.timeouts.connect, clock)
+    try:
+        protocol = cast(SmtpClientProtocol, await connecting)
+    except (defer.TimeoutError, ConnectingCancelledError):
+        # HostnameEndpoint answers our timeout's cancel() with ConnectingCancelledError.
+        raise TemporaryDeliveryError(f"connection to {host}:{port} timed out") from None
+    except Exception as e:
+        raise TemporaryDeliveryError(f"connection to {host}:{port} failed: {e}") from None
+    return await protocol.result
+
+
+async def deliver_to_hosts(
+    reactor: IReactorTCP,
+    hosts: Sequence[tuple[str, int]],
+    message: OutgoingMessage,
+    options: ClientOptions,
+    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+    *,
+    max_hosts: int = MAX_HOSTS,
+) -> DeliveryResult:
+    """Try C{hosts} in order until one gives a definite answer.
+
+    A temporary failure before the host has seen the whole message (refused, timed out,
+    4xx greeting, TLS failure and so on) moves on to the next host. Any other outcome is
+    final. When every host fails, the last host's error is raised.
+    """
+    check_envelope(message)
+    last: TemporaryDeliveryError | None = None
+    for host, port in list(hosts)[:max_hosts]:
+        try:
+            return await deliver(reactor, host, port, message, options, tls)
+        except TemporaryDeliveryError as e:
+            if not e.try_other_hosts:
+                raise
+            _log.info(
+                "Delivery via {host}:{port} failed, next host: {text}",
+                host=host,
+                port=port,
+                text=e.text,
+            )
+            last = e
+    if last is None:
+        raise TemporaryDeliveryError("no host to deliver to")
+    raise last
+
+
+async def resolve_mx(
+    resolver: IResolver, domain: str, *, rng: random.Random | None = None
+) -> list[tuple[str, int]]:
+    """The hosts to try for C{domain}, best first, each with port 25.
+
+    MX records are sorted by preference. Equal preferences come in random order, drawn
+    from C{rng} when it is given (for repeatable tests). With no MX records the domain
+    itself is used (RFC 5321 §5.1). A null MX (RFC 7505) and NXDOMAIN are permanent
+    failures. Any other DNS failure is temporary.
+    """
+    domain = domain.rstrip(".")
+    try:
+        answers, _authority, _additional = await resolver.lookupMailExchange(domain, DNS_TIMEOUTS)
+    except DNSNameError:
+        raise PermanentDeliveryError(f"domain {domain} does not exist (DNS NXDOMAIN)") from None
+    except Exception as e:
+        raise TemporaryDeliveryError(
+            f"MX lookup for {domain} failed: {type(e).__name__} {e}".rstrip()
+        ) from None
+    records: list[tuple[int, str]] = []
+    for rr in cast(list[dns.RRHeader], answers):
+        if rr.type == dns.MX:
+            payload = cast(dns.Record_MX, rr.payload)
+            name = payload.name.name.decode("ascii", "replace").rstrip(".")
+            records.append((payload.preference, name))
+    if not records:
+        return [(domain, 25)]
+    usable = [record for record in records if record[1]]
+    if not usable:
+        raise PermanentDeliveryError("domain does not accept mail (null MX)")
+    draw = rng.random if rng is not None else random.random
+    hosts: list[tuple[str, int]] = []
+    for _preference, name in sorted(usable, key=lambda record: (record[0], draw())):
+        if (name, 25) not in hosts:
+            hosts.append((name, 25))
+    return hosts
+
+
+async def deliver_via_route(
+    reactor: IReactorTCP,
+    resolver: IResolver,
+    route: Route,
+    domain: str,
+    message: OutgoingMessage,
+    options: ClientOptions,
+    *,
+    rng: random.Random | None = None,
+) -> DeliveryResult:
+    """Deliver mail for C{domain} the way C{route} says.
+
+    An MX route goes to the domain's MX hosts with opportunistic TLS. An
+    C{smtp://host:port} route goes to that relay, with a verified certificate when it
+    offers STARTTLS.
+    """
+    check_envelope(message)
+    if route.mx:
+        hosts = await resolve_mx(resolver, domain, rng=rng)
+        return await deliver_to_hosts(reactor, hosts, message, options, TlsPolicy.OPPORTUNISTIC)
+    hosts = [(route.host, route.port)]
+    return await deliver_to_hosts(reactor, hosts, message, options, TlsPolicy.VERIFY)

@@ -1,0 +1,1152 @@
+"""
+Tests for secmail.smtp.client: the DATA encoder, the SMTP client state machine, MX
+resolution and trying hosts in turn. No sockets: the server is played by feeding replies to
+the protocol and checking the exact bytes it writes.
+"""
+
+from __future__ import annotations
+
+import operator
+import random
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IHostResolution,
+    IResolutionReceiver,
+    ITLSTransport,
+)
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.names import dns
+from twisted.names.error import DNSNameError, DNSQueryTimeoutError, DNSServerError
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from secmail.config import MX, Route
+from secmail.smtp.client import (
+    ClientOptions,
+    DataEncoder,
+    DeliveryResult,
+    OutgoingMessage,
+    PermanentDeliveryError,
+    SmtpClientProtocol,
+    TemporaryDeliveryError,
+    Timeouts,
+    TlsPolicy,
+    deliver,
+    deliver_to_hosts,
+    deliver_via_route,
+    resolve_mx,
+)
+
+HELO = "gw.example.net"
+PEER = "mx.example.com[192.0.2.1]:25"
+GREETING = b"220 mx.example.com ESMTP\r\n"
+EHLO_REPLY = b"250-mx.example.com hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+BODY = b"Subject: hi\r\n\r\nbody\r\n"
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def content_of(*chunks: bytes) -> Callable[[], AsyncIterator[bytes]]:
+    async def produce() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    return produce
+
+
+def make_message(
+    *recipients: str,
+    chunks: Sequence[bytes] = (BODY,),
+    sender: str = "alice@example.net",
+    size: int | None = None,
+) -> OutgoingMessage:
+    return OutgoingMessage(
+        sender=sender,
+        recipients=recipients or ("bob@example.com",),
+        content=content_of(*chunks),
+        size=size,
+    )
+
+
+@implementer(ITLSTransport)
+class TlsStringTransport(StringTransport):
+    """A StringTransport that can STARTTLS: it records the connection creator it was given."""
+
+    def __init__(self, peer: IPv4Address | None = None) -> None:
+        super().__init__(peerAddress=peer or IPv4Address("TCP", "192.0.2.1", 25))
+        self.tls_started: list[Any] = []
+
+    def startTLS(self, contextFactory: Any) -> None:
+        self.tls_started.append(contextFactory)
+
+
+class Conversation:
+    """A client protocol on a string transport, with the test playing the server."""
+
+    def __init__(
+        self,
+        message: OutgoingMessage,
+        tls: TlsPolicy = TlsPolicy.NONE,
+        timeouts: Timeouts = Timeouts(),
+        transport: StringTransport | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        self.clock = Clock()
+        options = ClientOptions(helo=HELO, timeouts=timeouts, ca_file=ca_file)
+        self.protocol = SmtpClientProtocol(self.clock, "mx.example.com", message, options, tls)
+        self.transport = transport or TlsStringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def server(self, reply: bytes) -> bytes:
+        """Send C{reply} as the server; return what the client wrote in answer."""
+        self.transport.clear()
+        self.protocol.dataReceived(reply)
+        return self.transport.value()
+
+    def up_to_mail(self, ehlo: bytes = EHLO_REPLY) -> None:
+        assert self.server(GREETING) == b"EHLO gw.example.net\r\n"
+        assert self.server(ehlo).startswith(b"MAIL FROM:")
+
+    def up_to_data(self, recipients: int = 1) -> None:
+        self.up_to_mail()
+        self.server(b"250 2.1.0 ok\r\n")
+        for _ in range(recipients):
+            self.server(b"250 2.1.5 ok\r\n")
+
+
+def said(text: str, command: str) -> str:
+    return f"{PEER} said: {text} (in reply to {command})"
+
+
+# --- DataEncoder: examples ----------------------------------------------------------------------
+
+
+def encode(*chunks: bytes) -> bytes:
+    encoder = DataEncoder()
+    return b"".join(encoder.feed(chunk) for chunk in chunks) + encoder.finish()
+
+
+class DataEncoderTests(SynchronousTestCase):
+    def test_plain_message(self) -> None:
+        """A CRLF message passes through unchanged and gets the terminator."""
+        self.assertEqual(encode(BODY), BODY + b".\r\n")
+
+    def test_empty_message(self) -> None:
+        """An empty message is just the terminator."""
+        self.assertEqual(encode(), b".\r\n")
+        self.assertEqual(encode(b""), b".\r\n")
+
+    def test_first_line_dot(self) -> None:
+        """A dot at the very start of the message is stuffed (Twisted's SMTPClient misses it)."""
+        self.assertEqual(encode(b".hidden\r\nx\r\n"), b"..hidden\r\nx\r\n.\r\n")
+
+    def test_dot_at_chunk_boundary(self) -> None:
+        """A dot line starting a new chunk is stuffed, after a chunk that ended in CRLF."""
+        self.assertEqual(encode(b"line1\r\n", b".x\r\n"), b"line1\r\n..x\r\n.\r\n")
+
+    def test_lone_dot_at_chunk_boundary(self) -> None:
+        """The smuggling case: a chunk ending in LF and the next starting '.LF' cannot end DATA."""
+        wire = encode(b"a\n", b".\nMAIL FROM:<x@y>\n")
+        self.assertEqual(wire, b"a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n")
+
+    def test_dot_split_from_its_line(self) -> None:
+        """A line whose first byte is the last byte of a chunk is stuffed once."""
+        self.assertEqual(encode(b"a\r\n.", b".b\r\n"), b"a\r\n...b\r\n.\r\n")
+
+    def test_dot_inside_line_not_stuffed(self) -> None:
+        """Only a dot at the start of a line is doubled."""
+        self.assertEqual(encode(b"a.b\r\n a.\r\n"), b"a.b\r\n a.\r\n.\r\n")
+
+    def test_bare_lf(self) -> None:
+        """Bare LF line ends become CRLF."""
+        self.assertEqual(encode(b"a\nb\n"), b"a\r\nb\r\n.\r\n")
+
+    def test_bare_cr(self) -> None:
+        """A bare CR is a line end too, never passed on bare."""
+        self.assertEqual(encode(b"a\rb\r\r\n"), b"a\r\nb\r\n\r\n.\r\n")
+
+    def test_crlf_split_across_chunks(self) -> None:
+        """CR at the end of one chunk and LF at the start of the next are one line end."""
+        self.assertEqual(encode(b"a\r", b"\nb\r\n"), b"a\r\nb\r\n.\r\n")
+        self.assertEqual(encode(b"a\r", b"", b"\nb"), b"a\r\nb\r\n.\r\n")
+
+    def test_cr_cr_lf(self) -> None:
+        """CR CR LF (what SMTPClient makes of CRLF) is an empty line, not a double line end."""
+        self.assertEqual(encode(b"a\r\r\nb"), b"a\r\n\r\nb\r\n.\r\n")
+
+    def test_final_partial_line(self) -> None:
+        """A last line without a line end gets CRLF before the terminator."""
+        self.assertEqual(encode(b"no newline"), b"no newline\r\n.\r\n")
+
+    def test_long_line_folded(self) -> None:
+        """A 3000-byte line is folded into 998-octet wire lines with CRLF SP continuations."""
+        wire = encode(b"x" * 3000 + b"\r\n")
+        lines = wire.split(b"\r\n")
+        self.assertEqual(lines[0], b"x" * 998)
+        self.assertEqual(lines[1], b" " + b"x" * 997)
+        self.assertEqual(lines[2], b" " + b"x" * 997)
+        self.assertEqual(lines[3], b" " + b"x" * 8)
+        self.assertEqual(lines[4:], [b".", b""])
+
+    def test_long_line_in_small_chunks(self) -> None:
+        """Folding gives the same wire bytes however the long line is chunked."""
+        data = b"y" * 3000 + b"\r\nend\r\n"
+        pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
+        self.assertEqual(encode(*pieces), encode(data))
+
+    def test_exactly_998_not_folded(self) -> None:
+        """A line of exactly 998 octets is sent as one line."""
+        self.assertEqual(encode(b"z" * 998 + b"\r\n"), b"z" * 998 + b"\r\n.\r\n")
+
+    def test_stuffed_dot_counts_toward_limit(self) -> None:
+        """A 998-octet line starting with a dot folds, so the wire line stays at 998 octets."""
+        wire = encode(b"." + b"z" * 997 + b"\r\n")
+        self.assertEqual(wire, b".." + b"z" * 996 + b"\r\n z\r\n.\r\n")
+
+    def test_folding_is_ambiguous_by_design(self) -> None:
+        """Known limit: a fold looks just like a 998-octet line then a line starting with SP."""
+        self.assertEqual(encode(b"q" * 999), encode(b"q" * 998 + b"\r\n q"))
+
+    def test_memory_bounded(self) -> None:
+        """Feeding a huge line returns all but at most 998 bytes at once: nothing builds up."""
+        encoder = DataEncoder()
+        out = encoder.feed(b"w" * 100_000)
+        self.assertGreaterEqual(len(out), 100_000 - 998)
+
+    def test_feed_after_finish(self) -> None:
+        """The encoder refuses to be used after the terminator was produced."""
+        encoder = DataEncoder()
+        encoder.finish()
+        self.assertRaises(RuntimeError, encoder.feed, b"x")
+        self.assertRaises(RuntimeError, encoder.finish)
+
+
+# --- DataEncoder: properties --------------------------------------------------------------------
+
+_PIECES = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"\r\n.", b"\n.\n", b" ", b"\r\r\n", b".\r"]),
+    st.builds(operator.mul, st.sampled_from([b"x", b".", b" ", b"ab"]), st.integers(990, 2100)),
+)
+_MESSAGES = st.lists(_PIECES, max_size=12).map(b"".join)
+_CUTS = st.lists(st.integers(min_value=0, max_value=50_000), max_size=8)
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({cut % (len(data) + 1) for cut in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def canonical(data: bytes) -> bytes:
+    text = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if text and not text.endswith(b"\r\n"):
+        text += b"\r\n"
+    return text
+
+
+def last_wire_length(line: bytes) -> int:
+    """The length of the last wire line that L{DataEncoder} makes of one input line."""
+    length = len(line) + (1 if line.startswith(b".") else 0)
+    if length <= 998:
+        return length
+    return 1 + ((length - 998 - 1) % 997 + 1)
+
+
+def fold_ambiguous(text: bytes) -> bool:
+    """Whether a canonical text has a full-length wire line followed by a line starting with SP."""
+    lines = text.split(b"\r\n")
+    return any(
+        last_wire_length(a) == 998 and b.startswith(b" ")
+        for a, b in zip(lines, lines[1:], strict=False)
+    )
+
+
+def decode_wire(wire: bytes) -> bytes:
+    """Undo dot-stuffing and folding: the receiving side's view of the message."""
+    assert wire == b".\r\n" or wire.endswith(b"\r\n.\r\n")
+    lines = wire[:-3].split(b"\r\n")
+    assert lines[-1] == b""
+    logical: list[bytes] = []
+    previous = -1
+    for line in lines[:-1]:
+        if line.startswith(b" ") and previous == 998 and logical:
+            logical[-1] += line[1:]
+        else:
+            logical.append(line[1:] if line.startswith(b".") else line)
+        previous = len(line)
+    return b"".join(line + b"\r\n" for line in logical)
+
+
+class DataEncoderPropertyTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(data=_MESSAGES, cuts=_CUTS)
+    def test_wire_form(self, data: bytes, cuts: list[int]) -> None:
+        """Any input gives CRLF-only lines of at most 1000 octets, and '.' only as terminator."""
+        wire = encode(*split_at(data, cuts))
+        self.assertTrue(wire.endswith(b".\r\n"))
+        self.assertNotIn(b"\r", wire.replace(b"\r\n", b""))
+        self.assertNotIn(b"\n", wire.replace(b"\r\n", b""))
+        lines = wire.split(b"\r\n")[:-1]
+        self.assertTrue(all(len(line) + 2 <= 1000 for line in lines))
+        self.assertEqual(lines[-1], b".")
+        self.assertNotIn(b".", lines[:-1])
+        self.assertTrue(all(line.startswith(b"..") for line in lines[:-1] if line[:1] == b"."))
+
+    @settings(max_examples=150, deadline=None)
+    @given(data=_MESSAGES, cuts=_CUTS)
+    def test_round_trip(self, data: bytes, cuts: list[int]) -> None:
+        """Un-stuffing and un-folding the wire bytes gives back the canonicalised input."""
+        assume(not fold_ambiguous(canonical(data)))
+        self.assertEqual(decode_wire(encode(*split_at(data, cuts))), canonical(data))
+
+    @settings(max_examples=150, deadline=None)
+    @given(data=_MESSAGES, cuts=_CUTS)
+    def test_chunking_does_not_matter(self, data: bytes, cuts: list[int]) -> None:
+        """The wire bytes depend only on the content, never on where the chunks break."""
+        self.assertEqual(encode(*split_at(data, cuts)), encode(data))
+
+    @settings(max_examples=100, deadline=None)
+    @given(data=_MESSAGES, cuts=_CUTS)
+    def test_bounded_buffering(self, data: bytes, cuts: list[int]) -> None:
+        """After each chunk, at most 998 bytes of input are held back."""
+        encoder = DataEncoder()
+        fed = written = 0
+        for chunk in split_at(data, cuts):
+            fed += len(chunk)
+            written += len(encoder.feed(chunk))
+            self.assertGreaterEqual(written, fed - 998)
+
+
+# --- the protocol -------------------------------------------------------------------------------
+
+
+class ConversationTests(SynchronousTestCase):
+    def test_happy_path_two_recipients(self) -> None:
+        """The full exchange with two recipients writes exactly the expected commands and data."""
+        c = Conversation(make_message("bob@example.com", "carol@example.com"))
+        self.assertEqual(c.server(GREETING), b"EHLO gw.example.net\r\n")
+        self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<alice@example.net>\r\n")
+        self.assertEqual(c.server(b"250 2.1.0 ok\r\n"), b"RCPT TO:<bob@example.com>\r\n")
+        self.assertEqual(c.server(b"250 2.1.5 ok\r\n"), b"RCPT TO:<carol@example.com>\r\n")
+        self.assertEqual(c.server(b"250 2.1.5 ok\r\n"), b"DATA\r\n")
+        self.assertNoResult(c.protocol.result)
+        self.assertEqual(c.server(b"354 go ahead\r\n"), BODY + b".\r\n")
+        self.assertNoResult(c.protocol.result)
+        self.assertEqual(c.server(b"250 2.0.0 queued as 123\r\n"), b"QUIT\r\n")
+        result = self.successResultOf(c.protocol.result)
+        self.assertEqual(
+            result,
+            DeliveryResult(
+                accepted=["bob@example.com", "carol@example.com"],
+                reply=said("250 2.0.0 queued as 123", "end of data"),
+            ),
+        )
+        self.assertFalse(c.transport.disconnecting)
+        c.server(b"221 2.0.0 bye\r\n")
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_multiline_ehlo_byte_by_byte(self) -> None:
+        """A multi-line EHLO reply is read whole even one byte at a time, and SIZE is used."""
+        c = Conversation(make_message(size=1234))
+        c.server(GREETING)
+        reply = b"250-mx.example.com\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 HELP\r\n"
+        for byte in reply[:-1]:
+            self.assertEqual(c.server(bytes([byte])), b"")
+        self.assertEqual(c.server(reply[-1:]), b"MAIL FROM:<alice@example.net> SIZE=1234\r\n")
+
+    def test_no_size_without_extension(self) -> None:
+        """SIZE= is only sent to a server that advertises SIZE."""
+        c = Conversation(make_message(size=1234))
+        c.server(GREETING)
+        self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<alice@example.net>\r\n")
+
+    def test_null_sender(self) -> None:
+        """An empty sender is sent as the null reverse-path MAIL FROM:<>."""
+        c = Conversation(make_message(sender=""))
+        c.server(GREETING)
+        self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<>\r\n")
+
+    def test_helo_fallback(self) -> None:
+        """A 5xx to EHLO makes the client fall back to HELO, and then go on."""
+        c = Conversation(make_message())
+        c.server(GREETING)
+        self.assertEqual(c.server(b"502 5.5.1 what?\r\n"), b"HELO gw.example.net\r\n")
+        self.assertEqual(c.server(b"250 hi\r\n"), b"MAIL FROM:<alice@example.net>\r\n")
+
+    def test_mixed_recipients(self) -> None:
+        """One 4xx, one 5xx and one accepted recipient: data goes to the accepted one only."""
+        c = Conversation(make_message("t@example.com", "p@example.com", "ok@example.com"))
+        c.up_to_mail()
+        c.server(b"250 ok\r\n")
+        self.assertEqual(c.server(b"450 4.2.1 try later\r\n"), b"RCPT TO:<p@example.com>\r\n")
+        self.assertEqual(c.server(b"550 5.1.1 no such user\r\n"), b"RCPT TO:<ok@example.com>\r\n")
+        self.assertEqual(c.server(b"250 ok\r\n"), b"DATA\r\n")
+        c.server(b"354 go\r\n")
+        c.server(b"250 done\r\n")
+        result = self.successResultOf(c.protocol.result)
+        self.assertEqual(result.accepted, ["ok@example.com"])
+        self.assertEqual(
+            result.temporary, {"t@example.com": said("450 4.2.1 try later", "RCPT TO")}
+        )
+        self.assertEqual(
+            result.permanent, {"p@example.com": said("550 5.1.1 no such user", "RCPT TO")}
+        )
+
+    def test_all_recipients_rejected(self) -> None:
+        """When every recipient gets 5xx the transaction fails permanently, without DATA."""
+        c = Conversation(make_message("a@example.com", "b@example.com"))
+        c.up_to_mail()
+        c.server(b"250 ok\r\n")
+        c.server(b"550 5.1.1 no such user\r\n")
+        self.assertEqual(c.server(b"551 5.1.6 moved\r\n"), b"QUIT\r\n")
+        error = self.failureResultOf(c.protocol.result, PermanentDeliveryError).value
+        self.assertEqual(error.text, said("550 5.1.1 no such user", "RCPT TO"))
+        self.assertEqual(
+            error.recipients,
+            {
+                "a@example.com": said("550 5.1.1 no such user", "RCPT TO"),
+                "b@example.com": said("551 5.1.6 moved", "RCPT TO"),
+            },
+        )
+
+    def test_all_recipients_deferred(self) -> None:
+        """When no recipient is accepted but some got 4xx, each keeps its own answer; no DATA."""
+        c = Conversation(make_message("a@example.com", "b@example.com"))
+        c.up_to_mail()
+        c.server(b"250 ok\r\n")
+        c.server(b"451 4.7.1 greylisted\r\n")
+        self.assertEqual(c.server(b"550 5.1.1 unknown\r\n"), b"QUIT\r\n")
+        result = self.successResultOf(c.protocol.result)
+        self.assertEqual(result.accepted, [])
+        self.assertEqual(list(result.temporary), ["a@example.com"])
+        self.assertEqual(list(result.permanent), ["b@example.com"])
+
+    def test_5xx_at_mail(self) -> None:
+        """A 5xx to MAIL FROM is a permanent failure of the whole transaction, then QUIT."""
+        c = Conversation(make_message())
+        c.up_to_mail()
+        self.assertEqual(c.server(b"553 5.7.1 sender rejected\r\n"), b"QUIT\r\n")
+        error = self.failureResultOf(c.protocol.result, PermanentDeliveryError).value
+        self.assertEqual(error.text, said("553 5.7.1 sender rejected", "MAIL FROM"))
+        self.assertEqual(error.recipients, {})
+
+    def test_4xx_at_mail(self) -> None:
+        """A 4xx to MAIL FROM is temporary, and another host may be tried."""
+        c = Conversation(make_message())
+        c.up_to_mail()
+        c.server(b"421 4.3.2 shutting down\r\n")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertTrue(error.try_other_hosts)
+
+    def test_5xx_at_data(self) -> None:
+        """A 5xx to DATA is permanent."""
+        c = Conversation(make_message())
+        c.up_to_data()
+        self.assertEqual(c.server(b"554 5.5.1 no valid recipients\r\n"), b"QUIT\r\n")
+        error = self.failureResultOf(c.protocol.result, PermanentDeliveryError).value
+        self.assertEqual(error.text, said("554 5.5.1 no valid recipients", "DATA"))
+
+    def test_5xx_at_final_dot(self) -> None:
+        """A 5xx to the final dot is permanent."""
+        c = Conversation(make_message())
+        c.up_to_data()
+        c.server(b"354 go\r\n")
+        c.server(b"554 5.7.1 spam\r\n")
+        error = self.failureResultOf(c.protocol.result, PermanentDeliveryError).value
+        self.assertEqual(error.text, said("554 5.7.1 spam", "end of data"))
+
+    def test_4xx_at_final_dot(self) -> None:
+        """A 4xx to the final dot is temporary, and is this host's definite answer (no next MX)."""
+        c = Conversation(make_message())
+        c.up_to_data()
+        c.server(b"354 go\r\n")
+        self.assertEqual(c.server(b"451 4.3.0 try again\r\n"), b"QUIT\r\n")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(error.text, said("451 4.3.0 try again", "end of data"))
+        self.assertFalse(error.try_other_hosts)
+
+    def test_421_greeting(self) -> None:
+        """A 421 greeting is a temporary failure; the client says QUIT."""
+        c = Conversation(make_message())
+        self.assertEqual(c.server(b"421 4.3.2 too busy\r\n"), b"QUIT\r\n")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(error.text, said("421 4.3.2 too busy", "initial greeting"))
+        self.assertTrue(error.try_other_hosts)
+
+    def test_554_greeting_is_temporary(self) -> None:
+        """A 5xx greeting only refuses this host, so it is temporary (Postfix skips such hosts)."""
+        c = Conversation(make_message())
+        c.server(b"554 no service\r\n")
+        self.failureResultOf(c.protocol.result, TemporaryDeliveryError)
+
+    def test_non_250_success_at_dot(self) -> None:
+        """Only 250 to the final dot counts as delivered."""
+        c = Conversation(make_message())
+        c.up_to_data()
+        c.server(b"354 go\r\n")
+        c.server(b"252 maybe\r\n")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertFalse(error.try_other_hosts)
+
+    def test_reply_text_sanitised(self) -> None:
+        """Control characters and invalid UTF-8 in a reply do not reach the error text."""
+        c = Conversation(make_message())
+        c.server(b"421 bad\x1b[31m\xff\r\n")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(error.text, said("421 bad?[31m\ufffd", "initial greeting"))
+
+    def test_multiline_error_reply(self) -> None:
+        """The lines of a multi-line error reply are joined into one text."""
+        c = Conversation(make_message())
+        c.up_to_mail()
+        c.server(b"550-5.7.1 first\r\n550 5.7.1 second\r\n")
+        error = self.failureResultOf(c.protocol.result, PermanentDeliveryError).value
+        self.assertEqual(error.text, said("550 5.7.1 first 5.7.1 second", "MAIL FROM"))
+
+    def test_malformed_reply(self) -> None:
+        """A reply that is not 'NNN text' is a protocol error and the connection is aborted."""
+        c = Conversation(make_message())
+        c.server(b"hello there\r\n")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertIn("malformed reply", error.text)
+        self.assertTrue(c.transport.disconnected)
+
+    def test_overlong_reply_line(self) -> None:
+        """A reply line longer than the limit is refused instead of buffered without end."""
+        c = Conversation(make_message())
+        c.server(b"220" + b"x" * 10_000)
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertIn("too long", error.text)
+
+    def test_unsolicited_reply_is_protocol_error(self) -> None:
+        """An extra reply sent before our next command cannot be taken as its answer."""
+        c = Conversation(make_message("a@example.com"))
+        c.up_to_mail()
+        self.assertEqual(c.server(b"250 ok\r\n250 fake rcpt ok\r\n"), b"")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertIn("unexpected data after its reply to MAIL FROM", error.text)
+        self.assertTrue(c.transport.disconnected)
+
+
+class EnvelopeTests(SynchronousTestCase):
+    def test_sender_with_crlf(self) -> None:
+        """A sender with CRLF (SMTP command injection) is refused before anything is written."""
+        message = make_message(sender="a@b>\r\nRCPT TO:<evil@x.com")
+        self.assertRaises(PermanentDeliveryError, Conversation, message)
+
+    def test_bad_characters(self) -> None:
+        """NUL, CR, LF, angle brackets and spaces make a recipient address unusable."""
+        for bad in ("a\x00@x", "a\r@x", "a\n@x", "a<@x", "a>@x", "a b@x", ""):
+            reactor = MemoryReactorClock()
+            d = Deferred.fromCoroutine(
+                deliver(reactor, "mx", 25, make_message(bad), ClientOptions(HELO))
+            )
+            self.failureResultOf(d, PermanentDeliveryError)
+            self.assertEqual(reactor.tcpClients, [])
+
+    def test_one_bad_recipient(self) -> None:
+        """An unusable recipient fails on its own; the others are still delivered."""
+        c = Conversation(make_message("good@example.com", "bad\r\n@example.com"))
+        c.up_to_mail()
+        self.assertEqual(c.server(b"250 ok\r\n"), b"RCPT TO:<good@example.com>\r\n")
+        self.assertEqual(c.server(b"250 ok\r\n"), b"DATA\r\n")
+        c.server(b"354 go\r\n")
+        c.server(b"250 ok\r\n")
+        result = self.successResultOf(c.protocol.result)
+        self.assertEqual(result.accepted, ["good@example.com"])
+        self.assertEqual(list(result.permanent), ["bad\r\n@example.com"])
+        self.assertIn("contains CR", result.permanent["bad\r\n@example.com"])
+
+    def test_bad_helo(self) -> None:
+        """A HELO name with a line break is a configuration error."""
+        self.assertRaises(ValueError, ClientOptions, "gw\r\nMAIL FROM:<x>")
+
+
+class ContentTests(SynchronousTestCase):
+    def deliver_chunks(self, *chunks: bytes) -> bytes:
+        c = Conversation(make_message(chunks=chunks))
+        c.up_to_data()
+        return c.server(b"354 go\r\n")
+
+    def test_dot_stuffing_at_chunk_boundary(self) -> None:
+        """On the wire, a chunk starting with '.x' after one ending in CRLF is stuffed."""
+        self.assertEqual(self.deliver_chunks(b"a\r\n", b".x\r\n"), b"a\r\n..x\r\n.\r\n")
+
+    def test_first_line_dot(self) -> None:
+        """On the wire, a message whose first line starts with '.' is stuffed."""
+        self.assertEqual(self.deliver_chunks(b".first\r\n"), b"..first\r\n.\r\n")
+
+    def test_long_line(self) -> None:
+        """On the wire, a 3000-byte line is folded."""
+        wire = self.deliver_chunks(b"x" * 3000 + b"\r\n")
+        self.assertTrue(all(len(line) <= 998 for line in wire.split(b"\r\n")))
+        self.assertTrue(wire.startswith(b"x" * 998 + b"\r\n x"))
+
+    def test_bare_lf(self) -> None:
+        """On the wire, bare LFs are CRLF."""
+        self.assertEqual(self.deliver_chunks(b"a\nb\n"), b"a\r\nb\r\n.\r\n")
+
+    def test_content_read_again_per_attempt(self) -> None:
+        """The content factory is called for each attempt, so a retry sends the whole message."""
+        message = make_message()
+        for _ in range(2):
+            c = Conversation(message)
+            c.up_to_data()
+            self.assertEqual(c.server(b"354 go\r\n"), BODY + b".\r\n")
+
+    def test_flow_control(self) -> None:
+        """While the transport has paused us, no further content is read or written."""
+        reads: list[int] = []
+
+        async def produce() -> AsyncIterator[bytes]:
+            for i in range(3):
+                reads.append(i)
+                yield b"chunk %d\r\n" % i
+
+        transport = PausingTransport()
+        message = OutgoingMessage("a@example.net", ["b@example.com"], produce)
+        c = Conversation(message, transport=transport)
+        c.up_to_data()
+        self.assertEqual(c.server(b"354 go\r\n"), b"chunk 0\r\n")
+        self.assertIs(transport.producer, c.protocol)
+        self.assertEqual(reads, [0])
+        transport.clear()
+        c.protocol.resumeProducing()
+        self.assertEqual(transport.value(), b"chunk 1\r\n")
+        transport.clear()
+        c.protocol.resumeProducing()
+        self.assertEqual(transport.value(), b"chunk 2\r\n")
+        self.assertEqual(reads, [0, 1, 2])
+        transport.clear()
+        c.protocol.resumeProducing()
+        self.assertEqual(transport.value(), b".\r\n")
+        self.assertIsNone(transport.producer)
+
+    def test_connection_lost_mid_data(self) -> None:
+        """A lost connection while sending content is temporary; the dot is never sent."""
+        gate: Deferred[bytes] = Deferred()
+        closed: list[bool] = []
+
+        async def produce() -> AsyncIterator[bytes]:
+            try:
+                yield b"first\r\n"
+                yield await gate
+            finally:
+                closed.append(True)
+
+        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c.up_to_data()
+        self.assertEqual(c.server(b"354 go\r\n"), b"first\r\n")
+        c.transport.clear()
+        c.protocol.connectionLost(Failure(ConnectionLost()))
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text, f"lost connection with {PEER} while sending the message content"
+        )
+        self.assertTrue(error.try_other_hosts)
+        self.assertEqual(c.transport.value(), b"")
+        self.assertEqual(closed, [True])
+
+    def test_content_source_fails(self) -> None:
+        """If reading the content fails, the connection is aborted without the final dot."""
+
+        async def produce() -> AsyncIterator[bytes]:
+            yield b"part one\r\n"
+            raise OSError("disk on fire: secret body text")
+
+        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c.up_to_data()
+        self.assertEqual(c.server(b"354 go\r\n"), b"part one\r\n")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(error.text, "reading the message content failed (OSError)")
+        self.assertTrue(c.transport.disconnected)
+        self.flushLoggedErrors(OSError)
+
+    def test_early_reply_during_content(self) -> None:
+        """A 5xx while the content is still being sent ends the attempt permanently."""
+        gate: Deferred[bytes] = Deferred()
+
+        async def produce() -> AsyncIterator[bytes]:
+            yield b"first\r\n"
+            yield await gate
+
+        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c.up_to_data()
+        c.server(b"354 go\r\n")
+        c.server(b"552 5.3.4 too big\r\n")
+        error = self.failureResultOf(c.protocol.result, PermanentDeliveryError).value
+        self.assertEqual(error.text, said("552 5.3.4 too big", "message content"))
+        self.assertTrue(c.transport.disconnected)
+        self.assertNotIn(b".\r\n", c.transport.value())
+
+
+class PausingTransport(TlsStringTransport):
+    """A transport whose buffer is 'full' after every content write while a producer is set."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None:
+            self.producer.pauseProducing()
+
+
+class TimeoutTests(SynchronousTestCase):
+    def check_timeout(self, c: Conversation, seconds: float, phrase: str) -> TemporaryDeliveryError:
+        c.clock.advance(seconds - 0.5)
+        self.assertNoResult(c.protocol.result)
+        c.clock.advance(0.5)
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(error.text, f"conversation with {PEER} timed out {phrase}")
+        self.assertTrue(c.transport.disconnected)
+        return error
+
+    def test_greeting(self) -> None:
+        """No greeting within 300 s is a temporary failure."""
+        self.check_timeout(
+            Conversation(make_message()), 300, "while receiving the initial greeting"
+        )
+
+    def test_ehlo(self) -> None:
+        """No EHLO reply within 300 s is a temporary failure."""
+        c = Conversation(make_message())
+        c.server(GREETING)
+        self.check_timeout(c, 300, "while waiting for the reply to EHLO")
+
+    def test_mail(self) -> None:
+        """No MAIL reply within 300 s is a temporary failure."""
+        c = Conversation(make_message())
+        c.up_to_mail()
+        self.check_timeout(c, 300, "while waiting for the reply to MAIL FROM")
+
+    def test_rcpt(self) -> None:
+        """No RCPT reply within 300 s is a temporary failure."""
+        c = Conversation(make_message())
+        c.up_to_mail()
+        c.server(b"250 ok\r\n")
+        self.check_timeout(c, 300, "while waiting for the reply to RCPT TO")
+
+    def test_data(self) -> None:
+        """No DATA reply within 120 s is a temporary failure."""
+        c = Conversation(make_message())
+        c.up_to_data()
+        self.check_timeout(c, 120, "while waiting for the reply to DATA")
+
+    def test_stalled_content(self) -> None:
+        """Content that makes no progress for 180 s ends the attempt without the dot."""
+        gate: Deferred[bytes] = Deferred()
+
+        async def produce() -> AsyncIterator[bytes]:
+            yield b"first\r\n"
+            yield await gate
+
+        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c.up_to_data()
+        c.server(b"354 go\r\n")
+        self.check_timeout(c, 180, "while sending the message content")
+        self.assertNotIn(b".\r\n", c.transport.value())
+
+    def test_final_dot(self) -> None:
+        """No reply to the final dot within 600 s is temporary, and no other host is tried."""
+        c = Conversation(make_message())
+        c.up_to_data()
+        c.server(b"354 go\r\n")
+        c.clock.advance(599)  # the content timeout must not fire once the dot is sent
+        error = self.check_timeout(c, 1, "while waiting for the reply to end of data")
+        self.assertFalse(error.try_other_hosts)
+
+    def test_custom_timeouts(self) -> None:
+        """The timeouts come from the Timeouts passed in."""
+        c = Conversation(make_message(), timeouts=Timeouts(greeting=5))
+        self.check_timeout(c, 5, "while receiving the initial greeting")
+
+    def test_quit_without_reply(self) -> None:
+        """A QUIT that gets no reply does not spoil the delivery; the client closes after a wait."""
+        c = Conversation(make_message())
+        c.up_to_data()
+        c.server(b"354 go\r\n")
+        c.server(b"250 ok\r\n")
+        self.successResultOf(c.protocol.result)
+        self.assertFalse(c.transport.disconnecting)
+        c.clock.advance(10)
+        self.assertTrue(c.transport.disconnecting)
+        self.assertEqual(c.clock.getDelayedCalls(), [])
+
+
+class StartTlsTests(SynchronousTestCase):
+    EHLO_TLS = b"250-mx.example.com\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+
+    def test_opportunistic(self) -> None:
+        """STARTTLS is used when offered, without verification, then EHLO is sent again."""
+        c = Conversation(make_message(), tls=TlsPolicy.OPPORTUNISTIC)
+        c.server(GREETING)
+        self.assertEqual(c.server(self.EHLO_TLS), b"STARTTLS\r\n")
+        self.assertEqual(c.server(b"220 2.0.0 ready\r\n"), b"EHLO gw.example.net\r\n")
+        [creator] = c.transport.tls_started
+        self.assertIsInstance(creator, CertificateOptions)
+        self.assertFalse(creator.verify)
+        # The server still lists STARTTLS after TLS: the client must not try it twice.
+        self.assertEqual(c.server(self.EHLO_TLS), b"MAIL FROM:<alice@example.net>\r\n")
+
+    def test_injection_after_starttls(self) -> None:
+        """Plain-text data after '220 ready' (CVE-2011-0411 style) aborts instead of being read."""
+        c = Conversation(make_message(), tls=TlsPolicy.OPPORTUNISTIC)
+        c.server(GREETING)
+        c.server(self.EHLO_TLS)
+        self.assertEqual(c.server(b"220 ready\r\n250-fake\r\n250 ok\r\n"), b"")
+        self.assertEqual(c.transport.tls_started, [])
+        self.failureResultOf(c.protocol.result, TemporaryDeliveryError)
+
+    def test_not_offered(self) -> None:
+        """Without STARTTLS in EHLO, even VERIFY carries on in plain text."""
+        c = Conversation(make_message(), tls=TlsPolicy.VERIFY)
+        c.server(GREETING)
+        self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<alice@example.net>\r\n")
+
+    def test_policy_none(self) -> None:
+        """TlsPolicy.NONE never sends STARTTLS."""
+        c = Conversation(make_message(), tls=TlsPolicy.NONE)
+        c.server(GREETING)
+        self.assertEqual(c.server(self.EHLO_TLS), b"MAIL FROM:<alice@example.net>\r\n")
+
+    def test_verify_uses_hostname_check(self) -> None:
+        """Under VERIFY, TLS is started with a creator that checks the certificate's host name."""
+        c = Conversation(make_message(), tls=TlsPolicy.VERIFY)
+        c.server(GREETING)
+        c.server(self.EHLO_TLS)
+        c.server(b"220 ready\r\n")
+        [creator] = c.transport.tls_started
+        self.assertEqual(type(creator).__name__, "ClientTLSOptions")
+        self.assertEqual(creator._hostnameASCII, "mx.example.com")
+
+    def test_verify_with_bad_ca_file(self) -> None:
+        """An unreadable CA file is a temporary failure, not a fallback to no verification."""
+        c = Conversation(make_message(), tls=TlsPolicy.VERIFY, ca_file="/nonexistent/ca.pem")
+        c.server(GREETING)
+        c.server(self.EHLO_TLS)
+        c.server(b"220 ready\r\n")
+        self.assertEqual(c.transport.tls_started, [])
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertIn("cannot use CA file", error.text)
+        self.flushLoggedErrors(TemporaryDeliveryError)
+
+    def test_refused_opportunistic(self) -> None:
+        """A 454 to STARTTLS under OPPORTUNISTIC carries on in plain text."""
+        c = Conversation(make_message(), tls=TlsPolicy.OPPORTUNISTIC)
+        c.server(GREETING)
+        c.server(self.EHLO_TLS)
+        self.assertEqual(c.server(b"454 4.7.0 no TLS\r\n"), b"MAIL FROM:<alice@example.net>\r\n")
+
+    def test_refused_verify(self) -> None:
+        """A 454 to STARTTLS under VERIFY is a temporary failure."""
+        c = Conversation(make_message(), tls=TlsPolicy.VERIFY)
+        c.server(GREETING)
+        c.server(self.EHLO_TLS)
+        self.assertEqual(c.server(b"454 4.7.0 no TLS\r\n"), b"QUIT\r\n")
+        self.failureResultOf(c.protocol.result, TemporaryDeliveryError)
+
+    def test_handshake_failure(self) -> None:
+        """A connection lost during the TLS handshake is a temporary TLS failure."""
+        c = Conversation(make_message(), tls=TlsPolicy.OPPORTUNISTIC)
+        c.server(GREETING)
+        c.server(self.EHLO_TLS)
+        c.server(b"220 ready\r\n")
+        c.protocol.connectionLost(Failure(SSL.Error([("SSL routines", "", "bad record")])))
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertTrue(error.text.startswith(f"TLS handshake with {PEER} failed"))
+
+
+# --- MX resolution ------------------------------------------------------------------------------
+
+
+def mx(preference: int, name: bytes, owner: bytes = b"example.com") -> dns.RRHeader:
+    return dns.RRHeader(name=owner, type=dns.MX, payload=dns.Record_MX(preference, name))
+
+
+@dataclass
+class FakeResolver:
+    """Answers MX queries from a list of records, or fails with an exception."""
+
+    answer: list[dns.RRHeader] | Exception
+
+    def lookupMailExchange(self, name: str, timeout: Any = None) -> Deferred[Any]:
+        if isinstance(self.answer, Exception):
+            return fail(self.answer)
+        return succeed((self.answer, [], []))
+
+
+class ResolveMxTests(SynchronousTestCase):
+    def resolve(self, answer: list[dns.RRHeader] | Exception, **kw: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(resolve_mx(FakeResolver(answer), "example.com", **kw))
+
+    def test_sorted_by_preference(self) -> None:
+        """MX hosts come lowest preference first, each with port 25."""
+        records = [mx(20, b"b.example.com"), mx(5, b"a.example.com"), mx(30, b"c.example.com")]
+        self.assertEqual(
+            self.successResultOf(self.resolve(records)),
+            [("a.example.com", 25), ("b.example.com", 25), ("c.example.com", 25)],
+        )
+
+    def test_equal_preference_repeatable(self) -> None:
+        """Equal preferences are shuffled, repeatably for a seeded random source."""
+        records = [mx(10, b"%d.example.com" % i) for i in range(6)] + [mx(5, b"first.example")]
+        orders = set()
+        for seed in range(10):
+            one = self.successResultOf(self.resolve(records, rng=random.Random(seed)))
+            two = self.successResultOf(self.resolve(records, rng=random.Random(seed)))
+            self.assertEqual(one, two)
+            self.assertEqual(one[0], ("first.example", 25))
+            orders.add(tuple(one))
+        self.assertGreater(len(orders), 1)
+
+    def test_no_mx(self) -> None:
+        """With no MX records the domain itself is the host (RFC 5321 §5.1)."""
+        self.assertEqual(self.successResultOf(self.resolve([])), [("example.com", 25)])
+
+    def test_cname_ignored(self) -> None:
+        """Records other than MX in the answer are ignored."""
+        cname = dns.RRHeader(name=b"example.com", type=dns.CNAME, payload=dns.Record_CNAME(b"x"))
+        records = [cname, mx(10, b"mx.example.net", owner=b"x")]
+        self.assertEqual(self.successResultOf(self.resolve(records)), [("mx.example.net", 25)])
+
+    def test_trailing_dot_and_duplicates(self) -> None:
+        """Exchange names lose a trailing dot and appear only once."""
+        records = [mx(10, b"mx.example.com."), mx(20, b"mx.example.com")]
+        self.assertEqual(self.successResultOf(self.resolve(records)), [("mx.example.com", 25)])
+
+    def test_null_mx(self) -> None:
+        """A null MX (RFC 7505) is a permanent failure."""
+        for name in (b"", b"."):
+            error = self.failureResultOf(self.resolve([mx(0, name)]), PermanentDeliveryError).value
+            self.assertEqual(error.text, "domain does not accept mail (null MX)")
+
+    def test_nxdomain(self) -> None:
+        """A domain that does not exist is a permanent failure."""
+        error = self.failureResultOf(self.resolve(DNSNameError()), PermanentDeliveryError).value
+        self.assertIn("does not exist", error.text)
+
+    def test_dns_timeout(self) -> None:
+        """A DNS timeout is a temporary failure."""
+        self.failureResultOf(self.resolve(DNSQueryTimeoutError(1)), TemporaryDeliveryError)
+
+    def test_servfail(self) -> None:
+        """A DNS server failure is a temporary failure."""
+        self.failureResultOf(self.resolve(DNSServerError()), TemporaryDeliveryError)
+
+
+# --- connecting, and trying hosts in turn ---------------------------------------------------------
+
+
+@implementer(IHostResolution)
+@dataclass
+class _Resolution:
+    name: str
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+
+@implementer(IHostnameResolver)
+@dataclass
+class FakeHostResolver:
+    """Resolves host names from a table, for HostnameEndpoint on a MemoryReactorClock."""
+
+    addresses: dict[str, str]
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        if hostName in self.addresses:
+            address = IPv4Address("TCP", self.addresses[hostName], portNumber)
+            resolutionReceiver.addressResolved(address)
+        resolutionReceiver.resolutionComplete()
+        return resolution
+
+
+HOSTS = {f"mx{i}.example.com": f"192.0.2.{i}" for i in range(1, 8)}
+
+
+def make_reactor() -> MemoryReactorClock:
+    reactor = MemoryReactorClock()
+    reactor.installNameResolver(FakeHostResolver(HOSTS))
+    return reactor
+
+
+def accept(reactor: MemoryReactorClock) -> tuple[Any, TlsStringTransport]:
+    """Complete the latest connection attempt; return the protocol and its transport."""
+    host, port, factory, _timeout, _bind = reactor.tcpClients[-1]
+    address = IPv4Address("TCP", host, port)
+    protocol = factory.buildProtocol(address)
+    transport = TlsStringTransport(peer=address)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def refuse(reactor: MemoryReactorClock) -> None:
+    """Fail the latest connection attempt as refused, and let HostnameEndpoint notice."""
+    _host, _port, factory, _timeout, _bind = reactor.tcpClients[-1]
+    factory.clientConnectionFailed(reactor.connectors[-1], Failure(ConnectionRefusedError()))
+    reactor.advance(1)
+
+
+def serve(protocol: Any, transport: StringTransport, replies: Sequence[bytes]) -> bytes:
+    transport.clear()
+    for reply in replies:
+        protocol.dataReceived(reply)
+    return transport.value()
+
+
+SUCCESS = [GREETING, EHLO_REPLY, b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"]
+OPTIONS = ClientOptions(HELO)
+
+
+class DeliverTests(SynchronousTestCase):
+    def test_deliver(self) -> None:
+        """deliver() connects through HostnameEndpoint on the injected reactor and delivers."""
+        reactor = make_reactor()
+        d = Deferred.fromCoroutine(deliver(reactor, "mx1.example.com", 25, make_message(), OPTIONS))
+        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.1", 25))
+        protocol, transport = accept(reactor)
+        wire = serve(protocol, transport, SUCCESS)
+        self.assertTrue(wire.startswith(b"EHLO gw.example.net\r\nMAIL FROM:<alice@example.net>"))
+        result = self.successResultOf(d)
+        self.assertEqual(result.accepted, ["bob@example.com"])
+        self.assertIn("mx1.example.com[192.0.2.1]:25 said: 250 ok", result.reply)
+
+    def test_refused(self) -> None:
+        """A refused connection is a temporary failure naming the host."""
+        reactor = make_reactor()
+        d = Deferred.fromCoroutine(deliver(reactor, "mx1.example.com", 25, make_message(), OPTIONS))
+        refuse(reactor)
+        error = self.failureResultOf(d, TemporaryDeliveryError).value
+        self.assertTrue(error.text.startswith("connection to mx1.example.com:25 failed"))
+
+    def test_connect_timeout(self) -> None:
+        """A connection attempt that hangs fails after the connect timeout."""
+        reactor = make_reactor()
+        options = ClientOptions(HELO, timeouts=Timeouts(connect=30))
+        d = Deferred.fromCoroutine(deliver(reactor, "mx1.example.com", 25, make_message(), options))
+        self.assertEqual(reactor.tcpClients[0][3], 30)
+        reactor.advance(29)
+        self.assertNoResult(d)
+        reactor.advance(1)
+        error = self.failureResultOf(d, TemporaryDeliveryError).value
+        self.assertEqual(error.text, "connection to mx1.example.com:25 timed out")
+
+    def test_unknown_host(self) -> None:
+        """A host name that does not resolve is a temporary failure."""
+        reactor = make_reactor()
+        d = Deferred.fromCoroutine(deliver(reactor, "nowhere.example", 25, make_message(), OPTIONS))
+        self.failureResultOf(d, TemporaryDeliveryError)
+
+
+class DeliverToHostsTests(SynchronousTestCase):
+    def start(self, hosts: list[str], reactor: MemoryReactorClock) -> Deferred[DeliveryResult]:
+        return Deferred.fromCoroutine(
+            deliver_to_hosts(reactor, [(h, 25) for h in hosts], make_message(), OPTIONS)
+        )
+
+    def test_second_host_after_refusal(self) -> None:
+        """When the first MX refuses the connection, the second one is tried and delivers."""
+        reactor = make_reactor()
+        d = self.start(["mx1.example.com", "mx2.example.com"], reactor)
+        refuse(reactor)
+        self.assertEqual([c[0] for c in reactor.tcpClients], ["192.0.2.1", "192.0.2.2"])
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, SUCCESS)
+        self.assertEqual(self.successResultOf(d).accepted, ["bob@example.com"])
+
+    def test_second_host_after_421(self) -> None:
+        """A 421 greeting moves on to the next host too."""
+        reactor = make_reactor()
+        d = self.start(["mx1.example.com", "mx2.example.com"], reactor)
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, [b"421 busy\r\n"])
+        self.assertEqual(len(reactor.tcpClients), 2)
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, SUCCESS)
+        self.successResultOf(d)
+
+    def test_permanent_stops(self) -> None:
+        """A permanent failure is final: no other host is tried."""
+        reactor = make_reactor()
+        d = self.start(["mx1.example.com", "mx2.example.com"], reactor)
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, [GREETING, EHLO_REPLY, b"550 go away\r\n"])
+        self.failureResultOf(d, PermanentDeliveryError)
+        self.assertEqual(len(reactor.tcpClients), 1)
+
+    def test_4xx_after_data_stops(self) -> None:
+        """A 4xx to the final dot is a definite answer: no other host is tried."""
+        reactor = make_reactor()
+        d = self.start(["mx1.example.com", "mx2.example.com"], reactor)
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, [*SUCCESS[:-1], b"451 later\r\n"])
+        self.failureResultOf(d, TemporaryDeliveryError)
+        self.assertEqual(len(reactor.tcpClients), 1)
+
+    def test_at_most_five_hosts(self) -> None:
+        """At most five hosts are tried; then the last host's error is raised."""
+        reactor = make_reactor()
+        d = self.start([f"mx{i}.example.com" for i in range(1, 8)], reactor)
+        for _ in range(5):
+            refuse(reactor)
+        self.assertEqual(len(reactor.tcpClients), 5)
+        error = self.failureResultOf(d, TemporaryDeliveryError).value
+        self.assertTrue(error.text.startswith("connection to mx5.example.com:25 failed"))
+
+    def test_no_hosts(self) -> None:
+        """An empty host list is a temporary failure."""
+        self.failureResultOf(self.start([], make_reactor()), TemporaryDeliveryError)
+
+
+class DeliverViaRouteTests(SynchronousTestCase):
+    def test_mx_route(self) -> None:
+        """An MX route looks up the domain's MX hosts and uses opportunistic TLS."""
+        reactor = make_reactor()
+        resolver = FakeResolver([mx(10, b"mx3.example.com")])
+        d = Deferred.fromCoroutine(
+            deliver_via_route(reactor, resolver, MX, "example.com", make_message(), OPTIONS)
+        )
+        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.3", 25))
+        protocol, transport = accept(reactor)
+        ehlo_tls = b"250-mx3.example.com\r\n250 STARTTLS\r\n"
+        serve(protocol, transport, [GREETING, ehlo_tls, b"220 go\r\n"])
+        self.assertIsInstance(transport.tls_started[0], CertificateOptions)
+        self.assertNoResult(d)
+
+    def test_relay_route(self) -> None:
+        """A relay route goes to its host and port with verified TLS, without an MX lookup."""
+        reactor = make_reactor()
+        resolver = FakeResolver(AssertionError("no MX lookup expected"))
+        route = Route(mx=False, host="mx4.example.com", port=587)
+        d = Deferred.fromCoroutine(
+            deliver_via_route(reactor, resolver, route, "example.com", make_message(), OPTIONS)
+        )
+        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.4", 587))
+        protocol, transport = accept(reactor)
+        ehlo_tls = b"250-mx4.example.com\r\n250 STARTTLS\r\n"
+        serve(protocol, transport, [GREETING, ehlo_tls, b"220 go\r\n"])
+        self.assertEqual(type(transport.tls_started[0]).__name__, "ClientTLSOptions")
+        self.assertNoResult(d)
