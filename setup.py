@@ -19,7 +19,14 @@ setup(
         "psycopg[binary]>=3.2",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "aiosmtpd>=1.4.6", "ruff>=0.6", "mypy>=1.11", "mypy-zope>=1.0.5"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "aiosmtpd>=1.4.6",
+            "ruff>=0.6",
+            "mypy>=1.11",
+            "mypy-zope>=1.0.5",
+        ],
     },
     entry_points={"console_scripts": ["secmail = secmail.cli:main"]},
 )
