@@ -1,0 +1,1 @@
+"""End-to-end tests: the real gateway process (twistd) between real SMTP servers."""
