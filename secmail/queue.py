@@ -10,6 +10,7 @@ RFC 3464 bounce to whoever is to be told (never to C{<>}).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Protocol
@@ -45,11 +46,14 @@ def backoff(settings: Settings, attempts: int) -> int:
     return int(min(delay, settings.queue.retry_max))
 
 
+_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
 def enhanced_status(reply: str, default: str) -> str:
     """The RFC 3463 status in a reply text such as C{"550 5.1.1 no such user"}."""
     for word in reply.split():
-        parts = word.split(".")
-        if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in "245":
+        # Only what build_dsn accepts: a look-alike (24.1.1, 5.1234.1) would make the bounce fail.
+        if _STATUS.fullmatch(word):
             return word
     return default
 
@@ -161,7 +165,8 @@ class OutboundQueue(Service):
             result = await self.sender.send(item, lambda: self.store.read(item.message_id))
         except PermanentDeliveryError as e:
             log.info("Queue row {id}: permanent failure: {error}", id=item.id, error=str(e))
-            await self._bounce(item, {r: str(e) for r in item.recipients}, remaining=())
+            failed = {r: e.recipients.get(r, str(e)) for r in item.recipients}
+            await self._bounce(item, failed, remaining=())
             return
         except TemporaryDeliveryError as e:
             await self._retry(item, list(item.recipients), str(e))

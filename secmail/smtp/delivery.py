@@ -105,7 +105,7 @@ class GatewayDelivery:
         helo_name = "".join(c for c in helo_name if c.isalnum() or c in ".-[]:")[:255] or "unknown"
         with_ = "ESMTPS" if self._tls else "ESMTP"
         message_id = self._message().message_id
-        date = email.utils.formatdate(self.intake.clock.seconds(), localtime=False)
+        date = email.utils.format_datetime(datetime.fromtimestamp(self.intake.clock.seconds(), UTC))
         return (
             f"Received: from {helo_name} ([{peer}])\r\n\tby {self.intake.settings.gateway.hostname}"
             f" (secmail) with {with_} id {message_id};\r\n\t{date}"
@@ -198,20 +198,25 @@ class IncomingMessage:
             messages = self._plan()
             await self.intake.store.commit(messages, self.intake.now())
         except StoreUnavailable as e:
-            self._spool.discard()
             log.error("Message {id} not accepted: {error}", id=self.message_id, error=str(e))
             raise smtp.SMTPServerError(
                 451, "4.3.0 Temporary failure storing the message, try again later"
             ) from e
         except OSError as e:
-            self._spool.discard()
             log.error("Message {id} not accepted: {error}", id=self.message_id, error=str(e))
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise smtp.SMTPServerError(452, "4.3.1 Insufficient system storage") from e
             raise smtp.SMTPServerError(
                 451, "4.3.0 Temporary failure storing the message, try again later"
             ) from e
-        self._spool.discard()
+        except Exception as e:
+            # E.g. an SQLite error inside the transaction (not a StoreUnavailable): still a 4xx.
+            log.failure("Message {id} not accepted", id=self.message_id)
+            raise smtp.SMTPServerError(
+                451, "4.3.0 Temporary failure storing the message, try again later"
+            ) from e
+        finally:
+            self._spool.discard()
         self.intake.on_commit()
         return self.message_id.encode("ascii")
 

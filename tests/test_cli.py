@@ -1,0 +1,223 @@
+"""The secmail admin command: check-config, queue list/retry/delete, keys generate."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from secmail import cli
+from secmail.crypto import MasterKey, load_key_file
+from secmail.store.database import Database
+from secmail.store.engines import SqliteEngine
+from secmail.store.messages import MessageStore, NewDelivery, NewMessage, new_id
+from secmail.store.spool import SealedBytes
+
+EXAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "secmail.toml")
+
+
+def run(argv: Sequence[str]) -> tuple[int, str, str]:
+    """secmail.cli.main(argv) with its exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def write(directory: str, name: str, text: str) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+class CheckConfigTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="secmail-cli-")
+
+    def test_example_config(self) -> None:
+        """The shipped example configuration is valid and its settings are printed."""
+        status, out, err = run(["check-config", EXAMPLE_CONFIG])
+        self.assertEqual(status, 0)
+        lines = out.splitlines()
+        self.assertIn("gateway.hostname = 'localhost'", lines)
+        self.assertIn("routes.incoming = 'smtp://127.0.0.1:25'", lines)
+        self.assertIn("secure.mode = 'marked'", lines)
+        self.assertIn("queue.retry_max = 4000", lines)
+        self.assertTrue(err.strip().endswith(": OK"))
+
+    def test_password_masked(self) -> None:
+        """A database password in the configuration is not printed."""
+        path = write(
+            self.dir,
+            "pg.toml",
+            '[store]\ndatabase = "postgresql://secmail:hunter2@db.example/secmail"\n'
+            f'[gateway]\ndata_dir = "{self.dir}"\n',
+        )
+        status, out, _ = run(["check-config", path])
+        self.assertEqual(status, 0)
+        self.assertNotIn("hunter2", out)
+        self.assertIn("store.database = 'postgresql://secmail:***@db.example/secmail'", out)
+
+    def test_bad_value(self) -> None:
+        """A bad value gives one line naming the key, and exit status 1."""
+        path = write(self.dir, "bad.toml", "[smtp]\nmax_message_size = -5\n")
+        status, out, err = run(["check-config", path])
+        self.assertEqual(status, 1)
+        self.assertEqual(out, "")
+        [line] = err.splitlines()
+        self.assertTrue(line.startswith("secmail: smtp.max_message_size: "), line)
+        self.assertIn("greater than 0", line)
+
+    def test_unknown_key(self) -> None:
+        """A misspelt key is named, with the keys that section knows."""
+        path = write(self.dir, "typo.toml", "[queue]\nretry_intial = 60\n")
+        status, _, err = run(["check-config", path])
+        self.assertEqual(status, 1)
+        [line] = err.splitlines()
+        self.assertTrue(line.startswith("secmail: queue.retry_intial: unknown key"), line)
+
+    def test_missing_file(self) -> None:
+        """A configuration file that does not exist is one clear line, exit status 1."""
+        path = os.path.join(self.dir, "nope.toml")
+        status, _, err = run(["check-config", path])
+        self.assertEqual(status, 1)
+        self.assertEqual(err, f"secmail: {path}: configuration file not found\n")
+
+
+class KeysTests(SynchronousTestCase):
+    def test_generate(self) -> None:
+        """keys generate writes a loadable key file readable only by its owner."""
+        path = os.path.join(tempfile.mkdtemp(prefix="secmail-keys-"), "master.key")
+        status, out, _ = run(["keys", "generate", path])
+        self.assertEqual(status, 0)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        key = load_key_file(path)
+        self.assertIn(key.key_id, out)
+
+    def test_refuses_overwrite(self) -> None:
+        """keys generate never overwrites an existing master key."""
+        path = os.path.join(tempfile.mkdtemp(prefix="secmail-keys-"), "master.key")
+        self.assertEqual(run(["keys", "generate", path])[0], 0)
+        with open(path, "rb") as f:
+            before = f.read()
+        status, _, err = run(["keys", "generate", path])
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            err, f"secmail: {path}: already exists; refusing to overwrite a master key\n"
+        )
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), before)
+
+
+class QueueCommandTests(TestCase):
+    """The queue commands on the SQLite file a running gateway (here: a MessageStore) uses."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="secmail-cli-")
+        self.db_path = os.path.join(self.dir, "secmail.sqlite")
+        self.config = write(
+            self.dir,
+            "secmail.toml",
+            f'[gateway]\ndata_dir = "{self.dir}"\nhostname = "gw.example"\n'
+            f'[store]\ndatabase = "sqlite:{self.db_path}"\n',
+        )
+        self.db = Database(SqliteEngine(self.db_path), reactor)
+        self.db.prepare_blocking()
+        self.db.start()
+        self.addCleanup(self.db.stop)
+        self.master = MasterKey(os.urandom(32))
+        self.store = MessageStore(self.db, self.master)
+
+    def queue(self, *args: str) -> tuple[int, str, str]:
+        return run(["queue", "--config", self.config, *args])
+
+    async def enqueue(self, recipients: tuple[str, ...], next_attempt_in: int = 0) -> int:
+        message = NewMessage(
+            content=SealedBytes(self.master, new_id(), b"Subject: x\r\n\r\nbody\r\n"),
+            kind="mail",
+            sender="alice@corp.example",
+            deliveries=[
+                NewDelivery(
+                    "relay", "alice@corp.example", recipients, "mx", "partner.example", "alice"
+                )
+            ],
+        )
+        now = int(time.time())
+        [queue_id] = await self.store.commit([message], now=now)
+        if next_attempt_in:
+            [item] = [i for i in await self.store.queue_list() if i.id == queue_id]
+            await self.store.defer(
+                item, recipients, now + next_attempt_in, "451 4.7.1 greylisted", now
+            )
+        return queue_id
+
+    def test_list_empty(self) -> None:
+        """queue list on an empty queue says so."""
+        status, out, _ = self.queue("list")
+        self.assertEqual(status, 0)
+        self.assertEqual(out, "The queue is empty.\n")
+
+    async def test_list(self) -> None:
+        """queue list shows each row's id, kind, recipients, route and last error."""
+        first = await self.enqueue(("bob@partner.example",))
+        second = await self.enqueue(("carol@partner.example", "dan@partner.example"), 600)
+        status, out, _ = self.queue("list")
+        self.assertEqual(status, 0)
+        header, *rows = out.splitlines()
+        self.assertIn("ID", header)
+        self.assertIn("RECIPIENTS", header)
+        self.assertEqual(len(rows), 3)  # two rows, the second with its last error
+        self.assertEqual(rows[0].split()[:2], [str(first), "relay"])
+        self.assertIn("bob@partner.example via mx", rows[0])
+        self.assertEqual(rows[1].split()[:2], [str(second), "relay"])
+        self.assertIn("carol@partner.example, dan@partner.example via mx", rows[1])
+        self.assertEqual(rows[1].split()[4], "1")  # tries
+        self.assertEqual(rows[2].strip(), "451 4.7.1 greylisted")
+
+    async def test_retry(self) -> None:
+        """queue retry makes a deferred row due now."""
+        queue_id = await self.enqueue(("bob@partner.example",), 3600)
+        status, out, _ = self.queue("retry", str(queue_id))
+        self.assertEqual(status, 0)
+        self.assertIn(f"Queue row {queue_id}", out)
+        [item] = await self.store.queue_list()
+        self.assertLessEqual(item.next_attempt, int(time.time()))
+        self.assertEqual(len(await self.store.claim_due("gw", int(time.time()), 60, 5)), 1)
+
+    async def test_delete(self) -> None:
+        """queue delete removes the row (and its message) without a bounce."""
+        queue_id = await self.enqueue(("bob@partner.example",))
+        kept = await self.enqueue(("carol@partner.example",))
+        status, out, _ = self.queue("delete", str(queue_id))
+        self.assertEqual(status, 0)
+        self.assertIn(f"Queue row {queue_id} deleted", out)
+        self.assertEqual([i.id for i in await self.store.queue_list()], [kept])
+        self.assertEqual(await self.store.count_messages(), 1)
+
+    async def test_unknown_id(self) -> None:
+        """retry or delete of a row that does not exist fails with exit status 1 and says so."""
+        await self.enqueue(("bob@partner.example",))
+        for action in ("retry", "delete"):
+            status, out, err = self.queue(action, "999")
+            self.assertEqual(status, 1)
+            self.assertEqual(out, "")
+            self.assertEqual(
+                err, "secmail: queue row 999 does not exist (see: secmail queue list)\n"
+            )
+        self.assertEqual(len(await self.store.queue_list()), 1)
+
+    def test_bad_config(self) -> None:
+        """The queue commands report a bad configuration file in one line."""
+        bad = write(self.dir, "bad.toml", "[store]\ndatabase = 'mysql://x'\n")
+        status, _, err = run(["queue", "--config", bad, "list"])
+        self.assertEqual(status, 1)
+        [line] = err.splitlines()
+        self.assertTrue(line.startswith("secmail: store.database: "), line)

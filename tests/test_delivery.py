@@ -1,0 +1,393 @@
+"""The intake: what the ESMTP server's DATA becomes in the encrypted store, and when it says 250."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Sequence
+
+from twisted.internet import reactor, task
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.mail import smtp
+from twisted.trial.unittest import TestCase
+
+from secmail.crypto import CHUNK_SIZE, MasterKey
+from secmail.smtp.delivery import GatewayDelivery, IncomingMessage, Intake
+from secmail.store.database import Database
+from secmail.store.engines import PostgresEngine, SqliteEngine
+from secmail.store.messages import MessageStore, NewMessage, QueueItem
+from secmail.store.spool import clean_spool
+from tests.dbs import POSTGRES_DSN, make_engine
+from tests.test_queue import INTERNAL, RELAY, make_settings, parse
+
+T0 = 1_700_000_000
+HELO = (b"mail.corp.example", b"192.0.2.10")
+SUBJECT = b"Subject: Merger plans for Q3"
+BODY = b"ConfidentialBodyText: we buy Initech on Friday."
+LINES = [
+    b"From: Alice Example <alice@corp.example>",
+    b"To: bob@partner.example",
+    SUBJECT,
+    b"Message-ID: <m1@corp.example>",
+    b"",
+    BODY,
+    b"",
+]
+
+
+class FakeProtocol:
+    """The server protocol as validateTo sees it: no transport, so no TLS."""
+
+    transport = None
+    host = None
+
+
+class IntakeFixture:
+    """A real store on the named engine, an Intake on a task.Clock, and the server's steps."""
+
+    engine_name = "sqlite"
+    mode = "marked"
+
+    def setUp(self) -> None:
+        self.engine = make_engine(self.engine_name, self.addCleanup)
+        self.db = Database(self.engine, reactor)
+        self.db.prepare_blocking()
+        self.db.start()
+        self.addCleanup(self.db.stop)
+        self.master = MasterKey(os.urandom(32))
+        self.store = MessageStore(self.db, self.master)
+        self.clock = task.Clock()
+        self.clock.advance(T0)
+        self.data_dir = tempfile.mkdtemp(prefix="secmail-intake-")
+        self.settings = make_settings(self.data_dir, secure={"mode": self.mode})
+        self.commits = 0
+        self.intake = self.make_intake(self.store)
+
+    def make_intake(self, store: MessageStore) -> Intake:
+        intake = Intake(
+            self.settings, store, self.master, self.clock, deferToThread, self.committed
+        )
+        clean_spool(intake.spool_dir)
+        return intake
+
+    def committed(self) -> None:
+        self.commits += 1
+
+    def user(self, address: bytes, origin: smtp.Address) -> smtp.User:
+        return smtp.User(address, HELO, FakeProtocol(), origin)
+
+    def start(
+        self,
+        recipients: Sequence[bytes],
+        sender: bytes = b"alice@corp.example",
+        intake: Intake | None = None,
+    ) -> tuple[IncomingMessage, bytes]:
+        """MAIL, RCPT and DATA as the server does them; returns the message and its Received."""
+        delivery = GatewayDelivery(intake or self.intake)
+        origin = delivery.validateFrom(HELO, smtp.Address(sender))
+        users = [self.user(r, origin) for r in recipients]
+        factories = [delivery.validateTo(u) for u in users]
+        message = factories[0]()
+        self.assertTrue(all(f() is message for f in factories))
+        received = delivery.receivedHeader(HELO, origin, users)
+        for line in received.splitlines():
+            message.lineReceived(line)
+        return message, received
+
+    async def receive(
+        self,
+        recipients: Sequence[bytes],
+        lines: Sequence[bytes] = LINES,
+        sender: bytes = b"alice@corp.example",
+        intake: Intake | None = None,
+    ) -> tuple[IncomingMessage, bytes]:
+        message, received = self.start(recipients, sender, intake)
+        for line in lines:
+            message.lineReceived(line)
+        result = await message.eomReceived()
+        self.assertEqual(result, message.message_id.encode("ascii"))
+        return message, received
+
+    async def rows(self, kind: str | None = None) -> list[QueueItem]:
+        return [i for i in await self.store.queue_list() if kind is None or i.kind == kind]
+
+    async def count(self, table: str) -> int:
+        row = await self.db.run(lambda txn: txn.execute(f"SELECT COUNT(*) FROM {table}").fetchone())
+        return int(row[0])
+
+    async def spool_empties(self) -> None:
+        for _ in range(200):
+            if not os.listdir(self.intake.spool_dir):
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"spool not emptied: {os.listdir(self.intake.spool_dir)}")
+
+
+class IntakeTestsMixin(IntakeFixture):
+    # --- secure and plain recipients ---------------------------------------------------------
+
+    async def test_marked_recipient(self) -> None:
+        """A marked recipient gets an envelope and a notification row, and no relay row."""
+        message, _ = await self.receive([b"bob@partner.example.s"])
+        self.assertEqual(self.commits, 1)
+        self.assertEqual(await self.rows("relay"), [])
+        [row] = await self.rows()
+        self.assertEqual(row.kind, "notification")
+        # The bounce address, or its VERP form naming the envelope.
+        verp = re.fullmatch(r"bounces(?:\+([0-9a-f]{32}))?@gw\.example", row.sender)
+        assert verp is not None, row.sender
+        self.assertEqual(row.notify, "alice@corp.example")
+        self.assertEqual(row.recipients, ("bob@partner.example",))
+        self.assertEqual(row.route, RELAY)
+        self.assertNotEqual(row.message_id, message.message_id)
+        self.assertEqual(await self.count("envelopes"), 1)
+
+        content = await self.store.read_all(row.message_id)
+        notification = parse(content)
+        text = notification.get_body(("plain",))
+        assert text is not None
+        [token] = re.findall(r"https://portal\.gw\.example/m/([A-Za-z0-9_-]+)", text.get_content())
+        envelope = await self.store.envelope_by_token(token)
+        assert envelope is not None
+        self.assertEqual(envelope.message_id, message.message_id)
+        self.assertEqual(envelope.recipient, "bob@partner.example")
+        self.assertEqual(envelope.original, "bob@partner.example.s")
+        self.assertEqual(envelope.level, "letter")
+        self.assertEqual(envelope.sender, "alice@corp.example")
+        if verp.group(1):
+            self.assertEqual(verp.group(1), envelope.id)
+        for secret in (b"Merger plans", b"ConfidentialBodyText", b"Initech"):
+            self.assertNotIn(secret, content)
+            self.assertNotIn(secret.decode(), str(notification))
+
+    async def test_registered_letter(self) -> None:
+        """A number in the marking makes a registered letter with the number in E.164 form."""
+        message, _ = await self.receive([b"bob@partner.example.0401234567.s"])
+        [row] = await self.rows()
+        content = await self.store.read_all(row.message_id)
+        text = parse(content).get_body(("plain",))
+        assert text is not None
+        [token] = re.findall(r"/m/([A-Za-z0-9_-]+)", text.get_content())
+        envelope = await self.store.envelope_by_token(token)
+        assert envelope is not None
+        self.assertEqual(envelope.level, "registered")
+        self.assertEqual(envelope.phone, "+358401234567")
+
+    async def test_plain_to_incoming_domain(self) -> None:
+        """In mode "marked", plain mail to our own domain is relayed on the incoming route."""
+        message, _ = await self.receive([b"carol@corp.example"])
+        [row] = await self.rows()
+        self.assertEqual(row.kind, "relay")
+        self.assertEqual(row.route, INTERNAL)
+        self.assertEqual(row.recipients, ("carol@corp.example",))
+        self.assertEqual(row.sender, "alice@corp.example")
+        self.assertEqual(row.notify, "alice@corp.example")
+        self.assertEqual(row.message_id, message.message_id)
+        self.assertEqual(await self.count("envelopes"), 0)
+
+    async def test_mixed_message_stored_once(self) -> None:
+        """One secure and one plain recipient: one stored message serves both."""
+        message, _ = await self.receive([b"bob@partner.example.s", b"carol@corp.example"])
+        [relay] = await self.rows("relay")
+        [notification] = await self.rows("notification")
+        self.assertEqual(relay.message_id, message.message_id)
+        self.assertEqual(relay.recipients, ("carol@corp.example",))
+        self.assertEqual(notification.recipients, ("bob@partner.example",))
+        self.assertEqual(await self.count("envelopes"), 1)
+        # The original once, plus the notification.
+        self.assertEqual(await self.store.count_messages(), 2)
+
+    async def test_duplicate_recipient_once(self) -> None:
+        """The same recipient given twice gets one envelope and one notification."""
+        await self.receive([b"bob@partner.example.s", b"bob@partner.example.s"])
+        self.assertEqual(len(await self.rows("notification")), 1)
+        self.assertEqual(await self.count("envelopes"), 1)
+
+    async def test_null_sender(self) -> None:
+        """A secure message from <> is kept, and its notification never bounces back to <>."""
+        await self.receive([b"bob@partner.example.s"], sender=b"")
+        [row] = await self.rows()
+        self.assertEqual(row.notify, "")
+
+    # --- refused at RCPT TO --------------------------------------------------------------------
+
+    def test_marked_mode_refuses_plain_outside(self) -> None:
+        """Mode "marked" refuses an unmarked outside recipient with 550 at RCPT TO."""
+        delivery = GatewayDelivery(self.intake)
+        origin = delivery.validateFrom(HELO, smtp.Address(b"alice@corp.example"))
+        with self.assertRaises(smtp.SMTPBadRcpt) as e:
+            delivery.validateTo(self.user(b"bob@partner.example", origin))
+        self.assertEqual(e.exception.code, 550)
+        self.assertIn("bob@partner.example.s", str(e.exception))
+
+    def test_malformed_address_refused(self) -> None:
+        """Addresses we cannot or will not handle are refused with 501 or 553."""
+        delivery = GatewayDelivery(self.intake)
+        origin = delivery.validateFrom(HELO, smtp.Address(b"alice@corp.example"))
+        for address, code in [
+            (b"bob@partner..example.s", 501),
+            (b'"bob smith"@partner.example.s', 553),
+            (b"bob@partner", 553),
+        ]:
+            with self.assertRaises(smtp.SMTPBadRcpt) as e:
+                delivery.validateTo(self.user(address, origin))
+            self.assertEqual(e.exception.code, code, address)
+
+    def test_rcpt_before_mail(self) -> None:
+        """RCPT TO without a MAIL FROM is refused with 503."""
+        delivery = GatewayDelivery(self.intake)
+        with self.assertRaises(smtp.SMTPBadRcpt) as e:
+            delivery.validateTo(self.user(b"bob@partner.example.s", smtp.Address(b"")))
+        self.assertEqual(e.exception.code, 503)
+
+    # --- the bytes -----------------------------------------------------------------------------
+
+    async def test_byte_exact(self) -> None:
+        """The stored message is the Received header and the lines as given, CRLF-joined."""
+        lines = [
+            b"From: alice@corp.example",
+            b"X-Odd:   spaces kept   \t",
+            b"Subject: =?utf-8?q?caf=C3=A9?=",
+            b"",
+            b"From the start of a line",
+            b".leading dot (already unstuffed)",
+            b"\xff\xfe not utf-8",
+            b"x" * 3000,
+            b"",
+            b"",
+        ]
+        message, received = await self.receive([b"carol@corp.example"], lines)
+        self.assertTrue(received.startswith(b"Received: from mail.corp.example ([192.0.2.10])"))
+        self.assertIn(
+            b"by gw.example (secmail) with ESMTP id " + message.message_id.encode(), received
+        )
+        expected = b"\r\n".join([*received.splitlines(), *lines]) + b"\r\n"
+        self.assertEqual(await self.store.read_all(message.message_id), expected)
+
+    async def test_headers_only(self) -> None:
+        """A message with no blank line and no body is stored as it came."""
+        lines = [b"Subject: only headers", b"To: carol@corp.example"]
+        message, received = await self.receive([b"carol@corp.example"], lines)
+        expected = b"\r\n".join([*received.splitlines(), *lines]) + b"\r\n"
+        self.assertEqual(await self.store.read_all(message.message_id), expected)
+
+    async def test_large_message_round_trip(self) -> None:
+        """A message over three 64 KiB chunks is sealed as it streams and reads back whole."""
+        body = [os.urandom(30).hex().encode() for _ in range(4 * CHUNK_SIZE // 60)]
+        lines = [b"Subject: big", b"", *body]
+        message, received = await self.receive([b"carol@corp.example"], lines)
+        expected = b"\r\n".join([*received.splitlines(), *lines]) + b"\r\n"
+        self.assertGreater(len(expected), 3 * CHUNK_SIZE)
+        self.assertEqual(await self.store.read_all(message.message_id), expected)
+        await self.spool_empties()
+
+    # --- failures --------------------------------------------------------------------------------
+
+    async def test_store_failure_is_451(self) -> None:
+        """When the database cannot commit, the final dot gets 451, never 250."""
+        db = Database(PostgresEngine("postgresql://nobody@127.0.0.1:1/none"), reactor)
+        db.start()
+        self.addCleanup(db.stop)
+        intake = self.make_intake(MessageStore(db, self.master))
+        message, _ = self.start([b"bob@partner.example.s"], intake=intake)
+        for line in [SUBJECT, b"", *(b"y" * 998 for _ in range(200))]:
+            message.lineReceived(line)
+        with self.assertRaises(smtp.SMTPServerError) as e:
+            await message.eomReceived()
+        self.assertEqual(e.exception.code, 451)
+        self.assertEqual(self.commits, 0)
+        await self.spool_empties()
+
+    async def test_unexpected_store_error_is_451(self) -> None:
+        """An error other than StoreUnavailable (e.g. SQLite "disk full" mid-insert) is a 451."""
+
+        class BrokenStore(MessageStore):
+            async def commit(self, messages: Sequence[NewMessage], now: int) -> list[int]:
+                raise sqlite3.OperationalError("database or disk is full")
+
+        intake = self.make_intake(BrokenStore(self.db, self.master))
+        message, _ = self.start([b"carol@corp.example"], intake=intake)
+        for line in [SUBJECT, b"", *(b"y" * 998 for _ in range(200))]:
+            message.lineReceived(line)
+        with self.assertRaises(smtp.SMTPServerError) as e:
+            await message.eomReceived()
+        self.assertEqual(e.exception.code, 451)
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        await self.spool_empties()
+        self.assertEqual(self.commits, 0)
+
+    async def test_connection_lost_stores_nothing(self) -> None:
+        """A message cut off before the final dot leaves nothing in the store or the spool."""
+        message, _ = self.start([b"bob@partner.example.s", b"carol@corp.example"])
+        for line in [SUBJECT, b"", *(b"z" * 998 for _ in range(200))]:
+            message.lineReceived(line)
+        await message._spool.finished()  # the full chunks are sealed into the spool file
+        self.assertEqual(len(os.listdir(self.intake.spool_dir)), 1)
+        message.connectionLost()
+        await self.spool_empties()
+        self.assertEqual(await self.store.count_messages(), 0)
+        self.assertEqual(await self.rows(), [])
+        self.assertEqual(self.commits, 0)
+
+    async def test_new_transaction_aborts_unfinished(self) -> None:
+        """A new MAIL FROM on the connection throws away a message that never got its dot."""
+        delivery = GatewayDelivery(self.intake)
+        origin = delivery.validateFrom(HELO, smtp.Address(b"alice@corp.example"))
+        message = delivery.validateTo(self.user(b"carol@corp.example", origin))()
+        message.lineReceived(SUBJECT)
+        delivery.validateFrom(HELO, origin)
+        self.assertTrue(message.done)
+        self.assertEqual(await self.store.count_messages(), 0)
+
+
+class SqliteIntakeTests(IntakeTestsMixin, TestCase):
+    engine_name = "sqlite"
+
+    async def test_no_plaintext_on_disk(self) -> None:
+        """After commit neither the subject nor the body is anywhere in the database files."""
+        body = [BODY] * (3 * CHUNK_SIZE // len(BODY))
+        await self.receive([b"bob@partner.example.s", b"carol@corp.example"], [SUBJECT, b"", *body])
+        await self.spool_empties()
+        assert isinstance(self.engine, SqliteEngine)
+        stored = b""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            if os.path.exists(self.engine.path + suffix):
+                with open(self.engine.path + suffix, "rb") as f:
+                    stored += f.read()
+        self.assertGreater(len(stored), 3 * CHUNK_SIZE)
+        self.assertNotIn(b"Merger plans", stored)
+        self.assertNotIn(b"ConfidentialBodyText", stored)
+        self.assertNotIn(b"Initech", stored)
+
+
+class PostgresIntakeTests(IntakeTestsMixin, TestCase):
+    engine_name = "postgresql"
+    if not POSTGRES_DSN:
+        skip = "SECMAIL_TEST_POSTGRES is not set"
+
+
+class AllModeTests(IntakeFixture, TestCase):
+    mode = "all"
+
+    async def test_subject_keyword_makes_secure(self) -> None:
+        """In mode "all" the subject keyword turns a plain outside recipient into a letter."""
+        lines = [b"Subject: [secure] Contract draft", b"", BODY]
+        message, _ = await self.receive([b"bob@partner.example"], lines)
+        self.assertEqual(await self.rows("relay"), [])
+        [row] = await self.rows("notification")
+        self.assertEqual(row.recipients, ("bob@partner.example",))
+        self.assertEqual(await self.count("envelopes"), 1)
+        content = await self.store.read_all(row.message_id)
+        self.assertNotIn(b"Contract draft", content)
+
+    async def test_plain_relayed_without_keyword(self) -> None:
+        """In mode "all" unmarked mail without the keyword is relayed on the outgoing route."""
+        message, _ = await self.receive([b"bob@partner.example"])
+        [row] = await self.rows()
+        self.assertEqual(row.kind, "relay")
+        self.assertEqual(row.route, RELAY)
+        self.assertEqual(row.message_id, message.message_id)
+        self.assertEqual(await self.count("envelopes"), 0)

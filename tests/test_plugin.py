@@ -1,0 +1,167 @@
+"""The twistd plugin and the composition root: options, configuration errors, the service tree."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import stat
+import tempfile
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet import reactor
+from twisted.plugin import getPlugins
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmail import tap
+from secmail.queue import OutboundQueue
+from secmail.smtp.server import GatewayESMTPFactory
+
+EXAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "secmail.toml")
+
+
+def config_for(data_dir: str) -> str:
+    """The example configuration with its data directory (and database) under C{data_dir}."""
+    with open(EXAMPLE_CONFIG, encoding="utf-8") as f:
+        text = f.read()
+    text = text.replace('data_dir = "secmail-data"', f'data_dir = "{data_dir}"')
+    text = text.replace(
+        'database = "sqlite:secmail-data/secmail.sqlite"',
+        f'database = "sqlite:{data_dir}/secmail.sqlite"',
+    )
+    # Ports nobody else uses; nothing listens anyway, as the service is never started.
+    text = text.replace('listen = ["tcp:2525:interface=127.0.0.1"]', 'listen = ["tcp:12525"]')
+    text = text.replace(
+        'listen = ["ssl:8443:interface=127.0.0.1"]', 'listen = ["ssl:18443:interface=127.0.0.1"]'
+    )
+    assert data_dir in text and "12525" in text and "18443" in text
+    path = os.path.join(data_dir, "secmail.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin_found(self) -> None:
+        """twistd finds a "secmail" plugin that builds the service from secmail.tap."""
+        makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "secmail"]
+        self.assertTrue(makers)
+        for maker in makers:
+            self.assertIs(maker.options, tap.Options)
+            self.assertIs(maker.makeService, tap.makeService)
+
+    def test_plugin_module_is_light(self) -> None:
+        """The plugin file imports nothing of secmail (twistd imports every plugin file)."""
+        path = os.path.join(os.path.dirname(__file__), os.pardir, "twisted", "plugins")
+        with open(os.path.join(path, "secmail_plugin.py"), encoding="utf-8") as f:
+            source = f.read()
+        self.assertNotIn("import secmail", source)
+        self.assertNotIn("from secmail", source)
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="secmail-tap-")
+
+    def test_example_config(self) -> None:
+        """--config with the example configuration gives its settings."""
+        options = tap.Options()
+        options.parseOptions(["--config", config_for(self.dir)])
+        settings = options["settings"]
+        self.assertEqual(settings.gateway.data_dir, self.dir)
+        self.assertEqual(settings.gateway.hostname, "localhost")
+        self.assertEqual(settings.smtp.listen, ("tcp:12525",))
+
+    def test_bad_config(self) -> None:
+        """A bad configuration stops twistd with one line on stderr and exit status 1."""
+        path = os.path.join(self.dir, "bad.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('[secure]\nmode = "sometimes"\n')
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as e:
+            tap.Options().parseOptions(["--config", path])
+        self.assertEqual(e.exception.code, 1)
+        [line] = err.getvalue().splitlines()
+        self.assertTrue(line.startswith("secmail: secure.mode: "), line)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="secmail-tap-")
+        # makeService makes a DNS resolver, which re-reads resolv.conf on a global-reactor timer.
+        before = set(reactor.getDelayedCalls())
+
+        def cancel_new_timers() -> None:
+            for call in reactor.getDelayedCalls():
+                if call not in before and call.active():
+                    call.cancel()
+
+        self.addCleanup(cancel_new_timers)
+
+    def make(self) -> MultiService:
+        options = tap.Options()
+        options.parseOptions(["--config", config_for(self.dir)])
+        service = tap.makeService(options)
+        self.assertTrue(IService.providedBy(service))
+        assert isinstance(service, MultiService)
+        return service
+
+    def test_service_tree(self) -> None:
+        """The database comes first, then the queue, retention, the portal and the SMTP listener."""
+        top = self.make()
+        self.assertFalse(top.running)
+        children = list(top)
+        self.assertEqual(
+            [type(c) for c in children],
+            [
+                tap.DatabaseService,
+                tap.QueueStarter,
+                TimerService,
+                StreamServerEndpointService,
+                StreamServerEndpointService,
+            ],
+        )
+        self.assertIs(top.getServiceNamed("database"), children[0])
+        self.assertFalse(any(c.running for c in children))
+
+        queue_starter = children[1]
+        assert isinstance(queue_starter, tap.QueueStarter)
+        self.assertIsInstance(queue_starter.queue, OutboundQueue)
+
+        portal, smtp = children[3], children[4]
+        assert isinstance(portal, StreamServerEndpointService)
+        assert isinstance(smtp, StreamServerEndpointService)
+        # "ssl:" without key files: TLS with our own certificate around the portal's site.
+        self.assertIsInstance(portal.factory, TLSMemoryBIOFactory)
+        self.assertEqual(portal.endpoint._port, 18443)  # type: ignore[attr-defined]
+        self.assertIsInstance(smtp.factory, GatewayESMTPFactory)
+        self.assertEqual(smtp.endpoint._port, 12525)  # type: ignore[attr-defined]
+        # A committed message wakes the queue at once.
+        delivery = smtp.factory._delivery_factory()
+        self.assertEqual(delivery.intake.on_commit, queue_starter.queue.wake)
+
+    def test_first_start_files(self) -> None:
+        """A first start makes the database, a 0600 master key and a self-signed certificate."""
+        self.make()
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "secmail.sqlite")))
+        key = os.path.join(self.dir, "master.key")
+        self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "tls", "cert.pem")))
+        self.assertTrue(os.path.isdir(os.path.join(self.dir, "spool")))
+
+    def test_unreadable_master_key(self) -> None:
+        """A master key file open to others stops start-up with one line naming the setting."""
+        key = os.path.join(self.dir, "master.key")
+        with open(key, "w", encoding="ascii") as f:
+            f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+        os.chmod(key, 0o644)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as e:
+            self.make()
+        self.assertEqual(e.exception.code, 1)
+        [line] = err.getvalue().splitlines()
+        self.assertTrue(line.startswith("secmail: store.master_key_file: "), line)
+        self.assertIn("chmod 600", line)

@@ -1,0 +1,482 @@
+"""The outbound queue: delivery, retry backoff, bounces (DSN), leases and retention."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from typing import Any
+
+from twisted.internet import reactor, task
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from secmail import config
+from secmail.crypto import MasterKey
+from secmail.queue import LEASE_SECONDS, OutboundQueue, RetentionJob, backoff, enhanced_status
+from secmail.smtp.client import DeliveryResult, PermanentDeliveryError, TemporaryDeliveryError
+from secmail.store.database import Database, StoreUnavailable
+from secmail.store.engines import PostgresEngine
+from secmail.store.messages import (
+    MessageStore,
+    NewDelivery,
+    NewEnvelope,
+    NewMessage,
+    QueueItem,
+    hash_token,
+    new_id,
+)
+from secmail.store.spool import SealedBytes
+from tests.dbs import POSTGRES_DSN, make_engine
+
+T0 = 1_700_000_000
+DAY = 86400
+RELAY = "smtp://relay.example:25"
+INTERNAL = "smtp://mail.corp.example:25"
+ALICE = "alice@corp.example"
+BOB = "bob@partner.example"
+ORIGINAL = (
+    b"Received: from mail.corp.example ([192.0.2.10])\r\n\tby gw.example (secmail) with ESMTP\r\n"
+    b"From: Alice <alice@corp.example>\r\n"
+    b"To: bob@partner.example\r\n"
+    b"Subject: Quarterly figures\r\n"
+    b"Message-ID: <q3@corp.example>\r\n"
+    b"\r\n"
+    b"SecretBodyText: the numbers are bad.\r\n"
+)
+
+
+def make_settings(data_dir: str, **sections: dict[str, Any]) -> config.Settings:
+    """Settings with a relay host outside and an internal mail server for corp.example."""
+    raw: dict[str, dict[str, Any]] = {
+        "gateway": {
+            "hostname": "gw.example",
+            "data_dir": data_dir,
+            "bounce_address": "bounces@gw.example",
+            "notification_from": "secmail@gw.example",
+        },
+        "routes": {"outgoing": RELAY, "incoming": INTERNAL, "incoming_domains": ["corp.example"]},
+        "portal": {"url": "https://portal.gw.example"},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return config.from_mapping(raw)
+
+
+Outcome = DeliveryResult | Exception | Callable[[QueueItem], DeliveryResult]
+
+
+class ScriptedSender:
+    """A Sender that reads the content and then does what the test scripted, in order."""
+
+    def __init__(self) -> None:
+        self.script: list[Outcome] = []
+        self.calls: list[tuple[QueueItem, bytes]] = []
+
+    async def send(self, item: QueueItem, content: Any) -> DeliveryResult:
+        data = b"".join([chunk async for chunk in content()])
+        self.calls.append((item, data))
+        outcome = self.script.pop(0) if self.script else None
+        if outcome is None:
+            return DeliveryResult(accepted=list(item.recipients), reply="250 2.0.0 queued")
+        if isinstance(outcome, Exception):
+            raise outcome
+        if callable(outcome):
+            return outcome(item)
+        return outcome
+
+
+def parse(content: bytes) -> EmailMessage:
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+class PureTests(SynchronousTestCase):
+    def test_backoff_doubles_to_cap(self) -> None:
+        """Retry delays start at retry_initial, double per attempt and stop at retry_max."""
+        settings = make_settings(tempfile.gettempdir())
+        self.assertEqual(
+            [backoff(settings, n) for n in range(7)], [300, 600, 1200, 2400, 4000, 4000, 4000]
+        )
+
+    def test_enhanced_status(self) -> None:
+        """The RFC 3463 code is found in a reply text; anything else gives the default."""
+        said = "mx.partner.example[192.0.2.1]:25 said: 550 5.1.1 <bob@partner.example>: no user"
+        self.assertEqual(enhanced_status(said, "5.0.0"), "5.1.1")
+        self.assertEqual(enhanced_status("451 4.7.1 greylisted", "5.0.0"), "4.7.1")
+        self.assertEqual(enhanced_status("connection to 192.0.2.1:25 failed", "5.0.0"), "5.0.0")
+        self.assertEqual(enhanced_status("550 no status here", "5.0.0"), "5.0.0")
+
+    def test_enhanced_status_only_valid_codes(self) -> None:
+        """Words that merely look like codes (24.1.1, 5.1234.1) are not taken as a status."""
+        self.assertEqual(enhanced_status("version 24.1.1 said no", "5.0.0"), "5.0.0")
+        self.assertEqual(enhanced_status("550 5.1234.1 odd", "5.0.0"), "5.0.0")
+
+
+class QueueTestsMixin:
+    engine_name = "sqlite"
+
+    def setUp(self) -> None:
+        self.engine = make_engine(self.engine_name, self.addCleanup)
+        self.db = Database(self.engine, reactor)
+        self.db.prepare_blocking()
+        self.db.start()
+        self.addCleanup(self.db.stop)
+        self.master = MasterKey(os.urandom(32))
+        self.store = MessageStore(self.db, self.master)
+        self.clock = task.Clock()
+        self.clock.advance(T0)
+        self.settings = make_settings(tempfile.mkdtemp(prefix="secmail-queue-"))
+        self.sender = ScriptedSender()
+        self.queue = OutboundQueue(self.settings, self.store, self.sender, self.clock, "node-a")
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+    async def enqueue(
+        self,
+        recipients: tuple[str, ...] = (BOB,),
+        *,
+        kind: str = "relay",
+        sender: str = ALICE,
+        notify: str = ALICE,
+        route: str = RELAY,
+        content: bytes = ORIGINAL,
+    ) -> tuple[str, int]:
+        """Commit one message with one queue row; returns (message id, queue id)."""
+        message = NewMessage(
+            content=SealedBytes(self.master, new_id(), content),
+            kind="mail" if kind == "relay" else kind,
+            sender=sender,
+            deliveries=[NewDelivery(kind, sender, recipients, route, "", notify)],
+        )
+        [queue_id] = await self.store.commit([message], now=self.now())
+        return message.content.message_id, queue_id
+
+    async def claim(self) -> QueueItem:
+        [item] = await self.store.claim_due("node-a", self.now(), LEASE_SECONDS, 10)
+        return item
+
+    async def rows(self, kind: str | None = None) -> list[QueueItem]:
+        return [i for i in await self.store.queue_list() if kind is None or i.kind == kind]
+
+    async def eventually(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
+        """Wait (on the real reactor, as the database thread does) until C{check} is true."""
+        for _ in range(200):
+            if await check():
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"timed out waiting until {what}")
+
+    async def idle(self) -> bool:
+        return not self.queue._scanning and not self.queue._tasks
+
+    async def the_bounce(self) -> tuple[QueueItem, EmailMessage, bytes]:
+        [bounce] = await self.rows("bounce")
+        content = await self.store.read_all(bounce.message_id)
+        return bounce, parse(content), content
+
+    # --- outcomes of one attempt ------------------------------------------------------------
+
+    async def test_delivered_removes_row_and_message(self) -> None:
+        """A 250 to the final dot removes the row and the relayed message with it."""
+        message_id, _ = await self.enqueue()
+        await self.queue.deliver(await self.claim())
+        self.assertEqual(await self.rows(), [])
+        self.assertEqual(await self.store.count_messages(), 0)
+        [(item, data)] = self.sender.calls
+        self.assertEqual(data, ORIGINAL)
+        self.assertEqual(item.recipients, (BOB,))
+        self.assertIn("delivered", [e[1] for e in await self.store.events(message_id)])
+
+    async def test_temporary_failure_backs_off(self) -> None:
+        """Each temporary failure defers the row by 300, 600, 1200, 2400, 4000, 4000 s."""
+        error = "relay.example[192.0.2.1]:25 said: 451 4.3.0 try again later"
+        self.sender.script = [TemporaryDeliveryError(error) for _ in range(6)]
+        await self.enqueue()
+        for attempt, delay in enumerate([300, 600, 1200, 2400, 4000, 4000], start=1):
+            started = self.now()
+            await self.queue.deliver(await self.claim())
+            [row] = await self.rows()
+            self.assertEqual(row.next_attempt - started, delay)
+            self.assertEqual(row.attempts, attempt)
+            self.assertIn("451 4.3.0", row.last_error)
+            # Not due a second early, and not leased any more.
+            early = await self.store.claim_due("node-a", row.next_attempt - 1, LEASE_SECONDS, 10)
+            self.assertEqual(early, [])
+            self.clock.advance(delay)
+        self.assertEqual(await self.rows("bounce"), [])
+
+    async def test_temporary_rcpt_replies_defer(self) -> None:
+        """A 4xx to every RCPT (a result, not an exception) defers the row for those recipients."""
+        carol = "carol@partner.example"
+        self.sender.script = [
+            DeliveryResult(temporary={BOB: "451 4.2.1 busy", carol: "452 4.2.2 full"})
+        ]
+        await self.enqueue((BOB, carol))
+        await self.queue.deliver(await self.claim())
+        [row] = await self.rows()
+        self.assertEqual(row.recipients, (BOB, carol))
+        self.assertEqual(row.next_attempt, self.now() + 300)
+        self.assertEqual(await self.rows("bounce"), [])
+
+    async def test_unexpected_error_retries(self) -> None:
+        """A bug in the sender is logged and the row retried later, never dropped."""
+        self.sender.script = [RuntimeError("boom")]
+        await self.enqueue()
+        await self.queue.deliver(await self.claim())
+        [row] = await self.rows()
+        self.assertEqual(row.next_attempt, self.now() + 300)
+        self.assertIn("internal error: RuntimeError", row.last_error)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    async def test_permanent_failure_bounces(self) -> None:
+        """A 5xx replaces the row by a <> bounce to the sender, on the sender's domain's route."""
+        error = "relay.example[192.0.2.1]:25 said: 550 5.1.1 <bob@partner.example>: no such user"
+        self.sender.script = [PermanentDeliveryError(error)]
+        message_id, _ = await self.enqueue()
+        await self.queue.deliver(await self.claim())
+
+        bounce, dsn, content = await self.the_bounce()
+        self.assertEqual(await self.rows("relay"), [])
+        self.assertEqual(bounce.sender, "")
+        self.assertEqual(bounce.recipients, (ALICE,))
+        self.assertEqual(bounce.route, INTERNAL)
+        self.assertEqual(bounce.domain, "corp.example")
+        self.assertEqual(bounce.notify, "")
+        # The original is gone; only the bounce is stored.
+        self.assertEqual(await self.store.count_messages(), 1)
+        self.assertIn("bounced", [e[1] for e in await self.store.events(message_id)])
+
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        self.assertEqual(dsn.get_param("report-type"), "delivery-status")
+        self.assertEqual(dsn["To"], ALICE)
+        self.assertEqual(
+            [p.get_content_type() for p in dsn.iter_parts()],
+            ["text/plain", "message/delivery-status", "text/rfc822-headers"],
+        )
+        self.assertIn(b"Final-Recipient: rfc822; bob@partner.example", content)
+        self.assertIn(b"Status: 5.1.1", content)
+        self.assertIn(b"Subject: Quarterly figures", content)
+        self.assertIn(b"Message-ID: <q3@corp.example>", content)
+        self.assertNotIn(b"SecretBodyText", content)
+
+    async def test_permanent_failure_per_recipient_texts(self) -> None:
+        """Each recipient refused on its own is reported with its own reply, not another's."""
+        carol = "carol@partner.example"
+        replies = {BOB: "550 5.1.1 no such user bob", carol: "552 5.2.2 mailbox full carol"}
+        self.sender.script = [PermanentDeliveryError(replies[BOB], recipients=replies)]
+        await self.enqueue((BOB, carol))
+        await self.queue.deliver(await self.claim())
+        _, dsn, content = await self.the_bounce()
+        self.assertIn(b"Status: 5.1.1", content)
+        self.assertIn(b"Status: 5.2.2", content)
+        self.assertIn(b"mailbox full carol", content)
+
+    async def test_odd_reply_still_bounces(self) -> None:
+        """A reply with a status look-alike still bounces (as 5.0.0) instead of failing the row."""
+        self.sender.script = [PermanentDeliveryError("550 5.1234.1 odd server, v24.1.1")]
+        await self.enqueue()
+        await self.queue.deliver(await self.claim())
+        self.assertEqual(await self.rows("relay"), [])
+        _, _, content = await self.the_bounce()
+        self.assertIn(b"Status: 5.0.0", content)
+
+    async def test_lifetime_exceeded_bounces(self) -> None:
+        """A temporary failure after 5 days in the queue bounces instead of deferring again."""
+        self.sender.script = [TemporaryDeliveryError("451 4.4.1 no answer") for _ in range(2)]
+        await self.enqueue()
+        self.clock.advance(5 * DAY - 300)
+        await self.queue.deliver(await self.claim())
+        self.assertEqual(await self.rows("bounce"), [])
+        self.clock.advance(300)
+        await self.queue.deliver(await self.claim())
+        self.assertEqual(await self.rows("relay"), [])
+        bounce, dsn, content = await self.the_bounce()
+        self.assertEqual(bounce.recipients, (ALICE,))
+        human = dsn.get_body(("plain",))
+        assert human is not None
+        self.assertIn("gave up after 5 days in the queue", human.get_content())
+        self.assertIn(b"Final-Recipient: rfc822; bob@partner.example", content)
+
+    async def test_partial_result(self) -> None:
+        """One accepted, one 4xx, one 5xx: a bounce for the 5xx only, the row kept for the 4xx."""
+        accepted, later, refused = (f"{n}@partner.example" for n in ("ann", "ben", "cat"))
+        self.sender.script = [
+            DeliveryResult(
+                accepted=[accepted],
+                temporary={later: "451 4.2.1 mailbox busy"},
+                permanent={refused: "550 5.1.1 no such user"},
+            )
+        ]
+        message_id, queue_id = await self.enqueue((accepted, later, refused))
+        await self.queue.deliver(await self.claim())
+
+        [row] = await self.rows("relay")
+        self.assertEqual(row.id, queue_id)
+        self.assertEqual(row.recipients, (later,))
+        self.assertEqual(row.attempts, 1)
+        self.assertEqual(row.next_attempt, self.now() + 300)
+        _, _, content = await self.the_bounce()
+        self.assertIn(f"Final-Recipient: rfc822; {refused}".encode(), content)
+        self.assertNotIn(f"Final-Recipient: rfc822; {accepted}".encode(), content)
+        self.assertNotIn(f"Final-Recipient: rfc822; {later}".encode(), content)
+        # The message stays for the recipient still to be tried.
+        self.assertEqual(await self.store.read_all(message_id), ORIGINAL)
+
+    async def test_null_notify_never_bounces(self) -> None:
+        """Mail from <> that fails for good is dropped: no bounce is ever sent to <>."""
+        self.sender.script = [PermanentDeliveryError("550 5.1.1 no such user")]
+        await self.enqueue(sender="", notify="")
+        await self.queue.deliver(await self.claim())
+        self.assertEqual(await self.rows(), [])
+        self.assertEqual(await self.store.count_messages(), 0)
+
+    async def test_failed_bounce_is_not_bounced(self) -> None:
+        """A bounce that cannot be delivered is dropped rather than bounced again."""
+        self.sender.script = [PermanentDeliveryError("550 5.1.1 no such user")]
+        await self.enqueue((ALICE,), kind="bounce", sender="", notify="", route=INTERNAL)
+        await self.queue.deliver(await self.claim())
+        self.assertEqual(await self.rows(), [])
+
+    async def test_failed_notification_bounces_to_original_sender(self) -> None:
+        """A notification that fails for good is reported to the secure message's sender."""
+        notification = (
+            b"From: Alice via secmail <secmail@gw.example>\r\nTo: bob@partner.example\r\n"
+            b"Subject: Secure message from Alice is waiting for you\r\n\r\nlink\r\n"
+        )
+        self.sender.script = [PermanentDeliveryError("550 5.1.1 no such user")]
+        await self.enqueue(
+            kind="notification", sender="bounces@gw.example", notify=ALICE, content=notification
+        )
+        await self.queue.deliver(await self.claim())
+        self.assertEqual(await self.rows("notification"), [])
+        bounce, dsn, content = await self.the_bounce()
+        self.assertEqual(bounce.recipients, (ALICE,))
+        self.assertEqual(bounce.route, INTERNAL)
+        human = dsn.get_body(("plain",))
+        assert human is not None
+        self.assertIn("notification of a secure message", human.get_content())
+        self.assertIn(b"Subject: Secure message from Alice is waiting for you", content)
+
+    # --- the service ------------------------------------------------------------------------
+
+    async def test_start_delivers_due_rows(self) -> None:
+        """Starting the queue claims and delivers every due row, then goes idle."""
+        await self.enqueue((BOB,))
+        await self.enqueue(("carol@partner.example",))
+        self.queue.wake()  # not running: does nothing
+        self.queue.startService()
+        self.addCleanup(self.queue.stopService)
+
+        async def empty() -> bool:
+            return await self.rows() == [] and await self.idle()
+
+        await self.eventually(empty, "the queue is empty")
+        self.assertEqual(len(self.sender.calls), 2)
+        self.assertEqual(await self.store.count_messages(), 0)
+
+    async def test_wake_and_poll(self) -> None:
+        """Rows queued while running go out on wake(); deferred rows on a later poll."""
+        self.queue.startService()
+        self.addCleanup(self.queue.stopService)
+        await self.eventually(self.idle, "the first scan is done")
+        self.sender.script = [TemporaryDeliveryError("451 4.3.0 later")]
+        await self.enqueue()
+        self.queue.wake()
+
+        async def deferred() -> bool:
+            rows = await self.rows()
+            return len(rows) == 1 and rows[0].attempts == 1 and await self.idle()
+
+        await self.eventually(deferred, "the row is deferred")
+        self.assertEqual(len(self.sender.calls), 1)
+        # The poll timer, on the queue's clock, finds it once it is due.
+        self.clock.advance(300)
+
+        async def empty() -> bool:
+            return await self.rows() == [] and await self.idle()
+
+        await self.eventually(empty, "the deferred row is delivered")
+        self.assertEqual(len(self.sender.calls), 2)
+
+    async def test_stop_cancels_timer(self) -> None:
+        """A stopped queue leaves no timer behind and scans no more."""
+        self.queue.startService()
+        await self.eventually(self.idle, "the first scan is done")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.queue.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        await self.enqueue()
+        self.queue.wake()
+        self.assertEqual(len(await self.store.claim_due("other", self.now(), 60, 10)), 1)
+
+    async def test_release_own_leases(self) -> None:
+        """After a restart the node takes back its own leased rows, and only those."""
+        _, mine = await self.enqueue()
+        _, theirs = await self.enqueue()
+        [a] = await self.store.claim_due("node-a", self.now(), LEASE_SECONDS, 1)
+        [b] = await self.store.claim_due("node-b", self.now(), LEASE_SECONDS, 1)
+        self.assertEqual({a.id, b.id}, {mine, theirs})
+        await self.queue.release_own_leases()
+        [again] = await self.store.claim_due("node-c", self.now(), LEASE_SECONDS, 10)
+        self.assertEqual(again.id, a.id)
+
+    async def test_retention_deletes_expired(self) -> None:
+        """Secure messages past retention_days are deleted with their envelopes; newer stay."""
+
+        def secure(token: str) -> NewMessage:
+            envelope = NewEnvelope(BOB, BOB + ".s", "letter", None, hash_token(token))
+            return NewMessage(
+                SealedBytes(self.master, new_id(), ORIGINAL), "mail", ALICE, envelopes=[envelope]
+            )
+
+        await self.store.commit([secure("old")], now=T0 - 31 * DAY)
+        await self.store.commit([secure("new")], now=T0 - 29 * DAY)
+        await RetentionJob(self.settings, self.store, self.clock).run()
+        self.assertIsNone(await self.store.envelope_by_token("old"))
+        self.assertIsNotNone(await self.store.envelope_by_token("new"))
+        self.assertEqual(await self.store.count_messages(), 1)
+
+
+class SqliteQueueTests(QueueTestsMixin, TestCase):
+    engine_name = "sqlite"
+
+
+class PostgresQueueTests(QueueTestsMixin, TestCase):
+    engine_name = "postgresql"
+    if not POSTGRES_DSN:
+        skip = "SECMAIL_TEST_POSTGRES is not set"
+
+
+class StoreDownTests(TestCase):
+    def setUp(self) -> None:
+        self.db = Database(PostgresEngine("postgresql://nobody@127.0.0.1:1/none"), reactor)
+        self.db.start()
+        self.addCleanup(self.db.stop)
+        self.store = MessageStore(self.db, MasterKey(os.urandom(32)))
+        self.settings = make_settings(tempfile.gettempdir())
+        self.clock = task.Clock()
+
+    async def test_retention_failure_logged(self) -> None:
+        """A retention run that cannot reach the database logs and lets the timer run again."""
+        await RetentionJob(self.settings, self.store, self.clock).run()
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+
+    async def test_scan_failure_polls_again(self) -> None:
+        """A queue scan that cannot reach the database is logged and retried at the next poll."""
+        queue = OutboundQueue(self.settings, self.store, ScriptedSender(), self.clock, "n")
+        queue.startService()
+        self.addCleanup(queue.stopService)
+        for _ in range(200):
+            if not queue._scanning:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(queue._scanning)
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        [timer] = self.clock.getDelayedCalls()
+        self.assertEqual(timer.getTime(), self.settings.queue.poll_interval)
