@@ -342,6 +342,69 @@ class IntakeTestsMixin(IntakeFixture):
         self.assertTrue(message.done)
         self.assertEqual(await self.store.count_messages(), 0)
 
+    # --- notifications that come back ----------------------------------------------------------
+
+    async def test_returned_notification_tells_sender(self) -> None:
+        """A DSN to a notification's VERP address bounces to the original sender; none is stored."""
+        await self.receive([b"bob@partner.example.s"])
+        [row] = await self.rows("notification")
+        report = (
+            b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"',
+            b"",
+            b"--b",
+            b"Content-Type: message/delivery-status",
+            b"",
+            b"Reporting-MTA: dns; mx.partner.example",
+            b"",
+            b"Final-Recipient: rfc822; bob@partner.example",
+            b"Action: failed",
+            b"Status: 5.1.1",
+            b"Diagnostic-Code: smtp; 550 5.1.1 no such user",
+            b"--b--",
+        )
+        messages_before = await self.store.count_messages()
+        delivery = GatewayDelivery(self.intake)
+        origin = delivery.validateFrom(HELO, smtp.Address(b"<>"))
+        returned = delivery.validateTo(self.user(row.sender.encode(), origin))()
+        self.assertNotIsInstance(returned, IncomingMessage)
+        for line in report:
+            returned.lineReceived(line)
+        self.assertEqual(await returned.eomReceived(), b"returned")
+        [bounce] = await self.rows("bounce")
+        self.assertEqual(bounce.sender, "")
+        self.assertEqual(bounce.recipients, ("alice@corp.example",))
+        dsn = await self.store.read_all(bounce.message_id)
+        self.assertIn(b"bob@partner.example", dsn)
+        self.assertIn(b"no such user", dsn)
+        # Only the bounce to alice was added: the returned mail itself is not kept.
+        self.assertEqual(await self.store.count_messages(), messages_before + 1)
+        envelope_id = row.sender.split("+", 1)[1].split("@", 1)[0]
+        envelope = await self.store.envelope_by_id(envelope_id)
+        assert envelope is not None
+        self.assertEqual(envelope.state, "notification returned")
+
+    async def test_returned_non_report_dropped(self) -> None:
+        """An auto-reply to a notification's sender address is accepted and dropped."""
+        await self.receive([b"bob@partner.example.s"])
+        [row] = await self.rows("notification")
+        delivery = GatewayDelivery(self.intake)
+        origin = delivery.validateFrom(HELO, smtp.Address(b"<>"))
+        returned = delivery.validateTo(self.user(row.sender.encode(), origin))()
+        returned.lineReceived(b"Subject: Out of office")
+        returned.lineReceived(b"")
+        returned.lineReceived(b"I am away.")
+        self.assertEqual(await returned.eomReceived(), b"dropped")
+        self.assertEqual(await self.rows("bounce"), [])
+
+    def test_bounce_address_needs_own_transaction(self) -> None:
+        """The bounce address and ordinary recipients are not mixed in one transaction."""
+        delivery = GatewayDelivery(self.intake)
+        origin = delivery.validateFrom(HELO, smtp.Address(b"alice@corp.example"))
+        delivery.validateTo(self.user(b"carol@corp.example", origin))
+        with self.assertRaises(smtp.SMTPBadRcpt) as e:
+            delivery.validateTo(self.user(b"bounces+" + b"a" * 32 + b"@gw.example", origin))
+        self.assertEqual(e.exception.code, 452)
+
 
 class SqliteIntakeTests(IntakeTestsMixin, TestCase):
     engine_name = "sqlite"

@@ -35,6 +35,13 @@ from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.notify import build_notification
 from secmail.policy import MessagePolicy, check_recipient, decide, strip_subject_keyword
+from secmail.returns import (
+    ReturnedMail,
+    failed_recipients,
+    notice_for_sender,
+    returned_envelope,
+    verp_address,
+)
 from secmail.store.database import StoreUnavailable
 from secmail.store.messages import (
     MessageStore,
@@ -72,6 +79,57 @@ class Intake:
     def now(self) -> int:
         return int(self.clock.seconds())
 
+    async def notification_returned(self, envelope_id: str, raw: bytes) -> bytes:
+        """A bounce of one of our notifications came back: tell the message's sender."""
+        envelope = await self.store.envelope_by_id(envelope_id) if envelope_id else None
+        if envelope is None:
+            log.info("Mail to the bounce address names no known envelope; dropped")
+            return b"dropped"
+        reports = failed_recipients(raw)
+        if reports is None:
+            log.info(
+                "Mail to the bounce address for envelope {id} is no delivery report; dropped",
+                id=envelope_id,
+            )
+            return b"dropped"
+        if not reports:
+            return b"dropped"  # a report of delays or successes: nothing failed
+        report = next((r for r in reports if r.address.lower() == envelope.recipient), reports[0])
+        now = self.clock.seconds()
+        notice = notice_for_sender(
+            hostname=self.settings.gateway.hostname,
+            original_sender=envelope.sender,
+            recipient=envelope.recipient,
+            report=report,
+            arrival=datetime.fromtimestamp(envelope.created, UTC),
+            now=datetime.fromtimestamp(now, UTC),
+        )
+        bounce = None
+        if notice is not None:
+            domain = envelope.sender.rpartition("@")[2].lower()
+            bounce = NewMessage(
+                content=SealedBytes(self.master, new_id(), notice),
+                kind="bounce",
+                sender="",
+                deliveries=[
+                    NewDelivery(
+                        kind="bounce",
+                        sender="",
+                        recipients=(envelope.sender,),
+                        route=str(self.settings.routes.for_domain(domain)),
+                        domain=domain,
+                        notify="",
+                    )
+                ],
+            )
+        detail = f"{report.status} {report.diagnostic}"[:500]
+        await self.store.notification_returned(envelope, bounce, detail, int(now))
+        log.info(
+            "Notification for envelope {id} came back: {detail}", id=envelope_id, detail=detail
+        )
+        self.on_commit()
+        return b"returned"
+
     def disk_is_short(self) -> bool:
         """Less free space than 1.5 message size limits (Postfix's rule)."""
         try:
@@ -85,7 +143,9 @@ class Intake:
 class _Transaction:
     sender: str
     recipients: list[Recipient] = field(default_factory=list)
-    message: IncomingMessage | None = None
+    message: IncomingMessage | ReturnedMail | None = None
+    returned: str | None = None  # the envelope id, for mail to our bounce address
+    id: str = field(default_factory=new_id)
 
 
 @implementer(IMessageDelivery)
@@ -104,7 +164,8 @@ class GatewayDelivery:
         peer = helo[1].decode("ascii", "replace") if helo and len(helo) > 1 else "unknown"
         helo_name = "".join(c for c in helo_name if c.isalnum() or c in ".-[]:")[:255] or "unknown"
         with_ = "ESMTPS" if self._tls else "ESMTP"
-        message_id = self._message().message_id
+        assert self._transaction is not None
+        message_id = self._transaction.id
         date = email.utils.format_datetime(datetime.fromtimestamp(self.intake.clock.seconds(), UTC))
         return (
             f"Received: from {helo_name} ([{peer}])\r\n\tby {self.intake.settings.gateway.hostname}"
@@ -122,12 +183,22 @@ class GatewayDelivery:
         self._transaction = _Transaction(sender=sender)
         return origin
 
-    def validateTo(self, user: smtp.User) -> Callable[[], IncomingMessage]:
+    def validateTo(self, user: smtp.User) -> Callable[[], IncomingMessage | ReturnedMail]:
         transaction = self._transaction
         if transaction is None:
             raise smtp.SMTPBadRcpt(user, 503, "5.5.1 Error: need MAIL command")
         transport = getattr(user.protocol, "transport", None)
         self._tls = transport is not None and ISSLTransport.providedBy(transport)
+        returned = returned_envelope(str(user.dest), self.intake.settings.gateway.bounce_address)
+        if (returned is None) == (transaction.returned is not None) and (
+            transaction.recipients or transaction.returned is not None
+        ):
+            raise smtp.SMTPBadRcpt(
+                user, 452, "4.5.3 Send mail to the bounce address in a transaction of its own"
+            )
+        if returned is not None:
+            transaction.returned = returned
+            return self._message
         secure = self.intake.settings.secure
         try:
             recipient = parse_recipient(
@@ -140,13 +211,21 @@ class GatewayDelivery:
             transaction.recipients.append(recipient)
         return self._message
 
-    def _message(self) -> IncomingMessage:
+    def _message(self) -> IncomingMessage | ReturnedMail:
         transaction = self._transaction
         assert transaction is not None
         if transaction.message is None:
-            transaction.message = IncomingMessage(
-                self.intake, transaction.sender, transaction.recipients
-            )
+            if transaction.returned is not None:
+                transaction.message = ReturnedMail(
+                    transaction.returned,
+                    lambda envelope_id, raw: Deferred.fromCoroutine(
+                        self.intake.notification_returned(envelope_id, raw)
+                    ),
+                )
+            else:
+                transaction.message = IncomingMessage(
+                    self.intake, transaction.sender, transaction.recipients, transaction.id
+                )
         return transaction.message
 
     def _abort(self) -> None:
@@ -160,11 +239,13 @@ class GatewayDelivery:
 class IncomingMessage:
     """One transaction's message: streamed through the encryptor, committed at the final dot."""
 
-    def __init__(self, intake: Intake, sender: str, recipients: list[Recipient]) -> None:
+    def __init__(
+        self, intake: Intake, sender: str, recipients: list[Recipient], message_id: str
+    ) -> None:
         self.intake = intake
         self.sender = sender
         self.recipients = recipients
-        self.message_id = new_id()
+        self.message_id = message_id
         self.done = False
         self._headers: list[bytes] | None = []
         self._spool = SpooledMessage(
@@ -285,7 +366,7 @@ class IncomingMessage:
                     deliveries=[
                         NewDelivery(
                             kind="notification",
-                            sender=notification.sender,
+                            sender=verp_address(notification.sender, envelope.id),
                             recipients=(recipient.address,),
                             route=str(decision.route),
                             domain=domain,

@@ -196,6 +196,29 @@ class MessageStore:
         token_hash = hash_token(token)
         return await self.db.run(lambda txn: envelope_by_hash_txn(txn, token_hash))
 
+    async def envelope_by_id(self, envelope_id: str) -> Envelope | None:
+        return await self.db.run(lambda txn: envelope_by_id_txn(txn, envelope_id))
+
+    async def notification_returned(
+        self, envelope: Envelope, bounce: NewMessage | None, detail: str, now: int
+    ) -> None:
+        """A recipient's notification bounced: mark the envelope, tell the sender."""
+
+        def txn_(txn: Txn) -> None:
+            txn.execute(
+                "UPDATE envelopes SET state = 'notification returned' WHERE id = ?",
+                (envelope.id,),
+            )
+            add_event_txn(
+                txn, envelope.message_id, envelope.id, "notification returned", detail, now
+            )
+            if bounce is not None:
+                insert_message_txn(txn, bounce, now)
+                for delivery in bounce.deliveries:
+                    insert_delivery_txn(txn, bounce.content.message_id, delivery, now)
+
+        await self.db.run(txn_)
+
     async def add_event(
         self, message_id: str, envelope_id: str | None, kind: str, detail: str, now: int
     ) -> None:
@@ -463,13 +486,23 @@ def drop_unused_message_txn(txn: Txn, message_id: str) -> None:
     )
 
 
+_ENVELOPE_SELECT = (
+    "SELECT e.id, e.message_id, e.recipient, e.original, e.level, e.phone, e.state, "
+    "e.created, m.sender FROM envelopes e JOIN messages m ON m.id = e.message_id "
+)
+
+
 def envelope_by_hash_txn(txn: Txn, token_hash: str) -> Envelope | None:
-    row = txn.execute(
-        "SELECT e.id, e.message_id, e.recipient, e.original, e.level, e.phone, e.state, "
-        "e.created, m.sender FROM envelopes e JOIN messages m ON m.id = e.message_id "
-        "WHERE e.token_hash = ?",
-        (token_hash,),
-    ).fetchone()
+    return _envelope(
+        txn.execute(_ENVELOPE_SELECT + "WHERE e.token_hash = ?", (token_hash,)).fetchone()
+    )
+
+
+def envelope_by_id_txn(txn: Txn, envelope_id: str) -> Envelope | None:
+    return _envelope(txn.execute(_ENVELOPE_SELECT + "WHERE e.id = ?", (envelope_id,)).fetchone())
+
+
+def _envelope(row: Sequence[Any] | None) -> Envelope | None:
     if row is None:
         return None
     return Envelope(

@@ -96,11 +96,17 @@ def split_received(data: bytes) -> tuple[bytes, bytes]:
     return data[:pos], data[pos:]
 
 
-def notification_for(gw: Gateway, address: str) -> Callable[[SinkMessage], bool]:
-    bounce = f"secmail-bounces@{gw.hostname}"
+def is_notification_sender(gw: Gateway, sender: str) -> bool:
+    """Notifications come from the bounce address, tagged with their envelope (VERP)."""
+    return (
+        re.fullmatch(rf"secmail-bounces\+[0-9a-f]{{32}}@{re.escape(gw.hostname)}", sender)
+        is not None
+    )
 
+
+def notification_for(gw: Gateway, address: str) -> Callable[[SinkMessage], bool]:
     def match(m: SinkMessage) -> bool:
-        return m.mail_from == bounce and m.rcpt_tos == (address,)
+        return is_notification_sender(gw, m.mail_from) and m.rcpt_tos == (address,)
 
     return match
 
@@ -374,6 +380,46 @@ def test_permanent_failure_bounces(
     assert not [m for m in internet.messages() if m.message_id == mid]
 
 
+def test_returned_notification_tells_sender(
+    gateway: Gateway, internet: SmtpSink, internal: SmtpSink
+) -> None:
+    """A notification bounced later by mail (to its VERP address) makes a DSN to the sender."""
+    frank = "frank@partner.example"
+    gateway.send(
+        SENDER,
+        [frank + ".s"],
+        make_message(
+            sender=SENDER, to=frank + ".s", subject="Quiet Walrus7", message_id=msgid("r")
+        ),
+    )
+    notification = internet.wait_for_message(
+        notification_for(gateway, frank), timeout=20, what="the notification to frank"
+    )
+    # The remote server accepted it, then bounced it: a DSN from <> to the VERP sender.
+    remote_dsn = (
+        "From: MAILER-DAEMON@partner.example\r\n"
+        f"To: {notification.mail_from}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n'
+        "\r\n--b1\r\nContent-Type: text/plain\r\n\r\nMailbox full.\r\n"
+        "--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.partner.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {frank}\r\nAction: failed\r\nStatus: 5.2.2\r\n"
+        "Diagnostic-Code: smtp; 552 5.2.2 Mailbox full\r\n"
+        "--b1--\r\n"
+    ).encode()
+    gateway.send("", [notification.mail_from], remote_dsn)
+    dsn = internal.wait_for_message(
+        lambda m: m.mail_from == "" and frank.encode() in m.data and b"5.2.2" in m.data,
+        timeout=20,
+        what="the DSN about frank's returned notification",
+    )
+    assert dsn.rcpt_tos == (SENDER,)
+    assert dsn.parsed().get_content_type() == "multipart/report"
+    assert b"Mailbox full" in dsn.data
+
+
 def test_size_limit(gateway: Gateway, internet: SmtpSink, internal: SmtpSink) -> None:
     """Over max_message_size (20000): 552 with or without SIZE=; nothing stored or sent."""
     before = gateway.received_count()
@@ -516,12 +562,13 @@ def test_crash_safety(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     assert accepted >= CRASH_KILL_AFTER
 
     gw.start()
-    bounce = f"secmail-bounces@{gw.hostname}"
 
     def missing() -> tuple[set[str], set[str]]:
         messages = internet.messages()
         ids = {m.message_id for m in messages}
-        notified = {r for m in messages if m.mail_from == bounce for r in m.rcpt_tos}
+        notified = {
+            r for m in messages if is_notification_sender(gw, m.mail_from) for r in m.rcpt_tos
+        }
         return plain - ids, marked - notified
 
     def describe() -> str:
@@ -536,7 +583,9 @@ def test_crash_safety(tmp_path: Path, request: pytest.FixtureRequest) -> None:
 
     messages = internet.messages()
     per_id = Counter(m.message_id for m in messages if m.mail_from == SENDER)
-    per_rcpt = Counter(r for m in messages if m.mail_from == bounce for r in m.rcpt_tos)
+    per_rcpt = Counter(
+        r for m in messages if is_notification_sender(gw, m.mail_from) for r in m.rcpt_tos
+    )
     duplicates = sum(n - 1 for n in per_id.values() if n > 1) + sum(
         n - 1 for n in per_rcpt.values() if n > 1
     )
