@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sqlite3
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import psycopg
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
@@ -64,7 +67,8 @@ def _wait(coroutine: Coroutine[Any, Any, T]) -> T:
     return results[0]
 
 
-def _open_store(path: str | None) -> MessageStore:
+@contextmanager
+def _open_store(path: str | None) -> Iterator[MessageStore]:
     settings = config.load(path)
     try:
         db = BlockingDatabase(settings.store.database)
@@ -72,8 +76,11 @@ def _open_store(path: str | None) -> MessageStore:
         raise CommandError(f"store.database: {e}") from None
     except Exception as e:
         raise CommandError(f"store.database: cannot open the database: {e}") from None
-    # The queue commands read no message content, so no master key is needed.
-    return MessageStore(db, MasterKey(b"\0" * 32))
+    try:
+        # The queue commands read no message content, so no master key is needed.
+        yield MessageStore(db, MasterKey(b"\0" * 32))
+    finally:
+        db.stop()
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -89,8 +96,8 @@ def _when(timestamp: int) -> str:
 
 
 def queue_list(args: argparse.Namespace) -> int:
-    store = _open_store(args.config)
-    items = _wait(store.queue_list())
+    with _open_store(args.config) as store:
+        items = _wait(store.queue_list())
     if not items:
         print("The queue is empty.")
         return 0
@@ -106,16 +113,18 @@ def queue_list(args: argparse.Namespace) -> int:
 
 
 def queue_retry(args: argparse.Namespace) -> int:
-    store = _open_store(args.config)
-    if not _wait(store.queue_retry(args.id, int(time.time()))):
+    with _open_store(args.config) as store:
+        retried = _wait(store.queue_retry(args.id, int(time.time())))
+    if not retried:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
     print(f"Queue row {args.id} will be tried at the next queue scan.")
     return 0
 
 
 def queue_delete(args: argparse.Namespace) -> int:
-    store = _open_store(args.config)
-    if not _wait(store.queue_delete(args.id, int(time.time()))):
+    with _open_store(args.config) as store:
+        deleted = _wait(store.queue_delete(args.id, int(time.time())))
+    if not deleted:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
     print(f"Queue row {args.id} deleted; its recipients will not get it and no bounce is sent.")
     return 0
@@ -168,9 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (config.ConfigError, CommandError, MasterKeyError) as e:
-        print(f"secmail: {e}", file=sys.stderr)
+    except (config.ConfigError, CommandError, MasterKeyError, StoreUnavailable) as e:
+        print(f"secmail: {one_line(str(e))}", file=sys.stderr)
         return 1
+    except (sqlite3.Error, psycopg.Error) as e:
+        print(f"secmail: database error: {type(e).__name__}: {one_line(str(e))}", file=sys.stderr)
+        return 1
+
+
+def one_line(text: str) -> str:
+    """Errors from libraries may span lines (psycopg's do); an admin gets one."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -32,6 +32,9 @@ Content = Callable[[], AsyncIterator[bytes]]
 
 #: How long a node may hold a row before another may take it over.
 LEASE_SECONDS = 1800
+
+#: How long shutdown waits for deliveries in flight.
+STOP_GRACE_SECONDS = 10
 
 
 class Sender(Protocol):
@@ -92,8 +95,13 @@ class OutboundQueue(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        # Deliveries in flight keep their lease; the next start takes them over.
-        return None
+        if not self._tasks:
+            return None
+        # Let deliveries in flight record their outcome while the database is still up.
+        # One that takes longer keeps its lease; the next start on this node takes it back.
+        waiting = DeferredList(list(self._tasks), consumeErrors=True)
+        waiting.addTimeout(STOP_GRACE_SECONDS, self.clock)
+        return waiting.addBoth(lambda _: None)
 
     def wake(self) -> None:
         """Look for due rows now (called after a commit that queued something)."""
@@ -181,17 +189,17 @@ class OutboundQueue(Service):
             log.info(
                 "Queue row {id}: delivered to {n} recipient(s)", id=item.id, n=len(result.accepted)
             )
+        if result.accepted and (result.permanent or result.temporary):
+            await self.store.add_event(
+                item.message_id,
+                None,
+                "delivered",
+                f"{item.kind} to {', '.join(result.accepted)} via {item.route}",
+                now,
+            )
         if result.permanent:
             await self._bounce(item, dict(result.permanent), remaining=list(result.temporary))
         if result.temporary:
-            if result.accepted and not result.permanent:
-                await self.store.add_event(
-                    item.message_id,
-                    None,
-                    "delivered",
-                    f"{item.kind} to {', '.join(result.accepted)} via {item.route}",
-                    now,
-                )
             error = "; ".join(result.temporary.values())
             await self._retry(item, list(result.temporary), error)
         elif not result.permanent:
@@ -232,7 +240,15 @@ class OutboundQueue(Service):
         head = await self.store.read_all(item.message_id, limit=64 * 1024)
         end = head.find(b"\r\n\r\n")
         headers = head[: end + 2] if end >= 0 else head
-        what = "notification of a secure message" if item.kind == "notification" else "message"
+        if item.kind == "notification":
+            reason = (
+                "This was the notification of a secure message from you: the recipients "
+                "below were not told that it is waiting for them."
+            )
+        elif item.attempts:
+            reason = f"Delivery was tried {item.attempts + 1} times."
+        else:
+            reason = ""
         content = build_dsn(
             reporting_mta=hostname,
             original_sender=item.notify,
@@ -245,7 +261,7 @@ class OutboundQueue(Service):
             arrival_date=datetime.fromtimestamp(item.created, UTC),
             date=datetime.fromtimestamp(self.clock.seconds(), UTC),
             from_address=f"MAILER-DAEMON@{hostname}",
-            reason=f"Your {what} could not be delivered.",
+            reason=reason,
         )
         if content is None:
             return None

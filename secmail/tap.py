@@ -57,7 +57,7 @@ class Options(usage.Options):
 
 def _stop(message: str) -> NoReturn:
     """One clear line and a non-zero exit: no usage text, no traceback."""
-    print(f"secmail: {message}", file=sys.stderr)
+    print("secmail: " + " ".join(message.split()), file=sys.stderr)
     raise SystemExit(1)
 
 
@@ -91,15 +91,18 @@ class QueueStarter(Service):
             try:
                 await self.queue.release_own_leases()
             finally:
-                self.queue.startService()
+                if self.running:  # not stopped meanwhile
+                    self.queue.startService()
 
         Deferred.fromCoroutine(start()).addErrback(
             lambda f: log.failure("Cannot take back queue leases", f)
         )
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        self.queue.stopService()
+        if self.queue.running:
+            return self.queue.stopService()
+        return None
 
 
 def load_master_key(settings: config.Settings) -> Any:

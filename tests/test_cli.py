@@ -221,3 +221,15 @@ class QueueCommandTests(TestCase):
         self.assertEqual(status, 1)
         [line] = err.splitlines()
         self.assertTrue(line.startswith("secmail: store.database: "), line)
+
+    def test_unreachable_database(self) -> None:
+        """A database that does not answer is reported in one line, without a traceback."""
+        cfg = write(
+            self.dir, "down.toml", "[store]\ndatabase = 'postgresql://nobody@127.0.0.1:1/none'\n"
+        )
+        status, out, err = run(["queue", "--config", cfg, "list"])
+        self.assertEqual(status, 1)
+        self.assertEqual(out, "")
+        [line] = err.splitlines()
+        self.assertTrue(line.startswith("secmail: store.database: "), line)
+        self.assertNotIn("Traceback", err)

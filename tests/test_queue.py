@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -327,6 +328,9 @@ class QueueTestsMixin:
         self.assertNotIn(f"Final-Recipient: rfc822; {later}".encode(), content)
         # The message stays for the recipient still to be tried.
         self.assertEqual(await self.store.read_all(message_id), ORIGINAL)
+        # The audit trail shows the recipient that did get it.
+        events = await self.store.events(message_id)
+        self.assertTrue(any(kind == "delivered" and accepted in d for _, kind, _, d in events))
 
     async def test_null_notify_never_bounces(self) -> None:
         """Mail from <> that fails for good is dropped: no bounce is ever sent to <>."""
@@ -379,6 +383,32 @@ class QueueTestsMixin:
         await self.eventually(empty, "the queue is empty")
         self.assertEqual(len(self.sender.calls), 2)
         self.assertEqual(await self.store.count_messages(), 0)
+
+    async def test_stop_waits_for_delivery_in_flight(self) -> None:
+        """Stopping lets a delivery in flight record its outcome before the database goes."""
+        gate: Deferred[None] = Deferred()
+        calls: list[QueueItem] = []
+
+        class SlowSender:
+            async def send(self, item: QueueItem, content: Any) -> DeliveryResult:
+                calls.append(item)
+                await gate
+                return DeliveryResult(accepted=list(item.recipients))
+
+        self.queue.sender = SlowSender()
+        await self.enqueue((BOB,))
+        self.queue.startService()
+
+        async def sending() -> bool:
+            return bool(calls)
+
+        await self.eventually(sending, "the delivery has started")
+        stopped = self.queue.stopService()
+        assert stopped is not None
+        self.assertNoResult(stopped)
+        gate.callback(None)
+        await stopped
+        self.assertEqual(await self.rows(), [])
 
     async def test_wake_and_poll(self) -> None:
         """Rows queued while running go out on wake(); deferred rows on a later poll."""
