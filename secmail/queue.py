@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from secmail.config import Settings
+from secmail.crypto import MasterKey
 from secmail.dsn import FailedRecipient, build_dsn
 from secmail.smtp.client import DeliveryResult, PermanentDeliveryError, TemporaryDeliveryError
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage, QueueItem, new_id
@@ -265,25 +266,36 @@ class OutboundQueue(Service):
         )
         if content is None:
             return None
-        domain = item.notify.rpartition("@")[2].lower()
-        route = self.settings.routes.for_domain(domain)
-        bounce_id = new_id()
-        return NewMessage(
-            content=SealedBytes(self.store.master, bounce_id, content),
-            kind="bounce",
-            sender="",
-            deliveries=[
-                NewDelivery(
-                    kind="bounce",
-                    sender="",
-                    recipients=(item.notify,),
-                    route=str(route),
-                    domain=domain,
-                    notify="",
-                )
-            ],
-            events=[(None, "created", f"bounce for message {item.message_id}")],
+        return bounce_message(
+            self.settings,
+            self.store.master,
+            item.notify,
+            content,
+            f"bounce for message {item.message_id}",
         )
+
+
+def bounce_message(
+    settings: Settings, master: MasterKey, to: str, content: bytes, note: str
+) -> NewMessage:
+    """A bounce ready to commit: sealed, from C{<>}, queued on the route for C{to}."""
+    domain = to.rpartition("@")[2].lower()
+    return NewMessage(
+        content=SealedBytes(master, new_id(), content),
+        kind="bounce",
+        sender="",
+        deliveries=[
+            NewDelivery(
+                kind="bounce",
+                sender="",
+                recipients=(to,),
+                route=str(settings.routes.for_domain(domain)),
+                domain=domain,
+                notify="",
+            )
+        ],
+        events=[(None, "created", note)],
+    )
 
 
 class RetentionJob:

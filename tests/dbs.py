@@ -9,8 +9,12 @@ from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import psycopg
+from twisted.internet import reactor
 
+from secmail.crypto import MasterKey
+from secmail.store.database import Database
 from secmail.store.engines import Engine, PostgresEngine, SqliteEngine
+from secmail.store.messages import MessageStore
 
 POSTGRES_DSN = os.environ.get("SECMAIL_TEST_POSTGRES", "")
 
@@ -31,6 +35,19 @@ def make_engine(name: str, add_cleanup: Callable[..., object]) -> Engine:
     add_cleanup(_drop_schema, schema)
     sep = "&" if "?" in POSTGRES_DSN else "?"
     return PostgresEngine(POSTGRES_DSN + sep + "options=" + quote(f"-csearch_path={schema}"))
+
+
+def open_store(
+    name: str, add_cleanup: Callable[..., object]
+) -> tuple[Engine, Database, MasterKey, MessageStore]:
+    """A started database of the named engine with the schema, and a store with a fresh key."""
+    engine = make_engine(name, add_cleanup)
+    db = Database(engine, reactor)
+    db.prepare_blocking()
+    db.start()
+    add_cleanup(db.stop)
+    master = MasterKey(os.urandom(32))
+    return engine, db, master, MessageStore(db, master)
 
 
 def _drop_schema(schema: str) -> None:

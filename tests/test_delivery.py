@@ -14,13 +14,13 @@ from twisted.internet.threads import deferToThread
 from twisted.mail import smtp
 from twisted.trial.unittest import TestCase
 
-from secmail.crypto import CHUNK_SIZE, MasterKey
+from secmail.crypto import CHUNK_SIZE
 from secmail.smtp.delivery import GatewayDelivery, IncomingMessage, Intake
 from secmail.store.database import Database
 from secmail.store.engines import PostgresEngine, SqliteEngine
 from secmail.store.messages import MessageStore, NewMessage, QueueItem
 from secmail.store.spool import clean_spool
-from tests.dbs import POSTGRES_DSN, make_engine
+from tests.dbs import POSTGRES_DSN, open_store
 from tests.test_queue import INTERNAL, RELAY, make_settings, parse
 
 T0 = 1_700_000_000
@@ -52,13 +52,9 @@ class IntakeFixture:
     mode = "marked"
 
     def setUp(self) -> None:
-        self.engine = make_engine(self.engine_name, self.addCleanup)
-        self.db = Database(self.engine, reactor)
-        self.db.prepare_blocking()
-        self.db.start()
-        self.addCleanup(self.db.stop)
-        self.master = MasterKey(os.urandom(32))
-        self.store = MessageStore(self.db, self.master)
+        self.engine, self.db, self.master, self.store = open_store(
+            self.engine_name, self.addCleanup
+        )
         self.clock = task.Clock()
         self.clock.advance(T0)
         self.data_dir = tempfile.mkdtemp(prefix="secmail-intake-")

@@ -31,7 +31,7 @@ from secmail.store.messages import (
     new_id,
 )
 from secmail.store.spool import SealedBytes
-from tests.dbs import POSTGRES_DSN, make_engine
+from tests.dbs import POSTGRES_DSN, open_store
 
 T0 = 1_700_000_000
 DAY = 86400
@@ -122,13 +122,9 @@ class QueueTestsMixin:
     engine_name = "sqlite"
 
     def setUp(self) -> None:
-        self.engine = make_engine(self.engine_name, self.addCleanup)
-        self.db = Database(self.engine, reactor)
-        self.db.prepare_blocking()
-        self.db.start()
-        self.addCleanup(self.db.stop)
-        self.master = MasterKey(os.urandom(32))
-        self.store = MessageStore(self.db, self.master)
+        self.engine, self.db, self.master, self.store = open_store(
+            self.engine_name, self.addCleanup
+        )
         self.clock = task.Clock()
         self.clock.advance(T0)
         self.settings = make_settings(tempfile.mkdtemp(prefix="secmail-queue-"))

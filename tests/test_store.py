@@ -21,20 +21,16 @@ from secmail.store.messages import (
     new_id,
 )
 from secmail.store.spool import SealedBytes, SpooledMessage
-from tests.dbs import POSTGRES_DSN, make_engine
+from tests.dbs import POSTGRES_DSN, make_engine, open_store
 
 
 class StoreTestsMixin:
     engine_name = "sqlite"
 
     def setUp(self) -> None:
-        self.engine = make_engine(self.engine_name, self.addCleanup)
-        self.db = Database(self.engine, reactor)
-        self.db.prepare_blocking()
-        self.db.start()
-        self.addCleanup(self.db.stop)
-        self.master = MasterKey(os.urandom(32))
-        self.store = MessageStore(self.db, self.master)
+        self.engine, self.db, self.master, self.store = open_store(
+            self.engine_name, self.addCleanup
+        )
         self.spool_dir = tempfile.mkdtemp(prefix="secmail-spool-")
 
     def small(self, content: bytes, **kw: object) -> NewMessage:

@@ -35,6 +35,7 @@ from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.notify import build_notification
 from secmail.policy import MessagePolicy, check_recipient, decide, strip_subject_keyword
+from secmail.queue import bounce_message
 from secmail.returns import (
     ReturnedMail,
     failed_recipients,
@@ -106,21 +107,12 @@ class Intake:
         )
         bounce = None
         if notice is not None:
-            domain = envelope.sender.rpartition("@")[2].lower()
-            bounce = NewMessage(
-                content=SealedBytes(self.master, new_id(), notice),
-                kind="bounce",
-                sender="",
-                deliveries=[
-                    NewDelivery(
-                        kind="bounce",
-                        sender="",
-                        recipients=(envelope.sender,),
-                        route=str(self.settings.routes.for_domain(domain)),
-                        domain=domain,
-                        notify="",
-                    )
-                ],
+            bounce = bounce_message(
+                self.settings,
+                self.master,
+                envelope.sender,
+                notice,
+                f"bounce for envelope {envelope.id}: its notification came back",
             )
         detail = f"{report.status} {report.diagnostic}"[:500]
         await self.store.notification_returned(envelope, bounce, detail, int(now))
