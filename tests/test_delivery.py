@@ -8,14 +8,21 @@ import sqlite3
 import tempfile
 from collections.abc import Sequence
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor, task
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.mail import smtp
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from secmail.crypto import CHUNK_SIZE
-from secmail.smtp.delivery import GatewayDelivery, IncomingMessage, Intake
+from secmail.smtp.delivery import (
+    GatewayDelivery,
+    IncomingMessage,
+    Intake,
+    subject_and_sender_name,
+)
 from secmail.store.database import Database
 from secmail.store.engines import PostgresEngine, SqliteEngine
 from secmail.store.messages import MessageStore, NewMessage, QueueItem
@@ -450,3 +457,30 @@ class AllModeTests(IntakeFixture, TestCase):
         self.assertEqual(row.route, RELAY)
         self.assertEqual(row.message_id, message.message_id)
         self.assertEqual(await self.count("envelopes"), 0)
+
+
+class HeaderReadingTests(SynchronousTestCase):
+    def test_subject_and_name(self) -> None:
+        """Subject and From display name are unfolded and RFC 2047 decoded."""
+        block = (
+            b"From: =?utf-8?q?=C3=84lice?= <alice@corp.example>\r\n"
+            b"Subject: Merger\r\n plans [secure]\r\nX-Other: y\r\n"
+        )
+        self.assertEqual(subject_and_sender_name(block), ("Merger plans [secure]", "Älice"))
+
+    def test_missing_and_case(self) -> None:
+        """Field names are case-insensitive; a bare address has no display name."""
+        self.assertEqual(subject_and_sender_name(b"from: bob@x.example\r\n"), (None, None))
+        self.assertEqual(subject_and_sender_name(b""), (None, None))
+
+    def test_first_field_wins(self) -> None:
+        """A second Subject field does not replace the first."""
+        block = b"Subject: one\r\nSubject: two\r\n"
+        self.assertEqual(subject_and_sender_name(block)[0], "one")
+
+    @given(st.binary(max_size=300))
+    def test_never_raises(self, block: bytes) -> None:
+        """Any header bytes give a result, never an exception."""
+        subject, name = subject_and_sender_name(block)
+        self.assertTrue(subject is None or isinstance(subject, str))
+        self.assertTrue(name is None or isinstance(name, str))

@@ -11,8 +11,8 @@ server answer 250.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import email.errors
+import email.header
 import email.utils
 import errno
 import os
@@ -20,7 +20,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.headerregistry import Address as HeaderAddress
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -227,6 +226,41 @@ class GatewayDelivery:
         self._transaction = None
 
 
+def subject_and_sender_name(header_block: bytes) -> tuple[str | None, str | None]:
+    """
+    The decoded Subject and the From display name of a header block.
+
+    Reads just these two fields (unfolded, RFC 2047 decoded): a full parse of
+    the header block with the email package costs more than the whole intake.
+    """
+    fields: dict[str, str] = {}
+    name = None
+    for line in header_block.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if name is not None:
+                fields[name] += line.decode("utf-8", "replace")
+            continue
+        key, colon, value = line.partition(b":")
+        key_text = key.strip().lower().decode("ascii", "replace")
+        if colon and key_text in ("subject", "from") and key_text not in fields:
+            name = key_text
+            fields[name] = value.decode("utf-8", "replace")
+        else:
+            name = None
+    subject = _decoded(fields["subject"]) if "subject" in fields else None
+    display = None
+    if "from" in fields:
+        display = email.utils.parseaddr(_decoded(fields["from"]))[0] or None
+    return subject, display
+
+
+def _decoded(value: str) -> str:
+    try:
+        return " ".join(str(email.header.make_header(email.header.decode_header(value))).split())
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return " ".join(value.split())
+
+
 @implementer(IMessageSMTP)
 class IncomingMessage:
     """One transaction's message: streamed through the encryptor, committed at the final dot."""
@@ -301,19 +335,7 @@ class IncomingMessage:
 
     def _headers_of_interest(self) -> tuple[str | None, str | None]:
         """The Subject and the From display name, read only to write the notification."""
-        try:
-            parsed = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(
-                self._header_block
-            )
-            subject = parsed.get("subject")
-            from_ = parsed.get("from")
-            display = None
-            if from_ is not None and getattr(from_, "addresses", None):
-                first: HeaderAddress = from_.addresses[0]
-                display = first.display_name or None
-            return (str(subject) if subject is not None else None), display
-        except Exception:
-            return None, None
+        return subject_and_sender_name(self._header_block)
 
     def _plan(self) -> list[NewMessage]:
         settings = self.intake.settings
