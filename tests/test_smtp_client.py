@@ -1061,6 +1061,17 @@ class DeliverTests(SynchronousTestCase):
         self.failureResultOf(d, TemporaryDeliveryError)
 
 
+    def test_ip_literal_needs_no_lookup(self) -> None:
+        """A relay given as an IP address is connected to directly, without a name lookup."""
+        reactor = MemoryReactorClock()
+        reactor.installNameResolver(FakeHostResolver({}))  # would fail any lookup
+        d = Deferred.fromCoroutine(deliver(reactor, "192.0.2.9", 2525, make_message(), OPTIONS))
+        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.9", 2525))
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, SUCCESS)
+        self.assertEqual(self.successResultOf(d).accepted, ["bob@example.com"])
+
+
 class DeliverToHostsTests(SynchronousTestCase):
     def start(self, hosts: list[str], reactor: MemoryReactorClock) -> Deferred[DeliveryResult]:
         return Deferred.fromCoroutine(

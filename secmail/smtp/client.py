@@ -23,6 +23,7 @@ can go into a DSN as they are. They never quote message content.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -36,7 +37,7 @@ from cryptography import x509
 from OpenSSL import crypto
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
     IAddress,
@@ -47,6 +48,7 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
     IResolver,
+    IStreamClientEndpoint,
     ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -836,9 +838,10 @@ async def deliver(
     """
     check_envelope(message)
     clock = IReactorTime(reactor)
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=options.timeouts.connect)
-    build = partial(SmtpClientProtocol, clock, host, message, options, tls)
-    connecting = endpoint.connect(Factory.forProtocol(build))
+    endpoint = _endpoint(reactor, host, port, options.timeouts.connect)
+    factory = Factory.forProtocol(partial(SmtpClientProtocol, clock, host, message, options, tls))
+    factory.noisy = False  # two log lines per delivery otherwise
+    connecting = endpoint.connect(factory)
     connecting.addTimeout(options.timeouts.connect, clock)
     try:
         protocol = cast(SmtpClientProtocol, await connecting)
@@ -848,6 +851,17 @@ async def deliver(
     except Exception as e:
         raise TemporaryDeliveryError(f"connection to {host}:{port} failed: {e}") from None
     return await protocol.result
+
+
+def _endpoint(reactor: IReactorTCP, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """An IP address is connected to directly; a name goes through HostnameEndpoint's lookup."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if address.version == 6:
+        return TCP6ClientEndpoint(reactor, str(address), port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, str(address), port, timeout=timeout)
 
 
 async def deliver_to_hosts(
