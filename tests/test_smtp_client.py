@@ -1060,7 +1060,6 @@ class DeliverTests(SynchronousTestCase):
         d = Deferred.fromCoroutine(deliver(reactor, "nowhere.example", 25, make_message(), OPTIONS))
         self.failureResultOf(d, TemporaryDeliveryError)
 
-
     def test_ip_literal_needs_no_lookup(self) -> None:
         """A relay given as an IP address is connected to directly, without a name lookup."""
         reactor = MemoryReactorClock()

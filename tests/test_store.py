@@ -17,6 +17,7 @@ from secmail.store.messages import (
     NewDelivery,
     NewEnvelope,
     NewMessage,
+    RecentMessages,
     hash_token,
     new_id,
 )
@@ -209,6 +210,21 @@ class StoreTestsMixin:
         self.assertEqual(row.sender, "")
         self.assertEqual(await self.store.read_all(row.message_id), b"dsn")
 
+    async def test_recent_cache(self) -> None:
+        """A just-committed small message is read from memory; the database copy is the same."""
+        d = NewDelivery("relay", "", ("a@x.example",), "mx", "x.example", "")
+        message = self.small(b"Subject: s\r\n\r\nhello\r\n", deliveries=[d])
+        await self.store.commit([message], now=1)
+        message_id = message.content.message_id
+        self.assertEqual(self.store.recent.get(message_id), b"Subject: s\r\n\r\nhello\r\n")
+        fresh = MessageStore(self.db, self.master)  # as after a restart: nothing in memory
+        self.assertEqual(await fresh.read_all(message_id), await self.store.read_all(message_id))
+        [item] = await self.store.claim_due("n", now=1, lease=60, limit=5)
+        await self.store.delivered(item, item.recipients, "250", now=2)
+        self.assertIsNone(self.store.recent.get(message_id))
+        with self.assertRaises(LookupError):
+            await self.store.read_all(message_id)
+
     async def test_queue_admin(self) -> None:
         """Admins can retry a row now and delete a row."""
         d = NewDelivery("relay", "", ("a@x.example",), "mx", "x.example", "")
@@ -254,3 +270,15 @@ class UnavailableTests(TestCase):
         with self.assertRaises(StoreUnavailable) as e:
             apply_schema_txn(Txn(engine, conn.cursor()), engine)
         self.assertIn("upgrade secmail", str(e.exception))
+
+
+class RecentMessagesTests(TestCase):
+    def test_bounded(self) -> None:
+        """The cache of recent messages stays within its byte budget, oldest out first."""
+        recent = RecentMessages(max_bytes=1600)
+        for i in range(20):
+            recent.put(f"m{i}", bytes(100))
+        self.assertIsNone(recent.get("m0"))
+        self.assertEqual(recent.get("m19"), bytes(100))
+        recent.put("big", bytes(101))  # over max_bytes / 16: not kept
+        self.assertIsNone(recent.get("big"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ class Sealable(Protocol):
     @property
     def chunk_count(self) -> int: ...
     def sealed_chunks(self) -> Iterator[bytes]: ...
+    def small_plaintext(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -125,16 +127,56 @@ def _queue_item(row: Sequence[Any]) -> QueueItem:
     )
 
 
+class RecentMessages:
+    """
+    The plaintext of small messages just committed, kept in memory for the queue.
+
+    A notification or a small relayed message is usually sent right after it is
+    stored; reading it back from the database would cost a round trip and a
+    decryption. Bounded in bytes; never written anywhere.
+    """
+
+    def __init__(self, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, message_id: str, content: bytes) -> None:
+        if len(content) > self.max_bytes // 16:
+            return
+        self.drop(message_id)
+        self._items[message_id] = content
+        self._bytes += len(content)
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+    def get(self, message_id: str) -> bytes | None:
+        return self._items.get(message_id)
+
+    def drop(self, message_id: str) -> None:
+        old = self._items.pop(message_id, None)
+        if old is not None:
+            self._bytes -= len(old)
+
+
 class MessageStore:
     def __init__(self, db: Database, master: MasterKey) -> None:
         self.db = db
         self.master = master
+        self.recent = RecentMessages()
 
     # --- intake ---------------------------------------------------------------------
 
     async def commit(self, messages: Sequence[NewMessage], now: int) -> list[int]:
         """Store messages, envelopes, queue rows and events in one transaction."""
-        return await self.db.run(lambda txn: self._commit_txn(txn, messages, now))
+        queue_ids = await self.db.run(lambda txn: self._commit_txn(txn, messages, now))
+        for message in messages:
+            if message.deliveries:
+                plaintext = message.content.small_plaintext()
+                if plaintext is not None:
+                    self.recent.put(message.content.message_id, plaintext)
+        return queue_ids
 
     def _commit_txn(self, txn: Txn, messages: Sequence[NewMessage], now: int) -> list[int]:
         queue_ids: list[int] = []
@@ -150,6 +192,10 @@ class MessageStore:
 
     async def read(self, message_id: str) -> AsyncIterator[bytes]:
         """The plaintext of a message, chunk by chunk (decrypted on the database thread)."""
+        recent = self.recent.get(message_id)
+        if recent is not None:
+            yield recent
+            return
         first = await self.db.run(lambda txn: self._first_chunk_txn(txn, message_id))
         if first is None:
             raise LookupError(f"message {message_id} is not in the store")
@@ -245,22 +291,14 @@ class MessageStore:
 
         def claim_txn(txn: Txn) -> list[QueueItem]:
             rows = txn.execute(
+                "UPDATE queue SET lease_owner = ?, lease_until = ? WHERE id IN ("
                 "SELECT id FROM queue WHERE next_attempt <= ? "
                 "AND (lease_until IS NULL OR lease_until < ?) "
-                "ORDER BY next_attempt, id LIMIT ?" + txn.skip_locked,
-                (now, now, limit),
+                "ORDER BY next_attempt, id LIMIT ?" + txn.skip_locked + ") "
+                f"RETURNING {_QUEUE_COLUMNS}",
+                (owner, now + lease, now, now, limit),
             ).fetchall()
-            items = []
-            for (queue_id,) in rows:
-                txn.execute(
-                    "UPDATE queue SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                    (owner, now + lease, queue_id),
-                )
-                row = txn.execute(
-                    f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (queue_id,)
-                ).fetchone()
-                items.append(_queue_item(row))
-            return items
+            return sorted((_queue_item(r) for r in rows), key=lambda i: (i.next_attempt, i.id))
 
         return await self.db.run(claim_txn)
 
@@ -277,6 +315,7 @@ class MessageStore:
             drop_unused_message_txn(txn, item.message_id)
 
         await self.db.run(txn_)
+        self.recent.drop(item.message_id)
 
     async def defer(
         self, item: QueueItem, recipients: Sequence[str], next_attempt: int, error: str, now: int
@@ -325,6 +364,8 @@ class MessageStore:
                 drop_unused_message_txn(txn, item.message_id)
 
         await self.db.run(txn_)
+        if not remaining:
+            self.recent.drop(item.message_id)
 
     async def queue_list(self) -> list[QueueItem]:
         return await self.db.run(
@@ -365,6 +406,7 @@ class MessageStore:
                 now,
             )
             drop_unused_message_txn(txn, item.message_id)
+            self.recent.drop(item.message_id)
             return True
 
         return await self.db.run(txn_)

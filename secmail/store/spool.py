@@ -98,6 +98,10 @@ class SpooledMessage:
                     yield f.read(length)
         yield self._sealer.seal(self._sealed, b"".join(self._buffer), final=True)
 
+    def small_plaintext(self) -> bytes | None:
+        """The whole plaintext, when the message fits in one chunk (nothing sealed yet)."""
+        return None if self._sealed else b"".join(self._buffer)
+
     def discard(self) -> None:
         self._buffer = []
         if self._sealed:
@@ -137,6 +141,9 @@ class SealedBytes:
         for seq in range(count):
             piece = self._content[seq * CHUNK_SIZE : (seq + 1) * CHUNK_SIZE]
             yield self._sealer.seal(seq, piece, final=seq == count - 1)
+
+    def small_plaintext(self) -> bytes | None:
+        return self._content if self.size <= CHUNK_SIZE else None
 
     def discard(self) -> None:
         self._content = b""
