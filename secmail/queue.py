@@ -192,7 +192,7 @@ class OutboundQueue(Service):
             )
         if result.accepted and (result.permanent or result.temporary):
             await self.store.add_event(
-                item.message_id,
+                item.about,
                 None,
                 "delivered",
                 f"{item.kind} to {', '.join(result.accepted)} via {item.route}",
@@ -271,14 +271,17 @@ class OutboundQueue(Service):
             self.store.master,
             item.notify,
             content,
-            f"bounce for message {item.message_id}",
+            item.about,
         )
 
 
 def bounce_message(
-    settings: Settings, master: MasterKey, to: str, content: bytes, note: str
+    settings: Settings, master: MasterKey, to: str, content: bytes, about: str
 ) -> NewMessage:
-    """A bounce ready to commit: sealed, from C{<>}, queued on the route for C{to}."""
+    """
+    A bounce ready to commit: sealed, from C{<>}, queued on the route for C{to};
+    its delivery is recorded on the message it is C{about}.
+    """
     domain = to.rpartition("@")[2].lower()
     return NewMessage(
         content=SealedBytes(master, new_id(), content),
@@ -292,9 +295,9 @@ def bounce_message(
                 route=str(settings.routes.for_domain(domain)),
                 domain=domain,
                 notify="",
+                about=about,
             )
         ],
-        events=[(None, "created", note)],
     )
 
 

@@ -166,6 +166,17 @@ class IntakeTestsMixin(IntakeFixture):
             self.assertNotIn(secret, content)
             self.assertNotIn(secret.decode(), str(notification))
 
+    async def test_audit_trail_on_original(self) -> None:
+        """The notification's delivery is recorded on the original message's audit trail."""
+        message, _ = await self.receive([b"bob@partner.example.s"])
+        [item] = await self.store.claim_due("n", now=T0, lease=60, limit=5)
+        await self.store.delivered(item, item.recipients, "250", now=T0 + 1)
+        kinds = [
+            (kind, detail) for _, kind, _, detail in await self.store.events(message.message_id)
+        ]
+        self.assertEqual([k for k, _ in kinds], ["received", "notification queued", "delivered"])
+        self.assertIn("notification to bob@partner.example", kinds[-1][1])
+
     async def test_registered_letter(self) -> None:
         """A number in the marking makes a registered letter with the number in E.164 form."""
         message, _ = await self.receive([b"bob@partner.example.0401234567.s"])

@@ -111,7 +111,7 @@ class Intake:
                 self.master,
                 envelope.sender,
                 notice,
-                f"bounce for envelope {envelope.id}: its notification came back",
+                envelope.message_id,
             )
         detail = f"{report.status} {report.diagnostic}"[:500]
         await self.store.notification_returned(envelope, bounce, detail, int(now))
@@ -385,9 +385,9 @@ class IncomingMessage:
                             route=str(decision.route),
                             domain=domain,
                             notify=self.sender,
+                            about=self.message_id,
                         )
                     ],
-                    events=[(None, "created", f"notification for message {self.message_id}")],
                 )
             )
 

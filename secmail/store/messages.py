@@ -61,6 +61,7 @@ class NewDelivery:
     route: str
     domain: str
     notify: str
+    about: str = ""  # the message whose audit trail this belongs to; "" for the one sent
 
 
 @dataclass
@@ -79,6 +80,7 @@ class NewMessage:
 class QueueItem:
     id: int
     message_id: str
+    about: str
     kind: str
     sender: str
     recipients: tuple[str, ...]
@@ -105,7 +107,7 @@ class Envelope:
 
 
 _QUEUE_COLUMNS = (
-    "id, message_id, kind, sender, recipients, route, domain, notify, created, "
+    "id, message_id, about, kind, sender, recipients, route, domain, notify, created, "
     "next_attempt, attempts, last_error"
 )
 
@@ -114,16 +116,17 @@ def _queue_item(row: Sequence[Any]) -> QueueItem:
     return QueueItem(
         id=int(row[0]),
         message_id=row[1],
-        kind=row[2],
-        sender=row[3],
-        recipients=tuple(json.loads(row[4])),
-        route=row[5],
-        domain=row[6],
-        notify=row[7],
-        created=int(row[8]),
-        next_attempt=int(row[9]),
-        attempts=int(row[10]),
-        last_error=row[11],
+        about=row[2],
+        kind=row[3],
+        sender=row[4],
+        recipients=tuple(json.loads(row[5])),
+        route=row[6],
+        domain=row[7],
+        notify=row[8],
+        created=int(row[9]),
+        next_attempt=int(row[10]),
+        attempts=int(row[11]),
+        last_error=row[12],
     )
 
 
@@ -310,7 +313,7 @@ class MessageStore:
         def txn_(txn: Txn) -> None:
             txn.execute("DELETE FROM queue WHERE id = ?", (item.id,))
             add_event_txn(
-                txn, item.message_id, None, "delivered", _detail(item, recipients, detail), now
+                txn, item.about, None, "delivered", _detail(item, recipients, detail), now
             )
             drop_unused_message_txn(txn, item.message_id)
 
@@ -328,9 +331,7 @@ class MessageStore:
                 "last_error = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
                 (json.dumps(list(recipients)), next_attempt, error[:1000], item.id),
             )
-            add_event_txn(
-                txn, item.message_id, None, "deferred", _detail(item, recipients, error), now
-            )
+            add_event_txn(txn, item.about, None, "deferred", _detail(item, recipients, error), now)
 
         await self.db.run(txn_)
 
@@ -357,9 +358,7 @@ class MessageStore:
                 )
             else:
                 txn.execute("DELETE FROM queue WHERE id = ?", (item.id,))
-            add_event_txn(
-                txn, item.message_id, None, "bounced", _detail(item, recipients, error), now
-            )
+            add_event_txn(txn, item.about, None, "bounced", _detail(item, recipients, error), now)
             if not remaining:
                 drop_unused_message_txn(txn, item.message_id)
 
@@ -399,7 +398,7 @@ class MessageStore:
             txn.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
             add_event_txn(
                 txn,
-                item.message_id,
+                item.about,
                 None,
                 "deleted",
                 _detail(item, item.recipients, "by admin"),
@@ -492,10 +491,11 @@ def insert_message_txn(txn: Txn, message: NewMessage, now: int) -> None:
 
 def insert_delivery_txn(txn: Txn, message_id: str, d: NewDelivery, now: int) -> int:
     row = txn.execute(
-        "INSERT INTO queue (message_id, kind, sender, recipients, route, domain, notify, created, "
-        "next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO queue (message_id, about, kind, sender, recipients, route, domain, notify, "
+        "created, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             message_id,
+            d.about or message_id,
             d.kind,
             d.sender,
             json.dumps(list(d.recipients)),

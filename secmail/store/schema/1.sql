@@ -35,6 +35,7 @@ CREATE INDEX envelopes_message ON envelopes(message_id);
 CREATE TABLE queue (
     id {serial},
     message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    about TEXT NOT NULL,               -- the message whose audit trail gets this row's events
     kind TEXT NOT NULL,                -- relay, notification, bounce
     sender TEXT NOT NULL,              -- envelope sender of this delivery ('' for <>)
     recipients TEXT NOT NULL,          -- JSON list of addresses
