@@ -44,7 +44,7 @@ class BlockingDatabase(Database):
     def run(self, function: Callable[[Txn], T], /) -> Deferred[T]:
         cursor = self._blocking.cursor()
         try:
-            cursor.execute("BEGIN")
+            cursor.execute(self.engine.begin)
             result = function(Txn(self.engine, cursor))
             cursor.execute("COMMIT")
         except Exception:

@@ -210,6 +210,15 @@ class StoreTestsMixin:
         self.assertEqual(row.sender, "")
         self.assertEqual(await self.store.read_all(row.message_id), b"dsn")
 
+    async def test_reconnects_after_broken_connection(self) -> None:
+        """A connection that broke (server restart) fails one batch with 4xx, then is replaced."""
+        await self.store.count_messages()
+        assert self.db._conn is not None
+        self.db._conn.close()
+        with self.assertRaises(StoreUnavailable):
+            await self.store.count_messages()
+        self.assertEqual(await self.store.count_messages(), 0)
+
     async def test_recent_cache(self) -> None:
         """A just-committed small message is read from memory; the database copy is the same."""
         d = NewDelivery("relay", "", ("a@x.example",), "mx", "x.example", "")

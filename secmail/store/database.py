@@ -146,7 +146,7 @@ class Database:
         txn = Txn(self.engine, cursor)
         results: list[tuple[bool, Any]] = []
         try:
-            cursor.execute("BEGIN")
+            cursor.execute(self.engine.begin)
             if len(batch) == 1:
                 try:
                     results.append((True, batch[0].function(txn)))
@@ -182,9 +182,10 @@ class Database:
             return
         try:
             conn.cursor().execute("ROLLBACK")
+            broken = self.engine.is_connection_error(error)
         except Exception:
-            self.engine.is_connection_error(error) or None
-        if self.engine.is_connection_error(error):
+            broken = True  # cannot even roll back: start afresh with a new connection
+        if broken:
             try:
                 conn.close()
             finally:
@@ -198,7 +199,7 @@ class Database:
         try:
             cursor = conn.cursor()
             txn = Txn(self.engine, cursor)
-            cursor.execute("BEGIN")
+            cursor.execute(self.engine.begin)
             version = apply_schema_txn(txn, self.engine)
             cursor.execute("COMMIT")
             return version

@@ -27,6 +27,8 @@ class Engine:
     types: dict[str, str]
     #: Appended to a row-claiming SELECT so that nodes skip each other's rows.
     skip_locked: str = ""
+    #: How a transaction starts.
+    begin: str = "BEGIN"
 
     def connect(self) -> Connection:
         raise NotImplementedError
@@ -45,6 +47,9 @@ class Engine:
 class SqliteEngine(Engine):
     name = "sqlite"
     types = {"blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER"}
+    # Take the write lock at once: a deferred transaction that reads and then writes can
+    # fail at once with SQLITE_BUSY when another process (the secmail command) wrote meanwhile.
+    begin = "BEGIN IMMEDIATE"
 
     def __init__(self, path: str) -> None:
         self.path = path
