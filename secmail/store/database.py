@@ -142,7 +142,11 @@ class Database:
 
     def _run_batch(self, batch: list[_Work]) -> list[tuple[bool, Any]]:
         conn = self._connection()
-        cursor = conn.cursor()
+        try:
+            cursor = conn.cursor()
+        except Exception as e:
+            self._conn = None  # closed under us: the next batch opens a new one
+            raise StoreUnavailable(f"{self.engine.describe()}: {type(e).__name__}: {e}") from e
         txn = Txn(self.engine, cursor)
         results: list[tuple[bool, Any]] = []
         try:
