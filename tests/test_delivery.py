@@ -166,6 +166,19 @@ class IntakeTestsMixin(IntakeFixture):
             self.assertNotIn(secret, content)
             self.assertNotIn(secret.decode(), str(notification))
 
+    def test_short_disk_refuses_with_452(self) -> None:
+        """Below 1.5 x max_message_size of free disk, MAIL FROM gets 452 4.3.1, never 250."""
+        st = os.statvfs(self.data_dir)
+        free = st.f_bavail * st.f_frsize
+        settings = make_settings(self.data_dir, smtp={"max_message_size": free})
+        intake = Intake(settings, self.store, self.master, self.clock, deferToThread)
+        with self.assertRaises(smtp.SMTPBadSender) as e:
+            GatewayDelivery(intake).validateFrom(HELO, smtp.Address(b"alice@corp.example"))
+        self.assertEqual(e.exception.code, 452)
+        self.assertIn("4.3.1", str(e.exception))
+        # With room to spare the same sender is accepted.
+        GatewayDelivery(self.intake).validateFrom(HELO, smtp.Address(b"alice@corp.example"))
+
     async def test_audit_trail_on_original(self) -> None:
         """The notification's delivery is recorded on the original message's audit trail."""
         message, _ = await self.receive([b"bob@partner.example.s"])
