@@ -166,6 +166,16 @@ class IntakeTestsMixin(IntakeFixture):
             self.assertNotIn(secret, content)
             self.assertNotIn(secret.decode(), str(notification))
 
+    def test_recipient_without_domain_refused(self) -> None:
+        """RCPT TO:<bob> is refused (553), not completed with the gateway's own host name."""
+        delivery = GatewayDelivery(self.intake)
+        origin = delivery.validateFrom(HELO, smtp.Address(b"alice@corp.example"))
+        user = smtp.User(b"bob", HELO, type("P", (), {"host": b"gw.example"})(), origin)
+        self.assertEqual(str(user.dest), "bob@gw.example")  # what Twisted made of it
+        with self.assertRaises(smtp.SMTPBadRcpt) as e:
+            delivery.validateTo(user)
+        self.assertEqual(e.exception.code, 553)
+
     def test_short_disk_refuses_with_452(self) -> None:
         """Below 1.5 x max_message_size of free disk, MAIL FROM gets 452 4.3.1, never 250."""
         st = os.statvfs(self.data_dir)

@@ -180,6 +180,9 @@ class GatewayDelivery:
             raise smtp.SMTPBadRcpt(user, 503, "5.5.1 Error: need MAIL command")
         transport = getattr(user.protocol, "transport", None)
         self._tls = transport is not None and ISSLTransport.providedBy(transport)
+        if b"@" not in getattr(user.dest, "addrstr", b"@"):
+            # Twisted would complete it with our own host name; a gateway must not guess.
+            raise smtp.SMTPBadRcpt(user, 553, "5.1.3 The recipient address needs a domain")
         returned = returned_envelope(str(user.dest), self.intake.settings.gateway.bounce_address)
         if (returned is None) == (transaction.returned is not None) and (
             transaction.recipients or transaction.returned is not None
