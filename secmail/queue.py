@@ -11,19 +11,27 @@ RFC 3464 bounce to whoever is to be told (never to C{<>}).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.dsn import FailedRecipient, build_dsn
-from secmail.smtp.client import DeliveryResult, PermanentDeliveryError, TemporaryDeliveryError
+from secmail.smtp.client import (
+    DeliveryOutcome,
+    DeliveryResult,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
+from secmail.smtp.routing import session_key
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage, QueueItem, new_id
 from secmail.store.spool import SealedBytes
 
@@ -37,11 +45,37 @@ LEASE_SECONDS = 1800
 #: How long shutdown waits for deliveries in flight.
 STOP_GRACE_SECONDS = 10
 
+#: The most rows sent over one SMTP session.
+SESSION_ROWS = 50
+
 
 class Sender(Protocol):
-    """Delivers one queue row's message over SMTP; see L{secmail.smtp.routing}."""
+    """Delivers queue rows' messages over SMTP; see L{secmail.smtp.routing}."""
 
-    async def send(self, item: QueueItem, content: Content) -> DeliveryResult: ...
+    async def send(self, item: QueueItem, content: Content) -> DeliveryResult:
+        """Send one row; raise the L{secmail.smtp.client.DeliveryError} that failed all of it."""
+
+    async def send_many(
+        self, items: Sequence[QueueItem], contents: Sequence[Content]
+    ) -> list[DeliveryOutcome]:
+        """Send rows that share a L{session_key} over one session; one outcome per row."""
+
+
+def session_groups(items: Sequence[QueueItem], limit: int) -> list[list[QueueItem]]:
+    """Split claimed rows into groups that can go over one session, at most C{limit} each.
+
+    Groups keep the order in which their first rows came, and rows keep theirs.
+    """
+    open_groups: dict[tuple[str, str], list[QueueItem]] = {}
+    groups: list[list[QueueItem]] = []
+    for item in items:
+        key = session_key(item)
+        group = open_groups.get(key)
+        if group is None or len(group) >= limit:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(item)
+    return groups
 
 
 def backoff(settings: Settings, attempts: int) -> int:
@@ -133,8 +167,8 @@ class OutboundQueue(Service):
                 if room <= 0:
                     return
                 items = await self.store.claim_due(self.node_id, self.now(), LEASE_SECONDS, room)
-                for item in items:
-                    self._start(item)
+                for group in session_groups(items, SESSION_ROWS):
+                    self._start(group)
                 if len(items) < room and not self._rescan:
                     break
         except Exception:
@@ -146,17 +180,18 @@ class OutboundQueue(Service):
             self._scanning = False
             self._schedule(self.settings.queue.poll_interval)
 
-    def _start(self, item: QueueItem) -> None:
-        self._in_flight.add(item.id)
-        task = Deferred.fromCoroutine(self.deliver(item))
+    def _start(self, items: list[QueueItem]) -> None:
+        ids = [item.id for item in items]
+        self._in_flight.update(ids)
+        task = Deferred.fromCoroutine(self.deliver_group(items))
         self._tasks.add(task)
 
         def finished(_: object) -> None:
-            self._in_flight.discard(item.id)
+            self._in_flight.difference_update(ids)
             self._tasks.discard(task)
             self.wake()
 
-        task.addErrback(lambda f: log.failure("Delivery of queue row {id} failed", f, id=item.id))
+        task.addErrback(lambda f: log.failure("Delivery of queue rows {ids} failed", f, ids=ids))
         task.addBoth(finished)
 
     async def release_own_leases(self) -> None:
@@ -171,20 +206,54 @@ class OutboundQueue(Service):
     async def deliver(self, item: QueueItem) -> None:
         """Try one row once and record what happened."""
         try:
-            result = await self.sender.send(item, lambda: self.store.read(item.message_id))
-        except PermanentDeliveryError as e:
-            log.info("Queue row {id}: permanent failure: {error}", id=item.id, error=str(e))
-            failed = {r: e.recipients.get(r, str(e)) for r in item.recipients}
+            outcome: DeliveryOutcome | Exception = await self.sender.send(item, self._content(item))
+        except Exception as e:
+            outcome = e
+        await self._record(item, outcome)
+
+    async def deliver_group(self, items: Sequence[QueueItem]) -> None:
+        """Try rows that share a L{session_key} once, over one session, and record each outcome.
+
+        The outcomes are recorded all at once, so the database commits them together. A
+        lone row goes through L{deliver}: C{send} is the sender's one-row form.
+        """
+        if len(items) == 1:
+            await self.deliver(items[0])
+            return
+        try:
+            contents = [self._content(item) for item in items]
+            outcomes = list(await self.sender.send_many(items, contents))
+            if len(outcomes) != len(items):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(items)} rows")
+        except Exception as e:
+            ids = [item.id for item in items]
+            log.failure("Queue rows {ids}: unexpected error; will retry", ids=ids)
+            error = f"internal error: {type(e).__name__}"
+            await _together([(i, self._retry(i, list(i.recipients), error)) for i in items])
+            return
+        pairs = zip(items, outcomes, strict=True)
+        await _together([(item, self._record(item, outcome)) for item, outcome in pairs])
+
+    def _content(self, item: QueueItem) -> Content:
+        return partial(self.store.read, item.message_id)
+
+    async def _record(self, item: QueueItem, outcome: DeliveryOutcome | Exception) -> None:
+        """Record one row's outcome: delivered, bounced, deferred, or a mix per recipient."""
+        if isinstance(outcome, PermanentDeliveryError):
+            log.info("Queue row {id}: permanent failure: {error}", id=item.id, error=str(outcome))
+            failed = {r: outcome.recipients.get(r, str(outcome)) for r in item.recipients}
             await self._bounce(item, failed, remaining=())
             return
-        except TemporaryDeliveryError as e:
-            await self._retry(item, list(item.recipients), str(e))
+        if isinstance(outcome, TemporaryDeliveryError):
+            await self._retry(item, list(item.recipients), str(outcome))
             return
-        except Exception as e:
-            log.failure("Queue row {id}: unexpected error; will retry", id=item.id)
-            await self._retry(item, list(item.recipients), f"internal error: {type(e).__name__}")
+        if isinstance(outcome, Exception):
+            failure = Failure(outcome)
+            log.failure("Queue row {id}: unexpected error; will retry", failure, id=item.id)
+            error = f"internal error: {type(outcome).__name__}"
+            await self._retry(item, list(item.recipients), error)
             return
-
+        result = outcome
         now = self.now()
         if result.accepted:
             log.info(
@@ -273,6 +342,18 @@ class OutboundQueue(Service):
             content,
             item.about,
         )
+
+
+async def _together(work: list[tuple[QueueItem, Coroutine[Any, Any, None]]]) -> None:
+    """Run each row's recording at once, so that the database commits them together.
+
+    One that fails is logged and does not keep the others from being recorded.
+    """
+    tasks = [Deferred.fromCoroutine(coroutine) for _, coroutine in work]
+    results = await DeferredList(tasks, consumeErrors=True)
+    for (item, _), (ok, value) in zip(work, results, strict=True):
+        if not ok:
+            log.failure("Recording the outcome for queue row {id} failed", value, id=item.id)
 
 
 def bounce_message(

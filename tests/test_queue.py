@@ -6,19 +6,35 @@ import email
 import email.policy
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from secmail import config
 from secmail.crypto import MasterKey
-from secmail.queue import LEASE_SECONDS, OutboundQueue, RetentionJob, backoff, enhanced_status
-from secmail.smtp.client import DeliveryResult, PermanentDeliveryError, TemporaryDeliveryError
+from secmail.queue import (
+    LEASE_SECONDS,
+    OutboundQueue,
+    RetentionJob,
+    backoff,
+    enhanced_status,
+    session_groups,
+)
+from secmail.smtp.client import (
+    DeliveryError,
+    DeliveryOutcome,
+    DeliveryResult,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
+from secmail.smtp.routing import SmtpSender
 from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import PostgresEngine
 from secmail.store.messages import (
@@ -71,16 +87,24 @@ Outcome = DeliveryResult | Exception | Callable[[QueueItem], DeliveryResult]
 
 
 class ScriptedSender:
-    """A Sender that reads the content and then does what the test scripted, in order."""
+    """A Sender that reads the content and then does what the test scripted.
+
+    An outcome in C{by_recipient} for a row's first recipient comes first; else the next
+    one in C{script}; else the row is delivered.
+    """
 
     def __init__(self) -> None:
         self.script: list[Outcome] = []
+        self.by_recipient: dict[str, Outcome] = {}
         self.calls: list[tuple[QueueItem, bytes]] = []
+        self.sessions: list[list[int]] = []
 
     async def send(self, item: QueueItem, content: Any) -> DeliveryResult:
         data = b"".join([chunk async for chunk in content()])
         self.calls.append((item, data))
-        outcome = self.script.pop(0) if self.script else None
+        outcome = self.by_recipient.get(item.recipients[0])
+        if outcome is None:
+            outcome = self.script.pop(0) if self.script else None
         if outcome is None:
             return DeliveryResult(accepted=list(item.recipients), reply="250 2.0.0 queued")
         if isinstance(outcome, Exception):
@@ -88,6 +112,31 @@ class ScriptedSender:
         if callable(outcome):
             return outcome(item)
         return outcome
+
+    async def send_many(
+        self, items: Sequence[QueueItem], contents: Sequence[Any]
+    ) -> list[DeliveryOutcome]:
+        """One scripted outcome per row, in order, as one session would give them."""
+        self.sessions.append([item.id for item in items])
+        outcomes: list[DeliveryOutcome] = []
+        for item, content in zip(items, contents, strict=True):
+            try:
+                outcomes.append(await self.send(item, content))
+            except DeliveryError as e:
+                outcomes.append(e)
+        return outcomes
+
+
+def row(id: int, route: str, domain: str, sender: str = ALICE, to: str = BOB) -> QueueItem:
+    """A claimed queue row, for tests that need no database."""
+    return QueueItem(id, "m", "m", "relay", sender, (to,), route, domain, sender, T0, T0, 0, "")
+
+
+def content_of(data: bytes) -> Callable[[], AsyncIterator[bytes]]:
+    async def produce() -> AsyncIterator[bytes]:
+        yield data
+
+    return produce
 
 
 def parse(content: bytes) -> EmailMessage:
@@ -111,6 +160,52 @@ class PureTests(SynchronousTestCase):
         self.assertEqual(enhanced_status("451 4.7.1 greylisted", "5.0.0"), "4.7.1")
         self.assertEqual(enhanced_status("connection to 192.0.2.1:25 failed", "5.0.0"), "5.0.0")
         self.assertEqual(enhanced_status("550 no status here", "5.0.0"), "5.0.0")
+
+    def test_session_groups(self) -> None:
+        """Rows group by route, and for mx by domain too; order is kept; big groups are split."""
+        rows = [
+            row(1, RELAY, "a.example"),
+            row(2, "mx", "a.example"),
+            row(3, RELAY, "b.example"),
+            row(4, "mx", "b.example"),
+            row(5, "mx", "A.example"),
+            row(6, INTERNAL, "corp.example"),
+            row(7, RELAY, "c.example"),
+        ]
+        groups = [[item.id for item in group] for group in session_groups(rows, 50)]
+        self.assertEqual(groups, [[1, 3, 7], [2, 5], [4], [6]])
+        groups = [[item.id for item in group] for group in session_groups(rows, 2)]
+        self.assertEqual(groups, [[1, 3], [2, 5], [4], [6], [7]])
+
+    def test_sender_refuses_mixed_rows(self) -> None:
+        """SmtpSender.send_many() refuses rows that cannot share a session."""
+        sender = SmtpSender(make_settings(tempfile.gettempdir()), MemoryReactorClock(), None)
+        rows = [row(1, "mx", "a.example"), row(2, "mx", "b.example")]
+        d = Deferred.fromCoroutine(sender.send_many(rows, [content_of(b"x")] * 2))
+        self.failureResultOf(d, ValueError)
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(sender.send_many([], []))), [])
+
+    def test_sender_one_session_per_group(self) -> None:
+        """SmtpSender.send_many() sends rows on a relay route over one connection, in order."""
+        reactor = MemoryReactorClock()
+        sender = SmtpSender(make_settings(tempfile.gettempdir()), reactor, None)
+        route = "smtp://192.0.2.9:2525"
+        rows = [row(1, route, "x.example"), row(2, route, "y.example", sender="", to=ALICE)]
+        d = Deferred.fromCoroutine(sender.send_many(rows, [content_of(b"one"), content_of(b"two")]))
+        [(host, port, factory, _, _)] = reactor.tcpClients
+        self.assertEqual((host, port), ("192.0.2.9", 2525))
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        replies = [b"220 hi\r\n", b"250 hello\r\n"]
+        replies += [b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"] * 2
+        for reply in replies:
+            protocol.dataReceived(reply)
+        wire = transport.value()
+        self.assertIn(b"MAIL FROM:<alice@corp.example>\r\nRCPT TO:<bob@partner.example>", wire)
+        self.assertIn(b"MAIL FROM:<>\r\nRCPT TO:<alice@corp.example>", wire)
+        outcomes = self.successResultOf(d)
+        self.assertEqual([cast(DeliveryResult, o).accepted for o in outcomes], [[BOB], [ALICE]])
 
     def test_enhanced_status_only_valid_codes(self) -> None:
         """Words that merely look like codes (24.1.1, 5.1234.1) are not taken as a status."""
@@ -380,6 +475,69 @@ class QueueTestsMixin:
         self.assertEqual(len(self.sender.calls), 2)
         self.assertEqual(await self.store.count_messages(), 0)
 
+    async def test_rows_sharing_a_route_share_a_session(self) -> None:
+        """Due rows on one route go in one session; each row's own outcome is recorded."""
+        ann, ben, cat, dan = (f"{n}@partner.example" for n in ("ann", "ben", "cat", "dan"))
+        self.sender.by_recipient = {
+            ben: PermanentDeliveryError("relay.example[192.0.2.1]:25 said: 550 5.1.1 no such user"),
+            cat: TemporaryDeliveryError("relay.example[192.0.2.1]:25 said: 451 4.3.0 later"),
+        }
+        ann_message, ann_row = await self.enqueue((ann,))
+        ben_message, ben_row = await self.enqueue((ben,))
+        _, cat_row = await self.enqueue((cat,))
+        _, internal_row = await self.enqueue((ALICE,), route=INTERNAL)
+        _, dan_row = await self.enqueue((dan,))
+        self.queue.startService()
+        self.addCleanup(self.queue.stopService)
+        await self.eventually(self.idle, "the queue is idle")
+
+        self.assertEqual(self.sender.sessions, [[ann_row, ben_row, cat_row, dan_row]])
+        # The INTERNAL row went on its own, and so did the bounce for ben's row.
+        sent = {item.id: (item, data) for item, data in self.sender.calls}
+        self.assertEqual(len(sent), 6)
+        self.assertIn(internal_row, sent)
+        [(bounce, dsn)] = [(i, d) for i, d in sent.values() if i.kind == "bounce"]
+        self.assertEqual((bounce.sender, bounce.recipients), ("", (ALICE,)))
+        self.assertIn(b"Final-Recipient: rfc822; ben@partner.example", dsn)
+        self.assertIn(b"Status: 5.1.1", dsn)
+        # cat's row is deferred, every other row is done with.
+        [deferred] = await self.rows()
+        self.assertEqual((deferred.id, deferred.attempts), (cat_row, 1))
+        self.assertEqual(deferred.next_attempt, self.now() + 300)
+        self.assertIn("451 4.3.0", deferred.last_error)
+        self.assertIn("delivered", [e[1] for e in await self.store.events(ann_message)])
+        self.assertIn("bounced", [e[1] for e in await self.store.events(ben_message)])
+
+    async def test_session_failure_retries_every_row(self) -> None:
+        """A sender that fails for a whole session is logged once; every row is retried later."""
+        self.sender.script = [RuntimeError("boom")]
+        await self.enqueue((BOB,))
+        await self.enqueue(("carol@partner.example",))
+        await self.queue.deliver_group(
+            await self.store.claim_due("node-a", self.now(), LEASE_SECONDS, 10)
+        )
+        rows = await self.rows()
+        self.assertEqual(len(rows), 2)
+        for row in rows:
+            self.assertEqual(row.next_attempt, self.now() + 300)
+            self.assertEqual(row.last_error, "internal error: RuntimeError")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    async def test_concurrency_counts_rows(self) -> None:
+        """With concurrency 2, a session takes two rows; the third waits for them to finish."""
+        self.settings = make_settings(self.settings.gateway.data_dir, queue={"concurrency": 2})
+        self.queue = OutboundQueue(self.settings, self.store, self.sender, self.clock, "node-a")
+        ids = [(await self.enqueue((f"{n}@partner.example",)))[1] for n in ("a", "b", "c")]
+        self.queue.startService()
+        self.addCleanup(self.queue.stopService)
+
+        async def empty() -> bool:
+            return await self.rows() == [] and await self.idle()
+
+        await self.eventually(empty, "the queue is empty")
+        self.assertEqual(self.sender.sessions, [ids[:2]])
+        self.assertEqual([item.id for item, _ in self.sender.calls], ids)
+
     async def test_stop_waits_for_delivery_in_flight(self) -> None:
         """Stopping lets a delivery in flight record its outcome before the database goes."""
         gate: Deferred[None] = Deferred()
@@ -390,6 +548,12 @@ class QueueTestsMixin:
                 calls.append(item)
                 await gate
                 return DeliveryResult(accepted=list(item.recipients))
+
+            async def send_many(
+                self, items: Sequence[QueueItem], contents: Sequence[Any]
+            ) -> list[DeliveryOutcome]:
+                pairs = zip(items, contents, strict=True)
+                return [await self.send(item, content) for item, content in pairs]
 
         self.queue.sender = SlowSender()
         await self.enqueue((BOB,))

@@ -11,7 +11,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -46,6 +46,9 @@ from secmail.smtp.client import (
     Timeouts,
     TlsPolicy,
     deliver,
+    deliver_many,
+    deliver_many_to_hosts,
+    deliver_many_via_route,
     deliver_to_hosts,
     deliver_via_route,
     resolve_mx,
@@ -54,7 +57,9 @@ from secmail.smtp.client import (
 HELO = "gw.example.net"
 PEER = "mx.example.com[192.0.2.1]:25"
 GREETING = b"220 mx.example.com ESMTP\r\n"
-EHLO_REPLY = b"250-mx.example.com hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+EHLO_REPLY = b"250-mx.example.com hello\r\n250 8BITMIME\r\n"
+"""Without PIPELINING, so the client sends one command at a time."""
+EHLO_PIPELINING = b"250-mx.example.com hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
 
 
@@ -100,7 +105,7 @@ class Conversation:
 
     def __init__(
         self,
-        message: OutgoingMessage,
+        message: OutgoingMessage | Sequence[OutgoingMessage],
         tls: TlsPolicy = TlsPolicy.NONE,
         timeouts: Timeouts = Timeouts(),
         transport: StringTransport | None = None,
@@ -108,7 +113,8 @@ class Conversation:
     ) -> None:
         self.clock = Clock()
         options = ClientOptions(helo=HELO, timeouts=timeouts, ca_file=ca_file)
-        self.protocol = SmtpClientProtocol(self.clock, "mx.example.com", message, options, tls)
+        messages = [message] if isinstance(message, OutgoingMessage) else list(message)
+        self.protocol = SmtpClientProtocol(self.clock, "mx.example.com", messages, options, tls)
         self.transport = transport or TlsStringTransport()
         self.protocol.makeConnection(self.transport)
 
@@ -870,6 +876,451 @@ class StartTlsTests(SynchronousTestCase):
         self.assertTrue(error.text.startswith(f"TLS handshake with {PEER} failed"))
 
 
+# --- several messages over one session ----------------------------------------------------------
+
+ONE = b"Subject: one\r\n\r\nfirst\r\n"
+TWO = b"Subject: two\r\n\r\n.second\r\n"
+THREE = b"Subject: three\r\n\r\nthird"
+
+
+def three_messages() -> list[OutgoingMessage]:
+    return [
+        make_message("bob@example.com", chunks=(ONE,)),
+        make_message("carol@example.com", "dan@example.com", chunks=(TWO,), sender="eve@ex.net"),
+        make_message("fay@example.com", chunks=(THREE,), sender=""),
+    ]
+
+
+def transcript(c: Conversation, replies: Sequence[bytes]) -> bytes:
+    """Everything the client writes while the server sends C{replies} one by one."""
+    return b"".join(c.server(reply) for reply in replies)
+
+
+def up_to_second_mail(c: Conversation) -> None:
+    """Deliver the first message, so that the client has just sent the second MAIL FROM."""
+    c.server(GREETING)
+    c.server(EHLO_REPLY)
+    replies = [b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"]
+    transcript(c, replies)
+    assert c.server(b"250 2.0.0 queued\r\n").startswith(b"MAIL FROM:<eve@ex.net>")
+
+
+class SessionTests(SynchronousTestCase):
+    def test_two_messages(self) -> None:
+        """The second message starts with MAIL FROM right after the first one's 250 to the dot."""
+        one, two = three_messages()[:2]
+        c = Conversation([one, two])
+        self.assertEqual(c.server(GREETING), b"EHLO gw.example.net\r\n")
+        self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<alice@example.net>\r\n")
+        self.assertEqual(c.server(b"250 2.1.0 ok\r\n"), b"RCPT TO:<bob@example.com>\r\n")
+        self.assertEqual(c.server(b"250 2.1.5 ok\r\n"), b"DATA\r\n")
+        self.assertEqual(c.server(b"354 go ahead\r\n"), ONE + b".\r\n")
+        self.assertEqual(c.server(b"250 2.0.0 queued as 1\r\n"), b"MAIL FROM:<eve@ex.net>\r\n")
+        first = self.successResultOf(c.protocol.results[0])
+        self.assertEqual(first.reply, said("250 2.0.0 queued as 1", "end of data"))
+        self.assertNoResult(c.protocol.results[1])
+        self.assertEqual(c.server(b"250 2.1.0 ok\r\n"), b"RCPT TO:<carol@example.com>\r\n")
+        self.assertEqual(c.server(b"250 2.1.5 ok\r\n"), b"RCPT TO:<dan@example.com>\r\n")
+        self.assertEqual(c.server(b"250 2.1.5 ok\r\n"), b"DATA\r\n")
+        self.assertEqual(c.server(b"354 go ahead\r\n"), b"Subject: two\r\n\r\n..second\r\n.\r\n")
+        self.assertEqual(c.server(b"250 2.0.0 queued as 2\r\n"), b"QUIT\r\n")
+        second = self.successResultOf(c.protocol.results[1])
+        self.assertEqual(second.accepted, ["carol@example.com", "dan@example.com"])
+        self.assertEqual(second.reply, said("250 2.0.0 queued as 2", "end of data"))
+        c.server(b"221 bye\r\n")
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_three_messages_transcript(self) -> None:
+        """Three messages over one connection: one EHLO, three transactions, one QUIT."""
+        c = Conversation(three_messages())
+        replies = [GREETING, EHLO_REPLY]
+        for rcpts in (1, 2, 1):
+            replies += [b"250 ok\r\n"] * (1 + rcpts) + [b"354 go\r\n", b"250 done\r\n"]
+        self.assertEqual(
+            transcript(c, replies),
+            b"EHLO gw.example.net\r\n"
+            b"MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+            + ONE
+            + b".\r\n"
+            b"MAIL FROM:<eve@ex.net>\r\nRCPT TO:<carol@example.com>\r\n"
+            b"RCPT TO:<dan@example.com>\r\nDATA\r\n"
+            b"Subject: two\r\n\r\n..second\r\n.\r\n"
+            b"MAIL FROM:<>\r\nRCPT TO:<fay@example.com>\r\nDATA\r\n"
+            b"Subject: three\r\n\r\nthird\r\n.\r\n"
+            b"QUIT\r\n",
+        )
+        accepted = [self.successResultOf(d).accepted for d in c.protocol.results]
+        self.assertEqual(
+            accepted,
+            [["bob@example.com"], ["carol@example.com", "dan@example.com"], ["fay@example.com"]],
+        )
+
+    def test_rset_after_failed_transaction(self) -> None:
+        """Whatever failed the first transaction, RSET comes before the second MAIL FROM."""
+        failures: list[tuple[list[bytes], type[Exception] | None]] = [
+            ([b"550 5.7.1 sender refused\r\n"], PermanentDeliveryError),
+            ([b"451 4.3.0 later\r\n"], TemporaryDeliveryError),
+            ([b"250 ok\r\n", b"550 5.1.1 no such user\r\n"], PermanentDeliveryError),
+            ([b"250 ok\r\n", b"450 4.2.1 busy\r\n"], None),  # a result: all RCPTs deferred
+            ([b"250 ok\r\n", b"250 ok\r\n", b"554 5.5.1 no\r\n"], PermanentDeliveryError),
+            ([b"250 ok\r\n", b"250 ok\r\n", b"451 4.3.0 no\r\n"], TemporaryDeliveryError),
+            (
+                [b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"554 5.7.1 spam\r\n"],
+                PermanentDeliveryError,
+            ),
+            (
+                [b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"451 4.3.0 later\r\n"],
+                TemporaryDeliveryError,
+            ),
+        ]
+        for replies, error in failures:
+            c = Conversation(three_messages()[:2])
+            c.server(GREETING)
+            c.server(EHLO_REPLY)
+            *before, last = replies
+            transcript(c, before)
+            self.assertEqual(c.server(last), b"RSET\r\n", replies)
+            if error is None:
+                result = self.successResultOf(c.protocol.results[0])
+                self.assertEqual(list(result.temporary), ["bob@example.com"])
+            else:
+                self.failureResultOf(c.protocol.results[0], error)
+            self.assertEqual(c.server(b"250 2.0.0 reset\r\n"), b"MAIL FROM:<eve@ex.net>\r\n")
+            rest = [b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"]
+            self.assertTrue(transcript(c, rest).endswith(b".\r\nQUIT\r\n"), replies)
+            self.assertEqual(len(self.successResultOf(c.protocol.results[1]).accepted), 2)
+
+    def test_no_rset_after_last_message(self) -> None:
+        """A failed last transaction is followed by QUIT alone: there is nothing to reset for."""
+        c = Conversation(three_messages()[:2])
+        up_to_second_mail(c)
+        self.assertEqual(c.server(b"550 5.7.1 no\r\n"), b"QUIT\r\n")
+        self.successResultOf(c.protocol.results[0])
+        self.failureResultOf(c.protocol.results[1], PermanentDeliveryError)
+
+    def test_rset_refused(self) -> None:
+        """When RSET is refused the session ends with QUIT and the next message is not tried."""
+        c = Conversation(three_messages()[:2])
+        c.server(GREETING)
+        c.server(EHLO_REPLY)
+        self.assertEqual(c.server(b"550 5.7.1 no\r\n"), b"RSET\r\n")
+        self.assertEqual(c.server(b"500 5.5.1 what?\r\n"), b"QUIT\r\n")
+        self.failureResultOf(c.protocol.results[0], PermanentDeliveryError)
+        error = self.failureResultOf(c.protocol.results[1], TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text,
+            f"not tried: the session with {PEER} ended before this message was sent "
+            f"({said('500 5.5.1 what?', 'RSET')})",
+        )
+        self.assertTrue(error.try_other_hosts)
+
+    def test_connection_lost_after_first_message(self) -> None:
+        """A connection lost after the first message's 250: the others fail as not tried."""
+        c = Conversation(three_messages())
+        up_to_second_mail(c)
+        c.protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.successResultOf(c.protocol.results[0]).accepted, ["bob@example.com"])
+        cause = f"lost connection with {PEER} while waiting for the reply to MAIL FROM"
+        for later in c.protocol.results[1:]:
+            error = self.failureResultOf(later, TemporaryDeliveryError).value
+            self.assertEqual(
+                error.text,
+                f"not tried: the session with {PEER} ended before this message was sent ({cause})",
+            )
+            self.assertTrue(error.try_other_hosts)
+
+    def test_connection_lost_before_any_message(self) -> None:
+        """A session lost before any MAIL FROM was answered gives every message that error."""
+        c = Conversation(three_messages())
+        c.server(GREETING)
+        c.protocol.connectionLost(Failure(ConnectionLost()))
+        for result in c.protocol.results:
+            error = self.failureResultOf(result, TemporaryDeliveryError).value
+            self.assertEqual(
+                error.text, f"lost connection with {PEER} while waiting for the reply to EHLO"
+            )
+
+    def test_421_greeting_every_message(self) -> None:
+        """A 421 greeting is every message's answer, with its own text, and may go elsewhere."""
+        c = Conversation(three_messages())
+        self.assertEqual(c.server(b"421 4.3.2 busy\r\n"), b"QUIT\r\n")
+        for result in c.protocol.results:
+            error = self.failureResultOf(result, TemporaryDeliveryError).value
+            self.assertEqual(error.text, said("421 4.3.2 busy", "initial greeting"))
+            self.assertTrue(error.try_other_hosts)
+
+    def test_lost_in_the_middle_of_a_message(self) -> None:
+        """The message in progress gets the session's error, the ones after it 'not tried'."""
+        c = Conversation(three_messages())
+        up_to_second_mail(c)
+        c.server(b"250 ok\r\n")
+        c.protocol.connectionLost(Failure(ConnectionLost()))
+        error = self.failureResultOf(c.protocol.results[1], TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text, f"lost connection with {PEER} while waiting for the reply to RCPT TO"
+        )
+        error = self.failureResultOf(c.protocol.results[2], TemporaryDeliveryError).value
+        self.assertTrue(error.text.startswith("not tried: "))
+
+    def test_421_between_messages(self) -> None:
+        """A 421 to a later MAIL FROM ends the session without RSET: the peer is closing."""
+        c = Conversation(three_messages())
+        up_to_second_mail(c)
+        self.assertEqual(c.server(b"421 4.7.0 too many messages\r\n"), b"QUIT\r\n")
+        error = self.failureResultOf(c.protocol.results[1], TemporaryDeliveryError).value
+        self.assertEqual(error.text, said("421 4.7.0 too many messages", "MAIL FROM"))
+        error = self.failureResultOf(c.protocol.results[2], TemporaryDeliveryError).value
+        self.assertTrue(error.text.startswith("not tried: "))
+        self.assertIn("421 4.7.0 too many messages", error.text)
+
+    def test_timeout_at_second_dot(self) -> None:
+        """A timeout after the second dot: it may have arrived; the third one was not tried."""
+        c = Conversation(three_messages())
+        up_to_second_mail(c)
+        transcript(c, [b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n"])
+        self.assertTrue(c.server(b"354 go\r\n").endswith(b"\r\n.\r\n"))
+        c.clock.advance(599)
+        self.assertNoResult(c.protocol.results[1])
+        c.clock.advance(1)
+        self.assertTrue(c.transport.disconnected)
+        self.successResultOf(c.protocol.results[0])
+        error = self.failureResultOf(c.protocol.results[1], TemporaryDeliveryError).value
+        cause = f"conversation with {PEER} timed out while waiting for the reply to end of data"
+        self.assertEqual(error.text, cause)
+        self.assertFalse(error.try_other_hosts)
+        error = self.failureResultOf(c.protocol.results[2], TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text,
+            f"not tried: the session with {PEER} ended before this message was sent ({cause})",
+        )
+        self.assertTrue(error.try_other_hosts)
+        self.assertEqual(c.clock.getDelayedCalls(), [])
+
+    def test_rset_timeout(self) -> None:
+        """An RSET without reply within 20 s ends the session; the next message was not tried."""
+        c = Conversation(three_messages()[:2])
+        c.server(GREETING)
+        c.server(EHLO_REPLY)
+        self.assertEqual(c.server(b"550 5.7.1 no\r\n"), b"RSET\r\n")
+        self.failureResultOf(c.protocol.results[0], PermanentDeliveryError)
+        c.clock.advance(19.5)
+        self.assertNoResult(c.protocol.results[1])
+        c.clock.advance(0.5)
+        error = self.failureResultOf(c.protocol.results[1], TemporaryDeliveryError).value
+        self.assertIn("timed out while waiting for the reply to RSET", error.text)
+        self.assertTrue(error.text.startswith("not tried: "))
+        self.assertTrue(c.transport.disconnected)
+
+    def test_content_read_when_its_turn_comes(self) -> None:
+        """Each message's content is read only once its DATA got 354, not up front."""
+        reads: list[str] = []
+
+        def content(name: str) -> Callable[[], AsyncIterator[bytes]]:
+            async def produce() -> AsyncIterator[bytes]:
+                reads.append(name)
+                yield b"x\r\n"
+
+            return produce
+
+        messages = [OutgoingMessage("a@ex.net", ["b@example.com"], content(n)) for n in "12"]
+        c = Conversation(messages)
+        c.server(GREETING)
+        c.server(EHLO_REPLY)
+        transcript(c, [b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"])
+        self.assertEqual(reads, ["1"])
+        transcript(c, [b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n"])
+        self.assertEqual(reads, ["1"])
+        c.server(b"354 go\r\n")
+        self.assertEqual(reads, ["1", "2"])
+
+    def test_empty_session_refused(self) -> None:
+        """A session needs at least one message."""
+        self.assertRaises(ValueError, Conversation, [])
+
+
+# --- PIPELINING (RFC 2920) ----------------------------------------------------------------------
+
+
+class WriteRecordingTransport(TlsStringTransport):
+    """Keeps every write on its own, to check what went out together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+def pipelined(messages: OutgoingMessage | Sequence[OutgoingMessage]) -> Conversation:
+    """A conversation up to the first pipelined group, which the client has just written."""
+    c = Conversation(messages, transport=WriteRecordingTransport())
+    c.server(GREETING)
+    c.server(EHLO_PIPELINING)
+    return c
+
+
+class PipeliningTests(SynchronousTestCase):
+    def test_envelope_in_one_write(self) -> None:
+        """MAIL FROM, every RCPT TO and DATA go out in one write; the content after the 354."""
+        c = Conversation(three_messages()[1], transport=WriteRecordingTransport())
+        c.server(GREETING)
+        transport = cast(WriteRecordingTransport, c.transport)
+        transport.writes.clear()
+        c.server(EHLO_PIPELINING)
+        self.assertEqual(
+            transport.writes,
+            [
+                b"MAIL FROM:<eve@ex.net>\r\nRCPT TO:<carol@example.com>\r\n"
+                b"RCPT TO:<dan@example.com>\r\nDATA\r\n"
+            ],
+        )
+        self.assertEqual(c.server(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n"), b"")
+        self.assertEqual(c.server(b"354 go ahead\r\n"), b"Subject: two\r\n\r\n..second\r\n.\r\n")
+        self.assertEqual(c.server(b"250 2.0.0 queued\r\n"), b"QUIT\r\n")
+        result = self.successResultOf(c.protocol.result)
+        self.assertEqual(result.accepted, ["carol@example.com", "dan@example.com"])
+        self.assertEqual(result.reply, said("250 2.0.0 queued", "end of data"))
+
+    def test_replies_together_or_byte_by_byte(self) -> None:
+        """The group's replies are read in order however they arrive, all in one or byte by byte."""
+        replies = b"250 ok\r\n250 ok\r\n250-fine\r\n250 ok\r\n354 go\r\n"
+        for pieces in ([replies], [replies[i : i + 1] for i in range(len(replies))]):
+            c = pipelined(three_messages()[1])
+            wire = transcript(c, pieces)
+            self.assertEqual(wire, b"Subject: two\r\n\r\n..second\r\n.\r\n")
+            c.server(b"250 ok\r\n")
+            self.assertEqual(len(self.successResultOf(c.protocol.result).accepted), 2)
+
+    def test_two_messages(self) -> None:
+        """Each message of a pipelining session is one envelope write, one content write."""
+        c = pipelined(three_messages()[:2])
+        transport = cast(WriteRecordingTransport, c.transport)
+        transport.writes.clear()
+        replies = [b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 one\r\n"]
+        replies += [b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", b"250 two\r\n"]
+        transcript(c, replies)
+        self.assertEqual(
+            transport.writes,
+            [
+                ONE,
+                b".\r\n",
+                b"MAIL FROM:<eve@ex.net>\r\nRCPT TO:<carol@example.com>\r\n"
+                b"RCPT TO:<dan@example.com>\r\nDATA\r\n",
+                b"Subject: two\r\n\r\n..second\r\n",
+                b".\r\n",
+                b"QUIT\r\n",
+            ],
+        )
+        replies_of = [self.successResultOf(d).reply for d in c.protocol.results]
+        self.assertEqual(
+            replies_of, [said("250 one", "end of data"), said("250 two", "end of data")]
+        )
+
+    def test_mixed_recipients(self) -> None:
+        """Each RCPT TO reply in a group is matched with its own recipient."""
+        c = pipelined(make_message("t@example.com", "p@example.com", "ok@example.com"))
+        c.server(b"250 ok\r\n450 4.2.1 try later\r\n550 5.1.1 no such user\r\n250 ok\r\n")
+        self.assertEqual(c.server(b"354 go\r\n"), BODY + b".\r\n")
+        c.server(b"250 done\r\n")
+        result = self.successResultOf(c.protocol.result)
+        self.assertEqual(result.accepted, ["ok@example.com"])
+        self.assertEqual(
+            result.temporary, {"t@example.com": said("450 4.2.1 try later", "RCPT TO")}
+        )
+        self.assertEqual(
+            result.permanent, {"p@example.com": said("550 5.1.1 no such user", "RCPT TO")}
+        )
+
+    def test_mail_refused(self) -> None:
+        """A refused MAIL FROM fails the message; the replies after it are read, then RSET."""
+        c = pipelined(three_messages()[:2])
+        self.assertEqual(c.server(b"553 5.7.1 sender refused\r\n"), b"")
+        self.assertNoResult(c.protocol.results[0])
+        self.assertEqual(c.server(b"503 5.5.1 need MAIL\r\n"), b"")  # to RCPT TO
+        self.assertEqual(c.server(b"503 5.5.1 no valid recipients\r\n"), b"RSET\r\n")
+        error = self.failureResultOf(c.protocol.results[0], PermanentDeliveryError).value
+        self.assertEqual(error.text, said("553 5.7.1 sender refused", "MAIL FROM"))
+        self.assertEqual(error.recipients, {})
+        self.assertTrue(c.server(b"250 ok\r\n").startswith(b"MAIL FROM:<eve@ex.net>\r\n"))
+
+    def test_every_recipient_refused(self) -> None:
+        """With every RCPT TO refused, the refused DATA ends the transaction: no content."""
+        c = pipelined(make_message("a@example.com", "b@example.com"))
+        c.server(b"250 ok\r\n550 5.1.1 no a\r\n551 5.1.6 moved\r\n")
+        self.assertEqual(c.server(b"554 5.5.1 no valid recipients\r\n"), b"QUIT\r\n")
+        error = self.failureResultOf(c.protocol.result, PermanentDeliveryError).value
+        self.assertEqual(error.text, said("550 5.1.1 no a", "RCPT TO"))
+        self.assertEqual(list(error.recipients), ["a@example.com", "b@example.com"])
+
+    def test_data_accepted_without_recipients(self) -> None:
+        """A 354 to DATA after every RCPT TO was refused gets a lone dot, not the content."""
+        c = pipelined(three_messages()[:2])
+        c.server(b"250 ok\r\n450 4.2.1 busy\r\n")
+        self.assertEqual(c.server(b"354 go\r\n"), b".\r\n")
+        self.assertEqual(c.server(b"250 2.0.0 empty message queued\r\n"), b"RSET\r\n")
+        result = self.successResultOf(c.protocol.results[0])
+        self.assertEqual(result.accepted, [])
+        self.assertEqual(result.temporary, {"bob@example.com": said("450 4.2.1 busy", "RCPT TO")})
+
+    def test_421_to_mail(self) -> None:
+        """A 421 to MAIL FROM ends the session at once, without waiting for the other replies."""
+        c = pipelined(three_messages()[:2])
+        self.assertEqual(c.server(b"421 4.3.2 closing\r\n"), b"QUIT\r\n")
+        error = self.failureResultOf(c.protocol.results[0], TemporaryDeliveryError).value
+        self.assertEqual(error.text, said("421 4.3.2 closing", "MAIL FROM"))
+        error = self.failureResultOf(c.protocol.results[1], TemporaryDeliveryError).value
+        self.assertTrue(error.text.startswith("not tried: "))
+        c.server(b"421 4.3.2 closing\r\n")
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_timeout_in_the_group(self) -> None:
+        """Each reply of a group has its own timeout, named after its command."""
+        c = pipelined(three_messages()[1])
+        c.server(b"250 ok\r\n")
+        c.clock.advance(299)
+        c.server(b"250 ok\r\n")
+        c.clock.advance(299)
+        self.assertNoResult(c.protocol.result)
+        c.server(b"250 ok\r\n")
+        c.clock.advance(120)
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text, f"conversation with {PEER} timed out while waiting for the reply to DATA"
+        )
+        self.assertTrue(c.transport.disconnected)
+
+    def test_lost_in_the_group(self) -> None:
+        """A connection lost while replies of a group are due names the one waited for."""
+        c = pipelined(three_messages()[1])
+        c.server(b"250 ok\r\n")
+        c.protocol.connectionLost(Failure(ConnectionLost()))
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text, f"lost connection with {PEER} while waiting for the reply to RCPT TO"
+        )
+
+    def test_extra_reply_after_group(self) -> None:
+        """A reply beyond those the group asked for is a protocol error, not the dot's answer."""
+        c = pipelined(make_message())
+        self.assertEqual(c.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 fake\r\n"), b"")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertIn("unexpected data after its reply to DATA", error.text)
+        self.assertTrue(c.transport.disconnected)
+
+    def test_not_after_helo_or_without_the_keyword(self) -> None:
+        """Without PIPELINING in the EHLO reply after STARTTLS, commands go one at a time."""
+        c = Conversation(make_message(), tls=TlsPolicy.OPPORTUNISTIC)
+        c.server(GREETING)
+        self.assertEqual(
+            c.server(b"250-mx.example.com\r\n250-PIPELINING\r\n250 STARTTLS\r\n"),
+            b"STARTTLS\r\n",
+        )
+        c.server(b"220 ready\r\n")
+        self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<alice@example.net>\r\n")
+
+
 # --- MX resolution ------------------------------------------------------------------------------
 
 
@@ -1160,3 +1611,198 @@ class DeliverViaRouteTests(SynchronousTestCase):
         serve(protocol, transport, [GREETING, ehlo_tls, b"220 go\r\n"])
         self.assertEqual(type(transport.tls_started[0]).__name__, "ClientTLSOptions")
         self.assertNoResult(d)
+
+
+# --- several messages: connecting, and trying hosts in turn ---------------------------------------
+
+
+def session_replies(*recipients: int) -> list[bytes]:
+    """A stepwise server's replies to a whole session that accepts every message."""
+    replies = [GREETING, EHLO_REPLY]
+    for count in recipients:
+        replies += [b"250 ok\r\n"] * (1 + count) + [b"354 go\r\n", b"250 ok\r\n"]
+    return replies
+
+
+def senders_on(wire: bytes) -> list[bytes]:
+    return re.findall(rb"MAIL FROM:<([^>]*)>", wire)
+
+
+class DeliverManyTests(SynchronousTestCase):
+    def start(self, reactor: MemoryReactorClock, messages: Sequence[OutgoingMessage]) -> Any:
+        return Deferred.fromCoroutine(
+            deliver_many(reactor, "mx1.example.com", 25, messages, OPTIONS)
+        )
+
+    def test_one_connection(self) -> None:
+        """deliver_many() sends every message over one connection and returns outcomes in order."""
+        reactor = make_reactor()
+        d = self.start(reactor, three_messages())
+        protocol, transport = accept(reactor)
+        wire = serve(protocol, transport, session_replies(1, 2, 1))
+        self.assertEqual(len(reactor.tcpClients), 1)
+        self.assertEqual(senders_on(wire), [b"alice@example.net", b"eve@ex.net", b""])
+        outcomes = self.successResultOf(d)
+        self.assertEqual(
+            [cast(DeliveryResult, o).accepted for o in outcomes],
+            [["bob@example.com"], ["carol@example.com", "dan@example.com"], ["fay@example.com"]],
+        )
+
+    def test_outcomes_not_raised(self) -> None:
+        """A failed message is an outcome in the list; the messages after it still go."""
+        reactor = make_reactor()
+        d = self.start(reactor, three_messages()[:2])
+        protocol, transport = accept(reactor)
+        replies = [GREETING, EHLO_REPLY, b"550 5.7.1 no\r\n", b"250 reset\r\n"]
+        serve(protocol, transport, replies + session_replies(2)[2:])
+        first, second = self.successResultOf(d)
+        self.assertIsInstance(first, PermanentDeliveryError)
+        self.assertIsInstance(second, DeliveryResult)
+
+    def test_bad_envelope_not_sent(self) -> None:
+        """A message with an unusable envelope fails on its own and is left out of the session."""
+        reactor = make_reactor()
+        bad = make_message(sender="x>\r\nRCPT TO:<evil@example.org")
+        good = make_message("bob@example.com")
+        d = self.start(reactor, [bad, good])
+        protocol, transport = accept(reactor)
+        wire = serve(protocol, transport, session_replies(1))
+        self.assertEqual(senders_on(wire), [b"alice@example.net"])
+        self.assertNotIn(b"evil", wire)
+        first, second = self.successResultOf(d)
+        self.assertIsInstance(first, PermanentDeliveryError)
+        self.assertEqual(cast(DeliveryResult, second).accepted, ["bob@example.com"])
+
+    def test_no_connection_without_sendable_message(self) -> None:
+        """When no envelope can be sent, no connection is made at all."""
+        reactor = make_reactor()
+        d = self.start(reactor, [make_message(""), make_message(sender="a b@example.net")])
+        self.assertEqual([type(o) for o in self.successResultOf(d)], [PermanentDeliveryError] * 2)
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_refused_every_message(self) -> None:
+        """A refused connection is every message's outcome."""
+        reactor = make_reactor()
+        d = self.start(reactor, three_messages())
+        refuse(reactor)
+        for outcome in self.successResultOf(d):
+            assert isinstance(outcome, TemporaryDeliveryError)
+            self.assertTrue(outcome.text.startswith("connection to mx1.example.com:25 failed"))
+
+
+class DeliverManyToHostsTests(SynchronousTestCase):
+    def start(
+        self, reactor: MemoryReactorClock, messages: Sequence[OutgoingMessage], hosts: int = 2
+    ) -> Any:
+        addresses = [(f"mx{i}.example.com", 25) for i in range(1, hosts + 1)]
+        return Deferred.fromCoroutine(deliver_many_to_hosts(reactor, addresses, messages, OPTIONS))
+
+    def test_refused_moves_every_message(self) -> None:
+        """When the first host refuses, every message goes to the second one, in one session."""
+        reactor = make_reactor()
+        d = self.start(reactor, three_messages())
+        refuse(reactor)
+        protocol, transport = accept(reactor)
+        wire = serve(protocol, transport, session_replies(1, 2, 1))
+        self.assertEqual(reactor.tcpClients[-1][0], "192.0.2.2")
+        self.assertEqual(senders_on(wire), [b"alice@example.net", b"eve@ex.net", b""])
+        self.assertTrue(all(isinstance(o, DeliveryResult) for o in self.successResultOf(d)))
+
+    def test_421_greeting_moves_every_message(self) -> None:
+        """A 421 greeting moves every message on to the next host too."""
+        reactor = make_reactor()
+        d = self.start(reactor, three_messages()[:2])
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, [b"421 busy\r\n"])
+        protocol, transport = accept(reactor)
+        wire = serve(protocol, transport, session_replies(1, 2))
+        self.assertEqual(senders_on(wire), [b"alice@example.net", b"eve@ex.net"])
+        self.assertTrue(all(isinstance(o, DeliveryResult) for o in self.successResultOf(d)))
+
+    def test_dot_sent_is_never_resent(self) -> None:
+        """After a session lost at the second dot, only the untried third goes to the next host."""
+        reactor = make_reactor()
+        d = self.start(reactor, three_messages())
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, session_replies(1, 2)[:-1])  # no reply to the second dot
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(len(reactor.tcpClients), 2)
+        protocol, transport = accept(reactor)
+        wire = serve(protocol, transport, session_replies(1))
+        self.assertEqual(senders_on(wire), [b""])
+        self.assertNotIn(b"second", wire)
+        first, second, third = self.successResultOf(d)
+        self.assertIn("mx1.example.com", cast(DeliveryResult, first).reply)
+        assert isinstance(second, TemporaryDeliveryError)
+        self.assertEqual(
+            second.text,
+            "lost connection with mx1.example.com[192.0.2.1]:25 "
+            "while waiting for the reply to end of data",
+        )
+        self.assertIn("mx2.example.com", cast(DeliveryResult, third).reply)
+
+    def test_4xx_to_dot_stays_untried_rest_moves(self) -> None:
+        """A 4xx to a dot is final for that message; one untried after a 421 moves on."""
+        reactor = make_reactor()
+        d = self.start(reactor, three_messages())
+        protocol, transport = accept(reactor)
+        replies = session_replies(1)[:-1] + [b"451 4.3.0 later\r\n", b"421 4.3.2 closing\r\n"]
+        self.assertTrue(serve(protocol, transport, replies).endswith(b"RSET\r\nQUIT\r\n"))
+        protocol, transport = accept(reactor)
+        wire = serve(protocol, transport, session_replies(2, 1))
+        self.assertEqual(senders_on(wire), [b"eve@ex.net", b""])
+        first, second, third = self.successResultOf(d)
+        assert isinstance(first, TemporaryDeliveryError)
+        self.assertFalse(first.try_other_hosts)
+        self.assertIsInstance(second, DeliveryResult)
+        self.assertIsInstance(third, DeliveryResult)
+
+    def test_last_host_error_kept(self) -> None:
+        """When every host fails, each message keeps the last host's error."""
+        reactor = make_reactor()
+        d = self.start(reactor, three_messages()[:2], hosts=3)
+        for _ in range(3):
+            refuse(reactor)
+        for outcome in self.successResultOf(d):
+            assert isinstance(outcome, TemporaryDeliveryError)
+            self.assertTrue(outcome.text.startswith("connection to mx3.example.com:25 failed"))
+
+    def test_no_hosts(self) -> None:
+        """An empty host list is every message's temporary failure."""
+        d = self.start(make_reactor(), three_messages()[:2], hosts=0)
+        for outcome in self.successResultOf(d):
+            assert isinstance(outcome, TemporaryDeliveryError)
+            self.assertEqual(outcome.text, "no host to deliver to")
+
+
+class DeliverManyViaRouteTests(SynchronousTestCase):
+    def test_relay_route_one_session(self) -> None:
+        """A relay route sends every message to its host over one session."""
+        reactor = make_reactor()
+        resolver = FakeResolver(AssertionError("no MX lookup expected"))
+        route = Route(mx=False, host="mx4.example.com", port=587)
+        d = Deferred.fromCoroutine(
+            deliver_many_via_route(
+                reactor, resolver, route, "example.com", three_messages()[:2], OPTIONS
+            )
+        )
+        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.4", 587))
+        protocol, transport = accept(reactor)
+        serve(protocol, transport, session_replies(1, 2))
+        self.assertEqual(len(reactor.tcpClients), 1)
+        self.assertTrue(all(isinstance(o, DeliveryResult) for o in self.successResultOf(d)))
+
+    def test_mx_lookup_failure_every_message(self) -> None:
+        """A failed MX lookup is every message's outcome: temporary or permanent as the DNS says."""
+        for answer, kind in [
+            (DNSQueryTimeoutError(1), TemporaryDeliveryError),
+            (DNSNameError(), PermanentDeliveryError),
+        ]:
+            reactor = make_reactor()
+            d = Deferred.fromCoroutine(
+                deliver_many_via_route(
+                    reactor, FakeResolver(answer), MX, "example.com", three_messages(), OPTIONS
+                )
+            )
+            self.assertEqual([type(o) for o in self.successResultOf(d)], [kind] * 3)
+            self.assertEqual(reactor.tcpClients, [])

@@ -11,10 +11,13 @@ module has:
 
   - L{DataEncoder}: pure and line-oriented. It makes line ends canonical CRLF, dot-stuffs
     every line and folds lines longer than 998 octets.
-  - L{SmtpClientProtocol}: a small state machine. It sends one command at a time, and every
-    state it waits in has its own timeout on the injected clock.
-  - L{deliver}, L{deliver_to_hosts}, L{resolve_mx} and L{deliver_via_route}: the coroutines
-    the queue calls.
+  - L{SmtpClientProtocol}: a small state machine for one session, which carries one
+    transaction per message. It sends one command at a time (with PIPELINING, one envelope
+    at a time), and every state it waits in has its own timeout on the injected clock.
+  - L{deliver_many}, L{deliver_many_to_hosts}, L{resolve_mx} and L{deliver_many_via_route}:
+    the coroutines the queue calls, with one outcome per message. L{deliver},
+    L{deliver_to_hosts} and L{deliver_via_route} are their one-message forms, which raise
+    the message's error.
 
 Error texts name the host and the command, in the form
 C{"mx.example.com[192.0.2.1]:25 said: 550 5.1.1 no such user (in reply to RCPT TO)"}. They
@@ -26,11 +29,12 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from typing import Protocol as TypingProtocol
 
 from cryptography import x509
@@ -134,6 +138,10 @@ class DeliveryResult:
     """The final-dot reply, e.g. C{"host[ip]:25 said: 250 2.0.0 queued as X"}, for the log."""
 
 
+DeliveryOutcome: TypeAlias = DeliveryResult | DeliveryError
+"""What became of one message: its per-recipient result, or why the whole of it failed."""
+
+
 # --- inputs -----------------------------------------------------------------------------------
 
 
@@ -166,6 +174,8 @@ class Timeouts:
     """The longest time the transfer may make no progress: a stuck content source or a peer
     that stopped reading. This is Postfix's smtp_data_xfer_timeout."""
     final_dot: float = 600
+    rset: float = 20
+    """Between two messages of a session. Postfix's smtp_rset_timeout is 20 s as well."""
     quit: float = 10
 
 
@@ -348,6 +358,7 @@ class State(Enum):
     DATA = "DATA"
     CONTENT = "message content"
     END_OF_DATA = "end of data"
+    RSET = "RSET"
     QUIT = "QUIT"
     CLOSED = "closed"
 
@@ -385,20 +396,65 @@ def _printable(raw: bytes) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
+@dataclass
+class _Transaction:
+    """The message the session is sending now, and what the peer said so far."""
+
+    message: OutgoingMessage
+    result: Deferred[DeliveryResult]
+    to_send: deque[str]
+    """Recipients whose RCPT TO is still to be sent."""
+    permanent: dict[str, str]
+    pipelined: bool
+    """MAIL FROM, every RCPT TO and DATA went in one write (RFC 2920)."""
+    awaiting: deque[str] = field(default_factory=deque)
+    """Recipients whose RCPT TO was sent and not yet answered, in order."""
+    temporary: dict[str, str] = field(default_factory=dict)
+    accepted: list[str] = field(default_factory=list)
+    tried: bool = False
+    """The peer has answered its MAIL FROM, so it has had a say about this message."""
+    refusal: DeliveryError | None = None
+    """Pipelined: why MAIL FROM was refused, while the replies sent with it are read."""
+    discard: bool = False
+    """Pipelined: DATA got 354 with nothing to send, so the dot ends an empty message."""
+
+
 @implementer(IPushProducer, IHandshakeListener)
 class SmtpClientProtocol(Protocol):
-    """One SMTP transaction, as a state machine that sends one command at a time.
+    """One SMTP session that carries a sequence of transactions, one per message.
 
-    C{result} fires with a L{DeliveryResult}, or fails with a L{DeliveryError}. It fires as
-    soon as the outcome is known. The QUIT that follows does not delay it.
+    A state machine. The session goes GREETING, EHLO (or HELO), perhaps STARTTLS and EHLO
+    again, and then, for each message in turn, MAIL FROM, RCPT TO, DATA, CONTENT and
+    END_OF_DATA. After a transaction that ended in step with the peer, the next message
+    starts with MAIL FROM, or with RSET first when the transaction failed. After the last
+    message comes QUIT.
 
-    Replies are handled only in the state that expects them. Bytes that come after a
-    complete reply, before we have sent the next command, cannot be an answer to that
+    It sends one command at a time, except that when the peer advertises PIPELINING (RFC
+    2920) a message's MAIL FROM, RCPT TOs and DATA go out in one write. Their replies are
+    then read in order, each in its own state with its own timeout, exactly as if the
+    commands had gone one by one; only what is sent next differs. A transaction refused
+    part-way (MAIL FROM, or every RCPT TO) is settled once the last reply of its group,
+    the one to DATA, is in, unless a 421 ends the session first.
+
+    C{results} has one Deferred per message, in order. Each fires with a L{DeliveryResult}
+    or fails with a L{DeliveryError} as soon as that message's outcome is known.
+
+    When the session ends early (lost connection, timeout, protocol error, a 421, a failed
+    RSET), what each message still without an outcome gets depends on whether it was
+    tried, that is whether the peer answered its MAIL FROM. The message in progress, if it
+    was tried, gets the session's error itself. The others fail with a
+    L{TemporaryDeliveryError} saying they were not tried, or, when the peer has not
+    answered any MAIL FROM in this session, with the session's error itself: then that
+    error (a refused greeting, say) is as much about one message as about any other, and
+    a one-message session reports exactly what went wrong.
+
+    Replies are handled only in the state that expects them. Bytes that come after the
+    replies due, before we have sent the next command, cannot be an answer to that
     command. They are treated as a protocol error, which also stops plain-text injection
     after STARTTLS.
 
-    It is also the transport's push producer while the message content is sent, so a
-    slow peer slows down how fast we read the content.
+    It is also the transport's push producer while message content is sent, so a slow
+    peer slows down how fast we read the content.
     """
 
     MAX_LINE_LENGTH = 4096
@@ -409,23 +465,26 @@ class SmtpClientProtocol(Protocol):
         self,
         clock: IReactorTime,
         hostname: str,
-        message: OutgoingMessage,
+        messages: Sequence[OutgoingMessage],
         options: ClientOptions,
         tls: TlsPolicy,
     ) -> None:
+        if not messages:
+            raise ValueError("a session needs at least one message")
         self.state = State.GREETING
-        self.result: Deferred[DeliveryResult] = Deferred()
+        self.results: list[Deferred[DeliveryResult]] = [Deferred() for _ in messages]
         self._clock = clock
         self._hostname = hostname
-        self._message = message
+        self._messages = list(messages)
+        self._invalid = [check_envelope(message) for message in self._messages]
+        self._next = 0  # index of the next message whose transaction is to begin
+        self._txn: _Transaction | None = None
+        self._tried_any = False  # the peer has answered some MAIL FROM in this session
+        self._queued: deque[tuple[State, float]] = deque()
+        """Pipelined commands after the one in C{state} whose replies are due, in order."""
         self._options = options
         self._timeouts = options.timeouts
         self._tls = tls
-        self._permanent: dict[str, str] = dict(check_envelope(message))
-        self._temporary: dict[str, str] = {}
-        self._accepted: list[str] = []
-        self._to_send = [r for r in message.recipients if r not in self._permanent]
-        self._recipient = ""
         self._peer = hostname
         self._buffer = b""
         self._reply_lines: list[bytes] = []
@@ -445,8 +504,14 @@ class SmtpClientProtocol(Protocol):
             State.DATA: self._on_data,
             State.CONTENT: self._on_early_reply,
             State.END_OF_DATA: self._on_end_of_data,
+            State.RSET: self._on_rset,
             State.QUIT: self._on_quit,
         }
+
+    @property
+    def result(self) -> Deferred[DeliveryResult]:
+        """The first message's outcome: the whole outcome of a one-message session."""
+        return self.results[0]
 
     @property
     def _transport(self) -> _Transport:
@@ -478,7 +543,7 @@ class SmtpClientProtocol(Protocol):
             reply = self._collect(line)
             if reply is None:
                 continue
-            if self._buffer and self.state is not State.QUIT:
+            if self._buffer and not self._queued and self.state is not State.QUIT:
                 self._protocol_error(
                     f"sent unexpected data after its reply to {self.state.value} "
                     "(before our next command)"
@@ -497,7 +562,7 @@ class SmtpClientProtocol(Protocol):
             text = f"TLS handshake with {self._peer} failed: {reason.getErrorMessage()}"
         else:
             text = f"lost connection with {self._peer} {_while(state)}"
-        self._settle_failure(
+        self._settle_rest(
             TemporaryDeliveryError(text, try_other_hosts=state is not State.END_OF_DATA)
         )
 
@@ -535,14 +600,14 @@ class SmtpClientProtocol(Protocol):
     def _said(self, reply: _Reply) -> str:
         return f"{self._peer} said: {reply.text} (in reply to {self.state.value})"
 
-    # --- the states ------------------------------------------------------------------------
+    # --- the session: greeting, hello, STARTTLS -------------------------------------------
 
     def _on_greeting(self, reply: _Reply) -> None:
         if reply.kind == 2:
             self._send_ehlo()
         else:
             # Even a 554 greeting only means "not this host": Postfix skips 5xx greeters too.
-            self._fail(TemporaryDeliveryError(self._said(reply)))
+            self._end_session(TemporaryDeliveryError(self._said(reply)))
 
     def _send_ehlo(self) -> None:
         self._command(State.EHLO, b"EHLO " + self._options.helo.encode(), self._timeouts.helo)
@@ -558,14 +623,14 @@ class SmtpClientProtocol(Protocol):
             helo = b"HELO " + self._options.helo.encode()
             self._command(State.HELO, helo, self._timeouts.helo)
         else:
-            self._fail(TemporaryDeliveryError(self._said(reply)))
+            self._end_session(TemporaryDeliveryError(self._said(reply)))
 
     def _on_helo(self, reply: _Reply) -> None:
         if reply.kind == 2:
             self._extensions = {}
             self._after_hello()
         else:
-            self._fail(TemporaryDeliveryError(self._said(reply)))
+            self._end_session(TemporaryDeliveryError(self._said(reply)))
 
     def _after_hello(self) -> None:
         if (
@@ -576,14 +641,14 @@ class SmtpClientProtocol(Protocol):
         ):
             self._command(State.STARTTLS, b"STARTTLS", self._timeouts.starttls)
         else:
-            self._send_mail()
+            self._begin_transaction()
 
     def _on_starttls(self, reply: _Reply) -> None:
         if reply.kind != 2:
             if self._tls is TlsPolicy.OPPORTUNISTIC:
-                self._send_mail()  # plain text, as it would be if STARTTLS were not offered
+                self._begin_transaction()  # plain text, as if STARTTLS were not offered
             else:
-                self._fail(TemporaryDeliveryError(self._said(reply)))
+                self._end_session(TemporaryDeliveryError(self._said(reply)))
             return
         try:
             creator = self._tls_creator()
@@ -591,7 +656,7 @@ class SmtpClientProtocol(Protocol):
         except Exception as e:
             _log.failure("Could not start TLS with {peer}", peer=self._peer)
             text = f"could not start TLS with {self._peer}: {e}"
-            self._fail(TemporaryDeliveryError(text), polite=False)
+            self._end_session(TemporaryDeliveryError(text), polite=False)
             return
         # RFC 3207 §4.2: forget everything learnt before TLS and say EHLO again.
         self._tls_started = True
@@ -610,59 +675,121 @@ class SmtpClientProtocol(Protocol):
         options = CertificateOptions(verify=False, raiseMinimumTo=TLSVersion.TLSv1_2)
         return cast(IOpenSSLClientConnectionCreator, options)
 
-    def _send_mail(self) -> None:
-        command = b"MAIL FROM:<" + self._message.sender.encode() + b">"
-        if self._message.size is not None and "SIZE" in self._extensions:
-            command += b" SIZE=%d" % self._message.size
-        self._command(State.MAIL, command, self._timeouts.mail)
+    # --- one transaction per message --------------------------------------------------------
+
+    def _begin_transaction(self) -> None:
+        """Send the next message's MAIL FROM, and with PIPELINING its RCPT TOs and DATA too."""
+        index = self._next
+        self._next += 1
+        message, invalid = self._messages[index], self._invalid[index]
+        self._txn = txn = _Transaction(
+            message=message,
+            result=self.results[index],
+            to_send=deque(r for r in message.recipients if r not in invalid),
+            permanent=dict(invalid),
+            pipelined="PIPELINING" in self._extensions,
+        )
+        mail = b"MAIL FROM:<" + message.sender.encode() + b">"
+        if message.size is not None and "SIZE" in self._extensions:
+            mail += b" SIZE=%d" % message.size
+        if not txn.pipelined:
+            self._command(State.MAIL, mail, self._timeouts.mail)
+            return
+        # RFC 2920: the whole envelope and DATA in one write, then the replies in order.
+        lines = [mail]
+        while txn.to_send:
+            lines.append(self._rcpt_command(txn))
+            self._queued.append((State.RCPT, self._timeouts.rcpt))
+        lines.append(b"DATA")
+        self._queued.append((State.DATA, self._timeouts.data_init))
+        self._transport.write(b"\r\n".join(lines) + b"\r\n")
+        self._expect(State.MAIL, self._timeouts.mail)
+
+    def _rcpt_command(self, txn: _Transaction) -> bytes:
+        recipient = txn.to_send.popleft()
+        txn.awaiting.append(recipient)
+        return b"RCPT TO:<" + recipient.encode() + b">"
 
     def _on_mail(self, reply: _Reply) -> None:
-        if reply.kind == 2:
-            self._next_recipient()
+        txn = self._current
+        txn.tried = self._tried_any = True
+        if reply.kind != 2:
+            if reply.kind not in (4, 5) or reply.code == 421 or not txn.pipelined:
+                self._refused(reply)
+                return
+            # The RCPT TOs and DATA sent with it still get their replies, to be read first.
+            txn.refusal = self._error_for(reply)
+        if txn.pipelined:
+            self._next_reply()
         else:
-            self._fail_by_code(reply)
+            self._next_recipient()
 
     def _next_recipient(self) -> None:
-        if self._to_send:
-            self._recipient = self._to_send.pop(0)
-            command = b"RCPT TO:<" + self._recipient.encode() + b">"
-            self._command(State.RCPT, command, self._timeouts.rcpt)
-        elif self._accepted:
+        """Without PIPELINING: the next RCPT TO, else DATA when some recipient was accepted."""
+        txn = self._current
+        if txn.to_send:
+            self._command(State.RCPT, self._rcpt_command(txn), self._timeouts.rcpt)
+        elif txn.accepted:
             self._command(State.DATA, b"DATA", self._timeouts.data_init)
-        elif self._temporary:
-            # Every recipient was refused and some may try again later: each has its own answer.
-            self._quit()
-            self._settle(
-                DeliveryResult(temporary=dict(self._temporary), permanent=dict(self._permanent))
-            )
         else:
-            first = next(iter(self._permanent.values()))
-            self._fail(PermanentDeliveryError(first, recipients=self._permanent))
+            self._end_transaction(self._nothing_to_send(txn), clean=False)
 
     def _on_rcpt(self, reply: _Reply) -> None:
-        if reply.kind == 2:
-            self._accepted.append(self._recipient)
-        elif reply.kind == 4:
-            self._temporary[self._recipient] = self._said(reply)
-        elif reply.kind == 5:
-            self._permanent[self._recipient] = self._said(reply)
-        else:
+        txn = self._current
+        recipient = txn.awaiting.popleft()
+        if reply.kind not in (2, 4, 5):
             self._protocol_error(f"gave an unexpected reply {reply.text!r} to RCPT TO")
             return
-        self._next_recipient()
+        if txn.refusal is not None:
+            pass  # replies to RCPT TO after a refused MAIL FROM say nothing about the recipient
+        elif reply.kind == 2:
+            txn.accepted.append(recipient)
+        elif reply.kind == 4:
+            txn.temporary[recipient] = self._said(reply)
+        else:
+            txn.permanent[recipient] = self._said(reply)
+        if txn.pipelined:
+            self._next_reply()
+        else:
+            self._next_recipient()
+
+    def _nothing_to_send(self, txn: _Transaction) -> DeliveryOutcome:
+        """The outcome of a transaction that had no accepted recipient, so sent no content."""
+        if txn.refusal is not None:
+            return txn.refusal
+        if txn.temporary:
+            # Every recipient was refused and some may try again later: each has its own answer.
+            return DeliveryResult(temporary=dict(txn.temporary), permanent=dict(txn.permanent))
+        first = next(iter(txn.permanent.values()))
+        return PermanentDeliveryError(first, recipients=txn.permanent)
 
     def _on_data(self, reply: _Reply) -> None:
+        txn = self._current
+        if txn.refusal is not None or not txn.accepted:
+            # Pipelined, and MAIL FROM or every RCPT TO was refused: there is nothing to send.
+            if reply.code == 354:
+                # The peer took DATA all the same. A lone dot ends the empty message and
+                # brings the conversation back in step; what it is answered counts for nothing.
+                txn.discard = True
+                self._command(State.END_OF_DATA, b".", self._timeouts.final_dot)
+            else:
+                self._end_transaction(self._nothing_to_send(txn), clean=False)
+            return
         if reply.code == 354:
             self.state = State.CONTENT
             self._transport.registerProducer(self, True)
-            self._sending = Deferred.fromCoroutine(self._send_content())
+            self._sending = Deferred.fromCoroutine(self._send_content(txn))
             self._sending.addErrback(self._content_failed)
         else:
-            self._fail_by_code(reply)
+            self._refused(reply)
 
-    async def _send_content(self) -> None:
+    def _sending_content_of(self, txn: _Transaction) -> bool:
+        """Whether we are still to send C{txn}'s content: False once the session stopped it."""
+        return self.state is State.CONTENT and self._txn is txn
+
+    async def _send_content(self, txn: _Transaction) -> None:
         encoder = DataEncoder()
-        chunks = self._message.content()
+        chunks = txn.message.content()
         try:
             while True:
                 self._start_timer(self._timeouts.content)
@@ -670,19 +797,19 @@ class SmtpClientProtocol(Protocol):
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
-                if self.state is not State.CONTENT:
+                if not self._sending_content_of(txn):
                     return
                 if chunk:
                     self._transport.write(encoder.feed(chunk))
                 while self._paused is not None:
                     await self._paused
-                if self.state is not State.CONTENT:
+                if not self._sending_content_of(txn):
                     return
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
                 await close()
-        if self.state is not State.CONTENT:
+        if not self._sending_content_of(txn):
             return
         self._transport.unregisterProducer()
         self._transport.write(encoder.finish())
@@ -691,34 +818,77 @@ class SmtpClientProtocol(Protocol):
     def _content_failed(self, failure: Failure) -> None:
         """The content source raised, so the message must not be ended with a dot."""
         if self.state is not State.CONTENT:
-            return  # we stopped the sending ourselves, and the result is settled already
+            return  # we stopped the sending ourselves, and the outcome is settled already
         _log.failure("Reading the content for {peer} failed", failure, peer=self._peer)
         text = f"reading the message content failed ({type(failure.value).__name__})"
-        self._fail(TemporaryDeliveryError(text), polite=False)
+        self._end_session(TemporaryDeliveryError(text), polite=False)
 
     def _on_early_reply(self, reply: _Reply) -> None:
         """A reply while we are still sending content: the peer gave up on the message."""
-        self._fail_by_code(reply, polite=False)
+        self._end_session(self._error_for(reply), polite=False)
 
     def _on_end_of_data(self, reply: _Reply) -> None:
+        txn = self._current
+        if txn.discard:
+            self._end_transaction(self._nothing_to_send(txn), clean=False)
+            return
         if reply.code == 250:
             result = DeliveryResult(
-                accepted=list(self._accepted),
-                temporary=dict(self._temporary),
-                permanent=dict(self._permanent),
+                accepted=list(txn.accepted),
+                temporary=dict(txn.temporary),
+                permanent=dict(txn.permanent),
                 reply=self._said(reply),
             )
-            self._quit()
-            self._settle(result)
-        elif reply.kind == 5:
-            self._fail(PermanentDeliveryError(self._said(reply)))
+            self._end_transaction(result, clean=True)
+            return
+        if reply.kind == 5:
+            error: DeliveryError = PermanentDeliveryError(self._said(reply))
         else:
-            self._fail(TemporaryDeliveryError(self._said(reply), try_other_hosts=False))
+            error = TemporaryDeliveryError(self._said(reply), try_other_hosts=False)
+        self._end_transaction_or_session(reply, error)
+
+    def _refused(self, reply: _Reply) -> None:
+        """MAIL FROM or DATA was refused: the transaction failed, the session goes on."""
+        if reply.kind not in (4, 5):
+            self._protocol_error(f"gave an unexpected reply {reply.text!r} to {self.state.value}")
+            return
+        self._end_transaction_or_session(reply, self._error_for(reply))
+
+    def _end_transaction_or_session(self, reply: _Reply, error: DeliveryError) -> None:
+        """A failed transaction, and after a 421 the end of the session: the peer is closing."""
+        if reply.code == 421:
+            self._end_session(error)
+        else:
+            self._end_transaction(error, clean=False)
+
+    def _end_transaction(self, outcome: DeliveryOutcome, *, clean: bool) -> None:
+        """Settle the current message, then go on to the next one (RSET first unless C{clean})."""
+        txn, self._txn = self._current, None
+        if self._next >= len(self._messages):
+            self._quit()
+        elif clean:
+            self._begin_transaction()
+        else:
+            self._command(State.RSET, b"RSET", self._timeouts.rset)
+        _settle(txn.result, outcome)
+
+    def _on_rset(self, reply: _Reply) -> None:
+        if reply.kind == 2:
+            self._begin_transaction()
+        else:
+            self._end_session(TemporaryDeliveryError(self._said(reply)))
 
     def _on_quit(self, reply: _Reply) -> None:
         self.state = State.CLOSED
         self._cancel_timer()
         self._transport.loseConnection()
+
+    @property
+    def _current(self) -> _Transaction:
+        txn = self._txn
+        if txn is None:  # pragma: no cover - the transaction states always have one
+            raise RuntimeError(f"no transaction in progress in state {self.state}")
+        return txn
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -729,6 +899,11 @@ class SmtpClientProtocol(Protocol):
     def _expect(self, state: State, timeout: float) -> None:
         self.state = state
         self._start_timer(timeout)
+
+    def _next_reply(self) -> None:
+        """Go on to the reply to the next command of a pipelined group."""
+        state, timeout = self._queued.popleft()
+        self._expect(state, timeout)
 
     def _start_timer(self, timeout: float) -> None:
         self._cancel_timer()
@@ -747,56 +922,79 @@ class SmtpClientProtocol(Protocol):
             self._transport.abortConnection()
             return
         text = f"conversation with {self._peer} timed out {_while(state)}"
-        self._fail(
+        self._end_session(
             TemporaryDeliveryError(text, try_other_hosts=state is not State.END_OF_DATA),
             polite=False,
         )
 
     def _protocol_error(self, what: str) -> None:
         state = self.state
-        self._fail(
+        self._end_session(
             TemporaryDeliveryError(
                 f"{self._peer} {what}", try_other_hosts=state is not State.END_OF_DATA
             ),
             polite=False,
         )
 
-    def _fail_by_code(self, reply: _Reply, *, polite: bool = True) -> None:
+    def _error_for(self, reply: _Reply) -> DeliveryError:
         if reply.kind == 5:
-            self._fail(PermanentDeliveryError(self._said(reply)), polite=polite)
-        elif reply.kind == 4:
-            self._fail(TemporaryDeliveryError(self._said(reply)), polite=polite)
-        else:
-            self._protocol_error(f"gave an unexpected reply {reply.text!r} to {self.state.value}")
+            return PermanentDeliveryError(self._said(reply))
+        if reply.kind == 4:
+            return TemporaryDeliveryError(self._said(reply))
+        text = f"{self._peer} gave an unexpected reply {reply.text!r} to {self.state.value}"
+        return TemporaryDeliveryError(text)
 
-    def _fail(self, error: DeliveryError, *, polite: bool = True) -> None:
-        """End with C{error}: QUIT when the conversation is in step, else abort."""
+    def _end_session(self, error: DeliveryError, *, polite: bool = True) -> None:
+        """End the session with C{error}: QUIT when the conversation is in step, else abort."""
         if polite:
             self._quit()
         else:
             self.state = State.CLOSED
             self._cancel_timer()
             self._transport.abortConnection()
+        self._queued.clear()  # replies still due to a pipelined group: the first ends it all
         self._resume()  # a paused sender wakes up, sees the state and stops
-        self._settle_failure(error)
+        self._settle_rest(error)
 
     def _quit(self) -> None:
         self._command(State.QUIT, b"QUIT", self._timeouts.quit)
 
-    def _settle(self, result: DeliveryResult) -> None:
-        if not self.result.called:
-            self.result.callback(result)
-
-    def _settle_failure(self, error: DeliveryError) -> None:
+    def _settle_rest(self, error: DeliveryError) -> None:
+        """The session ended with C{error}: settle every message still without an outcome."""
         if self._sending is not None and not self._sending.called:
             self._sending.cancel()
-        if not self.result.called:
-            self.result.errback(Failure(error))
+        txn, self._txn = self._txn, None
+        untried = self.results[self._next :]
+        self._next = len(self._messages)
+        if txn is not None:
+            if txn.tried or not self._tried_any:
+                _settle(txn.result, error)
+            else:
+                untried.insert(0, txn.result)
+        others = _not_tried(self._peer, error) if self._tried_any else error
+        for result in untried:
+            _settle(result, others)
 
     def _resume(self) -> None:
         paused, self._paused = self._paused, None
         if paused is not None:
             paused.callback(None)
+
+
+def _settle(result: Deferred[DeliveryResult], outcome: DeliveryOutcome) -> None:
+    if result.called:
+        return
+    if isinstance(outcome, DeliveryResult):
+        result.callback(outcome)
+    else:
+        result.errback(Failure(outcome))
+
+
+def _not_tried(peer: str, cause: DeliveryError) -> TemporaryDeliveryError:
+    """The error for a message that the session ended on before the peer had a say about it."""
+    return TemporaryDeliveryError(
+        f"not tried: the session with {peer} ended before this message was sent ({cause.text})"
+    )
 
 
 def _while(state: State) -> str:
@@ -823,6 +1021,33 @@ def load_trust_root(ca_file: str) -> IOpenSSLTrustRoot:
 # --- the coroutines the queue calls ----------------------------------------------------------
 
 
+async def deliver_many(
+    reactor: IReactorTCP,
+    host: str,
+    port: int,
+    messages: Sequence[OutgoingMessage],
+    options: ClientOptions,
+    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+) -> list[DeliveryOutcome]:
+    """Connect to C{host}:C{port} once and send C{messages} over that one session.
+
+    Returns one outcome per message, in the same order: a L{DeliveryResult} with the
+    per-recipient outcomes, or the L{DeliveryError} that failed the whole transaction. A
+    message whose envelope cannot be sent gets its error without being sent; when the
+    connection cannot be made, every message gets that error. See L{SmtpClientProtocol}
+    for what a session that ends early does to the messages still to come.
+    """
+
+    async def session(sendable: list[OutgoingMessage]) -> list[DeliveryOutcome]:
+        try:
+            protocol = await _connect(reactor, host, port, sendable, options, tls)
+        except TemporaryDeliveryError as e:
+            return [e] * len(sendable)
+        return [await _outcome(result) for result in protocol.results]
+
+    return await _with_envelopes_checked(messages, session)
+
+
 async def deliver(
     reactor: IReactorTCP,
     host: str,
@@ -836,21 +1061,31 @@ async def deliver(
     Returns per-recipient outcomes. Raises L{TemporaryDeliveryError} or
     L{PermanentDeliveryError} when the whole transaction failed.
     """
-    check_envelope(message)
+    [outcome] = await deliver_many(reactor, host, port, [message], options, tls)
+    return _result_or_raise(outcome)
+
+
+async def _connect(
+    reactor: IReactorTCP,
+    host: str,
+    port: int,
+    messages: Sequence[OutgoingMessage],
+    options: ClientOptions,
+    tls: TlsPolicy,
+) -> SmtpClientProtocol:
     clock = IReactorTime(reactor)
     endpoint = _endpoint(reactor, host, port, options.timeouts.connect)
-    factory = Factory.forProtocol(partial(SmtpClientProtocol, clock, host, message, options, tls))
-    factory.noisy = False  # two log lines per delivery otherwise
+    factory = Factory.forProtocol(partial(SmtpClientProtocol, clock, host, messages, options, tls))
+    factory.noisy = False  # two log lines per session otherwise
     connecting = endpoint.connect(factory)
     connecting.addTimeout(options.timeouts.connect, clock)
     try:
-        protocol = cast(SmtpClientProtocol, await connecting)
+        return cast(SmtpClientProtocol, await connecting)
     except (defer.TimeoutError, ConnectingCancelledError):
         # HostnameEndpoint answers our timeout's cancel() with ConnectingCancelledError.
         raise TemporaryDeliveryError(f"connection to {host}:{port} timed out") from None
     except Exception as e:
         raise TemporaryDeliveryError(f"connection to {host}:{port} failed: {e}") from None
-    return await protocol.result
 
 
 def _endpoint(reactor: IReactorTCP, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
@@ -862,6 +1097,91 @@ def _endpoint(reactor: IReactorTCP, host: str, port: int, timeout: float) -> ISt
     if address.version == 6:
         return TCP6ClientEndpoint(reactor, str(address), port, timeout=timeout)
     return TCP4ClientEndpoint(reactor, str(address), port, timeout=timeout)
+
+
+async def _outcome(result: Deferred[DeliveryResult]) -> DeliveryOutcome:
+    try:
+        return await result
+    except DeliveryError as e:
+        return e
+
+
+def _result_or_raise(outcome: DeliveryOutcome) -> DeliveryResult:
+    if isinstance(outcome, DeliveryError):
+        raise outcome
+    return outcome
+
+
+async def _with_envelopes_checked(
+    messages: Sequence[OutgoingMessage],
+    send: Callable[[list[OutgoingMessage]], Awaitable[list[DeliveryOutcome]]],
+) -> list[DeliveryOutcome]:
+    """Outcomes for C{messages}: envelope errors at once, the rest from C{send}, in order.
+
+    A message whose envelope cannot be sent fails on its own, so it never costs the
+    others their session, and when no message is left nothing is sent at all.
+    """
+    outcomes: dict[int, DeliveryOutcome] = {}
+    sendable: list[int] = []
+    for index, message in enumerate(messages):
+        try:
+            check_envelope(message)
+        except PermanentDeliveryError as e:
+            outcomes[index] = e
+        else:
+            sendable.append(index)
+    if sendable:
+        results = await send([messages[index] for index in sendable])
+        outcomes.update(zip(sendable, results, strict=True))
+    return [outcomes[index] for index in range(len(messages))]
+
+
+async def deliver_many_to_hosts(
+    reactor: IReactorTCP,
+    hosts: Sequence[tuple[str, int]],
+    messages: Sequence[OutgoingMessage],
+    options: ClientOptions,
+    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+    *,
+    max_hosts: int = MAX_HOSTS,
+) -> list[DeliveryOutcome]:
+    """Try C{hosts} in order, one session each, until every message has a definite answer.
+
+    A message moves on to the next host when its outcome is a temporary failure from
+    before the host saw the whole message (C{try_other_hosts}): all of them after a
+    connection-level failure (refused, timed out, 4xx greeting, TLS failure and so on);
+    after a session that ended part-way, the message in progress (unless its final dot was
+    sent) and those whose turn never came. A message whose final dot was sent is never
+    offered to another host. Every other outcome is final. A message still without one
+    after the last host keeps that host's error.
+    """
+
+    async def send(sendable: list[OutgoingMessage]) -> list[DeliveryOutcome]:
+        outcomes: list[DeliveryOutcome] = [TemporaryDeliveryError("no host to deliver to")] * len(
+            sendable
+        )
+        pending = list(range(len(sendable)))
+        for host, port in list(hosts)[:max_hosts]:
+            batch = [sendable[index] for index in pending]
+            results = await deliver_many(reactor, host, port, batch, options, tls)
+            moving: list[int] = []
+            for index, outcome in zip(pending, results, strict=True):
+                outcomes[index] = outcome
+                if isinstance(outcome, TemporaryDeliveryError) and outcome.try_other_hosts:
+                    moving.append(index)
+            if not moving:
+                break
+            _log.info(
+                "Delivery of {n} message(s) via {host}:{port} failed, next host: {text}",
+                n=len(moving),
+                host=host,
+                port=port,
+                text=cast(DeliveryError, outcomes[moving[0]]).text,
+            )
+            pending = moving
+        return outcomes
+
+    return await _with_envelopes_checked(messages, send)
 
 
 async def deliver_to_hosts(
@@ -879,24 +1199,10 @@ async def deliver_to_hosts(
     4xx greeting, TLS failure and so on) moves on to the next host. Any other outcome is
     final. When every host fails, the last host's error is raised.
     """
-    check_envelope(message)
-    last: TemporaryDeliveryError | None = None
-    for host, port in list(hosts)[:max_hosts]:
-        try:
-            return await deliver(reactor, host, port, message, options, tls)
-        except TemporaryDeliveryError as e:
-            if not e.try_other_hosts:
-                raise
-            _log.info(
-                "Delivery via {host}:{port} failed, next host: {text}",
-                host=host,
-                port=port,
-                text=e.text,
-            )
-            last = e
-    if last is None:
-        raise TemporaryDeliveryError("no host to deliver to")
-    raise last
+    [outcome] = await deliver_many_to_hosts(
+        reactor, hosts, [message], options, tls, max_hosts=max_hosts
+    )
+    return _result_or_raise(outcome)
 
 
 async def resolve_mx(
@@ -937,6 +1243,38 @@ async def resolve_mx(
     return hosts
 
 
+async def deliver_many_via_route(
+    reactor: IReactorTCP,
+    resolver: IResolver,
+    route: Route,
+    domain: str,
+    messages: Sequence[OutgoingMessage],
+    options: ClientOptions,
+    *,
+    rng: random.Random | None = None,
+) -> list[DeliveryOutcome]:
+    """Deliver C{messages}, all for C{domain}, the way C{route} says: one session per host.
+
+    An MX route goes to the domain's MX hosts with opportunistic TLS. An
+    C{smtp://host:port} route goes to that relay, with a verified certificate when it
+    offers STARTTLS. A failed MX lookup is every message's outcome.
+    """
+
+    async def send(sendable: list[OutgoingMessage]) -> list[DeliveryOutcome]:
+        if not route.mx:
+            hosts = [(route.host, route.port)]
+            return await deliver_many_to_hosts(reactor, hosts, sendable, options, TlsPolicy.VERIFY)
+        try:
+            hosts = await resolve_mx(resolver, domain, rng=rng)
+        except DeliveryError as e:
+            return [e] * len(sendable)
+        return await deliver_many_to_hosts(
+            reactor, hosts, sendable, options, TlsPolicy.OPPORTUNISTIC
+        )
+
+    return await _with_envelopes_checked(messages, send)
+
+
 async def deliver_via_route(
     reactor: IReactorTCP,
     resolver: IResolver,
@@ -947,15 +1285,8 @@ async def deliver_via_route(
     *,
     rng: random.Random | None = None,
 ) -> DeliveryResult:
-    """Deliver mail for C{domain} the way C{route} says.
-
-    An MX route goes to the domain's MX hosts with opportunistic TLS. An
-    C{smtp://host:port} route goes to that relay, with a verified certificate when it
-    offers STARTTLS.
-    """
-    check_envelope(message)
-    if route.mx:
-        hosts = await resolve_mx(resolver, domain, rng=rng)
-        return await deliver_to_hosts(reactor, hosts, message, options, TlsPolicy.OPPORTUNISTIC)
-    hosts = [(route.host, route.port)]
-    return await deliver_to_hosts(reactor, hosts, message, options, TlsPolicy.VERIFY)
+    """Deliver mail for C{domain} the way C{route} says (see L{deliver_many_via_route})."""
+    [outcome] = await deliver_many_via_route(
+        reactor, resolver, route, domain, [message], options, rng=rng
+    )
+    return _result_or_raise(outcome)
