@@ -75,6 +75,8 @@ class Intake:
         self.run_in_thread = run_in_thread
         self.on_commit = on_commit
         self.spool_dir = os.path.join(settings.gateway.data_dir, "spool")
+        self._disk_checked_at = float("-inf")
+        self._disk_short = False
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -122,12 +124,18 @@ class Intake:
         return b"returned"
 
     def disk_is_short(self) -> bool:
-        """Less free space than 1.5 message size limits (Postfix's rule)."""
-        try:
-            st = os.statvfs(self.settings.gateway.data_dir)
-        except OSError:
-            return False
-        return st.f_bavail * st.f_frsize < 1.5 * self.settings.smtp.max_message_size
+        """Less free space than 1.5 message size limits (Postfix's rule); checked once a second."""
+        now = self.clock.seconds()
+        if now - self._disk_checked_at >= 1.0:
+            self._disk_checked_at = now
+            try:
+                st = os.statvfs(self.settings.gateway.data_dir)
+            except OSError:
+                self._disk_short = False
+            else:
+                free = st.f_bavail * st.f_frsize
+                self._disk_short = free < 1.5 * self.settings.smtp.max_message_size
+        return self._disk_short
 
 
 @dataclass
