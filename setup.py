@@ -17,6 +17,7 @@ setup(
         "pyserial>=3.5",
         "phonenumbers>=8.13",
         "psycopg[binary]>=3.2",
+        "nh3>=0.2.17",
     ],
     extras_require={
         "test": [

@@ -130,3 +130,13 @@ class Opener:
             raise IntegrityError(
                 f"message {self.message_id}: chunk {seq} fails to decrypt"
             ) from None
+
+
+def derive_key(master: MasterKey, purpose: str) -> bytes:
+    """A key for one purpose (portal CSRF tokens, code hashes) derived from the master key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"secmail:" + purpose.encode()
+    ).derive(master.key)

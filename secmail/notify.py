@@ -248,3 +248,51 @@ def _address_or_none(address: str) -> Address | None:
         return Address(addr_spec=address)
     except (ValueError, HeaderParseError):
         return None
+
+
+def build_code_mail(
+    *,
+    settings: Settings,
+    recipient: str,
+    code: str,
+    minutes: int,
+    message_id_domain: str,
+    date: datetime,
+) -> Notification:
+    """The one-time code that lets a recipient open a letter in another browser."""
+    if not re.fullmatch(r"\d{6}", code):
+        raise ValueError("the code must be 6 digits")
+    text = "\n".join(
+        [
+            "Hello,",
+            "",
+            f"Your code for opening the secure message is: {code}",
+            "",
+            f"It works once, for {minutes} minutes. Type it on the page where you asked for it.",
+            "If you did not ask for a code, you can ignore this e-mail: nobody can open the "
+            "message without it.",
+            "",
+            "-- ",
+            f"The secure e-mail gateway {settings.gateway.hostname}.",
+            "",
+        ]
+    )
+    headers = [
+        ("From", formataddr(("Secure mail", settings.gateway.notification_from))),
+        ("To", recipient),
+        ("Subject", "Your code for the secure message"),
+        ("Date", format_datetime(date)),
+        ("Message-ID", email_make_msgid(domain=message_id_domain)),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Auto-Response-Suppress", "All"),
+        ("MIME-Version", "1.0"),
+    ]
+    for name, value in headers:
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} would contain a line break")
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return Notification(
+        sender=settings.gateway.bounce_address,
+        recipient=recipient,
+        content=(head + _qp_part("plain", text)).encode("ascii"),
+    )

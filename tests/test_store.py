@@ -11,7 +11,13 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from secmail.crypto import CHUNK_SIZE, IntegrityError, MasterKey
-from secmail.store.database import Database, StoreUnavailable, apply_schema_txn
+from secmail.store.database import (
+    Database,
+    StoreUnavailable,
+    Txn,
+    apply_schema_txn,
+    schema_files,
+)
 from secmail.store.messages import (
     MessageStore,
     NewDelivery,
@@ -46,7 +52,34 @@ class StoreTestsMixin:
     async def test_schema_twice(self) -> None:
         """Applying the schema again to an up-to-date database changes nothing."""
         version = self.db.prepare_blocking()
-        self.assertEqual(version, 1)
+        self.assertEqual(version, max(schema_files()))
+
+    def test_upgrade_from_version_1(self) -> None:
+        """A database made by schema version 1, with a message in it, upgrades to the newest."""
+        engine = make_engine(self.engine_name, self.addCleanup)
+        conn = engine.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(engine.begin)
+            apply_schema_txn(Txn(engine, cursor), engine, target=1)
+            Txn(engine, cursor).execute(
+                "INSERT INTO messages (id, kind, sender, created, size, key_id, wrapped_key, "
+                "chunk_count) VALUES ('m1', 'mail', '', 1, 0, 'k', ?, 1)",
+                (b"x",),
+            )
+            cursor.execute("COMMIT")
+        finally:
+            conn.close()
+        upgraded = Database(engine, reactor)
+        self.assertEqual(upgraded.prepare_blocking(), max(schema_files()))
+        conn = engine.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT browser_hash, opened FROM envelopes")
+            cursor.execute("SELECT COUNT(*) FROM messages")
+            self.assertEqual(cursor.fetchone()[0], 1)
+        finally:
+            conn.close()
 
     async def test_round_trip_small(self) -> None:
         """A small message reads back byte for byte."""

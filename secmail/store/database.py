@@ -221,12 +221,13 @@ def schema_files() -> dict[int, str]:
     return files
 
 
-def apply_schema_txn(txn: Txn, engine: Engine) -> int:
+def apply_schema_txn(txn: Txn, engine: Engine, target: int | None = None) -> int:
+    """Bring the schema up to C{target} (default: the newest); returns the version reached."""
     txn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = txn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     current = row[0] or 0
     files = schema_files()
-    newest = max(files)
+    newest = max(files) if target is None else target
     if current > newest:
         raise StoreUnavailable(
             f"the database has schema version {current}, newer than this secmail ({newest}); "

@@ -1,0 +1,129 @@
+"""Portal state: browser binding, sessions with idle and absolute limits, one-time codes."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import TestCase
+
+from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
+from secmail.store.portal import (
+    CODE_LIFETIME,
+    CODE_TRIES,
+    CODES_PER_HOUR,
+    SESSION_IDLE,
+    SESSION_MAX,
+    CodeState,
+    PortalStore,
+)
+from secmail.store.spool import SealedBytes
+from tests.dbs import POSTGRES_DSN, open_store
+
+T0 = 1_700_000_000
+
+
+class PortalStoreMixin:
+    engine_name = "sqlite"
+
+    def setUp(self) -> None:
+        opened = open_store(self.engine_name, self.addCleanup)
+        self.engine, self.db, self.master, self.store = opened
+        self.portal = PortalStore(self.db, os.urandom(32))
+
+    async def envelope(self) -> str:
+        env = NewEnvelope(
+            "bob@partner.example", "bob@partner.example.s", "letter", None, hash_token(new_id())
+        )
+        message = NewMessage(
+            SealedBytes(self.master, new_id(), b"x"), "mail", "a@corp.example", envelopes=[env]
+        )
+        await self.store.commit([message], now=T0)
+        return env.id
+
+    async def test_first_open_binds(self) -> None:
+        """The first browser to open a letter is bound to it; another browser is not."""
+        env = await self.envelope()
+        self.assertTrue(await self.portal.open_envelope(env, "browser-one-cookie", T0))
+        self.assertTrue(await self.portal.open_envelope(env, "browser-one-cookie", T0 + 5))
+        self.assertFalse(await self.portal.open_envelope(env, "browser-two-cookie", T0 + 9))
+
+    async def test_session_limits(self) -> None:
+        """A session ends after 30 minutes idle or 12 hours in all, and on sign-out."""
+        env = await self.envelope()
+        sid = await self.portal.create_session(env, T0, "test")
+        self.assertIsNotNone(await self.portal.session(sid, T0 + SESSION_IDLE - 1))
+        self.assertIsNone(await self.portal.session(sid, T0 + 2 * SESSION_IDLE))
+        sid = await self.portal.create_session(env, T0, "test")
+        now = T0
+        while now + SESSION_IDLE - 60 < T0 + SESSION_MAX:
+            now += SESSION_IDLE - 60
+            self.assertIsNotNone(await self.portal.session(sid, now))
+        self.assertIsNone(await self.portal.session(sid, T0 + SESSION_MAX + 1))
+        sid = await self.portal.create_session(env, T0, "test")
+        await self.portal.end_session(sid)
+        self.assertIsNone(await self.portal.session(sid, T0 + 1))
+
+    async def test_session_id_not_stored(self) -> None:
+        """Only a hash of the session cookie is in the database."""
+        env = await self.envelope()
+        sid = await self.portal.create_session(env, T0, "test")
+        rows = await self.db.run(lambda txn: txn.execute("SELECT * FROM sessions").fetchall())
+        self.assertNotIn(sid, repr(rows))
+
+    async def test_code_once(self) -> None:
+        """A code works once; a wrong one counts a try."""
+        env = await self.envelope()
+        code = await self.portal.new_code(env, T0)
+        assert code is not None and len(code) == 6 and code.isdigit()
+        wrong = f"{(int(code) + 1) % 10**6:06d}"
+        self.assertEqual(await self.portal.check_code(env, wrong, T0 + 1), CodeState.WRONG)
+        self.assertEqual(await self.portal.check_code(env, code, T0 + 2), CodeState.OK)
+        self.assertEqual(await self.portal.check_code(env, code, T0 + 3), CodeState.EXPIRED)
+
+    async def test_code_expires(self) -> None:
+        """A code is good for 10 minutes."""
+        env = await self.envelope()
+        code = await self.portal.new_code(env, T0)
+        assert code is not None
+        self.assertEqual(
+            await self.portal.check_code(env, code, T0 + CODE_LIFETIME + 1), CodeState.EXPIRED
+        )
+
+    async def test_code_tries(self) -> None:
+        """After 5 wrong tries even the right code no longer works."""
+        env = await self.envelope()
+        code = await self.portal.new_code(env, T0)
+        assert code is not None
+        wrong = f"{(int(code) + 1) % 10**6:06d}"
+        results = [await self.portal.check_code(env, wrong, T0 + i) for i in range(CODE_TRIES)]
+        self.assertEqual(results[-1], CodeState.EXPIRED)
+        self.assertTrue(all(r == CodeState.WRONG for r in results[:-1]))
+        self.assertEqual(await self.portal.check_code(env, code, T0 + 10), CodeState.EXPIRED)
+
+    async def test_new_code_replaces_old(self) -> None:
+        """Ordering a new code makes the old one stop working."""
+        env = await self.envelope()
+        old = await self.portal.new_code(env, T0)
+        new = await self.portal.new_code(env, T0 + 1)
+        assert old is not None and new is not None
+        if old != new:
+            self.assertEqual(await self.portal.check_code(env, old, T0 + 2), CodeState.WRONG)
+        self.assertEqual(await self.portal.check_code(env, new, T0 + 3), CodeState.OK)
+
+    async def test_codes_per_hour(self) -> None:
+        """At most 5 codes an hour are sent for one letter."""
+        env = await self.envelope()
+        for i in range(CODES_PER_HOUR):
+            self.assertIsNotNone(await self.portal.new_code(env, T0 + i))
+        self.assertIsNone(await self.portal.new_code(env, T0 + 10))
+        self.assertIsNotNone(await self.portal.new_code(env, T0 + 3601))
+
+
+class SqlitePortalStoreTests(PortalStoreMixin, TestCase):
+    engine_name = "sqlite"
+
+
+class PostgresPortalStoreTests(PortalStoreMixin, TestCase):
+    engine_name = "postgresql"
+    if not POSTGRES_DSN:
+        skip = "SECMAIL_TEST_POSTGRES is not set"
