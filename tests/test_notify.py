@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from secmail.address import Level, Recipient, parse_recipient
 from secmail.config import Settings, from_mapping
-from secmail.notify import Notification, build_notification, clean_text
+from secmail.notify import Notification, build_code_mail, build_notification, clean_text
 
 TOKEN = "Zm9vYmFyYmF6cXV4LXRva2VuLTI1Ni1iaXRzLWxvbmctZW5vdWdo"
 LINK = f"https://secure.corp.example/m/{TOKEN}"
@@ -256,3 +256,35 @@ def test_any_name_and_subject_give_a_clean_mail(
     assert "Bcc" not in msg
     text, page = bodies(n)
     assert LINK in text and LINK in page
+
+
+def test_code_mail() -> None:
+    """The code mail carries the code and its lifetime, goes to the recipient, CRLF only."""
+    mail = build_code_mail(
+        settings=SETTINGS,
+        recipient="bob@partner.example",
+        code="012345",
+        minutes=10,
+        message_id_domain="gw.example",
+        date=datetime(2026, 11, 30, tzinfo=UTC),
+    )
+    assert mail.recipient == "bob@partner.example"
+    assert mail.sender == SETTINGS.gateway.bounce_address
+    assert b"\n" not in mail.content.replace(b"\r\n", b"")
+    parsed = email.message_from_bytes(mail.content, policy=policy.default)
+    assert parsed["To"] == "bob@partner.example"
+    assert "012345" in parsed.get_content()
+    assert "10 minutes" in parsed.get_content()
+
+
+def test_code_mail_refuses_bad_code() -> None:
+    """Only a 6-digit code goes into a code mail."""
+    with pytest.raises(ValueError):
+        build_code_mail(
+            settings=SETTINGS,
+            recipient="bob@partner.example",
+            code="12\r\nX: y",
+            minutes=10,
+            message_id_domain="gw.example",
+            date=datetime(2026, 11, 30, tzinfo=UTC),
+        )
