@@ -24,7 +24,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from secmail import config
-from secmail.crypto import MasterKeyError, generate_key_file, load_key_file
+from secmail.crypto import MasterKeyError, derive_key, generate_key_file, load_key_file
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.smtp.delivery import GatewayDelivery, Intake
 from secmail.smtp.routing import SmtpSender
@@ -32,6 +32,7 @@ from secmail.smtp.server import GatewayESMTPFactory
 from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
 from secmail.store.messages import MessageStore
+from secmail.store.portal import PortalStore
 from secmail.store.spool import clean_spool
 from secmail.tls import CertificateError, ensure_self_signed, server_options
 
@@ -105,6 +106,22 @@ class QueueStarter(Service):
         return None
 
 
+class SessionCleanup:
+    """Removes timed-out portal sessions; run by a TimerService."""
+
+    def __init__(self, sessions: PortalStore, clock: Any) -> None:
+        self.sessions = sessions
+        self.clock = clock
+
+    def run(self) -> Deferred[None]:
+        async def run() -> None:
+            await self.sessions.delete_stale_sessions(int(self.clock.seconds()))
+
+        return Deferred.fromCoroutine(run()).addErrback(
+            lambda f: log.failure("Session clean-up failed; will try again", f)
+        )
+
+
 def load_master_key(settings: config.Settings) -> Any:
     path = settings.store.master_key_file
     if settings.store.master_key_generated and not os.path.exists(path):
@@ -170,7 +187,16 @@ def makeService(options: Options) -> IService:
     QueueStarter(queue).setServiceParent(top)
     TimerService(3600, RetentionJob(settings, store, reactor).run).setServiceParent(top)
 
-    portal = Portal(settings, store)
+    portal_store = PortalStore(db, derive_key(master, "portal-codes"))
+    TimerService(600, SessionCleanup(portal_store, reactor).run).setServiceParent(top)
+    portal = Portal(
+        settings,
+        store,
+        portal_store,
+        reactor,
+        csrf_key=derive_key(master, "portal-csrf"),
+        on_commit=queue.wake,
+    )
     site = make_site(portal)
     for description in settings.portal.listen:
         endpoint, factory = portal_endpoint(reactor, description, tls, site)

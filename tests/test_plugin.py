@@ -110,7 +110,7 @@ class MakeServiceTests(SynchronousTestCase):
         return service
 
     def test_service_tree(self) -> None:
-        """The database comes first, then the queue, retention, the portal and the SMTP listener."""
+        """Database first, then queue, periodic jobs, portal and the SMTP listener."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -119,7 +119,8 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 tap.DatabaseService,
                 tap.QueueStarter,
-                TimerService,
+                TimerService,  # retention
+                TimerService,  # portal session clean-up
                 StreamServerEndpointService,
                 StreamServerEndpointService,
             ],
@@ -131,7 +132,7 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(queue_starter, tap.QueueStarter)
         self.assertIsInstance(queue_starter.queue, OutboundQueue)
 
-        portal, smtp = children[3], children[4]
+        portal, smtp = children[4], children[5]
         assert isinstance(portal, StreamServerEndpointService)
         assert isinstance(smtp, StreamServerEndpointService)
         # "ssl:" without key files: TLS with our own certificate around the portal's site.

@@ -1,126 +1,601 @@
 """
-The recipient portal (minimal first version).
+The recipient portal: the link from the notification, opening, reading and downloading.
 
-C{GET /m/<token>} shows the holder of a notification's link who sent the
-message, its subject and its text body. Reading changes nothing. The full
-portal (open button, session cookie, PIN, attachments, reply) replaces this page.
+The link (C{/m/<token>}) only shows a landing page: link scanners fetch every
+link, so a GET changes nothing. "Open" is a POST with a CSRF token; it swaps the
+link token for a session cookie and redirects (303) to C{/read}, a URL without
+the token. A letter is bound to the first browser that opens it; another browser
+needs a one-time code sent to the recipient's address.
 """
 
 from __future__ import annotations
 
-import email.policy
+import hashlib
+import hmac
 import html
 import re
-from email.message import EmailMessage
-from email.parser import BytesParser
-from typing import Any
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, cast
 
 from klein import Klein
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from secmail.config import Settings
+from secmail.notify import build_code_mail
 from secmail.policy import strip_subject_keyword
-from secmail.store.messages import MessageStore
+from secmail.store.messages import Envelope, MessageStore, NewDelivery, NewMessage, new_id
+from secmail.store.portal import CODE_LIFETIME, CodeState, PortalStore, Session
+from secmail.store.spool import SealedBytes
+from web import render
 
 log = Logger()
 
-SECURITY_HEADERS = {
+SESSION_COOKIE = b"__Host-secmail-session"
+BROWSER_COOKIE = b"__Host-secmail-browser"
+BROWSER_COOKIE_AGE = 365 * 24 * 3600
+
+PAGE_CSP = (
+    b"default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; "
+    b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+COMMON_HEADERS = {
     b"Strict-Transport-Security": b"max-age=31536000",
-    b"Content-Security-Policy": b"default-src 'none'; style-src 'self' 'unsafe-inline'; "
-    b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     b"X-Content-Type-Options": b"nosniff",
     b"Referrer-Policy": b"no-referrer",
-    b"X-Frame-Options": b"DENY",
     b"Cache-Control": b"no-store",
+    b"Cross-Origin-Opener-Policy": b"same-origin",
 }
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d2330; }}
-main {{ max-width: 48rem; margin: 0 auto; padding: 1rem; }}
-.card {{ background: #fff; border-radius: 8px; padding: 1rem 1.25rem;
-         box-shadow: 0 1px 3px rgba(0,0,0,.12); }}
-dl {{ display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; }}
-dt {{ font-weight: 600; }}
-pre {{ white-space: pre-wrap; word-wrap: break-word; font: inherit; }}
-</style></head>
-<body><main><h1>{title}</h1><div class="card">{body}</div></main></body></html>
+LEVELS = {
+    "letter": "Secure letter",
+    "registered": "Registered letter (PIN by text message)",
+}
+
+STYLE = b"""\
+:root { --brand: #1f5fae; --text: #1d2330; --muted: #5b6474; --bg: #f4f5f7; }
+* { box-sizing: border-box; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
+       background: var(--bg); color: var(--text); line-height: 1.5; }
+header { background: var(--brand); color: #fff; padding: .75rem 1rem; }
+header strong { font-size: 1.1rem; }
+main { max-width: 52rem; margin: 0 auto; padding: 1rem; }
+.card { background: #fff; border-radius: 8px; padding: 1rem 1.25rem; margin-bottom: 1rem;
+        box-shadow: 0 1px 3px rgba(0,0,0,.12); }
+h1 { font-size: 1.35rem; margin: .25rem 0 1rem; overflow-wrap: anywhere; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; margin: 0; }
+dt { font-weight: 600; color: var(--muted); }
+dd { margin: 0; overflow-wrap: anywhere; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; margin: 0; }
+iframe { width: 100%; min-height: 24rem; border: 1px solid #d5d9e0; border-radius: 4px; }
+button, .button { display: inline-block; background: var(--brand); color: #fff; border: 0;
+        border-radius: 6px; padding: .6rem 1.1rem; font-size: 1rem; cursor: pointer;
+        text-decoration: none; }
+button.secondary, .button.secondary { background: #e6e9ef; color: var(--text); }
+button:focus, .button:focus, a:focus, input:focus { outline: 3px solid #f0a500;
+        outline-offset: 2px; }
+input[type=text] { font-size: 1.2rem; padding: .5rem; width: 10rem; letter-spacing: .2rem; }
+label { display: block; font-weight: 600; margin-bottom: .25rem; }
+ul.files { padding-left: 1.2rem; }
+.actions { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; }
+.note { color: var(--muted); font-size: .95rem; }
+.error { color: #a4001d; font-weight: 600; }
+@media (max-width: 30rem) { dl { grid-template-columns: 1fr; } dt { margin-top: .4rem; } }
 """
 
 
 class Portal:
     app = Klein()
 
-    def __init__(self, settings: Settings, store: MessageStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MessageStore,
+        portal_store: PortalStore,
+        clock: IReactorTime,
+        csrf_key: bytes,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.sessions = portal_store
+        self.clock = clock
+        self._csrf_key = csrf_key
+        self.on_commit = on_commit
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+    # --- the link --------------------------------------------------------------------
 
     @app.route("/m/<token>", methods=["GET"])
-    async def message(self, request: IRequest, token: str) -> bytes:
-        _secure(request)
-        envelope = await self.store.envelope_by_token(token)
+    async def landing(self, request: IRequest, token: str) -> bytes:
+        """Who sent it and an "Open" button. Changes nothing: link scanners come here first."""
+        envelope = await self._envelope(request, token)
         if envelope is None:
-            request.setResponseCode(404)
-            return _page(
-                "Message not found",
-                "<p>This link is not valid, or the message has expired and been deleted. "
-                "Please contact the sender if you still need it.</p>",
+            return self._not_found(request)
+        when = datetime.fromtimestamp(envelope.created, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        details = _details(
+            [
+                ("From", envelope.sender or "(unknown sender)"),
+                ("To", envelope.recipient),
+                ("Received", when),
+                ("Protection", LEVELS.get(envelope.level, envelope.level)),
+            ]
+        )
+        body = (
+            f'<div class="card">{details}</div>'
+            f'<form method="post" action="/m/{_e(token)}" class="card">'
+            f'<input type="hidden" name="csrf" value="{self._form_csrf(token)}">'
+            "<p>The message is kept encrypted on this server. Open it to read it.</p>"
+            '<button type="submit">Open message</button></form>'
+        )
+        return self._page(request, "A secure message for you", body)
+
+    @app.route("/m/<token>", methods=["POST"])
+    async def open(self, request: IRequest, token: str) -> bytes:
+        """Swap the link for a session: bind a letter to this browser on its first open."""
+        envelope = await self._envelope(request, token)
+        if envelope is None:
+            return self._not_found(request)
+        if not self._form_csrf_ok(request, token):
+            return self._bad_form(request)
+        if envelope.level == "registered":
+            return self._page(
+                request,
+                "A PIN is needed",
+                '<div class="card"><p>This is a registered letter: it can be read only after '
+                "typing a PIN sent by text message to your phone.</p><p>Sending PINs is not "
+                "available on this server yet. Please ask the sender to send the message as "
+                "a secure letter, or to contact you another way.</p></div>",
             )
-        raw = await self.store.read_all(envelope.message_id)
-        parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
-        assert isinstance(parsed, EmailMessage)
-        subject = str(parsed.get("subject", ""))
+        browser = _cookie(request, BROWSER_COOKIE) or new_id() + new_id()
+        self._set_cookie(request, BROWSER_COOKIE, browser, max_age=BROWSER_COOKIE_AGE)
+        if await self.sessions.open_envelope(envelope.id, browser, self.now()):
+            return await self._sign_in(request, envelope, "link in this browser")
+        return self._code_page(request, token, envelope, None)
+
+    @app.route("/m/<token>/code", methods=["POST"])
+    async def send_code(self, request: IRequest, token: str) -> bytes:
+        """Send a one-time code to the recipient's address (to open in another browser)."""
+        envelope = await self._envelope(request, token)
+        if envelope is None:
+            return self._not_found(request)
+        if not self._form_csrf_ok(request, token) or envelope.level != "letter":
+            return self._bad_form(request)
+        code = await self.sessions.new_code(envelope.id, self.now())
+        if code is None:
+            return self._code_page(
+                request,
+                token,
+                envelope,
+                "Too many codes were sent in the last hour. Please try again later.",
+            )
+        await self._mail_code(envelope, code)
+        return self._code_page(request, token, envelope, None, sent=True)
+
+    @app.route("/m/<token>/verify", methods=["POST"])
+    async def verify_code(self, request: IRequest, token: str) -> bytes:
+        envelope = await self._envelope(request, token)
+        if envelope is None:
+            return self._not_found(request)
+        if not self._form_csrf_ok(request, token) or envelope.level != "letter":
+            return self._bad_form(request)
+        code = _arg(request, b"code")
+        if not re.fullmatch(r"\s*\d{6}\s*", code):
+            return self._code_page(request, token, envelope, "The code has 6 digits.", sent=True)
+        state = await self.sessions.check_code(envelope.id, code, self.now())
+        if state == CodeState.OK:
+            return await self._sign_in(request, envelope, "e-mail code")
+        if state == CodeState.WRONG:
+            return self._code_page(
+                request, token, envelope, "That code is not right. Please try again.", sent=True
+            )
+        return self._code_page(
+            request,
+            token,
+            envelope,
+            "That code no longer works (too many tries, or more than 10 minutes old). "
+            "Please ask for a new one.",
+        )
+
+    # --- reading ------------------------------------------------------------------------
+
+    @app.route("/read", methods=["GET"])
+    async def read(self, request: IRequest) -> bytes:
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request)
+        raw = await self._raw(session)
+        if raw is None:
+            return self._gone(request)
+        message = render.read_message(raw, cid_url=lambda cid: "/read/cid/" + _url_part(cid))
+        await self.store.add_event(
+            session.message_id, session.envelope_id, "viewed", "", self.now()
+        )
+        subject = message.subject or "(no subject)"
         if self.settings.secure.mode == "all" and self.settings.secure.subject_keyword:
             subject = strip_subject_keyword(subject, self.settings.secure.subject_keyword)
-        text = _text_body(parsed)
-        rows = [
-            ("From", str(parsed.get("from", envelope.sender))),
-            ("To", envelope.recipient),
-            ("Date", str(parsed.get("date", ""))),
-            ("Subject", subject),
-        ]
-        details = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
-        return _page(
-            "Secure message",
-            f"<dl>{details}</dl><hr><pre>{html.escape(text)}</pre>",
+        rows = [("From", message.from_), ("To", ", ".join(message.to))]
+        if message.cc:
+            rows.append(("Cc", ", ".join(message.cc)))
+        rows.append(("Date", message.date))
+        parts = [f'<div class="card"><h1>{_e(subject)}</h1>{_details(rows)}</div>']
+        if message.html is not None:
+            images = ""
+            if message.has_remote_images:
+                images = (
+                    '<p class="note">Pictures from the Internet are not shown, so that the '
+                    'sender cannot tell when you read the message. <a href="/read?images=1" '
+                    'class="button secondary">Show pictures</a></p>'
+                )
+            src = "/read/html?images=1" if _arg(request, b"images") == "1" else "/read/html"
+            parts.append(
+                f'<div class="card">{images}<iframe src="{src}" title="Message" '
+                'sandbox="allow-popups allow-popups-to-escape-sandbox" '
+                'referrerpolicy="no-referrer"></iframe></div>'
+            )
+        elif message.text is not None:
+            parts.append(f'<div class="card"><pre>{_e(message.text)}</pre></div>')
+        if message.html is not None and message.text is not None:
+            parts.append(
+                f'<details class="card"><summary>Plain text</summary><pre>{_e(message.text)}'
+                "</pre></details>"
+            )
+        if message.attachments:
+            items = "".join(
+                f'<li><a href="/read/attachment/{a.index}">{_e(a.filename)}</a> '
+                f'<span class="note">({_size(a.size)})</span></li>'
+                for a in message.attachments
+            )
+            parts.append(
+                f'<div class="card"><h2>Attachments</h2><ul class="files">{items}</ul></div>'
+            )
+        parts.append(
+            '<div class="card actions"><a class="button secondary" href="/read/eml">'
+            "Save the whole message (.eml)</a>"
+            '<form method="post" action="/logout">'
+            f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
+            '<button type="submit" class="secondary">Sign out</button></form></div>'
         )
+        return self._page(request, "Secure message", "".join(parts), heading=False)
+
+    @app.route("/read/html", methods=["GET"])
+    async def read_html(self, request: IRequest) -> bytes:
+        """The sanitised HTML body, for a sandboxed iframe: no script, nothing remote by default."""
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request)
+        raw = await self._raw(session)
+        if raw is None:
+            return self._gone(request)
+        images = _arg(request, b"images") == "1"
+        message = render.read_message(
+            raw, load_remote_images=images, cid_url=lambda cid: "/read/cid/" + _url_part(cid)
+        )
+        img = b"img-src 'self' https: http:" if images else b"img-src 'self'"
+        self._headers(
+            request, csp=b"sandbox; default-src 'none'; " + img + b"; frame-ancestors 'self'"
+        )
+        request.setHeader(b"X-Frame-Options", b"SAMEORIGIN")
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return render.html_document(message.html or "").encode("utf-8")
+
+    @app.route("/read/cid/<path:content_id>", methods=["GET"])
+    async def read_cid(self, request: IRequest, content_id: str) -> bytes:
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request)
+        raw = await self._raw(session)
+        part = render.inline_part(raw, content_id) if raw is not None else None
+        if part is None:
+            request.setResponseCode(404)
+            self._headers(request, csp=b"default-src 'none'")
+            return b""
+        content_type, data = part
+        self._headers(request, csp=b"default-src 'none'; sandbox")
+        request.setHeader(b"Content-Type", content_type.encode("ascii", "replace"))
+        return data
+
+    @app.route("/read/attachment/<int:index>", methods=["GET"])
+    async def read_attachment(self, request: IRequest, index: int) -> bytes:
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request)
+        raw = await self._raw(session)
+        if raw is None:
+            return self._gone(request)
+        try:
+            attachment, data = render.attachment_bytes(raw, index)
+        except (KeyError, IndexError):
+            request.setResponseCode(404)
+            return self._page(
+                request,
+                "Not found",
+                '<div class="card"><p>There is no such '
+                'attachment. <a href="/read">Back to the message</a></p></div>',
+            )
+        await self.store.add_event(
+            session.message_id, session.envelope_id, "downloaded", attachment.filename, self.now()
+        )
+        return self._download(request, data, attachment.filename)
+
+    @app.route("/read/eml", methods=["GET"])
+    async def read_eml(self, request: IRequest) -> bytes:
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request)
+        raw = await self._raw(session)
+        if raw is None:
+            return self._gone(request)
+        await self.store.add_event(
+            session.message_id, session.envelope_id, "saved", "whole message", self.now()
+        )
+        return self._download(request, raw, "message.eml", content_type=b"message/rfc822")
+
+    @app.route("/logout", methods=["POST"])
+    async def logout(self, request: IRequest) -> bytes:
+        session_id = _cookie(request, SESSION_COOKIE)
+        session = await self._session(request)
+        if session is not None and session_id:
+            if not hmac.compare_digest(_arg(request, b"csrf"), session.csrf):
+                return self._bad_form(request)
+            await self.sessions.end_session(session_id)
+        self._set_cookie(request, SESSION_COOKIE, "", max_age=0)
+        return self._page(
+            request,
+            "Signed out",
+            '<div class="card"><p>You are signed out. '
+            "To read the message again, use the link in the e-mail.</p></div>",
+        )
+
+    @app.route("/static/portal.css", methods=["GET"])
+    def style(self, request: IRequest) -> bytes:
+        self._headers(request, csp=b"default-src 'none'")
+        request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"public, max-age=3600")
+        return STYLE
 
     @app.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Any) -> bytes:
-        _secure(request)
         log.failure("Portal request failed", failure)
         request.setResponseCode(500)
-        return _page(
+        return self._page(
+            request,
             "Temporary problem",
-            "<p>The message cannot be shown right now. Please try again in a few minutes.</p>",
+            '<div class="card"><p>The page cannot '
+            "be shown right now. Please try again in a few minutes.</p></div>",
+        )
+
+    # --- helpers ------------------------------------------------------------------------
+
+    async def _envelope(self, request: IRequest, token: str) -> Envelope | None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{20,100}", token):
+            return None
+        return await self.store.envelope_by_token(token)
+
+    async def _session(self, request: IRequest) -> Session | None:
+        session_id = _cookie(request, SESSION_COOKIE)
+        if not session_id:
+            return None
+        return await self.sessions.session(session_id, self.now())
+
+    async def _raw(self, session: Session) -> bytes | None:
+        try:
+            return await self.store.read_all(session.message_id)
+        except LookupError:
+            return None
+
+    async def _sign_in(self, request: IRequest, envelope: Envelope, how: str) -> bytes:
+        old = _cookie(request, SESSION_COOKIE)
+        if old:
+            await self.sessions.end_session(old)  # a new session id at every sign-in
+        session_id = await self.sessions.create_session(envelope.id, self.now(), how)
+        self._set_cookie(request, SESSION_COOKIE, session_id)
+        request.setResponseCode(303)
+        request.setHeader(b"Location", b"/read")
+        self._headers(request)
+        return b""
+
+    async def _mail_code(self, envelope: Envelope, code: str) -> None:
+        mail = build_code_mail(
+            settings=self.settings,
+            recipient=envelope.recipient,
+            code=code,
+            minutes=CODE_LIFETIME // 60,
+            message_id_domain=self.settings.gateway.hostname,
+            date=datetime.fromtimestamp(self.clock.seconds(), UTC),
+        )
+        domain = envelope.recipient.rpartition("@")[2]
+        route = self.settings.routes.for_domain(domain)
+        await self.store.commit(
+            [
+                NewMessage(
+                    content=SealedBytes(self.store.master, new_id(), mail.content),
+                    kind="code",
+                    sender=mail.sender,
+                    deliveries=[
+                        NewDelivery(
+                            kind="code",
+                            sender=mail.sender,
+                            recipients=(envelope.recipient,),
+                            route=str(route),
+                            domain=domain,
+                            notify="",
+                            about=envelope.message_id,
+                        )
+                    ],
+                )
+            ],
+            self.now(),
+        )
+        self.on_commit()
+
+    def _form_csrf(self, token: str) -> str:
+        token_hash = hashlib.sha256(token.encode("ascii", "replace")).digest()
+        return hmac.new(self._csrf_key, b"link-form:" + token_hash, "sha256").hexdigest()
+
+    def _form_csrf_ok(self, request: IRequest, token: str) -> bool:
+        return hmac.compare_digest(_arg(request, b"csrf"), self._form_csrf(token))
+
+    def _code_page(
+        self,
+        request: IRequest,
+        token: str,
+        envelope: Envelope,
+        error: str | None,
+        sent: bool = False,
+    ) -> bytes:
+        csrf = self._form_csrf(token)
+        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
+        if sent:
+            form = (
+                f'<form method="post" action="/m/{_e(token)}/verify" class="card">{problem}'
+                f"<p>We sent a 6-digit code to {_e(envelope.recipient)}. It works for 10 "
+                "minutes.</p>"
+                f'<input type="hidden" name="csrf" value="{csrf}">'
+                '<label for="code">Code</label>'
+                '<input type="text" id="code" name="code" inputmode="numeric" '
+                'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required>'
+                ' <button type="submit">Open message</button></form>'
+            )
+        else:
+            form = ""
+        button_class = ' class="secondary"' if sent else ""
+        button_text = "Send a new code" if sent else "Send me a code"
+        ask = (
+            f'<form method="post" action="/m/{_e(token)}/code" class="card">'
+            f"{'' if sent else problem}"
+            "<p>This message was first opened in another browser. To open it here, confirm "
+            f"that you are {_e(envelope.recipient)}: we will send a one-time code to that "
+            "address.</p>"
+            f'<input type="hidden" name="csrf" value="{csrf}">'
+            f'<button type="submit"{button_class}>{button_text}</button></form>'
+        )
+        return self._page(request, "Confirm it is you", form + ask)
+
+    def _headers(self, request: IRequest, csp: bytes = PAGE_CSP) -> None:
+        for name, value in COMMON_HEADERS.items():
+            request.setHeader(name, value)
+        request.setHeader(b"Content-Security-Policy", csp)
+        request.setHeader(b"X-Frame-Options", b"DENY")
+
+    def _page(self, request: IRequest, title: str, body: str, heading: bool = True) -> bytes:
+        self._headers(request)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        h1 = f"<h1>{_e(title)}</h1>" if heading else ""
+        return (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{_e(title)}</title><link rel="stylesheet" href="/static/portal.css"></head>'
+            f"<body><header><strong>Secure mail</strong> · {_e(self.settings.gateway.hostname)}"
+            f"</header><main>{h1}{body}</main></body></html>"
+        ).encode()
+
+    def _download(
+        self,
+        request: IRequest,
+        data: bytes,
+        filename: str,
+        content_type: bytes = b"application/octet-stream",
+    ) -> bytes:
+        self._headers(request, csp=b"default-src 'none'; sandbox")
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(
+            b"Content-Disposition", render.content_disposition(filename).encode("ascii")
+        )
+        return data
+
+    def _set_cookie(
+        self, request: IRequest, name: bytes, value: str, max_age: int | None = None
+    ) -> None:
+        # IRequest.addCookie lacks httpOnly/sameSite; twisted.web's Request has them.
+        cast(Request, request).addCookie(
+            name,
+            value.encode("ascii"),
+            path=b"/",
+            secure=True,
+            httpOnly=True,
+            sameSite="lax",
+            max_age=str(max_age).encode() if max_age is not None else None,
+        )
+
+    def _not_found(self, request: IRequest) -> bytes:
+        request.setResponseCode(404)
+        return self._page(
+            request,
+            "Message not found",
+            '<div class="card"><p>This link is not '
+            "valid, or the message has expired and been deleted. Please contact "
+            "the sender if you still need it.</p></div>",
+        )
+
+    def _gone(self, request: IRequest) -> bytes:
+        request.setResponseCode(410)
+        return self._page(
+            request,
+            "Message deleted",
+            '<div class="card"><p>This message has '
+            "expired and been deleted. Please contact the sender if you still need "
+            "it.</p></div>",
+        )
+
+    def _signed_out(self, request: IRequest) -> bytes:
+        request.setResponseCode(401)
+        return self._page(
+            request,
+            "Please open the link again",
+            '<div class="card"><p>Your '
+            "session has ended (after 30 minutes without use, or 12 hours in all). "
+            "Open the link in the e-mail again to read the message.</p></div>",
+        )
+
+    def _bad_form(self, request: IRequest) -> bytes:
+        request.setResponseCode(403)
+        return self._page(
+            request,
+            "Please try again",
+            '<div class="card"><p>The form had '
+            "expired or did not come from this site. Open the link in the e-mail "
+            "again.</p></div>",
         )
 
 
-def _text_body(message: EmailMessage) -> str:
-    body = message.get_body(preferencelist=("plain",))
-    if body is None:
-        return "(This message has no plain-text part.)"
-    try:
-        content = body.get_content()
-    except (LookupError, ValueError):
-        content = body.get_payload(decode=True)
-        content = content.decode("utf-8", "replace") if isinstance(content, bytes) else ""
-    return str(content)
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
 
 
-def _secure(request: IRequest) -> None:
-    for name, value in SECURITY_HEADERS.items():
-        request.setHeader(name, value)
-    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+def _details(rows: list[tuple[str, str]]) -> str:
+    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>"
 
 
-def _page(title: str, body: str) -> bytes:
-    return PAGE.format(title=html.escape(title), body=body).encode("utf-8")
+def _cookie(request: IRequest, name: bytes) -> str:
+    value = request.getCookie(name)
+    if not value or not re.fullmatch(rb"[A-Za-z0-9_-]{16,200}", value):
+        return ""
+    return value.decode("ascii")
+
+
+def _arg(request: IRequest, name: bytes) -> str:
+    values = (request.args or {}).get(name) or [b""]
+    return values[0].decode("utf-8", "replace")[:200]
+
+
+def _url_part(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
 
 
 def access_log_line(timestamp: str, request: Any) -> str:

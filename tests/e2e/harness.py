@@ -13,6 +13,7 @@ caller's cleanup (see the fixtures in C{test_gateway.py}).
 
 from __future__ import annotations
 
+import dataclasses
 import email.parser
 import email.policy
 import http.client
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -308,6 +310,7 @@ class HttpResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    cookies: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Gateway:
@@ -512,16 +515,43 @@ class Gateway:
         with self.smtp() as client:
             return client.sendmail(sender, recipients, message)
 
-    def portal_get(self, path: str) -> HttpResponse:
+    def portal_get(self, path: str, cookies: dict[str, str] | None = None) -> HttpResponse:
+        return self.portal_request("GET", path, cookies=cookies)
+
+    def portal_post(
+        self, path: str, form: dict[str, str], cookies: dict[str, str] | None = None
+    ) -> HttpResponse:
+        return self.portal_request("POST", path, form=form, cookies=cookies)
+
+    def portal_request(
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        cookies: dict[str, str] | None = None,
+    ) -> HttpResponse:
+        """One HTTPS request to the portal; Set-Cookie headers are collected by name."""
         conn = http.client.HTTPSConnection(
             LOOPBACK, self.portal_port, timeout=15, context=unverified_tls()
         )
+        headers = {}
+        if cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        body = None
+        if form is not None:
+            body = urllib.parse.urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
         try:
-            conn.request("GET", path)
+            conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
-            body = response.read()
-            headers = {k.lower(): v for k, v in response.getheaders()}
-            return HttpResponse(response.status, headers, body)
+            data = response.read()
+            got = {}
+            for name, value in response.getheaders():
+                if name.lower() == "set-cookie":
+                    key, _, rest = value.partition("=")
+                    got[key.strip()] = rest.split(";", 1)[0]
+            flat = {k.lower(): v for k, v in response.getheaders()}
+            return HttpResponse(response.status, flat, data, got)
         finally:
             conn.close()
 

@@ -198,10 +198,26 @@ def test_marked_mail_gets_notification_without_content(
     page = gateway.portal_get(f"/m/{token}")
     assert page.status == 200
     html = page.body.decode("utf-8")
-    assert subject in html
-    assert body_text in html
+    # The landing page names the sender and offers "Open"; it shows no content and sets nothing.
+    assert SENDER in html and "Open message" in html
+    assert subject not in html and body_text not in html
+    assert page.cookies == {}
     # A plain GET consumes nothing (link scanners click first): the link still works.
     assert gateway.portal_get(f"/m/{token}").status == 200
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert csrf is not None
+    # "Open" without the form's CSRF token is refused.
+    assert gateway.portal_post(f"/m/{token}", {"csrf": "0" * 64}).status == 403
+    opened = gateway.portal_post(f"/m/{token}", {"csrf": csrf.group(1)})
+    assert opened.status == 303
+    assert opened.headers["location"] == "/read"
+    assert set(opened.cookies) == {"__Host-secmail-session", "__Host-secmail-browser"}
+    reading = gateway.portal_get("/read", cookies=opened.cookies)
+    assert reading.status == 200
+    text = reading.body.decode("utf-8")
+    assert subject in text
+    assert body_text in text
+    assert gateway.portal_get("/read").status == 401  # no session cookie, no message
     for response in (page, gateway.portal_get(f"/m/{secrets.token_urlsafe(32)}")):
         assert "max-age=" in response.headers.get("strict-transport-security", "")
         assert "default-src" in response.headers.get("content-security-policy", "")

@@ -1,0 +1,578 @@
+"""
+What the recipient portal shows of a stored message: pure functions of its raw bytes.
+
+The HTML body is untrusted. It is sanitised here with an allow-list (nh3), and the portal
+serves it in a sandboxed iframe under C{Content-Security-Policy: sandbox; default-src 'none'};
+the two are independent layers, so a gap in one is not a hole. Remote images are dropped
+unless the reader asks for them, so that opening a message does not tell the sender.
+Nothing here does I/O and nothing raises for a malformed message: a reader must always be
+able to see what arrived.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import mimetypes
+import re
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from urllib.parse import quote, unquote
+
+import nh3
+
+__all__ = [
+    "Attachment",
+    "ReadableMessage",
+    "attachment_bytes",
+    "content_disposition",
+    "html_document",
+    "inline_part",
+    "read_message",
+]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    index: int  # stable position among the message's attachments (0-based)
+    filename: str  # safe for display and for Content-Disposition
+    content_type: str  # lower-case, parameters dropped
+    size: int  # decoded size in bytes
+
+
+@dataclass(frozen=True)
+class ReadableMessage:
+    subject: str
+    from_: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    date: str
+    message_id: str | None
+    references: str | None
+    text: str | None  # the text/plain body; None if there is none
+    html: str | None  # the sanitised HTML body; None if there is none
+    has_remote_images: bool  # remote images were referenced and blocked
+    attachments: tuple[Attachment, ...]
+
+
+def _default_cid_url(cid: str) -> str:
+    return f"cid/{quote(cid)}"
+
+
+# --- sanitising ------------------------------------------------------------------------
+
+_TAGS = frozenset(
+    {
+        "p", "br", "div", "span", "b", "i", "u", "em", "strong", "a", "ul", "ol", "li",
+        "table", "thead", "tbody", "tfoot", "tr", "td", "th", "caption",
+        "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "code", "img", "hr",
+        "font", "center", "small", "big", "sub", "sup",
+    }
+)  # fmt: skip
+_CELL = frozenset({"colspan", "rowspan", "align", "valign"})
+_ATTRIBUTES = {
+    "*": set(),  # nh3 otherwise keeps lang and title everywhere
+    "a": {"href"},
+    "img": {"src", "alt", "width", "height"},
+    "td": set(_CELL),
+    "th": set(_CELL),
+    "font": {"color", "size", "face"},
+}
+# Removed with everything inside them: their content is code, or a way out of the page.
+_DROPPED_WITH_CONTENT = frozenset(
+    {
+        "script", "style", "iframe", "frame", "frameset", "object", "embed", "applet",
+        "form", "input", "button", "select", "textarea", "meta", "link", "base", "svg",
+        "math", "noscript", "noembed", "noframes", "template", "title", "xmp",
+    }
+)  # fmt: skip
+_LINK_SCHEMES = frozenset({"http", "https", "mailto"})
+_REMOTE_SCHEMES = frozenset({"http", "https"})
+# What nh3 lets through to our attribute filter, which then decides per tag.
+_NH3_SCHEMES = _LINK_SCHEMES | {"cid"}
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
+_TAB_OR_NEWLINE = re.compile(r"[\t\n\r]")
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
+
+
+def _browser_url(value: str) -> str:
+    """The URL as a browser reads it: tabs and newlines vanish, ends are trimmed."""
+    return _TAB_OR_NEWLINE.sub("", value).strip(_C0_AND_SPACE)
+
+
+@dataclass
+class _Sanitised:
+    html: str
+    has_remote_images: bool
+    content_ids: frozenset[str]
+
+
+def _sanitise(html: str, *, load_remote_images: bool, cid_url: Callable[[str], str]) -> _Sanitised:
+    remote: list[str] = []
+    content_ids: set[str] = set()
+
+    def url_filter(tag: str, attribute: str, value: str) -> str | None:
+        if not (tag == "a" and attribute == "href") and not (tag == "img" and attribute == "src"):
+            return value
+        url = _browser_url(value)
+        match = _SCHEME.match(url)
+        scheme = match.group(1).lower() if match else None
+        if tag == "a":
+            return url if scheme in _LINK_SCHEMES else None
+        if scheme == "cid":
+            cid = unquote(url[4:]).strip().strip("<>")
+            if not cid:
+                return None
+            content_ids.add(cid)
+            return cid_url(cid)
+        if scheme is None and url[:2].replace("\\", "/") == "//":
+            scheme, url = "https", "https:" + url  # protocol-relative: still remote
+        if scheme in _REMOTE_SCHEMES:
+            if load_remote_images:
+                return url
+            remote.append(url)
+        return None
+
+    cleaner = nh3.Cleaner(
+        tags=set(_TAGS),
+        clean_content_tags=set(_DROPPED_WITH_CONTENT),
+        attributes={tag: set(names) for tag, names in _ATTRIBUTES.items()},
+        attribute_filter=url_filter,
+        strip_comments=True,
+        link_rel="noopener noreferrer",
+        set_tag_attribute_values={"a": {"target": "_blank"}},
+        url_schemes=set(_NH3_SCHEMES),
+    )
+    cleaned = cleaner.clean(html)
+    return _Sanitised(cleaned, bool(remote), frozenset(content_ids))
+
+
+def html_document(sanitised_html: str) -> str:
+    """The page for the sandboxed iframe. No <style>: its CSP allows no styles at all."""
+    return (
+        "<!DOCTYPE html>\n"
+        '<html><head><meta charset="utf-8">'
+        '<meta name="referrer" content="no-referrer">'
+        "<title>Message</title></head>"
+        f"<body>{sanitised_html}</body></html>\n"
+    )
+
+
+# --- text cleaning ---------------------------------------------------------------------
+
+# Bidirectional overrides make "txt.exe" display as "exe.txt": removed from what is shown.
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc" or char in _BIDI
+
+
+def _unsurrogate(text: str) -> str:
+    """Undecodable header bytes arrive as lone surrogates, which cannot be encoded: U+FFFD."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "replace")
+
+
+def _clean_line(text: str) -> str:
+    """One line of display text: whitespace controls become spaces, other controls go."""
+    text = re.sub(r"[\t\r\n\v\f]+", " ", _unsurrogate(text))
+    return "".join(c for c in text if not _is_control(c)).strip()
+
+
+# --- file names ------------------------------------------------------------------------
+
+_MAX_NAME = 100
+_UNSAFE_IN_NAME = frozenset("\"'/\\:*?<>|")
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,16}$")
+
+
+def _safe_name(name: str) -> str:
+    """A name fit to show and to save, or "" if nothing usable is left. Idempotent."""
+    name = unicodedata.normalize("NFC", _unsurrogate(name))
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(
+        "_" if _is_control(c) or c in _UNSAFE_IN_NAME or not (c.isprintable() or c == " ") else c
+        for c in name
+    )
+    name = name.strip(". ")
+    if len(name) > _MAX_NAME:
+        ext = _EXTENSION.search(name)
+        suffix = ext.group(0) if ext else ""
+        name = name[: _MAX_NAME - len(suffix)].rstrip(". ") + suffix
+    return name
+
+
+def _decoded_filename(part: Message) -> str | None:
+    """The name the sender meant, decoded (RFC 2231, and RFC 2047 where mailers misuse it).
+
+    The parameters are read the lenient compat32 way from the raw header first: the strict
+    parser takes C{filename="C:\\dir\\a.pdf"} as escapes and loses the path separators that
+    tell us which part is the name.
+    """
+    lenient = Message()
+    name: str | None = None
+    try:
+        for key, value in part.raw_items():
+            if key.lower() in ("content-disposition", "content-type"):
+                lenient[key] = _unsurrogate(str(value))
+        name = lenient.get_filename()
+    except Exception:
+        name = None
+    if name is None:
+        try:
+            name = part.get_filename()
+        except Exception:
+            return None
+    if name is None:
+        return None
+    name = _unsurrogate(str(name))
+    if "=?" in name:  # an encoded word where it does not belong, as some mailers write it
+        try:
+            name = str(make_header(decode_header(name)))
+        except Exception:  # noqa: S110 - keep the name as it came
+            pass
+    return name
+
+
+def _attachment_name(part: Message, index: int, content_type: str) -> str:
+    name = _safe_name(_decoded_filename(part) or "")
+    if name:
+        return name
+    if content_type == "message/rfc822":
+        return "message.eml"
+    extension = mimetypes.guess_extension(content_type) or ""
+    return f"attachment-{index + 1}{extension}"
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header that cannot be split or quoted out of, for any name."""
+    name = _safe_name(filename) or "attachment"
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+# --- MIME structure --------------------------------------------------------------------
+
+_PARSER = BytesParser(policy=email.policy.default)
+# Write an attached message back out with its headers as they came, not refolded, and
+# with the line ending the whole message used.
+_AS_RECEIVED = {
+    "\n": email.policy.default.clone(refold_source="none"),
+    "\r\n": email.policy.default.clone(refold_source="none", linesep="\r\n"),
+}
+_INLINE_IMAGE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/avif"}
+)
+
+
+def _parse(raw: bytes) -> EmailMessage | None:
+    try:
+        message = _PARSER.parsebytes(raw)
+    except Exception:
+        return None
+    return message if isinstance(message, EmailMessage) else None
+
+
+def _leaves(message: Message) -> Iterator[tuple[Message, bool]]:
+    """Every non-multipart part in order, and whether it is one of a multipart/alternative's
+    versions. An attached message is one leaf, not opened. A loop, not recursion: a hostile
+    message can nest deeper than Python's stack."""
+    stack = [(message, False)]
+    while stack:
+        part, alternative = stack.pop()
+        if part.get_content_maintype() == "multipart" and part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                inner = part.get_content_subtype() == "alternative"
+                stack.extend((sub, inner) for sub in reversed(payload) if isinstance(sub, Message))
+        else:
+            yield part, alternative
+
+
+def _content_id(part: Message) -> str | None:
+    try:
+        value = part.get("Content-ID")
+    except Exception:
+        return None
+    if value is None:
+        return None
+    cid = str(value).strip().strip("<>").strip()
+    return cid or None
+
+
+def _disposition(part: Message) -> str | None:
+    try:
+        return part.get_content_disposition()
+    except Exception:
+        return None
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:
+        return "application/octet-stream"
+
+
+_ASCII_CHARSETS = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "iso-646-us"})
+
+
+def _text_of(part: Message) -> str:
+    """A text part as str. Missing or unknown charsets, and 8-bit text labelled ASCII
+    (a common mislabel), are read as UTF-8; bad bytes become U+FFFD."""
+    data = _payload_bytes(part)
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        charset = None
+    if charset and charset not in _ASCII_CHARSETS:
+        try:
+            return data.decode(charset, errors="replace")
+        except Exception:  # noqa: S110 - not a text codec: UTF-8 below
+            pass
+    return data.decode("utf-8", errors="replace")
+
+
+def _line_ending(raw: bytes) -> str:
+    return "\r\n" if b"\r\n" in raw[:4096] else "\n"
+
+
+def _payload_bytes(part: Message, linesep: str = "\n") -> bytes:
+    if part.get_content_type() == "message/rfc822" or part.is_multipart():
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+            inner = payload[0]
+            try:
+                return inner.as_bytes(policy=_AS_RECEIVED[linesep])
+            except Exception:
+                try:
+                    return inner.as_bytes()
+                except Exception:
+                    return str(inner).encode("utf-8", errors="replace")
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:
+        data = None
+    if isinstance(data, bytes):
+        return data
+    payload = part.get_payload()
+    if isinstance(payload, str):
+        return payload.encode("utf-8", errors="surrogateescape")
+    return b""
+
+
+def _body(message: EmailMessage, kind: str) -> Message | None:
+    try:
+        return message.get_body(preferencelist=(kind,))
+    except Exception:
+        return None
+
+
+def _attachment_parts(message: EmailMessage, referenced: frozenset[str]) -> list[Message]:
+    """The parts listed as attachments, in order: their positions are the indexes.
+
+    Besides files, that is every part the page would not otherwise show: a second inline
+    text part (Apple Mail splits text around pictures), an image the HTML does not use.
+    Left out: other versions of a body (the rest of a multipart/alternative) and blank
+    unnamed text parts."""
+    bodies = {id(p) for p in (_body(message, "plain"), _body(message, "html")) if p is not None}
+    found: list[Message] = []
+    for part, alternative in _leaves(message):
+        if id(part) in bodies:
+            continue
+        content_type = _content_type(part)
+        maintype = content_type.split("/", 1)[0]
+        if _disposition(part) == "attachment":
+            pass
+        elif maintype == "multipart":
+            continue  # a multipart that could not be split: shown as raw text instead
+        elif maintype == "text" and _decoded_filename(part) is None:
+            if alternative or not _text_of(part).strip():
+                continue  # another version of the body shown, or nothing to show
+        elif content_type in _INLINE_IMAGE_TYPES and _content_id(part) in referenced:
+            continue  # shown inside the HTML body
+        found.append(part)
+    return found
+
+
+def _attachment(part: Message, index: int, raw: bytes) -> tuple[Attachment, bytes]:
+    content_type = _content_type(part)
+    data = _payload_bytes(part, _line_ending(raw))
+    name = _attachment_name(part, index, content_type)
+    return Attachment(index, name, content_type, len(data)), data
+
+
+def _referenced_content_ids(html_part: Message | None) -> frozenset[str]:
+    if html_part is None:
+        return frozenset()
+    sanitised = _sanitise(_text_of(html_part), load_remote_images=False, cid_url=_default_cid_url)
+    return sanitised.content_ids
+
+
+# --- headers ---------------------------------------------------------------------------
+
+
+def _raw_header(message: Message, name: str) -> str | None:
+    """The header as it came, decoded by hand: for when the structured parser gives up."""
+    for key, value in message.raw_items():
+        if key.lower() == name.lower():
+            text = str(value)
+            try:
+                return str(make_header(decode_header(text)))
+            except Exception:
+                return text
+    return None
+
+
+def _header(message: Message, name: str) -> str | None:
+    try:
+        value = message.get(name)
+        text = None if value is None else str(value)
+    except Exception:
+        text = _raw_header(message, name)
+    return None if text is None else _clean_line(text)
+
+
+def _addresses(message: Message, name: str) -> tuple[str, ...]:
+    found: list[str] = []
+    try:
+        values = message.get_all(name) or []
+    except Exception:
+        text = _raw_header(message, name)
+        return (_clean_line(text),) if text else ()
+    for value in values:
+        try:
+            addresses = [str(a) for a in getattr(value, "addresses", ())]
+        except Exception:
+            addresses = []
+        if addresses:
+            found.extend(_clean_line(a) for a in addresses)
+        elif _clean_line(str(value)):
+            found.append(_clean_line(str(value)))
+    return tuple(a for a in found if a)
+
+
+# --- the public functions --------------------------------------------------------------
+
+
+def _lines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _raw_text(raw: bytes) -> str:
+    """What is left to show when a message cannot be understood: the body, as text."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        _, found, body = raw.partition(separator)
+        if found:
+            return _lines(body.decode("utf-8", errors="replace"))
+    return _lines(raw.decode("utf-8", errors="replace"))
+
+
+def read_message(
+    raw: bytes,
+    *,
+    load_remote_images: bool = False,
+    cid_url: Callable[[str], str] = _default_cid_url,
+) -> ReadableMessage:
+    """Everything the reading page shows. Never raises for a malformed message.
+
+    C{cid_url} maps a Content-ID (percent-decoded, without angle brackets) to the URL
+    that serves it through L{inline_part}.
+    """
+    message = _parse(raw)
+    if message is None:
+        return _unreadable(raw, None)
+    try:
+        return _readable(message, raw, load_remote_images, cid_url)
+    except Exception:
+        return _unreadable(raw, message)
+
+
+def _unreadable(raw: bytes, message: EmailMessage | None) -> ReadableMessage:
+    """The last resort: whatever headers can be read, and the body as text."""
+
+    def header(name: str) -> str | None:
+        return None if message is None else _header(message, name)
+
+    return ReadableMessage(
+        subject=header("Subject") or "",
+        from_=header("From") or "",
+        to=() if message is None else _addresses(message, "To"),
+        cc=() if message is None else _addresses(message, "Cc"),
+        date=header("Date") or "",
+        message_id=header("Message-ID"),
+        references=header("References"),
+        text=_raw_text(raw),
+        html=None,
+        has_remote_images=False,
+        attachments=(),
+    )
+
+
+def _readable(
+    message: EmailMessage,
+    raw: bytes,
+    load_remote_images: bool,
+    cid_url: Callable[[str], str],
+) -> ReadableMessage:
+    html_part = _body(message, "html")
+    html: str | None = None
+    has_remote_images = False
+    referenced: frozenset[str] = frozenset()
+    if html_part is not None:
+        sanitised = _sanitise(
+            _text_of(html_part), load_remote_images=load_remote_images, cid_url=cid_url
+        )
+        html, has_remote_images = sanitised.html, sanitised.has_remote_images
+        referenced = sanitised.content_ids
+    parts = _attachment_parts(message, referenced)
+    attachments = tuple(_attachment(part, i, raw)[0] for i, part in enumerate(parts))
+    text_part = _body(message, "plain")
+    text = None if text_part is None else _lines(_text_of(text_part))
+    if text is None and html is None and not attachments:
+        text = _raw_text(raw)
+    return ReadableMessage(
+        subject=_header(message, "Subject") or "",
+        from_=_header(message, "From") or "",
+        to=_addresses(message, "To"),
+        cc=_addresses(message, "Cc"),
+        date=_header(message, "Date") or "",
+        message_id=_header(message, "Message-ID"),
+        references=_header(message, "References"),
+        text=text,
+        html=html,
+        has_remote_images=has_remote_images,
+        attachments=attachments,
+    )
+
+
+def attachment_bytes(raw: bytes, index: int) -> tuple[Attachment, bytes]:
+    """The attachment listed at C{index} by L{read_message}, and its decoded bytes.
+
+    @raise IndexError: there is no such attachment.
+    """
+    message = _parse(raw)
+    if message is None or index < 0:
+        raise IndexError(index)
+    parts = _attachment_parts(message, _referenced_content_ids(_body(message, "html")))
+    return _attachment(parts[index], index, raw)
+
+
+def inline_part(raw: bytes, content_id: str) -> tuple[str, bytes] | None:
+    """The image a C{cid:} URL names, or None. Raster images only: SVG can carry script."""
+    message = _parse(raw)
+    if message is None:
+        return None
+    wanted = content_id.strip().strip("<>").strip()
+    for part, _ in _leaves(message):
+        if _content_id(part) == wanted and _content_type(part) in _INLINE_IMAGE_TYPES:
+            return _content_type(part), _payload_bytes(part)
+    return None
