@@ -24,6 +24,7 @@ setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "aiosmtpd>=1.4.6",
+            "playwright>=1.45",
             "ruff>=0.6",
             "mypy>=1.11",
             "mypy-zope>=1.0.5",
