@@ -37,6 +37,8 @@ class SpooledMessage:
         self.message_id = message_id
         self.size = 0
         self._sealer = Sealer(master, message_id)
+        self.key_id = self._sealer.key_id
+        self.wrapped_key = self._sealer.wrapped_key
         self._path = os.path.join(spool_dir, message_id)
         self._run_in_thread = run_in_thread
         self._buffer: list[bytes] = []
@@ -44,14 +46,6 @@ class SpooledMessage:
         self._sealed = 0  # chunks sealed into the spool file
         self._work: Deferred[Any] = succeed(None)
         self._error: BaseException | None = None
-
-    @property
-    def key_id(self) -> str:
-        return self._sealer.key_id
-
-    @property
-    def wrapped_key(self) -> bytes:
-        return self._sealer.wrapped_key
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -122,15 +116,9 @@ class SealedBytes:
         self.message_id = message_id
         self.size = len(content)
         self._sealer = Sealer(master, message_id)
+        self.key_id = self._sealer.key_id
+        self.wrapped_key = self._sealer.wrapped_key
         self._content = content
-
-    @property
-    def key_id(self) -> str:
-        return self._sealer.key_id
-
-    @property
-    def wrapped_key(self) -> bytes:
-        return self._sealer.wrapped_key
 
     @property
     def chunk_count(self) -> int:
