@@ -10,6 +10,7 @@ needs a one-time code sent to the recipient's address.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import html
@@ -23,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
+from werkzeug.exceptions import HTTPException
 
 from secmail.config import Settings
 from secmail.notify import build_code_mail
@@ -42,6 +44,9 @@ PAGE_CSP = (
     b"default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; "
     b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+# For what is not a page (style sheet, images, downloads): no content runs, and nobody frames it.
+RESOURCE_CSP = b"default-src 'none'; frame-ancestors 'none'"
+DOWNLOAD_CSP = b"default-src 'none'; sandbox; frame-ancestors 'none'"
 COMMON_HEADERS = {
     b"Strict-Transport-Security": b"max-age=31536000",
     b"X-Content-Type-Options": b"nosniff",
@@ -72,6 +77,7 @@ dd { margin: 0; overflow-wrap: anywhere; }
 pre { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; margin: 0; }
 iframe { width: 100%; min-height: 24rem; border: 1px solid #d5d9e0; border-radius: 4px; }
 button, .button { display: inline-block; background: var(--brand); color: #fff; border: 0;
+        font: inherit;
         border-radius: 6px; padding: .6rem 1.1rem; font-size: 1rem; cursor: pointer;
         text-decoration: none; }
 button.secondary, .button.secondary { background: #e6e9ef; color: var(--text); }
@@ -273,10 +279,12 @@ class Portal:
         if raw is None:
             return self._gone(request)
         images = _arg(request, b"images") == "1"
+        # The sandboxed frame has an opaque origin, so the browser sends no cookie with its
+        # requests: inline (cid:) pictures are put into the document as data: URLs instead.
         message = render.read_message(
-            raw, load_remote_images=images, cid_url=lambda cid: "/read/cid/" + _url_part(cid)
+            raw, load_remote_images=images, cid_url=lambda cid: _data_url(raw, cid)
         )
-        img = b"img-src 'self' https: http:" if images else b"img-src 'self'"
+        img = b"img-src data: https: http:" if images else b"img-src data:"
         self._headers(
             request, csp=b"sandbox; default-src 'none'; " + img + b"; frame-ancestors 'self'"
         )
@@ -293,10 +301,10 @@ class Portal:
         part = render.inline_part(raw, content_id) if raw is not None else None
         if part is None:
             request.setResponseCode(404)
-            self._headers(request, csp=b"default-src 'none'")
+            self._headers(request, csp=RESOURCE_CSP)
             return b""
         content_type, data = part
-        self._headers(request, csp=b"default-src 'none'; sandbox")
+        self._headers(request, csp=DOWNLOAD_CSP)
         request.setHeader(b"Content-Type", content_type.encode("ascii", "replace"))
         return data
 
@@ -354,13 +362,27 @@ class Portal:
 
     @app.route("/static/portal.css", methods=["GET"])
     def style(self, request: IRequest) -> bytes:
-        self._headers(request, csp=b"default-src 'none'")
+        self._headers(request, csp=RESOURCE_CSP)
         request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
         request.setHeader(b"Cache-Control", b"public, max-age=3600")
         return STYLE
 
     @app.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Any) -> bytes:
+        if failure.check(HTTPException):
+            # Klein's routing errors (no such page, wrong method) come here too: the
+            # visitor's mistake, answered with its own status, not a failure to log.
+            error = failure.value
+            request.setResponseCode(error.code or 404)
+            for name, value in error.get_response().headers:
+                if name in ("Location", "Allow"):
+                    request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
+            return self._page(
+                request,
+                "Page not found",
+                '<div class="card"><p>There is nothing to show at this address. To read '
+                "a message, use the link in the e-mail.</p></div>",
+            )
         log.failure("Portal request failed", failure)
         request.setResponseCode(500)
         return self._page(
@@ -502,7 +524,7 @@ class Portal:
         filename: str,
         content_type: bytes = b"application/octet-stream",
     ) -> bytes:
-        self._headers(request, csp=b"default-src 'none'; sandbox")
+        self._headers(request, csp=DOWNLOAD_CSP)
         request.setHeader(b"Content-Type", content_type)
         request.setHeader(
             b"Content-Disposition", render.content_disposition(filename).encode("ascii")
@@ -582,6 +604,15 @@ def _cookie(request: IRequest, name: bytes) -> str:
 def _arg(request: IRequest, name: bytes) -> str:
     values = (request.args or {}).get(name) or [b""]
     return values[0].decode("utf-8", "replace")[:200]
+
+
+def _data_url(raw: bytes, content_id: str) -> str:
+    """An inline picture as a data: URL (raster images only; nothing else is inlined)."""
+    part = render.inline_part(raw, content_id)
+    if part is None:
+        return ""
+    content_type, data = part
+    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _url_part(text: str) -> str:

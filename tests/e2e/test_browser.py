@@ -1,0 +1,508 @@
+"""
+The recipient portal in a real browser: headless Chromium (Playwright) against the real
+C{twistd -n secmail} process, with SMTP sinks for the Internet and the internal server.
+
+One gateway, two sinks and one browser are shared by the module; each test opens its own
+browser contexts (a context is a fresh browser profile: its own cookies). Every wait is
+bounded by Playwright's timeouts or the harness's polling loops, and every browser, context
+and process is closed by a finalizer.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import os
+import re
+import secrets
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import expect as pw_expect
+
+from tests.e2e.harness import Gateway, SinkMessage, SmtpSink, poll
+from tests.e2e.test_gateway import link_token, notification_for, text_parts
+
+SENDER = "alice@corp.example"
+BOB = "bob@partner.example"
+CHROMIUM = "/usr/bin/chromium"
+# tests/run installs Debian's chromium when it runs as root (CI does); elsewhere these skip.
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
+)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+TIMEOUT_MS = 15_000
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+pw_expect.set_options(timeout=TIMEOUT_MS)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+# --- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def internet() -> Iterator[SmtpSink]:
+    sink = SmtpSink("internet sink")
+    try:
+        yield sink.start()
+    finally:
+        sink.stop()
+
+
+@pytest.fixture(scope="module")
+def internal() -> Iterator[SmtpSink]:
+    sink = SmtpSink("internal sink")
+    try:
+        yield sink.start()
+    finally:
+        sink.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, internet: SmtpSink, internal: SmtpSink
+) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path_factory.mktemp("browser-gateway"), internet, internal)
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    pw = sync_playwright().start()
+    try:
+        yield pw
+    finally:
+        pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    b = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS
+    )
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+class Contexts:
+    """Makes fresh browser contexts (profiles); closes them all at the end."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.opened: list[BrowserContext] = []
+
+    def new(self, **options: Any) -> BrowserContext:
+        context = self.browser.new_context(
+            ignore_https_errors=True, accept_downloads=True, **options
+        )
+        self.opened.append(context)
+        context.set_default_timeout(TIMEOUT_MS)
+        context.set_default_navigation_timeout(TIMEOUT_MS)
+        return context
+
+    def page(self, **options: Any) -> Page:
+        return self.new(**options).new_page()
+
+    def close(self) -> None:
+        while self.opened:
+            self.opened.pop().close()
+
+
+@pytest.fixture(scope="module")
+def module_contexts(browser: Browser) -> Iterator[Contexts]:
+    contexts = Contexts(browser)
+    try:
+        yield contexts
+    finally:
+        contexts.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[Contexts]:
+    contexts = Contexts(browser)
+    try:
+        yield contexts
+    finally:
+        contexts.close()
+
+
+# --- the letter to Bob (tests 1, 2 and 5 share it) ---------------------------------------
+
+
+def tiny_png(width: int = 16, height: int = 12) -> bytes:
+    """A valid RGB PNG, one colour, built by hand."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = b"".join(b"\x00" + b"\x1f\x5f\xae" * width for _ in range(height))
+    return (
+        PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@dataclass(frozen=True)
+class Letter:
+    link: str
+    subject: str
+    text: str
+    attachment: bytes
+    png: bytes
+
+
+def send_marked(gateway: Gateway, internet: SmtpSink, recipient: str, message: EmailMessage) -> str:
+    """Send C{message} to C{recipient}.s and return the link from its notification."""
+    gateway.send(SENDER, [recipient + ".s"], message.as_bytes(policy=email.policy.SMTP))
+    notification = internet.wait_for_message(
+        notification_for(gateway, recipient), what=f"the notification to {recipient}"
+    )
+    return f"{gateway.portal_url}/m/{link_token(gateway, notification)}"
+
+
+def new_message(recipient: str, subject: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = f"Alice Sender <{SENDER}>"
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{unique('browser')}@corp.example>"
+    message["Date"] = "Mon, 02 Mar 2026 10:00:00 +0000"
+    return message
+
+
+@pytest.fixture(scope="module")
+def letter(gateway: Gateway, internet: SmtpSink) -> Letter:
+    subject = "Quarterly figures Okapi5521"
+    text = "The plain text part says Marmot8842."
+    png = tiny_png()
+    attachment = os.urandom(50 * 1024)
+    message = new_message(BOB, subject)
+    message.set_content(text + "\n")
+    message.add_alternative(
+        "<html><body><p>The HTML part has <b>bold words</b>.</p>"
+        '<p><img src="cid:logo.7731@corp.example" alt="logo" width="16" height="12"></p>'
+        "</body></html>",
+        subtype="html",
+    )
+    html_part = message.get_payload()[1]
+    html_part.add_related(png, "image", "png", cid="<logo.7731@corp.example>")
+    message.add_attachment(attachment, "application", "pdf", filename="report.pdf")
+    link = send_marked(gateway, internet, BOB, message)
+    return Letter(link, subject, text, attachment, png)
+
+
+@pytest.fixture(scope="module")
+def bob(module_contexts: Contexts) -> BrowserContext:
+    """Bob's own browser: the first one to open his letter."""
+    return module_contexts.new()
+
+
+def open_letter(page: Page, link: str) -> None:
+    """From the link to the reading page, as a reader would: the landing page, then "Open"."""
+    page.goto(link)
+    page.get_by_role("button", name="Open message").click()
+    page.wait_for_url(re.compile(r"/read$"))
+    page.wait_for_load_state("load")
+
+
+def path_of(url: str) -> str:
+    return re.sub(r"^https://[^/]+", "", url)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", data[:16]
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+# --- the tests -------------------------------------------------------------------------
+
+
+def test_read_secure_letter_like_a_recipient(letter: Letter, bob: BrowserContext) -> None:
+    """A recipient opens the link, reads subject, text and sanitised HTML, gets the attachment."""
+    page = bob.new_page()
+    try:
+        page.goto(letter.link)
+        pw_expect(page.get_by_text(SENDER)).to_be_visible()
+        open_button = page.get_by_role("button", name="Open message")
+        pw_expect(open_button).to_be_visible()
+        open_button.click()
+        page.wait_for_url(re.compile(r"/read$"))
+        assert path_of(page.url) == "/read"
+        assert letter.link.rsplit("/", 1)[1] not in page.url
+        pw_expect(page.get_by_role("heading", name=letter.subject)).to_be_visible()
+        pw_expect(page.get_by_text(SENDER)).to_be_visible()
+        # With an HTML part the text part sits in a closed "Plain text" box: open it.
+        page.get_by_text("Plain text", exact=True).click()
+        pw_expect(page.get_by_text(letter.text)).to_be_visible()
+
+        frame = page.frame_locator("iframe")
+        pw_expect(frame.locator("b", has_text="bold words")).to_be_visible()
+        pw_expect(frame.locator("img")).to_have_count(1)  # whether it loads: the next test
+
+        pw_expect(page.get_by_role("heading", name="Attachments")).to_be_visible()
+        with page.expect_download() as info:
+            page.click("text=report.pdf")
+        download = info.value
+        assert download.suggested_filename == "report.pdf"
+        path = download.path()
+        assert Path(path).read_bytes() == letter.attachment
+        assert path_of(page.url) == "/read"
+    finally:
+        page.close()
+
+
+def test_inline_cid_image_loads(letter: Letter, bob: BrowserContext) -> None:
+    """The HTML part's inline (cid:) image is shown inside the sandboxed iframe."""
+    page = bob.new_page()
+    try:
+        open_letter(page, letter.link)  # Bob's browser: no code needed
+        image = page.frame_locator("iframe").locator("img")
+        pw_expect(image).to_have_count(1)
+        page.wait_for_load_state("load")  # waits for the iframe and its image
+        natural = image.evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
+        assert natural == [True, 16, 12], f"the cid image did not load: {natural}"
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize(("name", "width", "height"), [("phone", 360, 740), ("desktop", 1280, 800)])
+def test_reading_page_screenshots(
+    letter: Letter, bob: BrowserContext, name: str, width: int, height: int
+) -> None:
+    """The reading page renders at phone and desktop widths (screenshots kept for a look)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = bob.new_page()
+    try:
+        page.set_viewport_size({"width": width, "height": height})
+        open_letter(page, letter.link)  # Bob's browser: no code needed
+        pw_expect(page.frame_locator("iframe").get_by_text("bold words")).to_be_visible()
+        shot = ARTIFACTS / f"read-{name}-{width}x{height}.png"
+        shot.unlink(missing_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+        data = shot.read_bytes()
+        assert len(data) > 5_000, f"{shot} is only {len(data)} bytes"
+        shot_width, shot_height = png_size(data)
+        assert shot_width == width and shot_height >= height, (shot_width, shot_height)
+        scroll_width, inner_width = page.evaluate(
+            "[document.documentElement.scrollWidth, window.innerWidth]"
+        )
+        assert inner_width == width
+        if width <= 400:
+            assert scroll_width <= inner_width + 1, (
+                f"horizontal scrolling at {width} px: scrollWidth {scroll_width}"
+            )
+    finally:
+        page.close()
+
+
+XSS_MARK = "xss-ran-7f3a"
+XSS_CORPUS = [
+    "<script>window.top.pwned=1;alert(1)</script>",
+    f"<script>console.log('{XSS_MARK}')</script>",
+    '<img src=x onerror="alert(1)">',
+    f"<img src=x onerror=\"console.log('{XSS_MARK}')\">",
+    "<svg onload=alert(1)>",
+    '<a href="javascript:alert(1)">x</a>',
+    '<iframe srcdoc="<script>alert(1)</script>">',
+    '<meta http-equiv="refresh" content="0;url=https://example.invalid/">',
+    '<form action="https://example.invalid"><input name=q></form>',
+    "<style>body{background:url(javascript:alert(1))}</style>",
+    "<math><mtext><script>alert(1)</script></mtext></math>",
+    '<body onload="alert(1)"><p>Harmless paragraph Quokka3317.</p>',
+]
+
+
+def test_xss_corpus_never_runs(gateway: Gateway, internet: SmtpSink, contexts: Contexts) -> None:
+    """Script in a message's HTML never runs, raises no dialog and navigates nothing."""
+    recipient = unique("xss") + "@partner.example"
+    message = new_message(recipient, "XSS corpus")
+    message.set_content(
+        "<html><head></head><body>" + "\n".join(XSS_CORPUS) + "</body></html>", subtype="html"
+    )
+    link = send_marked(gateway, internet, recipient, message)
+
+    page = contexts.page()
+    dialogs: list[str] = []
+    console: list[str] = []
+    errors: list[str] = []
+    requests: list[str] = []
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+
+    open_letter(page, link)
+    frame = page.frame_locator("iframe")
+    pw_expect(frame.get_by_text("Harmless paragraph Quokka3317.")).to_be_visible()
+    page.wait_for_load_state("load")
+    page.wait_for_timeout(1_000)  # room for a zero-second refresh or a late handler
+
+    assert dialogs == []
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert path_of(page.url) == "/read"
+    assert page.evaluate("document.scripts.length") == 0
+    frames = [f for f in page.frames if f != page.main_frame]
+    assert [path_of(f.url) for f in frames] == ["/read/html"], [f.url for f in page.frames]
+    assert not [c for c in console if XSS_MARK in c or "alert" in c], console
+    assert errors == []
+    assert not [u for u in requests if "example.invalid" in u or u.startswith("javascript:")]
+    # What reached the iframe: nothing active survived the sanitiser.
+    # (The document's own <head> holds two <meta> of ours: look at the body only.)
+    active = frame.locator("body").locator(
+        "script, iframe, svg, math, meta, form, input, style, [onerror], [onload]"
+    )
+    assert active.count() == 0, active.evaluate_all("nodes => nodes.map(n => n.outerHTML)")
+    assert frame.locator("head script, head style").count() == 0
+    for href in frame.locator("a").evaluate_all("links => links.map(a => a.href)"):
+        assert not href.lower().startswith("javascript:"), href
+
+
+def test_link_scanner_fetch_consumes_nothing(
+    gateway: Gateway, internet: SmtpSink, contexts: Contexts
+) -> None:
+    """A scanner's plain GET of the link consumes nothing: the browser can still open it."""
+    recipient = unique("scanned") + "@partner.example"
+    subject = "Scanned first Wombat6604"
+    message = new_message(recipient, subject)
+    message.set_content("Read after the scanner.\n")
+    link = send_marked(gateway, internet, recipient, message)
+
+    path = path_of(link)
+    for _ in range(2):
+        scanned = gateway.portal_get(path)
+        assert scanned.status == 200
+        assert scanned.cookies == {}
+        assert subject not in scanned.body.decode("utf-8")
+
+    page = contexts.page()
+    open_letter(page, link)
+    assert path_of(page.url) == "/read"
+    pw_expect(page.get_by_role("heading", name=subject)).to_be_visible()
+    pw_expect(page.get_by_text("Read after the scanner.")).to_be_visible()
+
+
+def is_code_mail_to(address: str) -> Callable[[SinkMessage], bool]:
+    def match(m: SinkMessage) -> bool:
+        subject = m.header("subject")
+        return m.rcpt_tos == (address,) and subject == "Your code for the secure message"
+
+    return match
+
+
+def test_another_browser_needs_a_code(
+    letter: Letter,
+    bob: BrowserContext,
+    gateway: Gateway,
+    internet: SmtpSink,
+    contexts: Contexts,
+) -> None:
+    """A second browser must type a code mailed to the recipient before it can read."""
+    first = bob.new_page()
+    try:
+        open_letter(first, letter.link)  # bound to Bob's browser (already so after test 1)
+    finally:
+        first.close()
+
+    page = contexts.page()
+    page.goto(letter.link)
+    page.get_by_role("button", name="Open message").click()
+    pw_expect(page.get_by_role("heading", name="Confirm it is you")).to_be_visible()
+    pw_expect(page.get_by_text(letter.subject)).to_have_count(0)
+
+    is_code = is_code_mail_to(BOB)
+    before = len([m for m in internet.messages() if is_code(m)])
+    page.get_by_role("button", name="Send me a code").click()
+    pw_expect(page.get_by_label("Code")).to_be_visible()
+    codes = internet.wait_for(
+        lambda ms: [m for m in ms if is_code(m)][before:],
+        what=f"the code mail to {BOB}",
+    )
+    found = re.search(r"secure message is: (\d{6})\b", "\n".join(text_parts(codes[0])))
+    assert found is not None, codes[0].data[:2000]
+
+    page.get_by_label("Code").fill(found.group(1))
+    page.get_by_role("button", name="Open message").click()
+    page.wait_for_url(re.compile(r"/read$"))
+    pw_expect(page.get_by_role("heading", name=letter.subject)).to_be_visible()
+    pw_expect(page.frame_locator("iframe").get_by_text("bold words")).to_be_visible()
+
+
+def test_keyboard_opens_the_message(
+    gateway: Gateway, internet: SmtpSink, contexts: Contexts
+) -> None:
+    """On the landing page, Tab reaches the "Open message" button and Enter opens it."""
+    recipient = unique("keys") + "@partner.example"
+    subject = "Opened with the keyboard Ibex2290"
+    message = new_message(recipient, subject)
+    message.set_content("No mouse was used.\n")
+    link = send_marked(gateway, internet, recipient, message)
+
+    page = contexts.page()
+    page.goto(link)
+    page.keyboard.press("Tab")
+    pw_expect(page.get_by_role("button", name="Open message")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/read$"))
+    pw_expect(page.get_by_role("heading", name=subject)).to_be_visible()
+
+
+def test_browsing_causes_no_server_error(
+    gateway: Gateway, internet: SmtpSink, contexts: Contexts
+) -> None:
+    """Reading a letter in a browser makes no 5xx answer and no failure in the portal's log."""
+    recipient = unique("quiet") + "@partner.example"
+    message = new_message(recipient, "Nothing fails")
+    message.set_content("Nothing fails.\n")
+    link = send_marked(gateway, internet, recipient, message)
+    start = len(gateway.log_text())
+
+    page = contexts.page()
+    open_letter(page, link)
+    pw_expect(page.get_by_role("heading", name="Nothing fails")).to_be_visible()
+    page.goto(f"{gateway.portal_url}/no/such/page")  # a mistyped address: 404, not 500
+    poll(
+        lambda: '"GET /no/such/page"' in gateway.log_text()[start:],
+        5,
+        lambda: "the access log line for /no/such/page:\n" + gateway.tail(),
+    )
+    log = gateway.log_text()[start:]
+    server_errors = re.findall(r'"[A-Z]+ [^"]*" 5\d\d .*', log)
+    assert server_errors == [], server_errors
+    assert "Portal request failed" not in log, gateway.tail()
+    assert gateway.portal_get("/no/such/page").status == 404

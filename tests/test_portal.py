@@ -1,0 +1,843 @@
+"""The recipient portal over HTTP: link, Open, reading, sessions, browser binding and headers.
+
+Every test drives the real Klein app through C{treq.testing.StubTreq} (no sockets) against a
+real SQLite store; the portal's clock is a C{task.Clock}, advanced to make time pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
+from twisted.web.resource import IResource
+
+from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
+from secmail.store.portal import PortalStore
+from secmail.store.spool import SealedBytes
+from tests.test_delivery import IntakeFixture
+from tests.test_queue import parse
+from web.portal import Portal
+
+BASE = "https://portal.gw.example"
+ALICE = "alice@corp.example"
+BOB = "bob@partner.example"
+SESSION = "__Host-secmail-session"
+BROWSER = "__Host-secmail-browser"
+MINUTE = 60
+HOUR = 3600
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+# Every byte value, CR/LF and a line that looks like a MIME boundary: it must come back intact.
+BINARY = bytes(range(256)) * 4 + b"\r\n.\r\n--outer\r\n\x00\xff"
+# ../../x".exe<CR><LF>X: y, in RFC 2231 form: the way a hostile name reaches the decoded header.
+HOSTILE_FILENAME = "utf-8''..%2F..%2Fx%22.exe%0D%0AX%3A%20y"
+SAFE_DISPOSITION = "attachment; filename=\"x_.exe__X_ y\"; filename*=UTF-8''x_.exe__X_%20y"
+
+
+def _b64(data: bytes) -> str:
+    return base64.encodebytes(data).decode("ascii").rstrip("\n")
+
+
+def mime(*lines: str) -> bytes:
+    """A message written by hand with CRLF line ends."""
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+HEAD = (
+    f"From: Alice Example <{ALICE}>",
+    f"To: {BOB}",
+    "Subject: Quarterly figures",
+    "Date: Tue, 14 Nov 2023 22:13:20 +0000",
+    "Message-ID: <q3@corp.example>",
+    "MIME-Version: 1.0",
+)
+
+# Text and HTML versions, an inline image the HTML uses, and a binary attachment.
+RICH = mime(
+    *HEAD,
+    'Content-Type: multipart/mixed; boundary="outer"',
+    "",
+    "--outer",
+    'Content-Type: multipart/related; boundary="related"',
+    "",
+    "--related",
+    'Content-Type: multipart/alternative; boundary="alt"',
+    "",
+    "--alt",
+    "Content-Type: text/plain; charset=utf-8",
+    "",
+    "SecretBodyText: the numbers are bad.",
+    "--alt",
+    "Content-Type: text/html; charset=utf-8",
+    "",
+    '<p>SecretHtmlText</p><img src="cid:logo@corp.example" alt="logo">',
+    "--alt--",
+    "--related",
+    "Content-Type: image/png",
+    "Content-ID: <logo@corp.example>",
+    "Content-Transfer-Encoding: base64",
+    "",
+    _b64(PNG),
+    "--related--",
+    "--outer",
+    "Content-Type: application/octet-stream",
+    f"Content-Disposition: attachment; filename*={HOSTILE_FILENAME}",
+    "Content-Transfer-Encoding: base64",
+    "",
+    _b64(BINARY),
+    "--outer--",
+)
+
+XSS_HTML = (
+    "<script>alert(1)</script>"
+    '<img src="x" onerror="alert(2)">'
+    '<a href="javascript:alert(3)">click</a>'
+    '<svg onload="alert(4)"><circle r="1"/></svg>'
+    "<style>body { background: url(https://evil.example/style) }</style>"
+    '<meta http-equiv="refresh" content="0;url=https://evil.example/refresh">'
+    '<form action="https://evil.example/form"><input name="password"></form>'
+    "<p>VisibleXssText</p>"
+)
+XSS = mime(
+    *HEAD,
+    "Content-Type: text/html; charset=utf-8",
+    "",
+    XSS_HTML,
+)
+
+SECRETS = ("SecretBodyText", "SecretHtmlText", "Quarterly figures")
+
+
+@dataclass(frozen=True)
+class Letter:
+    token: str
+    message_id: str
+    envelope_id: str
+
+    @property
+    def link(self) -> str:
+        return f"/m/{self.token}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    headers: Headers
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name.encode("ascii"))
+        if values is None:
+            return None
+        assert len(values) == 1, (name, values)
+        return values[0].decode("latin-1")
+
+    def set_cookies(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """Each Set-Cookie by name: its value and its attributes (names lower-cased)."""
+        found: dict[str, tuple[str, dict[str, str]]] = {}
+        for raw in self.headers.getRawHeaders(b"set-cookie", []):
+            first, *attributes = raw.decode("ascii").split(";")
+            name, _, value = first.strip().partition("=")
+            parsed: dict[str, str] = {}
+            for attribute in attributes:
+                key, _, val = attribute.strip().partition("=")
+                parsed[key.lower()] = val
+            found[name] = (value, parsed)
+        return found
+
+    def csrf(self) -> str:
+        match = re.search(r'name="csrf" value="([^"]+)"', self.text)
+        assert match is not None, self.text
+        return match.group(1)
+
+
+T = TypeVar("T")
+
+
+class Browser:
+    """A client with its own cookie jar, which it sends and updates as a browser does.
+
+    Each request goes through a fresh StubTreq: treq keeps a cookie jar of its own per
+    client, and this one must be the only one. Redirects are not followed: the tests
+    look at them.
+    """
+
+    def __init__(self, resource: IResource, cookies: Mapping[str, str] | None = None) -> None:
+        self.resource = resource
+        self.cookies = dict(cookies or {})
+
+    async def get(self, path: str) -> Reply:
+        return await self.request("GET", path)
+
+    async def post(self, path: str, data: Mapping[str, str] | None = None) -> Reply:
+        return await self.request("POST", path, data=dict(data or {}))
+
+    async def request(self, method: str, path: str, data: dict[str, str] | None = None) -> Reply:
+        headers: dict[str, list[str]] = {}
+        if self.cookies:
+            headers["Cookie"] = ["; ".join(f"{k}={v}" for k, v in self.cookies.items())]
+        kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
+        if data is not None:
+            kwargs["data"] = data
+        stub: Any = StubTreq(self.resource)  # its request functions are set at run time
+        response = await self._settle(stub, stub.request(method, BASE + path, **kwargs))
+        body: bytes = await self._settle(stub, response.content())
+        reply = Reply(response.code, response.headers, body)
+        for name, (value, attributes) in reply.set_cookies().items():
+            if value and attributes.get("max-age") != "0":
+                self.cookies[name] = value
+            else:
+                self.cookies.pop(name, None)
+        return reply
+
+    async def _settle(self, stub: StubTreq, d: Deferred[T]) -> T:
+        """The handlers wait on the database thread: pump the in-memory connection meanwhile."""
+        done: list[object] = []
+
+        def seen(result: object) -> object:
+            done.append(result)
+            return result
+
+        d.addBoth(seen)
+        for _ in range(5000):
+            stub.flush()
+            if done:
+                return await d
+            await deferLater(reactor, 0.001, lambda: None)
+        raise AssertionError("the portal did not answer")
+
+
+class PortalFixture(IntakeFixture, TestCase):
+    """The intake's store, clock and settings, with the portal on top."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.portal_store = PortalStore(self.db, os.urandom(32))
+        self.portal = Portal(
+            self.settings,
+            self.store,
+            self.portal_store,
+            self.clock,
+            csrf_key=os.urandom(32),
+            on_commit=self.committed,
+        )
+        self.resource = self.portal.app.resource()
+
+    def browser(self, **cookies: str) -> Browser:
+        return Browser(self.resource, cookies)
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+    async def letter(self, raw: bytes = RICH, level: str = "letter") -> Letter:
+        """A secure message stored as the intake stores one, with a known link token."""
+        token = secrets.token_urlsafe(32)
+        phone = "+4915100000000" if level == "registered" else None
+        envelope = NewEnvelope(BOB, BOB + ".s", level, phone, hash_token(token))
+        message_id = new_id()
+        content = SealedBytes(self.master, message_id, raw)
+        await self.store.commit(
+            [NewMessage(content, "mail", ALICE, envelopes=[envelope])], self.now()
+        )
+        return Letter(token, message_id, envelope.id)
+
+    async def open(self, browser: Browser, letter: Letter) -> Reply:
+        """What a person does: follow the link, then press Open."""
+        landing = await browser.get(letter.link)
+        self.assertEqual(landing.code, 200)
+        return await browser.post(letter.link, {"csrf": landing.csrf()})
+
+    async def signed_in(self, letter: Letter) -> Browser:
+        browser = self.browser()
+        opened = await self.open(browser, letter)
+        self.assertEqual(opened.code, 303, opened.text)
+        self.assertIn(SESSION, browser.cookies)
+        return browser
+
+    async def browser_hash(self, letter: Letter) -> str | None:
+        row = await self.db.run(
+            lambda txn: txn.execute(
+                "SELECT browser_hash FROM envelopes WHERE id = ?", (letter.envelope_id,)
+            ).fetchone()
+        )
+        return None if row[0] is None else str(row[0])
+
+    async def event_kinds(self, letter: Letter) -> list[str]:
+        return [kind for _, kind, _, _ in await self.store.events(letter.message_id)]
+
+    async def mailed_code(self) -> str:
+        """The code in the newest code mail in the queue."""
+        rows = await self.rows("code")
+        self.assertTrue(rows)
+        content = await self.store.read_all(rows[-1].message_id)
+        text = parse(content).get_body(("plain",))
+        assert text is not None
+        match = re.search(r"\b(\d{6})\b", text.get_content())
+        assert match is not None
+        return match.group(1)
+
+    def assert_no_content(self, reply: Reply) -> None:
+        for secret in (*SECRETS, "VisibleXssText"):
+            self.assertNotIn(secret.encode(), reply.body)
+
+
+class LinkTests(PortalFixture):
+    async def test_link_changes_nothing(self) -> None:
+        """GET on the link (twice, and by a scanner) shows the sender and an Open form only."""
+        letter = await self.letter()
+        person = self.browser(**{BROWSER: "b" * 32})
+        scanner = self.browser()
+        for client in (person, person, scanner):
+            reply = await client.get(letter.link)
+            self.assertEqual(reply.code, 200)
+            self.assertIn(ALICE.encode(), reply.body)
+            self.assertIn(f'<form method="post" action="{letter.link}"'.encode(), reply.body)
+            self.assertIn(b'name="csrf"', reply.body)
+            self.assertIsNone(reply.headers.getRawHeaders(b"set-cookie"))
+            self.assert_no_content(reply)
+        self.assertIsNone(await self.browser_hash(letter))
+        self.assertEqual(await self.count("sessions"), 0)
+        kinds = await self.event_kinds(letter)
+        self.assertNotIn("viewed", kinds)
+        self.assertNotIn("opened", kinds)
+
+    async def test_open_gives_session_cookies(self) -> None:
+        """Open with the form's CSRF: 303 to /read (no token) and two __Host- cookies."""
+        letter = await self.letter()
+        browser = self.browser()
+        reply = await self.open(browser, letter)
+        self.assertEqual(reply.code, 303)
+        self.assertEqual(reply.header("Location"), "/read")
+        cookies = reply.set_cookies()
+        self.assertEqual(set(cookies), {SESSION, BROWSER})
+        for name, (value, attributes) in cookies.items():
+            self.assertRegex(value, r"^[A-Za-z0-9_-]{16,200}$", name)
+            self.assertIn("secure", attributes, name)
+            self.assertIn("httponly", attributes, name)
+            self.assertEqual(attributes.get("samesite", "").lower(), "lax", name)
+            self.assertEqual(attributes.get("path"), "/", name)
+            self.assertNotIn("domain", attributes, name)
+        self.assertIsNotNone(await self.browser_hash(letter))
+        self.assertEqual(await self.count("sessions"), 1)
+        self.assertIn("opened", await self.event_kinds(letter))
+
+    async def test_open_without_right_csrf(self) -> None:
+        """Open with a wrong or missing CSRF is refused (403) and binds nothing."""
+        letter = await self.letter()
+        browser = self.browser()
+        for data in ({"csrf": "0" * 64}, {}, {"csrf": ""}):
+            reply = await browser.post(letter.link, data)
+            self.assertEqual(reply.code, 403)
+            self.assertIsNone(reply.headers.getRawHeaders(b"set-cookie"))
+            self.assert_no_content(reply)
+        self.assertIsNone(await self.browser_hash(letter))
+        self.assertEqual(await self.count("sessions"), 0)
+
+    async def test_csrf_belongs_to_its_link(self) -> None:
+        """The CSRF value of one link's form does not open another letter."""
+        first, second = await self.letter(), await self.letter()
+        browser = self.browser()
+        csrf = (await browser.get(first.link)).csrf()
+        reply = await browser.post(second.link, {"csrf": csrf})
+        self.assertEqual(reply.code, 403)
+        self.assertIsNone(await self.browser_hash(second))
+        self.assertEqual(await self.count("sessions"), 0)
+
+    async def test_letter_from_the_intake(self) -> None:
+        """A letter that came in by SMTP opens from the link in its notification."""
+        message, _ = await self.receive([b"bob@partner.example.s"])
+        [row] = await self.rows("notification")
+        notification = parse(await self.store.read_all(row.message_id)).get_body(("plain",))
+        assert notification is not None
+        [token] = re.findall(
+            r"https://portal\.gw\.example/m/([A-Za-z0-9_-]+)", notification.get_content()
+        )
+        envelope = await self.store.envelope_by_token(token)
+        assert envelope is not None
+        browser = await self.signed_in(Letter(token, message.message_id, envelope.id))
+        reply = await browser.get("/read")
+        self.assertEqual(reply.code, 200)
+        self.assertIn(b"Merger plans for Q3", reply.body)
+        self.assertIn(b"ConfidentialBodyText: we buy Initech on Friday.", reply.body)
+
+
+class ReadingTests(PortalFixture):
+    async def test_read_page(self) -> None:
+        """/read shows subject, From, To, date and text; the iframe and the attachment list."""
+        letter = await self.letter()
+        browser = await self.signed_in(letter)
+        reply = await browser.get("/read")
+        self.assertEqual(reply.code, 200)
+        for shown in (
+            "Quarterly figures",
+            "Alice Example &lt;alice@corp.example&gt;",
+            BOB,
+            "Tue, 14 Nov 2023 22:13:20 +0000",
+            "SecretBodyText: the numbers are bad.",
+            '<iframe src="/read/html"',
+            'href="/read/attachment/0"',
+            "x_.exe__X_ y",
+        ):
+            self.assertIn(shown, reply.text)
+        self.assertEqual(reply.header("Cache-Control"), "no-store")
+        self.assertIn("viewed", await self.event_kinds(letter))
+
+    async def test_read_needs_session(self) -> None:
+        """Without a session cookie, or with a made-up one, every reading URL is 401 and empty."""
+        letter = await self.letter()
+        await self.signed_in(letter)  # a real session exists, just not this browser's
+        paths = ("/read", "/read/html", "/read/cid/logo@corp.example", "/read/attachment/0")
+        for browser in (
+            self.browser(),
+            self.browser(**{SESSION: "A" * 43}),
+            self.browser(**{SESSION: "not a cookie!"}),
+        ):
+            for path in (*paths, "/read/eml"):
+                reply = await browser.get(path)
+                self.assertEqual(reply.code, 401, path)
+                self.assert_no_content(reply)
+                self.assertNotIn(PNG, reply.body)
+                self.assertNotIn(BINARY[:64], reply.body)
+        self.assertNotIn("viewed", await self.event_kinds(letter))
+
+    async def test_html_body(self) -> None:
+        """/read/html is the sanitised HTML, under a CSP with sandbox and default-src 'none'."""
+        letter = await self.letter()
+        browser = await self.signed_in(letter)
+        reply = await browser.get("/read/html")
+        self.assertEqual(reply.code, 200)
+        self.assertIn(b"<p>SecretHtmlText</p>", reply.body)
+        # The sandboxed frame sends no cookies, so the cid: picture is inlined as a data: URL.
+        inlined = b'src="data:image/png;base64,' + base64.b64encode(PNG) + b'"'
+        self.assertIn(inlined, reply.body)
+        csp = directives(reply)
+        self.assertIn("sandbox", csp)
+        self.assertEqual(csp["default-src"], ["'none'"])
+        self.assertEqual(csp["img-src"], ["data:"])
+        self.assertEqual(reply.header("Content-Type"), "text/html; charset=utf-8")
+
+    async def test_hostile_html_is_inert(self) -> None:
+        """Script, handlers, javascript: links, SVG, style, meta refresh and forms are removed."""
+        browser = await self.signed_in(await self.letter(XSS))
+        reply = await browser.get("/read/html")
+        self.assertEqual(reply.code, 200)
+        self.assertIn(b"VisibleXssText", reply.body)
+        self.assertIn(b">click</a>", reply.body)
+        body = reply.text.lower()
+        for banned in (
+            "<script",
+            "alert(",
+            "onerror",
+            "onload",
+            "javascript:",
+            "<svg",
+            "<style",
+            "http-equiv",
+            "refresh",
+            "<form",
+            "<input",
+            "evil.example",
+        ):
+            self.assertNotIn(banned, body)
+        page = await browser.get("/read")
+        self.assertNotIn(b"<script", page.body.lower())
+        self.assertNotIn(b"alert(", page.body)
+
+    async def test_inline_image(self) -> None:
+        """/read/cid/<cid> returns the image's bytes with its type."""
+        browser = await self.signed_in(await self.letter())
+        for path in ("/read/cid/logo@corp.example", "/read/cid/logo%40corp.example"):
+            reply = await browser.get(path)
+            self.assertEqual(reply.code, 200, path)
+            self.assertEqual(reply.body, PNG)
+            self.assertEqual(reply.header("Content-Type"), "image/png")
+            self.assertEqual(reply.header("Cache-Control"), "no-store")
+        missing = await browser.get("/read/cid/other@corp.example")
+        self.assertEqual(missing.code, 404)
+        self.assertEqual(missing.body, b"")
+
+    async def test_attachment_download(self) -> None:
+        """An attachment downloads byte for byte, as an attachment, under a safe file name."""
+        letter = await self.letter()
+        browser = await self.signed_in(letter)
+        reply = await browser.get("/read/attachment/0")
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(reply.body, BINARY)
+        self.assertEqual(reply.header("Content-Disposition"), SAFE_DISPOSITION)
+        self.assertEqual(reply.header("Content-Type"), "application/octet-stream")
+        self.assertIsNone(reply.headers.getRawHeaders(b"X"))
+        self.assertEqual(reply.header("Cache-Control"), "no-store")
+        self.assertIn("downloaded", await self.event_kinds(letter))
+        missing = await browser.get("/read/attachment/1")
+        self.assertEqual(missing.code, 404)
+
+    async def test_whole_message_download(self) -> None:
+        """/read/eml returns the message exactly as stored, as message/rfc822."""
+        letter = await self.letter()
+        browser = await self.signed_in(letter)
+        reply = await browser.get("/read/eml")
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(reply.body, RICH)
+        self.assertEqual(reply.header("Content-Type"), "message/rfc822")
+        self.assertEqual(
+            reply.header("Content-Disposition"),
+            "attachment; filename=\"message.eml\"; filename*=UTF-8''message.eml",
+        )
+        self.assertIn("saved", await self.event_kinds(letter))
+
+
+class SessionTests(PortalFixture):
+    async def test_idle_timeout(self) -> None:
+        """A session ends after 30 minutes without a request."""
+        browser = await self.signed_in(await self.letter())
+        self.clock.advance(29 * MINUTE)
+        self.assertEqual((await browser.get("/read")).code, 200)
+        self.clock.advance(31 * MINUTE)
+        reply = await browser.get("/read")
+        self.assertEqual(reply.code, 401)
+        self.assert_no_content(reply)
+        self.assertEqual(await self.count("sessions"), 0)
+
+    async def test_absolute_limit(self) -> None:
+        """A session ends 12 hours after it began, however active it is."""
+        browser = await self.signed_in(await self.letter())
+        for _ in range(24):  # 24 x 29 minutes: 11 h 36 min
+            self.clock.advance(29 * MINUTE)
+            self.assertEqual((await browser.get("/read")).code, 200)
+        self.clock.advance(25 * MINUTE)  # 12 h 1 min
+        reply = await browser.get("/read")
+        self.assertEqual(reply.code, 401)
+        self.assert_no_content(reply)
+
+    async def test_sign_out(self) -> None:
+        """Sign-out with the page's CSRF ends the session and clears the cookie."""
+        browser = await self.signed_in(await self.letter())
+        old = browser.cookies[SESSION]
+        page = await browser.get("/read")
+        reply = await browser.post("/logout", {"csrf": page.csrf()})
+        self.assertEqual(reply.code, 200)
+        self.assertIn(b"You are signed out", reply.body)
+        value, attributes = reply.set_cookies()[SESSION]
+        self.assertEqual((value, attributes.get("max-age")), ("", "0"))
+        self.assertEqual(await self.count("sessions"), 0)
+        again = await self.browser(**{SESSION: old}).get("/read")
+        self.assertEqual(again.code, 401)
+        self.assert_no_content(again)
+
+    async def test_sign_out_needs_csrf(self) -> None:
+        """/logout without the session's CSRF (or with another value) leaves the session alone."""
+        browser = await self.signed_in(await self.letter())
+        for data in ({}, {"csrf": "x" * 32}):
+            reply = await browser.post("/logout", data)
+            self.assertEqual(reply.code, 403)
+            self.assertIsNone(reply.headers.getRawHeaders(b"set-cookie"))
+        self.assertEqual(await self.count("sessions"), 1)
+        self.assertEqual((await browser.get("/read")).code, 200)
+
+    async def test_new_open_rotates_session(self) -> None:
+        """Opening again gives a new session id, and the old one stops working."""
+        letter = await self.letter()
+        browser = await self.signed_in(letter)
+        old = browser.cookies[SESSION]
+        reply = await self.open(browser, letter)
+        self.assertEqual(reply.code, 303)
+        new = browser.cookies[SESSION]
+        self.assertNotEqual(new, old)
+        self.assertEqual((await self.browser(**{SESSION: old}).get("/read")).code, 401)
+        self.assertEqual((await browser.get("/read")).code, 200)
+        self.assertEqual(await self.count("sessions"), 1)
+
+
+class BindingTests(PortalFixture):
+    async def second_browser(self, letter: Letter, cookies: dict[str, str]) -> Browser:
+        """Another browser on a letter already bound elsewhere: it gets the code page."""
+        browser = self.browser(**cookies)
+        reply = await self.open(browser, letter)
+        self.assertEqual(reply.code, 200)
+        self.assertIn(b"Confirm it is you", reply.body)
+        self.assertNotIn(SESSION, reply.set_cookies())
+        self.assert_no_content(reply)
+        return browser
+
+    async def ask_code(self, browser: Browser, letter: Letter) -> Reply:
+        csrf = (await browser.get(letter.link)).csrf()
+        reply = await browser.post(f"{letter.link}/code", {"csrf": csrf})
+        self.assertEqual(reply.code, 200)
+        return reply
+
+    async def try_code(self, browser: Browser, letter: Letter, code: str) -> Reply:
+        csrf = (await browser.get(letter.link)).csrf()
+        return await browser.post(f"{letter.link}/verify", {"csrf": csrf, "code": code})
+
+    async def test_other_browser_must_confirm(self) -> None:
+        """A letter opened in one browser asks any other browser to confirm by code."""
+        letter = await self.letter()
+        await self.signed_in(letter)
+        bound = await self.browser_hash(letter)
+        for cookies in ({}, {BROWSER: "other-browser-cookie-value"}):
+            await self.second_browser(letter, cookies)
+        self.assertEqual(await self.browser_hash(letter), bound)
+        self.assertEqual(await self.count("sessions"), 1)
+
+    async def test_code_by_mail_opens(self) -> None:
+        """The code mail goes to the recipient; a wrong code is refused, the right one signs in."""
+        letter = await self.letter()
+        await self.signed_in(letter)
+        browser = await self.second_browser(letter, {})
+        commits = self.commits
+        reply = await self.ask_code(browser, letter)
+        self.assertIn(b"We sent a 6-digit code to bob@partner.example", reply.body)
+        self.assertEqual(self.commits, commits + 1)
+        [row] = await self.rows("code")
+        self.assertEqual(row.recipients, (BOB,))
+        self.assertEqual(row.about, letter.message_id)
+        code = await self.mailed_code()
+        wrong = await self.try_code(browser, letter, f"{(int(code) + 1) % 10**6:06d}")
+        self.assertEqual(wrong.code, 200)
+        self.assertIn(b"That code is not right", wrong.body)
+        self.assertNotIn(SESSION, wrong.set_cookies())
+        right = await self.try_code(browser, letter, code)
+        self.assertEqual(right.code, 303)
+        self.assertEqual(right.header("Location"), "/read")
+        page = await browser.get("/read")
+        self.assertEqual(page.code, 200)
+        self.assertIn(b"SecretBodyText", page.body)
+        self.assertEqual(await self.count("sessions"), 2)
+        used = await self.try_code(self.browser(), letter, code)  # a code works once
+        self.assertIn(b"That code no longer works", used.body)
+
+    async def test_five_wrong_tries(self) -> None:
+        """After five wrong codes the right one no longer opens the letter."""
+        letter = await self.letter()
+        await self.signed_in(letter)
+        browser = await self.second_browser(letter, {})
+        await self.ask_code(browser, letter)
+        code = await self.mailed_code()
+        wrong = f"{(int(code) + 1) % 10**6:06d}"
+        for _ in range(4):
+            self.assertIn(b"not right", (await self.try_code(browser, letter, wrong)).body)
+        fifth = await self.try_code(browser, letter, wrong)
+        self.assertIn(b"That code no longer works", fifth.body)
+        reply = await self.try_code(browser, letter, code)
+        self.assertEqual(reply.code, 200)
+        self.assertIn(b"That code no longer works", reply.body)
+        self.assertNotIn(SESSION, browser.cookies)
+        self.assertEqual(await self.count("sessions"), 1)
+
+    async def test_code_expires(self) -> None:
+        """A code works for 10 minutes, no longer."""
+        letter = await self.letter()
+        await self.signed_in(letter)
+        browser = await self.second_browser(letter, {})
+        await self.ask_code(browser, letter)
+        code = await self.mailed_code()
+        self.clock.advance(10 * MINUTE + 1)
+        reply = await self.try_code(browser, letter, code)
+        self.assertEqual(reply.code, 200)
+        self.assertIn(b"That code no longer works", reply.body)
+        self.assertNotIn(SESSION, browser.cookies)
+        await self.ask_code(browser, letter)  # a new one works again
+        self.assertEqual((await self.try_code(browser, letter, await self.mailed_code())).code, 303)
+
+    async def test_code_needs_csrf(self) -> None:
+        """Asking for a code or trying one without the link's CSRF is refused and mails nothing."""
+        letter = await self.letter()
+        browser = self.browser()
+        self.assertEqual((await browser.post(f"{letter.link}/code", {})).code, 403)
+        verify = await browser.post(f"{letter.link}/verify", {"code": "123456"})
+        self.assertEqual(verify.code, 403)
+        self.assertEqual(await self.rows("code"), [])
+
+
+class RegisteredTests(PortalFixture):
+    async def test_registered_letter_needs_pin(self) -> None:
+        """A registered letter's Open shows the PIN page: no content, no session, no binding."""
+        letter = await self.letter(level="registered")
+        browser = self.browser()
+        landing = await browser.get(letter.link)
+        self.assertIn(b"Registered letter", landing.body)
+        reply = await browser.post(letter.link, {"csrf": landing.csrf()})
+        self.assertEqual(reply.code, 200)
+        self.assertIn(b"A PIN is needed", reply.body)
+        self.assertNotIn(SESSION, reply.set_cookies())
+        self.assert_no_content(reply)
+        for path in ("code", "verify"):
+            other = await browser.post(
+                f"{letter.link}/{path}", {"csrf": landing.csrf(), "code": "123456"}
+            )
+            self.assertEqual(other.code, 403, path)
+        read = await browser.get("/read")
+        self.assertEqual(read.code, 401)
+        self.assert_no_content(read)
+        self.assertIsNone(await self.browser_hash(letter))
+        self.assertEqual(await self.count("sessions"), 0)
+        self.assertEqual(await self.rows("code"), [])
+
+
+def directives(reply: Reply) -> dict[str, list[str]]:
+    csp = reply.header("Content-Security-Policy")
+    assert csp is not None
+    found: dict[str, list[str]] = {}
+    for directive in csp.split(";"):
+        name, *values = directive.split()
+        found[name.lower()] = values
+    return found
+
+
+class HeaderTests(PortalFixture):
+    async def every_route(self) -> dict[str, Reply]:
+        letter = await self.letter()
+        browser = self.browser()
+        replies: dict[str, Reply] = {}
+        replies["landing"] = landing = await browser.get(letter.link)
+        replies["open"] = await browser.post(letter.link, {"csrf": landing.csrf()})
+        replies["read"] = page = await browser.get("/read")
+        replies["read/html"] = await browser.get("/read/html")
+        replies["cid"] = await browser.get("/read/cid/logo@corp.example")
+        replies["cid 404"] = await browser.get("/read/cid/nothing@corp.example")
+        replies["attachment"] = await browser.get("/read/attachment/0")
+        replies["attachment 404"] = await browser.get("/read/attachment/7")
+        replies["eml"] = await browser.get("/read/eml")
+        replies["code page"] = await self.open(self.browser(), letter)
+        replies["403"] = await browser.post(letter.link, {"csrf": "wrong"})
+        replies["logout"] = await browser.post("/logout", {"csrf": page.csrf()})
+        replies["401"] = await browser.get("/read")
+        replies["css"] = await browser.get("/static/portal.css")
+        replies["404 link"] = await browser.get("/m/" + "x" * 40)
+        replies["404 path"] = await browser.get("/no/such/page")
+        replies["405"] = await browser.get("/logout")
+        return replies
+
+    async def test_status_of_every_route(self) -> None:
+        """Each route answers with the status it should (so the header checks see real pages)."""
+        codes = {name: reply.code for name, reply in (await self.every_route()).items()}
+        self.assertEqual(
+            codes,
+            {
+                "landing": 200,
+                "open": 303,
+                "read": 200,
+                "read/html": 200,
+                "cid": 200,
+                "cid 404": 404,
+                "attachment": 200,
+                "attachment 404": 404,
+                "eml": 200,
+                "code page": 200,
+                "403": 403,
+                "logout": 200,
+                "401": 401,
+                "css": 200,
+                "404 link": 404,
+                "404 path": 404,
+                "405": 405,
+            },
+        )
+
+    async def test_security_headers_everywhere(self) -> None:
+        """HSTS, nosniff, no-referrer and a CSP that frames nothing and runs no script."""
+        for name, reply in (await self.every_route()).items():
+            self.assertEqual(reply.header("Strict-Transport-Security"), "max-age=31536000", name)
+            self.assertEqual(reply.header("X-Content-Type-Options"), "nosniff", name)
+            self.assertEqual(reply.header("Referrer-Policy"), "no-referrer", name)
+            csp = directives(reply)
+            raw = reply.header("Content-Security-Policy") or ""
+            framing = ["'self'"] if name == "read/html" else ["'none'"]
+            self.assertEqual(csp.get("frame-ancestors"), framing, name)
+            self.assertNotIn("unsafe-inline", raw, name)
+            self.assertNotIn("unsafe-eval", raw, name)
+            self.assertEqual(csp.get("script-src", csp.get("default-src")), ["'none'"], name)
+            if name != "css":
+                self.assertEqual(reply.header("Cache-Control"), "no-store", name)
+
+    async def test_unknown_path_is_a_page(self) -> None:
+        """An unknown path (or method) is a portal page with its 404 (405), not a logged 500."""
+        reply = await self.browser().get("/no/such/page")
+        self.assertEqual(reply.code, 404)
+        self.assertIn(b"Page not found", reply.body)
+        wrong_method = await self.browser().get("/logout")
+        self.assertEqual(wrong_method.code, 405)
+        self.assertEqual(wrong_method.header("Allow"), "POST")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ExpiryTests(PortalFixture):
+    async def test_deleted_message(self) -> None:
+        """A letter deleted by retention: its link is 404 with advice, its session shows nothing."""
+        letter = await self.letter()
+        browser = await self.signed_in(letter)
+        self.assertEqual(await self.store.delete_expired(self.now() + 1, self.now()), 1)
+        for reply in (
+            await browser.get(letter.link),
+            await browser.post(letter.link, {"csrf": "x"}),
+        ):
+            self.assertEqual(reply.code, 404)
+            self.assertIn(b"Please contact the sender", reply.body)
+            self.assert_no_content(reply)
+        for path in ("/read", "/read/html", "/read/attachment/0", "/read/eml"):
+            reply = await browser.get(path)
+            self.assertIn(reply.code, (401, 410), path)
+            self.assert_no_content(reply)
+            self.assertNotIn(BINARY[:64], reply.body)
+        cid = await browser.get("/read/cid/logo@corp.example")
+        self.assertNotEqual(cid.code, 200)
+        self.assertNotIn(PNG, cid.body)
+
+
+class InjectionTests(PortalFixture):
+    async def test_form_fields_with_line_breaks(self) -> None:
+        """CR/LF in the code or CSRF field never becomes a header of the response."""
+        letter = await self.letter()
+        reader = await self.signed_in(letter)
+        browser = self.browser()
+        csrf = (await browser.get(letter.link)).csrf()
+        injected = "\r\nX-Injected: 1\r\nSet-Cookie: evil=1\r\n"
+        attempts = [
+            ("/verify", {"csrf": csrf, "code": "123456" + injected}),
+            ("/verify", {"csrf": csrf, "code": injected + "123456"}),
+            ("/verify", {"csrf": csrf + injected, "code": "123456"}),
+            ("/code", {"csrf": csrf + injected}),
+            ("", {"csrf": csrf + injected}),
+        ]
+        for suffix, data in attempts:
+            reply = await browser.post(letter.link + suffix, data)
+            self.assertIn(reply.code, (200, 403))
+            self.assertIsNone(reply.headers.getRawHeaders(b"X-Injected"))
+            for _, values in reply.headers.getAllRawHeaders():
+                for value in values:
+                    self.assertNotIn(b"evil", value)
+                    self.assertNotIn(b"\r", value)
+                    self.assertNotIn(b"\n", value)
+        logout = await reader.post("/logout", {"csrf": injected})
+        self.assertEqual(logout.code, 403)
+        self.assertIsNone(logout.headers.getRawHeaders(b"X-Injected"))
+
+    async def test_filename_with_line_breaks(self) -> None:
+        """A file name with CR/LF, quotes and a path stays inside one Content-Disposition."""
+        browser = await self.signed_in(await self.letter())
+        reply = await browser.get("/read/attachment/0")
+        disposition = reply.header("Content-Disposition")  # exactly one
+        self.assertEqual(disposition, SAFE_DISPOSITION)
+        assert disposition is not None
+        self.assertNotIn("/", disposition)
+        self.assertNotIn("\r", disposition)
+        self.assertIsNone(reply.headers.getRawHeaders(b"X"))
