@@ -23,6 +23,7 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
@@ -104,8 +105,10 @@ class Portal:
         clock: IReactorTime,
         csrf_key: bytes,
         on_commit: Callable[[], None] = lambda: None,
+        compose: IResource | None = None,
     ) -> None:
         self.settings = settings
+        self.compose = compose
         self.store = store
         self.sessions = portal_store
         self.clock = clock
@@ -158,7 +161,7 @@ class Portal:
                 "available on this server yet. Please ask the sender to send the message as "
                 "a secure letter, or to contact you another way.</p></div>",
             )
-        browser = _cookie(request, BROWSER_COOKIE) or new_id() + new_id()
+        browser = cookie_value(request, BROWSER_COOKIE) or new_id() + new_id()
         self._set_cookie(request, BROWSER_COOKIE, browser, max_age=BROWSER_COOKIE_AGE)
         if await self.sessions.open_envelope(envelope.id, browser, self.now()):
             return await self._sign_in(request, envelope, "link in this browser")
@@ -190,7 +193,7 @@ class Portal:
             return self._not_found(request)
         if not self._form_csrf_ok(request, token) or envelope.level != "letter":
             return self._bad_form(request)
-        code = _arg(request, b"code")
+        code = form_arg(request, b"code")
         if not re.fullmatch(r"\s*\d{6}\s*", code):
             return self._code_page(request, token, envelope, "The code has 6 digits.", sent=True)
         state = await self.sessions.check_code(envelope.id, code, self.now())
@@ -238,7 +241,7 @@ class Portal:
                     'sender cannot tell when you read the message. <a href="/read?images=1" '
                     'class="button secondary">Show pictures</a></p>'
                 )
-            src = "/read/html?images=1" if _arg(request, b"images") == "1" else "/read/html"
+            src = "/read/html?images=1" if form_arg(request, b"images") == "1" else "/read/html"
             parts.append(
                 f'<div class="card">{images}<iframe src="{src}" title="Message" '
                 'sandbox="allow-popups allow-popups-to-escape-sandbox" '
@@ -278,7 +281,7 @@ class Portal:
         raw = await self._raw(session)
         if raw is None:
             return self._gone(request)
-        images = _arg(request, b"images") == "1"
+        images = form_arg(request, b"images") == "1"
         # The sandboxed frame has an opaque origin, so the browser sends no cookie with its
         # requests: inline (cid:) pictures are put into the document as data: URLs instead.
         message = render.read_message(
@@ -346,10 +349,10 @@ class Portal:
 
     @app.route("/logout", methods=["POST"])
     async def logout(self, request: IRequest) -> bytes:
-        session_id = _cookie(request, SESSION_COOKIE)
+        session_id = cookie_value(request, SESSION_COOKIE)
         session = await self._session(request)
         if session is not None and session_id:
-            if not hmac.compare_digest(_arg(request, b"csrf"), session.csrf):
+            if not hmac.compare_digest(form_arg(request, b"csrf"), session.csrf):
                 return self._bad_form(request)
             await self.sessions.end_session(session_id)
         self._set_cookie(request, SESSION_COOKIE, "", max_age=0)
@@ -359,6 +362,16 @@ class Portal:
             '<div class="card"><p>You are signed out. '
             "To read the message again, use the link in the e-mail.</p></div>",
         )
+
+    @app.route("/compose", branch=True)
+    def compose_branch(self, request: IRequest) -> IResource | bytes:
+        """Outsiders writing to the organisation (D-Compose): its own app, see web/compose.py."""
+        if self.compose is None:
+            request.setResponseCode(404)
+            return self._page(
+                request, "Page not found", '<div class="card"><p>There is no such page.</p></div>'
+            )
+        return self.compose
 
     @app.route("/static/portal.css", methods=["GET"])
     def style(self, request: IRequest) -> bytes:
@@ -400,7 +413,7 @@ class Portal:
         return await self.store.envelope_by_token(token)
 
     async def _session(self, request: IRequest) -> Session | None:
-        session_id = _cookie(request, SESSION_COOKIE)
+        session_id = cookie_value(request, SESSION_COOKIE)
         if not session_id:
             return None
         return await self.sessions.session(session_id, self.now())
@@ -412,7 +425,7 @@ class Portal:
             return None
 
     async def _sign_in(self, request: IRequest, envelope: Envelope, how: str) -> bytes:
-        old = _cookie(request, SESSION_COOKIE)
+        old = cookie_value(request, SESSION_COOKIE)
         if old:
             await self.sessions.end_session(old)  # a new session id at every sign-in
         session_id = await self.sessions.create_session(envelope.id, self.now(), how)
@@ -461,7 +474,7 @@ class Portal:
         return hmac.new(self._csrf_key, b"link-form:" + token_hash, "sha256").hexdigest()
 
     def _form_csrf_ok(self, request: IRequest, token: str) -> bool:
-        return hmac.compare_digest(_arg(request, b"csrf"), self._form_csrf(token))
+        return hmac.compare_digest(form_arg(request, b"csrf"), self._form_csrf(token))
 
     def _code_page(
         self,
@@ -500,22 +513,10 @@ class Portal:
         return self._page(request, "Confirm it is you", form + ask)
 
     def _headers(self, request: IRequest, csp: bytes = PAGE_CSP) -> None:
-        for name, value in COMMON_HEADERS.items():
-            request.setHeader(name, value)
-        request.setHeader(b"Content-Security-Policy", csp)
-        request.setHeader(b"X-Frame-Options", b"DENY")
+        set_security_headers(request, csp)
 
     def _page(self, request: IRequest, title: str, body: str, heading: bool = True) -> bytes:
-        self._headers(request)
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        h1 = f"<h1>{_e(title)}</h1>" if heading else ""
-        return (
-            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{_e(title)}</title><link rel="stylesheet" href="/static/portal.css"></head>'
-            f"<body><header><strong>Secure mail</strong> · {_e(self.settings.gateway.hostname)}"
-            f"</header><main>{h1}{body}</main></body></html>"
-        ).encode()
+        return render_page(request, self.settings, title, body, heading)
 
     def _download(
         self,
@@ -534,16 +535,7 @@ class Portal:
     def _set_cookie(
         self, request: IRequest, name: bytes, value: str, max_age: int | None = None
     ) -> None:
-        # IRequest.addCookie lacks httpOnly/sameSite; twisted.web's Request has them.
-        cast(Request, request).addCookie(
-            name,
-            value.encode("ascii"),
-            path=b"/",
-            secure=True,
-            httpOnly=True,
-            sameSite="lax",
-            max_age=str(max_age).encode() if max_age is not None else None,
-        )
+        set_cookie(request, name, value, max_age)
 
     def _not_found(self, request: IRequest) -> bytes:
         request.setResponseCode(404)
@@ -586,24 +578,70 @@ class Portal:
         )
 
 
-def _e(text: str) -> str:
+# --- shared by the portal's apps (see also web/compose.py) -------------------------------
+
+
+def set_security_headers(request: IRequest, csp: bytes = PAGE_CSP) -> None:
+    """The headers every portal response carries."""
+    for name, value in COMMON_HEADERS.items():
+        request.setHeader(name, value)
+    request.setHeader(b"Content-Security-Policy", csp)
+    request.setHeader(b"X-Frame-Options", b"DENY")
+
+
+def render_page(
+    request: IRequest, settings: Settings, title: str, body: str, heading: bool = True
+) -> bytes:
+    """A whole portal page around C{body} (already escaped HTML), with the security headers."""
+    set_security_headers(request)
+    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+    h1 = f"<h1>{_e(title)}</h1>" if heading else ""
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{_e(title)}</title><link rel="stylesheet" href="/static/portal.css"></head>'
+        f"<body><header><strong>Secure mail</strong> · {_e(settings.gateway.hostname)}"
+        f"</header><main>{h1}{body}</main></body></html>"
+    ).encode()
+
+
+def set_cookie(request: IRequest, name: bytes, value: str, max_age: int | None = None) -> None:
+    """A __Host- cookie: Secure, HttpOnly, SameSite=Lax, Path=/."""
+    # IRequest.addCookie lacks httpOnly/sameSite; twisted.web's Request has them.
+    cast(Request, request).addCookie(
+        name,
+        value.encode("ascii"),
+        path=b"/",
+        secure=True,
+        httpOnly=True,
+        sameSite="lax",
+        max_age=str(max_age).encode() if max_age is not None else None,
+    )
+
+
+def escape(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+_e = escape
 
 
 def _details(rows: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>"
 
 
-def _cookie(request: IRequest, name: bytes) -> str:
+def cookie_value(request: IRequest, name: bytes) -> str:
+    """A cookie's value when it looks like one of ours, else \"\"."""
     value = request.getCookie(name)
     if not value or not re.fullmatch(rb"[A-Za-z0-9_-]{16,200}", value):
         return ""
     return value.decode("ascii")
 
 
-def _arg(request: IRequest, name: bytes) -> str:
+def form_arg(request: IRequest, name: bytes, limit: int = 200) -> str:
+    """A form or query field, decoded, at most C{limit} characters."""
     values = (request.args or {}).get(name) or [b""]
-    return values[0].decode("utf-8", "replace")[:200]
+    return values[0].decode("utf-8", "replace")[:limit]
 
 
 def _data_url(raw: bytes, content_id: str) -> str:
