@@ -101,6 +101,8 @@ class SecureSettings:
 class PortalSettings:
     listen: tuple[str, ...] = ("ssl:8443:interface=127.0.0.1",)
     url: str = "https://localhost:8443"
+    compose_directory: tuple[str, ...] = ()
+    max_upload_size: int = 10_240_000
 
 
 @dataclass(frozen=True)
@@ -375,7 +377,12 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "subject_keyword": _str,
         "notification_shows_subject": _bool,
     },
-    "portal": {"listen": _endpoints, "url": _url},
+    "portal": {
+        "listen": _endpoints,
+        "url": _url,
+        "compose_directory": lambda v: tuple(_mailbox(a) for a in _str_list(v)),
+        "max_upload_size": _positive_int,
+    },
     "store": {"database": _database, "master_key_file": _nonempty},
     "queue": {
         "retry_initial": _positive_int,
@@ -470,6 +477,14 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         master_key_generated=key_file is None,
     )
 
+    portal = replace(PortalSettings(), **values.get("portal", {}))
+    outside = [a for a in portal.compose_directory if not routes.is_incoming(a.rpartition("@")[2])]
+    if outside:
+        raise ConfigError(
+            f"portal.compose_directory: {', '.join(outside)} not in routes.incoming_domains; "
+            "outsiders may only write to the organisation's own addresses"
+        )
+
     queue = replace(QueueSettings(), **values.get("queue", {}))
     if queue.retry_max < queue.retry_initial:
         raise ConfigError("queue.retry_max: must not be smaller than queue.retry_initial")
@@ -479,7 +494,7 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         smtp=smtp,
         routes=routes,
         secure=replace(SecureSettings(), **values.get("secure", {})),
-        portal=replace(PortalSettings(), **values.get("portal", {})),
+        portal=portal,
         store=store,
         queue=queue,
     )

@@ -102,3 +102,12 @@ def test_describe_masks_password() -> None:
     text = "\n".join(config.describe(settings))
     assert "hunter2" not in text
     assert "postgresql://u:***@db/x" in text
+
+
+def test_compose_directory_must_be_internal() -> None:
+    """The compose directory may list only the organisation's own addresses."""
+    base = '[routes]\nincoming = "smtp://mail.corp.example"\nincoming_domains = ["corp.example"]\n'
+    ok = load_text(base + '[portal]\ncompose_directory = ["sales@corp.example"]\n')
+    assert ok.portal.compose_directory == ("sales@corp.example",)
+    with pytest.raises(ConfigError, match="portal.compose_directory: evil@else.example"):
+        load_text(base + '[portal]\ncompose_directory = ["evil@else.example"]\n')
