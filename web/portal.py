@@ -5,7 +5,9 @@ The link (C{/m/<token>}) only shows a landing page: link scanners fetch every
 link, so a GET changes nothing. "Open" is a POST with a CSRF token; it swaps the
 link token for a session cookie and redirects (303) to C{/read}, a URL without
 the token. A letter is bound to the first browser that opens it; another browser
-needs a one-time code sent to the recipient's address.
+needs a one-time code sent to the recipient's address. From the reading page the reader
+can reply, reply to all or forward inside the organisation (L{web.reply}); request bodies
+stay in memory and are limited to C{[portal] max_upload_size} (L{BoundedRequest}).
 """
 
 from __future__ import annotations
@@ -14,26 +16,34 @@ import base64
 import hashlib
 import hmac
 import html
+import io
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import Message
+from email.utils import collapse_rfc2231_value
 from typing import Any, cast
+from urllib.parse import parse_qs
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
+from twisted.web.http import HTTPChannel
+from twisted.web.iweb import INonQueuedRequestFactory, IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
+from zope.interface import implementer
 
 from secmail.config import Settings
 from secmail.notify import build_code_mail
 from secmail.policy import strip_subject_keyword
 from secmail.store.messages import Envelope, MessageStore, NewDelivery, NewMessage, new_id
 from secmail.store.portal import CODE_LIFETIME, CodeState, PortalStore, Session
-from secmail.store.spool import SealedBytes
-from web import render
+from secmail.store.spool import RunInThread, SealedBytes
+from web import render, reply
 
 log = Logger()
 
@@ -82,10 +92,17 @@ button, .button { display: inline-block; background: var(--brand); color: #fff; 
         border-radius: 6px; padding: .6rem 1.1rem; font-size: 1rem; cursor: pointer;
         text-decoration: none; }
 button.secondary, .button.secondary { background: #e6e9ef; color: var(--text); }
-button:focus, .button:focus, a:focus, input:focus { outline: 3px solid #f0a500;
-        outline-offset: 2px; }
+button:focus, .button:focus, a:focus, input:focus, textarea:focus, summary:focus {
+        outline: 3px solid #f0a500; outline-offset: 2px; }
 input[type=text] { font-size: 1.2rem; padding: .5rem; width: 10rem; letter-spacing: .2rem; }
+input[type=text].address { font-size: 1rem; width: 100%; letter-spacing: normal; }
+input[type=file] { max-width: 100%; }
+textarea { width: 100%; font: inherit; padding: .5rem; border: 1px solid #b8bec9;
+        border-radius: 4px; resize: vertical; }
 label { display: block; font-weight: 600; margin-bottom: .25rem; }
+form.reply label { margin-top: .75rem; }
+h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
+summary { cursor: pointer; font-weight: 600; }
 ul.files { padding-left: 1.2rem; }
 .actions { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; }
 .note { color: var(--muted); font-size: .95rem; }
@@ -106,9 +123,11 @@ class Portal:
         csrf_key: bytes,
         on_commit: Callable[[], None] = lambda: None,
         compose: IResource | None = None,
+        run_in_thread: RunInThread = deferToThread,
     ) -> None:
         self.settings = settings
         self.compose = compose
+        self.run_in_thread = run_in_thread
         self.store = store
         self.sessions = portal_store
         self.clock = clock
@@ -263,6 +282,9 @@ class Portal:
             parts.append(
                 f'<div class="card"><h2>Attachments</h2><ul class="files">{items}</ul></div>'
             )
+        envelope = await self.store.envelope_by_id(session.envelope_id)
+        reader = envelope.recipient if envelope is not None else ""
+        parts.append(self._reply_forms(session.csrf, raw, reader))
         parts.append(
             '<div class="card actions"><a class="button secondary" href="/read/eml">'
             "Save the whole message (.eml)</a>"
@@ -347,12 +369,99 @@ class Portal:
         )
         return self._download(request, raw, "message.eml", content_type=b"message/rfc822")
 
+    @app.route("/read/reply", methods=["POST"])
+    async def send_reply(self, request: IRequest) -> bytes:
+        """Reply, reply all or forward: mail to the organisation, secure letters to outsiders."""
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request)
+        try:
+            form = submitted_form(request)
+        except FormError:
+            return self._bad_form(request)
+        if not same_secret(form.one("csrf"), session.csrf):
+            return self._bad_form(request)
+        envelope = await self.store.envelope_by_id(session.envelope_id)
+        raw = await self._raw(session)
+        if envelope is None or raw is None:
+            return self._gone(request)
+        mode, text, to = form.one("mode"), form.one("text"), form.one("to")
+        uploads = form.uploads("files")
+        size = len(text.encode("utf-8")) + sum(len(u.data) for u in uploads)
+        limit = self.settings.portal.max_upload_size
+        if size > limit:
+            problem = (
+                f"Your message and files come to {_size(size)}; at most {_size(limit)} can be "
+                "sent at once. Please attach fewer or smaller files."
+            )
+            return self._not_sent(request, session.csrf, raw, envelope, form, problem, 413)
+        now = self.now()
+        date = datetime.fromtimestamp(self.clock.seconds(), UTC)
+        try:
+            mail: reply.ReplyMail = await self.run_in_thread(
+                lambda: reply.build_reply(
+                    original=raw,
+                    mode=mode,
+                    reader=envelope.recipient,
+                    reader_original=envelope.original,
+                    text=text,
+                    uploads=uploads,
+                    forward_to=to,
+                    settings=self.settings,
+                    date=date,
+                )
+            )
+        except reply.ReplyError as e:
+            return self._not_sent(request, session.csrf, raw, envelope, form, str(e), 400)
+        messages = reply.reply_messages(
+            mail,
+            settings=self.settings,
+            master=self.store.master,
+            reader=envelope.recipient,
+            about=session.message_id,
+            date=date,
+        )
+        await self.store.commit(messages, now)
+        self.on_commit()
+        kind = "forwarded" if mail.mode == "forward" else "replied"
+        await self.store.add_event(session.message_id, session.envelope_id, kind, mail.summary, now)
+        # To a page of its own (303), so that reloading it cannot send the mail again.
+        request.setResponseCode(303)
+        request.setHeader(b"Location", b"/read/sent")
+        self._headers(request)
+        return b""
+
+    @app.route("/read/sent", methods=["GET"])
+    async def sent(self, request: IRequest) -> bytes:
+        """What the reader's last reply or forward from this letter went out as."""
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request)
+        sent = [
+            detail
+            for _, kind, envelope_id, detail in await self.store.events(session.message_id)
+            if envelope_id == session.envelope_id and kind in ("replied", "forwarded")
+        ]
+        back = '<p><a class="button secondary" href="/read">Back to the message</a></p>'
+        if not sent:
+            return self._page(
+                request,
+                "Nothing sent",
+                f'<div class="card"><p>Nothing has been sent from this message yet.</p>{back}'
+                "</div>",
+            )
+        return self._page(
+            request,
+            "Sent",
+            f'<div class="card" role="status"><p>{_e(sent[-1])}</p>{back}</div>',
+        )
+
     @app.route("/logout", methods=["POST"])
     async def logout(self, request: IRequest) -> bytes:
         session_id = cookie_value(request, SESSION_COOKIE)
         session = await self._session(request)
         if session is not None and session_id:
-            if not hmac.compare_digest(form_arg(request, b"csrf"), session.csrf):
+            if not same_secret(form_arg(request, b"csrf"), session.csrf):
                 return self._bad_form(request)
             await self.sessions.end_session(session_id)
         self._set_cookie(request, SESSION_COOKIE, "", max_age=0)
@@ -474,7 +583,7 @@ class Portal:
         return hmac.new(self._csrf_key, b"link-form:" + token_hash, "sha256").hexdigest()
 
     def _form_csrf_ok(self, request: IRequest, token: str) -> bool:
-        return hmac.compare_digest(form_arg(request, b"csrf"), self._form_csrf(token))
+        return same_secret(form_arg(request, b"csrf"), self._form_csrf(token))
 
     def _code_page(
         self,
@@ -511,6 +620,95 @@ class Portal:
             f'<button type="submit"{button_class}>{button_text}</button></form>'
         )
         return self._page(request, "Confirm it is you", form + ask)
+
+    def _reply_forms(
+        self,
+        csrf: str,
+        raw: bytes,
+        reader: str,
+        mode: str = "",
+        text: str = "",
+        to: str = "",
+    ) -> str:
+        """The reading page's Reply (and Reply all) form and its Forward form."""
+        can_reply, can_reply_all = reply.reply_choices(raw, reader, self.settings)
+        limit = _size(self.settings.portal.max_upload_size)
+        hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+        forms = []
+        if can_reply:
+            buttons = '<button type="submit" name="mode" value="reply">Reply</button>'
+            who = "Your reply goes by e-mail to the sender, quoting the message."
+            if can_reply_all:
+                buttons += (
+                    ' <button type="submit" name="mode" value="reply-all" class="secondary">'
+                    "Reply all</button>"
+                )
+                who += (
+                    " Reply all also sends it to the others the message was sent to; anyone "
+                    "outside the organisation gets it as a secure message, like this one."
+                )
+            kept = text if mode in ("reply", "reply-all") else ""
+            forms.append(
+                '<form method="post" action="/read/reply" enctype="multipart/form-data" '
+                'class="card reply" aria-labelledby="reply-heading">'
+                f'<h2 id="reply-heading">Reply</h2>{hidden}'
+                '<label for="reply-text">Your reply</label>'
+                f'<textarea id="reply-text" name="text" rows="6">{_e(kept)}</textarea>'
+                '<label for="reply-files">Attach files</label>'
+                '<input type="file" id="reply-files" name="files" multiple>'
+                f'<p class="note">Up to {limit} in all. {who}</p>'
+                f'<div class="actions">{buttons}</div></form>'
+            )
+        else:
+            forms.append(
+                '<div class="card"><p class="note">The sender of this message is outside '
+                "the organisation, so you cannot reply from here. Please reply from your "
+                "own e-mail program.</p></div>"
+            )
+        opened = " open" if mode == "forward" else ""
+        kept = text if mode == "forward" else ""
+        forms.append(
+            f'<details class="card"{opened}><summary>Forward</summary>'
+            '<form method="post" action="/read/reply" enctype="multipart/form-data" '
+            f'class="reply">{hidden}<input type="hidden" name="mode" value="forward">'
+            '<label for="forward-to">Forward to</label>'
+            f'<input type="text" id="forward-to" name="to" class="address" value="{_e(to)}" '
+            'autocomplete="off" required aria-describedby="forward-note">'
+            '<p class="note" id="forward-note">Addresses in the organisation only '
+            f"({_e(reply.organisation(self.settings))}), separated by commas.</p>"
+            '<label for="forward-text">Your note (optional)</label>'
+            f'<textarea id="forward-text" name="text" rows="4">{_e(kept)}</textarea>'
+            '<label for="forward-files">Attach files</label>'
+            '<input type="file" id="forward-files" name="files" multiple>'
+            f'<p class="note">Up to {limit} in all. The message is attached as it came.</p>'
+            '<div class="actions"><button type="submit">Forward</button></div></form></details>'
+        )
+        return "".join(forms)
+
+    def _not_sent(
+        self,
+        request: IRequest,
+        csrf: str,
+        raw: bytes,
+        envelope: Envelope,
+        form: SubmittedForm,
+        problem: str,
+        status: int,
+    ) -> bytes:
+        """The problem, in words, and the forms again with what the reader typed."""
+        request.setResponseCode(status)
+        mode = form.one("mode")
+        again = ""
+        if form.uploads("files"):
+            again = "<p>Files you attached have to be chosen again.</p>"
+        body = (
+            f'<div class="card"><p class="error" role="alert">{_e(problem)}</p>{again}'
+            '<p><a href="/read">Back to the message</a></p></div>'
+            + self._reply_forms(
+                csrf, raw, envelope.recipient, mode, form.one("text"), form.one("to", 2000)
+            )
+        )
+        return self._page(request, "Not sent", body)
 
     def _headers(self, request: IRequest, csp: bytes = PAGE_CSP) -> None:
         set_security_headers(request, csp)
@@ -619,6 +817,11 @@ def set_cookie(request: IRequest, name: bytes, value: str, max_age: int | None =
     )
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """A constant-time comparison that also takes what a hostile form sends (non-ASCII)."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
 def escape(text: str) -> str:
     return html.escape(text, quote=True)
 
@@ -677,7 +880,221 @@ def access_log_line(timestamp: str, request: Any) -> str:
     return f'{host} - - {timestamp} "{method} {path}" {request.code} {request.sentLength or "-"}'
 
 
+# --- submitted forms ----------------------------------------------------------------------
+
+MAX_FORM_PARTS = 500
+
+
+class FormError(ValueError):
+    """The body is not a form this portal could have sent."""
+
+
+@dataclass
+class SubmittedForm:
+    """A POSTed form: its text fields and, for multipart/form-data, its files."""
+
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    files: list[tuple[str, reply.Upload]] = field(default_factory=list)
+
+    def one(self, name: str, limit: int | None = None) -> str:
+        """The field's first value ("" when missing), at most C{limit} characters."""
+        values = self.fields.get(name) or [""]
+        return values[0][:limit] if limit is not None else values[0]
+
+    def uploads(self, name: str) -> list[reply.Upload]:
+        return [upload for field_name, upload in self.files if field_name == name]
+
+
+def submitted_form(request: IRequest) -> SubmittedForm:
+    """
+    The request's form, read from its body: URL-encoded, or multipart/form-data with each
+    file's name and type (which twisted.web's own parsing drops).
+
+    @raise FormError: the body is neither, or is not well-formed.
+    """
+    content_type = request.getHeader(b"content-type") or b""
+    content = request.content
+    content.seek(0)
+    body = content.read()
+    content.seek(0)
+    media = content_type.split(b";", 1)[0].strip().lower()
+    if media == b"application/x-www-form-urlencoded":
+        form = SubmittedForm()
+        for key, values in parse_qs(body, keep_blank_values=True).items():
+            form.fields[_text(key)] = [_text(v) for v in values]
+        return form
+    if media == b"multipart/form-data":
+        return parse_multipart(body, content_type)
+    raise FormError("not a form")
+
+
+def parse_multipart(body: bytes, content_type: bytes) -> SubmittedForm:
+    """A multipart/form-data body (RFC 7578), split on the bytes: file data comes out exact."""
+    boundary = _header_params(b"Content-Type: " + content_type).get_param("boundary")
+    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 70:
+        raise FormError("no boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    if body.startswith(delimiter):
+        body = b"\r\n" + body
+    sections = body.split(b"\r\n" + delimiter)
+    if len(sections) < 2 or len(sections) > MAX_FORM_PARTS + 2:
+        raise FormError("no parts, or too many")
+    form = SubmittedForm()
+    for section in sections[1:]:
+        if section.startswith(b"--"):
+            return form  # the close delimiter: what follows is the epilogue
+        line_end = section.find(b"\r\n")
+        if line_end < 0 or section[:line_end].strip(b" \t"):
+            raise FormError("malformed delimiter line")
+        rest = section[line_end + 2 :]
+        if rest.startswith(b"\r\n"):
+            head, data = b"", rest[2:]
+        else:
+            head, found, data = rest.partition(b"\r\n\r\n")
+            if not found:
+                raise FormError("part without a blank line after its headers")
+        headers = _header_params(head)
+        if headers.get_content_disposition() != "form-data":
+            continue
+        name = headers.get_param("name", header="content-disposition")
+        if name is None or isinstance(name, str) and not name:
+            continue
+        name = collapse_rfc2231_value(name)
+        filename = headers.get_filename()
+        if filename is None:
+            form.fields.setdefault(name, []).append(_text(data))
+        elif filename or data:  # an empty file input sends a nameless, empty part
+            content_type_of = str(headers.get("Content-Type", "application/octet-stream"))
+            form.files.append((name, reply.Upload(filename, content_type_of, data)))
+    raise FormError("no close delimiter")
+
+
+def _header_params(head: bytes) -> Message:
+    """A part's header lines, in a Message for its parameter parsing (RFC 2231 included)."""
+    headers = Message()
+    for line in _text(head).split("\r\n"):
+        key, colon, value = line.partition(":")
+        if colon and key.strip():
+            headers[key.strip()] = value.strip()
+    return headers
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+# --- the request: bodies in memory, and a limit ---------------------------------------------
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body is kept in memory and refused (413) over C{max_upload_size}.
+
+    twisted.web writes a body of 100 KB or more to a temporary file, and a reply's
+    attachments are plaintext: none may reach the disk. A body announced (Content-Length)
+    or found (chunked) to be over the limit is answered at once with 413 and dropped;
+    what the client still sends of it is read and discarded for a while, so that the
+    browser sees the answer rather than a reset connection, and then the connection is
+    closed. Form bodies are parsed by the page that takes them: URL-encoded ones into
+    C{args} here, as twisted.web would, multipart ones by L{submitted_form}.
+    """
+
+    def __init__(self, channel: HTTPChannel, settings: Settings) -> None:
+        super().__init__(channel, parsePOSTFormSubmission=False)
+        self.settings = settings
+        self.max_body = settings.portal.max_upload_size
+        self._body = io.BytesIO()
+        self._body_size = 0
+        self._refused = False
+        self._closing = False
+
+    def gotLength(self, length: int | None) -> None:
+        self._body = self.content = io.BytesIO()
+        if length is not None and length > self.max_body:
+            self._refuse(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._refused:
+            if self._body_size > 2 * self.max_body:
+                self._close()
+            return
+        if self._body_size > self.max_body:
+            self._refuse(None)
+            return
+        self._body.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            self._close()  # answered already
+            return
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        media = (self.getHeader(b"content-type") or b"").split(b";", 1)[0].strip().lower()
+        if self.method == b"POST" and media == b"application/x-www-form-urlencoded":
+            self._body.seek(0)
+            self.args.update(parse_qs(self._body.read(), keep_blank_values=True))
+            self._body.seek(0)
+        super().process()
+
+    def _refuse(self, length: int | None) -> None:
+        self._refused = True
+        self._body = self.content = io.BytesIO()
+        waiting = self.requestHeaders.getRawHeaders(b"expect")
+        # No "100 Continue" after this answer: the client is not to send the body at all.
+        self.requestHeaders.removeHeader(b"expect")
+        peer = getattr(self.getClientAddress(), "host", "-")
+        log.info(
+            "Refused a request body of {size} bytes from {peer} (limit {limit})",
+            size=length if length is not None else f"over {self.max_body}",
+            peer=peer,
+            limit=self.max_body,
+        )
+        limit = _size(self.max_body)
+        page = render_page(
+            self,
+            self.settings,
+            "Too large",
+            f'<div class="card"><p class="error" role="alert">What you sent is larger than '
+            f"{limit}, the most that can be sent at once. Please go back and attach fewer or "
+            "smaller files.</p></div>",
+        )
+        self.setHeader(b"Content-Length", str(len(page)).encode("ascii"))
+        self.setHeader(b"Connection", b"close")
+        head = b"".join(
+            name + b": " + value + b"\r\n"
+            for name, values in self.responseHeaders.getAllRawHeaders()
+            for value in values
+        )
+        transport = self.channel.transport
+        if transport is not None:
+            transport.write(b"HTTP/1.1 413 Content Too Large\r\n" + head + b"\r\n" + page)
+        if waiting:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.loseConnection()
+
+
+@implementer(INonQueuedRequestFactory)
+class BoundedRequestFactory:
+    """Makes the portal's L{BoundedRequest}s (a Site's C{requestFactory})."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, channel: HTTPChannel) -> BoundedRequest:
+        return BoundedRequest(channel, self.settings)
+
+
 def make_site(portal: Portal) -> Site:
-    site = Site(portal.app.resource(), logFormatter=access_log_line)
+    site = Site(
+        portal.app.resource(),
+        requestFactory=BoundedRequestFactory(portal.settings),
+        logFormatter=access_log_line,
+    )
     site.displayTracebacks = False
     return site
