@@ -29,6 +29,7 @@ from secmail.queue import OutboundQueue, RetentionJob
 from secmail.smtp.delivery import GatewayDelivery, Intake
 from secmail.smtp.routing import SmtpSender
 from secmail.smtp.server import GatewayESMTPFactory
+from secmail.store.compose import ComposeStore
 from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
 from secmail.store.messages import MessageStore
@@ -107,15 +108,18 @@ class QueueStarter(Service):
 
 
 class SessionCleanup:
-    """Removes timed-out portal sessions; run by a TimerService."""
+    """Removes timed-out portal and compose sessions and old codes; run by a TimerService."""
 
-    def __init__(self, sessions: PortalStore, clock: Any) -> None:
+    def __init__(self, sessions: PortalStore, compose: ComposeStore, clock: Any) -> None:
         self.sessions = sessions
+        self.compose = compose
         self.clock = clock
 
     def run(self) -> Deferred[None]:
         async def run() -> None:
-            await self.sessions.delete_stale_sessions(int(self.clock.seconds()))
+            now = int(self.clock.seconds())
+            await self.sessions.delete_stale_sessions(now)
+            await self.compose.delete_stale(now)
 
         return Deferred.fromCoroutine(run()).addErrback(
             lambda f: log.failure("Session clean-up failed; will try again", f)
@@ -142,6 +146,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
     from twisted.names import client as dns_client
 
+    from web.compose import Compose
     from web.portal import Portal, make_site
 
     settings: config.Settings = options["settings"]
@@ -188,7 +193,17 @@ def makeService(options: Options) -> IService:
     TimerService(3600, RetentionJob(settings, store, reactor).run).setServiceParent(top)
 
     portal_store = PortalStore(db, derive_key(master, "portal-codes"))
-    TimerService(600, SessionCleanup(portal_store, reactor).run).setServiceParent(top)
+    compose_store = ComposeStore(db, derive_key(master, "compose-codes"))
+    cleanup = SessionCleanup(portal_store, compose_store, reactor)
+    TimerService(600, cleanup.run).setServiceParent(top)
+    compose = Compose(
+        settings,
+        store,
+        compose_store,
+        reactor,
+        csrf_key=derive_key(master, "compose-csrf"),
+        on_commit=queue.wake,
+    )
     portal = Portal(
         settings,
         store,
@@ -196,6 +211,7 @@ def makeService(options: Options) -> IService:
         reactor,
         csrf_key=derive_key(master, "portal-csrf"),
         on_commit=queue.wake,
+        compose=compose.app.resource(),
     )
     site = make_site(portal)
     for description in settings.portal.listen:

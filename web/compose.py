@@ -1,0 +1,775 @@
+"""
+D-Compose: outsiders write a secure message to someone in the organisation.
+
+C{/compose} offers the addresses of C{[portal] compose_directory}; C{/compose/<address>}
+is a direct link for one internal address. The outsider types their own address and
+gets a code by e-mail (at most five code mails per address a day); the right code opens
+a session (cookie C{__Host-secmail-compose}) whose sender is that verified address. What
+they write goes, sealed, onto the queue for the incoming route, From and Reply-To the
+verified address.
+
+The portal is never a relay: the one recipient must be a well-formed address in one of
+C{[routes] incoming_domains}; it is checked on every request that names it, and a form
+that names more than one is refused.
+
+CSRF: before sign-in a form carries C{HMAC(csrf_key, F)}, where F is a random value in
+the cookie C{__Host-secmail-compose-form} (SameSite=Lax: a cross-site POST does not carry
+it, so another site can neither read nor replay the pair). After sign-in a form carries
+the session's own random CSRF value, kept in the database.
+
+The portal mounts this app at C{/compose} (a Klein branch route). Klein moves the
+matched C{compose} segment to C{request.prepath} and leaves the rest in
+C{request.postpath}, which is the path this app routes on: its routes are C{/},
+C{/start}, C{/<address>}. Links and form actions it writes start with L{MOUNT}.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import hmac
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage, Message
+from email.utils import collapse_rfc2231_value, format_datetime, formataddr, make_msgid
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from secmail.address import AddressError, split_address
+from secmail.config import Settings
+from secmail.notify import Notification, _qp_part, clean_text
+from secmail.store.compose import (
+    CODE_LIFETIME,
+    CODES_PER_WINDOW,
+    CodeState,
+    ComposeSession,
+    ComposeStore,
+    trail_id,
+)
+from secmail.store.messages import MessageStore, NewDelivery, NewMessage, new_id
+from secmail.store.spool import RunInThread, SealedBytes
+from web.portal import (
+    cookie_value,
+    escape,
+    form_arg,
+    render_page,
+    set_cookie,
+    set_security_headers,
+)
+
+log = Logger()
+
+#: Where the portal mounts this app.
+MOUNT = "/compose"
+SESSION_COOKIE = b"__Host-secmail-compose"
+FORM_COOKIE = b"__Host-secmail-compose-form"
+#: The form cookie outlives a code (10 minutes) with room to spare.
+FORM_COOKIE_AGE = 3600
+
+MAX_ADDRESS_CHARS = 254
+MAX_SUBJECT_CHARS = 200
+MAX_FILENAME_CHARS = 150
+#: Types an attachment keeps as the browser named them; anything else is octet-stream.
+_CONTENT_TYPE = re.compile(
+    r"(application|audio|font|image|model|text|video)/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}"
+)
+_BINARY = "application/octet-stream"
+
+_e = escape
+
+
+# --- the form, parsed off the reactor -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One attached file: a name safe for a header, a plain MIME type, the bytes as sent."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class SentForm:
+    """A submitted form: text fields by name (every value given) and the attached files."""
+
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    uploads: list[Upload] = field(default_factory=list)
+
+    def one(self, name: str) -> str | None:
+        """The field's value; None when it is missing or given more than once."""
+        values = self.fields.get(name, [])
+        return values[0] if len(values) == 1 else None
+
+
+def parse_form(content_type: str, body: bytes) -> SentForm:
+    """
+    Read a C{multipart/form-data} (or URL-encoded) body, keeping what Twisted's own
+    parsing drops: each file's name and type. Files come from fields named C{attachment}.
+    """
+    form = SentForm()
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        form.fields.update(parsed)
+        return form
+    if media != "multipart/form-data":
+        return form
+    head = f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    # The lenient compat32 reading, as Twisted's own: the strict one takes the backslashes
+    # of C{filename="C:\\dir\\a.pdf"} for escapes and loses the path separators.
+    message = email.message_from_bytes(head + body, policy=email.policy.compat32)
+    if not message.is_multipart():
+        return form
+    for part in message.get_payload():
+        if not isinstance(part, Message) or part.is_multipart():
+            continue
+        disposition = _disposition(part)
+        raw_name = disposition.get_param("name", header="content-disposition")
+        if not raw_name:
+            continue
+        name = collapse_rfc2231_value(raw_name)
+        data = part.get_payload(decode=True)
+        if not isinstance(data, bytes):
+            continue
+        filename = disposition.get_filename()
+        if filename is None:
+            form.fields.setdefault(name, []).append(data.decode("utf-8", "replace"))
+        elif name == "attachment" and (filename or data):
+            declared = str(part.get("content-type", _BINARY)).split(";", 1)[0]
+            form.uploads.append(Upload(upload_name(filename), upload_type(declared), data))
+    return form
+
+
+def _disposition(part: Message) -> Message:
+    """
+    The part's Content-Disposition, alone, with its raw UTF-8 bytes (browsers send names
+    so) decoded: compat32 would turn them into U+FFFD when asked for a parameter.
+    """
+    header = Message()
+    for key, value in part.raw_items():
+        if key.lower() == "content-disposition":
+            raw = str(value).encode("utf-8", "surrogateescape")
+            header[key] = raw.decode("utf-8", "replace")
+            break
+    return header
+
+
+def upload_name(filename: str) -> str:
+    """A file name fit for a header: no path, no control or format characters, not too long."""
+    name = re.split(r"[/\\]", filename.encode("utf-8", "replace").decode("utf-8"))[-1]
+    name = clean_text(name, 10 * MAX_FILENAME_CHARS).strip(". ")
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, extension = name.rpartition(".")
+        if dot and 0 < len(extension) <= 10:
+            name = stem[: MAX_FILENAME_CHARS - len(extension) - 1].rstrip(". ") + "." + extension
+        else:
+            name = name[:MAX_FILENAME_CHARS].rstrip(". ")
+    return name or "attachment"
+
+
+def upload_type(content_type: str) -> str:
+    content_type = content_type.strip().lower()
+    return content_type if _CONTENT_TYPE.fullmatch(content_type) else _BINARY
+
+
+# --- the mails ----------------------------------------------------------------------------
+
+
+def build_compose_mail(
+    *,
+    sender: str,
+    to: str,
+    subject: str,
+    text: str,
+    uploads: list[Upload],
+    message_id_domain: str,
+    date: datetime,
+) -> bytes:
+    """
+    The message as the internal mail server gets it. C{sender} is the verified
+    address; C{to} and C{sender} were checked by L{split_address}, and C{subject} is
+    one cleaned line, so no value can start a header of its own (the SMTP policy
+    refuses a line break in a header value besides).
+    """
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"] = sender
+    message["Reply-To"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = format_datetime(date)
+    message["Message-ID"] = make_msgid(domain=message_id_domain)
+    message["X-Secmail-Verified"] = sender
+    message.set_content(text, cte="quoted-printable")
+    for upload in uploads:
+        maintype, _, subtype = upload.content_type.partition("/")
+        message.add_attachment(
+            upload.data, maintype=maintype, subtype=subtype, filename=upload.filename
+        )
+    return message.as_bytes()
+
+
+def build_compose_code_mail(
+    *,
+    settings: Settings,
+    recipient: str,
+    to: str,
+    code: str,
+    minutes: int,
+    date: datetime,
+) -> Notification:
+    """The code that proves to the portal that C{recipient} is the outsider's address."""
+    if not re.fullmatch(r"\d{6}", code):
+        raise ValueError("the code must be 6 digits")
+    text = "\n".join(
+        [
+            "Hello,",
+            "",
+            f"Your code for writing a secure message to {to} is: {code}",
+            "",
+            f"It works once, for {minutes} minutes. Type it on the page where you asked for it.",
+            "If you did not ask for a code, you can ignore this e-mail: nobody can write "
+            "in your name without it.",
+            "",
+            "-- ",
+            f"The secure e-mail gateway {settings.gateway.hostname}.",
+            "",
+        ]
+    )
+    headers = [
+        ("From", formataddr(("Secure mail", settings.gateway.notification_from))),
+        ("To", recipient),
+        ("Subject", "Your code for writing a secure message"),
+        ("Date", format_datetime(date)),
+        ("Message-ID", make_msgid(domain=settings.gateway.hostname)),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Auto-Response-Suppress", "All"),
+        ("MIME-Version", "1.0"),
+    ]
+    for name, value in headers:
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} would contain a line break")
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return Notification(
+        sender=settings.gateway.bounce_address,
+        recipient=recipient,
+        content=(head + _qp_part("plain", text)).encode("ascii"),
+    )
+
+
+def plain_address(text: str) -> str | None:
+    """C{local@domain} (domain lower-cased) when C{text} is an address we accept, else None."""
+    if len(text) > MAX_ADDRESS_CHARS:
+        return None
+    try:
+        local, domain = split_address(text.strip())
+    except AddressError:
+        return None
+    labels = domain.split(".")
+    if len(labels) < 2 or labels[-1].isdigit():
+        return None  # not a domain mail can be sent to
+    return f"{local}@{domain}"
+
+
+# --- the app ------------------------------------------------------------------------------
+
+
+class Compose:
+    """
+    @param csrf_key: HMAC key for the pre-sign-in form tokens (derive it for this use).
+    @param run_in_thread: C{deferToThread}-like; uploads are parsed and the mail is
+        built there, so a large form does not hold up the reactor.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: MessageStore,
+        compose_store: ComposeStore,
+        clock: IReactorTime,
+        csrf_key: bytes,
+        on_commit: Callable[[], None] = lambda: None,
+        run_in_thread: RunInThread = deferToThread,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = compose_store
+        self.clock = clock
+        self._csrf_key = csrf_key
+        self.on_commit = on_commit
+        self.run_in_thread = run_in_thread
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+    # --- choosing whom to write to, and proving one's own address ----------------------------
+
+    # The mount point itself reaches this app with an empty path: no redirect to "/" for it.
+    @app.route("/", methods=["GET"], strict_slashes=False)
+    def directory(self, request: IRequest) -> bytes:
+        """The form with a choice of the directory's addresses; changes nothing."""
+        if not self.settings.portal.compose_directory:
+            return self._page(
+                request,
+                "Write a secure message",
+                '<div class="card"><p>To write a secure message to someone here, use the link '
+                "they gave you. It ends with their e-mail address, like "
+                f"{_e(self.settings.portal.url + MOUNT)}/name@example.com.</p></div>",
+            )
+        return self._start_page(request, None, fixed=False)
+
+    @app.route("/<path:address>", methods=["GET"])
+    def direct(self, request: IRequest, address: str) -> bytes:
+        """The form for one internal address (a direct link); changes nothing."""
+        to = self._internal(address)
+        if to is None:
+            return self._no_such_address(request)
+        return self._start_page(request, to, fixed=True)
+
+    @app.route("/start", methods=["POST"])
+    async def start(self, request: IRequest) -> bytes:
+        """Mail a code to the address the outsider typed, and ask for it."""
+        if not self._form_csrf_ok(request):
+            return self._bad_form(request)
+        to = self._internal(_single(request, b"to"))
+        if to is None:
+            return self._refused(request)
+        typed = _single(request, b"sender")
+        sender = plain_address(typed)
+        if sender is None:
+            error = (
+                f"{typed} is not an e-mail address we can send a code to. "
+                "Please type it as name@example.com."
+                if typed.strip()
+                else "Please type your e-mail address."
+            )
+            return self._start_page(request, to, typed, error, status=400)
+        code = await self.sessions.new_code(sender, self.now())
+        if code is None:
+            return self._start_page(
+                request,
+                to,
+                sender,
+                f"{CODES_PER_WINDOW} codes have been sent to {sender} in the last 24 hours, "
+                "which is as many as we send. Please use the newest code you received, "
+                "or try again tomorrow.",
+                status=429,
+            )
+        await self._mail_code(sender, to, code)
+        return self._code_page(request, to, sender, None)
+
+    @app.route("/verify", methods=["POST"])
+    async def verify(self, request: IRequest) -> bytes:
+        """The right code opens a session whose sender is the verified address."""
+        if not self._form_csrf_ok(request):
+            return self._bad_form(request)
+        to = self._internal(_single(request, b"to"))
+        if to is None:
+            return self._refused(request)
+        sender = plain_address(_single(request, b"sender"))
+        if sender is None:
+            return self._bad_form(request)
+        code = form_arg(request, b"code")
+        if not re.fullmatch(r"\s*\d{6}\s*", code):
+            return self._code_page(request, to, sender, "The code has 6 digits.", status=400)
+        state = await self.sessions.check_code(sender, code, self.now())
+        if state == CodeState.WRONG:
+            return self._code_page(request, to, sender, "That code is not right. Try again.")
+        if state != CodeState.OK:
+            return self._code_page(
+                request,
+                to,
+                sender,
+                "That code no longer works (too many tries, or more than 10 minutes old). "
+                "Please ask for a new one.",
+            )
+        old = cookie_value(request, SESSION_COOKIE)
+        if old:
+            await self.sessions.end_session(old, self.now())  # a new session id at every sign-in
+        session_id = await self.sessions.create_session(sender, self.now())
+        set_cookie(request, SESSION_COOKIE, session_id)
+        return self._see_other(request, self._write_url(to))
+
+    # --- writing -----------------------------------------------------------------------------
+
+    @app.route("/write", methods=["GET"])
+    async def write(self, request: IRequest) -> bytes:
+        to = self._internal(form_arg(request, b"to", MAX_ADDRESS_CHARS + 1))
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request, to)
+        if to is None:
+            return self._no_such_address(request)
+        return self._write_page(request, session, to)
+
+    @app.route("/send", methods=["POST"])
+    async def send(self, request: IRequest) -> bytes:
+        """Seal the message and queue it for the internal mail server; to nobody else."""
+        session = await self._session(request)
+        if session is None:
+            return self._signed_out(request, None)
+        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        request.content.seek(0)
+        body = request.content.read()
+        form: SentForm = await self.run_in_thread(parse_form, content_type, body)
+        if not hmac.compare_digest(form.one("csrf") or "", session.csrf):
+            return self._bad_form(request)
+        given = form.one("to")
+        to = self._internal(given or "")
+        if to is None:
+            shown = clean_text(given if given is not None else "(none, or several)", 100)
+            await self.sessions.add_event(
+                session.address, "compose refused", f"not an internal address: {shown}", self.now()
+            )
+            return self._refused(request)
+        subject = clean_text(form.one("subject") or "", MAX_SUBJECT_CHARS)
+        text = form.one("text") or ""
+        uploads = form.uploads
+        size = len(text.encode("utf-8")) + sum(len(u.data) for u in uploads)
+        limit = self.settings.portal.max_upload_size
+        if size > limit:
+            error = (
+                f"The message and its attachments come to {_megabytes(size)}; at most "
+                f"{_megabytes(limit)} can be sent. Please leave out some attachments, "
+                "or send them in more than one message."
+            )
+            return self._write_page(request, session, to, subject, text, error, status=413)
+        if not text.strip() and not uploads:
+            return self._write_page(
+                request, session, to, subject, text, "Please write a message.", status=400
+            )
+        now = self.now()
+        content: bytes = await self.run_in_thread(
+            lambda: build_compose_mail(
+                sender=session.address,
+                to=to,
+                subject=subject or "(no subject)",
+                text=text,
+                uploads=uploads,
+                message_id_domain=self.settings.gateway.hostname,
+                date=datetime.fromtimestamp(now, UTC),
+            )
+        )
+        message_id = new_id()
+        domain = to.rpartition("@")[2]
+        bounce = self.settings.gateway.bounce_address
+        detail = (
+            f"by {session.address} (address proved by e-mail code) to {to}, "
+            f"{len(uploads)} attachment(s), {size} bytes"
+        )
+        await self.store.commit(
+            [
+                NewMessage(
+                    content=SealedBytes(self.store.master, message_id, content),
+                    kind="compose",
+                    sender=bounce,
+                    deliveries=[
+                        NewDelivery(
+                            kind="compose",
+                            sender=bounce,
+                            recipients=(to,),
+                            route=str(self.settings.routes.for_domain(domain)),
+                            domain=domain,
+                            notify="",
+                            about=message_id,
+                        )
+                    ],
+                    events=[(None, "composed", detail)],
+                )
+            ],
+            now,
+        )
+        await self.sessions.add_event(session.address, "composed", f"{message_id} to {to}", now)
+        self.on_commit()
+        names = "".join(f"<li>{_e(u.filename)}</li>" for u in uploads)
+        files = f'<p>Attached:</p><ul class="files">{names}</ul>' if uploads else ""
+        return self._page(
+            request,
+            "Message sent",
+            f'<div class="card"><p>Your message to {_e(to)} is on its way. Replies will come '
+            f"to {_e(session.address)}.</p>{files}"
+            f'<p class="actions"><a class="button" href="{_e(self._write_url(to))}">'
+            "Write another message</a></p></div>" + self._sign_out_form(session),
+        )
+
+    @app.route("/logout", methods=["POST"])
+    async def logout(self, request: IRequest) -> bytes:
+        session_id = cookie_value(request, SESSION_COOKIE)
+        session = await self._session(request)
+        if session is not None and session_id:
+            if not hmac.compare_digest(form_arg(request, b"csrf"), session.csrf):
+                return self._bad_form(request)
+            await self.sessions.end_session(session_id, self.now())
+        set_cookie(request, SESSION_COOKIE, "", max_age=0)
+        return self._page(
+            request, "Signed out", '<div class="card"><p>You are signed out.</p></div>'
+        )
+
+    @app.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Any) -> bytes:
+        if failure.check(HTTPException):
+            error = failure.value
+            request.setResponseCode(error.code or 404)
+            for name, value in error.get_response().headers:
+                if name in ("Location", "Allow"):
+                    request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
+            return self._page(
+                request,
+                "Page not found",
+                '<div class="card"><p>There is nothing to show at this address. '
+                f'<a href="{MOUNT}">Write a secure message</a></p></div>',
+            )
+        log.failure("Compose request failed", failure)
+        request.setResponseCode(500)
+        return self._page(
+            request,
+            "Temporary problem",
+            '<div class="card"><p>The page cannot be shown right now. Nothing was sent. '
+            "Please try again in a few minutes.</p></div>",
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _internal(self, text: str) -> str | None:
+        """C{text} as an address we may write to (one in an incoming domain), else None."""
+        address = plain_address(text)
+        if address is None or not self.settings.routes.is_incoming(address.rpartition("@")[2]):
+            return None
+        return address
+
+    async def _session(self, request: IRequest) -> ComposeSession | None:
+        session_id = cookie_value(request, SESSION_COOKIE)
+        if not session_id:
+            return None
+        return await self.sessions.session(session_id, self.now())
+
+    async def _mail_code(self, sender: str, to: str, code: str) -> None:
+        mail = build_compose_code_mail(
+            settings=self.settings,
+            recipient=sender,
+            to=to,
+            code=code,
+            minutes=CODE_LIFETIME // 60,
+            date=datetime.fromtimestamp(self.clock.seconds(), UTC),
+        )
+        domain = sender.rpartition("@")[2]
+        await self.store.commit(
+            [
+                NewMessage(
+                    content=SealedBytes(self.store.master, new_id(), mail.content),
+                    kind="code",
+                    sender=mail.sender,
+                    deliveries=[
+                        NewDelivery(
+                            kind="code",
+                            sender=mail.sender,
+                            recipients=(sender,),
+                            route=str(self.settings.routes.for_domain(domain)),
+                            domain=domain,
+                            notify="",
+                            # Its delivery is recorded on the outsider's trail.
+                            about=trail_id(sender),
+                        )
+                    ],
+                )
+            ],
+            self.now(),
+        )
+        self.on_commit()
+
+    def _form_csrf(self, value: str) -> str:
+        return hmac.new(self._csrf_key, b"compose-form:" + value.encode(), "sha256").hexdigest()
+
+    def _form_token(self, request: IRequest) -> str:
+        """The CSRF value for a pre-sign-in form; (re)sets the form cookie it belongs to."""
+        value = cookie_value(request, FORM_COOKIE) or secrets.token_urlsafe(24)
+        set_cookie(request, FORM_COOKIE, value, max_age=FORM_COOKIE_AGE)
+        return self._form_csrf(value)
+
+    def _form_csrf_ok(self, request: IRequest) -> bool:
+        value = cookie_value(request, FORM_COOKIE)
+        if not value:
+            return False
+        return hmac.compare_digest(form_arg(request, b"csrf"), self._form_csrf(value))
+
+    def _write_url(self, to: str) -> str:
+        return f"{MOUNT}/write?to={quote(to, safe='@')}"
+
+    def _start_page(
+        self,
+        request: IRequest,
+        to: str | None,
+        sender: str = "",
+        error: str | None = None,
+        status: int = 200,
+        fixed: bool | None = None,
+    ) -> bytes:
+        """The first form; C{fixed}: the address is not to be chosen (default: when not listed)."""
+        request.setResponseCode(status)
+        directory = self.settings.portal.compose_directory
+        if fixed is None:
+            fixed = to not in directory
+        if to is None or not fixed:
+            options = "".join(
+                f'<option value="{_e(a)}"{" selected" if a == to else ""}>{_e(a)}</option>'
+                for a in directory
+            )
+            recipient = (
+                '<label for="to">To</label>'
+                f'<p><select id="to" name="to" required>{options}</select></p>'
+            )
+        else:
+            recipient = (
+                f"<dl><dt>To</dt><dd>{_e(to)}</dd></dl>"
+                f'<input type="hidden" name="to" value="{_e(to)}">'
+            )
+        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
+        body = (
+            f'<form method="post" action="{MOUNT}/start" class="card">{problem}'
+            f'<input type="hidden" name="csrf" value="{self._form_token(request)}">'
+            f"{recipient}"
+            '<label for="sender">Your e-mail address</label>'
+            f'<p><input type="email" id="sender" name="sender" value="{_e(sender)}" '
+            f'autocomplete="email" maxlength="{MAX_ADDRESS_CHARS}" required></p>'
+            '<p class="note">We will send a code to this address to make sure it is yours. '
+            "The reply to your message will come to it.</p>"
+            '<button type="submit">Send me a code</button></form>'
+        )
+        return self._page(request, "Write a secure message", body)
+
+    def _code_page(
+        self, request: IRequest, to: str, sender: str, error: str | None, status: int = 200
+    ) -> bytes:
+        request.setResponseCode(status)
+        csrf = self._form_token(request)
+        hidden = (
+            f'<input type="hidden" name="csrf" value="{csrf}">'
+            f'<input type="hidden" name="to" value="{_e(to)}">'
+            f'<input type="hidden" name="sender" value="{_e(sender)}">'
+        )
+        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
+        body = (
+            f'<form method="post" action="{MOUNT}/verify" class="card">{problem}'
+            f"<p>We sent a 6-digit code to {_e(sender)}. It works for "
+            f"{CODE_LIFETIME // 60} minutes.</p>{hidden}"
+            '<label for="code">Code</label>'
+            '<input type="text" id="code" name="code" inputmode="numeric" '
+            'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required>'
+            ' <button type="submit">Continue</button></form>'
+            f'<form method="post" action="{MOUNT}/start" class="card">{hidden}'
+            "<p>No code? Check the spam folder, or ask for a new one.</p>"
+            '<button type="submit" class="secondary">Send a new code</button></form>'
+        )
+        return self._page(request, "Confirm your e-mail address", body)
+
+    def _write_page(
+        self,
+        request: IRequest,
+        session: ComposeSession,
+        to: str,
+        subject: str = "",
+        text: str = "",
+        error: str | None = None,
+        status: int = 200,
+    ) -> bytes:
+        request.setResponseCode(status)
+        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
+        limit = _megabytes(self.settings.portal.max_upload_size)
+        body = (
+            f'<form method="post" action="{MOUNT}/send" enctype="multipart/form-data" '
+            f'class="card">{problem}'
+            f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
+            f'<input type="hidden" name="to" value="{_e(to)}">'
+            f"<dl><dt>From</dt><dd>{_e(session.address)} (confirmed)</dd>"
+            f"<dt>To</dt><dd>{_e(to)}</dd></dl>"
+            '<p><label for="subject">Subject</label>'
+            f'<input type="text" id="subject" name="subject" value="{_e(subject)}" '
+            f'maxlength="{MAX_SUBJECT_CHARS}"></p>'
+            '<p><label for="text">Message</label>'
+            f'<textarea id="text" name="text" rows="12" cols="60">{_e(text)}</textarea></p>'
+            '<p><label for="attachments">Attachments</label>'
+            '<input type="file" id="attachments" name="attachment" multiple></p>'
+            f'<p class="note">Message and attachments together: at most {limit}.</p>'
+            '<button type="submit">Send securely</button></form>' + self._sign_out_form(session)
+        )
+        return self._page(request, "Write a secure message", body)
+
+    def _sign_out_form(self, session: ComposeSession) -> str:
+        return (
+            f'<form method="post" action="{MOUNT}/logout" class="card actions">'
+            f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
+            '<button type="submit" class="secondary">Sign out</button></form>'
+        )
+
+    def _see_other(self, request: IRequest, location: str) -> bytes:
+        request.setResponseCode(303)
+        request.setHeader(b"Location", location.encode("ascii"))
+        set_security_headers(request)
+        return b""
+
+    def _page(self, request: IRequest, title: str, body: str) -> bytes:
+        return render_page(request, self.settings, title, body)
+
+    def _no_such_address(self, request: IRequest) -> bytes:
+        request.setResponseCode(404)
+        return self._page(
+            request,
+            "Address not found",
+            '<div class="card"><p>Secure messages can be written here only to addresses of '
+            "this organisation, and the address in this link is not one of them. Please check "
+            f'the link, or <a href="{MOUNT}">choose from the list</a>.</p></div>',
+        )
+
+    def _refused(self, request: IRequest) -> bytes:
+        request.setResponseCode(400)
+        return self._page(
+            request,
+            "Not sent",
+            '<div class="card"><p>Messages from this page can go only to one address of this '
+            "organisation. Nothing was sent. Please start again from the link you were "
+            f'given, or <a href="{MOUNT}">choose from the list</a>.</p></div>',
+        )
+
+    def _signed_out(self, request: IRequest, to: str | None) -> bytes:
+        request.setResponseCode(401)
+        again = f"{MOUNT}/{quote(to, safe='@')}" if to else MOUNT
+        return self._page(
+            request,
+            "Please confirm your address again",
+            '<div class="card"><p>Your session has ended (after 30 minutes without use, or '
+            "12 hours in all), or this browser has none. "
+            f'<a href="{_e(again)}">Start again</a> to get a new code.</p></div>',
+        )
+
+    def _bad_form(self, request: IRequest) -> bytes:
+        request.setResponseCode(403)
+        return self._page(
+            request,
+            "Please try again",
+            '<div class="card"><p>The form had expired or did not come from this site. '
+            f'Nothing was sent. <a href="{MOUNT}">Start again</a>.</p></div>',
+        )
+
+
+def _single(request: IRequest, name: bytes) -> str:
+    """A form field given exactly once, else "" (which no check accepts)."""
+    values = (request.args or {}).get(name) or []
+    if len(values) != 1:
+        return ""
+    return values[0].decode("utf-8", "replace")[: MAX_ADDRESS_CHARS + 1]
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
