@@ -445,6 +445,8 @@ class CsrfTests(ComposeFixture):
             (cross_site, "/compose/start", {"csrf": csrf, "to": SALES, "sender": OUTSIDER}),
             (browser, "/compose/verify", {"to": SALES, "sender": OUTSIDER, "code": "123456"}),
             (cross_site, "/compose/verify", {"csrf": csrf, "to": SALES, "sender": OUTSIDER}),
+            # Not ASCII: refused like any wrong value (not a 500 from compare_digest on str).
+            (browser, "/compose/start", {"csrf": "é" * 64, "to": SALES, "sender": OUTSIDER}),
         ]
         for client, path, data in attempts:
             reply = await client.post(path, data)

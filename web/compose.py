@@ -62,6 +62,7 @@ from web.portal import (
     escape,
     form_arg,
     render_page,
+    same_secret,
     set_cookie,
     set_security_headers,
 )
@@ -424,7 +425,7 @@ class Compose:
         request.content.seek(0)
         body = request.content.read()
         form: SentForm = await self.run_in_thread(parse_form, content_type, body)
-        if not hmac.compare_digest(form.one("csrf") or "", session.csrf):
+        if not same_secret(form.one("csrf") or "", session.csrf):
             return self._bad_form(request)
         given = form.one("to")
         to = self._internal(given or "")
@@ -509,7 +510,7 @@ class Compose:
         session_id = cookie_value(request, SESSION_COOKIE)
         session = await self._session(request)
         if session is not None and session_id:
-            if not hmac.compare_digest(form_arg(request, b"csrf"), session.csrf):
+            if not same_secret(form_arg(request, b"csrf"), session.csrf):
                 return self._bad_form(request)
             await self.sessions.end_session(session_id, self.now())
         set_cookie(request, SESSION_COOKIE, "", max_age=0)
@@ -602,7 +603,7 @@ class Compose:
         value = cookie_value(request, FORM_COOKIE)
         if not value:
             return False
-        return hmac.compare_digest(form_arg(request, b"csrf"), self._form_csrf(value))
+        return same_secret(form_arg(request, b"csrf"), self._form_csrf(value))
 
     def _write_url(self, to: str) -> str:
         return f"{MOUNT}/write?to={quote(to, safe='@')}"

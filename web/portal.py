@@ -100,6 +100,9 @@ input[type=file] { max-width: 100%; }
 textarea { width: 100%; font: inherit; padding: .5rem; border: 1px solid #b8bec9;
         border-radius: 4px; resize: vertical; }
 label { display: block; font-weight: 600; margin-bottom: .25rem; }
+input[type=email], select, textarea, input#subject { font: inherit; font-size: 1rem;
+        letter-spacing: normal; width: 100%; max-width: 36rem; padding: .5rem; }
+textarea { min-height: 12rem; }
 form.reply label { margin-top: .75rem; }
 h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
 summary { cursor: pointer; font-weight: 600; }
