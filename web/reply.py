@@ -39,9 +39,9 @@ import nh3
 from secmail.address import AddressError, Level, Recipient, parse_recipient
 from secmail.config import Settings
 from secmail.crypto import MasterKey
-from secmail.notify import build_notification, clean_text
-from secmail.returns import verp_address
-from secmail.store.messages import NewDelivery, NewEnvelope, NewMessage, hash_token, new_id
+from secmail.letters import envelopes_and_notifications, letter_events
+from secmail.notify import clean_text
+from secmail.store.messages import NewDelivery, NewMessage, new_id
 from secmail.store.spool import SealedBytes
 from web import render
 
@@ -562,48 +562,18 @@ def secure_letter(
     notification for each, sent from its envelope's VERP address on the recipient's route.
     """
     message_id = new_id()
-    envelopes: list[NewEnvelope] = []
-    notifications: list[NewMessage] = []
-    for recipient in recipients:
-        token = new_token()
-        envelope = NewEnvelope(
-            recipient=recipient.address,
-            original=recipient.original,
-            level=recipient.level.value,
-            phone=recipient.phone,
-            token_hash=hash_token(token),
-        )
-        envelopes.append(envelope)
-        notification = build_notification(
-            settings=settings,
-            recipient=recipient,
-            original_sender=sender,
-            original_from_display=sender_display,
-            original_subject=subject,
-            token=token,
-            message_id_domain=settings.gateway.hostname,
-            date=date,
-        )
-        notifications.append(
-            NewMessage(
-                content=SealedBytes(master, new_id(), notification.content),
-                kind="notification",
-                sender=notification.sender,
-                deliveries=[
-                    NewDelivery(
-                        kind="notification",
-                        sender=verp_address(notification.sender, envelope.id),
-                        recipients=(recipient.address,),
-                        route=str(settings.routes.for_domain(recipient.domain)),
-                        domain=recipient.domain,
-                        notify=sender,
-                        about=message_id,
-                    )
-                ],
-            )
-        )
-    events: list[tuple[str | None, str, str]] = [(None, "received", received)]
-    events += [(e.id, "notification queued", f"{e.level} for {e.recipient}") for e in envelopes]
+    envelopes, notifications = envelopes_and_notifications(
+        settings=settings,
+        master=master,
+        message_id=message_id,
+        sender=sender,
+        sender_display=sender_display,
+        subject=subject,
+        recipients=recipients,
+        date=date,
+        new_token=new_token,
+    )
+    events = letter_events(received, envelopes)
     letter = NewMessage(
         content=SealedBytes(master, message_id, content),
         kind="mail",

@@ -16,7 +16,6 @@ import email.header
 import email.utils
 import errno
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,10 +28,10 @@ from twisted.mail import smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
-from secmail.address import AddressError, Level, Recipient, parse_recipient
+from secmail.address import AddressError, Recipient, parse_recipient
 from secmail.config import Settings
 from secmail.crypto import MasterKey
-from secmail.notify import build_notification
+from secmail.letters import envelopes_and_notifications, letter_events
 from secmail.policy import MessagePolicy, check_recipient, decide, strip_subject_keyword
 from secmail.queue import bounce_message
 from secmail.returns import (
@@ -40,18 +39,15 @@ from secmail.returns import (
     failed_recipients,
     notice_for_sender,
     returned_envelope,
-    verp_address,
 )
 from secmail.store.database import StoreUnavailable
 from secmail.store.messages import (
     MessageStore,
     NewDelivery,
-    NewEnvelope,
     NewMessage,
-    hash_token,
     new_id,
 )
-from secmail.store.spool import RunInThread, SealedBytes, SpooledMessage
+from secmail.store.spool import RunInThread, SpooledMessage
 
 log = Logger()
 
@@ -355,52 +351,16 @@ class IncomingMessage:
         if policy.subject_keyword_found and subject is not None:
             subject = strip_subject_keyword(subject, settings.secure.subject_keyword)
 
-        envelopes = []
-        gateway_made = []
-        now = datetime.fromtimestamp(self.intake.clock.seconds(), UTC)
-        for decision in policy.decisions:
-            recipient = decision.recipient
-            if recipient.level is Level.PLAIN:
-                continue
-            token = secrets.token_urlsafe(32)
-            envelope = NewEnvelope(
-                recipient=recipient.address,
-                original=recipient.original,
-                level=recipient.level.value,
-                phone=recipient.phone,
-                token_hash=hash_token(token),
-            )
-            envelopes.append(envelope)
-            notification = build_notification(
-                settings=settings,
-                recipient=recipient,
-                original_sender=self.sender,
-                original_from_display=display,
-                original_subject=subject,
-                token=token,
-                message_id_domain=settings.gateway.hostname,
-                date=now,
-            )
-            domain = recipient.address.rpartition("@")[2]
-            notification_id = new_id()
-            gateway_made.append(
-                NewMessage(
-                    content=SealedBytes(self.intake.master, notification_id, notification.content),
-                    kind="notification",
-                    sender=notification.sender,
-                    deliveries=[
-                        NewDelivery(
-                            kind="notification",
-                            sender=verp_address(notification.sender, envelope.id),
-                            recipients=(recipient.address,),
-                            route=str(decision.route),
-                            domain=domain,
-                            notify=self.sender,
-                            about=self.message_id,
-                        )
-                    ],
-                )
-            )
+        envelopes, gateway_made = envelopes_and_notifications(
+            settings=settings,
+            master=self.intake.master,
+            message_id=self.message_id,
+            sender=self.sender,
+            sender_display=display,
+            subject=subject,
+            recipients=[d.recipient for d in policy.secure_recipients],
+            date=datetime.fromtimestamp(self.intake.clock.seconds(), UTC),
+        )
 
         deliveries: dict[tuple[str, str], list[str]] = {}
         for decision in policy.plain_recipients:
@@ -408,10 +368,7 @@ class IncomingMessage:
             key = (str(decision.route), domain if decision.route.mx else "")
             deliveries.setdefault(key, []).append(decision.recipient.address)
 
-        events: list[tuple[str | None, str, str]] = [
-            (None, "received", f"from <{self.sender}>, {self._spool.size} bytes")
-        ]
-        events += [(e.id, "notification queued", f"{e.level} for {e.recipient}") for e in envelopes]
+        events = letter_events(f"from <{self.sender}>, {self._spool.size} bytes", envelopes)
         original = NewMessage(
             content=self._spool,
             kind="mail",

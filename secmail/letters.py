@@ -1,0 +1,90 @@
+"""
+What makes a secure letter durable: one envelope per secure recipient, each with a
+fresh link token (stored only hashed), and a notification for each.
+
+Used by the intake for marked mail and by the portal for replies to outsiders, so
+both make exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from secmail.address import Recipient
+from secmail.config import Settings
+from secmail.crypto import MasterKey
+from secmail.notify import build_notification
+from secmail.returns import verp_address
+from secmail.store.messages import NewDelivery, NewEnvelope, NewMessage, hash_token, new_id
+from secmail.store.spool import SealedBytes
+
+
+def envelopes_and_notifications(
+    *,
+    settings: Settings,
+    master: MasterKey,
+    message_id: str,
+    sender: str,
+    sender_display: str | None,
+    subject: str | None,
+    recipients: Sequence[Recipient],
+    date: datetime,
+    new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+) -> tuple[list[NewEnvelope], list[NewMessage]]:
+    """
+    The envelopes of message C{message_id} for C{recipients}, and one notification per
+    envelope: sealed, sent from the envelope's VERP address on the recipient's route, with
+    failures reported to C{sender} and its events on the letter's audit trail.
+    """
+    envelopes: list[NewEnvelope] = []
+    notifications: list[NewMessage] = []
+    for recipient in recipients:
+        token = new_token()
+        envelope = NewEnvelope(
+            recipient=recipient.address,
+            original=recipient.original,
+            level=recipient.level.value,
+            phone=recipient.phone,
+            token_hash=hash_token(token),
+        )
+        envelopes.append(envelope)
+        notification = build_notification(
+            settings=settings,
+            recipient=recipient,
+            original_sender=sender,
+            original_from_display=sender_display,
+            original_subject=subject,
+            token=token,
+            message_id_domain=settings.gateway.hostname,
+            date=date,
+        )
+        notifications.append(
+            NewMessage(
+                content=SealedBytes(master, new_id(), notification.content),
+                kind="notification",
+                sender=notification.sender,
+                deliveries=[
+                    NewDelivery(
+                        kind="notification",
+                        sender=verp_address(notification.sender, envelope.id),
+                        recipients=(recipient.address,),
+                        route=str(settings.routes.for_domain(recipient.domain)),
+                        domain=recipient.domain,
+                        notify=sender,
+                        about=message_id,
+                    )
+                ],
+            )
+        )
+    return envelopes, notifications
+
+
+def letter_events(
+    received: str, envelopes: Sequence[NewEnvelope]
+) -> list[tuple[str | None, str, str]]:
+    """The first events of a letter's audit trail."""
+    events: list[tuple[str | None, str, str]] = [(None, "received", received)]
+    events += [(e.id, "notification queued", f"{e.level} for {e.recipient}") for e in envelopes]
+    return events
