@@ -32,8 +32,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage, Message
-from email.utils import collapse_rfc2231_value, format_datetime, formataddr, make_msgid
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, make_msgid
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -58,9 +58,11 @@ from secmail.store.compose import (
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage, new_id
 from secmail.store.spool import RunInThread, SealedBytes
 from web.portal import (
+    FormError,
     cookie_value,
     escape,
     form_arg,
+    parse_multipart,
     render_page,
     same_secret,
     set_cookie,
@@ -115,55 +117,27 @@ class SentForm:
 
 def parse_form(content_type: str, body: bytes) -> SentForm:
     """
-    Read a C{multipart/form-data} (or URL-encoded) body, keeping what Twisted's own
-    parsing drops: each file's name and type. Files come from fields named C{attachment}.
+    Read a C{multipart/form-data} or URL-encoded body with the portal's parser (which
+    keeps each file's name and type); files come from fields named C{attachment}.
     """
     form = SentForm()
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/x-www-form-urlencoded":
-        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-        form.fields.update(parsed)
+        form.fields.update(parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True))
         return form
     if media != "multipart/form-data":
         return form
-    head = f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-    # The lenient compat32 reading, as Twisted's own: the strict one takes the backslashes
-    # of C{filename="C:\\dir\\a.pdf"} for escapes and loses the path separators.
-    message = email.message_from_bytes(head + body, policy=email.policy.compat32)
-    if not message.is_multipart():
+    try:
+        submitted = parse_multipart(body, content_type.encode("latin-1", "replace"))
+    except FormError:
         return form
-    for part in message.get_payload():
-        if not isinstance(part, Message) or part.is_multipart():
-            continue
-        disposition = _disposition(part)
-        raw_name = disposition.get_param("name", header="content-disposition")
-        if not raw_name:
-            continue
-        name = collapse_rfc2231_value(raw_name)
-        data = part.get_payload(decode=True)
-        if not isinstance(data, bytes):
-            continue
-        filename = disposition.get_filename()
-        if filename is None:
-            form.fields.setdefault(name, []).append(data.decode("utf-8", "replace"))
-        elif name == "attachment" and (filename or data):
-            declared = str(part.get("content-type", _BINARY)).split(";", 1)[0]
-            form.uploads.append(Upload(upload_name(filename), upload_type(declared), data))
+    form.fields = submitted.fields
+    form.uploads = [
+        Upload(upload_name(u.filename), upload_type(u.content_type), u.data)
+        for u in submitted.uploads("attachment")
+        if u.filename or u.data
+    ]
     return form
-
-
-def _disposition(part: Message) -> Message:
-    """
-    The part's Content-Disposition, alone, with its raw UTF-8 bytes (browsers send names
-    so) decoded: compat32 would turn them into U+FFFD when asked for a parameter.
-    """
-    header = Message()
-    for key, value in part.raw_items():
-        if key.lower() == "content-disposition":
-            raw = str(value).encode("utf-8", "surrogateescape")
-            header[key] = raw.decode("utf-8", "replace")
-            break
-    return header
 
 
 def upload_name(filename: str) -> str:
