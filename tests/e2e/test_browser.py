@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    FilePayload,
+    Page,
+    Playwright,
+    sync_playwright,
+)
 from playwright.sync_api import expect as pw_expect
 
 from tests.e2e.harness import Gateway, SinkMessage, SmtpSink, poll
@@ -31,6 +39,7 @@ from tests.e2e.test_gateway import link_token, notification_for, text_parts
 
 SENDER = "alice@corp.example"
 BOB = "bob@partner.example"
+SALES = "sales@corp.example"
 CHROMIUM = "/usr/bin/chromium"
 # tests/run installs Debian's chromium when it runs as root (CI does); elsewhere these skip.
 pytestmark = pytest.mark.skipif(
@@ -79,7 +88,13 @@ def internal() -> Iterator[SmtpSink]:
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, internet: SmtpSink, internal: SmtpSink
 ) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path_factory.mktemp("browser-gateway"), internet, internal)
+    gw = Gateway(
+        tmp_path_factory.mktemp("browser-gateway"),
+        internet,
+        internal,
+        # corp.example is one of the harness's default incoming_domains.
+        settings={"portal": {"compose_directory": [SALES]}},
+    )
     try:
         yield gw.start()
     finally:
@@ -182,12 +197,15 @@ class Letter:
 
 
 def send_marked(gateway: Gateway, internet: SmtpSink, recipient: str, message: EmailMessage) -> str:
-    """Send C{message} to C{recipient}.s and return the link from its notification."""
+    """Send C{message} to C{recipient}.s and return the link from its (new) notification."""
+    is_notification = notification_for(gateway, recipient)
+    before = len([m for m in internet.messages() if is_notification(m)])
     gateway.send(SENDER, [recipient + ".s"], message.as_bytes(policy=email.policy.SMTP))
-    notification = internet.wait_for_message(
-        notification_for(gateway, recipient), what=f"the notification to {recipient}"
+    notifications = internet.wait_for(
+        lambda ms: [m for m in ms if is_notification(m)][before:],
+        what=f"the notification to {recipient}",
     )
-    return f"{gateway.portal_url}/m/{link_token(gateway, notification)}"
+    return f"{gateway.portal_url}/m/{link_token(gateway, notifications[0])}"
 
 
 def new_message(recipient: str, subject: str) -> EmailMessage:
@@ -214,7 +232,10 @@ def letter(gateway: Gateway, internet: SmtpSink) -> Letter:
         "</body></html>",
         subtype="html",
     )
-    html_part = message.get_payload()[1]
+    payload = message.get_payload()
+    assert isinstance(payload, list)
+    html_part = payload[1]
+    assert isinstance(html_part, EmailMessage)
     html_part.add_related(png, "image", "png", cid="<logo.7731@corp.example>")
     message.add_attachment(attachment, "application", "pdf", filename="report.pdf")
     link = send_marked(gateway, internet, BOB, message)
@@ -506,3 +527,232 @@ def test_browsing_causes_no_server_error(
     assert server_errors == [], server_errors
     assert "Portal request failed" not in log, gateway.tail()
     assert gateway.portal_get("/no/such/page").status == 404
+
+
+# --- replying from the portal, and writing in (D-Compose) --------------------------------
+
+CAROL = "carol@partner.example"
+DAVE = "dave@corp.example"
+
+
+def mail_text(message: SinkMessage) -> str:
+    """The decoded text parts of a mail, joined."""
+    return "\n".join(text_parts(message))
+
+
+def attachments_of(message: SinkMessage) -> list[tuple[str | None, str, bytes]]:
+    """(file name, content type, bytes) of each attachment."""
+    found = []
+    for part in message.parsed().iter_attachments():
+        data = part.get_payload(decode=True)
+        assert isinstance(data, bytes), part
+        found.append((part.get_filename(), part.get_content_type(), data))
+    return found
+
+
+def mentions(message: SinkMessage, text: str) -> bool:
+    return text.encode() in message.data or text in mail_text(message)
+
+
+def assert_none_arrive(
+    sinks: list[SmtpSink], match: Callable[[SinkMessage], bool], seconds: float, what: str
+) -> None:
+    """For C{seconds} (bounded), no sink holds a message that C{match}es."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [f"{s.name}: {m.summary()}" for s in sinks for m in s.messages() if match(m)]
+        assert found == [], f"{what}: {found}"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
+
+
+def reply_for(rcpt: str, subject: str) -> Callable[[SinkMessage], bool]:
+    def match(m: SinkMessage) -> bool:
+        return rcpt in m.rcpt_tos and m.header("subject") == f"Re: {subject}"
+
+    return match
+
+
+def test_reply_with_attachment_reaches_sender_threaded(
+    gateway: Gateway, internet: SmtpSink, internal: SmtpSink, contexts: Contexts
+) -> None:
+    """A reply with a file goes to the internal sender, threaded, quoting, the file intact."""
+    recipient = unique("replier") + "@partner.example"
+    subject = unique("Please confirm Heron")
+    message = new_message(recipient, subject)
+    message["References"] = "<older-4471@corp.example>"
+    message.set_content("Please confirm the figures Heron4471.\nThe second line.\n")
+    original_id = str(message["Message-ID"])
+    link = send_marked(gateway, internet, recipient, message)
+
+    page = contexts.page()
+    open_letter(page, link)
+    pw_expect(page.get_by_role("heading", name=subject)).to_be_visible()
+    typed = "Confirmed, see the file. Pelican3390."
+    page.get_by_label("Your reply").fill(typed)
+    upload = os.urandom(30 * 1024)
+    page.locator("#reply-files").set_input_files(
+        files=[FilePayload(name="answer.bin", mimeType="application/octet-stream", buffer=upload)]
+    )
+    pw_expect(page.get_by_role("button", name="Reply all")).to_have_count(0)
+    page.get_by_role("button", name="Reply", exact=True).click()
+    page.wait_for_url(re.compile(r"/read/sent$"))
+    pw_expect(page.get_by_role("heading", name="Sent")).to_be_visible()
+    status = page.get_by_role("status")
+    pw_expect(status).to_contain_text(f"Reply sent by e-mail to {SENDER}.")
+    pw_expect(status).to_contain_text("Attached: answer.bin.")
+
+    mail = internal.wait_for_message(reply_for(SENDER, subject), what=f"the reply to {SENDER}")
+    assert mail.rcpt_tos == (SENDER,)
+    assert mail.header("in-reply-to") == original_id
+    references = (mail.header("references") or "").split()
+    assert original_id in references and "<older-4471@corp.example>" in references, references
+    text = mail_text(mail)
+    assert typed in text, text
+    assert "> Please confirm the figures Heron4471." in text, text
+    assert attachments_of(mail) == [("answer.bin", "application/octet-stream", upload)]
+    assert not [m for m in internet.messages() if mentions(m, typed)]
+
+
+def test_reply_all_to_an_outsider_goes_secure(
+    gateway: Gateway, internet: SmtpSink, internal: SmtpSink, contexts: Contexts
+) -> None:
+    """Reply all: the internal Cc gets the reply, the outside Cc only a notification."""
+    subject = unique("Team figures Gannet")
+    message = new_message(BOB, subject)
+    message["Cc"] = f"Carol Outside <{CAROL}>, Dave Inside <{DAVE}>"
+    message.set_content("For all of you: Gannet7105.\n")
+    original_id = str(message["Message-ID"])
+    link = send_marked(gateway, internet, BOB, message)
+
+    page = contexts.page()  # a fresh browser: the first to open this letter
+    open_letter(page, link)
+    pw_expect(page.get_by_role("heading", name=subject)).to_be_visible()
+    typed = "Answer to everyone: Puffin8826."
+    is_carols = notification_for(gateway, CAROL)
+    before = len([m for m in internet.messages() if is_carols(m)])
+    page.get_by_label("Your reply").fill(typed)
+    page.get_by_role("button", name="Reply all").click()
+    page.wait_for_url(re.compile(r"/read/sent$"))
+    status = page.get_by_role("status")
+    pw_expect(status).to_contain_text(DAVE)
+    pw_expect(status).to_contain_text(f"Sent as a secure message to {CAROL}.")
+
+    mail = internal.wait_for_message(reply_for(DAVE, subject), what=f"the reply to {DAVE}")
+    assert set(mail.rcpt_tos) == {SENDER, DAVE}, mail.rcpt_tos
+    assert mail.header("in-reply-to") == original_id
+    assert typed in mail_text(mail)
+    assert CAROL in (mail.header("cc") or "")  # named (marked) in Cc, for a later reply all
+
+    notification = internet.wait_for(
+        lambda ms: [m for m in ms if is_carols(m)][before:], what=f"the notification to {CAROL}"
+    )[0]
+    assert not mentions(notification, typed), mail_text(notification)
+    assert_none_arrive(
+        [internet], lambda m: mentions(m, typed), 1.0, "the reply text went to the Internet"
+    )
+
+    # Carol reads the reply in the portal.
+    carol = contexts.page()
+    open_letter(carol, f"{gateway.portal_url}/m/{link_token(gateway, notification)}")
+    pw_expect(carol.get_by_text(typed)).to_be_visible()
+
+
+def is_compose_code_to(address: str) -> Callable[[SinkMessage], bool]:
+    def match(m: SinkMessage) -> bool:
+        subject = m.header("subject")
+        return m.rcpt_tos == (address,) and subject == "Your code for writing a secure message"
+
+    return match
+
+
+def sign_in_to_compose(page: Page, gateway: Gateway, internet: SmtpSink, sender: str) -> None:
+    """From C{/compose}: choose sales, prove C{sender} with the mailed code; ends writing."""
+    is_code = is_compose_code_to(sender)
+    before = len([m for m in internet.messages() if is_code(m)])
+    page.goto(f"{gateway.portal_url}/compose")
+    pw_expect(page.get_by_role("heading", name="Write a secure message")).to_be_visible()
+    page.get_by_label("To", exact=True).select_option(SALES)
+    page.get_by_label("Your e-mail address").fill(sender)
+    page.get_by_role("button", name="Send me a code").click()
+    pw_expect(page.get_by_role("heading", name="Confirm your e-mail address")).to_be_visible()
+    codes = internet.wait_for(
+        lambda ms: [m for m in ms if is_code(m)][before:], what=f"the code mail to {sender}"
+    )
+    found = re.search(rf"to {re.escape(SALES)} is: (\d{{6}})\b", mail_text(codes[0]))
+    assert found is not None, codes[0].data[:2000]
+    page.get_by_label("Code").fill(found.group(1))
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url(re.compile(r"/compose/write\?to="))
+    pw_expect(page.get_by_text(f"{sender} (confirmed)")).to_be_visible()
+
+
+def test_compose_to_an_internal_address_arrives(
+    gateway: Gateway, internet: SmtpSink, internal: SmtpSink, contexts: Contexts
+) -> None:
+    """An outsider proves their address, writes with a file; sales gets it, Reply-To them."""
+    erin = "erin@partner.example"
+    page = contexts.page()
+    sign_in_to_compose(page, gateway, internet, erin)
+    subject = unique("Offer Kestrel")
+    typed = "Here is our offer, Kestrel5068.\nBest, Erin"
+    upload = os.urandom(20 * 1024)
+    page.get_by_label("Subject").fill(subject)
+    page.get_by_label("Message").fill(typed)
+    page.get_by_label("Attachments").set_input_files(
+        files=[FilePayload(name="offer.pdf", mimeType="application/pdf", buffer=upload)]
+    )
+    page.get_by_role("button", name="Send securely").click()
+    pw_expect(page.get_by_role("heading", name="Message sent")).to_be_visible()
+    pw_expect(page.get_by_text(f"Your message to {SALES} is on its way")).to_be_visible()
+
+    mail = internal.wait_for_message(
+        lambda m: m.rcpt_tos == (SALES,) and m.header("subject") == subject,
+        what=f"the composed mail to {SALES}",
+    )
+    assert mail.header("reply-to") == erin
+    assert mail.header("from") == erin
+    assert mail.header("x-secmail-verified") == erin
+    assert "Here is our offer, Kestrel5068." in mail_text(mail)
+    assert attachments_of(mail) == [("offer.pdf", "application/pdf", upload)]
+    assert not [m for m in internet.messages() if mentions(m, "Kestrel5068")]
+
+
+def test_compose_to_an_outside_address_is_refused(
+    gateway: Gateway, internet: SmtpSink, internal: SmtpSink, contexts: Contexts
+) -> None:
+    """No form for an outside address; a verified session's tampered send is refused."""
+    evil = "evil@partner.example"
+    page = contexts.page()
+    response = page.goto(f"{gateway.portal_url}/compose/someone@partner.example")
+    assert response is not None and response.status == 404
+    pw_expect(page.get_by_role("heading", name="Address not found")).to_be_visible()
+    assert page.locator("form, input, textarea, button, select").count() == 0
+
+    frank = "frank@partner.example"
+    sign_in_to_compose(page, gateway, internet, frank)
+    form = page.locator('form[action="/compose/send"]')
+    csrf = form.locator('input[name="csrf"]').get_attribute("value")
+    assert csrf
+    for to in (evil, f"{SALES}, {evil}", evil + ".s"):
+        refused = page.request.post(
+            f"{gateway.portal_url}/compose/send",
+            multipart={"csrf": csrf, "to": to, "subject": "Tampered", "text": "Relay me."},
+            max_redirects=0,
+        )
+        assert 400 <= refused.status < 500, (to, refused.status, refused.text()[:500])
+        assert "Nothing was sent" in refused.text()
+
+    # The same through the page: the hidden "to" field changed in the browser.
+    form.locator('input[name="to"]').evaluate("(input, to) => { input.value = to; }", evil)
+    page.get_by_label("Message").fill("Relay me too.")
+    page.get_by_role("button", name="Send securely").click()
+    pw_expect(page.get_by_role("heading", name="Not sent")).to_be_visible()
+
+    assert_none_arrive(
+        [internet, internal],
+        lambda m: evil in m.rcpt_tos or evil.encode() in m.data or m.header("reply-to") == frank,
+        3.0,
+        f"a tampered compose reached a sink (for {evil})",
+    )
