@@ -6,7 +6,7 @@ setup(
     description="Secure e-mail gateway: ESMTP relay, encrypted store, HTTPS portal, SMS PINs.",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
-    package_data={"secmail.store": ["schema/*.sql"], "web": ["templates/*", "static/*"]},
+    package_data={"secmail.store": ["schema/*.sql"], "web": ["locale/*/LC_MESSAGES/*.po"]},
     install_requires=[
         "twisted[tls]>=26.4",
         "klein>=24.8",

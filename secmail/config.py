@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -18,6 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_DATA_DIR = "secmail-data"
+#: The portal's languages (gettext catalogues in web/locale); English is built in.
+LANGUAGES = ("en", "fi", "sv")
+#: Logo formats by their first bytes. Not SVG: an SVG can carry script.
+LOGO_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+MAX_PHRASE_CHARS = 40
 
 
 class ConfigError(Exception):
@@ -103,6 +109,13 @@ class PortalSettings:
     url: str = "https://localhost:8443"
     compose_directory: tuple[str, ...] = ()
     max_upload_size: int = 10_240_000
+    brand_name: str = "Secure mail"
+    brand_colour: str = "#1f5fae"
+    logo_file: str = ""
+    #: The logo's media type (image/png or image/jpeg), found from its bytes at load time.
+    logo_type: str = ""
+    verification_phrase: str = ""
+    languages: tuple[str, ...] = LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -299,6 +312,53 @@ def _url(value: Any) -> str:
     return text
 
 
+def _colour(value: Any) -> str:
+    text = _str(value).strip()
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", text):
+        raise ValueError(f"{value!r} must be a colour written #rrggbb, such as #1f5fae")
+    return text.lower()
+
+
+def _brand_name(value: Any) -> str:
+    text = " ".join(_nonempty(value).split())
+    if len(text) > 60 or not text.isprintable():
+        raise ValueError(f"{value!r} must be one line of at most 60 printable characters")
+    return text
+
+
+def _phrase(value: Any) -> str:
+    text = " ".join(_str(value).split())
+    if len(text) > MAX_PHRASE_CHARS or not text.isprintable():
+        raise ValueError(
+            f"must be one line of at most {MAX_PHRASE_CHARS} printable characters, "
+            f"got {len(text)} characters"
+        )
+    return text
+
+
+def _languages(value: Any) -> tuple[str, ...]:
+    items = _str_list(value)
+    if not items:
+        raise ValueError(f"must name at least one of {', '.join(LANGUAGES)}")
+    for item in items:
+        if item not in LANGUAGES:
+            raise ValueError(f"{item!r} is not one of {', '.join(LANGUAGES)}")
+    return tuple(dict.fromkeys(items))
+
+
+def logo_type(path: str) -> str:
+    """The logo's media type from its first bytes; ValueError unless it is a PNG or JPEG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
+    for magic, media_type in LOGO_TYPES.items():
+        if head.startswith(magic):
+            return media_type
+    raise ValueError(f"{path!r} is not a PNG or JPEG image (SVG and other formats are refused)")
+
+
 def _database(value: Any) -> str:
     text = _nonempty(value).strip()
     if not (text.startswith("sqlite:") or text.startswith(("postgresql://", "postgres://"))):
@@ -382,6 +442,11 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "url": _url,
         "compose_directory": lambda v: tuple(_mailbox(a) for a in _str_list(v)),
         "max_upload_size": _positive_int,
+        "brand_name": _brand_name,
+        "brand_colour": _colour,
+        "logo_file": _str,
+        "verification_phrase": _phrase,
+        "languages": _languages,
     },
     "store": {"database": _database, "master_key_file": _nonempty},
     "queue": {
@@ -478,6 +543,15 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
     )
 
     portal = replace(PortalSettings(), **values.get("portal", {}))
+    if portal.logo_file:
+        try:
+            portal = replace(
+                portal,
+                logo_file=os.path.abspath(portal.logo_file),
+                logo_type=logo_type(portal.logo_file),
+            )
+        except ValueError as e:
+            raise ConfigError(f"portal.logo_file: {e}") from None
     outside = [a for a in portal.compose_directory if not routes.is_incoming(a.rpartition("@")[2])]
     if outside:
         raise ConfigError(

@@ -198,6 +198,7 @@ def _text_body(settings: Settings, recipient: Recipient, who: str, link: str) ->
             "We never ask for your password. If you did not expect this message, "
             "you can ignore this e-mail.",
             "",
+            *([phrase, ""] if (phrase := _phrase(settings)) else []),
             "-- ",
             f"This notification was sent by the secure e-mail gateway {settings.gateway.hostname}.",
             "",
@@ -224,6 +225,7 @@ def _html_body(settings: Settings, recipient: Recipient, who: str, link: str) ->
             "You can reply to it securely on the same page.</p>",
             "<p>We never ask for your password. If you did not expect this message, "
             "you can ignore this e-mail.</p>",
+            *([f"<p><strong>{e(phrase)}</strong></p>"] if (phrase := _phrase(settings)) else []),
             '<p style="color: #666; font-size: small;">This notification was sent by the '
             f"secure e-mail gateway {e(settings.gateway.hostname)}.</p>",
             "</body>",
@@ -231,6 +233,15 @@ def _html_body(settings: Settings, recipient: Recipient, who: str, link: str) ->
             "",
         ]
     )
+
+
+def _phrase(settings: Settings) -> str:
+    """
+    The organisation's verification phrase as a sentence ("" when none is set). Every portal
+    page shows it too; a copy of a notification made by someone else does not know it.
+    """
+    phrase = settings.portal.verification_phrase
+    return f"Your organisation's verification phrase: «{phrase}»" if phrase else ""
 
 
 def _null_to_empty(address: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import pytest
 
@@ -111,3 +112,78 @@ def test_compose_directory_must_be_internal() -> None:
     assert ok.portal.compose_directory == ("sales@corp.example",)
     with pytest.raises(ConfigError, match="portal.compose_directory: evil@else.example"):
         load_text(base + '[portal]\ncompose_directory = ["evil@else.example"]\n')
+
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+JPEG_BYTES = b"\xff\xd8\xff\xe0" + b"\x00" * 16
+
+
+def test_portal_branding_defaults() -> None:
+    """Without settings the portal is "Secure mail" in blue, no logo, no phrase, three languages."""
+    portal = config.load(None).portal
+    assert portal.brand_name == "Secure mail"
+    assert portal.brand_colour == "#1f5fae"
+    assert portal.logo_file == "" and portal.verification_phrase == ""
+    assert portal.languages == ("en", "fi", "sv")
+
+
+@pytest.mark.parametrize(
+    ("data", "media_type"), [(PNG_BYTES, "image/png"), (JPEG_BYTES, "image/jpeg")]
+)
+def test_logo_png_or_jpeg(tmp_path: Any, data: bytes, media_type: str) -> None:
+    """A PNG or JPEG logo is accepted and its type found from its bytes, not its name."""
+    logo = tmp_path / "logo.svg"
+    logo.write_bytes(data)
+    settings = load_text(f'[portal]\nlogo_file = "{logo}"\n')
+    assert settings.portal.logo_file == str(logo)
+    assert settings.portal.logo_type == media_type
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
+        b"GIF89a\x01\x00\x01\x00",
+        b"",
+    ],
+)
+def test_logo_other_formats_refused(tmp_path: Any, data: bytes) -> None:
+    """A logo that is not a PNG or JPEG (an SVG could carry script) stops the start."""
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(data)
+    with pytest.raises(ConfigError, match=r"^portal.logo_file: .* is not a PNG or JPEG image"):
+        load_text(f'[portal]\nlogo_file = "{logo}"\n')
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[portal]\nbrand_colour = "blue"\n', "portal.brand_colour: 'blue' must be a colour"),
+        ('[portal]\nbrand_colour = "#12345"\n', "portal.brand_colour:"),
+        ('[portal]\nbrand_colour = "#123456;x"\n', "portal.brand_colour:"),
+        ('[portal]\nbrand_name = ""\n', "portal.brand_name: must not be empty"),
+        ('[portal]\nverification_phrase = "' + "x" * 41 + '"\n', "portal.verification_phrase:"),
+        ('[portal]\nverification_phrase = "a\\u0007b"\n', "portal.verification_phrase:"),
+        ('[portal]\nlanguages = ["en", "de"]\n', "portal.languages: 'de' is not one of en, fi, sv"),
+        ("[portal]\nlanguages = []\n", "portal.languages: must name at least one"),
+        ('[portal]\nlogo_file = "/nonexistent/logo.png"\n', "portal.logo_file: cannot read"),
+    ],
+)
+def test_bad_portal_branding(text: str, message: str) -> None:
+    """Bad branding values stop with one line naming the key."""
+    with pytest.raises(ConfigError) as e:
+        load_text(text)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_portal_branding_values() -> None:
+    """The colour is normalised to lower case; the phrase's spaces are tidied."""
+    settings = load_text(
+        '[portal]\nbrand_colour = "#AA3300"\nverification_phrase = "  blue   heron "\n'
+        'languages = ["fi", "sv"]\nbrand_name = "Example Oy"\n'
+    )
+    assert settings.portal.brand_colour == "#aa3300"
+    assert settings.portal.verification_phrase == "blue heron"
+    assert settings.portal.languages == ("fi", "sv")
+    assert settings.portal.brand_name == "Example Oy"

@@ -288,3 +288,22 @@ def test_code_mail_refuses_bad_code() -> None:
             message_id_domain="gw.example",
             date=datetime(2026, 11, 30, tzinfo=UTC),
         )
+
+
+def test_verification_phrase_in_both_parts() -> None:
+    """The organisation's phrase, which the portal shows too, is in the text and HTML parts."""
+    settings = from_mapping(
+        {
+            "gateway": {"hostname": "gw.corp.example"},
+            "portal": {"url": "https://secure.corp.example", "verification_phrase": "blue <heron>"},
+        }
+    )
+    text, page = bodies(build(settings=settings))
+    assert "Your organisation's verification phrase: «blue <heron>»" in text
+    assert "Your organisation&#x27;s verification phrase: «blue &lt;heron&gt;»" in page
+
+
+def test_no_phrase_when_not_set() -> None:
+    """Without a phrase configured, the notification says nothing about one."""
+    text, page = bodies(build())
+    assert "verification phrase" not in text and "verification phrase" not in page

@@ -57,6 +57,7 @@ from secmail.store.compose import (
 )
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage, new_id
 from secmail.store.spool import RunInThread, SealedBytes
+from web.i18n import Translate
 from web.portal import (
     FormError,
     cookie_value,
@@ -67,6 +68,7 @@ from web.portal import (
     same_secret,
     set_cookie,
     set_security_headers,
+    translation,
 )
 
 log = Logger()
@@ -296,12 +298,16 @@ class Compose:
     def directory(self, request: IRequest) -> bytes:
         """The form with a choice of the directory's addresses; changes nothing."""
         if not self.settings.portal.compose_directory:
+            _ = self._t(request)
+            use_link = _(
+                "To write a secure message to someone here, use the link they gave you. "
+                "It ends with their e-mail address, like {example}."
+            )
+            example = _e(self.settings.portal.url + MOUNT) + "/name@example.com"
             return self._page(
                 request,
-                "Write a secure message",
-                '<div class="card"><p>To write a secure message to someone here, use the link '
-                "they gave you. It ends with their e-mail address, like "
-                f"{_e(self.settings.portal.url + MOUNT)}/name@example.com.</p></div>",
+                _("Write a secure message"),
+                f'<div class="card"><p>{use_link.format(example=example)}</p></div>',
             )
         return self._start_page(request, None, fixed=False)
 
@@ -321,14 +327,17 @@ class Compose:
         to = self._internal(_single(request, b"to"))
         if to is None:
             return self._refused(request)
+        _ = self._t(request)
         typed = _single(request, b"sender")
         sender = plain_address(typed)
         if sender is None:
             error = (
-                f"{typed} is not an e-mail address we can send a code to. "
-                "Please type it as name@example.com."
+                _(
+                    "{typed} is not an e-mail address we can send a code to. "
+                    "Please type it as name@example.com."
+                ).format(typed=typed)
                 if typed.strip()
-                else "Please type your e-mail address."
+                else _("Please type your e-mail address.")
             )
             return self._start_page(request, to, typed, error, status=400)
         code = await self.sessions.new_code(sender, self.now())
@@ -337,9 +346,11 @@ class Compose:
                 request,
                 to,
                 sender,
-                f"{CODES_PER_WINDOW} codes have been sent to {sender} in the last 24 hours, "
-                "which is as many as we send. Please use the newest code you received, "
-                "or try again tomorrow.",
+                _(
+                    "{count} codes have been sent to {address} in the last 24 hours, "
+                    "which is as many as we send. Please use the newest code you received, "
+                    "or try again tomorrow."
+                ).format(count=CODES_PER_WINDOW, address=sender),
                 status=429,
             )
         await self._mail_code(sender, to, code)
@@ -356,19 +367,22 @@ class Compose:
         sender = plain_address(_single(request, b"sender"))
         if sender is None:
             return self._bad_form(request)
+        _ = self._t(request)
         code = form_arg(request, b"code")
         if not re.fullmatch(r"\s*\d{6}\s*", code):
-            return self._code_page(request, to, sender, "The code has 6 digits.", status=400)
+            return self._code_page(request, to, sender, _("The code has 6 digits."), status=400)
         state = await self.sessions.check_code(sender, code, self.now())
         if state == CodeState.WRONG:
-            return self._code_page(request, to, sender, "That code is not right. Try again.")
+            return self._code_page(request, to, sender, _("That code is not right. Try again."))
         if state != CodeState.OK:
             return self._code_page(
                 request,
                 to,
                 sender,
-                "That code no longer works (too many tries, or more than 10 minutes old). "
-                "Please ask for a new one.",
+                _(
+                    "That code no longer works (too many tries, or more than 10 minutes old). "
+                    "Please ask for a new one."
+                ),
             )
         old = cookie_value(request, SESSION_COOKIE)
         if old:
@@ -414,16 +428,17 @@ class Compose:
         uploads = form.uploads
         size = len(text.encode("utf-8")) + sum(len(u.data) for u in uploads)
         limit = self.settings.portal.max_upload_size
+        _ = self._t(request)
         if size > limit:
-            error = (
-                f"The message and its attachments come to {_megabytes(size)}; at most "
-                f"{_megabytes(limit)} can be sent. Please leave out some attachments, "
+            error = _(
+                "The message and its attachments come to {size}; at most "
+                "{limit} can be sent. Please leave out some attachments, "
                 "or send them in more than one message."
-            )
+            ).format(size=_megabytes(size), limit=_megabytes(limit))
             return self._write_page(request, session, to, subject, text, error, status=413)
         if not text.strip() and not uploads:
             return self._write_page(
-                request, session, to, subject, text, "Please write a message.", status=400
+                request, session, to, subject, text, _("Please write a message."), status=400
             )
         now = self.now()
         content: bytes = await self.run_in_thread(
@@ -469,14 +484,16 @@ class Compose:
         await self.sessions.add_event(session.address, "composed", f"{message_id} to {to}", now)
         self.on_commit()
         names = "".join(f"<li>{_e(u.filename)}</li>" for u in uploads)
-        files = f'<p>Attached:</p><ul class="files">{names}</ul>' if uploads else ""
+        files = f'<p>{_("Attached:")}</p><ul class="files">{names}</ul>' if uploads else ""
+        on_its_way = _("Your message to {to} is on its way. Replies will come to {sender}.").format(
+            to=_e(to), sender=_e(session.address)
+        )
         return self._page(
             request,
-            "Message sent",
-            f'<div class="card"><p>Your message to {_e(to)} is on its way. Replies will come '
-            f"to {_e(session.address)}.</p>{files}"
+            _("Message sent"),
+            f'<div class="card"><p>{on_its_way}</p>{files}'
             f'<p class="actions"><a class="button" href="{_e(self._write_url(to))}">'
-            "Write another message</a></p></div>" + self._sign_out_form(session),
+            f"{_('Write another message')}</a></p></div>" + self._sign_out_form(_, session),
         )
 
     @app.route("/logout", methods=["POST"])
@@ -488,8 +505,9 @@ class Compose:
                 return self._bad_form(request)
             await self.sessions.end_session(session_id, self.now())
         set_cookie(request, SESSION_COOKIE, "", max_age=0)
+        _ = self._t(request)
         return self._page(
-            request, "Signed out", '<div class="card"><p>You are signed out.</p></div>'
+            request, _("Signed out"), f'<div class="card"><p>{_("You are signed out.")}</p></div>'
         )
 
     @app.handle_errors(Exception)
@@ -500,22 +518,31 @@ class Compose:
             for name, value in error.get_response().headers:
                 if name in ("Location", "Allow"):
                     request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
+            _ = self._t(request)
             return self._page(
                 request,
-                "Page not found",
-                '<div class="card"><p>There is nothing to show at this address. '
-                f'<a href="{MOUNT}">Write a secure message</a></p></div>',
+                _("Page not found"),
+                f'<div class="card"><p>{_("There is nothing to show at this address.")} '
+                f'<a href="{MOUNT}">{_("Write a secure message")}</a></p></div>',
             )
         log.failure("Compose request failed", failure)
         request.setResponseCode(500)
+        _ = self._t(request)
         return self._page(
             request,
-            "Temporary problem",
-            '<div class="card"><p>The page cannot be shown right now. Nothing was sent. '
-            "Please try again in a few minutes.</p></div>",
+            _("Temporary problem"),
+            '<div class="card"><p>'
+            + _(
+                "The page cannot be shown right now. Nothing was sent. "
+                "Please try again in a few minutes."
+            )
+            + "</p></div>",
         )
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _t(self, request: IRequest) -> Translate:
+        return translation(request, self.settings)
 
     def _internal(self, text: str) -> str | None:
         """C{text} as an address we may write to (one in an incoming domain), else None."""
@@ -593,6 +620,7 @@ class Compose:
     ) -> bytes:
         """The first form; C{fixed}: the address is not to be chosen (default: when not listed)."""
         request.setResponseCode(status)
+        _ = self._t(request)
         directory = self.settings.portal.compose_directory
         if fixed is None:
             fixed = to not in directory
@@ -602,12 +630,12 @@ class Compose:
                 for a in directory
             )
             recipient = (
-                '<label for="to">To</label>'
+                f'<label for="to">{_("To")}</label>'
                 f'<p><select id="to" name="to" required>{options}</select></p>'
             )
         else:
             recipient = (
-                f"<dl><dt>To</dt><dd>{_e(to)}</dd></dl>"
+                f"<dl><dt>{_('To')}</dt><dd>{_e(to)}</dd></dl>"
                 f'<input type="hidden" name="to" value="{_e(to)}">'
             )
         problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
@@ -615,19 +643,24 @@ class Compose:
             f'<form method="post" action="{MOUNT}/start" class="card">{problem}'
             f'<input type="hidden" name="csrf" value="{self._form_token(request)}">'
             f"{recipient}"
-            '<label for="sender">Your e-mail address</label>'
+            f'<label for="sender">{_("Your e-mail address")}</label>'
             f'<p><input type="email" id="sender" name="sender" value="{_e(sender)}" '
             f'autocomplete="email" maxlength="{MAX_ADDRESS_CHARS}" required></p>'
-            '<p class="note">We will send a code to this address to make sure it is yours. '
-            "The reply to your message will come to it.</p>"
-            '<button type="submit">Send me a code</button></form>'
+            '<p class="note">'
+            + _(
+                "We will send a code to this address to make sure it is yours. "
+                "The reply to your message will come to it."
+            )
+            + "</p>"
+            f'<button type="submit">{_("Send me a code")}</button></form>'
         )
-        return self._page(request, "Write a secure message", body)
+        return self._page(request, _("Write a secure message"), body)
 
     def _code_page(
         self, request: IRequest, to: str, sender: str, error: str | None, status: int = 200
     ) -> bytes:
         request.setResponseCode(status)
+        _ = self._t(request)
         csrf = self._form_token(request)
         hidden = (
             f'<input type="hidden" name="csrf" value="{csrf}">'
@@ -635,19 +668,19 @@ class Compose:
             f'<input type="hidden" name="sender" value="{_e(sender)}">'
         )
         problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
+        sent_to = _("We sent a 6-digit code to {address}. It works for {minutes} minutes.")
         body = (
             f'<form method="post" action="{MOUNT}/verify" class="card">{problem}'
-            f"<p>We sent a 6-digit code to {_e(sender)}. It works for "
-            f"{CODE_LIFETIME // 60} minutes.</p>{hidden}"
-            '<label for="code">Code</label>'
+            f"<p>{sent_to.format(address=_e(sender), minutes=CODE_LIFETIME // 60)}</p>{hidden}"
+            f'<label for="code">{_("Code")}</label>'
             '<input type="text" id="code" name="code" inputmode="numeric" '
             'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required>'
-            ' <button type="submit">Continue</button></form>'
+            f' <button type="submit">{_("Continue")}</button></form>'
             f'<form method="post" action="{MOUNT}/start" class="card">{hidden}'
-            "<p>No code? Check the spam folder, or ask for a new one.</p>"
-            '<button type="submit" class="secondary">Send a new code</button></form>'
+            f"<p>{_('No code? Check the spam folder, or ask for a new one.')}</p>"
+            f'<button type="submit" class="secondary">{_("Send a new code")}</button></form>'
         )
-        return self._page(request, "Confirm your e-mail address", body)
+        return self._page(request, _("Confirm your e-mail address"), body)
 
     def _write_page(
         self,
@@ -660,32 +693,36 @@ class Compose:
         status: int = 200,
     ) -> bytes:
         request.setResponseCode(status)
+        _ = self._t(request)
         problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
         limit = _megabytes(self.settings.portal.max_upload_size)
+        confirmed = _("{address} (confirmed)").format(address=_e(session.address))
+        together = _("Message and attachments together: at most {limit}.").format(limit=limit)
         body = (
             f'<form method="post" action="{MOUNT}/send" enctype="multipart/form-data" '
             f'class="card">{problem}'
             f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
             f'<input type="hidden" name="to" value="{_e(to)}">'
-            f"<dl><dt>From</dt><dd>{_e(session.address)} (confirmed)</dd>"
-            f"<dt>To</dt><dd>{_e(to)}</dd></dl>"
-            '<p><label for="subject">Subject</label>'
+            f"<dl><dt>{_('From')}</dt><dd>{confirmed}</dd>"
+            f"<dt>{_('To')}</dt><dd>{_e(to)}</dd></dl>"
+            f'<p><label for="subject">{_("Subject")}</label>'
             f'<input type="text" id="subject" name="subject" value="{_e(subject)}" '
             f'maxlength="{MAX_SUBJECT_CHARS}"></p>'
-            '<p><label for="text">Message</label>'
+            f'<p><label for="text">{_("Message")}</label>'
             f'<textarea id="text" name="text" rows="12" cols="60">{_e(text)}</textarea></p>'
-            '<p><label for="attachments">Attachments</label>'
+            f'<p><label for="attachments">{_("Attachments")}</label>'
             '<input type="file" id="attachments" name="attachment" multiple></p>'
-            f'<p class="note">Message and attachments together: at most {limit}.</p>'
-            '<button type="submit">Send securely</button></form>' + self._sign_out_form(session)
+            f'<p class="note">{together}</p>'
+            f'<button type="submit">{_("Send securely")}</button></form>'
+            + self._sign_out_form(_, session)
         )
-        return self._page(request, "Write a secure message", body)
+        return self._page(request, _("Write a secure message"), body)
 
-    def _sign_out_form(self, session: ComposeSession) -> str:
+    def _sign_out_form(self, _: Translate, session: ComposeSession) -> str:
         return (
             f'<form method="post" action="{MOUNT}/logout" class="card actions">'
             f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
-            '<button type="submit" class="secondary">Sign out</button></form>'
+            f'<button type="submit" class="secondary">{_("Sign out")}</button></form>'
         )
 
     def _see_other(self, request: IRequest, location: str) -> bytes:
@@ -699,42 +736,61 @@ class Compose:
 
     def _no_such_address(self, request: IRequest) -> bytes:
         request.setResponseCode(404)
+        _ = self._t(request)
         return self._page(
             request,
-            "Address not found",
-            '<div class="card"><p>Secure messages can be written here only to addresses of '
-            "this organisation, and the address in this link is not one of them. Please check "
-            f'the link, or <a href="{MOUNT}">choose from the list</a>.</p></div>',
+            _("Address not found"),
+            '<div class="card"><p>'
+            + _(
+                "Secure messages can be written here only to addresses of this organisation, "
+                "and the address in this link is not one of them. Please check the link, "
+                'or <a href="{list}">choose from the list</a>.'
+            ).format(list=MOUNT)
+            + "</p></div>",
         )
 
     def _refused(self, request: IRequest) -> bytes:
         request.setResponseCode(400)
+        _ = self._t(request)
         return self._page(
             request,
-            "Not sent",
-            '<div class="card"><p>Messages from this page can go only to one address of this '
-            "organisation. Nothing was sent. Please start again from the link you were "
-            f'given, or <a href="{MOUNT}">choose from the list</a>.</p></div>',
+            _("Not sent"),
+            '<div class="card"><p>'
+            + _(
+                "Messages from this page can go only to one address of this organisation. "
+                "Nothing was sent. Please start again from the link you were given, "
+                'or <a href="{list}">choose from the list</a>.'
+            ).format(list=MOUNT)
+            + "</p></div>",
         )
 
     def _signed_out(self, request: IRequest, to: str | None) -> bytes:
         request.setResponseCode(401)
+        _ = self._t(request)
         again = f"{MOUNT}/{quote(to, safe='@')}" if to else MOUNT
         return self._page(
             request,
-            "Please confirm your address again",
-            '<div class="card"><p>Your session has ended (after 30 minutes without use, or '
-            "12 hours in all), or this browser has none. "
-            f'<a href="{_e(again)}">Start again</a> to get a new code.</p></div>',
+            _("Please confirm your address again"),
+            '<div class="card"><p>'
+            + _(
+                "Your session has ended (after 30 minutes without use, or 12 hours in all), "
+                'or this browser has none. <a href="{again}">Start again</a> to get a new code.'
+            ).format(again=_e(again))
+            + "</p></div>",
         )
 
     def _bad_form(self, request: IRequest) -> bytes:
         request.setResponseCode(403)
+        _ = self._t(request)
         return self._page(
             request,
-            "Please try again",
-            '<div class="card"><p>The form had expired or did not come from this site. '
-            f'Nothing was sent. <a href="{MOUNT}">Start again</a>.</p></div>',
+            _("Please try again"),
+            '<div class="card"><p>'
+            + _(
+                "The form had expired or did not come from this site. "
+                'Nothing was sent. <a href="{again}">Start again</a>.'
+            ).format(again=MOUNT)
+            + "</p></div>",
         )
 
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from typing import Any, cast
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
@@ -43,7 +43,8 @@ from secmail.policy import strip_subject_keyword
 from secmail.store.messages import Envelope, MessageStore, NewDelivery, NewMessage, new_id
 from secmail.store.portal import CODE_LIFETIME, CodeState, PortalStore, Session
 from secmail.store.spool import RunInThread, SealedBytes
-from web import render, reply
+from web import i18n, render, reply
+from web.i18n import N_, Translate
 
 log = Logger()
 
@@ -67,17 +68,22 @@ COMMON_HEADERS = {
 }
 
 LEVELS = {
-    "letter": "Secure letter",
-    "registered": "Registered letter (PIN by text message)",
+    "letter": N_("Secure letter"),
+    "registered": N_("Registered letter (PIN by text message)"),
 }
 
-STYLE = b"""\
-:root { --brand: #1f5fae; --text: #1d2330; --muted: #5b6474; --bg: #f4f5f7; }
+# The brand colour is put in where the style sheet is served (L{style_sheet}).
+STYLE = """\
+:root { --brand: BRAND; --text: #1d2330; --muted: #5b6474; --bg: #f4f5f7; }
 * { box-sizing: border-box; }
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
        background: var(--bg); color: var(--text); line-height: 1.5; }
 header { background: var(--brand); color: #fff; padding: .75rem 1rem; }
 header strong { font-size: 1.1rem; }
+header { display: flex; flex-wrap: wrap; align-items: center; gap: .25rem .5rem; }
+header img { height: 2rem; width: auto; }
+footer { max-width: 52rem; margin: 0 auto; padding: 0 1rem 1rem; color: var(--muted); }
+header .phrase { flex-basis: 100%; margin: 0; font-size: .95rem; }
 main { max-width: 52rem; margin: 0 auto; padding: 1rem; }
 .card { background: #fff; border-radius: 8px; padding: 1rem 1.25rem; margin-bottom: 1rem;
         box-shadow: 0 1px 3px rgba(0,0,0,.12); }
@@ -148,23 +154,24 @@ class Portal:
         envelope = await self._envelope(request, token)
         if envelope is None:
             return self._not_found(request)
+        _ = self._t(request)
         when = datetime.fromtimestamp(envelope.created, UTC).strftime("%Y-%m-%d %H:%M UTC")
         details = _details(
             [
-                ("From", envelope.sender or "(unknown sender)"),
-                ("To", envelope.recipient),
-                ("Received", when),
-                ("Protection", LEVELS.get(envelope.level, envelope.level)),
+                (_("From"), envelope.sender or _("(unknown sender)")),
+                (_("To"), envelope.recipient),
+                (_("Received"), when),
+                (_("Protection"), _(LEVELS.get(envelope.level, envelope.level))),
             ]
         )
         body = (
             f'<div class="card">{details}</div>'
             f'<form method="post" action="/m/{_e(token)}" class="card">'
             f'<input type="hidden" name="csrf" value="{self._form_csrf(token)}">'
-            "<p>The message is kept encrypted on this server. Open it to read it.</p>"
-            '<button type="submit">Open message</button></form>'
+            f"<p>{_('The message is kept encrypted on this server. Open it to read it.')}</p>"
+            f'<button type="submit">{_("Open message")}</button></form>'
         )
-        return self._page(request, "A secure message for you", body)
+        return self._page(request, _("A secure message for you"), body)
 
     @app.route("/m/<token>", methods=["POST"])
     async def open(self, request: IRequest, token: str) -> bytes:
@@ -175,13 +182,21 @@ class Portal:
         if not self._form_csrf_ok(request, token):
             return self._bad_form(request)
         if envelope.level == "registered":
+            _ = self._t(request)
             return self._page(
                 request,
-                "A PIN is needed",
-                '<div class="card"><p>This is a registered letter: it can be read only after '
-                "typing a PIN sent by text message to your phone.</p><p>Sending PINs is not "
-                "available on this server yet. Please ask the sender to send the message as "
-                "a secure letter, or to contact you another way.</p></div>",
+                _("A PIN is needed"),
+                '<div class="card"><p>'
+                + _(
+                    "This is a registered letter: it can be read only after "
+                    "typing a PIN sent by text message to your phone."
+                )
+                + "</p><p>"
+                + _(
+                    "Sending PINs is not available on this server yet. Please ask the sender "
+                    "to send the message as a secure letter, or to contact you another way."
+                )
+                + "</p></div>",
             )
         browser = cookie_value(request, BROWSER_COOKIE) or new_id() + new_id()
         self._set_cookie(request, BROWSER_COOKIE, browser, max_age=BROWSER_COOKIE_AGE)
@@ -203,7 +218,9 @@ class Portal:
                 request,
                 token,
                 envelope,
-                "Too many codes were sent in the last hour. Please try again later.",
+                self._t(request)(
+                    "Too many codes were sent in the last hour. Please try again later."
+                ),
             )
         await self._mail_code(envelope, code)
         return self._code_page(request, token, envelope, None, sent=True)
@@ -215,22 +232,25 @@ class Portal:
             return self._not_found(request)
         if not self._form_csrf_ok(request, token) or envelope.level != "letter":
             return self._bad_form(request)
+        _ = self._t(request)
         code = form_arg(request, b"code")
         if not re.fullmatch(r"\s*\d{6}\s*", code):
-            return self._code_page(request, token, envelope, "The code has 6 digits.", sent=True)
+            return self._code_page(request, token, envelope, _("The code has 6 digits."), sent=True)
         state = await self.sessions.check_code(envelope.id, code, self.now())
         if state == CodeState.OK:
             return await self._sign_in(request, envelope, "e-mail code")
         if state == CodeState.WRONG:
             return self._code_page(
-                request, token, envelope, "That code is not right. Please try again.", sent=True
+                request, token, envelope, _("That code is not right. Please try again."), sent=True
             )
         return self._code_page(
             request,
             token,
             envelope,
-            "That code no longer works (too many tries, or more than 10 minutes old). "
-            "Please ask for a new one.",
+            _(
+                "That code no longer works (too many tries, or more than 10 minutes old). "
+                "Please ask for a new one."
+            ),
         )
 
     # --- reading ------------------------------------------------------------------------
@@ -247,25 +267,31 @@ class Portal:
         await self.store.add_event(
             session.message_id, session.envelope_id, "viewed", "", self.now()
         )
-        subject = message.subject or "(no subject)"
+        _ = self._t(request)
+        subject = message.subject or _("(no subject)")
         if self.settings.secure.mode == "all" and self.settings.secure.subject_keyword:
             subject = strip_subject_keyword(subject, self.settings.secure.subject_keyword)
-        rows = [("From", message.from_), ("To", ", ".join(message.to))]
+        rows = [(_("From"), message.from_), (_("To"), ", ".join(message.to))]
         if message.cc:
-            rows.append(("Cc", ", ".join(message.cc)))
-        rows.append(("Date", message.date))
+            rows.append((_("Cc"), ", ".join(message.cc)))
+        rows.append((_("Date"), message.date))
         parts = [f'<div class="card"><h1>{_e(subject)}</h1>{_details(rows)}</div>']
         if message.html is not None:
             images = ""
             if message.has_remote_images:
                 images = (
-                    '<p class="note">Pictures from the Internet are not shown, so that the '
-                    'sender cannot tell when you read the message. <a href="/read?images=1" '
-                    'class="button secondary">Show pictures</a></p>'
+                    '<p class="note">'
+                    + _(
+                        "Pictures from the Internet are not shown, so that the "
+                        "sender cannot tell when you read the message."
+                    )
+                    + ' <a href="/read?images=1" class="button secondary">'
+                    + _("Show pictures")
+                    + "</a></p>"
                 )
             src = "/read/html?images=1" if form_arg(request, b"images") == "1" else "/read/html"
             parts.append(
-                f'<div class="card">{images}<iframe src="{src}" title="Message" '
+                f'<div class="card">{images}<iframe src="{src}" title="{_e(_("Message"))}" '
                 'sandbox="allow-popups allow-popups-to-escape-sandbox" '
                 'referrerpolicy="no-referrer"></iframe></div>'
             )
@@ -273,8 +299,8 @@ class Portal:
             parts.append(f'<div class="card"><pre>{_e(message.text)}</pre></div>')
         if message.html is not None and message.text is not None:
             parts.append(
-                f'<details class="card"><summary>Plain text</summary><pre>{_e(message.text)}'
-                "</pre></details>"
+                f'<details class="card"><summary>{_("Plain text")}</summary>'
+                f"<pre>{_e(message.text)}</pre></details>"
             )
         if message.attachments:
             items = "".join(
@@ -283,19 +309,19 @@ class Portal:
                 for a in message.attachments
             )
             parts.append(
-                f'<div class="card"><h2>Attachments</h2><ul class="files">{items}</ul></div>'
+                f'<div class="card"><h2>{_("Attachments")}</h2><ul class="files">{items}</ul></div>'
             )
         envelope = await self.store.envelope_by_id(session.envelope_id)
         reader = envelope.recipient if envelope is not None else ""
-        parts.append(self._reply_forms(session.csrf, raw, reader))
+        parts.append(self._reply_forms(_, session.csrf, raw, reader))
         parts.append(
             '<div class="card actions"><a class="button secondary" href="/read/eml">'
-            "Save the whole message (.eml)</a>"
+            f"{_('Save the whole message (.eml)')}</a>"
             '<form method="post" action="/logout">'
             f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
-            '<button type="submit" class="secondary">Sign out</button></form></div>'
+            f'<button type="submit" class="secondary">{_("Sign out")}</button></form></div>'
         )
-        return self._page(request, "Secure message", "".join(parts), heading=False)
+        return self._page(request, _("Secure message"), "".join(parts), heading=False)
 
     @app.route("/read/html", methods=["GET"])
     async def read_html(self, request: IRequest) -> bytes:
@@ -348,11 +374,12 @@ class Portal:
             attachment, data = render.attachment_bytes(raw, index)
         except (KeyError, IndexError):
             request.setResponseCode(404)
+            _ = self._t(request)
             return self._page(
                 request,
-                "Not found",
-                '<div class="card"><p>There is no such '
-                'attachment. <a href="/read">Back to the message</a></p></div>',
+                _("Not found"),
+                f'<div class="card"><p>{_("There is no such attachment.")} '
+                f'<a href="/read">{_("Back to the message")}</a></p></div>',
             )
         await self.store.add_event(
             session.message_id, session.envelope_id, "downloaded", attachment.filename, self.now()
@@ -393,10 +420,10 @@ class Portal:
         size = len(text.encode("utf-8")) + sum(len(u.data) for u in uploads)
         limit = self.settings.portal.max_upload_size
         if size > limit:
-            problem = (
-                f"Your message and files come to {_size(size)}; at most {_size(limit)} can be "
+            problem = self._t(request)(
+                "Your message and files come to {size}; at most {limit} can be "
                 "sent at once. Please attach fewer or smaller files."
-            )
+            ).format(size=_size(size), limit=_size(limit))
             return self._not_sent(request, session.csrf, raw, envelope, form, problem, 413)
         now = self.now()
         date = datetime.fromtimestamp(self.clock.seconds(), UTC)
@@ -445,17 +472,18 @@ class Portal:
             for _, kind, envelope_id, detail in await self.store.events(session.message_id)
             if envelope_id == session.envelope_id and kind in ("replied", "forwarded")
         ]
-        back = '<p><a class="button secondary" href="/read">Back to the message</a></p>'
+        _ = self._t(request)
+        back = f'<p><a class="button secondary" href="/read">{_("Back to the message")}</a></p>'
         if not sent:
             return self._page(
                 request,
-                "Nothing sent",
-                f'<div class="card"><p>Nothing has been sent from this message yet.</p>{back}'
-                "</div>",
+                _("Nothing sent"),
+                f'<div class="card"><p>{_("Nothing has been sent from this message yet.")}</p>'
+                f"{back}</div>",
             )
         return self._page(
             request,
-            "Sent",
+            _("Sent"),
             f'<div class="card" role="status"><p>{_e(sent[-1])}</p>{back}</div>',
         )
 
@@ -468,11 +496,13 @@ class Portal:
                 return self._bad_form(request)
             await self.sessions.end_session(session_id)
         self._set_cookie(request, SESSION_COOKIE, "", max_age=0)
+        _ = self._t(request)
         return self._page(
             request,
-            "Signed out",
-            '<div class="card"><p>You are signed out. '
-            "To read the message again, use the link in the e-mail.</p></div>",
+            _("Signed out"),
+            '<div class="card"><p>'
+            + _("You are signed out. To read the message again, use the link in the e-mail.")
+            + "</p></div>",
         )
 
     @app.route("/compose", branch=True)
@@ -480,8 +510,11 @@ class Portal:
         """Outsiders writing to the organisation (D-Compose): its own app, see web/compose.py."""
         if self.compose is None:
             request.setResponseCode(404)
+            _ = self._t(request)
             return self._page(
-                request, "Page not found", '<div class="card"><p>There is no such page.</p></div>'
+                request,
+                _("Page not found"),
+                f'<div class="card"><p>{_("There is no such page.")}</p></div>',
             )
         return self.compose
 
@@ -490,7 +523,31 @@ class Portal:
         self._headers(request, csp=RESOURCE_CSP)
         request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
         request.setHeader(b"Cache-Control", b"public, max-age=3600")
-        return STYLE
+        return style_sheet(self.settings)
+
+    @app.route("/static/logo", methods=["GET"])
+    async def logo(self, request: IRequest) -> bytes:
+        """The organisation's logo (PNG or JPEG, checked when the configuration was read)."""
+        self._headers(request, csp=RESOURCE_CSP)
+        portal = self.settings.portal
+        if not portal.logo_file:
+            request.setResponseCode(404)
+            return b""
+        data: bytes = await self.run_in_thread(_read_file, portal.logo_file)
+        request.setHeader(b"Content-Type", portal.logo_type.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"public, max-age=3600")
+        return data
+
+    @app.route("/lang/<code>", methods=["GET"])
+    def choose_language(self, request: IRequest, code: str) -> bytes:
+        """The language switch: remember the choice and go back to the page (on this site)."""
+        target = i18n.safe_next(form_arg(request, b"next", 2000))
+        if code in self.settings.portal.languages:
+            set_cookie(request, i18n.LANG_COOKIE, code, max_age=i18n.LANG_COOKIE_AGE)
+        request.setResponseCode(303)
+        request.setHeader(b"Location", target.encode("ascii"))
+        self._headers(request)
+        return b""
 
     @app.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Any) -> bytes:
@@ -502,22 +559,32 @@ class Portal:
             for name, value in error.get_response().headers:
                 if name in ("Location", "Allow"):
                     request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
+            _ = self._t(request)
             return self._page(
                 request,
-                "Page not found",
-                '<div class="card"><p>There is nothing to show at this address. To read '
-                "a message, use the link in the e-mail.</p></div>",
+                _("Page not found"),
+                '<div class="card"><p>'
+                + _(
+                    "There is nothing to show at this address. To read "
+                    "a message, use the link in the e-mail."
+                )
+                + "</p></div>",
             )
         log.failure("Portal request failed", failure)
         request.setResponseCode(500)
+        _ = self._t(request)
         return self._page(
             request,
-            "Temporary problem",
-            '<div class="card"><p>The page cannot '
-            "be shown right now. Please try again in a few minutes.</p></div>",
+            _("Temporary problem"),
+            '<div class="card"><p>'
+            + _("The page cannot be shown right now. Please try again in a few minutes.")
+            + "</p></div>",
         )
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _t(self, request: IRequest) -> Translate:
+        return translation(request, self.settings)
 
     async def _envelope(self, request: IRequest, token: str) -> Envelope | None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{20,100}", token):
@@ -596,36 +663,40 @@ class Portal:
         error: str | None,
         sent: bool = False,
     ) -> bytes:
+        _ = self._t(request)
         csrf = self._form_csrf(token)
         problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
         if sent:
+            sent_to = _("We sent a 6-digit code to {address}. It works for 10 minutes.")
             form = (
                 f'<form method="post" action="/m/{_e(token)}/verify" class="card">{problem}'
-                f"<p>We sent a 6-digit code to {_e(envelope.recipient)}. It works for 10 "
-                "minutes.</p>"
+                f"<p>{sent_to.format(address=_e(envelope.recipient))}</p>"
                 f'<input type="hidden" name="csrf" value="{csrf}">'
-                '<label for="code">Code</label>'
+                f'<label for="code">{_("Code")}</label>'
                 '<input type="text" id="code" name="code" inputmode="numeric" '
                 'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required>'
-                ' <button type="submit">Open message</button></form>'
+                f' <button type="submit">{_("Open message")}</button></form>'
             )
         else:
             form = ""
         button_class = ' class="secondary"' if sent else ""
-        button_text = "Send a new code" if sent else "Send me a code"
+        button_text = _("Send a new code") if sent else _("Send me a code")
+        confirm = _(
+            "This message was first opened in another browser. To open it here, confirm "
+            "that you are {address}: we will send a one-time code to that address."
+        )
         ask = (
             f'<form method="post" action="/m/{_e(token)}/code" class="card">'
             f"{'' if sent else problem}"
-            "<p>This message was first opened in another browser. To open it here, confirm "
-            f"that you are {_e(envelope.recipient)}: we will send a one-time code to that "
-            "address.</p>"
+            f"<p>{confirm.format(address=_e(envelope.recipient))}</p>"
             f'<input type="hidden" name="csrf" value="{csrf}">'
             f'<button type="submit"{button_class}>{button_text}</button></form>'
         )
-        return self._page(request, "Confirm it is you", form + ask)
+        return self._page(request, _("Confirm it is you"), form + ask)
 
     def _reply_forms(
         self,
+        _: Translate,
         csrf: str,
         raw: bytes,
         reader: str,
@@ -638,53 +709,59 @@ class Portal:
         limit = _size(self.settings.portal.max_upload_size)
         hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
         forms = []
+        up_to = _("Up to {limit} in all.").format(limit=limit)
         if can_reply:
-            buttons = '<button type="submit" name="mode" value="reply">Reply</button>'
-            who = "Your reply goes by e-mail to the sender, quoting the message."
+            buttons = f'<button type="submit" name="mode" value="reply">{_("Reply")}</button>'
+            who = _("Your reply goes by e-mail to the sender, quoting the message.")
             if can_reply_all:
                 buttons += (
                     ' <button type="submit" name="mode" value="reply-all" class="secondary">'
-                    "Reply all</button>"
+                    f"{_('Reply all')}</button>"
                 )
-                who += (
-                    " Reply all also sends it to the others the message was sent to; anyone "
+                who += " " + _(
+                    "Reply all also sends it to the others the message was sent to; anyone "
                     "outside the organisation gets it as a secure message, like this one."
                 )
             kept = text if mode in ("reply", "reply-all") else ""
             forms.append(
                 '<form method="post" action="/read/reply" enctype="multipart/form-data" '
                 'class="card reply" aria-labelledby="reply-heading">'
-                f'<h2 id="reply-heading">Reply</h2>{hidden}'
-                '<label for="reply-text">Your reply</label>'
+                f'<h2 id="reply-heading">{_("Reply")}</h2>{hidden}'
+                f'<label for="reply-text">{_("Your reply")}</label>'
                 f'<textarea id="reply-text" name="text" rows="6">{_e(kept)}</textarea>'
-                '<label for="reply-files">Attach files</label>'
+                f'<label for="reply-files">{_("Attach files")}</label>'
                 '<input type="file" id="reply-files" name="files" multiple>'
-                f'<p class="note">Up to {limit} in all. {who}</p>'
+                f'<p class="note">{up_to} {who}</p>'
                 f'<div class="actions">{buttons}</div></form>'
             )
         else:
             forms.append(
-                '<div class="card"><p class="note">The sender of this message is outside '
-                "the organisation, so you cannot reply from here. Please reply from your "
-                "own e-mail program.</p></div>"
+                '<div class="card"><p class="note">'
+                + _(
+                    "The sender of this message is outside the organisation, so you cannot "
+                    "reply from here. Please reply from your own e-mail program."
+                )
+                + "</p></div>"
             )
         opened = " open" if mode == "forward" else ""
         kept = text if mode == "forward" else ""
+        only = _("Addresses in the organisation only ({domains}), separated by commas.")
         forms.append(
-            f'<details class="card"{opened}><summary>Forward</summary>'
+            f'<details class="card"{opened}><summary>{_("Forward")}</summary>'
             '<form method="post" action="/read/reply" enctype="multipart/form-data" '
             f'class="reply">{hidden}<input type="hidden" name="mode" value="forward">'
-            '<label for="forward-to">Forward to</label>'
+            f'<label for="forward-to">{_("Forward to")}</label>'
             f'<input type="text" id="forward-to" name="to" class="address" value="{_e(to)}" '
             'autocomplete="off" required aria-describedby="forward-note">'
-            '<p class="note" id="forward-note">Addresses in the organisation only '
-            f"({_e(reply.organisation(self.settings))}), separated by commas.</p>"
-            '<label for="forward-text">Your note (optional)</label>'
+            '<p class="note" id="forward-note">'
+            f"{only.format(domains=_e(reply.organisation(self.settings)))}</p>"
+            f'<label for="forward-text">{_("Your note (optional)")}</label>'
             f'<textarea id="forward-text" name="text" rows="4">{_e(kept)}</textarea>'
-            '<label for="forward-files">Attach files</label>'
+            f'<label for="forward-files">{_("Attach files")}</label>'
             '<input type="file" id="forward-files" name="files" multiple>'
-            f'<p class="note">Up to {limit} in all. The message is attached as it came.</p>'
-            '<div class="actions"><button type="submit">Forward</button></div></form></details>'
+            f'<p class="note">{up_to} {_("The message is attached as it came.")}</p>'
+            f'<div class="actions"><button type="submit">{_("Forward")}</button></div>'
+            "</form></details>"
         )
         return "".join(forms)
 
@@ -700,18 +777,19 @@ class Portal:
     ) -> bytes:
         """The problem, in words, and the forms again with what the reader typed."""
         request.setResponseCode(status)
+        _ = self._t(request)
         mode = form.one("mode")
         again = ""
         if form.uploads("files"):
-            again = "<p>Files you attached have to be chosen again.</p>"
+            again = f"<p>{_('Files you attached have to be chosen again.')}</p>"
         body = (
             f'<div class="card"><p class="error" role="alert">{_e(problem)}</p>{again}'
-            '<p><a href="/read">Back to the message</a></p></div>'
+            f'<p><a href="/read">{_("Back to the message")}</a></p></div>'
             + self._reply_forms(
-                csrf, raw, envelope.recipient, mode, form.one("text"), form.one("to", 2000)
+                _, csrf, raw, envelope.recipient, mode, form.one("text"), form.one("to", 2000)
             )
         )
-        return self._page(request, "Not sent", body)
+        return self._page(request, _("Not sent"), body)
 
     def _headers(self, request: IRequest, csp: bytes = PAGE_CSP) -> None:
         set_security_headers(request, csp)
@@ -740,42 +818,58 @@ class Portal:
 
     def _not_found(self, request: IRequest) -> bytes:
         request.setResponseCode(404)
+        _ = self._t(request)
         return self._page(
             request,
-            "Message not found",
-            '<div class="card"><p>This link is not '
-            "valid, or the message has expired and been deleted. Please contact "
-            "the sender if you still need it.</p></div>",
+            _("Message not found"),
+            '<div class="card"><p>'
+            + _(
+                "This link is not valid, or the message has expired and been deleted. "
+                "Please contact the sender if you still need it."
+            )
+            + "</p></div>",
         )
 
     def _gone(self, request: IRequest) -> bytes:
         request.setResponseCode(410)
+        _ = self._t(request)
         return self._page(
             request,
-            "Message deleted",
-            '<div class="card"><p>This message has '
-            "expired and been deleted. Please contact the sender if you still need "
-            "it.</p></div>",
+            _("Message deleted"),
+            '<div class="card"><p>'
+            + _(
+                "This message has expired and been deleted. Please contact the sender "
+                "if you still need it."
+            )
+            + "</p></div>",
         )
 
     def _signed_out(self, request: IRequest) -> bytes:
         request.setResponseCode(401)
+        _ = self._t(request)
         return self._page(
             request,
-            "Please open the link again",
-            '<div class="card"><p>Your '
-            "session has ended (after 30 minutes without use, or 12 hours in all). "
-            "Open the link in the e-mail again to read the message.</p></div>",
+            _("Please open the link again"),
+            '<div class="card"><p>'
+            + _(
+                "Your session has ended (after 30 minutes without use, or 12 hours in all). "
+                "Open the link in the e-mail again to read the message."
+            )
+            + "</p></div>",
         )
 
     def _bad_form(self, request: IRequest) -> bytes:
         request.setResponseCode(403)
+        _ = self._t(request)
         return self._page(
             request,
-            "Please try again",
-            '<div class="card"><p>The form had '
-            "expired or did not come from this site. Open the link in the e-mail "
-            "again.</p></div>",
+            _("Please try again"),
+            '<div class="card"><p>'
+            + _(
+                "The form had expired or did not come from this site. "
+                "Open the link in the e-mail again."
+            )
+            + "</p></div>",
         )
 
 
@@ -790,20 +884,81 @@ def set_security_headers(request: IRequest, csp: bytes = PAGE_CSP) -> None:
     request.setHeader(b"X-Frame-Options", b"DENY")
 
 
+def translation(request: IRequest, settings: Settings) -> Translate:
+    """The request's language (cookie, else Accept-Language) as a gettext function."""
+    return i18n.translator(i18n.request_language(request, settings.portal.languages))
+
+
 def render_page(
     request: IRequest, settings: Settings, title: str, body: str, heading: bool = True
 ) -> bytes:
-    """A whole portal page around C{body} (already escaped HTML), with the security headers."""
+    """
+    A whole portal page around C{body} (already escaped HTML, already translated), with the
+    security headers, the organisation's branding, its verification phrase and the
+    language switch.
+    """
     set_security_headers(request)
     request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+    portal = settings.portal
+    language = i18n.request_language(request, portal.languages)
+    _ = i18n.translator(language)
     h1 = f"<h1>{_e(title)}</h1>" if heading else ""
+    logo = '<img src="/static/logo" alt="">' if portal.logo_file else ""
+    # The default name is translated; a name the organisation chose is its own.
+    brand = _("Secure mail") if portal.brand_name == "Secure mail" else portal.brand_name
+    phrase = ""
+    if portal.verification_phrase:
+        said = _("Your organisation's verification phrase: «{phrase}»")
+        phrase = f'<p class="phrase">{said.format(phrase=_e(portal.verification_phrase))}</p>'
     return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html><html lang="{language}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<title>{_e(title)}</title><link rel="stylesheet" href="/static/portal.css"></head>'
-        f"<body><header><strong>Secure mail</strong> · {_e(settings.gateway.hostname)}"
-        f"</header><main>{h1}{body}</main></body></html>"
+        f"<body><header>{logo}<strong>{_e(brand)}</strong> · {_e(settings.gateway.hostname)}"
+        f"{phrase}</header><main>{h1}{body}</main>"
+        f"{_language_switch(request, portal.languages, language, _)}</body></html>"
     ).encode()
+
+
+def _language_switch(
+    request: IRequest, languages: tuple[str, ...], current: str, _: Translate
+) -> str:
+    """Links to C{/lang/<code>?next=<this page>}, each language named in itself."""
+    if len(languages) < 2:
+        return ""
+    here = quote(_switch_target(request), safe="/")
+    links = []
+    for code in languages:
+        name = i18n.NAMES[code]
+        if code == current:
+            links.append(f'<strong lang="{code}" aria-current="true">{name}</strong>')
+        else:
+            links.append(f'<a href="/lang/{code}?next={here}" lang="{code}">{name}</a>')
+    # After the page's own content, so that the keyboard reaches the page's action first.
+    return f'<footer><nav aria-label="{_e(_("Language"))}">{" · ".join(links)}</nav></footer>'
+
+
+def _switch_target(request: IRequest) -> str:
+    """Where the language switch returns to: this page, or for a form's answer its page."""
+    path = (request.uri or b"/").decode("ascii", "replace")
+    if request.method in (b"GET", b"HEAD"):
+        return i18n.safe_next(path)
+    path = path.split("?", 1)[0]
+    for pattern in (r"/m/[A-Za-z0-9_-]+", r"/read", r"/compose"):
+        match = re.match(pattern, path)
+        if match:
+            return match.group(0)
+    return "/"
+
+
+def style_sheet(settings: Settings) -> bytes:
+    """The portal's style sheet in the organisation's colour (checked #rrggbb at load time)."""
+    return STYLE.replace("BRAND", settings.portal.brand_colour).encode()
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def set_cookie(request: IRequest, name: bytes, value: str, max_age: int | None = None) -> None:
@@ -1054,14 +1209,17 @@ class BoundedRequest(Request):
             peer=peer,
             limit=self.max_body,
         )
-        limit = _size(self.max_body)
+        _ = translation(self, self.settings)
+        larger = _(
+            "What you sent is larger than {limit}, the most that can be sent at once. "
+            "Please go back and attach fewer or smaller files."
+        )
         page = render_page(
             self,
             self.settings,
-            "Too large",
-            f'<div class="card"><p class="error" role="alert">What you sent is larger than '
-            f"{limit}, the most that can be sent at once. Please go back and attach fewer or "
-            "smaller files.</p></div>",
+            _("Too large"),
+            '<div class="card"><p class="error" role="alert">'
+            f"{larger.format(limit=_size(self.max_body))}</p></div>",
         )
         self.setHeader(b"Content-Length", str(len(page)).encode("ascii"))
         self.setHeader(b"Connection", b"close")
