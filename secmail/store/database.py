@@ -3,8 +3,9 @@ One database connection on its own thread, with group commit.
 
 Every piece of work is a function of one cursor (a C{*_txn} function). Work
 that arrives while a transaction is running waits and is then committed
-together, each piece inside its own savepoint so that one failing piece does not
-undo the others. There is no timer window: a batch is whatever arrived while
+together in one transaction; only if a piece fails is the batch run again with
+each piece in a savepoint of its own, so that one failing piece does not undo
+the others. There is no timer window: a batch is whatever arrived while
 the previous commit ran, so a lone writer never waits and a busy gateway pays
 one fsync for many messages.
 """
@@ -98,7 +99,12 @@ class Database:
             self._conn = None
 
     def run(self, function: Callable[[Txn], T], /) -> Deferred[T]:
-        """Run C{function(txn)} in a transaction; fires once it is committed."""
+        """
+        Run C{function(txn)} in a transaction; fires once it is committed.
+
+        C{function} may be run more than once (when another piece of its batch fails, the
+        batch is run again piece by piece), so it must not have effects outside the database.
+        """
         work = _Work(function)
         self._pending.append(work)
         if not self._busy:
@@ -151,25 +157,20 @@ class Database:
         results: list[tuple[bool, Any]] = []
         try:
             cursor.execute(self.engine.begin)
-            if len(batch) == 1:
-                try:
-                    results.append((True, batch[0].function(txn)))
-                except Exception as e:
-                    if self.engine.is_connection_error(e):
-                        raise
-                    cursor.execute("ROLLBACK")
-                    return [(False, Failure())]
-            else:
-                for work in batch:
-                    cursor.execute("SAVEPOINT work")
-                    try:
-                        results.append((True, work.function(txn)))
-                    except Exception as e:
-                        if self.engine.is_connection_error(e):
-                            raise
-                        results.append((False, Failure()))
-                        cursor.execute("ROLLBACK TO SAVEPOINT work")
-                    cursor.execute("RELEASE SAVEPOINT work")
+            try:
+                # Optimistic: the whole batch as one transaction, with no per-piece statements.
+                results = [(True, work.function(txn)) for work in batch]
+            except Exception as e:
+                if self.engine.is_connection_error(e):
+                    raise
+                failure = Failure()
+                cursor.execute("ROLLBACK")
+                if len(batch) == 1:
+                    return [(False, failure)]
+                # Some piece failed: run them again, each in a savepoint of its own, so that
+                # only the failing ones fail. Work functions can be run again (see run()).
+                cursor.execute(self.engine.begin)
+                results = self._isolated(cursor, txn, batch)
             cursor.execute("COMMIT")
         except Exception as e:
             self._discard_after(e)
@@ -178,6 +179,20 @@ class Database:
             cursor.close()
         self.batches += 1
         self.transactions += len(batch)
+        return results
+
+    def _isolated(self, cursor: Any, txn: Txn, batch: list[_Work]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        for work in batch:
+            cursor.execute("SAVEPOINT work")
+            try:
+                results.append((True, work.function(txn)))
+            except Exception as e:
+                if self.engine.is_connection_error(e):
+                    raise
+                results.append((False, Failure()))
+                cursor.execute("ROLLBACK TO SAVEPOINT work")
+            cursor.execute("RELEASE SAVEPOINT work")
         return results
 
     def _discard_after(self, error: Exception) -> None:
