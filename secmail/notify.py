@@ -269,19 +269,24 @@ def build_code_mail(
     minutes: int,
     message_id_domain: str,
     date: datetime,
+    purpose: str = "opening the secure message",
+    without_it: str = "nobody can open the message without it",
+    subject: str = "Your code for the secure message",
 ) -> Notification:
-    """The one-time code that lets a recipient open a letter in another browser."""
+    """
+    A one-time code mail: by default the one that lets a recipient open a letter in another
+    browser; D-Compose passes its own C{purpose}, C{without_it} and C{subject}.
+    """
     if not re.fullmatch(r"\d{6}", code):
         raise ValueError("the code must be 6 digits")
     text = "\n".join(
         [
             "Hello,",
             "",
-            f"Your code for opening the secure message is: {code}",
+            f"Your code for {purpose} is: {code}",
             "",
             f"It works once, for {minutes} minutes. Type it on the page where you asked for it.",
-            "If you did not ask for a code, you can ignore this e-mail: nobody can open the "
-            "message without it.",
+            f"If you did not ask for a code, you can ignore this e-mail: {without_it}.",
             "",
             "-- ",
             f"The secure e-mail gateway {settings.gateway.hostname}.",
@@ -291,7 +296,7 @@ def build_code_mail(
     headers = [
         ("From", formataddr(("Secure mail", settings.gateway.notification_from))),
         ("To", recipient),
-        ("Subject", "Your code for the secure message"),
+        ("Subject", subject),
         ("Date", format_datetime(date)),
         ("Message-ID", email_make_msgid(domain=message_id_domain)),
         ("Auto-Submitted", "auto-generated"),

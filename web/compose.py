@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, make_msgid
+from email.utils import format_datetime, make_msgid
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -46,7 +46,7 @@ from werkzeug.exceptions import HTTPException
 
 from secmail.address import AddressError, split_address
 from secmail.config import Settings
-from secmail.notify import Notification, _qp_part, clean_text
+from secmail.notify import Notification, build_code_mail, clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
     CODES_PER_WINDOW,
@@ -206,41 +206,16 @@ def build_compose_code_mail(
     date: datetime,
 ) -> Notification:
     """The code that proves to the portal that C{recipient} is the outsider's address."""
-    if not re.fullmatch(r"\d{6}", code):
-        raise ValueError("the code must be 6 digits")
-    text = "\n".join(
-        [
-            "Hello,",
-            "",
-            f"Your code for writing a secure message to {to} is: {code}",
-            "",
-            f"It works once, for {minutes} minutes. Type it on the page where you asked for it.",
-            "If you did not ask for a code, you can ignore this e-mail: nobody can write "
-            "in your name without it.",
-            "",
-            "-- ",
-            f"The secure e-mail gateway {settings.gateway.hostname}.",
-            "",
-        ]
-    )
-    headers = [
-        ("From", formataddr(("Secure mail", settings.gateway.notification_from))),
-        ("To", recipient),
-        ("Subject", "Your code for writing a secure message"),
-        ("Date", format_datetime(date)),
-        ("Message-ID", make_msgid(domain=settings.gateway.hostname)),
-        ("Auto-Submitted", "auto-generated"),
-        ("X-Auto-Response-Suppress", "All"),
-        ("MIME-Version", "1.0"),
-    ]
-    for name, value in headers:
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header {name} would contain a line break")
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    return Notification(
-        sender=settings.gateway.bounce_address,
+    return build_code_mail(
+        settings=settings,
         recipient=recipient,
-        content=(head + _qp_part("plain", text)).encode("ascii"),
+        code=code,
+        minutes=minutes,
+        message_id_domain=settings.gateway.hostname,
+        date=date,
+        purpose=f"writing a secure message to {to}",
+        without_it="nobody can write in your name without it",
+        subject="Your code for writing a secure message",
     )
 
 
