@@ -816,60 +816,54 @@ class Portal:
     ) -> None:
         set_cookie(request, name, value, max_age)
 
-    def _not_found(self, request: IRequest) -> bytes:
-        request.setResponseCode(404)
+    def _notice(self, request: IRequest, code: int, title: str, text: str) -> bytes:
+        """A page that only tells the reader something (an error or an end), translated."""
+        request.setResponseCode(code)
         _ = self._t(request)
-        return self._page(
+        return self._page(request, _(title), '<div class="card"><p>' + _(text) + "</p></div>")
+
+    def _not_found(self, request: IRequest) -> bytes:
+        return self._notice(
             request,
-            _("Message not found"),
-            '<div class="card"><p>'
-            + _(
+            404,
+            N_("Message not found"),
+            N_(
                 "This link is not valid, or the message has expired and been deleted. "
                 "Please contact the sender if you still need it."
-            )
-            + "</p></div>",
+            ),
         )
 
     def _gone(self, request: IRequest) -> bytes:
-        request.setResponseCode(410)
-        _ = self._t(request)
-        return self._page(
+        return self._notice(
             request,
-            _("Message deleted"),
-            '<div class="card"><p>'
-            + _(
+            410,
+            N_("Message deleted"),
+            N_(
                 "This message has expired and been deleted. Please contact the sender "
                 "if you still need it."
-            )
-            + "</p></div>",
+            ),
         )
 
     def _signed_out(self, request: IRequest) -> bytes:
-        request.setResponseCode(401)
-        _ = self._t(request)
-        return self._page(
+        return self._notice(
             request,
-            _("Please open the link again"),
-            '<div class="card"><p>'
-            + _(
+            401,
+            N_("Please open the link again"),
+            N_(
                 "Your session has ended (after 30 minutes without use, or 12 hours in all). "
                 "Open the link in the e-mail again to read the message."
-            )
-            + "</p></div>",
+            ),
         )
 
     def _bad_form(self, request: IRequest) -> bytes:
-        request.setResponseCode(403)
-        _ = self._t(request)
-        return self._page(
+        return self._notice(
             request,
-            _("Please try again"),
-            '<div class="card"><p>'
-            + _(
+            403,
+            N_("Please try again"),
+            N_(
                 "The form had expired or did not come from this site. "
                 "Open the link in the e-mail again."
-            )
-            + "</p></div>",
+            ),
         )
 
 
