@@ -19,6 +19,7 @@ from secmail.store.database import (
     schema_files,
 )
 from secmail.store.messages import (
+    ROWS_PER_INSERT,
     MessageStore,
     NewDelivery,
     NewEnvelope,
@@ -266,6 +267,19 @@ class StoreTestsMixin:
         self.assertIsNone(self.store.recent.get(message_id))
         with self.assertRaises(LookupError):
             await self.store.read_all(message_id)
+
+    async def test_many_in_one_commit(self) -> None:
+        """More rows than one multi-row INSERT takes are all stored, with every queue row id."""
+        d = NewDelivery("relay", "", ("a@x.example",), "mx", "x.example", "")
+        messages = [self.small(b"m%d" % i, deliveries=[d]) for i in range(ROWS_PER_INSERT + 7)]
+        ids = await self.store.commit(messages, now=1)
+        self.assertEqual(len(set(ids)), ROWS_PER_INSERT + 7)
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(await self.store.count_messages(), ROWS_PER_INSERT + 7)
+        fresh = MessageStore(self.db, self.master)
+        self.assertEqual(
+            await fresh.read_all(messages[-1].content.message_id), b"m%d" % (ROWS_PER_INSERT + 6)
+        )
 
     async def test_queue_admin(self) -> None:
         """Admins can retry a row now and delete a row."""

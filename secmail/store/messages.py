@@ -182,14 +182,7 @@ class MessageStore:
         return queue_ids
 
     def _commit_txn(self, txn: Txn, messages: Sequence[NewMessage], now: int) -> list[int]:
-        queue_ids: list[int] = []
-        for message in messages:
-            insert_message_txn(txn, message, now)
-            for delivery in message.deliveries:
-                queue_ids.append(
-                    insert_delivery_txn(txn, message.content.message_id, delivery, now)
-                )
-        return queue_ids
+        return insert_messages_txn(txn, messages, now)
 
     # --- reading --------------------------------------------------------------------
 
@@ -262,9 +255,7 @@ class MessageStore:
                 txn, envelope.message_id, envelope.id, "notification returned", detail, now
             )
             if bounce is not None:
-                insert_message_txn(txn, bounce, now)
-                for delivery in bounce.deliveries:
-                    insert_delivery_txn(txn, bounce.content.message_id, delivery, now)
+                insert_messages_txn(txn, [bounce], now)
 
         await self.db.run(txn_)
 
@@ -348,9 +339,7 @@ class MessageStore:
 
         def txn_(txn: Txn) -> None:
             if bounce is not None:
-                insert_message_txn(txn, bounce, now)
-                for delivery in bounce.deliveries:
-                    insert_delivery_txn(txn, bounce.content.message_id, delivery, now)
+                insert_messages_txn(txn, [bounce], now)
             if remaining:
                 txn.execute(
                     "UPDATE queue SET recipients = ? WHERE id = ?",
@@ -449,53 +438,112 @@ def _detail(item: QueueItem, recipients: Sequence[str], text: str) -> str:
     return f"{item.kind} to {', '.join(recipients)} via {item.route}: {text}"[:2000]
 
 
-def insert_message_txn(txn: Txn, message: NewMessage, now: int) -> None:
-    content = message.content
-    txn.execute(
-        "INSERT INTO messages (id, kind, sender, created, size, key_id, wrapped_key, chunk_count) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            content.message_id,
-            message.kind,
-            message.sender,
-            now,
-            content.size,
-            content.key_id,
-            content.wrapped_key,
-            content.chunk_count,
-        ),
-    )
-    for seq, data in enumerate(content.sealed_chunks()):
-        txn.execute(
-            "INSERT INTO message_chunks (message_id, seq, data) VALUES (?, ?, ?)",
-            (content.message_id, seq, data),
+#: Rows per multi-row INSERT (well under SQLite's 32766 parameters).
+ROWS_PER_INSERT = 500
+
+
+def insert_rows_txn(
+    txn: Txn, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], returning: str = ""
+) -> list[Any]:
+    """
+    Insert C{rows} with as few statements as possible: the database thread gives up the GIL
+    at every statement, so one multi-row INSERT is much cheaper than one INSERT a row.
+    """
+    found: list[Any] = []
+    marks = "(" + ", ".join("?" for _ in columns) + ")"
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        part = rows[start : start + ROWS_PER_INSERT]
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            + ", ".join(marks for _ in part)
+            + (f" RETURNING {returning}" if returning else "")
         )
-    for env in message.envelopes:
-        txn.execute(
-            "INSERT INTO envelopes (id, message_id, recipient, original, level, phone, "
-            "token_hash, created, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'notified')",
+        txn.execute(sql, [value for row in part for value in row])
+        if returning:
+            found += txn.fetchall()
+    return found
+
+
+def insert_messages_txn(txn: Txn, messages: Sequence[NewMessage], now: int) -> list[int]:
+    """Store messages with their chunks, envelopes, events and queue rows; the queue row ids."""
+    if not messages:
+        return []
+    insert_rows_txn(
+        txn,
+        "messages",
+        ("id", "kind", "sender", "created", "size", "key_id", "wrapped_key", "chunk_count"),
+        [
             (
-                env.id,
-                content.message_id,
-                env.recipient,
-                env.original,
-                env.level,
-                env.phone,
-                env.token_hash,
+                m.content.message_id,
+                m.kind,
+                m.sender,
                 now,
-            ),
-        )
-    for envelope_id, kind, detail in message.events:
-        add_event_txn(txn, content.message_id, envelope_id, kind, detail, now)
-
-
-def insert_delivery_txn(txn: Txn, message_id: str, d: NewDelivery, now: int) -> int:
-    row = txn.execute(
-        "INSERT INTO queue (message_id, about, kind, sender, recipients, route, domain, notify, "
-        "created, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                m.content.size,
+                m.content.key_id,
+                m.content.wrapped_key,
+                m.content.chunk_count,
+            )
+            for m in messages
+        ],
+    )
+    single_chunks = []
+    for m in messages:
+        if m.content.chunk_count == 1:
+            [data] = list(m.content.sealed_chunks())
+            single_chunks.append((m.content.message_id, 0, data))
+        else:
+            # Large messages one chunk at a time, so memory stays at one chunk.
+            for seq, data in enumerate(m.content.sealed_chunks()):
+                txn.execute(
+                    "INSERT INTO message_chunks (message_id, seq, data) VALUES (?, ?, ?)",
+                    (m.content.message_id, seq, data),
+                )
+    insert_rows_txn(txn, "message_chunks", ("message_id", "seq", "data"), single_chunks)
+    envelopes = [
         (
-            message_id,
-            d.about or message_id,
+            e.id,
+            m.content.message_id,
+            e.recipient,
+            e.original,
+            e.level,
+            e.phone,
+            e.token_hash,
+            now,
+            "notified",
+        )
+        for m in messages
+        for e in m.envelopes
+    ]
+    if envelopes:
+        insert_rows_txn(
+            txn,
+            "envelopes",
+            (
+                "id",
+                "message_id",
+                "recipient",
+                "original",
+                "level",
+                "phone",
+                "token_hash",
+                "created",
+                "state",
+            ),
+            envelopes,
+        )
+    events = [
+        (m.content.message_id, envelope_id, now, kind, detail)
+        for m in messages
+        for envelope_id, kind, detail in m.events
+    ]
+    if events:
+        insert_rows_txn(
+            txn, "events", ("message_id", "envelope_id", "at", "kind", "detail"), events
+        )
+    deliveries = [
+        (
+            m.content.message_id,
+            d.about or m.content.message_id,
             d.kind,
             d.sender,
             json.dumps(list(d.recipients)),
@@ -504,9 +552,31 @@ def insert_delivery_txn(txn: Txn, message_id: str, d: NewDelivery, now: int) -> 
             d.notify,
             now,
             now,
+        )
+        for m in messages
+        for d in m.deliveries
+    ]
+    if not deliveries:
+        return []
+    rows = insert_rows_txn(
+        txn,
+        "queue",
+        (
+            "message_id",
+            "about",
+            "kind",
+            "sender",
+            "recipients",
+            "route",
+            "domain",
+            "notify",
+            "created",
+            "next_attempt",
         ),
-    ).fetchone()
-    return int(row[0])
+        deliveries,
+        returning="id",
+    )
+    return sorted(int(row[0]) for row in rows)
 
 
 def add_event_txn(
