@@ -15,7 +15,7 @@ import email.parser
 import email.policy
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from email.message import Message
 
 from twisted.internet.defer import Deferred
@@ -150,7 +150,3 @@ class ReturnedMail:
     def connectionLost(self) -> None:
         self.done = True
         self._lines = []
-
-
-def now_utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)

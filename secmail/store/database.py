@@ -87,7 +87,6 @@ class Database:
         self._pending: list[_Work] = []
         self._busy = False
         self.batches = 0
-        self.transactions = 0
 
     def start(self) -> None:
         self._pool.start()
@@ -178,7 +177,6 @@ class Database:
         finally:
             cursor.close()
         self.batches += 1
-        self.transactions += len(batch)
         return results
 
     def _isolated(self, cursor: Any, txn: Txn, batch: list[_Work]) -> list[tuple[bool, Any]]:

@@ -399,18 +399,6 @@ class MessageStore:
 
         return await self.db.run(txn_)
 
-    async def queue_wait(self, now: int) -> int | None:
-        """Seconds until the next row is due (0 when one is due now), None when empty."""
-        row = await self.db.run(
-            lambda txn: txn.execute(
-                "SELECT MIN(next_attempt) FROM queue WHERE lease_until IS NULL OR lease_until < ?",
-                (now,),
-            ).fetchone()
-        )
-        if row is None or row[0] is None:
-            return None
-        return max(0, int(row[0]) - now)
-
     # --- retention ------------------------------------------------------------------
 
     async def delete_expired(self, cutoff: int, now: int) -> int:
