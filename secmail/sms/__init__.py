@@ -1,0 +1,1 @@
+"""Sending PINs by SMS: GSM modem, HTTP gateway, e-mail-to-SMS."""
