@@ -14,9 +14,12 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from secmail.sms.http import HttpGatewaySettings
 
 DEFAULT_DATA_DIR = "secmail-data"
 #: The portal's languages (gettext catalogues in web/locale); English is built in.
@@ -24,6 +27,8 @@ LANGUAGES = ("en", "fi", "sv")
 #: Logo formats by their first bytes. Not SVG: an SVG can carry script.
 LOGO_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 MAX_PHRASE_CHARS = 40
+#: The ways of sending an SMS, as named in C{sms.order}.
+SMS_BACKENDS = ("modem", "http", "smtp")
 
 
 class ConfigError(Exception):
@@ -136,6 +141,27 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class ModemSettings:
+    """The C{[sms.modem]} table: a GSM modem on a serial port."""
+
+    device: str
+    baudrate: int = 115200
+    #: Empty: the SIM asks for no PIN.
+    sim_pin: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class SmsSettings:
+    """How PINs go out by SMS: the backends in C{order}, tried in turn. Empty: no SMS."""
+
+    order: tuple[str, ...] = ()
+    modem: ModemSettings | None = None
+    http: HttpGatewaySettings | None = None
+    #: Where an e-mail-to-SMS gateway takes mail, with C{{to}} for the digits of the number.
+    smtp_address: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     gateway: GatewaySettings
     smtp: SmtpSettings
@@ -144,6 +170,7 @@ class Settings:
     portal: PortalSettings
     store: StoreSettings
     queue: QueueSettings
+    sms: SmsSettings = SmsSettings()
 
     @property
     def tls_generated(self) -> bool:
@@ -395,6 +422,51 @@ def check_endpoint(description: str) -> None:
         raise ValueError(f"{description!r} is not a valid endpoint: {e}") from None
 
 
+def _sms_order(value: Any) -> tuple[str, ...]:
+    names = _str_list(value)
+    for name in names:
+        if name not in SMS_BACKENDS:
+            raise ValueError(f'{name!r} is not a backend; use "modem", "http" and "smtp"')
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{', '.join(repr(d) for d in duplicates)} listed more than once")
+    return names
+
+
+def _sim_pin(value: Any) -> str:
+    text = _str(value).strip()
+    if text and not (text.isascii() and text.isdigit() and 4 <= len(text) <= 8):
+        # The value itself is not repeated: it is a secret.
+        raise ValueError('must be 4 to 8 digits, or "" for a SIM that asks for no PIN')
+    return text
+
+
+def _str_table(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f'must be a table of name = "value", not {_kind(value)}')
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise ValueError(f"{name}: must be a string, not {_kind(item)}")
+    return dict(value)
+
+
+def _sms_address(value: Any) -> str:
+    text = _nonempty(value).strip()
+    names = re.findall(r"\{([^{}]*)\}", text)
+    if "to" not in names or any(name != "to" for name in names):
+        raise ValueError(
+            f"{text!r} must hold {{to}} (the number's digits) and no other placeholder,"
+            ' such as "{to}@sms.example.net"'
+        )
+    try:
+        _mailbox(text.replace("{to}", "358401234567"))
+    except ValueError:
+        raise ValueError(
+            f'{text!r} is not an e-mail address template such as "{{to}}@sms.example.net"'
+        ) from None
+    return text
+
+
 # --- the schema ---------------------------------------------------------------------------
 
 Checker = Callable[[Any], Any]
@@ -457,6 +529,20 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "concurrency": _positive_int,
         "connect_timeout": _positive_int,
     },
+    # A dotted name is a sub-table: [sms.modem] arrives as raw["sms"]["modem"].
+    "sms": {"order": _sms_order},
+    "sms.modem": {"device": _nonempty, "baudrate": _positive_int, "sim_pin": _sim_pin},
+    # HttpGatewaySettings checks the values' meaning; these check only their types.
+    "sms.http": {
+        "url": _nonempty,
+        "method": _str,
+        "body": _str,
+        "body_type": _str,
+        "headers": _str_table,
+        "success": _str,
+        "timeout": _positive_number,
+    },
+    "sms.smtp": {"address": _sms_address},
 }
 
 
@@ -483,22 +569,31 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
     """Check a parsed TOML document and build the settings from it and the defaults."""
     values: dict[str, dict[str, Any]] = {}
     for section, content in raw.items():
-        if section not in SCHEMA:
+        if section not in SCHEMA or "." in section:
             known = ", ".join(f"[{s}]" for s in SCHEMA)
             raise ConfigError(f"[{section}]: unknown section (known sections: {known})")
-        if not isinstance(content, dict):
-            raise ConfigError(f"{section}: must be a table ([{section}]), not {_kind(content)}")
-        checked = values.setdefault(section, {})
-        for key, value in content.items():
-            checker = SCHEMA[section].get(key)
-            if checker is None:
-                known = ", ".join(SCHEMA[section])
-                raise ConfigError(f"{section}.{key}: unknown key (known in [{section}]: {known})")
-            try:
-                checked[key] = checker(value)
-            except ValueError as e:
-                raise ConfigError(f"{section}.{key}: {e}") from None
+        _check_table(section, content, values)
     return _build(values)
+
+
+def _check_table(section: str, content: Any, values: dict[str, dict[str, Any]]) -> None:
+    """Check one table's keys into C{values[section]}; sub-tables go to their own sections."""
+    if not isinstance(content, dict):
+        raise ConfigError(f"{section}: must be a table ([{section}]), not {_kind(content)}")
+    checked = values.setdefault(section, {})
+    for key, value in content.items():
+        if f"{section}.{key}" in SCHEMA:
+            _check_table(f"{section}.{key}", value, values)
+            continue
+        checker = SCHEMA[section].get(key)
+        if checker is None:
+            subtables = [f"[{s}]" for s in SCHEMA if s.startswith(section + ".")]
+            known = ", ".join([*SCHEMA[section], *subtables])
+            raise ConfigError(f"{section}.{key}: unknown key (known in [{section}]: {known})")
+        try:
+            checked[key] = checker(value)
+        except ValueError as e:
+            raise ConfigError(f"{section}.{key}: {e}") from None
 
 
 def _build(values: dict[str, dict[str, Any]]) -> Settings:
@@ -571,7 +666,39 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         portal=portal,
         store=store,
         queue=queue,
+        sms=_build_sms(values),
     )
+
+
+def _build_sms(values: dict[str, dict[str, Any]]) -> SmsSettings:
+    from secmail.sms.http import HttpGatewaySettings  # it imports this module
+
+    modem = http = smtp_address = None
+    if "sms.modem" in values:
+        m = values["sms.modem"]
+        if "device" not in m:
+            raise ConfigError(
+                "sms.modem.device: missing; the modem's serial port, e.g. /dev/ttyUSB0"
+            )
+        modem = ModemSettings(**m)
+    if "sms.http" in values:
+        h = values["sms.http"]
+        if "url" not in h:
+            raise ConfigError(
+                "sms.http.url: missing; the gateway's URL, e.g. "
+                "https://gw.example/send?to={to}&text={text}"
+            )
+        http = HttpGatewaySettings(**h)
+    if "sms.smtp" in values:
+        if "address" not in values["sms.smtp"]:
+            raise ConfigError('sms.smtp.address: missing; e.g. "{to}@sms.example.net"')
+        smtp_address = values["sms.smtp"]["address"]
+    order = values.get("sms", {}).get("order", ())
+    sections = {"modem": modem, "http": http, "smtp": smtp_address}
+    for name in order:
+        if sections[name] is None:
+            raise ConfigError(f'sms.order: "{name}" needs an [sms.{name}] section')
+    return SmsSettings(order=order, modem=modem, http=http, smtp_address=smtp_address)
 
 
 def _default_hostname() -> str:
@@ -582,26 +709,60 @@ def _default_hostname() -> str:
         return "localhost"
 
 
-SECRET_KEYS = {("store", "database")}
+def _mask_pin(pin: Any) -> str:
+    return "***" if pin else ""
+
+
+def _mask_url(url: Any) -> str:
+    """The URL without its password or query values (Kannel takes them there), placeholders kept."""
+    parts = urlsplit(str(url))
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(":" + parts.password + "@", ":***@")
+    query = []
+    for item in parts.query.split("&") if parts.query else []:
+        name, eq, value = item.partition("=")
+        query.append(name + eq + (value if re.fullmatch(r"\{\w+\}", value) or not eq else "***"))
+    return parts._replace(netloc=netloc, query="&".join(query)).geturl()
+
+
+def _mask_headers(headers: Any) -> dict[str, str]:
+    return {name: "***" for name in headers}  # often an Authorization header
+
+
+#: Settings shown masked by L{describe}, with the function that masks each.
+SECRET_KEYS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("store", "database"): lambda v: _mask_dsn(str(v)),
+    ("sms.modem", "sim_pin"): _mask_pin,
+    ("sms.http", "url"): _mask_url,
+    ("sms.http", "headers"): _mask_headers,
+}
 
 
 def describe(settings: Settings) -> list[str]:
     """The effective settings as C{section.key = value} lines, secrets masked."""
-    lines = []
+    lines: list[str] = []
     for section_field in fields(settings):
-        section = getattr(settings, section_field.name)
-        for f in fields(section):
-            value = getattr(section, f.name)
-            if (section_field.name, f.name) in SECRET_KEYS:
-                value = _mask_dsn(str(value))
-            elif isinstance(value, tuple):
-                value = [str(v) for v in value]
-            elif isinstance(value, Mapping):
-                value = {k: str(v) for k, v in value.items()}
-            elif isinstance(value, Route):
-                value = str(value)
-            lines.append(f"{section_field.name}.{f.name} = {value!r}")
+        _describe(section_field.name, getattr(settings, section_field.name), lines)
     return lines
+
+
+def _describe(section: str, settings: Any, lines: list[str]) -> None:
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        masker = SECRET_KEYS.get((section, f.name))
+        if masker is not None:
+            value = masker(value)
+        if isinstance(value, Route):
+            value = str(value)
+        elif is_dataclass(value):  # a sub-table such as [sms.modem]
+            _describe(f"{section}.{f.name}", value, lines)
+            continue
+        elif isinstance(value, tuple):
+            value = [str(v) for v in value]
+        elif isinstance(value, Mapping):
+            value = {k: str(v) for k, v in value.items()}
+        lines.append(f"{section}.{f.name} = {value!r}")
 
 
 def _mask_dsn(dsn: str) -> str:

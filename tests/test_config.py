@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -70,6 +71,36 @@ def test_embedded_defaults() -> None:
         ("[smtp\n", "not valid TOML"),
         ('[portal]\nurl = "ftp://x"\n', "portal.url:"),
         ("[queue]\nretry_initial = 500\nretry_max = 100\n", "queue.retry_max"),
+        ('[sms]\norder = ["pigeon"]\n', "sms.order: 'pigeon' is not a backend"),
+        ('[sms]\norder = ["http", "http"]\n', "sms.order: 'http' listed more than once"),
+        ('[sms]\norder = ["http"]\n', 'sms.order: "http" needs an [sms.http] section'),
+        ("[sms]\nbogus = 1\n", "sms.bogus: unknown key (known in [sms]: order, [sms.modem]"),
+        ('[sms.modem]\ndevice = "/dev/ttyS0"\nbogus = 1\n', "sms.modem.bogus: unknown key"),
+        ("[sms.modem]\nbaudrate = 9600\n", "sms.modem.device: missing"),
+        ('[sms.modem]\ndevice = "/dev/ttyS0"\nbaudrate = 0\n', "sms.modem.baudrate: must be"),
+        ('[sms.modem]\ndevice = "x"\nsim_pin = "12a"\n', "sms.modem.sim_pin: must be 4 to 8"),
+        ('[sms.modem]\ndevice = "x"\nsim_pin = "123456789"\n', "sms.modem.sim_pin:"),
+        ("[sms]\nmodem = 5\n", "sms.modem: must be a table ([sms.modem])"),
+        ('[sms.http]\nmethod = "GET"\n', "sms.http.url: missing"),
+        ('[sms.http]\nurl = "ftp://gw/{to}/{text}"\n', "sms.http.url: must be http(s)"),
+        (
+            '[sms.http]\nurl = "https://gw/?to={to}&text={text}"\nmethod = "PUT"\n',
+            "sms.http.method",
+        ),
+        (
+            '[sms.http]\nurl = "https://gw/?to={to}&t={text}"\nheaders = { X = 1 }\n',
+            "sms.http.headers",
+        ),
+        ('[sms.http]\nurl = "https://gw/?to={to}&t={text}"\ntimeout = 0\n', "sms.http.timeout"),
+        ('[sms.http]\nurl = "https://gw/?to={to}&t={text}"\nsuccess = "("\n', "sms.http.success"),
+        ('[sms.http]\nurl = "https://gw/?to={to}"\n', "sms.http: {text} appears in neither"),
+        (
+            '[sms.smtp]\naddress = "sms@example.net"\n',
+            "sms.smtp.address: 'sms@example.net' must hold {to}",
+        ),
+        ('[sms.smtp]\naddress = "{to}@{host}"\n', "sms.smtp.address:"),
+        ('[sms.smtp]\naddress = "{to}"\n', "sms.smtp.address: '{to}' is not an e-mail address"),
+        ("[sms.smtp]\n", "sms.smtp.address: missing"),
     ],
 )
 def test_bad_values(text: str, message: str) -> None:
@@ -187,3 +218,74 @@ def test_portal_branding_values() -> None:
     assert settings.portal.verification_phrase == "blue heron"
     assert settings.portal.languages == ("fi", "sv")
     assert settings.portal.brand_name == "Example Oy"
+
+
+def test_sms_off_by_default() -> None:
+    """Without an [sms] section no backend is configured: SMS is off."""
+    sms = config.load(None).sms
+    assert sms == config.SmsSettings(order=(), modem=None, http=None, smtp_address=None)
+    assert config.load(EXAMPLE).sms.order == ()
+
+
+def test_sms_backends() -> None:
+    """[sms.modem], [sms.http] and [sms.smtp] are sub-tables of [sms], built in the given order."""
+    settings = load_text(
+        '[sms]\norder = ["http", "smtp", "modem"]\n'
+        '[sms.modem]\ndevice = "/dev/ttyUSB0"\nsim_pin = "1234"\n'
+        '[sms.http]\nurl = "https://gw.example/send"\nmethod = "post"\n'
+        'body = \'{"to": "{to}", "text": "{text}"}\'\nheaders = { Authorization = "Bearer t" }\n'
+        'success = "^OK"\ntimeout = 5\n'
+        '[sms.smtp]\naddress = "{to}@sms.example.net"\n'
+    )
+    sms = settings.sms
+    assert sms.order == ("http", "smtp", "modem")
+    assert sms.modem == config.ModemSettings(device="/dev/ttyUSB0", baudrate=115200, sim_pin="1234")
+    assert sms.http is not None and sms.http.method == "POST" and sms.http.body_type == "json"
+    assert sms.http.headers == {"Authorization": "Bearer t"} and sms.http.timeout == 5
+    assert sms.smtp_address == "{to}@sms.example.net"
+
+
+def test_sms_section_without_order_is_checked_but_unused() -> None:
+    """A backend section not named in sms.order is still checked, and SMS stays off."""
+    settings = load_text('[sms.modem]\ndevice = "/dev/ttyS1"\nbaudrate = 9600\n')
+    assert settings.sms.order == ()
+    assert settings.sms.modem == config.ModemSettings(device="/dev/ttyS1", baudrate=9600)
+
+
+def test_dotted_section_name_is_not_a_sub_table() -> None:
+    """A quoted ["sms.modem"] table is refused rather than read as [sms.modem]."""
+    with pytest.raises(ConfigError, match=r"\[sms.modem\]: unknown section"):
+        load_text('["sms.modem"]\ndevice = "x"\n')
+
+
+def test_describe_masks_sms_secrets() -> None:
+    """check-config hides the SIM PIN, the gateway URL's password and query values, and headers."""
+    settings = load_text(
+        '[sms.modem]\ndevice = "/dev/ttyUSB0"\nsim_pin = "9876"\n'
+        '[sms.http]\nurl = "https://u:pw@gw.example/s?password=hunter2&to={to}&text={text}"\n'
+        'headers = { Authorization = "Bearer sekrit" }\n'
+    )
+    text = "\n".join(config.describe(settings))
+    for secret in ("9876", "hunter2", ":pw@", "sekrit"):
+        assert secret not in text
+    assert "9876" not in repr(settings.sms)
+    assert "sms.modem.sim_pin = '***'" in text
+    assert "sms.modem.device = '/dev/ttyUSB0'" in text
+    assert "sms.http.url = 'https://u:***@gw.example/s?password=***&to={to}&text={text}'" in text
+
+
+def test_example_sms_sections_load_when_uncommented() -> None:
+    """The commented [sms.*] examples in etc/secmail.toml are valid once uncommented."""
+    with open(EXAMPLE) as f:
+        text = f.read()
+    head, sms = text.split("[sms]\n")
+    lines = [
+        line[2:] if re.match(r"# (\[sms\.|[a-z_]+ = )", line) else line
+        for line in sms.splitlines()
+        if not line.startswith(("# body", "# body_type"))  # these need method = "POST"
+    ]
+    uncommented = "\n".join(lines).replace("order = []", 'order = ["modem", "http", "smtp"]')
+    settings = load_text(head + "[sms]\n" + uncommented)
+    assert settings.sms.order == ("modem", "http", "smtp")
+    assert settings.sms.modem is not None and settings.sms.http is not None
+    assert settings.sms.smtp_address == "{to}@sms.example.net"

@@ -29,6 +29,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from secmail.config import ConfigError
+from secmail.sms.errors import SmsPermanentError as SmsPermanentError  # re-exported
+from secmail.sms.errors import SmsTemporaryError as SmsTemporaryError  # re-exported
 
 log = Logger()
 
@@ -54,14 +56,6 @@ _TRANSPORT_ERRORS = (
     PotentialDataLoss,
     OSError,
 )
-
-
-class SmsTemporaryError(Exception):
-    """The SMS was not sent, but trying again later (or another gateway) may work."""
-
-
-class SmsPermanentError(Exception):
-    """The gateway refused the SMS; the same request will not work later either."""
 
 
 @dataclass(frozen=True)
