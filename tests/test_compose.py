@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 
 from hypothesis import given
 from hypothesis import strategies as st
-from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from secmail.store.compose import (
@@ -35,7 +34,7 @@ from secmail.store.messages import QueueItem
 from secmail.store.portal import PortalStore
 from tests.dbs import POSTGRES_DSN, open_store
 from tests.test_delivery import IntakeFixture
-from tests.test_portal import BASE, BINARY, PNG, Browser, Reply, directives
+from tests.test_portal import BINARY, PNG, Browser, Reply, directives
 from tests.test_queue import INTERNAL, RELAY, make_settings, parse
 from web.compose import MAX_FILENAME_CHARS, Compose, parse_form, upload_name
 from web.portal import Portal
@@ -78,28 +77,10 @@ def multipart(
 
 
 class ComposeBrowser(Browser):
-    """The portal tests' browser, which can also send a body of its own (multipart, repeats)."""
-
-    async def raw_post(self, path: str, body: bytes, content_type: str) -> Reply:
-        headers: dict[str, list[str]] = {"Content-Type": [content_type]}
-        if self.cookies:
-            headers["Cookie"] = ["; ".join(f"{k}={v}" for k, v in self.cookies.items())]
-        stub: Any = StubTreq(self.resource)
-        response = await self._settle(
-            stub,
-            stub.request("POST", BASE + path, headers=headers, data=body, allow_redirects=False),
-        )
-        content: bytes = await self._settle(stub, response.content())
-        reply = Reply(response.code, response.headers, content)
-        for name, (value, attributes) in reply.set_cookies().items():
-            if value and attributes.get("max-age") != "0":
-                self.cookies[name] = value
-            else:
-                self.cookies.pop(name, None)
-        return reply
+    """The portal tests' browser with the compose forms (repeated fields, files)."""
 
     async def post_pairs(self, path: str, pairs: Sequence[tuple[str, str]]) -> Reply:
-        return await self.raw_post(
+        return await self.post_body(
             path, urlencode(pairs).encode(), "application/x-www-form-urlencoded"
         )
 
@@ -109,7 +90,7 @@ class ComposeBrowser(Browser):
         files: Sequence[tuple[str, str, str, bytes]] = (),
     ) -> Reply:
         body, content_type = multipart(fields, files)
-        return await self.raw_post("/compose/send", body, content_type)
+        return await self.post_body("/compose/send", body, content_type)
 
 
 class ComposeFixture(IntakeFixture, TestCase):

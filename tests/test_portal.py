@@ -190,10 +190,22 @@ class Browser:
     async def post(self, path: str, data: Mapping[str, str] | None = None) -> Reply:
         return await self.request("POST", path, data=dict(data or {}))
 
-    async def request(self, method: str, path: str, data: dict[str, str] | None = None) -> Reply:
+    async def post_body(self, path: str, body: bytes, content_type: str) -> Reply:
+        """POST a body written by the test itself (multipart, repeated fields, not a form)."""
+        return await self.request("POST", path, data=body, content_type=content_type)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        data: dict[str, str] | bytes | None = None,
+        content_type: str | None = None,
+    ) -> Reply:
         headers: dict[str, list[str]] = {}
         if self.cookies:
             headers["Cookie"] = ["; ".join(f"{k}={v}" for k, v in self.cookies.items())]
+        if content_type is not None:
+            headers["Content-Type"] = [content_type]
         kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
         if data is not None:
             kwargs["data"] = data

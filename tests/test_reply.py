@@ -20,7 +20,6 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock, deferLater
@@ -34,7 +33,6 @@ from secmail.crypto import MasterKey
 from secmail.store.messages import NewMessage, hash_token
 from tests.test_portal import (
     ALICE,
-    BASE,
     BINARY,
     BOB,
     HEAD,
@@ -497,19 +495,7 @@ def multipart(
 
 
 class UploadingBrowser(Browser):
-    """The portal tests' browser, which can also POST a body it wrote itself."""
-
-    async def post_body(self, path: str, body: bytes, content_type: str) -> Reply:
-        headers: dict[str, list[str]] = {"Content-Type": [content_type]}
-        if self.cookies:
-            headers["Cookie"] = ["; ".join(f"{k}={v}" for k, v in self.cookies.items())]
-        stub: Any = StubTreq(self.resource)
-        response = await self._settle(
-            stub,
-            stub.request("POST", BASE + path, headers=headers, data=body, allow_redirects=False),
-        )
-        content: bytes = await self._settle(stub, response.content())
-        return Reply(response.code, response.headers, content)
+    """The portal tests' browser with the reply form (text and files)."""
 
     async def send(
         self,
