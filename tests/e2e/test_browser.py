@@ -13,7 +13,6 @@ from __future__ import annotations
 import email.policy
 import os
 import re
-import secrets
 import struct
 import time
 import zlib
@@ -35,7 +34,7 @@ from playwright.sync_api import (
 from playwright.sync_api import expect as pw_expect
 
 from tests.e2e.harness import Gateway, SinkMessage, SmtpSink, poll
-from tests.e2e.test_gateway import link_token, notification_for, text_parts
+from tests.e2e.test_gateway import link_token, notification_for, text_parts, unique
 
 SENDER = "alice@corp.example"
 BOB = "bob@partner.example"
@@ -59,29 +58,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 pw_expect.set_options(timeout=TIMEOUT_MS)
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(6)}"
-
-
 # --- fixtures --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def internet() -> Iterator[SmtpSink]:
-    sink = SmtpSink("internet sink")
-    try:
-        yield sink.start()
-    finally:
-        sink.stop()
-
-
-@pytest.fixture(scope="module")
-def internal() -> Iterator[SmtpSink]:
-    sink = SmtpSink("internal sink")
-    try:
-        yield sink.start()
-    finally:
-        sink.stop()
 
 
 @pytest.fixture(scope="module")

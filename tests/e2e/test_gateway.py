@@ -56,24 +56,6 @@ def msgid(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def internet() -> Iterator[SmtpSink]:
-    sink = SmtpSink("internet sink")
-    try:
-        yield sink.start()
-    finally:
-        sink.stop()
-
-
-@pytest.fixture(scope="module")
-def internal() -> Iterator[SmtpSink]:
-    sink = SmtpSink("internal sink")
-    try:
-        yield sink.start()
-    finally:
-        sink.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, internet: SmtpSink, internal: SmtpSink
 ) -> Iterator[Gateway]:
