@@ -28,7 +28,7 @@ from twisted.mail import smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
-from secmail.address import AddressError, Recipient, parse_recipient
+from secmail.address import AddressError, Level, Recipient, parse_recipient
 from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.letters import envelopes_and_notifications, letter_events
@@ -346,7 +346,12 @@ class IncomingMessage:
 
     def _plan(self) -> list[NewMessage]:
         settings = self.intake.settings
-        subject, display = self._headers_of_interest()
+        subject = display = None
+        # Only a notification (or the subject keyword of mode "all") needs the headers read.
+        if settings.secure.mode == "all" or any(
+            r.level is not Level.PLAIN for r in self.recipients
+        ):
+            subject, display = self._headers_of_interest()
         policy: MessagePolicy = decide(self.recipients, subject, settings)
         if policy.subject_keyword_found and subject is not None:
             subject = strip_subject_keyword(subject, settings.secure.subject_keyword)
