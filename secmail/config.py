@@ -159,6 +159,8 @@ class SmsSettings:
     http: HttpGatewaySettings | None = None
     #: Where an e-mail-to-SMS gateway takes mail, with C{{to}} for the digits of the number.
     smtp_address: str | None = None
+    #: The PIN text by language, overriding the built-in one: C{{pin}}, C{{minutes}}, C{{brand}}.
+    pin_text: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -450,6 +452,29 @@ def _str_table(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+#: What a PIN text template may use, and an example of each for checking.
+PIN_TEXT_PLACEHOLDERS = {"pin": "123456", "minutes": "10", "brand": "Example Ltd"}
+
+
+def _pin_text(value: Any) -> dict[str, str]:
+    texts = _str_table(value)
+    for language, text in texts.items():
+        if language not in LANGUAGES:
+            raise ValueError(f"{language!r} is not one of {', '.join(LANGUAGES)}")
+        names = re.findall(r"\{([^{}]*)\}", text)
+        unknown = sorted({n for n in names if n not in PIN_TEXT_PLACEHOLDERS})
+        if unknown:
+            known = ", ".join("{" + n + "}" for n in PIN_TEXT_PLACEHOLDERS)
+            raise ValueError(f"{language}: unknown placeholder {{{unknown[0]}}} (known: {known})")
+        if "pin" not in names:
+            raise ValueError(f"{language}: the text must hold {{pin}}")
+        try:
+            text.format(**PIN_TEXT_PLACEHOLDERS)
+        except (ValueError, IndexError, KeyError) as e:
+            raise ValueError(f"{language}: not a valid template ({e})") from None
+    return texts
+
+
 def _sms_address(value: Any) -> str:
     text = _nonempty(value).strip()
     names = re.findall(r"\{([^{}]*)\}", text)
@@ -530,7 +555,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "connect_timeout": _positive_int,
     },
     # A dotted name is a sub-table: [sms.modem] arrives as raw["sms"]["modem"].
-    "sms": {"order": _sms_order},
+    "sms": {"order": _sms_order, "pin_text": _pin_text},
     "sms.modem": {"device": _nonempty, "baudrate": _positive_int, "sim_pin": _sim_pin},
     # HttpGatewaySettings checks the values' meaning; these check only their types.
     "sms.http": {
@@ -698,7 +723,13 @@ def _build_sms(values: dict[str, dict[str, Any]]) -> SmsSettings:
     for name in order:
         if sections[name] is None:
             raise ConfigError(f'sms.order: "{name}" needs an [sms.{name}] section')
-    return SmsSettings(order=order, modem=modem, http=http, smtp_address=smtp_address)
+    return SmsSettings(
+        order=order,
+        modem=modem,
+        http=http,
+        smtp_address=smtp_address,
+        pin_text=values.get("sms", {}).get("pin_text", {}),
+    )
 
 
 def _default_hostname() -> str:

@@ -88,3 +88,38 @@ def letter_events(
     events: list[tuple[str | None, str, str]] = [(None, "received", received)]
     events += [(e.id, "notification queued", f"{e.level} for {e.recipient}") for e in envelopes]
     return events
+
+
+def system_mail(
+    settings: Settings,
+    master: MasterKey,
+    *,
+    kind: str,
+    sender: str,
+    to: str,
+    content: bytes,
+    about: str,
+    notify: str = "",
+) -> NewMessage:
+    """
+    A mail the gateway writes itself (a code, a bounce, a notice, an SMS by e-mail) ready
+    to commit: sealed, queued on the route for C{to}, its delivery recorded on the message
+    it is C{about}, and a failure reported to C{notify} ('' for nobody).
+    """
+    domain = to.rpartition("@")[2].lower()
+    return NewMessage(
+        content=SealedBytes(master, new_id(), content),
+        kind=kind,
+        sender=sender,
+        deliveries=[
+            NewDelivery(
+                kind=kind,
+                sender=sender,
+                recipients=(to,),
+                route=str(settings.routes.for_domain(domain)),
+                domain=domain,
+                notify=notify,
+                about=about,
+            )
+        ],
+    )

@@ -293,10 +293,33 @@ def build_code_mail(
             "",
         ]
     )
+    return gateway_mail(
+        settings=settings,
+        recipient=recipient,
+        subject=subject,
+        text=text,
+        message_id_domain=message_id_domain,
+        date=date,
+    )
+
+
+def gateway_mail(
+    *,
+    settings: Settings,
+    recipient: str,
+    subject: str,
+    text: str,
+    message_id_domain: str,
+    date: datetime,
+) -> Notification:
+    """
+    A plain-text mail from the gateway (a code, a notice to a sender). Its envelope sender
+    is the bounce address, so a failure comes back to the gateway, not to a person.
+    """
     headers = [
         ("From", formataddr(("Secure mail", settings.gateway.notification_from))),
         ("To", recipient),
-        ("Subject", subject),
+        ("Subject", _header_text(subject)),
         ("Date", format_datetime(date)),
         ("Message-ID", email_make_msgid(domain=message_id_domain)),
         ("Auto-Submitted", "auto-generated"),
@@ -311,4 +334,27 @@ def build_code_mail(
         sender=settings.gateway.bounce_address,
         recipient=recipient,
         content=(head + _qp_part("plain", text)).encode("ascii"),
+    )
+
+
+def build_sender_notice(
+    *,
+    settings: Settings,
+    sender: str,
+    subject: str,
+    paragraphs: list[str],
+    message_id_domain: str,
+    date: datetime,
+) -> Notification:
+    """A notice to the internal sender of a secure message about what happened to it."""
+    text = "\n\n".join(
+        ["Hello,", *paragraphs, f"-- \nThe secure e-mail gateway {settings.gateway.hostname}.\n"]
+    )
+    return gateway_mail(
+        settings=settings,
+        recipient=sender,
+        subject=subject,
+        text=text,
+        message_id_domain=message_id_domain,
+        date=date,
     )

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.dsn import FailedRecipient, build_dsn
+from secmail.letters import system_mail
 from secmail.smtp.client import (
     DeliveryOutcome,
     DeliveryResult,
@@ -32,8 +33,7 @@ from secmail.smtp.client import (
     TemporaryDeliveryError,
 )
 from secmail.smtp.routing import session_key
-from secmail.store.messages import MessageStore, NewDelivery, NewMessage, QueueItem, new_id
-from secmail.store.spool import SealedBytes
+from secmail.store.messages import MessageStore, NewMessage, QueueItem
 
 log = Logger()
 
@@ -363,22 +363,8 @@ def bounce_message(
     A bounce ready to commit: sealed, from C{<>}, queued on the route for C{to};
     its delivery is recorded on the message it is C{about}.
     """
-    domain = to.rpartition("@")[2].lower()
-    return NewMessage(
-        content=SealedBytes(master, new_id(), content),
-        kind="bounce",
-        sender="",
-        deliveries=[
-            NewDelivery(
-                kind="bounce",
-                sender="",
-                recipients=(to,),
-                route=str(settings.routes.for_domain(domain)),
-                domain=domain,
-                notify="",
-                about=about,
-            )
-        ],
+    return system_mail(
+        settings, master, kind="bounce", sender="", to=to, content=content, about=about
     )
 
 

@@ -25,7 +25,11 @@ from twisted.python import usage
 
 from secmail import config
 from secmail.crypto import MasterKeyError, derive_key, generate_key_file, load_key_file
+from secmail.letters import system_mail
 from secmail.queue import OutboundQueue, RetentionJob
+from secmail.sms.backends import build_backends
+from secmail.sms.dispatch import SmsDispatcher
+from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.delivery import GatewayDelivery, Intake
 from secmail.smtp.routing import SmtpSender
 from secmail.smtp.server import GatewayESMTPFactory
@@ -34,6 +38,7 @@ from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
 from secmail.store.messages import MessageStore
 from secmail.store.portal import PortalStore
+from secmail.store.sms import SmsStore
 from secmail.store.spool import clean_spool
 from secmail.tls import CertificateError, ensure_self_signed, server_options
 
@@ -41,6 +46,9 @@ log = Logger()
 
 #: Seconds a thread may hold the GIL while another waits (see makeService).
 GIL_SWITCH_INTERVAL = 0.0005
+
+#: The audit trail that records the deliveries of SMS sent as e-mail.
+SMS_MAIL_TRAIL = "sms-by-mail"
 
 
 class Options(usage.Options):
@@ -198,6 +206,31 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     DatabaseService(db).setServiceParent(top)
     QueueStarter(queue).setServiceParent(top)
+
+    sms_store = SmsStore(db, derive_key(master, "sms-outbox"))
+
+    async def send_mail(to: str, content: bytes) -> None:
+        """An SMS by e-mail: queued like any mail the gateway writes."""
+        mail = system_mail(
+            settings,
+            master,
+            kind="sms",
+            sender=settings.gateway.bounce_address,
+            to=to,
+            content=content,
+            about=SMS_MAIL_TRAIL,
+        )
+        await store.commit([mail], int(reactor.seconds()))
+        queue.wake()
+
+    async def record(about: str, kind: str, detail: str) -> None:
+        await store.add_event(about, None, kind, detail, int(reactor.seconds()))
+
+    backends, backend_services = build_backends(settings, reactor, send_mail)
+    for service in backend_services:
+        service.setServiceParent(top)
+    outbox = SmsOutbox(sms_store, SmsDispatcher(backends, record), reactor, node_id)
+    outbox.setServiceParent(top)
     TimerService(3600, RetentionJob(settings, store, reactor).run).setServiceParent(top)
 
     portal_store = PortalStore(db, derive_key(master, "portal-codes"))
@@ -220,6 +253,8 @@ def makeService(options: Options) -> IService:
         csrf_key=derive_key(master, "portal-csrf"),
         on_commit=queue.wake,
         compose=compose.app.resource(),
+        sms=sms_store,
+        on_sms=outbox.wake,
     )
     site = make_site(portal)
     for description in settings.portal.listen:

@@ -74,7 +74,10 @@ def test_embedded_defaults() -> None:
         ('[sms]\norder = ["pigeon"]\n', "sms.order: 'pigeon' is not a backend"),
         ('[sms]\norder = ["http", "http"]\n', "sms.order: 'http' listed more than once"),
         ('[sms]\norder = ["http"]\n', 'sms.order: "http" needs an [sms.http] section'),
-        ("[sms]\nbogus = 1\n", "sms.bogus: unknown key (known in [sms]: order, [sms.modem]"),
+        (
+            "[sms]\nbogus = 1\n",
+            "sms.bogus: unknown key (known in [sms]: order, pin_text, [sms.modem]",
+        ),
         ('[sms.modem]\ndevice = "/dev/ttyS0"\nbogus = 1\n', "sms.modem.bogus: unknown key"),
         ("[sms.modem]\nbaudrate = 9600\n", "sms.modem.device: missing"),
         ('[sms.modem]\ndevice = "/dev/ttyS0"\nbaudrate = 0\n', "sms.modem.baudrate: must be"),

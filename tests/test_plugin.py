@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmail import tap
 from secmail.queue import OutboundQueue
+from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.server import GatewayESMTPFactory
 
 EXAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "secmail.toml")
@@ -110,7 +111,7 @@ class MakeServiceTests(SynchronousTestCase):
         return service
 
     def test_service_tree(self) -> None:
-        """Database first, then queue, periodic jobs, portal and the SMTP listener."""
+        """Database first, then queue, SMS outbox, periodic jobs, portal and the SMTP listener."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -119,6 +120,7 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 tap.DatabaseService,
                 tap.QueueStarter,
+                SmsOutbox,
                 TimerService,  # retention
                 TimerService,  # portal session clean-up
                 StreamServerEndpointService,
@@ -132,7 +134,7 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(queue_starter, tap.QueueStarter)
         self.assertIsInstance(queue_starter.queue, OutboundQueue)
 
-        portal, smtp = children[4], children[5]
+        portal, smtp = children[5], children[6]
         assert isinstance(portal, StreamServerEndpointService)
         assert isinstance(smtp, StreamServerEndpointService)
         # "ssl:" without key files: TLS with our own certificate around the portal's site.

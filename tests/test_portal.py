@@ -25,9 +25,10 @@ from twisted.web.resource import IResource
 
 from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.portal import PortalStore
+from secmail.store.sms import SmsStore
 from secmail.store.spool import SealedBytes
 from tests.test_delivery import IntakeFixture
-from tests.test_queue import parse
+from tests.test_queue import make_settings, parse
 from web.portal import Portal
 
 BASE = "https://portal.gw.example"
@@ -260,10 +261,12 @@ class PortalFixture(IntakeFixture, TestCase):
     def now(self) -> int:
         return int(self.clock.seconds())
 
-    async def letter(self, raw: bytes = RICH, level: str = "letter") -> Letter:
+    async def letter(
+        self, raw: bytes = RICH, level: str = "letter", phone: str | None = "+4915100000000"
+    ) -> Letter:
         """A secure message stored as the intake stores one, with a known link token."""
         token = secrets.token_urlsafe(32)
-        phone = "+4915100000000" if level == "registered" else None
+        phone = phone if level == "registered" else None
         envelope = NewEnvelope(BOB, BOB + ".s", level, phone, hash_token(token))
         message_id = new_id()
         content = SealedBytes(self.master, message_id, raw)
@@ -680,29 +683,268 @@ class BindingTests(PortalFixture):
         self.assertEqual(await self.rows("code"), [])
 
 
+PHONE = "+4915100000000"
+
+
 class RegisteredTests(PortalFixture):
-    async def test_registered_letter_needs_pin(self) -> None:
-        """A registered letter's Open shows the PIN page: no content, no session, no binding."""
+    """Registered letters: a PIN by SMS, ordered on Open, typed to sign in."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.settings = make_settings(
+            self.data_dir, sms={"order": ["smtp"], "smtp": {"address": "{to}@sms.example"}}
+        )
+        self.sms = SmsStore(self.db, os.urandom(32))
+        self.woken = 0
+        self.portal = Portal(
+            self.settings,
+            self.store,
+            self.portal_store,
+            self.clock,
+            csrf_key=os.urandom(32),
+            on_commit=self.committed,
+            sms=self.sms,
+            on_sms=self.wake,
+        )
+        self.resource = self.portal.app.resource()
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    async def outbox(self) -> list[tuple[str, str]]:
+        """The (number, text) of every SMS waiting in the outbox."""
+        rows = await self.sms.outbox()
+        return [
+            (item.number, self.sms.sealer.open(item.message_id, item.number, item.sealed))
+            for item, _, _ in rows
+        ]
+
+    async def sent_pin(self) -> str:
+        texts = await self.outbox()
+        self.assertTrue(texts, "no SMS in the outbox")
+        match = re.search(r"\b(\d{6})\b", texts[-1][1])
+        assert match is not None, texts
+        return match.group(1)
+
+    async def opened(self, letter: Letter, browser: Browser | None = None) -> tuple[Browser, Reply]:
+        browser = browser or self.browser()
+        reply = await self.open(browser, letter)
+        return browser, reply
+
+    async def notices(self) -> list[str]:
+        """The plain text of every notice to the sender in the queue."""
+        texts = []
+        for row in await self.rows("notice"):
+            self.assertEqual(row.recipients, (ALICE,))
+            content = await self.store.read_all(row.message_id)
+            body = parse(content).get_body(("plain",))
+            assert body is not None
+            texts.append(" ".join(body.get_content().split()))
+        return texts
+
+    async def test_open_sends_a_pin_and_the_pin_opens(self) -> None:
+        """Open sends a PIN to the masked number; no content or session until it is typed."""
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        self.assertEqual(reply.code, 200, reply.text)
+        self.assertIn("+49 15 *** *** *00", reply.text)
+        self.assertNotIn(PHONE, reply.text)
+        self.assertIn(f'action="{letter.link}/pin/verify"', reply.text)
+        self.assertNotIn(SESSION, reply.set_cookies())
+        self.assert_no_content(reply)
+        self.assertEqual(self.woken, 1)
+        [(number, text)] = await self.outbox()
+        self.assertEqual(number, PHONE)
+        self.assertRegex(text, r"^Secure mail: your PIN is \d{6}\. It works for 10 minutes\.")
+        pin = await self.sent_pin()
+        self.assertNotIn(pin, reply.text)
+        self.assertEqual(await self.browser_hash(letter), None)  # no binding: a PIN every time
+        self.assertEqual(await self.count("sessions"), 0)
+        read = await browser.get("/read")
+        self.assertEqual(read.code, 401)
+
+        signed = await browser.post(f"{letter.link}/pin/verify", {"csrf": reply.csrf(), "pin": pin})
+        self.assertEqual(signed.code, 303, signed.text)
+        self.assertEqual(signed.header("Location"), "/read")
+        read = await browser.get("/read")
+        self.assertEqual(read.code, 200)
+        self.assertIn(b"SecretBodyText", read.body)
+        again = await self.browser().post(
+            f"{letter.link}/pin/verify", {"csrf": reply.csrf(), "pin": pin}
+        )
+        self.assertEqual(again.code, 200)
+        self.assertIn("no longer works", again.text)
+        kinds = await self.event_kinds(letter)
+        self.assertIn("PIN ordered", kinds)
+        self.assertIn("PIN accepted", kinds)
+
+    async def test_pin_text_in_the_readers_language(self) -> None:
+        letter = await self.letter(level="registered")
+        browser = self.browser(**{"__Host-secmail-lang": "fi"})
+        reply = await self.open(browser, letter)
+        self.assertIn("Syötä PIN-koodi", reply.text)
+        [(_, text)] = await self.outbox()
+        self.assertRegex(text, r"^Secure mail: PIN-koodisi on \d{6}\. Se on voimassa 10 minuuttia")
+
+    async def test_wrong_pins(self) -> None:
+        """A wrong PIN says so; after 5 tries the PIN is dead and a new one must be ordered."""
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        csrf = reply.csrf()
+        pin = await self.sent_pin()
+        wrong = f"{(int(pin) + 1) % 10**6:06d}"
+        for attempt in range(4):
+            answer = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": wrong})
+            self.assertEqual(answer.code, 200)
+            self.assertIn("not right", answer.text, attempt)
+        answer = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": wrong})
+        self.assertIn("no longer works", answer.text)
+        answer = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": pin})
+        self.assertIn("no longer works", answer.text)
+        self.assertNotIn(SESSION, browser.cookies)
+        for bad in ("12345", "abcdef", "1234567", ""):
+            answer = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": bad})
+            self.assertIn("The PIN has 6 digits.", answer.text, bad)
+        # Ordering again within a minute sends nothing new.
+        answer = await browser.post(f"{letter.link}/pin", {"csrf": csrf})
+        self.assertIn("less than a minute ago", answer.text)
+        self.assertEqual(len(await self.outbox()), 1)
+        self.clock.advance(61)
+        answer = await browser.post(f"{letter.link}/pin", {"csrf": csrf})
+        self.assertIn("A new PIN is on its way.", answer.text)
+        fresh = await self.sent_pin()
+        self.assertEqual(len(await self.outbox()), 1, "the unsent older PIN is replaced")
+        signed = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": fresh})
+        self.assertEqual(signed.code, 303)
+
+    async def test_pin_expires_after_ten_minutes(self) -> None:
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        pin = await self.sent_pin()
+        self.clock.advance(10 * MINUTE + 1)
+        answer = await browser.post(f"{letter.link}/pin/verify", {"csrf": reply.csrf(), "pin": pin})
+        self.assertEqual(answer.code, 200)
+        self.assertIn("no longer works", answer.text)
+
+    async def test_five_pins_an_hour(self) -> None:
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        for _ in range(4):
+            self.clock.advance(61)
+            answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+            self.assertIn("A new PIN is on its way.", answer.text)
+        self.clock.advance(61)
+        answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+        self.assertIn("Too many PINs were ordered in the last hour.", answer.text)
+        self.clock.advance(HOUR)
+        answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+        self.assertIn("A new PIN is on its way.", answer.text)
+
+    async def test_twenty_wrong_pins_lock_and_tell_the_sender(self) -> None:
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        csrf = reply.csrf()
+        answer = reply
+        for failure in range(20):
+            if failure and failure % 5 == 0:
+                self.clock.advance(61)
+                await browser.post(f"{letter.link}/pin", {"csrf": csrf})
+            pin = await self.sent_pin()
+            wrong = f"{(int(pin) + 1) % 10**6:06d}"
+            answer = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": wrong})
+            if failure < 19:
+                self.assertEqual(answer.code, 200, failure)
+                self.assertEqual(await self.notices(), [], failure)
+        self.assertEqual(answer.code, 403)
+        self.assertIn("This message is locked", answer.text)
+        [notice] = await self.notices()
+        self.assertIn(f"Your registered letter to {BOB}", notice)
+        self.assertIn("locked: a wrong PIN was typed 20 times", notice)
+        self.assertNotIn("SecretBodyText", notice)
+        self.assertEqual(await self.outbox(), [])
+        # Locked for good: the right PIN, a new order and a new open all show the lock.
+        self.clock.advance(HOUR)
+        for path in (f"{letter.link}/pin", f"{letter.link}/pin/verify", letter.link):
+            answer = await browser.post(path, {"csrf": csrf, "pin": "000000"})
+            self.assertEqual(answer.code, 403, path)
+            self.assertIn("This message is locked", answer.text)
+        self.assertEqual(await self.outbox(), [])
+        self.assertEqual(len(await self.notices()), 1)
+        self.assertIn("locked", await self.event_kinds(letter))
+
+    async def test_wrong_number_tells_the_sender_once(self) -> None:
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        self.assertIn(f'action="{letter.link}/wrong-number"', reply.text)
+        told = await browser.post(f"{letter.link}/wrong-number", {"csrf": reply.csrf()})
+        self.assertEqual(told.code, 200)
+        self.assertIn(f"We have told the sender ({ALICE})", told.text)
+        [notice] = await self.notices()
+        self.assertIn("says that the phone number its PIN goes to (+49 15 *** *** *00)", notice)
+        self.assertNotIn(PHONE, notice)
+        await browser.post(f"{letter.link}/wrong-number", {"csrf": reply.csrf()})
+        self.assertEqual(len(await self.notices()), 1)
+        self.clock.advance(61)
+        page = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+        self.assertIn("You have told the sender that this number is not yours.", page.text)
+        self.assertNotIn(f'action="{letter.link}/wrong-number"', page.text)
+
+    async def test_number_from_the_phone_directory(self) -> None:
+        """An address without a number uses the directory; with neither, the sender is told."""
+        letter = await self.letter(level="registered", phone=None)
+        browser, reply = await self.opened(letter)
+        self.assertEqual(reply.code, 200)
+        self.assertIn(f"no phone number is known for {BOB}", reply.text)
+        self.assertEqual(await self.outbox(), [])
+        told = await browser.post(f"{letter.link}/wrong-number", {"csrf": reply.csrf()})
+        self.assertIn("We have told the sender", told.text)
+        [notice] = await self.notices()
+        self.assertIn("no phone number is known for that address", notice)
+
+        await self.sms.set_phone(BOB.upper(), "+358401234567", self.now())
+        other = await self.letter(level="registered", phone=None)
+        _, reply = await self.opened(other)
+        self.assertIn("+358 40 *** **67", reply.text)
+        self.assertEqual([n for n, _ in await self.outbox()], ["+358401234567"])
+
+    async def test_letter_codes_do_not_open_registered_letters(self) -> None:
         letter = await self.letter(level="registered")
         browser = self.browser()
         landing = await browser.get(letter.link)
         self.assertIn(b"Registered letter", landing.body)
-        reply = await browser.post(letter.link, {"csrf": landing.csrf()})
-        self.assertEqual(reply.code, 200)
-        self.assertIn(b"A PIN is needed", reply.body)
-        self.assertNotIn(SESSION, reply.set_cookies())
-        self.assert_no_content(reply)
         for path in ("code", "verify"):
             other = await browser.post(
                 f"{letter.link}/{path}", {"csrf": landing.csrf(), "code": "123456"}
             )
             self.assertEqual(other.code, 403, path)
-        read = await browser.get("/read")
-        self.assertEqual(read.code, 401)
-        self.assert_no_content(read)
-        self.assertIsNone(await self.browser_hash(letter))
-        self.assertEqual(await self.count("sessions"), 0)
         self.assertEqual(await self.rows("code"), [])
+        plain = await self.letter()
+        for path in ("pin", "pin/verify", "wrong-number"):
+            answer = await browser.post(f"{plain.link}/{path}", {"csrf": "x", "pin": "123456"})
+            self.assertEqual(answer.code, 403, path)
+
+    async def test_forged_forms_are_refused(self) -> None:
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        pin = await self.sent_pin()
+        for path in ("pin", "pin/verify", "wrong-number"):
+            answer = await browser.post(f"{letter.link}/{path}", {"csrf": "forged", "pin": pin})
+            self.assertEqual(answer.code, 403, path)
+        self.assertEqual(len(await self.outbox()), 1)
+        self.assertEqual(await self.notices(), [])
+        self.assertNotIn(SESSION, browser.cookies)
+
+
+class RegisteredWithoutSmsTests(PortalFixture):
+    async def test_no_sms_backend(self) -> None:
+        """Without [sms] the reader is told that no PIN can be sent, and sees no content."""
+        letter = await self.letter(level="registered")
+        browser = self.browser()
+        reply = await self.open(browser, letter)
+        self.assertEqual(reply.code, 503)
+        self.assertIn(b"cannot send text messages", reply.body)
+        self.assertNotIn(SESSION, reply.set_cookies())
+        self.assert_no_content(reply)
 
 
 def directives(reply: Reply) -> dict[str, list[str]]:

@@ -46,6 +46,7 @@ from werkzeug.exceptions import HTTPException
 
 from secmail.address import AddressError, split_address
 from secmail.config import Settings
+from secmail.letters import system_mail
 from secmail.notify import Notification, build_code_mail, clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
@@ -541,25 +542,17 @@ class Compose:
             minutes=CODE_LIFETIME // 60,
             date=datetime.fromtimestamp(self.clock.seconds(), UTC),
         )
-        domain = sender.rpartition("@")[2]
         await self.store.commit(
             [
-                NewMessage(
-                    content=SealedBytes(self.store.master, new_id(), mail.content),
+                system_mail(
+                    self.settings,
+                    self.store.master,
                     kind="code",
                     sender=mail.sender,
-                    deliveries=[
-                        NewDelivery(
-                            kind="code",
-                            sender=mail.sender,
-                            recipients=(sender,),
-                            route=str(self.settings.routes.for_domain(domain)),
-                            domain=domain,
-                            notify="",
-                            # Its delivery is recorded on the outsider's trail.
-                            about=trail_id(sender),
-                        )
-                    ],
+                    to=sender,
+                    content=mail.content,
+                    # Its delivery is recorded on the outsider's trail.
+                    about=trail_id(sender),
                 )
             ],
             self.now(),

@@ -38,12 +38,21 @@ from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
 from secmail.config import Settings
-from secmail.notify import build_code_mail
+from secmail.letters import system_mail
+from secmail.notify import Notification, build_code_mail
 from secmail.policy import strip_subject_keyword
-from secmail.store.messages import Envelope, MessageStore, NewDelivery, NewMessage, new_id
-from secmail.store.portal import CODE_LIFETIME, CodeState, PortalStore, Session
-from secmail.store.spool import RunInThread, SealedBytes
-from web import i18n, render, reply
+from secmail.store.messages import Envelope, MessageStore, NewMessage, new_id
+from secmail.store.portal import (
+    CODE_LIFETIME,
+    CodeState,
+    PinOrder,
+    PinState,
+    PortalStore,
+    Session,
+)
+from secmail.store.sms import SmsStore
+from secmail.store.spool import RunInThread
+from web import i18n, pin, render, reply
 from web.i18n import N_, Translate
 
 log = Logger()
@@ -133,8 +142,12 @@ class Portal:
         on_commit: Callable[[], None] = lambda: None,
         compose: IResource | None = None,
         run_in_thread: RunInThread = deferToThread,
+        sms: SmsStore | None = None,
+        on_sms: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
+        self.sms = sms
+        self.on_sms = on_sms
         self.compose = compose
         self.run_in_thread = run_in_thread
         self.store = store
@@ -182,22 +195,7 @@ class Portal:
         if not self._form_csrf_ok(request, token):
             return self._bad_form(request)
         if envelope.level == "registered":
-            _ = self._t(request)
-            return self._page(
-                request,
-                _("A PIN is needed"),
-                '<div class="card"><p>'
-                + _(
-                    "This is a registered letter: it can be read only after "
-                    "typing a PIN sent by text message to your phone."
-                )
-                + "</p><p>"
-                + _(
-                    "Sending PINs is not available on this server yet. Please ask the sender "
-                    "to send the message as a secure letter, or to contact you another way."
-                )
-                + "</p></div>",
-            )
+            return await self._pin_page(request, token, envelope, order=True)
         browser = cookie_value(request, BROWSER_COOKIE) or new_id() + new_id()
         self._set_cookie(request, BROWSER_COOKIE, browser, max_age=BROWSER_COOKIE_AGE)
         if await self.sessions.open_envelope(envelope.id, browser, self.now()):
@@ -251,6 +249,201 @@ class Portal:
                 "That code no longer works (too many tries, or more than 10 minutes old). "
                 "Please ask for a new one."
             ),
+        )
+
+    # --- registered letters: the SMS PIN ------------------------------------------------
+
+    @app.route("/m/<token>/pin", methods=["POST"])
+    async def order_pin(self, request: IRequest, token: str) -> bytes:
+        """Order a new PIN (at most one a minute, CODES_PER_HOUR an hour)."""
+        envelope = await self._envelope(request, token)
+        if envelope is None:
+            return self._not_found(request)
+        if not self._form_csrf_ok(request, token) or envelope.level != "registered":
+            return self._bad_form(request)
+        return await self._pin_page(request, token, envelope, order=True)
+
+    @app.route("/m/<token>/pin/verify", methods=["POST"])
+    async def verify_pin(self, request: IRequest, token: str) -> bytes:
+        envelope = await self._envelope(request, token)
+        if envelope is None:
+            return self._not_found(request)
+        if not self._form_csrf_ok(request, token) or envelope.level != "registered":
+            return self._bad_form(request)
+        _ = self._t(request)
+        typed = form_arg(request, b"pin")
+        if not re.fullmatch(r"\s*\d{6}\s*", typed):
+            return await self._pin_page(request, token, envelope, error=_("The PIN has 6 digits."))
+        notice = pin.lock_notice(self.settings, envelope, self._date())
+        state = await self.sessions.check_pin(
+            envelope.id, typed, self.now(), self._gateway_mail(envelope, notice)
+        )
+        if state == PinState.OK:
+            return await self._sign_in(request, envelope, "SMS PIN")
+        if state == PinState.WRONG:
+            return await self._pin_page(
+                request, token, envelope, error=_("That PIN is not right. Please try again.")
+            )
+        if state == PinState.EXPIRED:
+            return await self._pin_page(
+                request,
+                token,
+                envelope,
+                error=_(
+                    "That PIN no longer works (too many tries, or more than 10 minutes old). "
+                    "Please order a new one."
+                ),
+            )
+        if state == PinState.LOCKED_NOW:
+            log.warn(
+                "Registered letter {envelope} locked after too many wrong PINs",
+                envelope=envelope.id,
+            )
+            self.on_commit()
+        return self._locked(request)
+
+    @app.route("/m/<token>/wrong-number", methods=["POST"])
+    async def wrong_number(self, request: IRequest, token: str) -> bytes:
+        """The reader says the number is not theirs (or none is known): tell the sender once."""
+        envelope = await self._envelope(request, token)
+        if envelope is None:
+            return self._not_found(request)
+        if not self._form_csrf_ok(request, token) or envelope.level != "registered":
+            return self._bad_form(request)
+        number = await self._phone(envelope)
+        notice = pin.wrong_number_notice(self.settings, envelope, number, self._date())
+        if await self.sessions.report_wrong_number(
+            envelope.id, self.now(), self._gateway_mail(envelope, notice)
+        ):
+            self.on_commit()
+        _ = self._t(request)
+        if envelope.sender:
+            text = _("Thank you. We have told the sender ({sender}).").format(
+                sender=envelope.sender
+            )
+        else:
+            text = _("Thank you. The sender cannot be told by e-mail; please contact them.")
+        return self._page(
+            request,
+            _("The sender has been told"),
+            f'<div class="card"><p>{_e(text)}</p><p>'
+            + _("They can send the message again with the right phone number.")
+            + "</p></div>",
+        )
+
+    async def _phone(self, envelope: Envelope) -> str | None:
+        """The letter's number: from its address, else from the phone directory."""
+        if envelope.phone:
+            return envelope.phone
+        if self.sms is None:
+            return None
+        return await self.sms.phone_for(envelope.recipient)
+
+    async def _pin_page(
+        self,
+        request: IRequest,
+        token: str,
+        envelope: Envelope,
+        *,
+        order: bool = False,
+        error: str | None = None,
+    ) -> bytes:
+        """The PIN challenge; with C{order}, a new PIN is sent first (if the limits allow)."""
+        _ = self._t(request)
+        if envelope.locked is not None:
+            return self._locked(request)
+        csrf = self._form_csrf(token)
+        if self.sms is None or not self.settings.sms.order:
+            log.error(
+                "A registered letter was opened, but no SMS backend is configured (sms.order)"
+            )
+            return self._notice(
+                request,
+                503,
+                N_("A PIN is needed"),
+                N_(
+                    "This is a registered letter: it can be read only after typing a PIN "
+                    "sent by text message. This server cannot send text messages at the "
+                    "moment. Please try again later, or contact the sender."
+                ),
+            )
+        number = await self._phone(envelope)
+        if number is None:
+            body = pin.no_number_form(
+                _,
+                token=token,
+                csrf=csrf,
+                address=envelope.recipient,
+                told=envelope.wrong_number is not None,
+            )
+            return self._page(request, _("A PIN is needed"), body)
+        note = None
+        if order:
+            language = i18n.request_language(request, self.settings.portal.languages)
+            state = await self.sessions.new_pin(
+                envelope.id,
+                number,
+                lambda code: pin.pin_sms_text(self.settings, language, code),
+                self.sms.sealer,
+                self.now(),
+            )
+            if state == PinOrder.SENT:
+                self.on_sms()
+                note = _("A new PIN is on its way.")
+            elif state == PinOrder.TOO_SOON:
+                note = _(
+                    "A PIN was sent less than a minute ago. Please wait for it, or order a "
+                    "new one in a minute."
+                )
+            elif state == PinOrder.TOO_MANY:
+                error = error or _(
+                    "Too many PINs were ordered in the last hour. Please try again later."
+                )
+            else:
+                return self._locked(request)
+        pending = await self.sms.pending(envelope.id)
+        if pending is not None and pending.attempts > 0 and error is None:
+            note = _(
+                "Sending the text message is taking longer than usual. We keep trying; "
+                "it should arrive within a few minutes."
+            )
+        body = pin.pin_forms(
+            _,
+            token=token,
+            csrf=csrf,
+            number=number,
+            wrong_number_told=envelope.wrong_number is not None,
+            error=error,
+            note=note,
+        )
+        return self._page(request, _("Type the PIN"), body)
+
+    def _locked(self, request: IRequest) -> bytes:
+        return self._notice(
+            request,
+            403,
+            N_("This message is locked"),
+            N_(
+                "A wrong PIN was typed too many times, so this message can no longer be "
+                "opened. The sender has been told; please contact them."
+            ),
+        )
+
+    def _date(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.seconds(), UTC)
+
+    def _gateway_mail(self, envelope: Envelope, mail: Notification | None) -> NewMessage | None:
+        """A notice to a letter's sender, ready to commit; events go on the letter."""
+        if mail is None:
+            return None
+        return system_mail(
+            self.settings,
+            self.store.master,
+            kind="notice",
+            sender=mail.sender,
+            to=mail.recipient,
+            content=mail.content,
+            about=envelope.message_id,
         )
 
     # --- reading ------------------------------------------------------------------------
@@ -623,25 +816,16 @@ class Portal:
             message_id_domain=self.settings.gateway.hostname,
             date=datetime.fromtimestamp(self.clock.seconds(), UTC),
         )
-        domain = envelope.recipient.rpartition("@")[2]
-        route = self.settings.routes.for_domain(domain)
         await self.store.commit(
             [
-                NewMessage(
-                    content=SealedBytes(self.store.master, new_id(), mail.content),
+                system_mail(
+                    self.settings,
+                    self.store.master,
                     kind="code",
                     sender=mail.sender,
-                    deliveries=[
-                        NewDelivery(
-                            kind="code",
-                            sender=mail.sender,
-                            recipients=(envelope.recipient,),
-                            route=str(route),
-                            domain=domain,
-                            notify="",
-                            about=envelope.message_id,
-                        )
-                    ],
+                    to=envelope.recipient,
+                    content=mail.content,
+                    about=envelope.message_id,
                 )
             ],
             self.now(),

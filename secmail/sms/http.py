@@ -242,6 +242,8 @@ class HttpSmsGateway:
     client's: production passes C{HTTPClient(Agent(reactor))}, which verifies by default.
     """
 
+    name = "http"
+
     def __init__(
         self, settings: HttpGatewaySettings, http_client: HttpClient, clock: IReactorTime
     ) -> None:

@@ -45,6 +45,8 @@ class LinkState(Enum):
 class ModemLink:
     """One modem kept open across failures; `send` talks to whichever opening is ready."""
 
+    name = "modem"
+
     def __init__(
         self,
         clock: IReactorTime,

@@ -104,6 +104,10 @@ class Envelope:
     state: str
     created: int
     sender: str
+    #: When the letter was locked after too many wrong PINs (None: not locked).
+    locked: int | None = None
+    #: When the recipient said the letter's phone number is not theirs.
+    wrong_number: int | None = None
 
 
 _QUEUE_COLUMNS = (
@@ -588,7 +592,8 @@ def drop_unused_message_txn(txn: Txn, message_id: str) -> None:
 
 _ENVELOPE_SELECT = (
     "SELECT e.id, e.message_id, e.recipient, e.original, e.level, e.phone, e.state, "
-    "e.created, m.sender FROM envelopes e JOIN messages m ON m.id = e.message_id "
+    "e.created, m.sender, e.locked, e.wrong_number "
+    "FROM envelopes e JOIN messages m ON m.id = e.message_id "
 )
 
 
@@ -615,4 +620,6 @@ def _envelope(row: Sequence[Any] | None) -> Envelope | None:
         state=row[6],
         created=int(row[7]),
         sender=row[8],
+        locked=None if row[9] is None else int(row[9]),
+        wrong_number=None if row[10] is None else int(row[10]),
     )

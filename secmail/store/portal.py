@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from secmail.sms.http import mask_number
 from secmail.store.database import Database, Txn
-from secmail.store.messages import add_event_txn
+from secmail.store.messages import NewMessage, add_event_txn, insert_messages_txn
+from secmail.store.sms import SmsText, queue_sms_txn
 
 #: Sessions end after this long without a request, and this long after they began.
 SESSION_IDLE = 30 * 60
@@ -23,6 +26,11 @@ SESSION_MAX = 12 * 3600
 CODE_LIFETIME = 10 * 60
 CODE_TRIES = 5
 CODES_PER_HOUR = 5
+
+#: SMS PINs for registered letters: the same lifetime, tries and hourly limit as e-mail
+#: codes, at most one a minute, and the letter locks after this many wrong PINs in all.
+PIN_INTERVAL = 60
+PIN_LOCK_AFTER = 20
 
 
 def digest(secret: str) -> str:
@@ -41,6 +49,21 @@ class CodeState:
     OK = "ok"
     WRONG = "wrong"
     EXPIRED = "expired"  # none valid: expired, used up or never sent
+
+
+class PinOrder:
+    SENT = "sent"
+    TOO_SOON = "too soon"  # the last one went out less than a minute ago
+    TOO_MANY = "too many"  # CODES_PER_HOUR in the last hour
+    LOCKED = "locked"
+
+
+class PinState:
+    OK = "ok"
+    WRONG = "wrong"
+    EXPIRED = "expired"  # none valid: expired, used up or never sent
+    LOCKED = "locked"  # locked before this try
+    LOCKED_NOW = "locked now"  # this wrong PIN locked the letter
 
 
 class PortalStore:
@@ -194,6 +217,164 @@ class PortalStore:
             )
             add_event_txn(txn, message_id, envelope_id, "code wrong", f"try {int(row[2]) + 1}", now)
             return CodeState.WRONG if int(row[2]) + 1 < CODE_TRIES else CodeState.EXPIRED
+
+        return await self.db.run(txn_)
+
+    # --- SMS PINs for registered letters ---------------------------------------------------
+
+    async def new_pin(
+        self,
+        envelope_id: str,
+        number: str,
+        text_for: Callable[[str], str],
+        sealer: SmsText,
+        now: int,
+    ) -> str:
+        """
+        Make a new PIN (older ones stop working) and put its SMS, C{text_for(pin)}, in the
+        outbox in the same transaction. A L{PinOrder}: SENT, or why not.
+        """
+        pin = f"{secrets.randbelow(10**6):06d}"
+        text = text_for(pin)
+
+        def txn_(txn: Txn) -> str:
+            row = txn.execute(
+                "SELECT locked, message_id FROM envelopes WHERE id = ?", (envelope_id,)
+            ).fetchone()
+            if row is None or row[0] is not None:
+                return PinOrder.LOCKED
+            message_id = row[1]
+            recent = txn.execute(
+                "SELECT COUNT(*), MAX(created) FROM access_codes "
+                "WHERE envelope_id = ? AND created > ?",
+                (envelope_id, now - 3600),
+            ).fetchone()
+            if recent[1] is not None and int(recent[1]) > now - PIN_INTERVAL:
+                return PinOrder.TOO_SOON
+            if int(recent[0]) >= CODES_PER_HOUR:
+                return PinOrder.TOO_MANY
+            txn.execute("UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,))
+            txn.execute(
+                "INSERT INTO access_codes (envelope_id, code_hash, created, expires) "
+                "VALUES (?, ?, ?, ?)",
+                (envelope_id, self._code_hash(envelope_id, pin), now, now + CODE_LIFETIME),
+            )
+            # An older PIN still waiting to go out no longer works: do not send it.
+            txn.execute(
+                "DELETE FROM sms_outbox WHERE envelope_id = ? AND "
+                "(lease_until IS NULL OR lease_until < ?)",
+                (envelope_id, now),
+            )
+            queue_sms_txn(
+                txn,
+                sealer,
+                message_id=message_id,
+                envelope_id=envelope_id,
+                number=number,
+                text=text,
+                now=now,
+                expires=now + CODE_LIFETIME,
+            )
+            add_event_txn(
+                txn, message_id, envelope_id, "PIN ordered", f"to {mask_number(number)}", now
+            )
+            return PinOrder.SENT
+
+        return await self.db.run(txn_)
+
+    async def check_pin(
+        self, envelope_id: str, pin: str, now: int, lock_notice: NewMessage | None
+    ) -> str:
+        """
+        Try a PIN: a L{PinState}. A wrong one counts against the PIN (CODE_TRIES) and the
+        letter (PIN_LOCK_AFTER); the wrong PIN that locks the letter stores C{lock_notice}
+        (the mail telling the sender) in the same transaction.
+        """
+        candidate = self._code_hash(envelope_id, pin.strip())
+
+        def txn_(txn: Txn) -> str:
+            envelope = txn.execute(
+                "SELECT locked, pin_failures, message_id FROM envelopes WHERE id = ?",
+                (envelope_id,),
+            ).fetchone()
+            if envelope is None or envelope[0] is not None:
+                return PinState.LOCKED
+            failures, message_id = int(envelope[1]), envelope[2]
+            row = txn.execute(
+                "SELECT code_hash, expires, tries FROM access_codes "
+                "WHERE envelope_id = ? AND used = 0 ORDER BY created DESC LIMIT 1",
+                (envelope_id,),
+            ).fetchone()
+            if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
+                add_event_txn(txn, message_id, envelope_id, "PIN refused", "no valid PIN", now)
+                return PinState.EXPIRED
+            if hmac.compare_digest(row[0], candidate):
+                txn.execute(
+                    "UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,)
+                )
+                add_event_txn(txn, message_id, envelope_id, "PIN accepted", "", now)
+                return PinState.OK
+            failures += 1
+            txn.execute(
+                "UPDATE access_codes SET tries = tries + 1 WHERE envelope_id = ? AND used = 0 "
+                "AND code_hash = ?",
+                (envelope_id, row[0]),
+            )
+            add_event_txn(
+                txn,
+                message_id,
+                envelope_id,
+                "PIN wrong",
+                f"try {int(row[2]) + 1} of this PIN, {failures} in all",
+                now,
+            )
+            if failures >= PIN_LOCK_AFTER:
+                txn.execute(
+                    "UPDATE envelopes SET pin_failures = ?, locked = ? WHERE id = ?",
+                    (failures, now, envelope_id),
+                )
+                txn.execute(
+                    "UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,)
+                )
+                txn.execute("DELETE FROM sms_outbox WHERE envelope_id = ?", (envelope_id,))
+                txn.execute("DELETE FROM sessions WHERE envelope_id = ?", (envelope_id,))
+                add_event_txn(txn, message_id, envelope_id, "locked", f"{failures} wrong PINs", now)
+                if lock_notice is not None:
+                    insert_messages_txn(txn, [lock_notice], now)
+                return PinState.LOCKED_NOW
+            txn.execute(
+                "UPDATE envelopes SET pin_failures = ? WHERE id = ?", (failures, envelope_id)
+            )
+            return PinState.WRONG if int(row[2]) + 1 < CODE_TRIES else PinState.EXPIRED
+
+        return await self.db.run(txn_)
+
+    async def report_wrong_number(
+        self, envelope_id: str, now: int, notice: NewMessage | None
+    ) -> bool:
+        """
+        The recipient says the number is not theirs: stored once per letter, with
+        C{notice} (the mail telling the sender). False when it was already reported.
+        """
+
+        def txn_(txn: Txn) -> bool:
+            txn.execute(
+                "UPDATE envelopes SET wrong_number = ? WHERE id = ? AND wrong_number IS NULL",
+                (now, envelope_id),
+            )
+            if txn.rowcount != 1:
+                return False
+            add_event_txn(
+                txn,
+                _message_of(txn, envelope_id),
+                envelope_id,
+                "wrong number",
+                "the recipient says the phone number is not theirs",
+                now,
+            )
+            if notice is not None:
+                insert_messages_txn(txn, [notice], now)
+            return True
 
         return await self.db.run(txn_)
 

@@ -1,0 +1,84 @@
+"""
+The SMS backends named in C{sms.order}, built from the settings in that order.
+
+The modem link is a service (opened at start, closed at stop); the HTTP gateway uses
+a verifying HTTPS client; the e-mail gateway hands its mail to the outbound queue
+through C{send_mail}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from twisted.application.service import Service
+
+from secmail.config import Settings
+from secmail.sms.at import ModemProtocol
+from secmail.sms.dispatch import EmailSmsBackend, SmsBackend
+from secmail.sms.http import HttpSmsGateway
+from secmail.sms.modem import ModemLink, serial_opener
+
+SendMail = Callable[[str, bytes], Awaitable[None]]
+
+
+class ModemService(Service):
+    """Keeps the modem link open while the gateway runs."""
+
+    name = "sms-modem"
+
+    def __init__(self, link: ModemLink) -> None:
+        self.link = link
+
+    def startService(self) -> None:
+        super().startService()
+        self.link.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.link.stop()
+
+
+def build_backends(
+    settings: Settings, reactor: Any, send_mail: SendMail
+) -> tuple[list[SmsBackend], list[Service]]:
+    """The backends in C{sms.order}, and the services that must run for them."""
+    sms = settings.sms
+    backends: list[SmsBackend] = []
+    services: list[Service] = []
+    for name in sms.order:
+        if name == "modem":
+            assert sms.modem is not None  # the configuration checks it
+            modem = sms.modem
+            link = ModemLink(
+                reactor,
+                serial_opener(reactor, modem.device, modem.baudrate),
+                partial(ModemProtocol, reactor, modem.sim_pin or None),
+            )
+            backends.append(link)
+            services.append(ModemService(link))
+        elif name == "http":
+            assert sms.http is not None
+            backends.append(HttpSmsGateway(sms.http, https_client(reactor), reactor))
+        elif name == "smtp":
+            assert sms.smtp_address is not None
+            backends.append(
+                EmailSmsBackend(
+                    sms.smtp_address,
+                    send_mail,
+                    from_address=settings.gateway.notification_from,
+                )
+            )
+    return backends, services
+
+
+def https_client(reactor: Any) -> Any:
+    """
+    treq's client on an Agent that verifies certificates against the system's CAs. A new
+    connection per SMS: a kept-alive one the gateway closed meanwhile would fail a POST.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent
+
+    return HTTPClient(Agent(reactor))

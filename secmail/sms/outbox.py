@@ -1,0 +1,184 @@
+"""
+Sending what is in the SMS outbox: the service that turns durable outbox rows into SMS.
+
+A row is leased, its text unsealed and handed to the L{SmsDispatcher}, which tries the
+backends in order and records every attempt on the message. Then the row is removed
+(sent), tried again soon (every backend failed, at least one maybe for now), or dropped
+with an event (refused for good, or its PIN expired before any backend took it: a late
+PIN is useless, and the recipient orders a new one). PINs are wanted within seconds, so
+retries come quickly: 10 s, doubling, at most a minute apart.
+
+Rows leased by this node when it stopped are taken back at start; rows of a node that
+died are taken over once its lease runs out.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from secmail.sms.dispatch import SmsDispatcher
+from secmail.sms.errors import SmsPermanentError, SmsTemporaryError
+from secmail.sms.http import mask_number
+from secmail.store.sms import OutboxItem, SmsStore
+
+log = Logger()
+
+#: How long a node may hold a row while it sends it (every backend's timeouts in turn).
+LEASE_SECONDS = 300
+RETRY_FIRST = 10
+RETRY_MAX = 60
+#: How often the outbox is read without being woken (for rows other nodes wrote).
+POLL_SECONDS = 15
+#: SMS in flight at once.
+CONCURRENCY = 4
+STOP_GRACE_SECONDS = 5
+
+
+def retry_delay(attempts: int) -> int:
+    """Seconds before the next try after C{attempts} failed ones (the first is 1)."""
+    return min(RETRY_FIRST * 2 ** max(attempts - 1, 0), RETRY_MAX)
+
+
+class SmsOutbox(Service):
+    name = "sms-outbox"
+
+    def __init__(
+        self,
+        store: SmsStore,
+        dispatcher: SmsDispatcher,
+        clock: IReactorTime,
+        node_id: str,
+        *,
+        poll: float = POLL_SECONDS,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.node_id = node_id
+        self.poll = poll
+        self._tasks: set[Deferred[None]] = set()
+        self._timer: IDelayedCall | None = None
+        self._scanning = False
+        self._rescan = False
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+    def startService(self) -> None:
+        super().startService()
+
+        async def start() -> None:
+            try:
+                await self.store.release_own_leases(self.node_id)
+            finally:
+                self.wake()
+
+        Deferred.fromCoroutine(start()).addErrback(
+            lambda f: log.failure("Cannot take back SMS outbox leases", f)
+        )
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self._tasks:
+            return None
+        # An SMS in flight may still be recorded; one that takes longer keeps its lease,
+        # and the next start on this node sends it again.
+        waiting = DeferredList(list(self._tasks), consumeErrors=True)
+        waiting.addTimeout(STOP_GRACE_SECONDS, self.clock)
+        return waiting.addBoth(lambda _: None)
+
+    def wake(self) -> None:
+        """Look for due rows now (called after a commit that put an SMS in the outbox)."""
+        if not self.running:
+            return
+        if self._scanning:
+            self._rescan = True
+            return
+        Deferred.fromCoroutine(self._scan()).addErrback(
+            lambda f: log.failure("SMS outbox scan failed", f)
+        )
+
+    def _schedule(self, delay: float) -> None:
+        if not self.running:
+            return
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= self.clock.seconds() + delay:
+                return
+            self._timer.cancel()
+        self._timer = self.clock.callLater(max(delay, 0), self.wake)
+
+    async def _scan(self) -> None:
+        self._scanning = True
+        delay: float = self.poll
+        try:
+            while True:
+                self._rescan = False
+                room = CONCURRENCY - len(self._tasks)
+                if room <= 0:
+                    return
+                items = await self.store.claim(self.node_id, self.now(), LEASE_SECONDS, room)
+                for item in items:
+                    self._start(item)
+                if len(items) < room and not self._rescan:
+                    break
+            due = await self.store.next_due()
+            if due is not None:
+                delay = min(delay, max(due - self.clock.seconds(), 0.5))
+        except Exception:
+            log.failure("Cannot read the SMS outbox; trying again in {delay} s", delay=delay)
+        finally:
+            self._scanning = False
+            self._schedule(delay)
+
+    def _start(self, item: OutboxItem) -> None:
+        task = Deferred.fromCoroutine(self.send(item))
+        self._tasks.add(task)
+
+        def finished(_: object) -> None:
+            self._tasks.discard(task)
+            self.wake()
+
+        task.addErrback(lambda f: log.failure("SMS outbox row {id} failed", f, id=item.id))
+        task.addBoth(finished)
+
+    async def send(self, item: OutboxItem) -> None:
+        """Try one row once and record what happened."""
+        masked = mask_number(item.number)
+        now = self.now()
+        if item.expires <= now:
+            await self.store.drop(
+                item,
+                "sms expired",
+                f"not sent to {masked} before its PIN expired (tried {item.attempts} times)",
+                now,
+            )
+            return
+        try:
+            text = self.store.sealer.open(item.message_id, item.number, item.sealed)
+        except ValueError as e:
+            await self.store.drop(item, "sms failed", f"to {masked}: {e}", now)
+            return
+        try:
+            await self.dispatcher.send(item.number, text, about=item.message_id)
+        except CancelledError:
+            raise
+        except SmsPermanentError as e:
+            await self.store.drop(item, "sms not sent", str(e), self.now())
+            return
+        except Exception as e:
+            reason = str(e) if isinstance(e, SmsTemporaryError) else type(e).__name__
+            next_attempt = self.now() + retry_delay(item.attempts + 1)
+            log.warn(
+                "SMS to {number} will be tried again in {delay} s",
+                number=masked,
+                delay=next_attempt - self.now(),
+            )
+            await self.store.retry(item, next_attempt, reason)
+            return
+        await self.store.sent(item)
