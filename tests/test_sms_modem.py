@@ -149,6 +149,47 @@ class LinkTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.opened), 2)
 
+    def test_silent_modem_is_reopened(self) -> None:
+        """A plugged-in modem that stops answering is reopened after two timed-out sends."""
+        self.link.start()
+        self.initialise()
+        d = Deferred.fromCoroutine(self.link.send(NUMBER, "hi"))
+        self.clock.advance(5)  # the command timeout
+        self.error_of(d, ModemTimeout)
+        self.clock.advance(2)  # the modem settles after a timeout
+        self.assertFalse(self.opened[0].disconnecting)
+        d = Deferred.fromCoroutine(self.link.send(NUMBER, "hi"))
+        self.clock.advance(5)
+        self.error_of(d, ModemTimeout)
+        self.assertTrue(self.opened[0].disconnecting)
+        self.assertIs(self.link.state, LinkState.WAITING_RETRY)
+        self.assertEqual(len(self.opened), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.opened), 2)
+        self.initialise()
+        d = Deferred.fromCoroutine(self.link.send(NUMBER, "hi"))
+        self.answer("OK", "OK")
+        self.opened[-1].protocol.dataReceived(b"> ")
+        self.answer("+CMGS: 4", "OK")
+        self.assertEqual(self.successResultOf(d), "4")
+
+    def test_one_timeout_then_success_keeps_the_link(self) -> None:
+        """Timeouts must come in a row: a send that works in between resets the count."""
+        self.link.start()
+        self.initialise()
+        for _ in range(2):
+            d = Deferred.fromCoroutine(self.link.send(NUMBER, "hi"))
+            self.clock.advance(5)
+            self.error_of(d, ModemTimeout)
+            self.clock.advance(2)
+            d = Deferred.fromCoroutine(self.link.send(NUMBER, "hi"))
+            self.answer("OK", "OK")
+            self.opened[-1].protocol.dataReceived(b"> ")
+            self.answer("+CMGS: 5", "OK")
+            self.assertEqual(self.successResultOf(d), "5")
+        self.assertEqual(len(self.opened), 1)
+        self.assertFalse(self.opened[0].disconnecting)
+
     def test_wrong_pin_not_retried(self) -> None:
         """A refused PIN stops the link: retrying would burn PIN attempts towards a PUK lock."""
         self.pin = "9999"

@@ -34,6 +34,10 @@ def serial_opener(reactor: object, device: str, baudrate: int = 115200) -> OpenP
     return open_port
 
 
+#: Sends in a row that may time out before a plugged-in but silent modem is reopened.
+RESET_AFTER_TIMEOUTS = 2
+
+
 class LinkState(Enum):
     STOPPED = "stopped"
     OPENING = "opening"
@@ -68,6 +72,8 @@ class ModemLink:
         self.error: ModemError | None = None
         """Why the link gave up (state FAILED)."""
         self.protocol: ModemProtocol | None = None
+        self.timeouts = 0
+        """Sends in a row that timed out on the current opening."""
         self._retry: IDelayedCall | None = None
         self._waiters: list[Deferred[ModemProtocol]] = []
 
@@ -89,7 +95,31 @@ class ModemLink:
         """Send one SMS through the modem, waiting up to `ready_timeout` for it to be ready."""
         prepare(number, text)  # refuse bad input at once, not after waiting for the modem
         protocol = await self._ready_protocol()
-        return await protocol.send(number, text)
+        try:
+            reference = await protocol.send(number, text)
+        except ModemTimeout:
+            self._silent_after_timeout(protocol)
+            raise
+        if protocol is self.protocol:
+            self.timeouts = 0
+        return reference
+
+    def _silent_after_timeout(self, protocol: ModemProtocol) -> None:
+        """
+        A modem that stops answering but stays plugged in is reopened (and so initialised
+        again) after L{RESET_AFTER_TIMEOUTS} sends in a row timed out.
+        """
+        if protocol is not self.protocol:
+            return
+        self.timeouts += 1
+        if self.timeouts < RESET_AFTER_TIMEOUTS:
+            return
+        self.timeouts = 0
+        log.warn(
+            "GSM modem did not answer {n} sends in a row; reopening it", n=RESET_AFTER_TIMEOUTS
+        )
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
 
     async def _ready_protocol(self) -> ModemProtocol:
         if self.state is LinkState.READY and self.protocol is not None:
@@ -148,6 +178,7 @@ class ModemLink:
             return
         log.info("GSM modem ready")
         self.state = LinkState.READY
+        self.timeouts = 0
         self.delay = self.initial_delay
         self._release_waiters(protocol)
 
