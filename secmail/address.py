@@ -20,6 +20,7 @@ What is refused, and why:
 from __future__ import annotations
 
 import enum
+import re
 import string
 from dataclasses import dataclass
 
@@ -170,6 +171,32 @@ def normalise_phone(number: str, default_country_code: str) -> str:
     if not phonenumbers.is_valid_number(parsed):
         raise _bad_phone(number, country)
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def parse_phone(text: str, default_country_code: str) -> str:
+    """
+    A number as a person writes it (C{+358 40 123 4567}, C{00358401234567},
+    C{040-123 4567}) in E.164; L{AddressError} names what is wrong.
+    """
+    compact = re.sub(r"[\s().-]", "", text)
+    if compact.startswith("+"):
+        digits = compact[1:]
+    elif compact.startswith("00"):
+        digits = compact[2:]
+    elif compact.startswith("0"):
+        digits = compact
+    else:
+        raise AddressError(
+            501,
+            f"{text!r}: write the number with its country code (+358 40 1234567) "
+            "or in national form with its leading 0 (040 1234567)",
+        )
+    if digits.startswith("0") and not compact.startswith("0"):
+        raise AddressError(501, f"{text!r}: a country code does not start with 0")
+    try:
+        return normalise_phone(digits, default_country_code)
+    except AddressError:
+        raise AddressError(501, f"{text!r} is not a valid phone number") from None
 
 
 def _bad_phone(number: str, country: str) -> AddressError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sqlite3
 import sys
 import time
@@ -21,10 +22,16 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from secmail import config
-from secmail.crypto import MasterKey, MasterKeyError, generate_key_file
+from secmail.address import AddressError, parse_phone, split_address
+from secmail.crypto import MasterKey, MasterKeyError, generate_key_file, load_key_file
+from secmail.letters import system_mail
+from secmail.sms.backends import build_backends
+from secmail.sms.errors import SmsTemporaryError, classify
+from secmail.sms.http import mask_number
 from secmail.store.database import Database, StoreUnavailable, Txn
 from secmail.store.engines import engine_for
 from secmail.store.messages import MessageStore
+from secmail.store.sms import SmsStore
 
 T = TypeVar("T")
 
@@ -68,8 +75,7 @@ def _wait(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 @contextmanager
-def _open_store(path: str | None) -> Iterator[MessageStore]:
-    settings = config.load(path)
+def _open_db(settings: config.Settings) -> Iterator[BlockingDatabase]:
     try:
         db = BlockingDatabase(settings.store.database)
     except StoreUnavailable as e:
@@ -77,10 +83,41 @@ def _open_store(path: str | None) -> Iterator[MessageStore]:
     except Exception as e:
         raise CommandError(f"store.database: cannot open the database: {e}") from None
     try:
-        # The queue commands read no message content, so no master key is needed.
-        yield MessageStore(db, MasterKey(b"\0" * 32))
+        yield db
     finally:
         db.stop()
+
+
+#: For commands that read no message content and seal nothing: no master key needed.
+_NO_KEY = b"\0" * 32
+
+
+@contextmanager
+def _open_store(path: str | None) -> Iterator[MessageStore]:
+    with _open_db(config.load(path)) as db:
+        yield MessageStore(db, MasterKey(_NO_KEY))
+
+
+@contextmanager
+def _open_phones(path: str | None) -> Iterator[tuple[config.Settings, SmsStore]]:
+    settings = config.load(path)
+    with _open_db(settings) as db:
+        yield settings, SmsStore(db, _NO_KEY)
+
+
+def _address(text: str) -> str:
+    try:
+        local, domain = split_address(text.strip())
+    except AddressError as e:
+        raise CommandError(re.sub(r"^\d\.\d\.\d+ ", "", e.text)) from None
+    return f"{local}@{domain}".lower()
+
+
+def _number(text: str, settings: config.Settings) -> str:
+    try:
+        return parse_phone(text, settings.secure.default_country_code)
+    except AddressError as e:
+        raise CommandError(e.text) from None
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -130,6 +167,126 @@ def queue_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def phones_add(args: argparse.Namespace) -> int:
+    with _open_phones(args.config) as (settings, phones):
+        address = _address(args.address)
+        number = _number(args.number, settings)
+        new = _wait(phones.set_phone(address, number, int(time.time())))
+    print(f"{'Added' if new else 'Changed'}: {address} {number}")
+    return 0
+
+
+def phones_list(args: argparse.Namespace) -> int:
+    with _open_phones(args.config) as (_, phones):
+        entries = _wait(phones.phones())
+    if not entries:
+        print("The phone directory is empty.")
+        return 0
+    width = max(len("ADDRESS"), *(len(address) for address, _, _ in entries))
+    print(f"{'ADDRESS':<{width}}  {'NUMBER':<16}  CHANGED (UTC)")
+    for address, number, updated in entries:
+        print(f"{address:<{width}}  {number:<16}  {_when(updated)}")
+    return 0
+
+
+def phones_remove(args: argparse.Namespace) -> int:
+    with _open_phones(args.config) as (_, phones):
+        address = _address(args.address)
+        removed = _wait(phones.remove_phone(address))
+    if not removed:
+        raise CommandError(f"{address} is not in the phone directory (see: secmail phones list)")
+    print(f"Removed: {address}")
+    return 0
+
+
+def sms_outbox(args: argparse.Namespace) -> int:
+    with _open_phones(args.config) as (_, store):
+        rows = _wait(store.outbox())
+    if not rows:
+        print("The SMS outbox is empty.")
+        return 0
+    print(f"{'ID':>6}  {'NUMBER':<18}  {'NEXT TRY (UTC)':<19}  {'EXPIRES (UTC)':<19}  {'TRIES':>5}")
+    for item, next_attempt, last_error in rows:
+        print(
+            f"{item.id:>6}  {mask_number(item.number):<18}  {_when(next_attempt):<19}  "
+            f"{_when(item.expires):<19}  {item.attempts:>5}"
+        )
+        if last_error:
+            print(f"{'':>6}  {last_error}")
+    return 0
+
+
+def sms_test(args: argparse.Namespace) -> int:
+    """Send a test SMS through each configured backend on its own; report each result."""
+    settings = config.load(args.config)
+    if not settings.sms.order:
+        raise CommandError("sms.order is empty: no SMS backend is configured")
+    number = _number(args.number, settings)
+    text = args.text or f"Test message from the secure e-mail gateway {settings.gateway.hostname}."
+    results: list[tuple[str, str | None, Exception | None]] = []
+
+    async def send_mail(to: str, content: bytes) -> None:
+        master = load_key_file(settings.store.master_key_file)
+        with _open_db(settings) as db:
+            mail = system_mail(
+                settings,
+                master,
+                kind="sms",
+                sender=settings.gateway.bounce_address,
+                to=to,
+                content=content,
+                about="sms-by-mail",
+            )
+            _wait(MessageStore(db, master).commit([mail], int(time.time())))
+
+    async def run(reactor: Any) -> None:
+        backends, services = build_backends(settings, reactor, send_mail)
+        for service in services:
+            service.startService()
+        try:
+            for backend in backends:
+                print(f"{backend.name}: sending to {mask_number(number)} ...", flush=True)
+                try:
+                    results.append((backend.name, await backend.send(number, text), None))
+                except Exception as e:
+                    results.append((backend.name, None, e))
+        finally:
+            for service in services:
+                service.stopService()
+
+    react_once(run)
+    failed = 0
+    for name, reference, error in results:
+        if error is None:
+            print(f"{name}: OK ({reference})")
+        else:
+            failed += 1
+            kind = "temporary" if classify(error) is SmsTemporaryError else "permanent"
+            reason = str(error) if str(error) else type(error).__name__
+            print(f"{name}: FAILED ({kind}): {one_line(reason)}")
+    if any(name == "smtp" for name, _, error in results if error is None):
+        print("smtp: the mail is in the queue; the running gateway delivers it.")
+    return 1 if failed else 0
+
+
+def react_once(main: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
+    """Run C{main(reactor)} on the reactor until it finishes (once per process)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+
+    outcome: list[Any] = []
+
+    def start() -> None:
+        d = ensureDeferred(main(reactor))
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if outcome and isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+
+
 def keys_generate(args: argparse.Namespace) -> int:
     try:
         key: MasterKey = generate_key_file(args.file)
@@ -164,6 +321,29 @@ def parser() -> argparse.ArgumentParser:
     d = qsub.add_parser("delete", help="drop a queued delivery without bouncing it")
     d.add_argument("id", type=int)
     d.set_defaults(run=queue_delete)
+
+    ph = sub.add_parser("phones", help="the phone directory for addresses without a number")
+    ph.add_argument("--config", "-c", default=None, help="configuration file")
+    phsub = ph.add_subparsers(dest="action", required=True)
+    a = phsub.add_parser("add", help="add or change an address's number")
+    a.add_argument("address")
+    a.add_argument(
+        "number", help="+358 40 1234567, or 040 1234567 with secure.default_country_code"
+    )
+    a.set_defaults(run=phones_add)
+    phsub.add_parser("list", help="show the directory").set_defaults(run=phones_list)
+    rm = phsub.add_parser("remove", help="remove an address")
+    rm.add_argument("address")
+    rm.set_defaults(run=phones_remove)
+
+    sm = sub.add_parser("sms", help="test the SMS backends, look at the SMS outbox")
+    sm.add_argument("--config", "-c", default=None, help="configuration file")
+    smsub = sm.add_subparsers(dest="action", required=True)
+    t = smsub.add_parser("test", help="send a test SMS through each configured backend")
+    t.add_argument("number")
+    t.add_argument("--text", default=None, help="the text (default: a short test message)")
+    t.set_defaults(run=sms_test)
+    smsub.add_parser("outbox", help="show SMS waiting to be sent").set_defaults(run=sms_outbox)
 
     k = sub.add_parser("keys", help="master key files")
     ksub = k.add_subparsers(dest="action", required=True)

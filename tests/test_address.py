@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -13,6 +14,7 @@ from secmail.address import (
     Level,
     Recipient,
     normalise_phone,
+    parse_phone,
     parse_recipient,
     split_address,
 )
@@ -315,3 +317,33 @@ def test_plain_round_trips(local: str, domain: str) -> None:
     """Any valid unmarked address is plain and keeps its local part exactly."""
     r = parse(f"{local}@{domain}")
     assert (r.address, r.level, r.phone) == (f"{local}@{domain.lower()}", Level.PLAIN, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("+358 40 123 4567", "+358401234567"),
+        ("00358401234567", "+358401234567"),
+        ("040-123 4567", "+358401234567"),
+        ("(040) 123.4567", "+358401234567"),
+        ("+1 202 555 0143", "+12025550143"),
+    ],
+)
+def test_parse_phone(text: str, expected: str) -> None:
+    """Numbers as people write them, for the phone directory."""
+    assert parse_phone(text, "358") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("401234567", "write the number with its country code"),
+        ("", "write the number with its country code"),
+        ("+0401234567", "a country code does not start with 0"),
+        ("+358 12", "is not a valid phone number"),
+        ("040 12x4567", "is not a valid phone number"),
+    ],
+)
+def test_parse_phone_refuses(text: str, message: str) -> None:
+    with pytest.raises(AddressError, match=re.escape(message)):
+        parse_phone(text, "358")

@@ -18,6 +18,7 @@ from secmail.crypto import MasterKey, load_key_file
 from secmail.store.database import Database
 from secmail.store.engines import SqliteEngine
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage, new_id
+from secmail.store.sms import SmsStore, queue_sms_txn
 from secmail.store.spool import SealedBytes
 
 EXAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "secmail.toml")
@@ -233,3 +234,108 @@ class QueueCommandTests(TestCase):
         [line] = err.splitlines()
         self.assertTrue(line.startswith("secmail: store.database: "), line)
         self.assertNotIn("Traceback", err)
+
+
+class PhonesCommandTests(SynchronousTestCase):
+    """secmail phones add|list|remove on the gateway's database."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="secmail-cli-")
+        self.config = write(
+            self.dir,
+            "secmail.toml",
+            f'[gateway]\ndata_dir = "{self.dir}"\n[secure]\ndefault_country_code = "358"\n',
+        )
+
+    def phones(self, *args: str) -> tuple[int, str, str]:
+        return run(["phones", "--config", self.config, *args])
+
+    def test_add_change_list_remove(self) -> None:
+        self.assertEqual(self.phones("list"), (0, "The phone directory is empty.\n", ""))
+        status, out, _ = self.phones("add", "Bob@Partner.Example", "+358 40 123 4567")
+        self.assertEqual((status, out), (0, "Added: bob@partner.example +358401234567\n"))
+        status, out, _ = self.phones("add", "bob@partner.example", "040-765 4321")
+        self.assertEqual((status, out), (0, "Changed: bob@partner.example +358407654321\n"))
+        self.phones("add", "carol@partner.example", "0046 70 123 45 67")
+        status, out, _ = self.phones("list")
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["ADDRESS", "NUMBER", "CHANGED", "(UTC)"])
+        self.assertEqual(
+            [line.split()[:2] for line in lines[1:]],
+            [["bob@partner.example", "+358407654321"], ["carol@partner.example", "+46701234567"]],
+        )
+        self.assertEqual(
+            self.phones("remove", "BOB@partner.example")[:2], (0, "Removed: bob@partner.example\n")
+        )
+        status, _, err = self.phones("remove", "bob@partner.example")
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            err,
+            "secmail: bob@partner.example is not in the phone directory "
+            "(see: secmail phones list)\n",
+        )
+
+    def test_bad_input_is_named(self) -> None:
+        for address, number, message in [
+            ("bob@partner.example", "12345", "'12345': write the number with its country code"),
+            ("bob@partner.example", "+358 12", "'+358 12' is not a valid phone number"),
+            ("bob@partner.example", "+0 40 123", "a country code does not start with 0"),
+            ("bobpartner.example", "0401234567", "bobpartner.example must contain exactly one @"),
+        ]:
+            status, out, err = self.phones("add", address, number)
+            self.assertEqual((status, out), (1, ""), number)
+            self.assertIn(message, err, number)
+            self.assertEqual(len(err.splitlines()), 1)
+        self.assertEqual(self.phones("list")[1], "The phone directory is empty.\n")
+
+
+class SmsOutboxCommandTests(TestCase):
+    async def test_outbox_lists_masked_numbers_never_texts(self) -> None:
+        directory = tempfile.mkdtemp(prefix="secmail-cli-")
+        db_path = os.path.join(directory, "secmail.sqlite")
+        config = write(
+            directory,
+            "secmail.toml",
+            f'[gateway]\ndata_dir = "{directory}"\n[store]\ndatabase = "sqlite:{db_path}"\n',
+        )
+        self.assertEqual(
+            run(["sms", "--config", config, "outbox"])[1], "The SMS outbox is empty.\n"
+        )
+        db = Database(SqliteEngine(db_path), reactor)
+        db.prepare_blocking()
+        db.start()
+        self.addCleanup(db.stop)
+        master = MasterKey(os.urandom(32))
+        store = MessageStore(db, master)
+        message_id = new_id()
+        await store.commit(
+            [NewMessage(SealedBytes(master, message_id, b"x\r\n"), "mail", "a@corp.example")],
+            now=int(time.time()),
+        )
+        sms = SmsStore(db, os.urandom(32))
+        now = int(time.time())
+        await db.run(
+            lambda txn: queue_sms_txn(
+                txn,
+                sms.sealer,
+                message_id=message_id,
+                envelope_id=None,
+                number="+358401234567",
+                text="PIN 424242",
+                now=now,
+                expires=now + 600,
+            )
+        )
+        [item] = await sms.claim("node", now, 60, 1)
+        await sms.retry(item, now + 10, "modem: +CMS ERROR 500: unknown error (temporary)")
+        status, out, _ = run(["sms", "--config", config, "outbox"])
+        self.assertEqual(status, 0)
+        self.assertIn("+358 40 *** **67", out)
+        self.assertIn("modem: +CMS ERROR 500", out)
+        self.assertNotIn("424242", out)
+        self.assertNotIn("+358401234567", out)
+
+    def test_sms_test_needs_a_backend(self) -> None:
+        status, out, err = run(["sms", "test", "+358401234567"])
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "secmail: sms.order is empty: no SMS backend is configured\n")
