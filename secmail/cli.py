@@ -122,6 +122,11 @@ def _number(text: str, settings: config.Settings) -> str:
 
 def check_config(args: argparse.Namespace) -> int:
     settings = config.load(args.file)
+    if settings.sms.order:
+        from web.pin import pin_text_problems
+
+        for problem in pin_text_problems(settings):
+            raise CommandError(problem)
     for line in config.describe(settings):
         print(line)
     print(f"{args.file}: OK", file=sys.stderr)

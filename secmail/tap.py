@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -158,9 +159,13 @@ def makeService(options: Options) -> IService:
     from twisted.names import client as dns_client
 
     from web.compose import Compose
+    from web.pin import pin_text_problems
     from web.portal import Portal, make_site
 
     settings: config.Settings = options["settings"]
+    if settings.sms.order:
+        for problem in pin_text_problems(settings):
+            _stop(problem)
     # The reactor and the database thread share the GIL. Each SQL statement releases it, and
     # getting it back waits for the reactor's time slice (5 ms by default): the commit, and so
     # every 250 after DATA, waits on that. Measured with bench/load.py (2 KB, 10 connections):
@@ -229,8 +234,12 @@ def makeService(options: Options) -> IService:
     backends, backend_services = build_backends(settings, reactor, send_mail)
     for service in backend_services:
         service.setServiceParent(top)
-    outbox = SmsOutbox(sms_store, SmsDispatcher(backends, record), reactor, node_id)
-    outbox.setServiceParent(top)
+    wake_outbox: Callable[[], None] = lambda: None  # noqa: E731
+    if backends:
+        # Without backends no outbox runs: rows another node wrote wait for a node with them.
+        outbox = SmsOutbox(sms_store, SmsDispatcher(backends, record), reactor, node_id)
+        outbox.setServiceParent(top)
+        wake_outbox = outbox.wake
     TimerService(3600, RetentionJob(settings, store, reactor).run).setServiceParent(top)
 
     portal_store = PortalStore(db, derive_key(master, "portal-codes"))
@@ -254,7 +263,7 @@ def makeService(options: Options) -> IService:
         on_commit=queue.wake,
         compose=compose.app.resource(),
         sms=sms_store,
-        on_sms=outbox.wake,
+        on_sms=wake_outbox,
     )
     site = make_site(portal)
     for description in settings.portal.listen:

@@ -339,3 +339,22 @@ class SmsOutboxCommandTests(TestCase):
         status, out, err = run(["sms", "test", "+358401234567"])
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(err, "secmail: sms.order is empty: no SMS backend is configured\n")
+
+
+class CheckConfigSmsTests(SynchronousTestCase):
+    def test_pin_text_longer_than_one_sms(self) -> None:
+        directory = tempfile.mkdtemp(prefix="secmail-cli-")
+        path = write(
+            directory,
+            "sms.toml",
+            '[portal]\nbrand_name = "Łódź Bank"\n'
+            '[sms]\norder = ["smtp"]\n[sms.smtp]\naddress = "{to}@sms.example"\n',
+        )
+        status, out, err = run(["check-config", path])
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(
+            err,
+            "secmail: portal.brand_name: the en PIN SMS would be 72 characters and one SMS "
+            "holds 70 with letters outside GSM 7-bit; shorten brand_name or set "
+            "sms.pin_text.en\n",
+        )

@@ -18,16 +18,22 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmail import tap
 from secmail.queue import OutboundQueue
+from secmail.sms.backends import ModemService
 from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.server import GatewayESMTPFactory
 
 EXAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "secmail.toml")
 
 
-def config_for(data_dir: str) -> str:
-    """The example configuration with its data directory (and database) under C{data_dir}."""
+def config_for(data_dir: str, extra: str = "") -> str:
+    """
+    The example configuration with its data directory (and database) under C{data_dir},
+    and C{extra} lines put in place of its C{[sms]} section's C{order}.
+    """
     with open(EXAMPLE_CONFIG, encoding="utf-8") as f:
         text = f.read()
+    if extra:
+        text = text.replace("\norder = []\n", "\n" + extra + "\n", 1)
     text = text.replace('data_dir = "secmail-data"', f'data_dir = "{data_dir}"')
     text = text.replace(
         'database = "sqlite:secmail-data/secmail.sqlite"',
@@ -102,16 +108,16 @@ class MakeServiceTests(SynchronousTestCase):
 
         self.addCleanup(cancel_new_timers)
 
-    def make(self) -> MultiService:
+    def make(self, extra: str = "") -> MultiService:
         options = tap.Options()
-        options.parseOptions(["--config", config_for(self.dir)])
+        options.parseOptions(["--config", config_for(self.dir, extra)])
         service = tap.makeService(options)
         self.assertTrue(IService.providedBy(service))
         assert isinstance(service, MultiService)
         return service
 
     def test_service_tree(self) -> None:
-        """Database first, then queue, SMS outbox, periodic jobs, portal and the SMTP listener."""
+        """Database first, then queue, periodic jobs, portal and the SMTP listener (no SMS)."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -120,7 +126,6 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 tap.DatabaseService,
                 tap.QueueStarter,
-                SmsOutbox,
                 TimerService,  # retention
                 TimerService,  # portal session clean-up
                 StreamServerEndpointService,
@@ -134,7 +139,7 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(queue_starter, tap.QueueStarter)
         self.assertIsInstance(queue_starter.queue, OutboundQueue)
 
-        portal, smtp = children[5], children[6]
+        portal, smtp = children[4], children[5]
         assert isinstance(portal, StreamServerEndpointService)
         assert isinstance(smtp, StreamServerEndpointService)
         # "ssl:" without key files: TLS with our own certificate around the portal's site.
@@ -145,6 +150,37 @@ class MakeServiceTests(SynchronousTestCase):
         # A committed message wakes the queue at once.
         delivery = smtp.factory._delivery_factory()
         self.assertEqual(delivery.intake.on_commit, queue_starter.queue.wake)
+
+    def test_sms_backends_wired(self) -> None:
+        """With a modem in sms.order its link runs as a service before the outbox sends."""
+        top = self.make(
+            'order = ["modem", "smtp"]\n[sms.modem]\ndevice = "/dev/null-modem"\n'
+            '[sms.smtp]\naddress = "{to}@sms.example"\n[sms.pin_text]\nen = "PIN {pin}"'
+        )
+        children = list(top)
+        self.assertEqual(
+            [type(c) for c in children[:4]],
+            [tap.DatabaseService, tap.QueueStarter, ModemService, SmsOutbox],
+        )
+        outbox = children[3]
+        assert isinstance(outbox, SmsOutbox)
+        self.assertEqual([b.name for b in outbox.dispatcher._backends], ["modem", "smtp"])
+
+    def test_pin_text_too_long_for_one_sms(self) -> None:
+        """A PIN text that needs two SMS stops start-up with one line naming the key."""
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as e:
+            self.make(
+                'order = ["smtp"]\n[sms.smtp]\naddress = "{to}@sms.example"\n'
+                '[sms.pin_text]\nfi = "' + "Ä {pin} " * 30 + '"'
+            )
+        self.assertEqual(e.exception.code, 1)
+        [line] = err.getvalue().splitlines()
+        self.assertEqual(
+            line,
+            "secmail: sms.pin_text.fi: the SMS would be 270 characters and one SMS holds "
+            "160; shorten it",
+        )
 
     def test_first_start_files(self) -> None:
         """A first start makes the database, a 0600 master key and a self-signed certificate."""

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmail.sms.at import ModemError, ModemGone, ModemProtocol, ModemTimeout, State
+from secmail.sms.errors import SmsPermanentError, classify
 from secmail.sms.modem import LinkState, ModemLink
 
 NUMBER = "+358401234567"
@@ -100,7 +101,10 @@ class LinkTests(SynchronousTestCase):
         """Input errors are reported at once, even without a modem."""
         self.fail_opens = 100
         self.link.start()
-        self.failureResultOf(Deferred.fromCoroutine(self.link.send("0401234567", "hi")), ValueError)
+        d = Deferred.fromCoroutine(self.link.send("0401234567", "hi"))
+        error = self.error_of(d)
+        self.assertFalse(error.temporary)
+        self.assertIn("not in international form", str(error))
 
     def test_open_failure_backoff(self) -> None:
         """Failed opens are retried after 1, 2, 4 ... seconds, capped at 60."""
@@ -148,6 +152,15 @@ class LinkTests(SynchronousTestCase):
         self.assertIs(self.link.state, LinkState.WAITING_RETRY)
         self.clock.advance(1)
         self.assertEqual(len(self.opened), 2)
+
+    def test_text_too_long_is_permanent(self) -> None:
+        """Text that needs two SMS is refused at once, for good: another backend may take it."""
+        self.link.start()
+        d = Deferred.fromCoroutine(self.link.send(NUMBER, "x" * 161))
+        error = self.error_of(d)
+        self.assertFalse(error.temporary)
+        self.assertIn("does not fit one message", str(error))
+        self.assertIs(classify(error), SmsPermanentError)
 
     def test_silent_modem_is_reopened(self) -> None:
         """A plugged-in modem that stops answering is reopened after two timed-out sends."""

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from secmail.config import Settings
 from secmail.notify import Notification, build_sender_notice
+from secmail.sms.gsm import is_gsm7, parts_needed
 from secmail.sms.http import mask_number
 from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
@@ -27,6 +28,27 @@ def pin_sms_text(settings: Settings, language: str, pin: str) -> str:
     """The SMS that carries C{pin}, in C{language}."""
     template = settings.sms.pin_text.get(language) or translator(language)(DEFAULT_PIN_TEXT)
     return template.format(pin=pin, minutes=CODE_LIFETIME // 60, brand=settings.portal.brand_name)
+
+
+def pin_text_problems(settings: Settings) -> list[str]:
+    """
+    Why a PIN text would not fit one SMS (160 GSM 7-bit characters, 70 others), for each
+    portal language: a modem sends only single SMS, and one part arrives fastest.
+    """
+    problems = []
+    for language in settings.portal.languages:
+        text = pin_sms_text(settings, language, "123456")
+        if parts_needed(text) > 1:
+            holds = "160" if is_gsm7(text) else "70 with letters outside GSM 7-bit"
+            size = f"would be {len(text)} characters and one SMS holds {holds}"
+            if language in settings.sms.pin_text:
+                problems.append(f"sms.pin_text.{language}: the SMS {size}; shorten it")
+            else:
+                problems.append(
+                    f"portal.brand_name: the {language} PIN SMS {size}; shorten brand_name "
+                    f"or set sms.pin_text.{language}"
+                )
+    return problems
 
 
 def _e(text: str) -> str:

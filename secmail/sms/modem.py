@@ -93,7 +93,10 @@ class ModemLink:
 
     async def send(self, number: str, text: str) -> str:
         """Send one SMS through the modem, waiting up to `ready_timeout` for it to be ready."""
-        prepare(number, text)  # refuse bad input at once, not after waiting for the modem
+        try:
+            prepare(number, text)  # refuse bad input at once, not after waiting for the modem
+        except ValueError as e:
+            raise ModemError(None, str(e), temporary=False) from None
         protocol = await self._ready_protocol()
         try:
             reference = await protocol.send(number, text)
