@@ -24,8 +24,7 @@ from twisted.python.failure import Failure
 from secmail import config
 from secmail.address import AddressError, parse_phone, split_address
 from secmail.crypto import MasterKey, MasterKeyError, generate_key_file, load_key_file
-from secmail.letters import system_mail
-from secmail.sms.backends import build_backends
+from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
 from secmail.sms.http import mask_number
 from secmail.store.database import Database, StoreUnavailable, Txn
@@ -233,15 +232,7 @@ def sms_test(args: argparse.Namespace) -> int:
     async def send_mail(to: str, content: bytes) -> None:
         master = load_key_file(settings.store.master_key_file)
         with _open_db(settings) as db:
-            mail = system_mail(
-                settings,
-                master,
-                kind="sms",
-                sender=settings.gateway.bounce_address,
-                to=to,
-                content=content,
-                about="sms-by-mail",
-            )
+            mail = sms_mail(settings, master, to, content)
             _wait(MessageStore(db, master).commit([mail], int(time.time())))
 
     async def run(reactor: Any) -> None:

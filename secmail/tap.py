@@ -26,9 +26,8 @@ from twisted.python import usage
 
 from secmail import config
 from secmail.crypto import MasterKeyError, derive_key, generate_key_file, load_key_file
-from secmail.letters import system_mail
 from secmail.queue import OutboundQueue, RetentionJob
-from secmail.sms.backends import build_backends
+from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.delivery import GatewayDelivery, Intake
@@ -47,9 +46,6 @@ log = Logger()
 
 #: Seconds a thread may hold the GIL while another waits (see makeService).
 GIL_SWITCH_INTERVAL = 0.0005
-
-#: The audit trail that records the deliveries of SMS sent as e-mail.
-SMS_MAIL_TRAIL = "sms-by-mail"
 
 
 class Options(usage.Options):
@@ -216,15 +212,7 @@ def makeService(options: Options) -> IService:
 
     async def send_mail(to: str, content: bytes) -> None:
         """An SMS by e-mail: queued like any mail the gateway writes."""
-        mail = system_mail(
-            settings,
-            master,
-            kind="sms",
-            sender=settings.gateway.bounce_address,
-            to=to,
-            content=content,
-            about=SMS_MAIL_TRAIL,
-        )
+        mail = sms_mail(settings, master, to, content)
         await store.commit([mail], int(reactor.seconds()))
         queue.wake()
 

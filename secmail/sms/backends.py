@@ -15,12 +15,31 @@ from typing import Any
 from twisted.application.service import Service
 
 from secmail.config import Settings
+from secmail.crypto import MasterKey
+from secmail.letters import system_mail
 from secmail.sms.at import ModemProtocol
 from secmail.sms.dispatch import EmailSmsBackend, SmsBackend
 from secmail.sms.http import HttpSmsGateway
 from secmail.sms.modem import ModemLink, serial_opener
+from secmail.store.messages import NewMessage
 
 SendMail = Callable[[str, bytes], Awaitable[None]]
+
+#: The audit trail that records the deliveries of SMS sent as e-mail.
+SMS_MAIL_TRAIL = "sms-by-mail"
+
+
+def sms_mail(settings: Settings, master: MasterKey, to: str, content: bytes) -> NewMessage:
+    """An SMS as e-mail, ready to commit: queued on the route for the gateway's address."""
+    return system_mail(
+        settings,
+        master,
+        kind="sms",
+        sender=settings.gateway.bounce_address,
+        to=to,
+        content=content,
+        about=SMS_MAIL_TRAIL,
+    )
 
 
 class ModemService(Service):
