@@ -18,6 +18,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError
@@ -144,7 +145,11 @@ class SmsOutbox(Service):
             self._tasks.discard(task)
             self.wake()
 
-        task.addErrback(lambda f: log.failure("SMS outbox row {id} failed", f, id=item.id))
+        def failed(failure: Failure) -> None:
+            if not failure.check(CancelledError):  # cancelled at stop: sent again after a start
+                log.failure("SMS outbox row {id} failed", failure, id=item.id)
+
+        task.addErrback(failed)
         task.addBoth(finished)
 
     async def send(self, item: OutboxItem) -> None:

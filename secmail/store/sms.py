@@ -132,9 +132,15 @@ class SmsStore:
         return await self.db.run(txn_)
 
     async def next_due(self) -> int | None:
-        """When the earliest row is due (None: the outbox is empty)."""
+        """
+        When the earliest row can be claimed (None: the outbox is empty): a leased row
+        only once its lease ran out.
+        """
         row = await self.db.run(
-            lambda txn: txn.execute("SELECT MIN(next_attempt) FROM sms_outbox").fetchone()
+            lambda txn: txn.execute(
+                "SELECT MIN(CASE WHEN lease_until IS NULL THEN next_attempt "
+                "ELSE lease_until + 1 END) FROM sms_outbox"
+            ).fetchone()
         )
         return None if row is None or row[0] is None else int(row[0])
 

@@ -1,0 +1,165 @@
+"""The words of the PIN challenge: the SMS text per language, and the notices to a sender."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import pytest
+
+from secmail import config
+from secmail.sms.gsm import is_gsm7, parts_needed
+from secmail.sms.http import mask_number
+from secmail.store.messages import Envelope
+from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
+from web.pin import DEFAULT_PIN_TEXT, lock_notice, pin_sms_text, wrong_number_notice
+
+T0 = 1_700_000_000
+NOW = datetime.fromtimestamp(T0 + 3600, UTC)
+ALICE = "alice@corp.example"
+BOB = "bob@partner.example"
+# Not the number in the notices' example address (0401234567), so a leak cannot hide.
+NUMBER = "+358507654321"
+PIN = "482913"
+LANGUAGES = ("en", "fi", "sv")
+
+
+def settings(**sections: dict[str, object]) -> config.Settings:
+    return config.from_mapping(
+        {
+            "gateway": {
+                "hostname": "gw.example",
+                "bounce_address": "bounces@gw.example",
+                "notification_from": "secmail@gw.example",
+            },
+            **sections,
+        }
+    )
+
+
+def envelope(sender: str = ALICE, phone: str | None = NUMBER) -> Envelope:
+    return Envelope(
+        id="e" * 32,
+        message_id="m" * 32,
+        recipient=BOB,
+        original=f"{BOB}.0507654321.s",
+        level="registered",
+        phone=phone,
+        state="notified",
+        created=T0,
+        sender=sender,
+    )
+
+
+def parse(content: bytes) -> EmailMessage:
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def body(content: bytes) -> str:
+    part = parse(content).get_body(("plain",))
+    assert part is not None
+    text = part.get_content()
+    assert isinstance(text, str)
+    return " ".join(text.split())  # quoted-printable may break a line anywhere
+
+
+# --- the SMS text -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_default_text_fits_one_gsm_part(language: str) -> None:
+    """With the default brand, every language's text is GSM 7-bit and one SMS part."""
+    text = pin_sms_text(settings(), language, PIN)
+    assert is_gsm7(text)
+    assert parts_needed(text) == 1
+    assert PIN in text
+    assert f"{CODE_LIFETIME // 60} " in text
+    assert text.startswith("Secure mail: ")
+    assert "{" not in text and "}" not in text
+
+
+def test_texts_are_translated() -> None:
+    """Finnish and Swedish get their own words, English the built-in ones."""
+    texts = {language: pin_sms_text(settings(), language, PIN) for language in LANGUAGES}
+    assert texts["en"] == DEFAULT_PIN_TEXT.format(brand="Secure mail", pin=PIN, minutes=10)
+    assert len(set(texts.values())) == 3
+    assert "minuuttia" in texts["fi"]
+    assert "minuter" in texts["sv"]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_longest_brand_still_one_part(language: str) -> None:
+    """A brand of the most characters allowed (60) still leaves the text in one part."""
+    brand = "Example Municipality Social and Health Services Department x"[:60]
+    text = pin_sms_text(settings(portal={"brand_name": brand}), language, PIN)
+    assert brand in text
+    assert is_gsm7(text)
+    assert parts_needed(text) == 1
+
+
+def test_override_one_language() -> None:
+    """[sms] pin_text replaces one language's text; the others keep theirs."""
+    plain = settings()
+    custom = settings(sms={"pin_text": {"fi": "{brand} PIN {pin}, {minutes} min"}})
+    assert pin_sms_text(custom, "fi", PIN) == f"Secure mail PIN {PIN}, 10 min"
+    for language in ("en", "sv"):
+        assert pin_sms_text(custom, language, PIN) == pin_sms_text(plain, language, PIN)
+    assert pin_sms_text(plain, "fi", PIN) != pin_sms_text(custom, "fi", PIN)
+
+
+# --- the notices to the sender ----------------------------------------------------------------
+
+
+def test_lock_notice() -> None:
+    """The lock notice goes to the letter's sender, from the gateway, in ASCII only."""
+    notice = lock_notice(settings(), envelope(), NOW)
+    assert notice is not None
+    assert notice.recipient == ALICE
+    assert notice.sender == "bounces@gw.example"
+    assert notice.content.isascii()
+    mail = parse(notice.content)
+    assert mail["To"] == ALICE
+    assert "secmail@gw.example" in mail["From"]
+    assert "locked" in mail["Subject"]
+    assert mail["Auto-Submitted"] == "auto-generated"
+    text = body(notice.content)
+    assert BOB in text
+    assert f"{PIN_LOCK_AFTER} times" in text
+    assert "2023-11-14 22:13 UTC" in text  # when the letter was sent
+    assert NUMBER not in text and NUMBER[1:] not in text
+
+
+def test_wrong_number_notice_masks_number() -> None:
+    """The wrong-number notice names the number masked, never whole."""
+    notice = wrong_number_notice(settings(), envelope(), NUMBER, NOW)
+    assert notice is not None
+    assert notice.recipient == ALICE
+    assert parse(notice.content)["To"] == ALICE
+    assert notice.content.isascii()
+    text = body(notice.content)
+    assert mask_number(NUMBER) in text
+    assert "7654321" not in notice.content.decode("ascii")
+    assert "7654321" not in text
+    assert BOB in text
+    assert f"{BOB.partition('@')[0]}@partner.example.0401234567.s" in text
+
+
+def test_wrong_number_notice_without_number() -> None:
+    """With no number known, the notice says so."""
+    notice = wrong_number_notice(settings(), envelope(phone=None), None, NOW)
+    assert notice is not None
+    assert notice.recipient == ALICE
+    assert notice.content.isascii()
+    assert "no phone number" in parse(notice.content)["Subject"]
+    assert "no phone number is known" in body(notice.content)
+
+
+@pytest.mark.parametrize("number", [NUMBER, None])
+def test_no_notice_for_null_sender(number: str | None) -> None:
+    """A letter from <> gets no notice: there is nobody to write to."""
+    assert lock_notice(settings(), envelope(sender=""), NOW) is None
+    assert wrong_number_notice(settings(), envelope(sender=""), number, NOW) is None
