@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -26,6 +25,7 @@ from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.dsn import FailedRecipient, build_dsn
 from secmail.letters import system_mail
+from secmail.scanning import ScanningService
 from secmail.smtp.client import (
     DeliveryOutcome,
     DeliveryResult,
@@ -96,8 +96,10 @@ def enhanced_status(reply: str, default: str) -> str:
     return default
 
 
-class OutboundQueue(Service):
+class OutboundQueue(ScanningService):
     name = "outbound-queue"
+    what = "the queue"
+    stop_grace = STOP_GRACE_SECONDS
 
     def __init__(
         self,
@@ -107,16 +109,12 @@ class OutboundQueue(Service):
         clock: IReactorTime,
         node_id: str,
     ) -> None:
+        super().__init__(clock)
         self.settings = settings
         self.store = store
         self.sender = sender
-        self.clock = clock
         self.node_id = node_id
         self._in_flight: set[int] = set()
-        self._tasks: set[Deferred[None]] = set()
-        self._timer: IDelayedCall | None = None
-        self._scanning = False
-        self._rescan = False
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -125,74 +123,23 @@ class OutboundQueue(Service):
         super().startService()
         self.wake()
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if not self._tasks:
-            return None
-        # Let deliveries in flight record their outcome while the database is still up.
-        # One that takes longer keeps its lease; the next start on this node takes it back.
-        waiting = DeferredList(list(self._tasks), consumeErrors=True)
-        waiting.addTimeout(STOP_GRACE_SECONDS, self.clock)
-        return waiting.addBoth(lambda _: None)
+    def poll_interval(self) -> float:
+        return self.settings.queue.poll_interval
 
-    def wake(self) -> None:
-        """Look for due rows now (called after a commit that queued something)."""
-        if not self.running:
-            return
-        if self._scanning:
-            self._rescan = True
-            return
-        Deferred.fromCoroutine(self._scan()).addErrback(
-            lambda f: log.failure("Queue scan failed", f)
-        )
+    def room(self) -> int:
+        return self.settings.queue.concurrency - len(self._in_flight)
 
-    def _schedule(self, delay: float) -> None:
-        if not self.running:
-            return
-        if self._timer is not None and self._timer.active():
-            if self._timer.getTime() <= self.clock.seconds() + delay:
-                return
-            self._timer.cancel()
-        self._timer = self.clock.callLater(delay, self.wake)
-
-    async def _scan(self) -> None:
-        self._scanning = True
-        try:
-            while True:
-                self._rescan = False
-                room = self.settings.queue.concurrency - len(self._in_flight)
-                if room <= 0:
-                    return
-                items = await self.store.claim_due(self.node_id, self.now(), LEASE_SECONDS, room)
-                for group in session_groups(items, SESSION_ROWS):
-                    self._start(group)
-                if len(items) < room and not self._rescan:
-                    break
-        except Exception:
-            log.failure(
-                "Cannot read the queue; trying again in {delay} s",
-                delay=self.settings.queue.poll_interval,
+    async def claim_and_start(self, room: int) -> int:
+        items = await self.store.claim_due(self.node_id, self.now(), LEASE_SECONDS, room)
+        for group in session_groups(items, SESSION_ROWS):
+            ids = [item.id for item in group]
+            self._in_flight.update(ids)
+            self.run(
+                self.deliver_group(group),
+                f"Delivery of queue rows {ids}",
+                partial(self._in_flight.difference_update, ids),
             )
-        finally:
-            self._scanning = False
-            self._schedule(self.settings.queue.poll_interval)
-
-    def _start(self, items: list[QueueItem]) -> None:
-        ids = [item.id for item in items]
-        self._in_flight.update(ids)
-        task = Deferred.fromCoroutine(self.deliver_group(items))
-        self._tasks.add(task)
-
-        def finished(_: object) -> None:
-            self._in_flight.difference_update(ids)
-            self._tasks.discard(task)
-            self.wake()
-
-        task.addErrback(lambda f: log.failure("Delivery of queue rows {ids} failed", f, ids=ids))
-        task.addBoth(finished)
+        return len(items)
 
     async def release_own_leases(self) -> None:
         """After a restart, take back the rows this node had leased when it stopped."""

@@ -14,12 +14,11 @@ died are taken over once its lease runs out.
 
 from __future__ import annotations
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from secmail.scanning import ScanningService
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError
 from secmail.sms.http import mask_number
@@ -43,8 +42,10 @@ def retry_delay(attempts: int) -> int:
     return min(RETRY_FIRST * 2 ** max(attempts - 1, 0), RETRY_MAX)
 
 
-class SmsOutbox(Service):
+class SmsOutbox(ScanningService):
     name = "sms-outbox"
+    what = "the SMS outbox"
+    stop_grace = STOP_GRACE_SECONDS
 
     def __init__(
         self,
@@ -55,15 +56,11 @@ class SmsOutbox(Service):
         *,
         poll: float = POLL_SECONDS,
     ) -> None:
+        super().__init__(clock)
         self.store = store
         self.dispatcher = dispatcher
-        self.clock = clock
         self.node_id = node_id
         self.poll = poll
-        self._tasks: set[Deferred[None]] = set()
-        self._timer: IDelayedCall | None = None
-        self._scanning = False
-        self._rescan = False
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -81,76 +78,23 @@ class SmsOutbox(Service):
             lambda f: log.failure("Cannot take back SMS outbox leases", f)
         )
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if not self._tasks:
-            return None
-        # An SMS in flight may still be recorded; one that takes longer keeps its lease,
-        # and the next start on this node sends it again.
-        waiting = DeferredList(list(self._tasks), consumeErrors=True)
-        waiting.addTimeout(STOP_GRACE_SECONDS, self.clock)
-        return waiting.addBoth(lambda _: None)
+    def poll_interval(self) -> float:
+        return self.poll
 
-    def wake(self) -> None:
-        """Look for due rows now (called after a commit that put an SMS in the outbox)."""
-        if not self.running:
-            return
-        if self._scanning:
-            self._rescan = True
-            return
-        Deferred.fromCoroutine(self._scan()).addErrback(
-            lambda f: log.failure("SMS outbox scan failed", f)
-        )
+    def room(self) -> int:
+        return CONCURRENCY - len(self._tasks)
 
-    def _schedule(self, delay: float) -> None:
-        if not self.running:
-            return
-        if self._timer is not None and self._timer.active():
-            if self._timer.getTime() <= self.clock.seconds() + delay:
-                return
-            self._timer.cancel()
-        self._timer = self.clock.callLater(max(delay, 0), self.wake)
+    async def claim_and_start(self, room: int) -> int:
+        items = await self.store.claim(self.node_id, self.now(), LEASE_SECONDS, room)
+        for item in items:
+            self.run(self.send(item), f"SMS outbox row {item.id}")
+        return len(items)
 
-    async def _scan(self) -> None:
-        self._scanning = True
-        delay: float = self.poll
-        try:
-            while True:
-                self._rescan = False
-                room = CONCURRENCY - len(self._tasks)
-                if room <= 0:
-                    return
-                items = await self.store.claim(self.node_id, self.now(), LEASE_SECONDS, room)
-                for item in items:
-                    self._start(item)
-                if len(items) < room and not self._rescan:
-                    break
-            due = await self.store.next_due()
-            if due is not None:
-                delay = min(delay, max(due - self.clock.seconds(), 0.5))
-        except Exception:
-            log.failure("Cannot read the SMS outbox; trying again in {delay} s", delay=delay)
-        finally:
-            self._scanning = False
-            self._schedule(delay)
-
-    def _start(self, item: OutboxItem) -> None:
-        task = Deferred.fromCoroutine(self.send(item))
-        self._tasks.add(task)
-
-        def finished(_: object) -> None:
-            self._tasks.discard(task)
-            self.wake()
-
-        def failed(failure: Failure) -> None:
-            if not failure.check(CancelledError):  # cancelled at stop: sent again after a start
-                log.failure("SMS outbox row {id} failed", failure, id=item.id)
-
-        task.addErrback(failed)
-        task.addBoth(finished)
+    async def next_scan(self, poll: float) -> float:
+        due = await self.store.next_due()
+        if due is None:
+            return poll
+        return min(poll, max(due - self.clock.seconds(), 0.5))
 
     async def send(self, item: OutboxItem) -> None:
         """Try one row once and record what happened."""
