@@ -373,6 +373,10 @@ class Gateway:
 
     # life
 
+    def env(self) -> dict[str, str]:
+        """The gateway process's environment."""
+        return run_env()
+
     def start(self) -> Gateway:
         if self.running:
             raise GatewayError("the gateway is already running")
@@ -388,7 +392,7 @@ class Gateway:
                 str(self.config_path),
             ],
             cwd=self.dir,
-            env=run_env(),
+            env=self.env(),
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,

@@ -35,6 +35,15 @@ from playwright.sync_api import expect as pw_expect
 
 from tests.e2e.harness import Gateway, SinkMessage, SmtpSink, poll
 from tests.e2e.test_gateway import link_token, notification_for, text_parts, unique
+from tests.e2e.test_sms import (
+    MASKED,
+    NUMBER,
+    FakeSmsGateway,
+    http_sms_settings,
+    pin_of,
+    send_registered,
+    wrong,
+)
 
 SENDER = "alice@corp.example"
 BOB = "bob@partner.example"
@@ -733,3 +742,74 @@ def test_compose_to_an_outside_address_is_refused(
         3.0,
         f"a tampered compose reached a sink (for {evil})",
     )
+
+
+# --- a registered letter: the PIN by SMS --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sms_server() -> Iterator[FakeSmsGateway]:
+    """A local HTTP server playing the SMS gateway: the PINs are read from what it got."""
+    with FakeSmsGateway() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sms_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    internet: SmtpSink,
+    internal: SmtpSink,
+    sms_server: FakeSmsGateway,
+) -> Iterator[Gateway]:
+    """A gateway of its own with [sms] configured (the module's gateway sends no SMS)."""
+    gw = Gateway(
+        tmp_path_factory.mktemp("browser-sms-gateway"),
+        internet,
+        internal,
+        settings={"sms": {"order": ["http"]}, "sms.http": http_sms_settings(sms_server)},
+    )
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+
+
+def test_registered_letter_opens_only_with_the_sms_pin(
+    sms_gateway: Gateway, internet: SmtpSink, sms_server: FakeSmsGateway, contexts: Contexts
+) -> None:
+    """A registered letter shows nothing until the PIN from the SMS is typed; a wrong one fails."""
+    letter = send_registered(sms_gateway, internet)
+    before = len(sms_server.requests())
+
+    page = contexts.page()
+    page.goto(f"{sms_gateway.portal_url}/m/{letter.token}")
+    pw_expect(page.get_by_text("Registered letter (PIN by text message)")).to_be_visible()
+    page.get_by_role("button", name="Open message").click()
+    pw_expect(page.get_by_role("heading", name="Type the PIN")).to_be_visible()
+    pw_expect(page.get_by_text(MASKED)).to_be_visible()
+    pin_field = page.get_by_label("PIN", exact=True)
+    pw_expect(pin_field).to_be_visible()
+    for secret in (letter.subject, letter.body):
+        pw_expect(page.get_by_text(secret)).to_have_count(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "registered-pin-page.png"
+    shot.unlink(missing_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == PNG_SIGNATURE
+
+    request = sms_server.wait_for_requests(before + 1)[before]
+    assert request.to == NUMBER
+    pin = pin_of(request.text)
+
+    pin_field.fill(wrong(pin))
+    page.get_by_role("button", name="Open message").click()
+    pw_expect(page.get_by_role("alert")).to_have_text("That PIN is not right. Please try again.")
+    assert "/read" not in page.url
+    for secret in (letter.subject, letter.body):
+        pw_expect(page.get_by_text(secret)).to_have_count(0)
+
+    page.get_by_label("PIN", exact=True).fill(pin)
+    page.get_by_role("button", name="Open message").click()
+    page.wait_for_url(re.compile(r"/read$"))
+    pw_expect(page.get_by_role("heading", name=letter.subject)).to_be_visible()
+    pw_expect(page.get_by_text(letter.body)).to_be_visible()
