@@ -520,3 +520,16 @@ class SettingsTests(SynchronousTestCase):
         """The timeout is a positive number of seconds."""
         for timeout in (0, -1, float("nan"), float("inf"), "30", True):
             self.assert_refused("sms.http.timeout", url=self.URL, timeout=timeout)
+
+
+def test_settings_repr_hides_url_and_headers() -> None:
+    """The settings' repr (as in a traceback or a debug log) shows no credentials."""
+    from secmail.config import SmsSettings
+
+    settings = HttpGatewaySettings(
+        url="https://user:pw-in-url@gw.example/send?to={to}&text={text}&password=pw-in-query",
+        headers={"Authorization": "Bearer token-in-header"},
+    )
+    shown = repr(settings) + repr(SmsSettings(order=("http",), http=settings))
+    for secret in ("pw-in-url", "pw-in-query", "token-in-header"):
+        assert secret not in shown

@@ -65,12 +65,13 @@ class HttpGatewaySettings:
     line naming the key, so the gateway fails at start-up, not when a recipient waits.
     """
 
-    url: str
+    #: Not in the repr (nor the headers): a URL may carry the gateway's password.
+    url: str = field(repr=False)
     method: str = "GET"
     body: str | None = None
     #: C{None}: a body starting with C{{} or C{[} is JSON, any other body is a form.
     body_type: Literal["form", "json"] | None = None
-    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
     success: str | None = None
     timeout: float = 30.0
 
