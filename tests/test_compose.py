@@ -196,6 +196,8 @@ class MountTests(ComposeFixture):
         """GET /compose offers the directory's addresses and a sender field; stores nothing."""
         reply = await self.browser().get("/compose")
         self.assertEqual(reply.code, 200)
+        slash = await self.browser().get("/compose/")
+        self.assertEqual((slash.code, slash.header("Location")), (301, "/compose"))
         for address in (SALES, HELP):
             self.assertIn(f'<option value="{address}">{address}</option>', reply.text)
         self.assertIn('<form method="post" action="/compose/start"', reply.text)

@@ -698,6 +698,14 @@ class Portal:
             + "</p></div>",
         )
 
+    @app.route("/compose/", methods=["GET"])
+    def compose_slash(self, request: IRequest) -> bytes:
+        """C{/compose/} (as people type it) is C{/compose}: the branch needs a name after it."""
+        request.setResponseCode(301)
+        request.setHeader(b"Location", b"/compose")
+        self._headers(request)
+        return b""
+
     @app.route("/compose", branch=True)
     def compose_branch(self, request: IRequest) -> IResource | bytes:
         """Outsiders writing to the organisation (D-Compose): its own app, see web/compose.py."""
