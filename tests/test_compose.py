@@ -77,7 +77,19 @@ def multipart(
 
 
 class ComposeBrowser(Browser):
-    """The portal tests' browser with the compose forms (repeated fields, files)."""
+    """
+    The portal tests' browser with the compose forms (repeated fields, files). Like a
+    browser, C{send} posts the last write page's form id unless the test gives one.
+    """
+
+    form_id: str | None = None
+
+    def remember_form(self, page: Reply) -> Reply:
+        """Keep the write page's form id, as the browser's form would."""
+        match = re.search(r'name="form" value="([^"]+)"', page.text)
+        assert match is not None, page.text
+        self.form_id = match.group(1)
+        return page
 
     async def post_pairs(self, path: str, pairs: Sequence[tuple[str, str]]) -> Reply:
         return await self.post_body(
@@ -89,6 +101,8 @@ class ComposeBrowser(Browser):
         fields: Sequence[tuple[str, str]],
         files: Sequence[tuple[str, str, str, bytes]] = (),
     ) -> Reply:
+        if self.form_id is not None and all(name != "form" for name, _ in fields):
+            fields = [*fields, ("form", self.form_id)]
         body, content_type = multipart(fields, files)
         return await self.post_body("/compose/send", body, content_type)
 
@@ -174,7 +188,7 @@ class ComposeFixture(IntakeFixture, TestCase):
     async def write_csrf(self, browser: ComposeBrowser, to: str = SALES) -> str:
         page = await browser.get(f"/compose/write?to={to}")
         self.assertEqual(page.code, 200, page.text)
-        return page.csrf()
+        return browser.remember_form(page).csrf()
 
     async def composed(self) -> list[QueueItem]:
         return await self.rows("compose")
@@ -521,6 +535,31 @@ class SendTests(ComposeFixture):
             await self.trail(), ["code sent", "code accepted", "signed in", "composed"]
         )
 
+    async def test_double_send_queues_once(self) -> None:
+        """A second post of the same form (a double click, a reload) sends nothing more."""
+        writer = await self.signed_in()
+        fields = [("csrf", await self.write_csrf(writer)), ("to", SALES), ("text", "Hello")]
+        first = await writer.send(fields)
+        self.assertIn("is on its way", first.text)
+        again = await writer.send(fields)
+        self.assertEqual(again.code, 200)
+        self.assertIn("This message has already been sent.", again.text)
+        self.assertEqual(len(await self.composed()), 1)
+        # A new write page is a new message.
+        fields = [("csrf", await self.write_csrf(writer)), ("to", SALES), ("text", "Hello")]
+        self.assertIn("is on its way", (await writer.send(fields)).text)
+        self.assertEqual(len(await self.composed()), 2)
+
+    async def test_send_without_form_id_refused(self) -> None:
+        writer = await self.signed_in()
+        csrf = await self.write_csrf(writer)
+        for form_id in ("", "short", "x" * 65, "bad chars!!!!!!!!!!"):
+            reply = await writer.send(
+                [("csrf", csrf), ("to", SALES), ("text", "Hi"), ("form", form_id)]
+            )
+            self.assertEqual(reply.code, 403, form_id)
+        self.assertEqual(await self.composed(), [])
+
     async def test_send_to_outside_refused(self) -> None:
         """A tampered write form naming any other destination is refused and queues nothing."""
         writer = await self.signed_in()
@@ -649,7 +688,7 @@ class HeaderTests(ComposeFixture):
         code = await self.mailed_code()
         replies["wrong code"] = await self.try_code(browser, f"{(int(code) + 1) % 10**6:06d}")
         replies["verified"] = await self.try_code(browser, code)
-        replies["write"] = await browser.get(f"/compose/write?to={SALES}")
+        replies["write"] = browser.remember_form(await browser.get(f"/compose/write?to={SALES}"))
         csrf = replies["write"].csrf()
         replies["sent"] = await browser.send(
             [("csrf", csrf), ("to", SALES), ("text", "hi")],

@@ -56,7 +56,7 @@ from secmail.store.compose import (
     ComposeStore,
     trail_id,
 )
-from secmail.store.messages import MessageStore, NewDelivery, NewMessage, new_id
+from secmail.store.messages import MessageStore, NewDelivery, NewMessage
 from secmail.store.spool import RunInThread, SealedBytes
 from web.i18n import Translate
 from web.portal import (
@@ -389,7 +389,10 @@ class Compose:
         request.content.seek(0)
         body = request.content.read()
         form: SentForm = await self.run_in_thread(parse_form, content_type, body)
-        if not same_secret(form.one("csrf") or "", session.csrf):
+        form_id = form.one("form") or ""
+        if not same_secret(form.one("csrf") or "", session.csrf) or not re.fullmatch(
+            r"[A-Za-z0-9_-]{16,64}", form_id
+        ):
             return self._bad_form(request)
         given = form.one("to")
         to = self._internal(given or "")
@@ -416,6 +419,13 @@ class Compose:
             return self._write_page(
                 request, session, to, subject, text, _("Please write a message."), status=400
             )
+        # One message per form: the id comes from the form, so a second click (or a reload
+        # that posts again) finds the first one's event instead of sending it twice.
+        message_id = hmac.new(
+            self._csrf_key, f"compose-send:{session.address}:{form_id}".encode(), "sha256"
+        ).hexdigest()[:32]
+        if await self.store.has_event(message_id, "composed"):
+            return self._already_sent(request, session)
         now = self.now()
         content: bytes = await self.run_in_thread(
             lambda: build_compose_mail(
@@ -428,14 +438,13 @@ class Compose:
                 date=datetime.fromtimestamp(now, UTC),
             )
         )
-        message_id = new_id()
         domain = to.rpartition("@")[2]
         bounce = self.settings.gateway.bounce_address
         detail = (
             f"by {session.address} (address proved by e-mail code) to {to}, "
             f"{len(uploads)} attachment(s), {size} bytes"
         )
-        await self.store.commit(
+        commit = self.store.commit(
             [
                 NewMessage(
                     content=SealedBytes(self.store.master, message_id, content),
@@ -457,6 +466,12 @@ class Compose:
             ],
             now,
         )
+        try:
+            await commit
+        except Exception:
+            if await self.store.has_event(message_id, "composed"):
+                return self._already_sent(request, session)  # the other click won
+            raise
         await self.sessions.add_event(session.address, "composed", f"{message_id} to {to}", now)
         self.on_commit()
         names = "".join(f"<li>{_e(u.filename)}</li>" for u in uploads)
@@ -670,6 +685,7 @@ class Compose:
             f'<form method="post" action="{MOUNT}/send" enctype="multipart/form-data" '
             f'class="card">{problem}'
             f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
+            f'<input type="hidden" name="form" value="{secrets.token_urlsafe(18)}">'
             f'<input type="hidden" name="to" value="{_e(to)}">'
             f"<dl><dt>{_('From')}</dt><dd>{confirmed}</dd>"
             f"<dt>{_('To')}</dt><dd>{_e(to)}</dd></dl>"
@@ -685,6 +701,15 @@ class Compose:
             + self._sign_out_form(_, session)
         )
         return self._page(request, _("Write a secure message"), body)
+
+    def _already_sent(self, request: IRequest, session: ComposeSession) -> bytes:
+        _ = self._t(request)
+        return self._page(
+            request,
+            _("Message sent"),
+            f'<div class="card"><p>{_("This message has already been sent.")}</p></div>'
+            + self._sign_out_form(_, session),
+        )
 
     def _sign_out_form(self, _: Translate, session: ComposeSession) -> str:
         return (

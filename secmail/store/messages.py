@@ -421,6 +421,15 @@ class MessageStore:
 
         return await self.db.run(txn_)
 
+    async def has_event(self, message_id: str, kind: str) -> bool:
+        """Whether message C{message_id} has an event of C{kind} (events outlive messages)."""
+        row = await self.db.run(
+            lambda txn: txn.execute(
+                "SELECT 1 FROM events WHERE message_id = ? AND kind = ? LIMIT 1", (message_id, kind)
+            ).fetchone()
+        )
+        return row is not None
+
     async def count_messages(self) -> int:
         row = await self.db.run(lambda txn: txn.execute("SELECT COUNT(*) FROM messages").fetchone())
         return int(row[0])
