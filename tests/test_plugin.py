@@ -98,6 +98,9 @@ class OptionsTests(SynchronousTestCase):
 class MakeServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="secmail-tap-")
+        umask = os.umask(0o022)  # makeService sets the process's umask: put it back after
+        os.umask(umask)
+        self.addCleanup(os.umask, umask)
         # makeService makes a DNS resolver, which re-reads resolv.conf on a global-reactor timer.
         before = set(reactor.getDelayedCalls())
 
@@ -183,9 +186,10 @@ class MakeServiceTests(SynchronousTestCase):
         )
 
     def test_first_start_files(self) -> None:
-        """A first start makes the database, a 0600 master key and a self-signed certificate."""
+        """A first start makes a 0600 database and master key, and a self-signed certificate."""
         self.make()
-        self.assertTrue(os.path.exists(os.path.join(self.dir, "secmail.sqlite")))
+        database = os.path.join(self.dir, "secmail.sqlite")
+        self.assertEqual(stat.S_IMODE(os.stat(database).st_mode), 0o600)
         key = os.path.join(self.dir, "master.key")
         self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
         self.assertTrue(os.path.exists(os.path.join(self.dir, "tls", "cert.pem")))
