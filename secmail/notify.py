@@ -14,6 +14,7 @@ break is refused, so a hostile display name or subject cannot add headers.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import html
 import re
@@ -21,7 +22,6 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from email import quoprimime
 from email.errors import HeaderParseError
 from email.header import Header
 from email.headerregistry import Address
@@ -34,6 +34,10 @@ from secmail.config import Settings
 MAX_NAME_CHARS = 78
 MAX_SUBJECT_CHARS = 200
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+# A dot-atom local part at a plain domain name: what nearly every sender is. Such an address
+# is its own addr-spec; anything else goes through the email package's full parser.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def build_notification(
         if shown:
             subject = f"{subject}: {shown}"
 
-    reply_to = _address_or_none(sender)
+    reply_to = _reply_to(sender)
     message_id = (
         make_msgid() if make_msgid is not None else email_make_msgid(domain=message_id_domain)
     )
@@ -97,7 +101,7 @@ def build_notification(
             ),
         ),
         ("To", recipient.address),
-        *([("Reply-To", reply_to.addr_spec)] if reply_to is not None else []),
+        *([("Reply-To", reply_to)] if reply_to is not None else []),
         ("Subject", _header_text(subject)),
         ("Date", format_datetime(date)),
         ("Message-ID", message_id),
@@ -139,8 +143,10 @@ def _header_text(value: str) -> str:
 
 def _qp_part(subtype: str, text: str) -> str:
     """One UTF-8 text part, quoted-printable, CRLF line ends, lines of at most 76."""
-    latin = text.encode("utf-8").decode("latin-1")  # quoprimime works on one char per byte
-    body = quoprimime.body_encode(latin, maxlinelen=76, eol="\r\n")
+    # binascii's encoder (C) on LF-only text: every LF in its output is then a line end.
+    lf_only = text.replace("\r\n", "\n").replace("\r", "\n")
+    encoded = binascii.b2a_qp(lf_only.encode("utf-8"), istext=True).decode("ascii")
+    body = encoded.replace("\n", "\r\n")
     if not body.endswith("\r\n"):
         body += "\r\n"
     return (
@@ -251,12 +257,14 @@ def _null_to_empty(address: str) -> str:
     return address
 
 
-def _address_or_none(address: str) -> Address | None:
+def _reply_to(address: str) -> str | None:
     """The sender as a Reply-To address; None for the null sender or anything unparseable."""
     if not address:
         return None
+    if _SIMPLE_ADDRESS.fullmatch(address):
+        return address
     try:
-        return Address(addr_spec=address)
+        return Address(addr_spec=address).addr_spec
     except (ValueError, HeaderParseError):
         return None
 

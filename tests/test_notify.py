@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import email
 import email.message
+import quopri
 from datetime import UTC, datetime
 from email import policy
+from email.headerregistry import Address
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from secmail import notify
 from secmail.address import Level, Recipient, parse_recipient
 from secmail.config import Settings, from_mapping
 from secmail.notify import Notification, build_code_mail, build_notification, clean_text
@@ -307,3 +310,22 @@ def test_no_phrase_when_not_set() -> None:
     """Without a phrase configured, the notification says nothing about one."""
     text, page = bodies(build())
     assert "verification phrase" not in text and "verification phrase" not in page
+
+
+@given(st.from_regex(notify._SIMPLE_ADDRESS, fullmatch=True))
+def test_simple_sender_is_its_own_reply_to(address: str) -> None:
+    """The fast path for plain addresses gives what the email package's parser gives."""
+    assert notify._reply_to(address) == Address(addr_spec=address).addr_spec
+
+
+@given(st.text(max_size=400))
+def test_qp_part_round_trips(text: str) -> None:
+    """A text part decodes to the text (line ends as CRLF), in lines of at most 76."""
+    part = notify._qp_part("plain", text)
+    head, _, body = part.partition("\r\n\r\n")
+    assert b"\n" not in body.encode().replace(b"\r\n", b"")
+    assert all(len(line) <= 76 for line in body.split("\r\n"))
+    expected = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+    assert quopri.decodestring(body.encode()).decode("utf-8").rstrip("\r\n") == expected.rstrip(
+        "\r\n"
+    )
