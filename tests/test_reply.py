@@ -495,7 +495,19 @@ def multipart(
 
 
 class UploadingBrowser(Browser):
-    """The portal tests' browser with the reply form (text and files)."""
+    """
+    The portal tests' browser with the reply form (text and files). Like a browser, it
+    posts the last reading page's form id (set by the fixture's C{reader}).
+    """
+
+    form_id: str | None = None
+
+    async def read_page(self) -> Reply:
+        """GET /read and keep its reply form's id, as the page's forms would."""
+        page = await self.get("/read")
+        match = re.search(r'name="form" value="([^"]+)"', page.text)
+        self.form_id = match.group(1) if match else None
+        return page
 
     async def send(
         self,
@@ -508,6 +520,8 @@ class UploadingBrowser(Browser):
         fields = [("mode", mode), ("text", text), ("to", to)]
         if csrf is not None:
             fields.insert(0, ("csrf", csrf))
+        if self.form_id is not None:
+            fields.append(("form", self.form_id))
         body, content_type = multipart(fields, [("files", *f) for f in files])
         return await self.post_body("/read/reply", body, content_type)
 
@@ -533,8 +547,9 @@ class ReplyPortalFixture(PortalFixture):
         letter = await self.letter(raw)
         signed_in = await self.signed_in(letter)
         browser = UploadingBrowser(self.resource, signed_in.cookies)
-        page = await browser.get("/read")
+        page = await browser.read_page()
         self.assertEqual(page.code, 200)
+        self.assertIsNotNone(browser.form_id)
         return letter, browser, page.csrf()
 
     async def sent(self) -> list[Any]:
@@ -610,6 +625,7 @@ class ReplyPortalTests(ReplyPortalFixture):
         """Each reply and forward is an event on the original, for this envelope."""
         letter, browser, csrf = await self.reader()
         await browser.send("reply", csrf, text="One")
+        await browser.read_page()
         await browser.send("forward", csrf, to=DAVE)
         events = [
             (kind, envelope_id, detail)
@@ -623,6 +639,23 @@ class ReplyPortalTests(ReplyPortalFixture):
                 ("forwarded", letter.envelope_id, f"Forwarded by e-mail to {DAVE}."),
             ],
         )
+
+    async def test_double_send_sends_once(self) -> None:
+        """The same reading page's form posted twice (a double click) sends one mail."""
+        letter, browser, csrf = await self.reader()
+        first = await browser.send("reply", csrf, text="Once")
+        again = await browser.send("reply", csrf, text="Once")
+        self.assertEqual((first.code, again.code), (303, 303))
+        self.assertEqual(again.header("Location"), "/read/sent")
+        self.assertEqual(len(await self.sent()), 1)
+        replied = [k for _, k, _, _ in await self.store.events(letter.message_id) if k == "replied"]
+        self.assertEqual(replied, ["replied"])
+        for bad in ("", "short", "x" * 65):
+            browser.form_id = bad
+            self.assertEqual((await browser.send("reply", csrf, text="x")).code, 403, bad)
+        await browser.read_page()
+        self.assertEqual((await browser.send("reply", csrf, text="Twice")).code, 303)
+        self.assertEqual(len(await self.sent()), 2)
 
     async def test_reply_all_makes_a_secure_letter(self) -> None:
         """Reply all: an outsider gets only a notification of a secure letter she can read."""
@@ -839,7 +872,12 @@ class BodyLimitTests(ReplyPortalFixture):
         _, browser, csrf = await self.reader()
         data = bytes(range(256)) * 600  # 150 KB
         body, content_type = multipart(
-            [("csrf", csrf), ("mode", "reply"), ("text", "Big one")],
+            [
+                ("csrf", csrf),
+                ("mode", "reply"),
+                ("text", "Big one"),
+                ("form", browser.form_id or ""),
+            ],
             [("files", "big.bin", "application/octet-stream", data)],
         )
         channel, transport = self.connect()

@@ -18,6 +18,7 @@ import hmac
 import html
 import io
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -602,8 +603,18 @@ class Portal:
             form = submitted_form(request)
         except FormError:
             return self._bad_form(request)
-        if not same_secret(form.one("csrf"), session.csrf):
+        form_id = form.one("form")
+        if not same_secret(form.one("csrf"), session.csrf) or not re.fullmatch(
+            r"[A-Za-z0-9_-]{16,64}", form_id
+        ):
             return self._bad_form(request)
+        # One mail per form: its id comes from the form, so a second click finds the first
+        # one's "written" event (events outlive delivered mail) and sends nothing more.
+        reply_id = hmac.new(
+            self._csrf_key, f"reply:{session.envelope_id}:{form_id}".encode(), "sha256"
+        ).hexdigest()[:32]
+        if await self.store.has_event(reply_id, "written"):
+            return self._to_sent_page(request)
         envelope = await self.store.envelope_by_id(session.envelope_id)
         raw = await self._raw(session)
         if envelope is None or raw is None:
@@ -643,12 +654,21 @@ class Portal:
             reader=envelope.recipient,
             about=session.message_id,
             date=date,
+            message_id=reply_id,
         )
-        await self.store.commit(messages, now)
+        try:
+            await self.store.commit(messages, now)
+        except Exception:
+            if await self.store.has_event(reply_id, "written"):
+                return self._to_sent_page(request)  # the other click won
+            raise
         self.on_commit()
         kind = "forwarded" if mail.mode == "forward" else "replied"
         await self.store.add_event(session.message_id, session.envelope_id, kind, mail.summary, now)
-        # To a page of its own (303), so that reloading it cannot send the mail again.
+        return self._to_sent_page(request)
+
+    def _to_sent_page(self, request: IRequest) -> bytes:
+        """To a page of its own (303), so that reloading it cannot send the mail again."""
         request.setResponseCode(303)
         request.setHeader(b"Location", b"/read/sent")
         self._headers(request)
@@ -899,7 +919,11 @@ class Portal:
         """The reading page's Reply (and Reply all) form and its Forward form."""
         can_reply, can_reply_all = reply.reply_choices(raw, reader, self.settings)
         limit = _size(self.settings.portal.max_upload_size)
-        hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+        # One id for both forms: the page offers one reply, whichever button sends it.
+        hidden = (
+            f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+            f'<input type="hidden" name="form" value="{secrets.token_urlsafe(18)}">'
+        )
         forms = []
         up_to = _("Up to {limit} in all.").format(limit=limit)
         if can_reply:

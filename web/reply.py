@@ -496,11 +496,13 @@ def reply_messages(
     about: str,
     date: datetime,
     new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+    message_id: str | None = None,
 ) -> list[NewMessage]:
     """
     The messages to commit for a reply or forward: the mail to the organisation's
     addresses (one queue row per domain, on that domain's route, recorded on the original
-    message C{about}), and for outsiders a secure letter with its notifications.
+    message C{about}), and for outsiders a secure letter with its notifications. The
+    first has the id C{message_id} (default: a new one) and a C{written} event.
     """
     kind = "forward" if mail.mode == "forward" else "reply"
     bounce = settings.gateway.bounce_address
@@ -509,9 +511,10 @@ def reply_messages(
         by_domain.setdefault(address.rpartition("@")[2].lower(), []).append(address)
     messages = [
         NewMessage(
-            content=SealedBytes(master, new_id(), mail.content),
+            content=SealedBytes(master, message_id or new_id(), mail.content),
             kind=kind,
             sender=bounce,
+            events=[(None, "written", f"{kind} in the portal by {reader}")],
             deliveries=[
                 NewDelivery(
                     kind=kind,
