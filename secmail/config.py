@@ -466,12 +466,12 @@ def _pin_text(value: Any) -> dict[str, str]:
         if unknown:
             known = ", ".join("{" + n + "}" for n in PIN_TEXT_PLACEHOLDERS)
             raise ValueError(f"{language}: unknown placeholder {{{unknown[0]}}} (known: {known})")
-        if "pin" not in names:
-            raise ValueError(f"{language}: the text must hold {{pin}}")
         try:
-            text.format(**PIN_TEXT_PLACEHOLDERS)
+            filled = text.format(**PIN_TEXT_PLACEHOLDERS)
         except (ValueError, IndexError, KeyError) as e:
             raise ValueError(f"{language}: not a valid template ({e})") from None
+        if PIN_TEXT_PLACEHOLDERS["pin"] not in filled:  # {{pin}} is a literal "{pin}"
+            raise ValueError(f"{language}: the text must hold {{pin}}")
     return texts
 
 

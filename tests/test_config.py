@@ -72,6 +72,10 @@ def test_embedded_defaults() -> None:
         ('[portal]\nurl = "ftp://x"\n', "portal.url:"),
         ("[queue]\nretry_initial = 500\nretry_max = 100\n", "queue.retry_max"),
         ('[sms]\norder = ["pigeon"]\n', "sms.order: 'pigeon' is not a backend"),
+        ('[sms.pin_text]\nxx = "{pin}"\n', "sms.pin_text: 'xx' is not one of en, fi, sv"),
+        ('[sms.pin_text]\nen = "Code {{pin}}"\n', "sms.pin_text: en: the text must hold {pin}"),
+        ('[sms.pin_text]\nen = "{pin} {who}"\n', "sms.pin_text: en: unknown placeholder {who}"),
+        ('[sms.pin_text]\nfi = "{pin"\n', "sms.pin_text: fi: not a valid template"),
         ('[sms]\norder = ["http", "http"]\n', "sms.order: 'http' listed more than once"),
         ('[sms]\norder = ["http"]\n', 'sms.order: "http" needs an [sms.http] section'),
         (

@@ -148,18 +148,7 @@ def test_wrong_number_notice_masks_number() -> None:
     assert f"{BOB.partition('@')[0]}@partner.example.0401234567.s" in text
 
 
-def test_wrong_number_notice_without_number() -> None:
-    """With no number known, the notice says so."""
-    notice = wrong_number_notice(settings(), envelope(phone=None), None, NOW)
-    assert notice is not None
-    assert notice.recipient == ALICE
-    assert notice.content.isascii()
-    assert "no phone number" in parse(notice.content)["Subject"]
-    assert "no phone number is known" in body(notice.content)
-
-
-@pytest.mark.parametrize("number", [NUMBER, None])
-def test_no_notice_for_null_sender(number: str | None) -> None:
+def test_no_notice_for_null_sender() -> None:
     """A letter from <> gets no notice: there is nobody to write to."""
     assert lock_notice(settings(), envelope(sender=""), NOW) is None
-    assert wrong_number_notice(settings(), envelope(sender=""), number, NOW) is None
+    assert wrong_number_notice(settings(), envelope(sender=""), NUMBER, NOW) is None

@@ -802,7 +802,7 @@ class RegisteredTests(PortalFixture):
         answer = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": pin})
         self.assertIn("no longer works", answer.text)
         self.assertNotIn(SESSION, browser.cookies)
-        for bad in ("12345", "abcdef", "1234567", ""):
+        for bad in ("12345", "abcdef", "1234567", "", "１２３４５６", "١٢٣٤٥٦"):
             answer = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": bad})
             self.assertIn("The PIN has 6 digits.", answer.text, bad)
         # Ordering again within a minute sends nothing new.
@@ -889,23 +889,34 @@ class RegisteredTests(PortalFixture):
         self.assertIn("You have told the sender that this number is not yours.", page.text)
         self.assertNotIn(f'action="{letter.link}/wrong-number"', page.text)
 
-    async def test_number_from_the_phone_directory(self) -> None:
-        """An address without a number uses the directory; with neither, the sender is told."""
-        letter = await self.letter(level="registered", phone=None)
-        browser, reply = await self.opened(letter)
-        self.assertEqual(reply.code, 200)
-        self.assertIn(f"no phone number is known for {BOB}", reply.text)
-        self.assertEqual(await self.outbox(), [])
-        told = await browser.post(f"{letter.link}/wrong-number", {"csrf": reply.csrf()})
-        self.assertIn("We have told the sender", told.text)
-        [notice] = await self.notices()
-        self.assertIn("no phone number is known for that address", notice)
-
+    async def test_phone_directory_makes_letters_registered(self) -> None:
+        """A secure letter to an address in the directory needs a PIN sent to that number."""
+        letter = await self.letter()  # a secure letter, sent before the address was added
         await self.sms.set_phone(BOB.upper(), "+358401234567", self.now())
-        other = await self.letter(level="registered", phone=None)
-        _, reply = await self.opened(other)
+        browser = self.browser()
+        landing = await browser.get(letter.link)
+        self.assertIn("Registered letter", landing.text)
+        reply = await browser.post(letter.link, {"csrf": landing.csrf()})
+        self.assertEqual(reply.code, 200)
         self.assertIn("+358 40 *** **67", reply.text)
+        self.assertNotIn(SESSION, reply.set_cookies())
+        self.assertIsNone(await self.browser_hash(letter))  # not bound: a PIN every time
         self.assertEqual([n for n, _ in await self.outbox()], ["+358401234567"])
+        for path in ("code", "verify"):  # the letter's e-mail codes no longer open it
+            other = await browser.post(f"{letter.link}/{path}", {"csrf": landing.csrf()})
+            self.assertEqual(other.code, 403, path)
+        signed = await browser.post(
+            f"{letter.link}/pin/verify", {"csrf": landing.csrf(), "pin": await self.sent_pin()}
+        )
+        self.assertEqual(signed.code, 303)
+        told = await browser.post(f"{letter.link}/wrong-number", {"csrf": landing.csrf()})
+        self.assertEqual(told.code, 200)
+        [notice] = await self.notices()
+        self.assertIn("correct the number in the phone directory", notice)
+        # Removed from the directory: a secure letter again.
+        await self.sms.remove_phone(BOB)
+        landing = await self.browser().get(letter.link)
+        self.assertIn("Secure letter", landing.text)
 
     async def test_letter_codes_do_not_open_registered_letters(self) -> None:
         letter = await self.letter(level="registered")
@@ -919,9 +930,14 @@ class RegisteredTests(PortalFixture):
             self.assertEqual(other.code, 403, path)
         self.assertEqual(await self.rows("code"), [])
         plain = await self.letter()
+        plain_csrf = (await browser.get(plain.link)).csrf()  # a valid form: refused for the level
         for path in ("pin", "pin/verify", "wrong-number"):
-            answer = await browser.post(f"{plain.link}/{path}", {"csrf": "x", "pin": "123456"})
+            answer = await browser.post(
+                f"{plain.link}/{path}", {"csrf": plain_csrf, "pin": "123456"}
+            )
             self.assertEqual(answer.code, 403, path)
+        self.assertEqual(await self.outbox(), [])
+        self.assertEqual(await self.notices(), [])
 
     async def test_forged_forms_are_refused(self) -> None:
         letter = await self.letter(level="registered")

@@ -345,7 +345,7 @@ class Compose:
             return self._bad_form(request)
         _ = self._t(request)
         code = form_arg(request, b"code")
-        if not re.fullmatch(r"\s*\d{6}\s*", code):
+        if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
             return self._code_page(request, to, sender, _("The code has 6 digits."), status=400)
         state = await self.sessions.check_code(sender, code, self.now())
         if state == CodeState.WRONG:

@@ -97,23 +97,6 @@ def pin_forms(
     return verify + order + wrong
 
 
-def no_number_form(_: Translate, *, token: str, csrf: str, address: str, told: bool) -> str:
-    """The body when no phone number is known for the letter: the reader can tell the sender."""
-    text = _(
-        "This is a registered letter: it opens with a PIN sent by text message, but no "
-        "phone number is known for {address}."
-    ).format(address=address)
-    if told:
-        action = f"<p>{_('You have told the sender. They can send the message again.')}</p>"
-        return f'<div class="card"><p>{_e(text)}</p>{action}</div>'
-    return (
-        f'<form method="post" action="/m/{_e(token)}/wrong-number" class="card">'
-        f"<p>{_e(text)}</p>"
-        f'<input type="hidden" name="csrf" value="{csrf}">'
-        f'<button type="submit">{_("Tell the sender")}</button></form>'
-    )
-
-
 def _when(envelope: Envelope) -> str:
     return datetime.fromtimestamp(envelope.created, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -139,35 +122,24 @@ def lock_notice(settings: Settings, envelope: Envelope, now: datetime) -> Notifi
 
 
 def wrong_number_notice(
-    settings: Settings, envelope: Envelope, number: str | None, now: datetime
+    settings: Settings, envelope: Envelope, number: str, now: datetime
 ) -> Notification | None:
-    """The mail telling the sender that the letter's number is wrong or missing."""
+    """The mail telling the sender that the letter's number is said to be wrong."""
     if not envelope.sender:
         return None
     local, _at, domain = envelope.recipient.rpartition("@")
     example = f"{local}@{domain}.0401234567{settings.secure.extension}"
-    if number is None:
-        subject = "Secure message: no phone number for the PIN"
-        what = (
-            f"Your registered letter to {envelope.recipient}, sent {_when(envelope)}, "
-            "cannot be opened: it needs a PIN by text message, and no phone number is "
-            "known for that address. The recipient asked us to tell you."
-        )
-    else:
-        subject = "Secure message: the recipient says the phone number is wrong"
-        what = (
-            f"The recipient of your registered letter to {envelope.recipient}, sent "
-            f"{_when(envelope)}, says that the phone number its PIN goes to "
-            f"({mask_number(number)}) is not theirs."
-        )
     return build_sender_notice(
         settings=settings,
         sender=envelope.sender,
-        subject=subject,
+        subject="Secure message: the recipient says the phone number is wrong",
         paragraphs=[
-            what,
+            f"The recipient of your registered letter to {envelope.recipient}, sent "
+            f"{_when(envelope)}, says that the phone number its PIN goes to "
+            f"({mask_number(number)}) is not theirs.",
             "Please send the message again with the right number in the address, for "
-            f"example {example}, or ask your administrator to correct the phone directory.",
+            f"example {example}, or ask your administrator to correct the number in the "
+            "phone directory (secmail phones) if it comes from there.",
         ],
         message_id_domain=settings.gateway.hostname,
         date=now,

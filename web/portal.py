@@ -20,7 +20,7 @@ import io
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import collapse_rfc2231_value
@@ -233,7 +233,7 @@ class Portal:
             return self._bad_form(request)
         _ = self._t(request)
         code = form_arg(request, b"code")
-        if not re.fullmatch(r"\s*\d{6}\s*", code):
+        if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
             return self._code_page(request, token, envelope, _("The code has 6 digits."), sent=True)
         state = await self.sessions.check_code(envelope.id, code, self.now())
         if state == CodeState.OK:
@@ -273,7 +273,7 @@ class Portal:
             return self._bad_form(request)
         _ = self._t(request)
         typed = form_arg(request, b"pin")
-        if not re.fullmatch(r"\s*\d{6}\s*", typed):
+        if not re.fullmatch(r"\s*[0-9]{6}\s*", typed):
             return await self._pin_page(request, token, envelope, error=_("The PIN has 6 digits."))
         notice = pin.lock_notice(self.settings, envelope, self._date())
         state = await self.sessions.check_pin(
@@ -305,14 +305,15 @@ class Portal:
 
     @app.route("/m/<token>/wrong-number", methods=["POST"])
     async def wrong_number(self, request: IRequest, token: str) -> bytes:
-        """The reader says the number is not theirs (or none is known): tell the sender once."""
+        """The reader says the number is not theirs: tell the sender, once."""
         envelope = await self._envelope(request, token)
         if envelope is None:
             return self._not_found(request)
         if not self._form_csrf_ok(request, token) or envelope.level != "registered":
             return self._bad_form(request)
-        number = await self._phone(envelope)
-        notice = pin.wrong_number_notice(self.settings, envelope, number, self._date())
+        if envelope.phone is None:
+            return self._bad_form(request)
+        notice = pin.wrong_number_notice(self.settings, envelope, envelope.phone, self._date())
         if await self.sessions.report_wrong_number(
             envelope.id, self.now(), self._gateway_mail(envelope, notice)
         ):
@@ -332,14 +333,6 @@ class Portal:
             + "</p></div>",
         )
 
-    async def _phone(self, envelope: Envelope) -> str | None:
-        """The letter's number: from its address, else from the phone directory."""
-        if envelope.phone:
-            return envelope.phone
-        if self.sms is None:
-            return None
-        return await self.sms.phone_for(envelope.recipient)
-
     async def _pin_page(
         self,
         request: IRequest,
@@ -354,9 +347,13 @@ class Portal:
         if envelope.locked is not None:
             return self._locked(request)
         csrf = self._form_csrf(token)
-        if self.sms is None or not self.settings.sms.order:
+        number = envelope.phone
+        if self.sms is None or not self.settings.sms.order or number is None:
             log.error(
                 "A registered letter was opened, but no SMS backend is configured (sms.order)"
+                if number is not None
+                else "Registered letter {envelope} has no phone number",
+                envelope=envelope.id,
             )
             return self._notice(
                 request,
@@ -368,16 +365,6 @@ class Portal:
                     "moment. Please try again later, or contact the sender."
                 ),
             )
-        number = await self._phone(envelope)
-        if number is None:
-            body = pin.no_number_form(
-                _,
-                token=token,
-                csrf=csrf,
-                address=envelope.recipient,
-                told=envelope.wrong_number is not None,
-            )
-            return self._page(request, _("A PIN is needed"), body)
         note = None
         if order:
             language = i18n.request_language(request, self.settings.portal.languages)
@@ -808,9 +795,19 @@ class Portal:
         return translation(request, self.settings)
 
     async def _envelope(self, request: IRequest, token: str) -> Envelope | None:
+        """
+        The letter behind a link. A secure letter to an address in the phone directory is
+        a registered letter (PIN by SMS to the directory's number), also one sent before
+        the address was added.
+        """
         if not re.fullmatch(r"[A-Za-z0-9_-]{20,100}", token):
             return None
-        return await self.store.envelope_by_token(token)
+        envelope = await self.store.envelope_by_token(token)
+        if envelope is not None and envelope.level == "letter" and self.sms is not None:
+            number = await self.sms.phone_for(envelope.recipient)
+            if number is not None:
+                envelope = replace(envelope, level="registered", phone=number)
+        return envelope
 
     async def _session(self, request: IRequest) -> Session | None:
         session_id = cookie_value(request, SESSION_COOKIE)

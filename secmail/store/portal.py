@@ -166,6 +166,7 @@ class PortalStore:
         code = f"{secrets.randbelow(10**6):06d}"
 
         def txn_(txn: Txn) -> bool:
+            _lock_envelope(txn, envelope_id)
             sent = txn.execute(
                 "SELECT COUNT(*) FROM access_codes WHERE envelope_id = ? AND created > ?",
                 (envelope_id, now - 3600),
@@ -195,6 +196,7 @@ class PortalStore:
         candidate = self._code_hash(envelope_id, code.strip())
 
         def txn_(txn: Txn) -> str:
+            _lock_envelope(txn, envelope_id)
             row = txn.execute(
                 "SELECT code_hash, expires, tries FROM access_codes "
                 "WHERE envelope_id = ? AND used = 0 ORDER BY created DESC LIMIT 1",
@@ -238,6 +240,7 @@ class PortalStore:
         text = text_for(pin)
 
         def txn_(txn: Txn) -> str:
+            _lock_envelope(txn, envelope_id)
             row = txn.execute(
                 "SELECT locked, message_id FROM envelopes WHERE id = ?", (envelope_id,)
             ).fetchone()
@@ -293,6 +296,7 @@ class PortalStore:
         candidate = self._code_hash(envelope_id, pin.strip())
 
         def txn_(txn: Txn) -> str:
+            _lock_envelope(txn, envelope_id)
             envelope = txn.execute(
                 "SELECT locked, pin_failures, message_id FROM envelopes WHERE id = ?",
                 (envelope_id,),
@@ -377,6 +381,15 @@ class PortalStore:
             return True
 
         return await self.db.run(txn_)
+
+
+def _lock_envelope(txn: Txn, envelope_id: str) -> None:
+    """
+    Serialise the code and PIN checks of one envelope across cluster nodes: on PostgreSQL
+    a second transaction waits here for the first to commit and then reads what it wrote
+    (each statement sees what was committed before it). SQLite's writers are serial anyway.
+    """
+    txn.execute("UPDATE envelopes SET pin_failures = pin_failures WHERE id = ?", (envelope_id,))
 
 
 def _message_of(txn: Txn, envelope_id: str) -> str:
