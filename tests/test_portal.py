@@ -918,6 +918,20 @@ class RegisteredTests(PortalFixture):
         landing = await self.browser().get(letter.link)
         self.assertIn("Secure letter", landing.text)
 
+    async def test_sms_given_up_is_shown(self) -> None:
+        """When every backend refused the SMS for good, the page says so instead of waiting."""
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        [item] = await self.sms.claim("node", self.now(), 60, 10)
+        await self.sms.drop(item, "sms not sent", "http: gateway refused the message", self.now())
+        page = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+        self.assertIn("We could not send the text message with your PIN.", page.text)
+        self.assertNotIn("less than a minute ago", page.text)
+        self.clock.advance(61)
+        page = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+        self.assertIn("A new PIN is on its way.", page.text)
+        self.assertNotIn("We could not send", page.text)
+
     async def test_letter_codes_do_not_open_registered_letters(self) -> None:
         letter = await self.letter(level="registered")
         browser = self.browser()

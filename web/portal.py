@@ -395,6 +395,16 @@ class Portal:
                 "Sending the text message is taking longer than usual. We keep trying; "
                 "it should arrive within a few minutes."
             )
+        elif (
+            pending is None
+            and error is None
+            and await self.sms.failed_since_order(envelope.message_id, envelope.id)
+        ):
+            note = None
+            error = _(
+                "We could not send the text message with your PIN. Please order a new PIN; "
+                "if that one does not arrive either, please contact the sender."
+            )
         body = pin.pin_forms(
             _,
             token=token,

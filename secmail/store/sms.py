@@ -189,6 +189,18 @@ class SmsStore:
         )
         return None if row is None else Pending(attempts=int(row[0]), last_error=row[1])
 
+    async def failed_since_order(self, message_id: str, envelope_id: str) -> bool:
+        """Whether the envelope's latest PIN SMS was given up on (refused or expired)."""
+        row = await self.db.run(
+            lambda txn: txn.execute(
+                "SELECT kind FROM events WHERE message_id = ? AND envelope_id = ? "
+                "AND kind IN ('PIN ordered', 'sms not sent', 'sms expired') "
+                "ORDER BY id DESC LIMIT 1",
+                (message_id, envelope_id),
+            ).fetchone()
+        )
+        return row is not None and row[0] in ("sms not sent", "sms expired")
+
     async def outbox(self) -> list[tuple[OutboxItem, int, str]]:
         """Every row with its next attempt and last error, oldest first (for admins)."""
 
