@@ -26,7 +26,7 @@ from secmail.address import AddressError, parse_phone, split_address
 from secmail.crypto import MasterKey, MasterKeyError, generate_key_file, load_key_file
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
-from secmail.sms.http import mask_number
+from secmail.sms.http import mask_number, mask_sms_recipients
 from secmail.store.database import Database, StoreUnavailable, Txn
 from secmail.store.engines import engine_for
 from secmail.store.messages import MessageStore
@@ -144,12 +144,15 @@ def queue_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':>6}  {'KIND':<12} {'NEXT TRY (UTC)':<19}  {'TRIES':>5}  RECIPIENTS / LAST ERROR")
     for item in items:
+        recipients, last_error = list(item.recipients), item.last_error
+        if item.kind == "sms":  # an SMS by e-mail: the address is the phone number
+            recipients, last_error = mask_sms_recipients(recipients, last_error)
         print(
             f"{item.id:>6}  {item.kind:<12} {_when(item.next_attempt):<19}  {item.attempts:>5}  "
-            f"{', '.join(item.recipients)} via {item.route}"
+            f"{', '.join(recipients)} via {item.route}"
         )
-        if item.last_error:
-            print(f"{'':>6}  {'':<12} {'':<19}  {'':>5}  {item.last_error}")
+        if last_error:
+            print(f"{'':>6}  {'':<12} {'':<19}  {'':>5}  {last_error}")
     return 0
 
 

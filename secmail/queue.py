@@ -26,6 +26,7 @@ from secmail.crypto import MasterKey
 from secmail.dsn import FailedRecipient, build_dsn
 from secmail.letters import system_mail
 from secmail.scanning import ScanningService
+from secmail.sms.http import mask_sms_recipients
 from secmail.smtp.client import (
     DeliveryOutcome,
     DeliveryResult,
@@ -247,7 +248,9 @@ class OutboundQueue(ScanningService):
                 "Queue row {id}: {kind} to {rcpts} failed and nobody is to be told (null sender)",
                 id=item.id,
                 kind=item.kind,
-                rcpts=", ".join(failed),
+                rcpts=", ".join(
+                    mask_sms_recipients(list(failed))[0] if item.kind == "sms" else failed
+                ),
             )
         error = "; ".join(sorted(set(failed.values())))
         await self.store.fail(item, list(failed), error, bounce, now, remaining=list(remaining))

@@ -160,6 +160,39 @@ class QueueCommandTests(TestCase):
             )
         return queue_id
 
+    async def test_list_masks_sms_numbers(self) -> None:
+        """An SMS sent by e-mail shows its number masked, in the row and in its last error."""
+        message = NewMessage(
+            content=SealedBytes(self.master, new_id(), b"PIN 424242\r\n"),
+            kind="sms",
+            sender="bounces@gw.example",
+            deliveries=[
+                NewDelivery(
+                    "sms",
+                    "bounces@gw.example",
+                    ("358401234567@sms.example",),
+                    "mx",
+                    "sms.example",
+                    "",
+                    about="sms-by-mail",
+                )
+            ],
+        )
+        now = int(time.time())
+        [queue_id] = await self.store.commit([message], now=now)
+        [item] = [i for i in await self.store.queue_list() if i.id == queue_id]
+        await self.store.defer(
+            item, item.recipients, now + 60, "451 <358401234567@sms.example> try later", now
+        )
+        status, out, _ = self.queue("list")
+        self.assertEqual(status, 0)
+        self.assertIn("+358 40 *** **67@sms.example via mx", out)
+        self.assertIn("451 <+358 40 *** **67@sms.example> try later", out)
+        self.assertNotIn("358401234567", out)
+        events = await self.store.events("sms-by-mail")
+        self.assertTrue(events)
+        self.assertNotIn("358401234567", repr(events))
+
     def test_list_empty(self) -> None:
         """queue list on an empty queue says so."""
         status, out, _ = self.queue("list")

@@ -139,6 +139,14 @@ def test_reference_echoing_text_is_scrubbed() -> None:
     assert TEXT not in events.events[0][2]
 
 
+@pytest.mark.parametrize("echo", [NUMBER, NUMBER[1:]])
+def test_reference_echoing_number_is_masked(echo: str) -> None:
+    """A gateway's answer that repeats the number is recorded with the number masked."""
+    dispatcher, events = dispatch(FakeBackend("http", f"OK to={echo} id=7"))
+    assert run(dispatcher.send(NUMBER, TEXT, about="m1")) == ("http", f"OK to={MASKED} id=7")
+    assert "401234567" not in events.events[0][2]
+
+
 def test_bad_number_tries_no_backend() -> None:
     """A number not in international form fails for good before any backend is tried."""
     modem = FakeBackend("modem", "ref")

@@ -30,6 +30,7 @@ from secmail.sms.http import (
     SmsPermanentError,
     SmsTemporaryError,
     mask_number,
+    mask_sms_recipients,
 )
 
 NUMBER = "+358401234567"
@@ -533,3 +534,14 @@ def test_settings_repr_hides_url_and_headers() -> None:
     shown = repr(settings) + repr(SmsSettings(order=("http",), http=settings))
     for secret in ("pw-in-url", "pw-in-query", "token-in-header"):
         assert secret not in shown
+
+
+def test_mask_sms_recipients() -> None:
+    """The number in an e-mail-to-SMS address is masked, in the address and in a reply."""
+    shown, text = mask_sms_recipients(
+        ["358401234567@sms.example", "alice@corp.example"],
+        "550 5.1.1 <358401234567@sms.example>: no such subscriber",
+    )
+    assert shown == ["+358 40 *** **67@sms.example", "alice@corp.example"]
+    assert text == "550 5.1.1 <+358 40 *** **67@sms.example>: no such subscriber"
+    assert "358401234567" not in text + "".join(shown)

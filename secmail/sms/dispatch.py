@@ -93,6 +93,9 @@ class SmsDispatcher:
                 )
                 continue
             reference = _scrub(reference, text)
+            # A gateway may echo the number: only its masked form goes into the record.
+            for form in (number, number[1:]):
+                reference = reference.replace(form, masked)
             await self._note(about, "sms sent", f"{backend.name} to {masked}: {reference}")
             return backend.name, reference
         summary = f"SMS to {masked} not sent: " + "; ".join(failures)

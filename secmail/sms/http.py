@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, quote_plus, urlsplit
@@ -214,6 +214,22 @@ def mask_number(number: str) -> str:
     groups = ["*" * min(3, hidden - i) for i in range(0, hidden, 3)]
     groups[-1] += national[-2:]
     return f"+{cc} {national[:2]} " + " ".join(groups)
+
+
+def mask_sms_recipients(recipients: Sequence[str], text: str = "") -> tuple[list[str], str]:
+    """
+    The addresses of an SMS sent by e-mail (C{358401234567@sms.example}) with the number
+    masked as L{mask_number} does, and C{text} with those numbers masked too.
+    """
+    shown = []
+    for address in recipients:
+        local, at, domain = address.rpartition("@")
+        if at and local.isdigit():
+            masked = mask_number("+" + local)
+            text = text.replace(local, masked)
+            address = f"{masked}@{domain}"
+        shown.append(address)
+    return shown, text
 
 
 class HttpResponse(Protocol):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from secmail.crypto import MasterKey, Opener
+from secmail.sms.http import mask_sms_recipients
 from secmail.store.database import Database, Txn
 
 
@@ -436,6 +437,9 @@ class MessageStore:
 
 
 def _detail(item: QueueItem, recipients: Sequence[str], text: str) -> str:
+    if item.kind == "sms":  # an SMS by e-mail: the address is the phone number
+        shown, text = mask_sms_recipients(recipients, text)
+        recipients = shown
     return f"{item.kind} to {', '.join(recipients)} via {item.route}: {text}"[:2000]
 
 
