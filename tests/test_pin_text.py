@@ -14,7 +14,13 @@ from secmail.sms.gsm import is_gsm7, parts_needed
 from secmail.sms.http import mask_number
 from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
-from web.pin import DEFAULT_PIN_TEXT, lock_notice, pin_sms_text, wrong_number_notice
+from web.pin import (
+    DEFAULT_PIN_TEXT,
+    lock_notice,
+    pin_sms_text,
+    pin_text_problems,
+    wrong_number_notice,
+)
 
 T0 = 1_700_000_000
 NOW = datetime.fromtimestamp(T0 + 3600, UTC)
@@ -152,3 +158,38 @@ def test_no_notice_for_null_sender() -> None:
     """A letter from <> gets no notice: there is nobody to write to."""
     assert lock_notice(settings(), envelope(sender=""), NOW) is None
     assert wrong_number_notice(settings(), envelope(sender=""), NUMBER, NOW) is None
+
+
+def test_coding_2_checks_against_70() -> None:
+    """With Kannel's coding=2 in the URL every SMS is UCS-2: the built-in texts are too long."""
+    ucs2 = config.from_mapping(
+        {
+            "sms": {
+                "order": ["http"],
+                "http": {"url": "http://127.0.0.1:13013/s?to={to}&text={text}&coding=2"},
+            }
+        }
+    )
+    problems = pin_text_problems(ucs2)
+    assert len(problems) == 3
+    assert problems[0].startswith("portal.brand_name: the en PIN SMS would be ")
+    assert "one SMS holds 70 when sms.http sends coding=2 (UCS-2)" in problems[0]
+    gsm = config.from_mapping(
+        {
+            "sms": {
+                "order": ["http"],
+                "http": {"url": "http://127.0.0.1:13013/s?to={to}&text={text}"},
+            }
+        }
+    )
+    assert pin_text_problems(gsm) == []
+    short = config.from_mapping(
+        {
+            "sms": {
+                "order": ["http"],
+                "http": {"url": "http://127.0.0.1:13013/s?to={to}&text={text}&coding=2"},
+                "pin_text": {"en": "PIN {pin}", "fi": "PIN {pin}", "sv": "PIN {pin}"},
+            }
+        }
+    )
+    assert pin_text_problems(short) == []

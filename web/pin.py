@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from secmail.config import Settings
 from secmail.notify import Notification, build_sender_notice
-from secmail.sms.gsm import is_gsm7, parts_needed
+from secmail.sms.gsm import UCS2_SINGLE_UNITS, is_gsm7, parts_needed, ucs2_units
 from secmail.sms.http import mask_number
 from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
@@ -32,22 +32,30 @@ def pin_sms_text(settings: Settings, language: str, pin: str) -> str:
 
 def pin_text_problems(settings: Settings) -> list[str]:
     """
-    Why a PIN text would not fit one SMS (160 GSM 7-bit characters, 70 others), for each
-    portal language: a modem sends only single SMS, and one part arrives fastest.
+    Why a PIN text would not fit one SMS (160 GSM 7-bit characters, 70 others, 70 for all
+    when the HTTP gateway is told coding=2), for each portal language: a modem sends only
+    single SMS, a gateway may cut a longer one, and one part arrives fastest.
     """
+    http = settings.sms.http
+    # Kannel's coding=2 sends every text as UCS-2, where one SMS holds 70 characters.
+    ucs2 = http is not None and "coding=2" in http.url + (http.body or "")
     problems = []
     for language in settings.portal.languages:
         text = pin_sms_text(settings, language, "123456")
-        if parts_needed(text) > 1:
+        if ucs2 and ucs2_units(text) > UCS2_SINGLE_UNITS:
+            holds = "70 when sms.http sends coding=2 (UCS-2)"
+        elif parts_needed(text) > 1:
             holds = "160" if is_gsm7(text) else "70 with letters outside GSM 7-bit"
-            size = f"would be {len(text)} characters and one SMS holds {holds}"
-            if language in settings.sms.pin_text:
-                problems.append(f"sms.pin_text.{language}: the SMS {size}; shorten it")
-            else:
-                problems.append(
-                    f"portal.brand_name: the {language} PIN SMS {size}; shorten brand_name "
-                    f"or set sms.pin_text.{language}"
-                )
+        else:
+            continue
+        size = f"would be {len(text)} characters and one SMS holds {holds}"
+        if language in settings.sms.pin_text:
+            problems.append(f"sms.pin_text.{language}: the SMS {size}; shorten it")
+        else:
+            problems.append(
+                f"portal.brand_name: the {language} PIN SMS {size}; shorten brand_name "
+                f"or set sms.pin_text.{language}"
+            )
     return problems
 
 

@@ -21,9 +21,11 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from secmail import config
 from secmail.sms.http import HttpGatewaySettings, HttpSmsGateway, SmsPermanentError
 from tests.e2e import kannel as kannel_module
 from tests.e2e.kannel import Kannel, kannel_running
+from web.pin import pin_sms_text
 
 MISSING = kannel_module.missing()
 IN_CI = bool(os.environ.get("CI"))
@@ -95,9 +97,25 @@ class KannelTests(TestCase):
         [sms] = [s for s in self.kannel.received() if s.number == number]
         self.assertEqual(sms.kind, "text")
 
+    async def test_builtin_pin_texts_arrive_unchanged_as_gsm(self) -> None:
+        """
+        The shipped PIN texts (en, fi, sv: GSM 7-bit, with ä ö å) through the URL the
+        README recommends (charset=UTF-8, no coding): one 7-bit SMS each, exactly as written.
+        """
+        settings = config.from_mapping({})
+        for language in ("en", "fi", "sv"):
+            text = pin_sms_text(settings, language, "418276")
+            number = unique_number()
+            gateway = self.gateway(self.kannel.url(charset="UTF-8"))
+            self.assertEqual(await gateway.send(number, text), ACCEPTED)
+            self.assertEqual(self.kannel.wait_for_sms(number=number), [(number, text)])
+            [sms] = [s for s in self.kannel.received() if s.number == number]
+            self.assertEqual(sms.kind, "text", language)
+        self.assertIn("ä", pin_sms_text(settings, "fi", "418276"))
+
     async def test_kannel_defaults_lose_non_gsm_characters(self) -> None:
         """...but a character outside GSM 7-bit is lost, and Kannel still answers 202.
-        This is why the URL needs charset=UTF-8&coding=2."""
+        This is why a text with such characters needs charset=UTF-8&coding=2."""
         number = unique_number()
         reference = await self.gateway(self.kannel.url(charset="UTF-8")).send(number, PIN_TEXT)
         self.assertEqual(reference, ACCEPTED)
