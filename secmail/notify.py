@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email import quoprimime
 from email.errors import HeaderParseError
 from email.header import Header
 from email.headerregistry import Address
@@ -146,6 +147,11 @@ def _qp_part(subtype: str, text: str) -> str:
     # binascii's encoder (C) on LF-only text: every LF in its output is then a line end.
     lf_only = text.replace("\r\n", "\n").replace("\r", "\n")
     encoded = binascii.b2a_qp(lf_only.encode("utf-8"), istext=True).decode("ascii")
+    if any(len(line) > 76 for line in encoded.split("\n")):
+        # b2a_qp writes 77 when a line's last space falls at column 75 or 76: the email
+        # package's (slower, pure Python) encoder keeps to 76.
+        latin = lf_only.encode("utf-8").decode("latin-1")  # one char per byte, as it wants
+        encoded = quoprimime.body_encode(latin, maxlinelen=76, eol="\n")
     body = encoded.replace("\n", "\r\n")
     if not body.endswith("\r\n"):
         body += "\r\n"

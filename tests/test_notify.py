@@ -11,7 +11,7 @@ from email.headerregistry import Address
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from secmail import notify
@@ -319,6 +319,8 @@ def test_simple_sender_is_its_own_reply_to(address: str) -> None:
 
 
 @given(st.text(max_size=400))
+@example("x" * 74 + " \n")  # binascii.b2a_qp makes this line 77 long
+@example("x" * 75 + "\t\nnext")
 def test_qp_part_round_trips(text: str) -> None:
     """A text part decodes to the text (line ends as CRLF), in lines of at most 76."""
     part = notify._qp_part("plain", text)
