@@ -9,6 +9,7 @@ can print one clear line and stop.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -750,11 +751,38 @@ def _mask_url(url: Any) -> str:
     netloc = parts.netloc
     if parts.password:
         netloc = netloc.replace(":" + parts.password + "@", ":***@")
-    query = []
-    for item in parts.query.split("&") if parts.query else []:
+    return parts._replace(netloc=netloc, query=_mask_form(parts.query)).geturl()
+
+
+def _mask_form(query: str) -> str:
+    """C{name=value&...} with every value but a placeholder hidden."""
+    shown = []
+    for item in query.split("&") if query else []:
         name, eq, value = item.partition("=")
-        query.append(name + eq + (value if re.fullmatch(r"\{\w+\}", value) or not eq else "***"))
-    return parts._replace(netloc=netloc, query="&".join(query)).geturl()
+        shown.append(name + eq + (value if re.fullmatch(r"\{\w+\}", value) or not eq else "***"))
+    return "&".join(shown)
+
+
+def _mask_body(body: Any) -> Any:
+    """A form or JSON body template, its values hidden (API keys go there), placeholders kept."""
+    if not isinstance(body, str):
+        return body
+    if body.lstrip()[:1] not in ("{", "["):
+        return _mask_form(body)
+
+    def hide(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: hide(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [hide(v) for v in value]
+        if isinstance(value, str) and re.fullmatch(r"\{\w+\}", value):
+            return value
+        return "***"
+
+    try:
+        return json.dumps(hide(json.loads(body)))
+    except ValueError:
+        return "***"
 
 
 def _mask_headers(headers: Any) -> dict[str, str]:
@@ -767,6 +795,7 @@ SECRET_KEYS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("sms.modem", "sim_pin"): _mask_pin,
     ("sms.http", "url"): _mask_url,
     ("sms.http", "headers"): _mask_headers,
+    ("sms.http", "body"): _mask_body,
 }
 
 

@@ -281,6 +281,27 @@ def test_describe_masks_sms_secrets() -> None:
     assert "sms.http.url = 'https://u:***@gw.example/s?password=***&to={to}&text={text}'" in text
 
 
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ("key=apikey123&to={to}&text={text}", "key=***&to={to}&text={text}"),
+        (
+            '{"auth": {"key": "apikey123"}, "to": "{to}", "text": "{text}", "n": [1]}',
+            '{"auth": {"key": "***"}, "to": "{to}", "text": "{text}", "n": ["***"]}',
+        ),
+    ],
+)
+def test_describe_masks_sms_body(body: str, shown: str) -> None:
+    """A POST body template may carry an API key: its values are hidden, placeholders kept."""
+    settings = config.from_mapping(
+        {"sms": {"http": {"url": "https://gw.example/s", "method": "POST", "body": body}}}
+    )
+    text = "\n".join(config.describe(settings))
+    assert f"sms.http.body = {shown!r}" in text
+    assert "apikey123" not in text
+    assert "apikey123" not in repr(settings)
+
+
 def test_example_sms_sections_load_when_uncommented() -> None:
     """The commented [sms.*] examples in etc/secmail.toml are valid once uncommented."""
     with open(EXAMPLE) as f:

@@ -84,7 +84,8 @@ def test_default_text_fits_one_gsm_part(language: str) -> None:
     assert parts_needed(text) == 1
     assert PIN in text
     assert f"{CODE_LIFETIME // 60} " in text
-    assert text.startswith("Secure mail: ")
+    brand = {"en": "Secure mail", "fi": "Suojattu posti", "sv": "Skyddad e-post"}[language]
+    assert text.startswith(brand + ": "), "the default brand is translated, as on the pages"
     assert "{" not in text and "}" not in text
 
 
@@ -111,7 +112,7 @@ def test_override_one_language() -> None:
     """[sms] pin_text replaces one language's text; the others keep theirs."""
     plain = settings()
     custom = settings(sms={"pin_text": {"fi": "{brand} PIN {pin}, {minutes} min"}})
-    assert pin_sms_text(custom, "fi", PIN) == f"Secure mail PIN {PIN}, 10 min"
+    assert pin_sms_text(custom, "fi", PIN) == f"Suojattu posti PIN {PIN}, 10 min"
     for language in ("en", "sv"):
         assert pin_sms_text(custom, language, PIN) == pin_sms_text(plain, language, PIN)
     assert pin_sms_text(plain, "fi", PIN) != pin_sms_text(custom, "fi", PIN)

@@ -784,7 +784,9 @@ class RegisteredTests(PortalFixture):
         reply = await self.open(browser, letter)
         self.assertIn("Syötä PIN-koodi", reply.text)
         [(_, text)] = await self.outbox()
-        self.assertRegex(text, r"^Secure mail: PIN-koodisi on \d{6}\. Se on voimassa 10 minuuttia")
+        self.assertRegex(
+            text, r"^Suojattu posti: PIN-koodisi on \d{6}\. Se on voimassa 10 minuuttia"
+        )
 
     async def test_wrong_pins(self) -> None:
         """A wrong PIN says so; after 5 tries the PIN is dead and a new one must be ordered."""

@@ -17,6 +17,9 @@ from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
 from web.i18n import N_, Translate, translator
 
+#: portal.brand_name's default, which the pages translate.
+DEFAULT_BRAND = N_("Secure mail")
+
 #: The built-in PIN text, translated like the pages; C{[sms] pin_text} overrides it.
 #: Kept within one SMS part (GSM 7-bit, 160 characters) in every language we ship.
 DEFAULT_PIN_TEXT = N_(
@@ -26,8 +29,12 @@ DEFAULT_PIN_TEXT = N_(
 
 def pin_sms_text(settings: Settings, language: str, pin: str) -> str:
     """The SMS that carries C{pin}, in C{language}."""
-    template = settings.sms.pin_text.get(language) or translator(language)(DEFAULT_PIN_TEXT)
-    return template.format(pin=pin, minutes=CODE_LIFETIME // 60, brand=settings.portal.brand_name)
+    _ = translator(language)
+    template = settings.sms.pin_text.get(language) or _(DEFAULT_PIN_TEXT)
+    brand = settings.portal.brand_name
+    if brand == DEFAULT_BRAND:
+        brand = _(DEFAULT_BRAND)  # as the pages' header shows it
+    return template.format(pin=pin, minutes=CODE_LIFETIME // 60, brand=brand)
 
 
 def pin_text_problems(settings: Settings) -> list[str]:

@@ -301,7 +301,7 @@ class Portal:
                 envelope=envelope.id,
             )
             self.on_commit()
-        return self._locked(request)
+        return self._locked(request, envelope)
 
     @app.route("/m/<token>/wrong-number", methods=["POST"])
     async def wrong_number(self, request: IRequest, token: str) -> bytes:
@@ -345,7 +345,7 @@ class Portal:
         """The PIN challenge; with C{order}, a new PIN is sent first (if the limits allow)."""
         _ = self._t(request)
         if envelope.locked is not None:
-            return self._locked(request)
+            return self._locked(request, envelope)
         csrf = self._form_csrf(token)
         number = envelope.phone
         if self.sms is None or not self.settings.sms.order or number is None:
@@ -388,7 +388,7 @@ class Portal:
                     "Too many PINs were ordered in the last hour. Please try again later."
                 )
             else:
-                return self._locked(request)
+                return self._locked(request, envelope)
         pending = await self.sms.pending(envelope.id)
         if pending is not None and pending.attempts > 0 and error is None:
             note = _(
@@ -416,7 +416,7 @@ class Portal:
         )
         return self._page(request, _("Type the PIN"), body)
 
-    def _locked(self, request: IRequest) -> bytes:
+    def _locked(self, request: IRequest, envelope: Envelope) -> bytes:
         return self._notice(
             request,
             403,
@@ -424,6 +424,11 @@ class Portal:
             N_(
                 "A wrong PIN was typed too many times, so this message can no longer be "
                 "opened. The sender has been told; please contact them."
+            )
+            if envelope.sender
+            else N_(
+                "A wrong PIN was typed too many times, so this message can no longer be "
+                "opened. Please contact the sender."
             ),
         )
 

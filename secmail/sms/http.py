@@ -68,7 +68,8 @@ class HttpGatewaySettings:
     #: Not in the repr (nor the headers): a URL may carry the gateway's password.
     url: str = field(repr=False)
     method: str = "GET"
-    body: str | None = None
+    #: Not in the repr either: a body may carry an API key.
+    body: str | None = field(default=None, repr=False)
     #: C{None}: a body starting with C{{} or C{[} is JSON, any other body is a form.
     body_type: Literal["form", "json"] | None = None
     headers: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
