@@ -819,6 +819,30 @@ class RegisteredTests(PortalFixture):
         signed = await browser.post(f"{letter.link}/pin/verify", {"csrf": csrf, "pin": fresh})
         self.assertEqual(signed.code, 303)
 
+    async def test_late_sms_with_an_older_pin(self) -> None:
+        """An older PIN typed after a newer one was ordered is told apart, not counted."""
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        older = await self.sent_pin()
+        self.clock.advance(61)
+        await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+        newer = await self.sent_pin()
+        self.assertNotEqual(older, newer)
+        answer = await browser.post(
+            f"{letter.link}/pin/verify", {"csrf": reply.csrf(), "pin": older}
+        )
+        self.assertIn("That PIN was replaced by a newer one.", answer.text)
+        failures = await self.db.run(
+            lambda txn: txn.execute(
+                "SELECT pin_failures FROM envelopes WHERE id = ?", (letter.envelope_id,)
+            ).fetchone()[0]
+        )
+        self.assertEqual(failures, 0)
+        signed = await browser.post(
+            f"{letter.link}/pin/verify", {"csrf": reply.csrf(), "pin": newer}
+        )
+        self.assertEqual(signed.code, 303)
+
     async def test_pin_expires_after_ten_minutes(self) -> None:
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)

@@ -285,6 +285,16 @@ class Portal:
             return await self._pin_page(
                 request, token, envelope, error=_("That PIN is not right. Please try again.")
             )
+        if state == PinState.SUPERSEDED:
+            return await self._pin_page(
+                request,
+                token,
+                envelope,
+                error=_(
+                    "That PIN was replaced by a newer one. Please type the PIN from the "
+                    "latest text message."
+                ),
+            )
         if state == PinState.EXPIRED:
             return await self._pin_page(
                 request,

@@ -64,6 +64,7 @@ class PinState:
     EXPIRED = "expired"  # none valid: expired, used up or never sent
     LOCKED = "locked"  # locked before this try
     LOCKED_NOW = "locked now"  # this wrong PIN locked the letter
+    SUPERSEDED = "superseded"  # a PIN that worked until a newer one was ordered
 
 
 class PortalStore:
@@ -256,7 +257,11 @@ class PortalStore:
                 return PinOrder.TOO_SOON
             if int(recent[0]) >= CODES_PER_HOUR:
                 return PinOrder.TOO_MANY
-            txn.execute("UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,))
+            # Older PINs stop working; kept apart (used = 2) to tell a late SMS from a wrong PIN.
+            txn.execute(
+                "UPDATE access_codes SET used = 2 WHERE envelope_id = ? AND used = 0",
+                (envelope_id,),
+            )
             txn.execute(
                 "INSERT INTO access_codes (envelope_id, code_hash, created, expires) "
                 "VALUES (?, ?, ?, ?)",
@@ -318,6 +323,15 @@ class PortalStore:
                 )
                 add_event_txn(txn, message_id, envelope_id, "PIN accepted", "", now)
                 return PinState.OK
+            superseded = txn.execute(
+                "SELECT 1 FROM access_codes WHERE envelope_id = ? AND used = 2 "
+                "AND code_hash = ? AND expires >= ?",
+                (envelope_id, candidate, now),
+            ).fetchone()
+            if superseded is not None:
+                # An SMS that arrived after a newer PIN was ordered: not a wrong guess.
+                add_event_txn(txn, message_id, envelope_id, "PIN refused", "an older PIN", now)
+                return PinState.SUPERSEDED
             failures += 1
             txn.execute(
                 "UPDATE access_codes SET tries = tries + 1 WHERE envelope_id = ? AND used = 0 "

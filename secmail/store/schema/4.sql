@@ -1,5 +1,6 @@
 -- Version 4: registered letters: SMS PINs, the SMS outbox, the phone directory.
--- PINs are kept like e-mail codes, in access_codes (HMAC only); a registered letter uses no
+-- PINs are kept like e-mail codes, in access_codes (HMAC only; used = 2: replaced by a newer
+-- PIN, told apart from a wrong one); a registered letter uses no
 -- other kind of code, so the two never mix.
 
 ALTER TABLE envelopes ADD COLUMN pin_failures INTEGER NOT NULL DEFAULT 0;  -- wrong PINs in all
