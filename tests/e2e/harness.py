@@ -13,6 +13,7 @@ caller's cleanup (see the fixtures in C{test_gateway.py}).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.parser
 import email.policy
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -585,3 +586,19 @@ def make_message(
     if not body.endswith("\r\n"):
         body += "\r\n"
     return (head + body).encode("utf-8")
+
+
+@contextlib.contextmanager
+def running(gw: Gateway) -> Iterator[Gateway]:
+    """The gateway started, and stopped at the end whatever happens."""
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+    assert_clean_log(gw)
+
+
+def assert_clean_log(gw: Gateway) -> None:
+    """Nothing unhandled or crashed in the gateway's log."""
+    log = gw.log_text()
+    assert "Traceback" not in log and "Unhandled" not in log, gw.tail()

@@ -33,17 +33,10 @@ from playwright.sync_api import (
 )
 from playwright.sync_api import expect as pw_expect
 
+from tests.e2e.fake_sms import FakeSmsGateway
 from tests.e2e.harness import Gateway, SinkMessage, SmtpSink, poll
 from tests.e2e.test_gateway import link_token, notification_for, text_parts, unique
-from tests.e2e.test_sms import (
-    MASKED,
-    NUMBER,
-    FakeSmsGateway,
-    http_sms_settings,
-    pin_of,
-    send_registered,
-    wrong,
-)
+from tests.e2e.test_sms import MASKED, NUMBER, pin_of, send_registered, wrong
 
 SENDER = "alice@corp.example"
 BOB = "bob@partner.example"
@@ -747,42 +740,15 @@ def test_compose_to_an_outside_address_is_refused(
 # --- a registered letter: the PIN by SMS --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sms_server() -> Iterator[FakeSmsGateway]:
-    """A local HTTP server playing the SMS gateway: the PINs are read from what it got."""
-    with FakeSmsGateway() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sms_gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-    internet: SmtpSink,
-    internal: SmtpSink,
-    sms_server: FakeSmsGateway,
-) -> Iterator[Gateway]:
-    """A gateway of its own with [sms] configured (the module's gateway sends no SMS)."""
-    gw = Gateway(
-        tmp_path_factory.mktemp("browser-sms-gateway"),
-        internet,
-        internal,
-        settings={"sms": {"order": ["http"]}, "sms.http": http_sms_settings(sms_server)},
-    )
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
-
-
 def test_registered_letter_opens_only_with_the_sms_pin(
-    sms_gateway: Gateway, internet: SmtpSink, sms_server: FakeSmsGateway, contexts: Contexts
+    http_gateway: Gateway, internet: SmtpSink, http_sms: FakeSmsGateway, contexts: Contexts
 ) -> None:
     """A registered letter shows nothing until the PIN from the SMS is typed; a wrong one fails."""
-    letter = send_registered(sms_gateway, internet)
-    before = len(sms_server.requests())
+    letter = send_registered(http_gateway, internet)
+    before = len(http_sms.requests())
 
     page = contexts.page()
-    page.goto(f"{sms_gateway.portal_url}/m/{letter.token}")
+    page.goto(f"{http_gateway.portal_url}/m/{letter.token}")
     pw_expect(page.get_by_text("Registered letter (PIN by text message)")).to_be_visible()
     page.get_by_role("button", name="Open message").click()
     pw_expect(page.get_by_role("heading", name="Type the PIN")).to_be_visible()
@@ -797,7 +763,7 @@ def test_registered_letter_opens_only_with_the_sms_pin(
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == PNG_SIGNATURE
 
-    request = sms_server.wait_for_requests(before + 1)[before]
+    request = http_sms.wait_for_requests(before + 1)[before]
     assert request.to == NUMBER
     pin = pin_of(request.text)
 

@@ -16,32 +16,29 @@ L{ClockShiftedGateway}).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import sqlite3
-import threading
 import time
-import urllib.parse
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.fake_modem import FakeModem
+from tests.e2e.fake_sms import SMS_WAIT, FakeSmsGateway, http_sms_settings
 from tests.e2e.harness import (
-    LOOPBACK,
     Gateway,
     HttpResponse,
     SinkMessage,
     SmtpSink,
+    assert_clean_log,
     make_message,
     poll,
+    running,
 )
 from tests.e2e.test_gateway import link_token, msgid, notification_for, text_parts, unique
 
@@ -59,182 +56,8 @@ PIN_TEXT = re.compile(
 SESSION_COOKIE = "__Host-secmail-session"
 LOCKED_SUBJECT = "Secure message locked after too many wrong PINs"
 #: Bounded waits, in seconds.
-SMS_WAIT = 20.0
 RETRY_WAIT = 35.0  # the outbox's first retry comes 10 s after a failure
 
-
-# --- an HTTP SMS gateway ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SmsRequest:
-    """One request the fake HTTP SMS gateway got, and the status it answered."""
-
-    method: str
-    path: str
-    query: Mapping[str, list[str]]
-    body: bytes
-    content_type: str
-    status: int
-
-    @property
-    def accepted(self) -> bool:
-        return 200 <= self.status <= 299
-
-    @property
-    def to(self) -> str:
-        return self._fields()[0]
-
-    @property
-    def text(self) -> str:
-        return self._fields()[1]
-
-    def _fields(self) -> tuple[str, str]:
-        """(to, text), from the query of a GET or from the JSON or form body of a POST."""
-        if self.method == "GET":
-            values: Mapping[str, Any] = {k: v[0] for k, v in self.query.items() if len(v) == 1}
-        elif self.content_type == "application/json":
-            values = json.loads(self.body)
-        else:
-            form = urllib.parse.parse_qs(self.body.decode("ascii"), strict_parsing=True)
-            values = {k: v[0] for k, v in form.items() if len(v) == 1}
-        return str(values["to"]), str(values["text"])
-
-
-class _SmsHttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: FakeSmsGateway
-
-
-class _SmsHandler(BaseHTTPRequestHandler):
-    server: _SmsHttpServer
-    timeout = 10  # a client that stalls does not keep a thread for ever
-
-    def do_GET(self) -> None:
-        self.server.owner._handle(self, b"")
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self.server.owner._handle(self, self.rfile.read(min(length, 65536)))
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the test reads the recorded requests, not stderr
-
-
-class FakeSmsGateway:
-    """
-    A real HTTP server on 127.0.0.1 playing an SMS gateway (Kannel-like answers): it
-    records every request and answers C{default_status}, or the statuses queued with
-    L{answer_next} first. Thread-safe; L{stop} shuts it down and joins its thread.
-    """
-
-    def __init__(self, default_status: int = 200) -> None:
-        self.default_status = default_status
-        self._lock = threading.Lock()
-        self._requests: list[SmsRequest] = []
-        self._script: deque[int] = deque()
-        self._server: _SmsHttpServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-
-    def start(self) -> FakeSmsGateway:
-        server = _SmsHttpServer((LOOPBACK, 0), _SmsHandler)
-        server.owner = self
-        self._server = server
-        self.port = int(server.server_address[1])
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeSmsGateway"
-        )
-        self._thread.daemon = True
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        thread, self._thread = self._thread, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(5)
-            assert not thread.is_alive(), "the fake SMS gateway's thread did not end"
-
-    def __enter__(self) -> FakeSmsGateway:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def url(self, path_and_query: str) -> str:
-        return f"http://{LOOPBACK}:{self.port}{path_and_query}"
-
-    # scripting
-
-    def answer_next(self, *statuses: int) -> None:
-        with self._lock:
-            self._script.extend(statuses)
-
-    def set_default(self, status: int) -> None:
-        with self._lock:
-            self.default_status = status
-
-    def _handle(self, handler: _SmsHandler, body: bytes) -> None:
-        with self._lock:
-            status = self._script.popleft() if self._script else self.default_status
-            split = urllib.parse.urlsplit(handler.path)
-            query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
-            content_type = (handler.headers.get("Content-Type") or "").split(";")[0].strip()
-            self._requests.append(
-                SmsRequest(handler.command, handler.path, query, body, content_type, status)
-            )
-        answer = b"0: Accepted for delivery\n" if 200 <= status <= 299 else b"Try later\n"
-        handler.send_response(status)
-        handler.send_header("Content-Type", "text/plain")
-        handler.send_header("Content-Length", str(len(answer)))
-        handler.end_headers()
-        handler.wfile.write(answer)
-
-    # what arrived
-
-    def requests(self) -> list[SmsRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    def accepted(self) -> list[SmsRequest]:
-        return [r for r in self.requests() if r.accepted]
-
-    def describe(self) -> str:
-        seen = self.requests()
-        if not seen:
-            return "the fake SMS gateway got no request"
-        return "the fake SMS gateway got: " + "; ".join(
-            f"{r.method} {r.path} -> {r.status}" for r in seen
-        )
-
-    def wait_for_requests(self, count: int, timeout: float = SMS_WAIT) -> list[SmsRequest]:
-        """Every request so far, once there are at least C{count}."""
-        return self._wait(self.requests, count, timeout, "request(s)")
-
-    def wait_for_accepted(self, count: int, timeout: float = SMS_WAIT) -> list[SmsRequest]:
-        """Every accepted (2xx) request so far, once there are at least C{count}."""
-        return self._wait(self.accepted, count, timeout, "accepted SMS")
-
-    def _wait(
-        self, seen: Callable[[], list[SmsRequest]], count: int, timeout: float, what: str
-    ) -> list[SmsRequest]:
-        def enough() -> list[SmsRequest]:
-            got = seen()
-            return got if len(got) >= count else []
-
-        return poll(enough, timeout, lambda: f"waiting for {count} {what}; {self.describe()}")
-
-
-def http_sms_settings(server: FakeSmsGateway) -> dict[str, Any]:
-    """[sms.http] with the number and text in the query (Kannel's sendsms style)."""
-    return {"url": server.url("/send?to={to}&text={text}")}
-
-
-# --- a gateway whose clock the test moves -----------------------------------------------
 
 CLOCK_ENV = "SECMAIL_E2E_CLOCK_OFFSET_FILE"
 #: Loaded by the gateway's Python at start-up (its directory is put first on PYTHONPATH):
@@ -478,22 +301,6 @@ def log_count(gw: Gateway, text: str) -> int:
     return gw.log_text().count(text)
 
 
-@contextlib.contextmanager
-def running(gw: Gateway) -> Iterator[Gateway]:
-    """The gateway started, and stopped at the end whatever happens."""
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
-    assert_clean_log(gw)
-
-
-def assert_clean_log(gw: Gateway) -> None:
-    """Nothing unhandled or crashed in the gateway's log."""
-    log = gw.log_text()
-    assert "Traceback" not in log and "Unhandled" not in log, gw.tail()
-
-
 # --- a. the GSM modem -------------------------------------------------------------------
 
 
@@ -717,29 +524,6 @@ def test_modem_error_fails_over_to_http(
 
 
 # --- c. an HTTP SMS gateway ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def http_sms() -> Iterator[FakeSmsGateway]:
-    with FakeSmsGateway() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def http_gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-    internet: SmtpSink,
-    internal: SmtpSink,
-    http_sms: FakeSmsGateway,
-) -> Iterator[Gateway]:
-    gw = Gateway(
-        tmp_path_factory.mktemp("http-gateway"),
-        internet,
-        internal,
-        {"sms": {"order": ["http"]}, "sms.http": http_sms_settings(http_sms)},
-    )
-    with running(gw) as started:
-        yield started
 
 
 def test_http_gateway_get(

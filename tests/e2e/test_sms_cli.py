@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.fake_modem import FakeModem
-from tests.e2e.test_sms import FakeSmsGateway
+from tests.e2e.fake_sms import FakeSmsGateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
