@@ -105,6 +105,8 @@ class SecureSettings:
     extension: str = ".s"
     default_country_code: str = "358"
     retention_days: int = 30
+    #: Days the audit trail (message events) is kept; at least retention_days.
+    audit_days: int = 365
     subject_keyword: str = "[secure]"
     notification_shows_subject: bool = False
 
@@ -532,6 +534,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "extension": _extension,
         "default_country_code": _country_code,
         "retention_days": _positive_int,
+        "audit_days": _positive_int,
         "subject_keyword": _str,
         "notification_shows_subject": _bool,
     },
@@ -684,11 +687,17 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
     if queue.retry_max < queue.retry_initial:
         raise ConfigError("queue.retry_max: must not be smaller than queue.retry_initial")
 
+    secure = replace(SecureSettings(), **values.get("secure", {}))
+    if secure.audit_days < secure.retention_days:
+        raise ConfigError(
+            f"secure.audit_days: {secure.audit_days} is less than secure.retention_days "
+            f"({secure.retention_days}); the audit trail must outlive the messages"
+        )
     return Settings(
         gateway=gateway,
         smtp=smtp,
         routes=routes,
-        secure=replace(SecureSettings(), **values.get("secure", {})),
+        secure=secure,
         portal=portal,
         store=store,
         queue=queue,

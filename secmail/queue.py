@@ -319,7 +319,10 @@ def bounce_message(
 
 
 class RetentionJob:
-    """Deletes secure messages older than C{retention_days}; run by a TimerService."""
+    """
+    Deletes secure messages older than C{retention_days} and audit events older than
+    C{audit_days}; run by a TimerService.
+    """
 
     def __init__(self, settings: Settings, store: MessageStore, clock: IReactorTime) -> None:
         self.settings = settings
@@ -337,3 +340,6 @@ class RetentionJob:
         deleted = await self.store.delete_expired(cutoff, now)
         if deleted:
             log.info("Retention: deleted {n} expired message(s)", n=deleted)
+        pruned = await self.store.delete_old_events(now - self.settings.secure.audit_days * 86400)
+        if pruned:
+            log.info("Retention: deleted {n} audit event(s) past audit_days", n=pruned)

@@ -71,6 +71,7 @@ def test_embedded_defaults() -> None:
         ("[smtp\n", "not valid TOML"),
         ('[portal]\nurl = "ftp://x"\n', "portal.url:"),
         ("[queue]\nretry_initial = 500\nretry_max = 100\n", "queue.retry_max"),
+        ("[secure]\naudit_days = 7\n", "secure.audit_days: 7 is less than secure.retention_days"),
         ('[sms]\norder = ["pigeon"]\n', "sms.order: 'pigeon' is not a backend"),
         ('[sms.pin_text]\nxx = "{pin}"\n', "sms.pin_text: 'xx' is not one of en, fi, sv"),
         ('[sms.pin_text]\nen = "Code {{pin}}"\n', "sms.pin_text: en: the text must hold {pin}"),

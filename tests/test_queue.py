@@ -632,6 +632,19 @@ class QueueTestsMixin:
         self.assertIsNotNone(await self.store.envelope_by_token("new"))
         self.assertEqual(await self.store.count_messages(), 1)
 
+    async def test_retention_prunes_the_audit_trail(self) -> None:
+        """Events older than audit_days go (the message's own trail too); newer ones stay."""
+        await self.store.add_event("gone", None, "opened", "", T0 - 366 * DAY)
+        await self.store.add_event("gone", None, "expired", "", T0 - 300 * DAY)
+        await self.store.add_event("kept", None, "opened", "", T0 - 364 * DAY)
+        await RetentionJob(self.settings, self.store, self.clock).run()
+        self.assertEqual([kind for _, kind, _, _ in await self.store.events("gone")], ["expired"])
+        self.assertEqual(len(await self.store.events("kept")), 1)
+        shorter = make_settings(self.settings.gateway.data_dir, secure={"audit_days": 200})
+        await RetentionJob(shorter, self.store, self.clock).run()
+        self.assertEqual(await self.store.events("gone"), [])
+        self.assertEqual(await self.store.events("kept"), [])
+
 
 class SqliteQueueTests(QueueTestsMixin, TestCase):
     engine_name = "sqlite"

@@ -422,6 +422,15 @@ class MessageStore:
 
         return await self.db.run(txn_)
 
+    async def delete_old_events(self, cutoff: int) -> int:
+        """Delete audit-trail events recorded before C{cutoff}."""
+
+        def txn_(txn: Txn) -> int:
+            txn.execute("DELETE FROM events WHERE at < ?", (cutoff,))
+            return txn.rowcount
+
+        return await self.db.run(txn_)
+
     async def has_event(self, message_id: str, kind: str) -> bool:
         """Whether message C{message_id} has an event of C{kind} (events outlive messages)."""
         row = await self.db.run(

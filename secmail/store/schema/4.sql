@@ -29,3 +29,6 @@ CREATE TABLE phones (
     number TEXT NOT NULL,                               -- international form, +<digits>
     updated {bigint} NOT NULL
 );
+
+-- The retention job prunes the audit trail by age (secure.audit_days).
+CREATE INDEX events_at ON events(at);
