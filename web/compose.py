@@ -61,9 +61,12 @@ from secmail.store.spool import RunInThread, SealedBytes
 from web.i18n import Translate
 from web.portal import (
     FormError,
+    commit_once,
     cookie_value,
     escape,
     form_arg,
+    form_id_field,
+    once_id,
     parse_multipart,
     render_page,
     same_secret,
@@ -389,10 +392,12 @@ class Compose:
         request.content.seek(0)
         body = request.content.read()
         form: SentForm = await self.run_in_thread(parse_form, content_type, body)
-        form_id = form.one("form") or ""
-        if not same_secret(form.one("csrf") or "", session.csrf) or not re.fullmatch(
-            r"[A-Za-z0-9_-]{16,64}", form_id
-        ):
+        # One message per form: the id comes from the form, so a second click (or a reload
+        # that posts again) finds the first one's event instead of sending it twice.
+        message_id = once_id(
+            self._csrf_key, f"compose-send:{session.address}", form.one("form") or ""
+        )
+        if not same_secret(form.one("csrf") or "", session.csrf) or message_id is None:
             return self._bad_form(request)
         given = form.one("to")
         to = self._internal(given or "")
@@ -419,11 +424,6 @@ class Compose:
             return self._write_page(
                 request, session, to, subject, text, _("Please write a message."), status=400
             )
-        # One message per form: the id comes from the form, so a second click (or a reload
-        # that posts again) finds the first one's event instead of sending it twice.
-        message_id = hmac.new(
-            self._csrf_key, f"compose-send:{session.address}:{form_id}".encode(), "sha256"
-        ).hexdigest()[:32]
         if await self.store.has_event(message_id, "composed"):
             return self._already_sent(request, session)
         now = self.now()
@@ -444,7 +444,8 @@ class Compose:
             f"by {session.address} (address proved by e-mail code) to {to}, "
             f"{len(uploads)} attachment(s), {size} bytes"
         )
-        commit = self.store.commit(
+        committed = await commit_once(
+            self.store,
             [
                 NewMessage(
                     content=SealedBytes(self.store.master, message_id, content),
@@ -465,13 +466,11 @@ class Compose:
                 )
             ],
             now,
+            message_id,
+            "composed",
         )
-        try:
-            await commit
-        except Exception:
-            if await self.store.has_event(message_id, "composed"):
-                return self._already_sent(request, session)  # the other click won
-            raise
+        if not committed:
+            return self._already_sent(request, session)  # the other click won
         await self.sessions.add_event(session.address, "composed", f"{message_id} to {to}", now)
         self.on_commit()
         names = "".join(f"<li>{_e(u.filename)}</li>" for u in uploads)
@@ -685,7 +684,7 @@ class Compose:
             f'<form method="post" action="{MOUNT}/send" enctype="multipart/form-data" '
             f'class="card">{problem}'
             f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
-            f'<input type="hidden" name="form" value="{secrets.token_urlsafe(18)}">'
+            f"{form_id_field()}"
             f'<input type="hidden" name="to" value="{_e(to)}">'
             f"<dl><dt>{_('From')}</dt><dd>{confirmed}</dd>"
             f"<dt>{_('To')}</dt><dd>{_e(to)}</dd></dl>"

@@ -615,16 +615,11 @@ class Portal:
             form = submitted_form(request)
         except FormError:
             return self._bad_form(request)
-        form_id = form.one("form")
-        if not same_secret(form.one("csrf"), session.csrf) or not re.fullmatch(
-            r"[A-Za-z0-9_-]{16,64}", form_id
-        ):
-            return self._bad_form(request)
         # One mail per form: its id comes from the form, so a second click finds the first
         # one's "written" event (events outlive delivered mail) and sends nothing more.
-        reply_id = hmac.new(
-            self._csrf_key, f"reply:{session.envelope_id}:{form_id}".encode(), "sha256"
-        ).hexdigest()[:32]
+        reply_id = once_id(self._csrf_key, f"reply:{session.envelope_id}", form.one("form"))
+        if not same_secret(form.one("csrf"), session.csrf) or reply_id is None:
+            return self._bad_form(request)
         if await self.store.has_event(reply_id, "written"):
             return self._to_sent_page(request)
         envelope = await self.store.envelope_by_id(session.envelope_id)
@@ -668,12 +663,8 @@ class Portal:
             date=date,
             message_id=reply_id,
         )
-        try:
-            await self.store.commit(messages, now)
-        except Exception:
-            if await self.store.has_event(reply_id, "written"):
-                return self._to_sent_page(request)  # the other click won
-            raise
+        if not await commit_once(self.store, messages, now, reply_id, "written"):
+            return self._to_sent_page(request)  # the other click won
         self.on_commit()
         kind = "forwarded" if mail.mode == "forward" else "replied"
         await self.store.add_event(session.message_id, session.envelope_id, kind, mail.summary, now)
@@ -942,10 +933,7 @@ class Portal:
         can_reply, can_reply_all = reply.reply_choices(raw, reader, self.settings)
         limit = _size(self.settings.portal.max_upload_size)
         # One id for both forms: the page offers one reply, whichever button sends it.
-        hidden = (
-            f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
-            f'<input type="hidden" name="form" value="{secrets.token_urlsafe(18)}">'
-        )
+        hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}">{form_id_field()}'
         forms = []
         up_to = _("Up to {limit} in all.").format(limit=limit)
         if can_reply:
@@ -1106,6 +1094,37 @@ class Portal:
 
 
 # --- shared by the portal's apps (see also web/compose.py) -------------------------------
+
+
+def form_id_field() -> str:
+    """
+    A hidden field naming this rendering of a form. The one message the form sends gets an
+    id derived from it (L{once_id}), so that posting the form twice sends it once.
+    """
+    return f'<input type="hidden" name="form" value="{secrets.token_urlsafe(18)}">'
+
+
+def once_id(key: bytes, scope: str, form_id: str) -> str | None:
+    """The id of the one message a form may send; None for a malformed form id."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", form_id):
+        return None
+    return hmac.new(key, f"{scope}:{form_id}".encode(), "sha256").hexdigest()[:32]
+
+
+async def commit_once(
+    store: MessageStore, messages: list[NewMessage], now: int, message_id: str, event: str
+) -> bool:
+    """
+    Commit a form's messages; False when a concurrent post of the same form committed them
+    first (the message id is taken, and its C{event} is there).
+    """
+    try:
+        await store.commit(messages, now)
+    except Exception:
+        if await store.has_event(message_id, event):
+            return False
+        raise
+    return True
 
 
 def set_security_headers(request: IRequest, csp: bytes = PAGE_CSP) -> None:
