@@ -34,7 +34,7 @@ from secmail.smtp.client import (
     TemporaryDeliveryError,
 )
 from secmail.smtp.routing import session_key
-from secmail.store.messages import MessageStore, NewMessage, QueueItem
+from secmail.store.messages import MessageStore, NewMessage, QueueItem, release_leases_txn
 
 log = Logger()
 
@@ -144,12 +144,7 @@ class OutboundQueue(ScanningService):
 
     async def release_own_leases(self) -> None:
         """After a restart, take back the rows this node had leased when it stopped."""
-        await self.store.db.run(
-            lambda txn: txn.execute(
-                "UPDATE queue SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
-                (self.node_id,),
-            )
-        )
+        await self.store.db.run(lambda txn: release_leases_txn(txn, "queue", self.node_id))
 
     async def deliver(self, item: QueueItem) -> None:
         """Try one row once and record what happened."""

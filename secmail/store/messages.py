@@ -289,14 +289,7 @@ class MessageStore:
         """Lease up to C{limit} due rows for C{owner}; other nodes skip them meanwhile."""
 
         def claim_txn(txn: Txn) -> list[QueueItem]:
-            rows = txn.execute(
-                "UPDATE queue SET lease_owner = ?, lease_until = ? WHERE id IN ("
-                "SELECT id FROM queue WHERE next_attempt <= ? "
-                "AND (lease_until IS NULL OR lease_until < ?) "
-                "ORDER BY next_attempt, id LIMIT ?" + txn.skip_locked + ") "
-                f"RETURNING {_QUEUE_COLUMNS}",
-                (owner, now + lease, now, now, limit),
-            ).fetchall()
+            rows = claim_due_txn(txn, "queue", _QUEUE_COLUMNS, owner, now, lease, limit)
             return sorted((_queue_item(r) for r in rows), key=lambda i: (i.next_attempt, i.id))
 
         return await self.db.run(claim_txn)
@@ -591,6 +584,31 @@ def insert_messages_txn(txn: Txn, messages: Sequence[NewMessage], now: int) -> l
         returning="id",
     )
     return sorted(int(row[0]) for row in rows)
+
+
+def claim_due_txn(
+    txn: Txn, table: str, columns: str, owner: str, now: int, lease: int, limit: int
+) -> list[Any]:
+    """
+    Lease up to C{limit} due rows of C{table} (the queue or the SMS outbox) to C{owner}
+    until C{now + lease}; other nodes skip them meanwhile. Returns their C{columns}.
+    """
+    return txn.execute(
+        f"UPDATE {table} SET lease_owner = ?, lease_until = ? WHERE id IN ("
+        f"SELECT id FROM {table} WHERE next_attempt <= ? "
+        "AND (lease_until IS NULL OR lease_until < ?) "
+        "ORDER BY next_attempt, id LIMIT ?" + txn.skip_locked + ") "
+        f"RETURNING {columns}",
+        (owner, now + lease, now, now, limit),
+    ).fetchall()
+
+
+def release_leases_txn(txn: Txn, table: str, owner: str) -> None:
+    """After a restart, the rows of C{table} this node had leased are due again at once."""
+    txn.execute(
+        f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+        (owner,),
+    )
 
 
 def add_event_txn(

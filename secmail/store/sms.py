@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secmail.store.database import Database, Txn
-from secmail.store.messages import add_event_txn
+from secmail.store.messages import add_event_txn, claim_due_txn, release_leases_txn
 
 
 class SmsText:
@@ -119,14 +119,7 @@ class SmsStore:
         """Lease up to C{limit} due rows (expired ones too, to be dropped) for C{owner}."""
 
         def txn_(txn: Txn) -> list[OutboxItem]:
-            rows = txn.execute(
-                "UPDATE sms_outbox SET lease_owner = ?, lease_until = ? WHERE id IN ("
-                "SELECT id FROM sms_outbox WHERE next_attempt <= ? "
-                "AND (lease_until IS NULL OR lease_until < ?) "
-                "ORDER BY next_attempt, id LIMIT ?" + txn.skip_locked + ") "
-                f"RETURNING {_COLUMNS}",
-                (owner, now + lease, now, now, limit),
-            ).fetchall()
+            rows = claim_due_txn(txn, "sms_outbox", _COLUMNS, owner, now, lease, limit)
             return sorted((_item(r) for r in rows), key=lambda i: i.id)
 
         return await self.db.run(txn_)
@@ -170,13 +163,7 @@ class SmsStore:
 
     async def release_own_leases(self, owner: str) -> None:
         """Rows this node leased before a restart are due again at once."""
-        await self.db.run(
-            lambda txn: txn.execute(
-                "UPDATE sms_outbox SET lease_owner = NULL, lease_until = NULL "
-                "WHERE lease_owner = ?",
-                (owner,),
-            )
-        )
+        await self.db.run(lambda txn: release_leases_txn(txn, "sms_outbox", owner))
 
     async def pending(self, envelope_id: str) -> Pending | None:
         """The envelope's SMS still waiting in the outbox, if any."""
