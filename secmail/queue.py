@@ -117,9 +117,6 @@ class OutboundQueue(ScanningService):
         self.node_id = node_id
         self._in_flight: set[int] = set()
 
-    def now(self) -> int:
-        return int(self.clock.seconds())
-
     def startService(self) -> None:
         super().startService()
         self.wake()

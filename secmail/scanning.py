@@ -36,6 +36,9 @@ class ScanningService(Service):
         self._scanning = False
         self._rescan = False
 
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
     # --- for subclasses ------------------------------------------------------------------
 
     def poll_interval(self) -> float:

@@ -62,9 +62,6 @@ class SmsOutbox(ScanningService):
         self.node_id = node_id
         self.poll = poll
 
-    def now(self) -> int:
-        return int(self.clock.seconds())
-
     def startService(self) -> None:
         super().startService()
 
