@@ -86,9 +86,8 @@ class ComposeBrowser(Browser):
 
     def remember_form(self, page: Reply) -> Reply:
         """Keep the write page's form id, as the browser's form would."""
-        match = re.search(r'name="form" value="([^"]+)"', page.text)
-        assert match is not None, page.text
-        self.form_id = match.group(1)
+        self.form_id = page.form_id()
+        assert self.form_id is not None, page.text
         return page
 
     async def post_pairs(self, path: str, pairs: Sequence[tuple[str, str]]) -> Reply:

@@ -169,6 +169,11 @@ class Reply:
         assert match is not None, self.text
         return match.group(1)
 
+    def form_id(self) -> str | None:
+        """The send-once id of the page's form (web.portal.form_id_field), if it has one."""
+        match = re.search(r'name="form" value="([^"]+)"', self.text)
+        return match.group(1) if match else None
+
 
 T = TypeVar("T")
 

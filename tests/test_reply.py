@@ -505,8 +505,7 @@ class UploadingBrowser(Browser):
     async def read_page(self) -> Reply:
         """GET /read and keep its reply form's id, as the page's forms would."""
         page = await self.get("/read")
-        match = re.search(r'name="form" value="([^"]+)"', page.text)
-        self.form_id = match.group(1) if match else None
+        self.form_id = page.form_id()
         return page
 
     async def send(
