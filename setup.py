@@ -4,6 +4,13 @@ setup(
     name="secmail",
     version="0.1.0",
     description="Secure e-mail gateway: ESMTP relay, encrypted store, HTTPS portal, SMS PINs.",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Framework :: Twisted",
+        "Topic :: Communications :: Email :: Mail Transport Agents",
+    ],
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
     package_data={"secmail.store": ["schema/*.sql"], "web": ["locale/*/LC_MESSAGES/*.po"]},
