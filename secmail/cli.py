@@ -21,6 +21,7 @@ import psycopg
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
+import secmail
 from secmail import config
 from secmail.address import AddressError, parse_phone, split_address
 from secmail.crypto import MasterKey, MasterKeyError, generate_key_file, load_key_file
@@ -304,6 +305,7 @@ def keys_generate(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="secmail", description="secmail gateway administration")
+    p.add_argument("--version", action="version", version=f"secmail {secmail.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check-config", help="validate a configuration file and print its settings")

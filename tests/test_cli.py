@@ -391,3 +391,15 @@ class CheckConfigSmsTests(SynchronousTestCase):
             "holds 70 with letters outside GSM 7-bit; shorten brand_name or set "
             "sms.pin_text.en\n",
         )
+
+
+class VersionTests(SynchronousTestCase):
+    def test_version(self) -> None:
+        """secmail --version prints the package's version and exits 0."""
+        import secmail
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit) as raised:
+            cli.main(["--version"])
+        self.assertEqual(raised.exception.code, 0)
+        self.assertEqual(out.getvalue().strip(), f"secmail {secmail.__version__}")
