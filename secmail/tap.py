@@ -9,6 +9,7 @@ and last down, the listeners last up and first down.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -19,6 +20,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -69,6 +71,45 @@ def _stop(message: str) -> NoReturn:
     """One clear line and a non-zero exit: no usage text, no traceback."""
     print("secmail: " + " ".join(message.split()), file=sys.stderr)
     raise SystemExit(1)
+
+
+class Listener(StreamServerEndpointService):
+    """
+    A listener that cannot bind (port taken, no permission) stops start-up with one line naming
+    its configuration key, instead of a gateway that runs on without it.
+
+    twistd binds every listener in C{privilegedStartService}, before the reactor runs and before
+    any other service starts, so nothing is half started when this exits.
+    """
+
+    def __init__(self, key: str, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.key = key
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            _stop(f"{self.key}: cannot listen on {self.description}: {listen_problem(e)}")
+
+
+def listen_problem(error: CannotListenError) -> str:
+    """The socket's reason, with what to do about the two usual ones."""
+    reason = error.socketError
+    code = getattr(reason, "errno", None)
+    text = getattr(reason, "strerror", None) or str(reason)
+    if code == errno.EADDRINUSE:
+        return f"{text} (another program, or another secmail, is using that port)"
+    if code == errno.EACCES:
+        return (
+            f"{text} (ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+            "see the README's network section)"
+        )
+    if code == errno.EADDRNOTAVAIL:
+        return f"{text} (the interface address is not one of this machine's)"
+    return text
 
 
 class DatabaseService(Service):
@@ -259,7 +300,7 @@ def makeService(options: Options) -> IService:
     site = make_site(portal)
     for description in settings.portal.listen:
         endpoint, factory = portal_endpoint(reactor, description, tls, site)
-        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+        Listener("portal.listen", description, endpoint, factory).setServiceParent(top)
 
     smtp_factory = GatewayESMTPFactory(
         settings.smtp,
@@ -269,7 +310,7 @@ def makeService(options: Options) -> IService:
         tls if settings.smtp.starttls else None,
     )
     for description in settings.smtp.listen:
-        StreamServerEndpointService(
-            serverFromString(reactor, description), smtp_factory
+        Listener(
+            "smtp.listen", description, serverFromString(reactor, description), smtp_factory
         ).setServiceParent(top)
     return top

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import io
 import os
 import stat
 import tempfile
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet import reactor
+from twisted.internet.defer import fail
+from twisted.internet.error import CannotListenError
 from twisted.plugin import getPlugins
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
@@ -131,8 +134,8 @@ class MakeServiceTests(SynchronousTestCase):
                 tap.QueueStarter,
                 TimerService,  # retention
                 TimerService,  # portal session clean-up
-                StreamServerEndpointService,
-                StreamServerEndpointService,
+                tap.Listener,
+                tap.Listener,
             ],
         )
         self.assertIs(top.getServiceNamed("database"), children[0])
@@ -143,8 +146,9 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(queue_starter.queue, OutboundQueue)
 
         portal, smtp = children[4], children[5]
-        assert isinstance(portal, StreamServerEndpointService)
-        assert isinstance(smtp, StreamServerEndpointService)
+        assert isinstance(portal, tap.Listener)
+        assert isinstance(smtp, tap.Listener)
+        self.assertEqual((portal.key, smtp.key), ("portal.listen", "smtp.listen"))
         # "ssl:" without key files: TLS with our own certificate around the portal's site.
         self.assertIsInstance(portal.factory, TLSMemoryBIOFactory)
         self.assertEqual(portal.endpoint._port, 18443)  # type: ignore[attr-defined]
@@ -208,3 +212,39 @@ class MakeServiceTests(SynchronousTestCase):
         [line] = err.getvalue().splitlines()
         self.assertTrue(line.startswith("secmail: store.master_key_file: "), line)
         self.assertIn("chmod 600", line)
+
+
+class FailingEndpoint:
+    """An endpoint whose port is taken, as the kernel would say."""
+
+    def __init__(self, code: int, text: str) -> None:
+        self.error = CannotListenError("127.0.0.1", 2525, OSError(code, text))
+
+    def listen(self, factory: object) -> object:
+        return fail(self.error)
+
+
+class ListenerTests(SynchronousTestCase):
+    def stop_line(self, code: int, text: str) -> str:
+        listener = tap.Listener(
+            "smtp.listen", "tcp:2525:interface=127.0.0.1", FailingEndpoint(code, text), None
+        )
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as e:
+            listener.privilegedStartService()
+        self.assertEqual(e.exception.code, 1)
+        [line] = err.getvalue().splitlines()
+        return line
+
+    def test_port_taken(self) -> None:
+        """A listener whose port is taken stops start-up with one line naming the key."""
+        self.assertEqual(
+            self.stop_line(errno.EADDRINUSE, "Address already in use"),
+            "secmail: smtp.listen: cannot listen on tcp:2525:interface=127.0.0.1: Address "
+            "already in use (another program, or another secmail, is using that port)",
+        )
+
+    def test_no_permission(self) -> None:
+        """A privileged port without the capability names what to do."""
+        line = self.stop_line(errno.EACCES, "Permission denied")
+        self.assertIn("Permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE", line)

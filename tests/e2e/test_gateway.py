@@ -475,6 +475,42 @@ def test_bad_configuration(tmp_path: Path) -> None:
     assert len(naming) == 1, output
 
 
+def test_port_taken_stops_start_up(tmp_path: Path) -> None:
+    """SMTP port taken: twistd exits non-zero with one line naming smtp.listen, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        conf = tmp_path / "taken.toml"
+        conf.write_text(
+            f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
+            f'[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+            '[portal]\nlisten = ["ssl:0:interface=127.0.0.1"]\n'
+        )
+        try:
+            result = subprocess.run(  # noqa: S603
+                [twistd_path(), "-n", "--pidfile=", "secmail", "--config", str(conf)],
+                cwd=tmp_path,
+                env=run_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=20,
+            )
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"twistd ran on without its SMTP listener; output: {e.output!r}")
+    output = result.stdout.decode("utf-8", "replace")
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    # By then twistd's log has taken stderr: the line is in the log, once.
+    naming = [line for line in output.splitlines() if "smtp.listen" in line]
+    assert len(naming) == 1, output
+    assert naming[0].endswith(
+        f"secmail: smtp.listen: cannot listen on tcp:{port}:interface=127.0.0.1: Address "
+        "already in use (another program, or another secmail, is using that port)"
+    ), output
+
+
 # --- crash safety ----------------------------------------------------------------------
 
 CRASH_WORKERS = 10
