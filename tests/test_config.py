@@ -32,6 +32,16 @@ def test_example_loads() -> None:
     assert settings.routes.outgoing == config.MX
 
 
+def test_example_database_follows_data_dir() -> None:
+    """In the example, data_dir is the one key to change: the SQLite database moves with it."""
+    with open(EXAMPLE) as f:
+        text = f.read()
+    assert 'data_dir = "secmail-data"' in text
+    settings = load_text(text.replace('data_dir = "secmail-data"', 'data_dir = "/srv/mail-gw"', 1))
+    assert settings.store.database == "sqlite:/srv/mail-gw/secmail.sqlite"
+    assert settings.store.master_key_file == "/srv/mail-gw/master.key"
+
+
 def test_example_documents_every_key() -> None:
     """Every key the loader knows appears in etc/secmail.toml."""
     with open(EXAMPLE) as f:

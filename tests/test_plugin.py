@@ -38,10 +38,6 @@ def config_for(data_dir: str, extra: str = "") -> str:
     if extra:
         text = text.replace("\norder = []\n", "\n" + extra + "\n", 1)
     text = text.replace('data_dir = "secmail-data"', f'data_dir = "{data_dir}"')
-    text = text.replace(
-        'database = "sqlite:secmail-data/secmail.sqlite"',
-        f'database = "sqlite:{data_dir}/secmail.sqlite"',
-    )
     # Ports nobody else uses; nothing listens anyway, as the service is never started.
     text = text.replace('listen = ["tcp:2525:interface=127.0.0.1"]', 'listen = ["tcp:12525"]')
     text = text.replace(
