@@ -478,7 +478,10 @@ class CsrfTests(ComposeFixture):
 
 class SendTests(ComposeFixture):
     async def test_send_with_attachments(self) -> None:
-        """The message is queued on the incoming route, From/Reply-To the verified sender."""
+        """
+        The message is queued on the incoming route, From the verified sender and Reply-To
+        its marked form (a reply from inside stays secure, also in mode all).
+        """
         writer = await self.signed_in()
         commits = self.commits
         reply = await writer.send(
@@ -508,7 +511,7 @@ class SendTests(ComposeFixture):
         raw = await self.store.read_all(row.message_id)
         mail = parse(raw)
         self.assertEqual(mail["From"], OUTSIDER)
-        self.assertEqual(mail["Reply-To"], OUTSIDER)
+        self.assertEqual(mail["Reply-To"], OUTSIDER + ".s")
         self.assertEqual(mail["X-Secmail-Verified"], OUTSIDER)
         self.assertEqual(mail["To"], SALES)
         self.assertEqual(mail["Subject"], "Offer for the tender – №42")

@@ -5,8 +5,9 @@ C{/compose} offers the addresses of C{[portal] compose_directory}; C{/compose/<a
 is a direct link for one internal address. The outsider types their own address and
 gets a code by e-mail (at most five code mails per address a day); the right code opens
 a session (cookie C{__Host-secmail-compose}) whose sender is that verified address. What
-they write goes, sealed, onto the queue for the incoming route, From and Reply-To the
-verified address.
+they write goes, sealed, onto the queue for the incoming route, From the verified address
+and Reply-To its marked form (C{bob@partner.example.s}), so that a reply from inside is a
+secure letter again, also in mode C{all}.
 
 The portal is never a relay: the one recipient must be a well-formed address in one of
 C{[routes] incoming_domains}; it is checked on every request that names it, and a form
@@ -170,6 +171,7 @@ def upload_type(content_type: str) -> str:
 def build_compose_mail(
     *,
     sender: str,
+    reply_to: str,
     to: str,
     subject: str,
     text: str,
@@ -179,13 +181,14 @@ def build_compose_mail(
 ) -> bytes:
     """
     The message as the internal mail server gets it. C{sender} is the verified
-    address; C{to} and C{sender} were checked by L{split_address}, and C{subject} is
+    address and C{reply_to} its marked form, so a reply goes back through the gateway
+    as a secure letter; C{to} and C{sender} were checked by L{split_address}, and C{subject} is
     one cleaned line, so no value can start a header of its own (the SMTP policy
     refuses a line break in a header value besides).
     """
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = sender
-    message["Reply-To"] = sender
+    message["Reply-To"] = reply_to
     message["To"] = to
     message["Subject"] = subject
     message["Date"] = format_datetime(date)
@@ -430,6 +433,7 @@ class Compose:
         content: bytes = await self.run_in_thread(
             lambda: build_compose_mail(
                 sender=session.address,
+                reply_to=session.address + self.settings.secure.extension,
                 to=to,
                 subject=subject or "(no subject)",
                 text=text,
