@@ -251,29 +251,33 @@ class MessageStore:
 
     async def unreadable(self, message_id: str) -> str | None:
         """
-        Why a message cannot be read (every chunk opened, nothing kept), or None when it can.
+        Why a message cannot be read (every chunk opened), or None when it can.
 
         The queue asks before a session, so that a damaged message is set aside on its own
         instead of failing in the middle of DATA, which would end the session for the others.
-        A message still held in L{RecentMessages} is readable: that is what is sent.
+        A message still held in L{RecentMessages} is readable: that is what is sent. A
+        one-chunk message just opened is kept there, so the send does not open it again.
         """
         if self.recent.get(message_id) is not None:
             return None
-        return await self.db.run(lambda txn: self._unreadable_txn(txn, message_id))
+        problem, plaintext = await self.db.run(lambda txn: self._unreadable_txn(txn, message_id))
+        if plaintext is not None:
+            self.recent.put(message_id, plaintext)
+        return problem
 
-    def _unreadable_txn(self, txn: Txn, message_id: str) -> str | None:
+    def _unreadable_txn(self, txn: Txn, message_id: str) -> tuple[str | None, bytes | None]:
         # The problem is returned, not raised: a failing piece would make the database run
         # its whole batch again, piece by piece.
         try:
             first = self._first_chunk_txn(txn, message_id)
             if first is None:
-                return f"message {message_id} is not in the store"
-            count, opener, _ = first
+                return f"message {message_id} is not in the store", None
+            count, opener, data = first
             for seq in range(1, count):
                 self._chunk_txn(txn, opener, message_id, seq, seq == count - 1)
         except (IntegrityError, LookupError) as e:
-            return str(e)
-        return None
+            return str(e), None
+        return None, data if count == 1 else None
 
     async def envelope_by_token(self, token: str) -> Envelope | None:
         token_hash = hash_token(token)
