@@ -138,8 +138,8 @@ def _when(timestamp: int) -> str:
 
 #: What an admin does about quarantined rows, printed under C{queue list}.
 QUARANTINE_HINT = (
-    "not tried until you fix the cause (such as a node with another master key) and run "
-    "`secmail queue retry ID`, or drop them with `secmail queue delete ID`"
+    "Such a row is not tried until you fix the cause (such as a node with another master key) "
+    "and run `secmail queue retry ID`; `secmail queue delete ID` drops it."
 )
 
 
@@ -170,8 +170,7 @@ def queue_list(args: argparse.Namespace) -> int:
         if last_error:
             print(f"{'':>6}  {'':<12} {'':<19}  {'':>5}  {'':<11}  {last_error}")
     if quarantined:
-        rows = "1 row is" if quarantined == 1 else f"{quarantined} rows are"
-        print(f"{rows} quarantined: {QUARANTINE_HINT}.")
+        print(f"Quarantined: {quarantined} row{'' if quarantined == 1 else 's'}. {QUARANTINE_HINT}")
     return 0
 
 

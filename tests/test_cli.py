@@ -272,13 +272,13 @@ class QueueCommandTests(TestCase):
         self.assertTrue(reason.startswith("quarantined "), reason)
         self.assertIn("UTC: the message cannot be read:", reason)
         self.assertIn("its key does not unwrap", reason)
-        self.assertTrue(rows[-1].startswith("1 row is quarantined: "), rows[-1])
+        self.assertTrue(rows[-1].startswith("Quarantined: 1 row. "), rows[-1])
         self.assertIn("secmail queue retry ID", rows[-1])
 
         status, out, _ = self.queue("list", "--quarantined")
         self.assertEqual(status, 0)
         ids = [r.split()[0] for r in out.splitlines()[1:] if r[:6].strip()]
-        self.assertEqual(ids, [str(damaged), "1"])  # the row, then the count line
+        self.assertEqual(ids, [str(damaged), "Quarantined:"])  # the row, then the count line
 
     async def test_list_quarantined_none(self) -> None:
         """queue list --quarantined says so when no row is quarantined."""

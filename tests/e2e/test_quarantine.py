@@ -108,5 +108,5 @@ def test_damaged_row_is_quarantined_and_the_others_arrive(
             timeout=60,
         )
         assert listing.returncode == 0, listing.stderr
-        assert "quarantined" in listing.stdout and "1 row is quarantined" in listing.stdout
+        assert "quarantined" in listing.stdout and "Quarantined: 1 row." in listing.stdout
     assert not [m for m in internet.messages() if m.message_id == "<q-ben@corp>"]
