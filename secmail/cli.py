@@ -137,32 +137,53 @@ def _when(timestamp: int) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+#: What an admin does about quarantined rows, printed under C{queue list}.
+QUARANTINE_HINT = (
+    "Such a row is not tried until you fix the cause (such as a node with another master key) "
+    "and run `secmail queue retry ID`; `secmail queue delete ID` drops it."
+)
+
+
 def queue_list(args: argparse.Namespace) -> int:
     with _open_store(args.config) as store:
         items = _wait(store.queue_list())
+    quarantined = sum(1 for item in items if item.quarantined is not None)
+    if args.quarantined:
+        items = [item for item in items if item.quarantined is not None]
     if not items:
-        print("The queue is empty.")
+        print("No row is quarantined." if args.quarantined else "The queue is empty.")
         return 0
-    print(f"{'ID':>6}  {'KIND':<12} {'NEXT TRY (UTC)':<19}  {'TRIES':>5}  RECIPIENTS / LAST ERROR")
+    print(
+        f"{'ID':>6}  {'KIND':<12} {'NEXT TRY (UTC)':<19}  {'TRIES':>5}  {'STATE':<11}  "
+        "RECIPIENTS / LAST ERROR"
+    )
     for item in items:
         recipients, last_error = list(item.recipients), item.last_error
         if item.kind == "sms":  # an SMS by e-mail: the address is the phone number
             recipients, last_error = mask_sms_recipients(recipients, last_error)
+        next_try = "-" if item.quarantined is not None else _when(item.next_attempt)
         print(
-            f"{item.id:>6}  {item.kind:<12} {_when(item.next_attempt):<19}  {item.attempts:>5}  "
-            f"{', '.join(recipients)} via {item.route}"
+            f"{item.id:>6}  {item.kind:<12} {next_try:<19}  {item.attempts:>5}  "
+            f"{item.state:<11}  {', '.join(recipients)} via {item.route}"
         )
+        if item.quarantined is not None:
+            last_error = f"quarantined {_when(item.quarantined)} UTC: {last_error}"
         if last_error:
-            print(f"{'':>6}  {'':<12} {'':<19}  {'':>5}  {last_error}")
+            print(f"{'':>6}  {'':<12} {'':<19}  {'':>5}  {'':<11}  {last_error}")
+    if quarantined:
+        print(f"Quarantined: {quarantined} row{'' if quarantined == 1 else 's'}. {QUARANTINE_HINT}")
     return 0
 
 
 def queue_retry(args: argparse.Namespace) -> int:
     with _open_store(args.config) as store:
-        retried = _wait(store.queue_retry(args.id, int(time.time())))
-    if not retried:
+        item = _wait(store.queue_retry(args.id, int(time.time())))
+    if item is None:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
-    print(f"Queue row {args.id} will be tried at the next queue scan.")
+    if item.quarantined is not None:
+        print(f"Queue row {args.id} is out of quarantine and will be tried at the next queue scan.")
+    else:
+        print(f"Queue row {args.id} will be tried at the next queue scan.")
     return 0
 
 
@@ -315,8 +336,14 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("queue", help="list, retry or delete outbound queue rows")
     q.add_argument("--config", "-c", default=None, help="configuration file")
     qsub = q.add_subparsers(dest="action", required=True)
-    qsub.add_parser("list", help="show every queued delivery").set_defaults(run=queue_list)
-    r = qsub.add_parser("retry", help="try a queued delivery at the next scan")
+    ql = qsub.add_parser("list", help="show every queued delivery, quarantined ones too")
+    ql.add_argument(
+        "--quarantined", action="store_true", help="only rows whose message cannot be read"
+    )
+    ql.set_defaults(run=queue_list)
+    r = qsub.add_parser(
+        "retry", help="try a queued delivery at the next scan (takes it out of quarantine)"
+    )
     r.add_argument("id", type=int)
     r.set_defaults(run=queue_retry)
     d = qsub.add_parser("delete", help="drop a queued delivery without bouncing it")

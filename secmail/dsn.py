@@ -52,7 +52,7 @@ def build_dsn(
     original_sender: str,
     original_envelope_id: str | None,
     failed: Sequence[FailedRecipient],
-    original_headers: bytes,
+    original_headers: bytes | None,
     arrival_date: datetime,
     date: datetime,
     from_address: str,
@@ -65,7 +65,9 @@ def build_dsn(
     C{original_headers} may hold the whole original message; only its header
     block is used, and at most L{MAX_ORIGINAL_HEADER_BYTES} of it. C{reason}
     says in words what went wrong overall, e.g. that the gateway gave up after
-    five days. Invalid addresses, statuses or actions raise ValueError.
+    five days. C{original_headers} None means the message could not be read (it is
+    damaged): the bounce then has no headers part and says so, and quotes nothing of it.
+    Invalid addresses, statuses or actions raise ValueError.
     """
     sender = original_sender.strip()
     if sender.startswith("<") and sender.endswith(">"):
@@ -84,7 +86,8 @@ def build_dsn(
         if not f.address.isascii() or not f.address.isprintable() or " " in f.address:
             raise ValueError(f"recipient address {f.address!r} is not an address")
 
-    headers, truncated = original_header_block(original_headers)
+    unread = original_headers is None
+    headers, truncated = original_header_block(original_headers or b"")
     any_failed = any(f.action == "failed" for f in failed)
 
     report = EmailMessage(policy=email_policy.SMTP)
@@ -101,7 +104,7 @@ def build_dsn(
     report["MIME-Version"] = "1.0"
     report["Content-Type"] = "multipart/report; report-type=delivery-status"
 
-    text = _human_text(reporting_mta, failed, reason, truncated)
+    text = _human_text(reporting_mta, failed, reason, truncated, unread)
     human = EmailMessage(policy=email_policy.SMTP)
     human.set_content(text, charset="utf-8", cte="quoted-printable")
     human["Content-Description"] = "Notification"
@@ -137,7 +140,7 @@ def build_dsn(
     )
     original["Content-Description"] = "Undelivered message headers"
 
-    for part in (human, status, original):
+    for part in (human, status) if unread else (human, status, original):
         del part["MIME-Version"]  # set_content adds it; it belongs only at the top
         report.attach(part)
     report.set_boundary(_boundary(text, status_text, header_text))
@@ -162,7 +165,11 @@ def original_header_block(message: bytes) -> tuple[bytes, bool]:
 
 
 def _human_text(
-    reporting_mta: str, failed: Sequence[FailedRecipient], reason: str, truncated: bool
+    reporting_mta: str,
+    failed: Sequence[FailedRecipient],
+    reason: str,
+    truncated: bool,
+    unread: bool = False,
 ) -> str:
     any_failed = any(f.action == "failed" for f in failed)
     lines = [
@@ -184,6 +191,9 @@ def _human_text(
         if diagnostic:
             said_by = "The remote server said" if _SMTP_REPLY.match(diagnostic) else "Details"
             lines.append(f"    {said_by}: {diagnostic}")
+    if unread:
+        lines += ["", "Your message could not be read, so nothing of it is included.", ""]
+        return "\n".join(lines)
     lines += [
         "",
         "The headers of your message are attached"

@@ -6,6 +6,12 @@ node's work once the lease ends), handed to the sender, and then removed only
 after the peer's 250 to the final dot. Temporary failures retry with doubling
 backoff; a permanent failure, or the queue lifetime running out, produces one
 RFC 3464 bounce to whoever is to be told (never to C{<>}).
+
+A row whose message cannot be read (sealed under another master key, altered,
+missing) is quarantined: kept, out of the queue until an admin retries it, its
+sender told. It is found before the session, so it never delays the other rows,
+and whatever fails while a row is read, sent or recorded ends that row in a
+definite state (quarantined, or retried later), never leased until the lease ends.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from secmail.config import Settings
-from secmail.crypto import MasterKey
+from secmail.crypto import IntegrityError, MasterKey
 from secmail.dsn import FailedRecipient, build_dsn
 from secmail.letters import system_mail
 from secmail.scanning import ScanningService
@@ -34,6 +40,7 @@ from secmail.smtp.client import (
     TemporaryDeliveryError,
 )
 from secmail.smtp.routing import session_key
+from secmail.store.database import StoreUnavailable
 from secmail.store.messages import MessageStore, NewMessage, QueueItem, release_leases_txn
 
 log = Logger()
@@ -48,6 +55,9 @@ STOP_GRACE_SECONDS = 10
 
 #: The most rows sent over one SMTP session.
 SESSION_ROWS = 50
+
+#: The RFC 3463 status of a recipient whose message the gateway cannot read: our own failure.
+DAMAGED_STATUS = "5.3.0"
 
 
 class Sender(Protocol):
@@ -77,6 +87,17 @@ def session_groups(items: Sequence[QueueItem], limit: int) -> list[list[QueueIte
             groups.append(group)
         group.append(item)
     return groups
+
+
+def unreadable_reason(error: BaseException) -> str | None:
+    """Why a message cannot be read, when C{error} says it is damaged; None for other errors.
+
+    Damage does not mend itself (another try fails the same way), so the row is quarantined;
+    any other error, such as the database being away for a while, is worth another try.
+    """
+    if isinstance(error, IntegrityError | LookupError):
+        return f"the message cannot be read: {error}"
+    return None
 
 
 def backoff(settings: Settings, attempts: int) -> int:
@@ -116,6 +137,8 @@ class OutboundQueue(ScanningService):
         self.sender = sender
         self.node_id = node_id
         self._in_flight: set[int] = set()
+        #: Rows this node has quarantined since it started (for metrics).
+        self.quarantined_count = 0
 
     def startService(self) -> None:
         super().startService()
@@ -145,40 +168,111 @@ class OutboundQueue(ScanningService):
 
     async def deliver(self, item: QueueItem) -> None:
         """Try one row once and record what happened."""
-        try:
-            outcome: DeliveryOutcome | Exception = await self.sender.send(item, self._content(item))
-        except Exception as e:
-            outcome = e
-        await self._record(item, outcome)
+        await self.deliver_group([item])
 
     async def deliver_group(self, items: Sequence[QueueItem]) -> None:
         """Try rows that share a L{session_key} once, over one session, and record each outcome.
 
-        The outcomes are recorded all at once, so the database commits them together. A
-        lone row goes through L{deliver}: C{send} is the sender's one-row form.
+        Rows whose message cannot be read are set aside first, so the session carries only
+        rows it can finish. The outcomes are recorded all at once, so the database commits
+        them together. A lone row goes through C{send}, the sender's one-row form.
         """
+        items = await self._readable(items)
+        if not items:
+            return
+        damaged: dict[int, str] = {}
+        contents = [self._content(item, damaged) for item in items]
+        outcomes: list[DeliveryOutcome | Exception]
         if len(items) == 1:
-            await self.deliver(items[0])
-            return
-        try:
-            contents = [self._content(item) for item in items]
-            outcomes = list(await self.sender.send_many(items, contents))
-            if len(outcomes) != len(items):
-                raise RuntimeError(f"{len(outcomes)} outcomes for {len(items)} rows")
-        except Exception as e:
-            ids = [item.id for item in items]
-            log.failure("Queue rows {ids}: unexpected error; will retry", ids=ids)
-            error = f"internal error: {type(e).__name__}"
-            await _together([(i, self._retry(i, list(i.recipients), error)) for i in items])
-            return
+            try:
+                outcomes = [await self.sender.send(items[0], contents[0])]
+            except Exception as e:
+                outcomes = [e]
+        else:
+            try:
+                outcomes = list(await self.sender.send_many(items, contents))
+                if len(outcomes) != len(items):
+                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(items)} rows")
+            except Exception as e:
+                ids = [item.id for item in items]
+                log.failure("Queue rows {ids}: unexpected error; will retry", ids=ids)
+                error = f"internal error: {type(e).__name__}"
+                await _together(
+                    [(i, self._settle(i, self._failed_session(i, error, damaged))) for i in items]
+                )
+                return
         pairs = zip(items, outcomes, strict=True)
-        await _together([(item, self._record(item, outcome)) for item, outcome in pairs])
+        await _together(
+            [(item, self._settle(item, self._record(item, o, damaged))) for item, o in pairs]
+        )
 
-    def _content(self, item: QueueItem) -> Content:
-        return partial(self.store.read, item.message_id)
+    async def _readable(self, items: Sequence[QueueItem]) -> list[QueueItem]:
+        """The rows whose message can be read; the others are quarantined or retried later."""
+        checks = await DeferredList(
+            [Deferred.fromCoroutine(self.store.unreadable(i.message_id)) for i in items],
+            consumeErrors=True,
+        )
+        readable: list[QueueItem] = []
+        work: list[tuple[QueueItem, Coroutine[Any, Any, None]]] = []
+        for item, (_, value) in zip(items, checks, strict=True):
+            if isinstance(value, Failure):
+                log.failure("Queue row {id}: checking its message failed", value, id=item.id)
+                error = f"internal error: {type(value.value).__name__} while reading the message"
+                retry = self._retry(item, list(item.recipients), error)
+                work.append((item, self._settle(item, retry)))
+            elif value is None:
+                readable.append(item)
+            else:
+                reason = f"the message cannot be read: {value}"
+                work.append((item, self._quarantine(item, list(item.recipients), reason)))
+        await _together(work)
+        return readable
 
-    async def _record(self, item: QueueItem, outcome: DeliveryOutcome | Exception) -> None:
-        """Record one row's outcome: delivered, bounced, deferred, or a mix per recipient."""
+    def _content(self, item: QueueItem, damaged: dict[int, str]) -> Content:
+        """The row's message for the sender; a read that finds it damaged is noted in C{damaged}."""
+
+        async def read() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in self.store.read(item.message_id):
+                    yield chunk
+            except Exception as e:
+                reason = unreadable_reason(e)
+                if reason is not None:
+                    damaged[item.id] = reason
+                raise
+
+        return read
+
+    async def _settle(self, item: QueueItem, work: Coroutine[Any, Any, None]) -> None:
+        """Run C{work}, which records the row's outcome; if it fails, quarantine the row.
+
+        Only a database that cannot be reached leaves the row leased: its lease then ends, and
+        this or another node tries it again.
+        """
+        try:
+            await work
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            log.failure("Queue row {id}: recording its outcome failed", id=item.id)
+            reason = f"recording its outcome failed: {type(e).__name__}"
+            await self._quarantine(item, list(item.recipients), reason, unreadable=False)
+
+    async def _failed_session(self, item: QueueItem, error: str, damaged: dict[int, str]) -> None:
+        """The sender failed a whole session unexpectedly: retry the row, unless it is damaged."""
+        if item.id in damaged:
+            await self._quarantine(item, list(item.recipients), damaged[item.id])
+        else:
+            await self._retry(item, list(item.recipients), error)
+
+    async def _record(
+        self, item: QueueItem, outcome: DeliveryOutcome | Exception, damaged: dict[int, str]
+    ) -> None:
+        """Record one row's outcome: delivered, bounced, deferred, quarantined, or a mix."""
+        if item.id in damaged:
+            # The read failed while the message was sent: it was not ended with a dot.
+            await self._quarantine(item, list(item.recipients), damaged[item.id])
+            return
         if isinstance(outcome, PermanentDeliveryError):
             log.info("Queue row {id}: permanent failure: {error}", id=item.id, error=str(outcome))
             failed = {r: outcome.recipients.get(r, str(outcome)) for r in item.recipients}
@@ -208,7 +302,9 @@ class OutboundQueue(ScanningService):
                 now,
             )
         if result.permanent:
-            await self._bounce(item, dict(result.permanent), remaining=list(result.temporary))
+            remaining = list(result.temporary)
+            if not await self._bounce(item, dict(result.permanent), remaining=remaining):
+                return
         if result.temporary:
             error = "; ".join(result.temporary.values())
             await self._retry(item, list(result.temporary), error)
@@ -230,11 +326,24 @@ class OutboundQueue(ScanningService):
 
     async def _bounce(
         self, item: QueueItem, failed: dict[str, str], remaining: list[str] | tuple[()]
-    ) -> None:
+    ) -> bool:
+        """Bounce C{failed}; False when the bounce could not be built and the row is quarantined."""
         now = self.now()
         bounce = None
         if item.notify:
-            bounce = await self._make_bounce(item, failed)
+            try:
+                bounce = await self._make_bounce(item, failed)
+            except StoreUnavailable:
+                raise
+            except Exception as e:
+                reason = unreadable_reason(e)
+                unreadable = reason is not None
+                if reason is None:
+                    log.failure("Queue row {id}: building its bounce failed", id=item.id)
+                    reason = f"building its bounce failed: {type(e).__name__}"
+                recipients = [*failed, *remaining]
+                await self._quarantine(item, recipients, reason, failed, unreadable=unreadable)
+                return False
         else:
             log.warn(
                 "Queue row {id}: {kind} to {rcpts} failed and nobody is to be told (null sender)",
@@ -246,6 +355,79 @@ class OutboundQueue(ScanningService):
             )
         error = "; ".join(sorted(set(failed.values())))
         await self.store.fail(item, list(failed), error, bounce, now, remaining=list(remaining))
+        return True
+
+    async def _quarantine(
+        self,
+        item: QueueItem,
+        recipients: list[str],
+        reason: str,
+        diagnostics: dict[str, str] | None = None,
+        *,
+        unreadable: bool = True,
+    ) -> None:
+        """Set the row aside for C{recipients} with C{reason}; tell its sender it is damaged.
+
+        C{diagnostics} holds what a peer already said about some recipients (a 550). A row set
+        aside for another error (not C{unreadable}) bounces nobody: it may even have been
+        delivered, so the admin looks at it (C{secmail queue list}) and retries or deletes it.
+        """
+        self.quarantined_count += 1
+        log.warn(
+            "Queue row {id}: quarantined ({kind}): {reason}; it stays out of the queue until "
+            "`secmail queue retry {id}` (or `secmail queue delete {id}`)",
+            id=item.id,
+            kind=item.kind,
+            reason=reason,
+        )
+        bounce = None
+        if item.notify and unreadable:
+            try:
+                bounce = self._damaged_bounce(item, recipients, diagnostics or {})
+            except Exception:
+                log.failure("Queue row {id}: the bounce for its quarantine failed", id=item.id)
+        await self.store.quarantine(item, recipients, reason, bounce, self.now())
+
+    def _damaged_bounce(
+        self, item: QueueItem, recipients: list[str], diagnostics: dict[str, str]
+    ) -> NewMessage | None:
+        """The bounce for a row set aside: it quotes nothing of the message (we cannot read it)."""
+        hostname = self.settings.gateway.hostname
+        damaged = "the message is damaged: the gateway cannot read it"
+        if item.kind == "notification":
+            reason = (
+                "This was the notification of a secure message from you. It could not be sent, "
+                "and the gateway cannot read it any more (it is damaged), so the recipients "
+                "below were not told that your message is waiting for them. It has been set "
+                "aside for the administrator."
+            )
+        else:
+            reason = (
+                "Your message could not be delivered to the recipients below, and the gateway "
+                "cannot read it any more (it is damaged). It has been set aside for the "
+                "administrator."
+            )
+        failed = []
+        for r in recipients:
+            said = diagnostics.get(r)
+            status = enhanced_status(said, DAMAGED_STATUS) if said else DAMAGED_STATUS
+            if not status.startswith("5"):
+                status = DAMAGED_STATUS
+            failed.append(FailedRecipient(address=r, status=status, diagnostic=said or damaged))
+        content = build_dsn(
+            reporting_mta=hostname,
+            original_sender=item.notify,
+            original_envelope_id=None,
+            failed=failed,
+            original_headers=None,
+            arrival_date=datetime.fromtimestamp(item.created, UTC),
+            date=datetime.fromtimestamp(self.clock.seconds(), UTC),
+            from_address=f"MAILER-DAEMON@{hostname}",
+            reason=reason,
+        )
+        if content is None:
+            return None
+        return bounce_message(self.settings, self.store.master, item.notify, content, item.about)
 
     async def _make_bounce(self, item: QueueItem, failed: dict[str, str]) -> NewMessage | None:
         hostname = self.settings.gateway.hostname

@@ -248,6 +248,64 @@ class QueueCommandTests(TestCase):
             )
         self.assertEqual(len(await self.store.queue_list()), 1)
 
+    async def quarantine(self, recipients: tuple[str, ...]) -> int:
+        """A row the gateway set aside because its message could not be read."""
+        queue_id = await self.enqueue(recipients)
+        [item] = [i for i in await self.store.queue_list() if i.id == queue_id]
+        reason = f"the message cannot be read: message {item.message_id}: its key does not unwrap"
+        await self.store.quarantine(item, recipients, reason, None, int(time.time()))
+        return queue_id
+
+    async def test_list_shows_quarantined_rows(self) -> None:
+        """queue list shows a quarantined row's state and reason, and counts them."""
+        queued = await self.enqueue(("bob@partner.example",))
+        damaged = await self.quarantine(("carol@partner.example",))
+        status, out, _ = self.queue("list")
+        self.assertEqual(status, 0)
+        header, *rows = out.splitlines()
+        self.assertIn("STATE", header)
+        self.assertEqual(rows[0].split()[:2], [str(queued), "relay"])
+        self.assertIn(" queued ", rows[0])
+        [line] = [r for r in rows if r.split()[0] == str(damaged)]
+        self.assertEqual(line.split()[1:5], ["relay", "-", "0", "quarantined"])
+        reason = rows[rows.index(line) + 1].strip()
+        self.assertTrue(reason.startswith("quarantined "), reason)
+        self.assertIn("UTC: the message cannot be read:", reason)
+        self.assertIn("its key does not unwrap", reason)
+        self.assertTrue(rows[-1].startswith("Quarantined: 1 row. "), rows[-1])
+        self.assertIn("secmail queue retry ID", rows[-1])
+
+        status, out, _ = self.queue("list", "--quarantined")
+        self.assertEqual(status, 0)
+        ids = [r.split()[0] for r in out.splitlines()[1:] if r[:6].strip()]
+        self.assertEqual(ids, [str(damaged), "Quarantined:"])  # the row, then the count line
+
+    async def test_list_quarantined_none(self) -> None:
+        """queue list --quarantined says so when no row is quarantined."""
+        await self.enqueue(("bob@partner.example",))
+        status, out, _ = self.queue("list", "--quarantined")
+        self.assertEqual((status, out), (0, "No row is quarantined.\n"))
+
+    async def test_retry_releases_quarantine(self) -> None:
+        """queue retry takes a quarantined row out of quarantine: the gateway claims it again."""
+        damaged = await self.quarantine(("bob@partner.example",))
+        self.assertEqual(await self.store.claim_due("gw", int(time.time()), 60, 5), [])
+        status, out, _ = self.queue("retry", str(damaged))
+        self.assertEqual(status, 0)
+        self.assertIn(f"Queue row {damaged} is out of quarantine", out)
+        [item] = await self.store.claim_due("gw", int(time.time()), 60, 5)
+        self.assertEqual((item.id, item.state), (damaged, "queued"))
+        self.assertEqual(await self.store.count_quarantined(), 0)
+
+    async def test_delete_quarantined(self) -> None:
+        """queue delete removes a quarantined row and its message."""
+        damaged = await self.quarantine(("bob@partner.example",))
+        status, out, _ = self.queue("delete", str(damaged))
+        self.assertEqual(status, 0)
+        self.assertIn(f"Queue row {damaged} deleted", out)
+        self.assertEqual(await self.store.queue_list(), [])
+        self.assertEqual(await self.store.count_messages(), 0)
+
     def test_bad_config(self) -> None:
         """The queue commands report a bad configuration file in one line."""
         bad = write(self.dir, "bad.toml", "[store]\ndatabase = 'mysql://x'\n")

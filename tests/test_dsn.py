@@ -226,6 +226,15 @@ def test_invalid_recipient_entries_raise(bad: FailedRecipient) -> None:
         build(failed=[bad])
 
 
+def test_unread_message_quotes_nothing() -> None:
+    """A bounce for a message that cannot be read has no headers part and says so."""
+    dsn = build(original_headers=None)
+    assert [p.get_content_type() for p in parts(dsn)] == ["text/plain", "message/delivery-status"]
+    text = parts(dsn)[0].get_content()
+    assert "could not be read, so nothing of it is included" in text
+    assert "headers of your message are attached" not in text
+
+
 def test_no_recipients_raises() -> None:
     """A report about nobody is a programming error."""
     with pytest.raises(ValueError):

@@ -238,16 +238,22 @@ class QueueTestsMixin:
         notify: str = ALICE,
         route: str = RELAY,
         content: bytes = ORIGINAL,
+        store: MessageStore | None = None,
     ) -> tuple[str, int]:
         """Commit one message with one queue row; returns (message id, queue id)."""
+        store = store or self.store
         message = NewMessage(
-            content=SealedBytes(self.master, new_id(), content),
+            content=SealedBytes(store.master, new_id(), content),
             kind="mail" if kind == "relay" else kind,
             sender=sender,
             deliveries=[NewDelivery(kind, sender, recipients, route, "", notify)],
         )
-        [queue_id] = await self.store.commit([message], now=self.now())
+        [queue_id] = await store.commit([message], now=self.now())
         return message.content.message_id, queue_id
+
+    def other_node(self) -> MessageStore:
+        """The store of a node with another master key, on the same database (a bad cluster)."""
+        return MessageStore(self.db, MasterKey(os.urandom(32)))
 
     async def claim(self) -> QueueItem:
         [item] = await self.store.claim_due("node-a", self.now(), LEASE_SECONDS, 10)
@@ -457,6 +463,205 @@ class QueueTestsMixin:
         assert human is not None
         self.assertIn("notification of a secure message", human.get_content())
         self.assertIn(b"Subject: Secure message from Alice is waiting for you", content)
+
+    # --- rows that cannot be read ----------------------------------------------------------
+
+    async def quarantined(self, queue_id: int) -> QueueItem:
+        [item] = [i for i in await self.rows() if i.id == queue_id]
+        self.assertEqual(item.state, "quarantined")
+        return item
+
+    async def test_damaged_row_does_not_hold_up_its_session(self) -> None:
+        """A row sealed under another master key is quarantined, its sender bounced, and the
+        healthy rows of its route still go out in the same session."""
+        ann, ben, cat = (f"{n}@partner.example" for n in ("ann", "ben", "cat"))
+        _, ann_row = await self.enqueue((ann,))
+        damaged_message, damaged_row = await self.enqueue((ben,), store=self.other_node())
+        _, cat_row = await self.enqueue((cat,))
+        self.queue.startService()
+        self.addCleanup(self.queue.stopService)
+        await self.eventually(self.idle, "the queue is idle")
+
+        self.assertEqual(self.sender.sessions, [[ann_row, cat_row]])
+        delivered = {i.recipients for i, _ in self.sender.calls if i.kind == "relay"}
+        self.assertEqual(delivered, {(ann,), (cat,)})
+        # The damaged row is kept, out of the queue, with its reason.
+        item = await self.quarantined(damaged_row)
+        self.assertEqual(item.recipients, (ben,))
+        self.assertIn("cannot be read", item.last_error)
+        self.assertIn("does not unwrap", item.last_error)
+        self.assertEqual(await self.store.count_quarantined(), 1)
+        self.assertEqual(self.queue.quarantined_count, 1)
+        [(_, kind, _, detail)] = [
+            e for e in await self.store.events(damaged_message) if e[1] == "quarantined"
+        ]
+        self.assertIn("does not unwrap", detail)
+        # Its sender was told, without a word of the message (which we cannot read anyway).
+        [(bounce, dsn)] = [(i, d) for i, d in self.sender.calls if i.kind == "bounce"]
+        self.assertEqual((bounce.sender, bounce.recipients), ("", (ALICE,)))
+        parsed = parse(dsn)
+        self.assertEqual(
+            [p.get_content_type() for p in parsed.iter_parts()],
+            ["text/plain", "message/delivery-status"],
+        )
+        self.assertIn(b"Final-Recipient: rfc822; ben@partner.example", dsn)
+        self.assertIn(b"Status: 5.3.0", dsn)
+        human = parsed.get_body(("plain",))
+        assert human is not None
+        self.assertIn("damaged", human.get_content())
+        # It is never claimed again, not even once its lease would have ended.
+        self.clock.advance(LEASE_SECONDS + DAY)
+        self.assertEqual(await self.store.claim_due("node-a", self.now(), LEASE_SECONDS, 10), [])
+
+    async def test_damaged_chunk_found_before_the_session(self) -> None:
+        """A large message with one altered chunk is quarantined before the session starts."""
+        big = ORIGINAL + b"x" * 200_000 + b"\r\n"
+        _, healthy = await self.enqueue(("ann@partner.example",))
+        message_id, damaged = await self.enqueue(content=big)
+        self.store.recent.drop(message_id)  # read from the database, as after a restart
+
+        def alter(txn: Any) -> None:
+            txn.execute(
+                "UPDATE message_chunks SET data = ? WHERE message_id = ? AND seq = 2",
+                (b"\0" * 64, message_id),
+            )
+
+        await self.db.run(alter)
+        await self.queue.deliver_group(
+            await self.store.claim_due("node-a", self.now(), LEASE_SECONDS, 10)
+        )
+        self.assertEqual(self.sender.sessions, [])  # one healthy row left: sent on its own
+        self.assertEqual([i.id for i, _ in self.sender.calls if i.kind == "relay"], [healthy])
+        item = await self.quarantined(damaged)
+        self.assertIn("chunk 2 fails to decrypt", item.last_error)
+
+    async def test_damage_found_while_sending_quarantines(self) -> None:
+        """A message that fails to read during the send is quarantined, not retried forever."""
+        message_id, queue_id = await self.enqueue()
+        self.store.recent.drop(message_id)
+        store = self.store
+        foreign = self.other_node()
+
+        async def swap_key(item: QueueItem) -> None:
+            # The check passed; then the node's key is not the one the message was sealed with.
+            self.queue.store = MessageStore(store.db, foreign.master)
+
+        sender = self.sender
+        original_send = sender.send
+
+        async def send(item: QueueItem, content: Any) -> DeliveryResult:
+            await swap_key(item)
+            return await original_send(item, content)
+
+        sender.send = send  # type: ignore[method-assign]
+        await self.queue.deliver(await self.claim())
+        self.queue.store = store
+        item = await self.quarantined(queue_id)
+        self.assertIn("does not unwrap", item.last_error)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    async def test_failing_bounce_quarantines_instead_of_leasing_forever(self) -> None:
+        """A bounce that cannot be built quarantines the row; it is not retried at lease end."""
+        # An internationalised recipient refused with 550: RFC 3464 has no room for it.
+        rcpt = "björn@partner.example"
+        self.sender.script = [PermanentDeliveryError("550 5.1.1 no such user")]
+        message_id, queue_id = await self.enqueue((rcpt,))
+        await self.queue.deliver(await self.claim())
+        item = await self.quarantined(queue_id)
+        self.assertIn("building its bounce failed: ValueError", item.last_error)
+        self.assertIn("quarantined", [e[1] for e in await self.store.events(message_id)])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(await self.rows("bounce"), [])  # not damaged: the admin looks at it
+        self.clock.advance(LEASE_SECONDS + 1)
+        self.assertEqual(await self.store.claim_due("node-a", self.now(), LEASE_SECONDS, 10), [])
+
+    async def test_failing_record_quarantines(self) -> None:
+        """An error while recording an outcome quarantines the row; it is not left leased."""
+        _, queue_id = await self.enqueue()
+        real_delivered = self.store.delivered
+
+        async def delivered(*args: Any) -> None:
+            raise RuntimeError("boom")
+
+        self.store.delivered = delivered  # type: ignore[method-assign]
+        await self.queue.deliver(await self.claim())
+        self.store.delivered = real_delivered  # type: ignore[method-assign]
+        item = await self.quarantined(queue_id)
+        self.assertEqual(item.last_error, "recording its outcome failed: RuntimeError")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(await self.rows("bounce"), [])
+
+    async def test_failing_bounce_of_damaged_row_tells_sender(self) -> None:
+        """A row that fails for good and cannot be read to build its bounce is quarantined; its
+        sender still gets a bounce with the peer's reply."""
+        self.sender.script = [PermanentDeliveryError("550 5.1.1 no such user")]
+        message_id, queue_id = await self.enqueue()
+        real_read_all = self.store.read_all
+        foreign = self.other_node()
+
+        async def read_all(message_id: str, limit: int | None = None) -> bytes:
+            # The key changed between the send and the bounce (another node took over).
+            self.store.recent.drop(message_id)
+            opener = MessageStore(self.db, foreign.master)
+            return await opener.read_all(message_id, limit)
+
+        self.store.read_all = read_all  # type: ignore[method-assign]
+        await self.queue.deliver(await self.claim())
+        self.store.read_all = real_read_all  # type: ignore[method-assign]
+        item = await self.quarantined(queue_id)
+        self.assertIn("does not unwrap", item.last_error)
+        _, dsn, content = await self.the_bounce()
+        self.assertIn(b"Status: 5.1.1", content)
+        self.assertIn(b"no such user", content)
+        self.assertNotIn(b"Quarterly", content)
+
+    async def test_damaged_notification_tells_the_secure_sender(self) -> None:
+        """A notification that cannot be read is quarantined; the secure message's sender is
+        told its recipient was not notified."""
+        _, queue_id = await self.enqueue(
+            kind="notification",
+            sender="bounces@gw.example",
+            notify=ALICE,
+            store=self.other_node(),
+        )
+        await self.queue.deliver(await self.claim())
+        await self.quarantined(queue_id)
+        self.assertEqual(self.sender.calls, [])
+        bounce, dsn, _ = await self.the_bounce()
+        self.assertEqual(bounce.recipients, (ALICE,))
+        human = dsn.get_body(("plain",))
+        assert human is not None
+        self.assertIn("were not told", " ".join(human.get_content().split()))
+
+    async def test_damaged_bounce_is_not_bounced(self) -> None:
+        """A bounce that cannot be read is quarantined and nobody is told (never <>)."""
+        await self.enqueue(
+            (ALICE,), kind="bounce", sender="", notify="", route=INTERNAL, store=self.other_node()
+        )
+        [item] = await self.rows()
+        await self.queue.deliver(await self.claim())
+        await self.quarantined(item.id)
+        self.assertEqual([i.id for i in await self.rows("bounce")], [item.id])
+        self.assertEqual(await self.store.count_quarantined(), 1)
+
+    async def test_retry_brings_a_quarantined_row_back(self) -> None:
+        """After the key is fixed, `queue retry` puts the row back and it is delivered."""
+        foreign = self.other_node()
+        message_id, queue_id = await self.enqueue(store=foreign)
+        await self.queue.deliver(await self.claim())
+        await self.quarantined(queue_id)
+        [bounce] = await self.rows("bounce")
+        await self.store.queue_delete(bounce.id, self.now())
+
+        before = await self.store.queue_retry(queue_id, self.now())
+        assert before is not None
+        self.assertEqual(before.state, "quarantined")
+        self.assertIn("released", [e[1] for e in await self.store.events(message_id)])
+        # The node now has the key the row was sealed with.
+        fixed = OutboundQueue(self.settings, foreign, self.sender, self.clock, "node-a")
+        await fixed.deliver(await self.claim())
+        self.assertEqual(await self.rows(), [])
+        self.assertEqual([i.id for i, _ in self.sender.calls], [queue_id])
 
     # --- the service ------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from secmail.crypto import MasterKey, Opener
+from secmail.crypto import IntegrityError, MasterKey, Opener
 from secmail.sms.http import mask_sms_recipients
 from secmail.store.database import Database, Txn
 
@@ -92,6 +92,15 @@ class QueueItem:
     next_attempt: int
     attempts: int
     last_error: str
+    #: When the row was quarantined: its message could not be read (None: in the queue).
+    quarantined: int | None = None
+
+    @property
+    def state(self) -> str:
+        """What C{secmail queue list} shows: quarantined, deferred (tried before) or queued."""
+        if self.quarantined is not None:
+            return "quarantined"
+        return "deferred" if self.attempts else "queued"
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,7 @@ class Envelope:
 
 _QUEUE_COLUMNS = (
     "id, message_id, about, kind, sender, recipients, route, domain, notify, created, "
-    "next_attempt, attempts, last_error"
+    "next_attempt, attempts, last_error, quarantined"
 )
 
 
@@ -132,6 +141,7 @@ def _queue_item(row: Sequence[Any]) -> QueueItem:
         next_attempt=int(row[10]),
         attempts=int(row[11]),
         last_error=row[12],
+        quarantined=None if row[13] is None else int(row[13]),
     )
 
 
@@ -239,6 +249,36 @@ class MessageStore:
             raise LookupError(f"message {message_id}: chunk {seq} is missing")
         return opener.open(seq, bytes(row[0]), final)
 
+    async def unreadable(self, message_id: str) -> str | None:
+        """
+        Why a message cannot be read (every chunk opened), or None when it can.
+
+        The queue asks before a session, so that a damaged message is set aside on its own
+        instead of failing in the middle of DATA, which would end the session for the others.
+        A message still held in L{RecentMessages} is readable: that is what is sent. A
+        one-chunk message just opened is kept there, so the send does not open it again.
+        """
+        if self.recent.get(message_id) is not None:
+            return None
+        problem, plaintext = await self.db.run(lambda txn: self._unreadable_txn(txn, message_id))
+        if plaintext is not None:
+            self.recent.put(message_id, plaintext)
+        return problem
+
+    def _unreadable_txn(self, txn: Txn, message_id: str) -> tuple[str | None, bytes | None]:
+        # The problem is returned, not raised: a failing piece would make the database run
+        # its whole batch again, piece by piece.
+        try:
+            first = self._first_chunk_txn(txn, message_id)
+            if first is None:
+                return f"message {message_id} is not in the store", None
+            count, opener, data = first
+            for seq in range(1, count):
+                self._chunk_txn(txn, opener, message_id, seq, seq == count - 1)
+        except (IntegrityError, LookupError) as e:
+            return str(e), None
+        return None, data if count == 1 else None
+
     async def envelope_by_token(self, token: str) -> Envelope | None:
         token_hash = hash_token(token)
         return await self.db.run(lambda txn: envelope_by_hash_txn(txn, token_hash))
@@ -289,7 +329,9 @@ class MessageStore:
         """Lease up to C{limit} due rows for C{owner}; other nodes skip them meanwhile."""
 
         def claim_txn(txn: Txn) -> list[QueueItem]:
-            rows = claim_due_txn(txn, "queue", _QUEUE_COLUMNS, owner, now, lease, limit)
+            rows = claim_due_txn(
+                txn, "queue", _QUEUE_COLUMNS, owner, now, lease, limit, "quarantined IS NULL"
+            )
             return sorted((_queue_item(r) for r in rows), key=lambda i: (i.next_attempt, i.id))
 
         return await self.db.run(claim_txn)
@@ -353,6 +395,43 @@ class MessageStore:
         if not remaining:
             self.recent.drop(item.message_id)
 
+    async def quarantine(
+        self,
+        item: QueueItem,
+        recipients: Sequence[str],
+        reason: str,
+        bounce: NewMessage | None,
+        now: int,
+    ) -> None:
+        """
+        Set the row aside, for C{recipients} (those not done with), with C{reason}: kept, but
+        never claimed again until an admin retries it (L{queue_retry}); store the C{bounce}.
+        """
+
+        def txn_(txn: Txn) -> None:
+            txn.execute(
+                "UPDATE queue SET quarantined = ?, recipients = ?, last_error = ?, "
+                "lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                (now, json.dumps(list(recipients)), reason[:1000], item.id),
+            )
+            if bounce is not None:
+                insert_messages_txn(txn, [bounce], now)
+            add_event_txn(
+                txn, item.about, None, "quarantined", _detail(item, recipients, reason), now
+            )
+
+        await self.db.run(txn_)
+        self.recent.drop(item.message_id)
+
+    async def count_quarantined(self) -> int:
+        """How many queue rows are quarantined now (for C{queue list} and metrics)."""
+        row = await self.db.run(
+            lambda txn: txn.execute(
+                "SELECT COUNT(*) FROM queue WHERE quarantined IS NOT NULL"
+            ).fetchone()
+        )
+        return int(row[0])
+
     async def queue_list(self) -> list[QueueItem]:
         return await self.db.run(
             lambda txn: [
@@ -363,14 +442,28 @@ class MessageStore:
             ]
         )
 
-    async def queue_retry(self, queue_id: int, now: int) -> bool:
-        def txn_(txn: Txn) -> bool:
+    async def queue_retry(self, queue_id: int, now: int) -> QueueItem | None:
+        """
+        Make the row due now; a quarantined row goes back into the queue (an audit event).
+        Returns the row as it was, or None when there is no such row.
+        """
+
+        def txn_(txn: Txn) -> QueueItem | None:
+            row = txn.execute(
+                f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (queue_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            item = _queue_item(row)
             txn.execute(
-                "UPDATE queue SET next_attempt = ?, lease_owner = NULL, lease_until = NULL "
-                "WHERE id = ?",
+                "UPDATE queue SET next_attempt = ?, quarantined = NULL, lease_owner = NULL, "
+                "lease_until = NULL WHERE id = ?",
                 (now, queue_id),
             )
-            return txn.rowcount == 1
+            if item.quarantined is not None:
+                detail = _detail(item, item.recipients, "released from quarantine by admin")
+                add_event_txn(txn, item.about, None, "released", detail, now)
+            return item
 
         return await self.db.run(txn_)
 
@@ -587,16 +680,25 @@ def insert_messages_txn(txn: Txn, messages: Sequence[NewMessage], now: int) -> l
 
 
 def claim_due_txn(
-    txn: Txn, table: str, columns: str, owner: str, now: int, lease: int, limit: int
+    txn: Txn,
+    table: str,
+    columns: str,
+    owner: str,
+    now: int,
+    lease: int,
+    limit: int,
+    condition: str = "",
 ) -> list[Any]:
     """
     Lease up to C{limit} due rows of C{table} (the queue or the SMS outbox) to C{owner}
     until C{now + lease}; other nodes skip them meanwhile. Returns their C{columns}.
+    C{condition}, a fixed SQL condition (no parameters), leaves out rows that are set aside.
     """
+    also = f"AND {condition} " if condition else ""
     return txn.execute(
         f"UPDATE {table} SET lease_owner = ?, lease_until = ? WHERE id IN ("
         f"SELECT id FROM {table} WHERE next_attempt <= ? "
-        "AND (lease_until IS NULL OR lease_until < ?) "
+        f"AND (lease_until IS NULL OR lease_until < ?) {also}"
         "ORDER BY next_attempt, id LIMIT ?" + txn.skip_locked + ") "
         f"RETURNING {columns}",
         (owner, now + lease, now, now, limit),
