@@ -72,7 +72,7 @@ class SmtpSettings:
     max_connections_per_client: int = 50
     soft_error_limit: int = 10
     hard_error_limit: int = 20
-    data_timeout: int = 3600
+    transaction_timeout: int = 3600
     min_data_rate: int = 500
     junk_command_limit: int = 100
     tls_certificate: str = ""
@@ -521,7 +521,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "max_connections_per_client": _positive_int,
         "soft_error_limit": _positive_int,
         "hard_error_limit": _positive_int,
-        "data_timeout": _positive_int,
+        "transaction_timeout": _positive_int,
         "min_data_rate": _positive_int,
         "junk_command_limit": _positive_int,
         "tls_certificate": _str,

@@ -947,7 +947,7 @@ def test_dripping_data_is_cut_by_min_data_rate(logged: list[dict[str, Any]]) -> 
 def test_data_at_min_rate_is_not_cut() -> None:
     """A slow but steady client (at min_data_rate) finishes its message."""
     s = Session(
-        settings=settings_with(idle_timeout=30, min_data_rate=10, data_timeout=10_000)
+        settings=settings_with(idle_timeout=30, min_data_rate=10, transaction_timeout=10_000)
     ).ready()
     s.start_data()
     for _ in range(200):
@@ -957,9 +957,11 @@ def test_data_at_min_rate_is_not_cut() -> None:
     assert s.replies() == ["250 2.0.0 Ok: queued as Q123"]
 
 
-def test_data_timeout_bounds_the_whole_data_phase(logged: list[dict[str, Any]]) -> None:
-    """However fast the bytes come, DATA ends by data_timeout: 421 4.4.2 and the message aborted."""
-    s = Session(settings=settings_with(idle_timeout=30, min_data_rate=1, data_timeout=100)).ready()
+def test_transaction_timeout_bounds_the_transaction(logged: list[dict[str, Any]]) -> None:
+    """However fast the bytes come, DATA ends by transaction_timeout: 421 4.4.2, message aborted."""
+    s = Session(
+        settings=settings_with(idle_timeout=30, min_data_rate=1, transaction_timeout=100)
+    ).ready()
     s.start_data()
     s.send(b"x" * 10_000 + b"\r\n")
     for _ in range(19):
@@ -970,7 +972,31 @@ def test_data_timeout_bounds_the_whole_data_phase(logged: list[dict[str, Any]]) 
     s.clock.advance(5)
     assert s.replies() == [f"421 4.4.2 {HOST} Error: timeout exceeded"]
     assert s.delivery.message.aborts == 1
-    assert any("data_timeout" in e.get("what", "") for e in logged)
+    assert any("transaction_timeout" in e.get("what", "") for e in logged)
+
+
+def test_dripping_recipients_are_cut_by_min_data_rate(logged: list[dict[str, Any]]) -> None:
+    """Whole RCPT lines sent just inside idle_timeout still fall below min_data_rate: 421 4.4.2."""
+    s = Session(settings=settings_with(idle_timeout=30, min_data_rate=10)).ready()
+    s.send(b"MAIL FROM:<alice@example.com>\r\n")
+    for n in range(20):
+        if s.transport.disconnecting:
+            break
+        s.clock.advance(29)
+        s.send(b"RCPT TO:<r%d@example.net>\r\n" % n)
+    assert s.replies()[-1] == f"421 4.4.2 {HOST} Error: timeout exceeded"
+    assert s.clock.seconds() < 90
+    assert any("min_data_rate" in e.get("what", "") for e in logged)
+
+
+def test_rset_ends_the_transaction_clock() -> None:
+    """A client waiting between transactions is judged by idle_timeout alone."""
+    s = Session(settings=settings_with(idle_timeout=30, min_data_rate=10)).ready()
+    for _ in range(5):
+        s.send(b"MAIL FROM:<alice@example.com>\r\n")
+        s.send(b"RSET\r\n")
+        s.clock.advance(29)
+    assert not s.transport.disconnecting
 
 
 def test_dripping_command_line_is_cut_after_idle_timeout() -> None:

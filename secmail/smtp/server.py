@@ -116,9 +116,10 @@ class GatewayESMTP(smtp.ESMTP):
         self._pipelining = False
         self._tarpit: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
+        self._deadline_reason = ""
         self._line_started: float | None = None
-        self._data_started = 0.0
-        self._data_bytes = 0
+        self._transaction_started: float | None = None
+        self._transaction_bytes = 0
         self._command_limit = max(settings.max_line_length, MIN_COMMAND_LINE_LIMIT)
         self._data_line_limit = max(DATA_LINE_LIMIT, self._command_limit)
         self.MAX_LENGTH = self._command_limit
@@ -223,30 +224,55 @@ class GatewayESMTP(smtp.ESMTP):
 
         The idle timer restarts with every byte, so a client dripping a byte every few seconds
         would never meet it (Postfix's answer: C{smtpd_per_request_deadline}). So a command line
-        must arrive whole within C{idle_timeout} of its first byte, and the DATA phase must end
-        within C{data_timeout} while averaging C{min_data_rate} bytes a second after its first
-        C{idle_timeout} seconds. No deadline runs while we, not the client, are the slow side.
+        must arrive whole within C{idle_timeout} of its first byte, and a transaction (MAIL FROM
+        to the final dot) must end within C{transaction_timeout} while averaging
+        C{min_data_rate} bytes a second after its first C{idle_timeout} seconds. No deadline
+        runs while we, not the client, are the slow side.
         """
         if self._pauses or self._lost or self._wire.disconnecting:
             self._set_deadline(None)
             return
-        now = self._clock.seconds()
         settings = self._settings
-        if self.mode == smtp.DATA:
-            self._line_started = None
-            by_rate = (
-                self._data_started
-                + settings.idle_timeout
-                + self._data_bytes / settings.min_data_rate
+        deadlines: list[tuple[float, str]] = []
+        if self._transaction_started is not None:
+            started = self._transaction_started
+            deadlines.append(
+                (
+                    started + settings.transaction_timeout,
+                    "the transaction took longer than transaction_timeout",
+                )
             )
-            self._set_deadline(min(self._data_started + settings.data_timeout, by_rate) - now)
-        elif self._buffer and not self._skipping_line:
+            deadlines.append(
+                (
+                    started
+                    + settings.idle_timeout
+                    + self._transaction_bytes / settings.min_data_rate,
+                    "the transaction was slower than min_data_rate",
+                )
+            )
+        if self.mode != smtp.DATA and self._buffer and not self._skipping_line:
             if self._line_started is None:
-                self._line_started = now
-            self._set_deadline(self._line_started + settings.idle_timeout - now)
+                self._line_started = self._clock.seconds()
+            deadlines.append(
+                (
+                    self._line_started + settings.idle_timeout,
+                    "a command line took longer than idle_timeout",
+                )
+            )
         else:
             self._line_started = None
+        if not deadlines:
             self._set_deadline(None)
+            return
+        at, self._deadline_reason = min(deadlines)
+        self._set_deadline(at - self._clock.seconds())
+
+    def _start_transaction_clock(self) -> None:
+        self._transaction_started = self._clock.seconds()
+        self._transaction_bytes = 0
+
+    def _stop_transaction_clock(self) -> None:
+        self._transaction_started = None
 
     def _set_deadline(self, seconds: float | None) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -259,13 +285,9 @@ class GatewayESMTP(smtp.ESMTP):
         self._deadline = None
         if self._lost or self._wire.disconnecting:
             return
-        if self.mode != smtp.DATA:
-            what = "a command line took longer than idle_timeout"
-        elif self._clock.seconds() >= self._data_started + self._settings.data_timeout:
-            what = "DATA took longer than data_timeout"
-        else:
-            what = "DATA slower than min_data_rate"
-        _log.info("Dropping SMTP client {client}: {what}", client=self._client, what=what)
+        _log.info(
+            "Dropping SMTP client {client}: {what}", client=self._client, what=self._deadline_reason
+        )
         self._timed_out()
 
     def _close_with(self, code: int, text: str) -> None:
@@ -331,8 +353,8 @@ class GatewayESMTP(smtp.ESMTP):
         if self._lost or self._wire.disconnecting:
             return
         self.resetTimeout()
-        if self.mode == smtp.DATA:
-            self._data_bytes += len(data)
+        if self._transaction_started is not None:
+            self._transaction_bytes += len(data)
         lines = (self._buffer + data).split(b"\r\n")
         self._buffer = lines.pop()
         if lines:
@@ -511,6 +533,7 @@ class GatewayESMTP(smtp.ESMTP):
             return False
         self._helo = (rest, (self._client or "").encode("ascii", "replace"))
         self._greeted = True
+        self._stop_transaction_clock()
         self._from = None
         self._to = []
         return True
@@ -604,6 +627,7 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _sender_accepted(self, result: object, origin: smtp.Address) -> None:
         self._from = result if isinstance(result, smtp.Address) else origin
+        self._start_transaction_clock()
         self.sendCode(250, "2.1.0 Ok")
 
     def _sender_refused(self, failure: Failure) -> None:
@@ -659,6 +683,7 @@ class GatewayESMTP(smtp.ESMTP):
         return header or b""
 
     def do_RSET(self, rest: bytes) -> None:
+        self._stop_transaction_clock()
         self._from = None
         self._to = []
         self.sendCode(250, "2.0.0 Ok")
@@ -723,8 +748,6 @@ class GatewayESMTP(smtp.ESMTP):
         self._hops = 0
         self._in_header = True
         self.mode = smtp.DATA
-        self._data_started = self._clock.seconds()
-        self._data_bytes = 0
         for line in header.splitlines():
             self._feed(line)
         if self._data_error is not None:
@@ -808,6 +831,7 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _end_of_data(self) -> None:
         self.mode = smtp.COMMAND
+        self._stop_transaction_clock()
         error, self._data_error = self._data_error, None
         messages, self._messages = self._messages, []
         if error is not None:
@@ -834,6 +858,7 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _abort_transaction(self) -> None:
         """Forget the transaction; a message still being received is aborted, never stored."""
+        self._stop_transaction_clock()
         if self.mode == smtp.DATA:
             self.mode = smtp.COMMAND
             self._data_error = None
