@@ -476,7 +476,9 @@ class IncomingMessage:
             r.level is not Level.PLAIN for r in self.recipients
         ):
             subject, display = self._headers_of_interest()
-        keyword_texts = subject_keyword_texts(self._header_block)
+        keyword_texts: list[str] = []
+        if settings.secure.mode == "all":
+            keyword_texts = subject_keyword_texts(self._header_block)
         policy: MessagePolicy = decide(self.recipients, keyword_texts, settings)
         if policy.subject_keyword_found and subject is not None:
             subject = strip_subject_keyword(subject, settings.secure.subject_keyword)
