@@ -31,6 +31,11 @@ MAX_DOMAIN_OCTETS = 255
 MAX_LABEL_OCTETS = 63
 MIN_PHONE_DIGITS = 5
 MAX_PHONE_DIGITS = 15
+MAX_ADDRESS_OCTETS = 254
+"""Longest address: RFC 5321's 256-octet path less its angle brackets (RFC 3696 erratum 1690)."""
+
+POSTMASTER = "postmaster"
+"""The one mailbox RFC 5321 section 4.5.1 lets a client name without a domain, in any case."""
 
 # RFC 5322 atext: what a dot-atom local part may hold besides dots.
 _ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
@@ -56,8 +61,9 @@ class Recipient:
 
     @property
     def domain(self) -> str:
-        """The real domain, which decides the route."""
-        return self.address.rpartition("@")[2]
+        """The real domain, which decides the route; empty for the bare C{postmaster}."""
+        local, at, domain = self.address.rpartition("@")
+        return domain if at else ""
 
 
 class AddressError(ValueError):
@@ -90,6 +96,10 @@ def split_address(address: str) -> tuple[str, str]:
         raise AddressError(
             553,
             "5.6.7 Non-ASCII addresses are not supported here; use the ASCII form of the address",
+        )
+    if len(address) > MAX_ADDRESS_OCTETS:
+        raise AddressError(
+            501, f"5.1.3 Recipient address is longer than {MAX_ADDRESS_OCTETS} characters"
         )
     if address.count("@") != 1:
         raise AddressError(501, f"5.1.3 Recipient address {address} must contain exactly one @")
@@ -136,6 +146,41 @@ def parse_recipient(address: str, extension: str, default_country_code: str) -> 
             hint = f"; to send a registered letter, write {marked}"
         raise AddressError(553, f"5.1.3 Domain {real_domain} in {address} ends in a number{hint}")
     return Recipient(address=f"{local}@{real_domain}", level=level, phone=phone, original=address)
+
+
+def postmaster_recipient(address: str) -> Recipient | None:
+    """
+    The bare C{postmaster} (any case, no domain) as a plain recipient, or None for any other.
+
+    RFC 5321 section 4.5.1 requires every SMTP server to accept it; it means the postmaster
+    of the organisation, so it is never marked and goes to the internal mail server.
+    """
+    if address.lower() != POSTMASTER:
+        return None
+    return Recipient(address=POSTMASTER, level=Level.PLAIN, phone=None, original=address)
+
+
+def check_sender(path: str) -> None:
+    """
+    Refuse a C{MAIL FROM} path that bounces and replies could not reach.
+
+    C{path} is the address as the client wrote it, without angle brackets; the null
+    sender (empty) is fine. Without a domain (C{<alice>}) the server would have to
+    guess one, and a longer address than RFC 5321 allows breaks other servers.
+    """
+    if not path:
+        return
+    if len(path) > MAX_ADDRESS_OCTETS:
+        raise AddressError(
+            553, f"5.1.7 Sender address is longer than {MAX_ADDRESS_OCTETS} characters"
+        )
+    local, at, domain = path.rpartition("@")
+    if not at or not local or not domain:
+        shown = "".join(c if " " < c <= "~" else "?" for c in path)
+        raise AddressError(
+            553,
+            f"5.1.7 Sender address <{shown}> needs a domain; write it as name@domain.example",
+        )
 
 
 def normalise_phone(number: str, default_country_code: str) -> str:

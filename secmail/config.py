@@ -72,6 +72,9 @@ class SmtpSettings:
     max_connections_per_client: int = 50
     soft_error_limit: int = 10
     hard_error_limit: int = 20
+    transaction_timeout: int = 3600
+    min_data_rate: int = 500
+    junk_command_limit: int = 100
     tls_certificate: str = ""
     tls_key: str = ""
     starttls: bool = True
@@ -518,6 +521,9 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "max_connections_per_client": _positive_int,
         "soft_error_limit": _positive_int,
         "hard_error_limit": _positive_int,
+        "transaction_timeout": _positive_int,
+        "min_data_rate": _positive_int,
+        "junk_command_limit": _positive_int,
         "tls_certificate": _str,
         "tls_key": _str,
         "starttls": _bool,

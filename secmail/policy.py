@@ -56,8 +56,18 @@ def check_recipient(recipient: Recipient, settings: Settings) -> None:
     an unmarked outside recipient means a routing mistake upstream, and relaying
     it would silently send in the clear what may have been meant to be secure.
     Unmarked mail to our own (incoming) domains still passes, e.g. bounces and
-    replies to our senders.
+    replies to our senders, and so does the bare C{postmaster} (RFC 5321 section
+    4.5.1), which is ours and goes to the internal mail server, if there is one.
     """
+    if not recipient.domain:
+        incoming = settings.routes.incoming
+        if incoming is None or incoming.mx:
+            raise AddressError(
+                550,
+                "5.1.1 <postmaster> without a domain goes to the internal mail server, and "
+                "none is set up here ([routes] incoming); write postmaster@your.domain",
+            )
+        return
     if settings.secure.mode != "marked" or recipient.level is not Level.PLAIN:
         return
     if settings.routes.is_incoming(recipient.domain):
@@ -72,7 +82,7 @@ def check_recipient(recipient: Recipient, settings: Settings) -> None:
 
 
 def decide(
-    recipients: Sequence[Recipient], subject: str | None, settings: Settings
+    recipients: Sequence[Recipient], subject: str | Sequence[str] | None, settings: Settings
 ) -> MessagePolicy:
     """
     Decide each recipient of one message.
@@ -80,22 +90,31 @@ def decide(
     Recipients are expected to have passed L{check_recipient}; this does not
     refuse anything. In mode C{"all"} the subject keyword makes every unmarked
     outside recipient a letter; recipients in our own domains stay plain, as the
-    mail never leaves the organisation.
+    mail never leaves the organisation. C{subject} is the Subject, or several
+    texts: a message may carry several Subject fields, each read more than one
+    way, and the keyword in any of them counts, since some reader may show it.
     """
     keyword = settings.secure.subject_keyword
-    found = (
-        settings.secure.mode == "all" and subject is not None and _keyword_found(subject, keyword)
-    )
+    subjects = [] if subject is None else [subject] if isinstance(subject, str) else subject
+    found = settings.secure.mode == "all" and any(_keyword_found(s, keyword) for s in subjects)
     decisions = []
     for recipient in recipients:
-        if (
-            found
-            and recipient.level is Level.PLAIN
-            and not settings.routes.is_incoming(recipient.domain)
-        ):
+        if found and recipient.level is Level.PLAIN and not _internal(recipient, settings):
             recipient = replace(recipient, level=Level.LETTER)
-        decisions.append(Decision(recipient, settings.routes.for_domain(recipient.domain)))
+        decisions.append(Decision(recipient, _route(recipient, settings)))
     return MessagePolicy(decisions=tuple(decisions), subject_keyword_found=found)
+
+
+def _internal(recipient: Recipient, settings: Settings) -> bool:
+    """Mail that stays in the organisation: our domains, and the bare C{postmaster}."""
+    return not recipient.domain or settings.routes.is_incoming(recipient.domain)
+
+
+def _route(recipient: Recipient, settings: Settings) -> Route:
+    """The bare C{postmaster} has no domain to route by: it is the internal mail server's."""
+    if not recipient.domain and settings.routes.incoming is not None:
+        return settings.routes.incoming
+    return settings.routes.for_domain(recipient.domain)
 
 
 def strip_subject_keyword(subject: str, keyword: str) -> str:

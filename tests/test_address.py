@@ -13,9 +13,11 @@ from secmail.address import (
     AddressError,
     Level,
     Recipient,
+    check_sender,
     normalise_phone,
     parse_phone,
     parse_recipient,
+    postmaster_recipient,
     split_address,
 )
 
@@ -235,6 +237,58 @@ def test_address_error_is_a_value_error_with_reply() -> None:
     e = refusal("")
     assert isinstance(e, ValueError)
     assert str(e) == f"{e.code} {e.text}"
+
+
+# --- postmaster, senders, lengths -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["postmaster", "PostMaster", "POSTMASTER"])
+def test_bare_postmaster_is_a_plain_recipient_without_domain(address: str) -> None:
+    """RCPT TO:<postmaster> in any case is the plain, domain-less postmaster (RFC 5321 4.5.1)."""
+    r = postmaster_recipient(address)
+    assert r == Recipient(address="postmaster", level=Level.PLAIN, phone=None, original=address)
+    assert r.domain == ""
+
+
+@pytest.mark.parametrize("address", ["bob", "postmasters", "postmaster@corp.example", ""])
+def test_only_the_bare_postmaster_is_special(address: str) -> None:
+    """Any other address, with or without a domain, is not taken for the postmaster."""
+    assert postmaster_recipient(address) is None
+
+
+@pytest.mark.parametrize(
+    "path", ["", "alice@corp.example", "a" * 64 + "@" + "b" * 181 + ".example"]
+)
+def test_sender_with_domain_or_null_is_accepted(path: str) -> None:
+    """The null sender and any address with a domain, up to 254 characters, pass."""
+    assert len(path) <= 254
+    check_sender(path)
+
+
+@pytest.mark.parametrize("path", ["a", "postmaster", "alice@", "@corp.example"])
+def test_sender_without_domain_is_refused(path: str) -> None:
+    """MAIL FROM:<a> gets 553 5.1.7 saying a domain is needed, never a guessed one."""
+    with pytest.raises(AddressError) as info:
+        check_sender(path)
+    assert info.value.code == 553
+    assert info.value.text.startswith("5.1.7 ")
+    assert "needs a domain" in info.value.text
+
+
+def test_sender_over_254_characters_is_refused() -> None:
+    """A sender longer than RFC 5321 allows (254 characters) gets 553 5.1.7."""
+    with pytest.raises(AddressError) as info:
+        check_sender("a" * 64 + "@" + "b" * 182 + ".example")
+    assert info.value.code == 553
+    assert "longer than 254" in info.value.text
+
+
+def test_recipient_over_254_characters_is_refused() -> None:
+    """A recipient longer than 254 characters gets 501, though each part is within its limit."""
+    address = "a" * 64 + "@" + ".".join(["b" * 60] * 3) + ".example"
+    assert len(address) > 254
+    assert refusal(address).code == 501
+    assert "longer than 254" in refusal(address).text
 
 
 # --- properties ---------------------------------------------------------------------------

@@ -135,6 +135,23 @@ def test_missing_file() -> None:
         config.load("/no/such.toml")
 
 
+def test_smtp_rate_and_junk_limits() -> None:
+    """[smtp] transaction_timeout, min_data_rate and junk_command_limit load; defaults generous."""
+    defaults = config.load(None).smtp
+    assert (defaults.transaction_timeout, defaults.min_data_rate, defaults.junk_command_limit) == (
+        3600,
+        500,
+        100,
+    )
+    smtp = load_text(
+        "[smtp]\ntransaction_timeout = 60\nmin_data_rate = 10\njunk_command_limit = 5\n"
+    ).smtp
+    assert (smtp.transaction_timeout, smtp.min_data_rate, smtp.junk_command_limit) == (60, 10, 5)
+    for key in ("transaction_timeout", "min_data_rate", "junk_command_limit"):
+        with pytest.raises(ConfigError, match=f"smtp.{key}: must be greater than 0"):
+            load_text(f"[smtp]\n{key} = 0\n")
+
+
 def test_routes() -> None:
     """Per-domain routes override the incoming route, which overrides the outgoing one."""
     settings = load_text(

@@ -22,6 +22,7 @@ from secmail.smtp.delivery import (
     IncomingMessage,
     Intake,
     subject_and_sender_name,
+    subject_keyword_texts,
 )
 from secmail.store.database import Database
 from secmail.store.engines import PostgresEngine, SqliteEngine
@@ -248,6 +249,94 @@ class IntakeTestsMixin(IntakeFixture):
         await self.receive([b"bob@partner.example.s"], sender=b"")
         [row] = await self.rows()
         self.assertEqual(row.notify, "")
+
+    # --- headers only the gateway sets ---------------------------------------------------------
+
+    FORGED = [
+        b"X-Secmail-Verified: boss@corp.example",
+        b"x-secmail-verified: boss@corp.example",
+        b"X-SECMAIL-VERIFIED \t: boss@corp.example",
+        b"X-Secmail-Verified:",
+        b"\tboss@corp.example",
+        b"X-Secmail-Anything-Else: boss@corp.example",
+    ]
+
+    async def assert_forged_headers_removed(self, recipient: bytes) -> bytes:
+        lines = [
+            b"From: alice@corp.example",
+            *self.FORGED[:3],
+            SUBJECT,
+            *self.FORGED[3:],
+            b"X-Other: kept",
+            b" and its continuation",
+            b"",
+            b"X-Secmail-Verified: a body line is content, not a header",
+        ]
+        message, received = await self.receive([recipient], lines)
+        stored = await self.store.read_all(message.message_id)
+        head, _, body = stored.partition(b"\r\n\r\n")
+        self.assertNotIn(b"secmail-", head.lower())
+        self.assertNotIn(b"boss@corp.example", stored)
+        self.assertEqual(
+            head + b"\r\n",
+            b"\r\n".join(
+                [
+                    *received.splitlines(),
+                    b"From: alice@corp.example",
+                    SUBJECT,
+                    b"X-Other: kept",
+                    b" and its continuation",
+                ]
+            )
+            + b"\r\n",
+        )
+        self.assertEqual(body, b"X-Secmail-Verified: a body line is content, not a header\r\n")
+        return stored
+
+    async def test_forged_gateway_headers_removed_before_relaying(self) -> None:
+        """Incoming X-Secmail-* fields (any case, folded, space before colon) are never relayed."""
+        await self.assert_forged_headers_removed(b"carol@corp.example")
+        [row] = await self.rows("relay")
+        self.assertEqual(row.route, INTERNAL)
+
+    async def test_forged_gateway_headers_removed_before_storing_a_letter(self) -> None:
+        """A secure letter is stored without the forged X-Secmail-* fields the portal would show."""
+        await self.assert_forged_headers_removed(b"bob@partner.example.s")
+        self.assertEqual(await self.count("envelopes"), 1)
+
+    async def test_body_without_blank_line_gets_one(self) -> None:
+        """A body that starts without a blank line gets one, so no later line reads as a header."""
+        lines = [SUBJECT, b"This starts the body", b"X-Secmail-Verified: boss@corp.example"]
+        message, received = await self.receive([b"carol@corp.example"], lines)
+        expected = b"\r\n".join([*received.splitlines(), SUBJECT, b"", *lines[1:]]) + b"\r\n"
+        self.assertEqual(await self.store.read_all(message.message_id), expected)
+
+    # --- senders and the postmaster -------------------------------------------------------------
+
+    def test_sender_without_domain_refused(self) -> None:
+        """MAIL FROM:<alice> gets 553 5.1.7, not completed with the gateway's own host name."""
+        origin = smtp.Address(b"<alice>", b"gw.example")
+        self.assertEqual(str(origin), "alice@gw.example")  # what Twisted made of it
+        with self.assertRaises(smtp.SMTPBadSender) as e:
+            GatewayDelivery(self.intake).validateFrom(HELO, origin)
+        self.assertEqual(e.exception.code, 553)
+        self.assertIn("needs a domain", str(e.exception))
+
+    def test_over_long_sender_refused(self) -> None:
+        """A sender over 254 characters gets 553 5.1.7."""
+        origin = smtp.Address(b"<" + b"a" * 64 + b"@" + b"b" * 182 + b".example>")
+        with self.assertRaises(smtp.SMTPBadSender) as e:
+            GatewayDelivery(self.intake).validateFrom(HELO, origin)
+        self.assertEqual(e.exception.code, 553)
+
+    async def test_bare_postmaster_relayed_to_internal_server(self) -> None:
+        """RCPT TO:<PostMaster> (no domain, any case) is relayed to [routes] incoming."""
+        message, _ = await self.receive([b"<PostMaster>", b"carol@corp.example"])
+        [row] = await self.rows("relay")
+        self.assertEqual(row.route, INTERNAL)
+        self.assertEqual(row.recipients, ("postmaster", "carol@corp.example"))
+        self.assertEqual(row.message_id, message.message_id)
+        self.assertEqual(await self.count("envelopes"), 0)
 
     # --- refused at RCPT TO --------------------------------------------------------------------
 
@@ -483,6 +572,28 @@ class AllModeTests(IntakeFixture, TestCase):
         content = await self.store.read_all(row.message_id)
         self.assertNotIn(b"Contract draft", content)
 
+    async def assert_secure(self, lines: Sequence[bytes]) -> None:
+        await self.receive([b"bob@partner.example"], [*lines, b"", BODY])
+        self.assertEqual(await self.rows("relay"), [])
+        [row] = await self.rows("notification")
+        self.assertEqual(row.recipients, ("bob@partner.example",))
+
+    async def test_keyword_in_a_second_subject_makes_secure(self) -> None:
+        """A second Subject field carrying the keyword is not relayed in the clear."""
+        await self.assert_secure([b"Subject: Contract draft", b"sUbJeCt : [secure] Contract"])
+
+    async def test_encoded_word_keyword_makes_secure(self) -> None:
+        """The keyword in RFC 2047 encoded words (even split, or an odd charset) is found."""
+        await self.assert_secure([b"Subject: =?utf-8?q?=5Bsecure=5D_Contract?="])
+
+    async def test_split_encoded_word_keyword_makes_secure(self) -> None:
+        """Adjacent encoded words join up, whatever charsets they name."""
+        await self.assert_secure([b"Subject: Re: =?utf-8?b?W3NlYw==?= =?x-unknown?q?ure=5D?="])
+
+    async def test_folded_keyword_subject_makes_secure(self) -> None:
+        """A folded Subject is unfolded before the keyword is looked for."""
+        await self.assert_secure([b"Subject: Contract draft", b"\t[secure]"])
+
     async def test_plain_relayed_without_keyword(self) -> None:
         """In mode "all" unmarked mail without the keyword is relayed on the outgoing route."""
         message, _ = await self.receive([b"bob@partner.example"])
@@ -511,6 +622,23 @@ class HeaderReadingTests(SynchronousTestCase):
         """A second Subject field does not replace the first."""
         block = b"Subject: one\r\nSubject: two\r\n"
         self.assertEqual(subject_and_sender_name(block)[0], "one")
+
+    def test_keyword_texts_of_every_subject(self) -> None:
+        """Every Subject field is read, unfolded, raw, decoded and decoded ignoring charsets."""
+        block = (
+            b"Subject: one\r\nFrom: x\r\nSUBJECT : =?x-bogus?q?=5Bsecure=5D?=\r\n"
+            b"Subject: folded\r\n two\r\n"
+        )
+        texts = subject_keyword_texts(block)
+        self.assertIn("one", texts)
+        self.assertIn("[secure]", texts)
+        self.assertIn("folded two", texts)
+        self.assertEqual(subject_keyword_texts(b"From: x\r\n"), [])
+
+    @given(st.binary(max_size=300))
+    def test_keyword_texts_never_raise(self, block: bytes) -> None:
+        """Any header bytes give a list of texts, never an exception."""
+        self.assertTrue(all(isinstance(t, str) for t in subject_keyword_texts(block)))
 
     @given(st.binary(max_size=300))
     def test_never_raises(self, block: bytes) -> None:

@@ -106,6 +106,37 @@ def test_routes_for_incoming_outgoing_and_override() -> None:
     ]
 
 
+POSTMASTER = Recipient(address="postmaster", level=Level.PLAIN, phone=None, original="PostMaster")
+
+
+@pytest.mark.parametrize("settings", [MARKED, ALL], ids=["marked", "all"])
+def test_bare_postmaster_goes_to_the_internal_mail_server(settings: Settings) -> None:
+    """RCPT TO:<postmaster> passes in both modes and takes the incoming route, in the clear."""
+    check_recipient(POSTMASTER, settings)
+    (decision,) = decide([POSTMASTER], "[secure] hello", settings).decisions
+    assert decision.route == INTERNAL
+    assert decision.recipient.level is Level.PLAIN
+
+
+@pytest.mark.parametrize("incoming", [None, MX])
+def test_bare_postmaster_refused_without_internal_server(incoming: Route | None) -> None:
+    """Without an internal mail server to take it, the bare postmaster is refused, saying why."""
+    settings = replace(MARKED, routes=replace(MARKED.routes, incoming=incoming))
+    with pytest.raises(AddressError) as info:
+        check_recipient(POSTMASTER, settings)
+    assert info.value.code == 550
+    assert "[routes] incoming" in info.value.text
+
+
+def test_keyword_in_any_of_several_subjects_counts() -> None:
+    """Given every Subject of a message, the keyword in any one of them makes it secure."""
+    policy = decide([r("bob@other.example")], ["Hello", "[secure] Hello"], ALL)
+    assert policy.subject_keyword_found
+    assert policy.decisions[0].recipient.level is Level.LETTER
+    assert not decide([r("bob@other.example")], ["Hello", "Hi"], ALL).subject_keyword_found
+    assert not decide([r("bob@other.example")], [], ALL).subject_keyword_found
+
+
 def test_mx_outgoing_route() -> None:
     """With outgoing = "mx", outside recipients route by MX."""
     settings = replace(MARKED, routes=replace(MARKED.routes, outgoing=MX))

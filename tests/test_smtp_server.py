@@ -859,12 +859,12 @@ def test_slow_sender_validation_holds_later_commands() -> None:
 
 def test_idle_client_is_disconnected_after_idle_timeout() -> None:
     """After idle_timeout seconds without input: 421 4.4.2 and close, aborting a partial message."""
-    s = Session(settings=settings_with(idle_timeout=30)).ready()
+    s = Session(settings=settings_with(idle_timeout=30, min_data_rate=1)).ready()
     s.start_data()
     s.send(b"Subject: x\r\n")
     s.clock.advance(29)
     assert not s.transport.disconnecting
-    s.send(b"more\r\n")
+    s.send(b"more" * 10 + b"\r\n")  # fast enough for min_data_rate: only silence counts here
     s.clock.advance(29)
     assert not s.transport.disconnecting
     s.clock.advance(1)
@@ -920,3 +920,179 @@ def test_delivered_message_resets_the_error_count() -> None:
     s.send(b"BAD3\r\nBAD4\r\nNOOP\r\n")
     assert s.replies()[-1] == "250 2.0.0 Ok"
     assert not s.transport.disconnecting
+
+
+# --- slow clients: deadlines besides the idle timer ---------------------------------------------
+
+
+def test_dripping_data_is_cut_by_min_data_rate(logged: list[dict[str, Any]]) -> None:
+    """A byte every few seconds in DATA resets the idle timer, not the rate: 421 4.4.2, logged."""
+    s = Session(settings=settings_with(idle_timeout=30, min_data_rate=10)).ready()
+    s.start_data()
+    for _ in range(100):
+        if s.transport.disconnecting:
+            break
+        s.send(b"x")
+        s.clock.advance(5)
+    assert s.replies() == [f"421 4.4.2 {HOST} Error: timeout exceeded"]
+    assert s.transport.disconnecting
+    assert s.delivery.message.aborts == 1
+    # Cut once the grace (idle_timeout) is spent and the average is below 10 bytes a second.
+    assert 30 < s.clock.seconds() <= 40
+    assert any(
+        e.get("client") == "127.0.0.1" and "min_data_rate" in e.get("what", "") for e in logged
+    )
+
+
+def test_data_at_min_rate_is_not_cut() -> None:
+    """A slow but steady client (at min_data_rate) finishes its message."""
+    s = Session(
+        settings=settings_with(idle_timeout=30, min_data_rate=10, transaction_timeout=10_000)
+    ).ready()
+    s.start_data()
+    for _ in range(200):
+        s.send(b"x" * 48 + b"\r\n")  # 50 bytes every 5 seconds
+        s.clock.advance(5)
+    s.send(b".\r\n")
+    assert s.replies() == ["250 2.0.0 Ok: queued as Q123"]
+
+
+def test_transaction_timeout_bounds_the_transaction(logged: list[dict[str, Any]]) -> None:
+    """However fast the bytes come, DATA ends by transaction_timeout: 421 4.4.2, message aborted."""
+    s = Session(
+        settings=settings_with(idle_timeout=30, min_data_rate=1, transaction_timeout=100)
+    ).ready()
+    s.start_data()
+    s.send(b"x" * 10_000 + b"\r\n")
+    for _ in range(19):
+        s.send(b"y\r\n")
+        s.clock.advance(5)
+    assert not s.transport.disconnecting
+    s.send(b"y\r\n")
+    s.clock.advance(5)
+    assert s.replies() == [f"421 4.4.2 {HOST} Error: timeout exceeded"]
+    assert s.delivery.message.aborts == 1
+    assert any("transaction_timeout" in e.get("what", "") for e in logged)
+
+
+def test_dripping_recipients_are_cut_by_min_data_rate(logged: list[dict[str, Any]]) -> None:
+    """Whole RCPT lines sent just inside idle_timeout still fall below min_data_rate: 421 4.4.2."""
+    s = Session(settings=settings_with(idle_timeout=30, min_data_rate=10)).ready()
+    s.send(b"MAIL FROM:<alice@example.com>\r\n")
+    for n in range(20):
+        if s.transport.disconnecting:
+            break
+        s.clock.advance(29)
+        s.send(b"RCPT TO:<r%d@example.net>\r\n" % n)
+    assert s.replies()[-1] == f"421 4.4.2 {HOST} Error: timeout exceeded"
+    assert s.clock.seconds() < 90
+    assert any("min_data_rate" in e.get("what", "") for e in logged)
+
+
+def test_rset_ends_the_transaction_clock() -> None:
+    """A client waiting between transactions is judged by idle_timeout alone."""
+    s = Session(settings=settings_with(idle_timeout=30, min_data_rate=10)).ready()
+    for _ in range(5):
+        s.send(b"MAIL FROM:<alice@example.com>\r\n")
+        s.send(b"RSET\r\n")
+        s.clock.advance(29)
+    assert not s.transport.disconnecting
+
+
+def test_dripping_command_line_is_cut_after_idle_timeout() -> None:
+    """A command line must arrive whole within idle_timeout, however slowly its bytes trickle."""
+    s = Session(settings=settings_with(idle_timeout=30)).ready()
+    for byte in b"MAIL FROM:<alice@example.com>":
+        if s.transport.disconnecting:
+            break
+        s.send(bytes([byte]))
+        s.clock.advance(3)
+    assert s.replies() == [f"421 4.4.2 {HOST} Error: timeout exceeded"]
+    assert s.clock.seconds() <= 33
+    assert s.delivery.senders == []
+
+
+def test_command_deadline_does_not_run_while_idle_between_commands() -> None:
+    """Whole commands each reset the deadline; the idle timer alone decides between commands."""
+    s = Session(settings=settings_with(idle_timeout=30)).ready()
+    for _ in range(5):
+        s.send(b"MAIL FROM:<alice@example.com>\r\n")
+        s.clock.advance(20)
+        s.send(b"RSET\r\n")
+        s.clock.advance(20)
+    assert not s.transport.disconnecting
+
+
+# --- junk commands and pipelining without EHLO --------------------------------------------------
+
+
+def test_junk_commands_over_the_limit_drop_the_client(logged: list[dict[str, Any]]) -> None:
+    """More than junk_command_limit NOOP/RSET/VRFY/... commands: 421 4.7.0 and close."""
+    s = Session(settings=settings_with(junk_command_limit=3)).ready()  # EHLO is the first
+    s.send(b"NOOP\r\n")
+    s.send(b"VRFY bob\r\n")
+    assert not s.transport.disconnecting
+    s.send(b"RSET\r\n")
+    assert s.replies()[-1] == f"421 4.7.0 {HOST} Error: too many junk commands"
+    assert s.transport.disconnecting
+    assert any(e.get("client") == "127.0.0.1" for e in logged)
+
+
+def test_delivered_message_resets_the_junk_count() -> None:
+    """A connection reused for many messages (RSET before each) is not dropped as junk."""
+    s = Session(settings=settings_with(junk_command_limit=2)).ready()
+    for _ in range(5):
+        s.send(b"RSET\r\n")
+        s.start_data()
+        s.send(b"x\r\n.\r\n")
+        assert s.replies()[-1].startswith("250 2.0.0 Ok: queued")
+    assert not s.transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "pipelined",
+    [
+        b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n",
+        b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@exa",
+        b"RSET\r\nNOOP\r\n",
+    ],
+)
+def test_pipelining_after_helo_drops_the_client(pipelined: bytes) -> None:
+    """After HELO (no PIPELINING offered) commands sent ahead get 554 5.5.0 and the client goes."""
+    s = Session().ready(ehlo=False)
+    s.send(pipelined)
+    assert s.replies() == ["554 5.5.0 Error: SMTP protocol synchronization"]
+    assert s.transport.disconnecting
+    assert s.delivery.senders == []
+
+
+def test_pipelining_before_the_ehlo_reply_drops_the_client() -> None:
+    """EHLO must end its group: commands sent with it, before the reply, are out of step."""
+    s = Session()
+    s.replies()
+    s.send(b"EHLO client.example\r\nMAIL FROM:<a@example.com>\r\n")
+    assert s.replies() == ["554 5.5.0 Error: SMTP protocol synchronization"]
+    assert s.delivery.senders == []
+
+
+def test_helo_client_waiting_for_replies_is_served() -> None:
+    """A HELO client that waits for each reply (even with commands split in pieces) sends mail."""
+    s = Session().ready(ehlo=False)
+    s.send(b"MAIL FROM:<a@exa")
+    s.send(b"mple.com>\r\n")
+    s.send(b"RCPT TO:<b@example.net>\r\n")
+    s.send(b"DATA\r\n")
+    s.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert s.replies() == [
+        "250 2.1.0 Ok",
+        "250 2.1.5 Ok",
+        "354 End data with <CR><LF>.<CR><LF>",
+        "250 2.0.0 Ok: queued as Q123",
+    ]
+
+
+def test_pipelining_after_ehlo_is_still_allowed() -> None:
+    """After EHLO (PIPELINING offered) a group of commands is answered in order."""
+    s = Session().ready()
+    s.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nNOOP\r\n")
+    assert s.replies() == ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 Ok"]

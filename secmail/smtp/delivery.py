@@ -16,6 +16,7 @@ import email.header
 import email.utils
 import errno
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,14 @@ from twisted.mail import smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
-from secmail.address import AddressError, Level, Recipient, parse_recipient
+from secmail.address import (
+    AddressError,
+    Level,
+    Recipient,
+    check_sender,
+    parse_recipient,
+    postmaster_recipient,
+)
 from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.letters import envelopes_and_notifications, letter_events
@@ -50,6 +58,16 @@ from secmail.store.messages import (
 from secmail.store.spool import RunInThread, SpooledMessage
 
 log = Logger()
+
+GATEWAY_HEADER_PREFIX = b"x-secmail-"
+"""
+Header fields the gateway vouches for (C{X-Secmail-Verified}, set by D-Compose) and any it may
+add later: the README tells admins to trust them on mail from the gateway, so every incoming
+copy is removed before the message is relayed or stored.
+"""
+
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+"""A header field's name: printable ASCII but the colon, maybe with spaces before the colon."""
 
 
 class Intake:
@@ -171,6 +189,10 @@ class GatewayDelivery:
         if self.intake.disk_is_short():
             log.warn("Refusing mail: free disk space below 1.5 x max_message_size")
             raise smtp.SMTPBadSender(origin, 452, "4.3.1 Insufficient system storage")
+        try:
+            check_sender(_path_as_written(origin) if origin.local else "")
+        except AddressError as e:
+            raise smtp.SMTPBadSender(origin, e.code, e.text) from None
         sender = str(origin) if origin.local else ""
         if sender and any(c in sender for c in "\r\n\0 "):
             raise smtp.SMTPBadSender(origin, 553, "5.1.7 Sender address is not valid")
@@ -184,10 +206,17 @@ class GatewayDelivery:
             raise smtp.SMTPBadRcpt(user, 503, "5.5.1 Error: need MAIL command")
         transport = getattr(user.protocol, "transport", None)
         self._tls = transport is not None and ISSLTransport.providedBy(transport)
+        postmaster = None
         if b"@" not in getattr(user.dest, "addrstr", b"@"):
             # Twisted would complete it with our own host name; a gateway must not guess.
-            raise smtp.SMTPBadRcpt(user, 553, "5.1.3 The recipient address needs a domain")
-        returned = returned_envelope(str(user.dest), self.intake.settings.gateway.bounce_address)
+            # Only the bare postmaster (RFC 5321 section 4.5.1) is ours: the internal server's.
+            postmaster = postmaster_recipient(bytes(user.dest.local).decode("ascii", "replace"))
+            if postmaster is None:
+                raise smtp.SMTPBadRcpt(user, 553, "5.1.3 The recipient address needs a domain")
+        returned = None
+        if postmaster is None:
+            bounce_address = self.intake.settings.gateway.bounce_address
+            returned = returned_envelope(str(user.dest), bounce_address)
         if (returned is None) == (transaction.returned is not None) and (
             transaction.recipients or transaction.returned is not None
         ):
@@ -199,7 +228,7 @@ class GatewayDelivery:
             return self._message
         secure = self.intake.settings.secure
         try:
-            recipient = parse_recipient(
+            recipient = postmaster or parse_recipient(
                 str(user.dest), secure.extension, secure.default_country_code
             )
             check_recipient(recipient, self.intake.settings)
@@ -261,6 +290,65 @@ def subject_and_sender_name(header_block: bytes) -> tuple[str | None, str | None
     return subject, display
 
 
+def subject_keyword_texts(header_block: bytes) -> list[str]:
+    """
+    Every Subject field of a header block, unfolded, as text to look for the subject keyword in.
+
+    A message should have one Subject, but a second one is still shown by some readers, so
+    each counts. Each comes raw, RFC 2047 decoded, and decoded ignoring the declared charsets
+    (an unknown or wrong charset must not hide an ASCII keyword in an encoded word).
+    """
+    texts: list[str] = []
+    for value in _field_values(header_block, b"subject"):
+        text = value.decode("utf-8", "replace")
+        texts += [" ".join(text.split()), _decoded(text), _charset_blind(text)]
+    return texts
+
+
+def _field_values(header_block: bytes, name: bytes) -> list[bytes]:
+    """The unfolded value of every field called C{name} (lower case) in C{header_block}."""
+    values: list[bytes] = []
+    current: list[bytes] | None = None
+    for line in header_block.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)
+            continue
+        if current is not None:
+            values.append(b"".join(current))
+            current = None
+        match = _FIELD_NAME.match(line)
+        if match is not None and match.group(1).lower() == name:
+            current = [line[match.end() :]]
+    if current is not None:
+        values.append(b"".join(current))
+    return values
+
+
+def _charset_blind(value: str) -> str:
+    """C{value} with its encoded words decoded as Latin-1 whatever charset they name."""
+    try:
+        parts = email.header.decode_header(value)
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return value
+    text = "".join(p.decode("latin-1") if isinstance(p, bytes) else p for p, _ in parts)
+    return " ".join(text.split())
+
+
+def gateway_header(line: bytes) -> bool:
+    """Whether a header line starts a field in the gateway's own namespace (any case)."""
+    match = _FIELD_NAME.match(line)
+    return match is not None and match.group(1).lower().startswith(GATEWAY_HEADER_PREFIX)
+
+
+def _path_as_written(origin: smtp.Address) -> str:
+    """The MAIL FROM address as the client wrote it, before Twisted added a default domain."""
+    raw = bytes(getattr(origin, "addrstr", b"") or b"").decode("ascii", "replace").strip()
+    if raw.startswith("<") and raw.endswith(">"):
+        raw = raw[1:-1]
+    return raw or str(origin)
+
+
 def _decoded(value: str) -> str:
     try:
         return " ".join(str(email.header.make_header(email.header.decode_header(value))).split())
@@ -281,6 +369,9 @@ class IncomingMessage:
         self.message_id = message_id
         self.done = False
         self._headers: list[bytes] | None = []
+        self._in_field = False
+        self._dropping_field = False
+        self._gateway_headers_removed = 0
         self._spool = SpooledMessage(
             intake.master, self.message_id, intake.spool_dir, intake.run_in_thread
         )
@@ -288,17 +379,50 @@ class IncomingMessage:
     def lineReceived(self, line: bytes) -> None:
         if self._headers is None:
             self._spool.write(line + b"\r\n")
-        elif line:
-            self._headers.append(line)
-        else:
+        elif not line:
             self._end_of_headers()
             self._spool.write(b"\r\n")
+        else:
+            self._header_line(line)
+
+    def _header_line(self, line: bytes) -> None:
+        """
+        Keep a header line, or drop it when it belongs to a forged gateway field.
+
+        A field of the gateway's own (L{GATEWAY_HEADER_PREFIX}) is dropped with its
+        continuation lines. A line that is neither a field nor a continuation starts the
+        body (as the server counts it): a blank line is put before it, so that no reader
+        takes what follows for more header fields.
+        """
+        assert self._headers is not None
+        if line[:1] in (b" ", b"\t") and self._in_field:
+            if not self._dropping_field:
+                self._headers.append(line)
+            return
+        if line[:1] not in (b" ", b"\t") and not _FIELD_NAME.match(line):
+            self._end_of_headers()
+            self._spool.write(b"\r\n" + line + b"\r\n")
+            return
+        self._in_field = True
+        self._dropping_field = gateway_header(line)
+        if self._dropping_field:
+            self._gateway_headers_removed += 1
+        else:
+            self._headers.append(line)
 
     def _end_of_headers(self) -> None:
         assert self._headers is not None
         self._header_block = b"".join(h + b"\r\n" for h in self._headers)
         self._spool.write(self._header_block)
         self._headers = None
+        if self._gateway_headers_removed:
+            log.info(
+                "Removed {count} X-Secmail- header field(s) from message {id} from <{sender}>:"
+                " only the gateway sets them",
+                count=self._gateway_headers_removed,
+                id=self.message_id,
+                sender=self.sender,
+            )
 
     def eomReceived(self) -> Deferred[bytes]:
         if self._headers is not None:
@@ -352,7 +476,10 @@ class IncomingMessage:
             r.level is not Level.PLAIN for r in self.recipients
         ):
             subject, display = self._headers_of_interest()
-        policy: MessagePolicy = decide(self.recipients, subject, settings)
+        keyword_texts: list[str] = []
+        if settings.secure.mode == "all":
+            keyword_texts = subject_keyword_texts(self._header_block)
+        policy: MessagePolicy = decide(self.recipients, keyword_texts, settings)
         if policy.subject_keyword_found and subject is not None:
             subject = strip_subject_keyword(subject, settings.secure.subject_keyword)
 

@@ -57,6 +57,12 @@ ERROR_SLEEP_SECONDS = 1.0
 FORBIDDEN_COMMANDS = frozenset({b"CONNECT", b"GET", b"POST"})
 """First words of HTTP requests: a browser tricked into talking to us is dropped (as Postfix)."""
 
+JUNK_COMMANDS = frozenset({b"NOOP", b"RSET", b"VRFY", b"EXPN", b"HELO", b"EHLO"})
+"""
+Commands that move no mail: more than C{junk_command_limit} of them between two delivered
+messages only hold a connection slot (Postfix C{smtpd_junk_command_limit}).
+"""
+
 _HEADER_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 _RECEIVED_FIELD = re.compile(rb"received[ \t]*:", re.IGNORECASE)
 _ENHANCED_CODE = re.compile(rb"[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
@@ -106,7 +112,14 @@ class GatewayESMTP(smtp.ESMTP):
         self._lost = False
         self._greeted = False
         self._errors = 0
+        self._junk = 0
+        self._pipelining = False
         self._tarpit: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
+        self._deadline_reason = ""
+        self._line_started: float | None = None
+        self._transaction_started: float | None = None
+        self._transaction_bytes = 0
         self._command_limit = max(settings.max_line_length, MIN_COMMAND_LINE_LIMIT)
         self._data_line_limit = max(DATA_LINE_LIMIT, self._command_limit)
         self.MAX_LENGTH = self._command_limit
@@ -187,6 +200,7 @@ class GatewayESMTP(smtp.ESMTP):
         self._lines.clear()
         self._buffer = b""
         self.setTimeout(None)
+        self._set_deadline(None)
         if self._tarpit is not None and self._tarpit.active():
             self._tarpit.cancel()
         if self._connections is not None and self._client is not None:
@@ -195,8 +209,86 @@ class GatewayESMTP(smtp.ESMTP):
 
     def timeoutConnection(self) -> None:
         """An idle client loses its connection (and any message it was sending)."""
+        _log.info("Dropping SMTP client {client}: idle for too long", client=self._client)
+        self._timed_out()
+
+    def _timed_out(self) -> None:
         self._abort_transaction()
         self._close_with(421, f"4.4.2 {self._hostname} Error: timeout exceeded")
+
+    # --- deadlines: silence is not the only way to hold a connection slot ------------------
+
+    def _update_deadline(self) -> None:
+        """
+        (Re)arm the deadline of what the client is sending now, besides the idle timer.
+
+        The idle timer restarts with every byte, so a client dripping a byte every few seconds
+        would never meet it (Postfix's answer: C{smtpd_per_request_deadline}). So a command line
+        must arrive whole within C{idle_timeout} of its first byte, and a transaction (MAIL FROM
+        to the final dot) must end within C{transaction_timeout} while averaging
+        C{min_data_rate} bytes a second after its first C{idle_timeout} seconds. No deadline
+        runs while we, not the client, are the slow side.
+        """
+        if self._pauses or self._lost or self._wire.disconnecting:
+            self._set_deadline(None)
+            return
+        settings = self._settings
+        deadlines: list[tuple[float, str]] = []
+        if self._transaction_started is not None:
+            started = self._transaction_started
+            deadlines.append(
+                (
+                    started + settings.transaction_timeout,
+                    "the transaction took longer than transaction_timeout",
+                )
+            )
+            deadlines.append(
+                (
+                    started
+                    + settings.idle_timeout
+                    + self._transaction_bytes / settings.min_data_rate,
+                    "the transaction was slower than min_data_rate",
+                )
+            )
+        if self.mode != smtp.DATA and self._buffer and not self._skipping_line:
+            if self._line_started is None:
+                self._line_started = self._clock.seconds()
+            deadlines.append(
+                (
+                    self._line_started + settings.idle_timeout,
+                    "a command line took longer than idle_timeout",
+                )
+            )
+        else:
+            self._line_started = None
+        if not deadlines:
+            self._set_deadline(None)
+            return
+        at, self._deadline_reason = min(deadlines)
+        self._set_deadline(at - self._clock.seconds())
+
+    def _start_transaction_clock(self) -> None:
+        self._transaction_started = self._clock.seconds()
+        self._transaction_bytes = 0
+
+    def _stop_transaction_clock(self) -> None:
+        self._transaction_started = None
+
+    def _set_deadline(self, seconds: float | None) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if seconds is not None:
+            self._deadline = self._clock.callLater(max(seconds, 0.0), self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self._lost or self._wire.disconnecting:
+            return
+        _log.info(
+            "Dropping SMTP client {client}: {what}", client=self._client, what=self._deadline_reason
+        )
+        self._timed_out()
 
     def _close_with(self, code: int, text: str) -> None:
         """Send a final reply and close; the reply is not counted as a client error."""
@@ -261,10 +353,15 @@ class GatewayESMTP(smtp.ESMTP):
         if self._lost or self._wire.disconnecting:
             return
         self.resetTimeout()
+        if self._transaction_started is not None:
+            self._transaction_bytes += len(data)
         lines = (self._buffer + data).split(b"\r\n")
         self._buffer = lines.pop()
+        if lines:
+            self._line_started = None
         self._lines.extend(lines)
         self._process()
+        self._update_deadline()
 
     def _process(self) -> None:
         if self._processing:
@@ -276,6 +373,8 @@ class GatewayESMTP(smtp.ESMTP):
                     self._lines.clear()
                     return
                 line = self._lines.popleft()
+                if self.mode != smtp.DATA and self._unauthorised_pipelining():
+                    return
                 if self._skipping_line:
                     self._skipping_line = False
                 elif len(line) > self._line_limit():
@@ -297,6 +396,21 @@ class GatewayESMTP(smtp.ESMTP):
         finally:
             self._processing = False
 
+    def _unauthorised_pipelining(self) -> bool:
+        """
+        Drop a client that sends commands ahead without having been told it may.
+
+        RFC 2920 allows that only once our EHLO reply has offered PIPELINING; before it, or
+        after HELO, more input behind the command being answered means the client does not
+        wait for replies (Postfix C{smtpd_forbid_unauth_pipelining}, C{reject_unauth_pipelining}).
+        """
+        if self._pipelining or not (self._lines or self._buffer):
+            return False
+        _log.warn("Dropping SMTP client {client}: pipelining without EHLO", client=self._client)
+        self._abort_transaction()
+        self._close_with(554, "5.5.0 Error: SMTP protocol synchronization")
+        return True
+
     def _line_limit(self) -> int:
         return self._data_line_limit if self.mode == smtp.DATA else self._command_limit
 
@@ -317,6 +431,7 @@ class GatewayESMTP(smtp.ESMTP):
         self._pauses += 1
         if self._pauses == 1:
             self.setTimeout(None)
+            self._set_deadline(None)
             if not self._lost and not self._wire.disconnecting:
                 self._wire.pauseProducing()
 
@@ -327,6 +442,7 @@ class GatewayESMTP(smtp.ESMTP):
         self._wire.resumeProducing()
         self.setTimeout(self.timeout)
         self._process()
+        self._update_deadline()
 
     def _wait_for(self, d: defer.Deferred[Any]) -> None:
         """Hold later pipelined lines until C{d}, which sends this command's reply, has fired."""
@@ -370,6 +486,16 @@ class GatewayESMTP(smtp.ESMTP):
         if handler is None:
             self.sendCode(500, "5.5.2 Error: command not recognized")
             return
+        if verb in JUNK_COMMANDS:
+            self._junk += 1
+            if self._junk > self._settings.junk_command_limit:
+                _log.info(
+                    "Dropping SMTP client {client}: too many commands that send no mail",
+                    client=self._client,
+                )
+                self._abort_transaction()
+                self._close_with(421, f"4.7.0 {self._hostname} Error: too many junk commands")
+                return
         handler(parts[1] if len(parts) == 2 else b"")
 
     def lookupMethod(self, command: bytes | str) -> Callable[[bytes], None] | None:
@@ -407,16 +533,19 @@ class GatewayESMTP(smtp.ESMTP):
             return False
         self._helo = (rest, (self._client or "").encode("ascii", "replace"))
         self._greeted = True
+        self._stop_transaction_clock()
         self._from = None
         self._to = []
         return True
 
     def do_HELO(self, rest: bytes) -> None:
         if self._greet(rest, "HELO"):
+            self._pipelining = False
             self.sendCode(250, self._hostname)
 
     def do_EHLO(self, rest: bytes) -> None:
         if self._greet(rest, "EHLO"):
+            self._pipelining = True
             self.sendCode(250, self.host + b"\n" + self.listExtensions())
 
     def ext_STARTTLS(self, rest: bytes) -> None:
@@ -444,6 +573,7 @@ class GatewayESMTP(smtp.ESMTP):
             self._skipping_line = False
             self._helo = (None, (self._client or "").encode("ascii", "replace"))
             self._greeted = False
+            self._pipelining = False
             self._from = None
             self._to = []
             self.sendCode(220, "2.0.0 Ready to start TLS")
@@ -497,6 +627,7 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _sender_accepted(self, result: object, origin: smtp.Address) -> None:
         self._from = result if isinstance(result, smtp.Address) else origin
+        self._start_transaction_clock()
         self.sendCode(250, "2.1.0 Ok")
 
     def _sender_refused(self, failure: Failure) -> None:
@@ -552,6 +683,7 @@ class GatewayESMTP(smtp.ESMTP):
         return header or b""
 
     def do_RSET(self, rest: bytes) -> None:
+        self._stop_transaction_clock()
         self._from = None
         self._to = []
         self.sendCode(250, "2.0.0 Ok")
@@ -699,6 +831,7 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _end_of_data(self) -> None:
         self.mode = smtp.COMMAND
+        self._stop_transaction_clock()
         error, self._data_error = self._data_error, None
         messages, self._messages = self._messages, []
         if error is not None:
@@ -714,6 +847,7 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _message_queued(self, result: object) -> None:
         self._errors = 0
+        self._junk = 0
         if isinstance(result, str):
             result = result.encode("utf-8", "replace")
         queue_id = _printable(result) if isinstance(result, bytes) else ""
@@ -724,6 +858,7 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _abort_transaction(self) -> None:
         """Forget the transaction; a message still being received is aborted, never stored."""
+        self._stop_transaction_clock()
         if self.mode == smtp.DATA:
             self.mode = smtp.COMMAND
             self._data_error = None

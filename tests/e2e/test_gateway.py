@@ -254,6 +254,35 @@ def test_mixed_recipients(gateway: Gateway, internet: SmtpSink, internal: SmtpSi
     assert not [m for m in internal.messages() if bob in m.rcpt_tos]
 
 
+def test_forged_verified_header_is_removed(gateway: Gateway, internal: SmtpSink) -> None:
+    """X-Secmail-Verified sent by the mail server (any case, folded) never reaches the sink."""
+    mid = msgid("forged")
+    carol = unique("carol") + "@corp.example"
+    message = make_message(
+        sender=SENDER,
+        to=carol,
+        subject="Forged header Quokka7731",
+        message_id=mid,
+        extra_headers=(
+            "X-Secmail-Verified: ceo@corp.example\r\nx-secmail-verified :\r\n\tceo@corp.example\r\n"
+        ),
+    )
+    assert gateway.send(SENDER, [carol], message) == {}
+    relayed = internal.wait_for_message(lambda m: m.message_id == mid, what=f"{mid} relayed")
+    assert b"secmail-verified" not in relayed.data.lower()
+    assert b"ceo@corp.example" not in relayed.data
+    assert b"Quokka7731" in relayed.data
+
+
+def test_bare_postmaster_goes_to_the_internal_server(gateway: Gateway, internal: SmtpSink) -> None:
+    """RCPT TO:<PostMaster> (no domain, RFC 5321 4.5.1) is accepted and relayed inside."""
+    mid = msgid("postmaster")
+    message = make_message(sender=SENDER, to="postmaster", subject="Hi", message_id=mid)
+    assert gateway.send(SENDER, ["PostMaster"], message) == {}
+    relayed = internal.wait_for_message(lambda m: m.message_id == mid, what=f"{mid} relayed")
+    assert relayed.rcpt_tos == ("postmaster",)
+
+
 def _read_replies(sock: socket.socket, timeout: float = 10.0) -> bytes:
     """Everything the server says until it closes the connection (bounded)."""
     sock.settimeout(1.0)
