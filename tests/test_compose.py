@@ -308,6 +308,34 @@ class DestinationTests(ComposeFixture):
             self.assertIn("Nothing was sent", reply.text)
         self.assertEqual(await self.rows(), [])
 
+    async def test_route_forms_refused(self) -> None:
+        """A To with %, ! or a route (link, start form, send form) is refused, naming it."""
+        percent = "boss%evil.example@corp.example"
+        bang = "evil.example!boss@corp.example"
+        browser = self.browser()
+        for address in (percent, bang):
+            page = await browser.get(f"/compose/{address}")
+            self.assertEqual(page.code, 404, address)
+            self.assertIn(address, page.text)
+        csrf = (await browser.get("/compose")).csrf()
+        for address in (percent, bang, "@corp.example:boss@evil.example"):
+            reply = await browser.post_pairs(
+                "/compose/start", [("csrf", csrf), ("to", address), ("sender", OUTSIDER)]
+            )
+            self.assertEqual(reply.code, 400, address)
+            self.assertIn(address, reply.text)
+        sneaky = await browser.post_pairs(
+            "/compose/start", [("csrf", csrf), ("to", SALES), ("sender", "olga%x@outside.example")]
+        )
+        self.assertEqual(sneaky.code, 400)
+        self.assertEqual(await self.rows(), [])
+        signed_in = await self.signed_in()
+        write_csrf = await self.write_csrf(signed_in)
+        sent = await signed_in.send([("csrf", write_csrf), ("to", percent), ("text", "hi")])
+        self.assertEqual(sent.code, 400)
+        self.assertIn(percent, sent.text)
+        self.assertEqual(await self.composed(), [])
+
 
 class CodeTests(ComposeFixture):
     async def test_code_flow(self) -> None:

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from secmail.address import AddressError, split_address
+from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
 from secmail.letters import system_mail
 from secmail.notify import Notification, build_code_mail, clean_text
@@ -179,7 +179,7 @@ def build_compose_mail(
 ) -> bytes:
     """
     The message as the internal mail server gets it. C{sender} is the verified
-    address; C{to} and C{sender} were checked by L{split_address}, and C{subject} is
+    address; C{to} and C{sender} were checked by L{portal_destination}, and C{subject} is
     one cleaned line, so no value can start a header of its own (the SMTP policy
     refuses a line break in a header value besides).
     """
@@ -224,17 +224,16 @@ def build_compose_code_mail(
 
 
 def plain_address(text: str) -> str | None:
-    """C{local@domain} (domain lower-cased) when C{text} is an address we accept, else None."""
+    """
+    C{local@domain} (domain lower-cased) when C{text} is a plain address we accept (see
+    L{portal_destination}: no route forms that a mail server could send elsewhere), else None.
+    """
     if len(text) > MAX_ADDRESS_CHARS:
         return None
     try:
-        local, domain = split_address(text.strip())
-    except AddressError:
+        return portal_destination(text, None)
+    except DestinationError:
         return None
-    labels = domain.split(".")
-    if len(labels) < 2 or labels[-1].isdigit():
-        return None  # not a domain mail can be sent to
-    return f"{local}@{domain}"
 
 
 # --- the app ------------------------------------------------------------------------------
@@ -295,7 +294,7 @@ class Compose:
         """The form for one internal address (a direct link); changes nothing."""
         to = self._internal(address)
         if to is None:
-            return self._no_such_address(request)
+            return self._no_such_address(request, address)
         return self._start_page(request, to, fixed=True)
 
     @app.route("/start", methods=["POST"])
@@ -305,7 +304,7 @@ class Compose:
             return self._bad_form(request)
         to = self._internal(_single(request, b"to"))
         if to is None:
-            return self._refused(request)
+            return self._refused(request, _single(request, b"to"))
         _ = self._t(request)
         typed = _single(request, b"sender")
         sender = plain_address(typed)
@@ -342,7 +341,7 @@ class Compose:
             return self._bad_form(request)
         to = self._internal(_single(request, b"to"))
         if to is None:
-            return self._refused(request)
+            return self._refused(request, _single(request, b"to"))
         sender = plain_address(_single(request, b"sender"))
         if sender is None:
             return self._bad_form(request)
@@ -374,12 +373,13 @@ class Compose:
 
     @app.route("/write", methods=["GET"])
     async def write(self, request: IRequest) -> bytes:
-        to = self._internal(form_arg(request, b"to", MAX_ADDRESS_CHARS + 1))
+        given = form_arg(request, b"to", MAX_ADDRESS_CHARS + 1)
+        to = self._internal(given)
         session = await self._session(request)
         if session is None:
             return self._signed_out(request, to)
         if to is None:
-            return self._no_such_address(request)
+            return self._no_such_address(request, given)
         return self._write_page(request, session, to)
 
     @app.route("/send", methods=["POST"])
@@ -406,7 +406,7 @@ class Compose:
             await self.sessions.add_event(
                 session.address, "compose refused", f"not an internal address: {shown}", self.now()
             )
-            return self._refused(request)
+            return self._refused(request, given or "")
         subject = clean_text(form.one("subject") or "", MAX_SUBJECT_CHARS)
         text = form.one("text") or ""
         uploads = form.uploads
@@ -535,11 +535,13 @@ class Compose:
         return translation(request, self.settings)
 
     def _internal(self, text: str) -> str | None:
-        """C{text} as an address we may write to (one in an incoming domain), else None."""
-        address = plain_address(text)
-        if address is None or not self.settings.routes.is_incoming(address.rpartition("@")[2]):
+        """C{text} as an address we may write to (a plain one in an incoming domain), else None."""
+        if len(text) > MAX_ADDRESS_CHARS:
             return None
-        return address
+        try:
+            return portal_destination(text, self.settings.routes.is_incoming)
+        except DestinationError:
+            return None
 
     async def _session(self, request: IRequest) -> ComposeSession | None:
         session_id = cookie_value(request, SESSION_COOKIE)
@@ -726,13 +728,20 @@ class Compose:
     def _page(self, request: IRequest, title: str, body: str) -> bytes:
         return render_page(request, self.settings, title, body)
 
-    def _no_such_address(self, request: IRequest) -> bytes:
+    def _named(self, _: Translate, address: str) -> str:
+        """The refused address, named (a paragraph), when there was one."""
+        if not address.strip():
+            return ""
+        shown = clean_text(address, 100)
+        return f"<p>{_e(_('This page cannot send to {address}.').format(address=shown))}</p>"
+
+    def _no_such_address(self, request: IRequest, address: str = "") -> bytes:
         request.setResponseCode(404)
         _ = self._t(request)
         return self._page(
             request,
             _("Address not found"),
-            '<div class="card"><p>'
+            f'<div class="card">{self._named(_, address)}<p>'
             + _(
                 "Secure messages can be written here only to addresses of this organisation, "
                 "and the address in this link is not one of them. Please check the link, "
@@ -741,13 +750,13 @@ class Compose:
             + "</p></div>",
         )
 
-    def _refused(self, request: IRequest) -> bytes:
+    def _refused(self, request: IRequest, address: str = "") -> bytes:
         request.setResponseCode(400)
         _ = self._t(request)
         return self._page(
             request,
             _("Not sent"),
-            '<div class="card"><p>'
+            f'<div class="card">{self._named(_, address)}<p>'
             + _(
                 "Messages from this page can go only to one address of this organisation. "
                 "Nothing was sent. Please start again from the link you were given, "
