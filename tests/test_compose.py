@@ -753,7 +753,11 @@ class HeaderTests(ComposeFixture):
             },
         )
         for name, reply in replies.items():
-            self.assertEqual(reply.header("Strict-Transport-Security"), "max-age=31536000", name)
+            self.assertEqual(
+                reply.header("Strict-Transport-Security"),
+                "max-age=31536000; includeSubDomains",
+                name,
+            )
             self.assertEqual(reply.header("X-Content-Type-Options"), "nosniff", name)
             self.assertEqual(reply.header("Referrer-Policy"), "no-referrer", name)
             self.assertEqual(reply.header("Cache-Control"), "no-store", name)

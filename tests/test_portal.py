@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
@@ -29,7 +32,7 @@ from secmail.store.sms import SmsStore
 from secmail.store.spool import SealedBytes
 from tests.test_delivery import IntakeFixture
 from tests.test_queue import make_settings, parse
-from web.portal import Portal
+from web.portal import Portal, make_site
 
 BASE = "https://portal.gw.example"
 ALICE = "alice@corp.example"
@@ -1071,7 +1074,11 @@ class HeaderTests(PortalFixture):
     async def test_security_headers_everywhere(self) -> None:
         """HSTS, nosniff, no-referrer and a CSP that frames nothing and runs no script."""
         for name, reply in (await self.every_route()).items():
-            self.assertEqual(reply.header("Strict-Transport-Security"), "max-age=31536000", name)
+            self.assertEqual(
+                reply.header("Strict-Transport-Security"),
+                "max-age=31536000; includeSubDomains",
+                name,
+            )
             self.assertEqual(reply.header("X-Content-Type-Options"), "nosniff", name)
             self.assertEqual(reply.header("Referrer-Policy"), "no-referrer", name)
             csp = directives(reply)
@@ -1083,6 +1090,50 @@ class HeaderTests(PortalFixture):
             self.assertEqual(csp.get("script-src", csp.get("default-src")), ["'none'"], name)
             if name != "css":
                 self.assertEqual(reply.header("Cache-Control"), "no-store", name)
+
+    async def test_site_sends_no_banner(self) -> None:
+        """On the real site every response, also Twisted's own, has HSTS and no Server banner."""
+        site = make_site(self.portal)
+        site.reactor = Clock()  # the channel's timeouts, never fired here
+        letter = await self.letter()
+
+        def broken(request: object) -> object:
+            raise RuntimeError("render failed")
+
+        answers = {}
+        for name, head in [
+            ("landing", f"GET {letter.link} HTTP/1.1"),
+            ("404", "GET /no/such/page HTTP/1.1"),
+            ("compose 404", "GET /compose/nobody@evil.example HTTP/1.1"),
+            ("options", "OPTIONS * HTTP/1.1"),
+            ("twisted 500", "GET /static/portal.css HTTP/1.1"),
+        ]:
+            if name == "twisted 500":
+                self.patch(site, "getResourceFor", broken)
+            channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 5555))
+            channel.makeConnection(transport)
+            channel.dataReceived(
+                f"{head}\r\nHost: portal.gw.example\r\nConnection: close\r\n\r\n".encode()
+            )
+            for _ in range(2000):
+                if transport.disconnecting:
+                    break
+                await deferLater(reactor, 0.001, lambda: None)
+            channel.connectionLost(Failure(ConnectionError("test over")))
+            answers[name] = transport.value().split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        self.flushLoggedErrors(RuntimeError)
+        for name, head in answers.items():
+            lines = head.lower().split("\r\n")
+            self.assertTrue(lines[0].startswith("http/1.1 "), (name, head))
+            self.assertFalse([n for n in lines if n.startswith("server:")], (name, head))
+            self.assertNotIn("twisted", head.lower(), name)
+            self.assertIn(
+                "strict-transport-security: max-age=31536000; includesubdomains", lines, name
+            )
+            self.assertIn("x-content-type-options: nosniff", lines, name)
+            self.assertTrue([n for n in lines if n.startswith("content-security-policy:")], name)
+        self.assertTrue(answers["twisted 500"].startswith("HTTP/1.1 500"), answers)
 
     async def test_unknown_path_is_a_page(self) -> None:
         """An unknown path (or method) is a portal page with its 404 (405), not a logged 500."""

@@ -70,7 +70,8 @@ PAGE_CSP = (
 RESOURCE_CSP = b"default-src 'none'; frame-ancestors 'none'"
 DOWNLOAD_CSP = b"default-src 'none'; sandbox; frame-ancestors 'none'"
 COMMON_HEADERS = {
-    b"Strict-Transport-Security": b"max-age=31536000",
+    # A year, for every subdomain too: the portal's name is never to be reached over HTTP.
+    b"Strict-Transport-Security": b"max-age=31536000; includeSubDomains",
     b"X-Content-Type-Options": b"nosniff",
     b"Referrer-Policy": b"no-referrer",
     b"Cache-Control": b"no-store",
@@ -1446,6 +1447,27 @@ class BoundedRequest(Request):
             self.args.update(parse_qs(self._body.read(), keep_blank_values=True))
             self._body.seek(0)
         super().process()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self._last_headers()
+        super().write(data)
+
+    def _last_headers(self) -> None:
+        """
+        Just before the head goes out, on every response (also Twisted's own: a failed
+        render, C{OPTIONS *}): no C{Server:} banner naming the software and its version,
+        and the security headers where the page did not set its own.
+        """
+        headers = self.responseHeaders
+        headers.removeHeader(b"server")
+        for name, value in COMMON_HEADERS.items():
+            if not headers.hasHeader(name):
+                headers.setRawHeaders(name, [value])
+        if not headers.hasHeader(b"content-security-policy"):
+            headers.setRawHeaders(b"Content-Security-Policy", [RESOURCE_CSP])
+        if not headers.hasHeader(b"x-frame-options"):
+            headers.setRawHeaders(b"X-Frame-Options", [b"DENY"])
 
     def _refuse(self, length: int | None) -> None:
         self._refused = True
