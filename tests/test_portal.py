@@ -681,6 +681,60 @@ class BindingTests(PortalFixture):
         await self.ask_code(browser, letter)  # a new one works again
         self.assertEqual((await self.try_code(browser, letter, await self.mailed_code())).code, 303)
 
+    async def test_twenty_wrong_codes_lock_and_tell_the_sender(self) -> None:
+        """
+        Wrong e-mail codes in all (not only per code) lock the letter for codes, as wrong
+        PINs do: the sender is told, no new code goes out; the bound browser still reads.
+        """
+        letter = await self.letter()
+        bound = await self.signed_in(letter)
+        browser = await self.second_browser(letter, {})
+        answer = None
+        for failure in range(20):
+            if failure % 5 == 0:
+                self.clock.advance(HOUR)  # within the hourly and daily code limits
+                await self.ask_code(browser, letter)
+            code = await self.mailed_code()
+            answer = await self.try_code(browser, letter, f"{(int(code) + 1) % 10**6:06d}")
+            if failure < 19:
+                self.assertEqual(answer.code, 200, failure)
+                self.assertEqual(await self.rows("notice"), [], failure)
+        assert answer is not None
+        self.assertEqual(answer.code, 403)
+        self.assertIn("This message is locked", answer.text)
+        self.assertIn("can no longer be opened with a code", answer.text)
+        [notice] = await self.rows("notice")
+        self.assertEqual(notice.recipients, (ALICE,))
+        text = parse(await self.store.read_all(notice.message_id)).get_body(("plain",))
+        assert text is not None
+        said = " ".join(text.get_content().split())
+        self.assertIn(f"Your secure message to {BOB}", said)
+        self.assertIn("a wrong code was typed 20 times", said)
+        codes = len(await self.rows("code"))
+        self.clock.advance(HOUR)
+        for path in (f"{letter.link}/code", f"{letter.link}/verify", letter.link):
+            csrf = (await browser.get(letter.link)).csrf()
+            locked = await browser.post(path, {"csrf": csrf, "code": "000000"})
+            self.assertEqual(locked.code, 403, path)
+            self.assertIn("This message is locked", locked.text)
+        self.assertEqual(len(await self.rows("code")), codes)
+        self.assertIn("locked", await self.event_kinds(letter))
+        self.assertEqual((await self.open(bound, letter)).code, 303)  # the first browser reads
+
+    async def test_codes_per_day(self) -> None:
+        """At most 10 code mails a day for one letter; then a clear page (429)."""
+        letter = await self.letter()
+        await self.signed_in(letter)
+        browser = await self.second_browser(letter, {})
+        for _ in range(10):
+            await self.ask_code(browser, letter)
+            self.clock.advance(HOUR // 2)
+        csrf = (await browser.get(letter.link)).csrf()
+        refused = await browser.post(f"{letter.link}/code", {"csrf": csrf})
+        self.assertEqual(refused.code, 429)
+        self.assertIn("10 codes were sent for this message in the last 24 hours", refused.text)
+        self.assertEqual(len(await self.rows("code")), 10)
+
     async def test_code_needs_csrf(self) -> None:
         """Asking for a code or trying one without the link's CSRF is refused and mails nothing."""
         letter = await self.letter()
@@ -873,6 +927,20 @@ class RegisteredTests(PortalFixture):
         self.clock.advance(HOUR)
         answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
         self.assertIn("A new PIN is on its way.", answer.text)
+
+    async def test_ten_pins_a_day(self) -> None:
+        """At most 10 PINs a day for one letter (not 120); then a clear page (429)."""
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        for _ in range(9):
+            self.clock.advance(HOUR // 2)
+            answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+            self.assertIn("A new PIN is on its way.", answer.text)
+        self.clock.advance(HOUR // 2)
+        answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+        self.assertEqual(answer.code, 429)
+        self.assertIn("10 PINs were ordered for this message in the last 24 hours", answer.text)
+        self.assertIn('name="pin"', answer.text)  # the newest PIN can still be typed
 
     async def test_twenty_wrong_pins_lock_and_tell_the_sender(self) -> None:
         letter = await self.letter(level="registered")

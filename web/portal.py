@@ -45,6 +45,8 @@ from secmail.policy import strip_subject_keyword
 from secmail.store.messages import Envelope, MessageStore, NewMessage, new_id
 from secmail.store.portal import (
     CODE_LIFETIME,
+    CODES_PER_DAY,
+    CodeOrder,
     CodeState,
     PinOrder,
     PinState,
@@ -202,6 +204,8 @@ class Portal:
         self._set_cookie(request, BROWSER_COOKIE, browser, max_age=BROWSER_COOKIE_AGE)
         if await self.sessions.open_envelope(envelope.id, browser, self.now()):
             return await self._sign_in(request, envelope, "link in this browser")
+        if envelope.locked is not None:
+            return self._locked(request, envelope)
         return self._code_page(request, token, envelope, None)
 
     @app.route("/m/<token>/code", methods=["POST"])
@@ -212,16 +216,29 @@ class Portal:
             return self._not_found(request)
         if not self._form_csrf_ok(request, token) or envelope.level != "letter":
             return self._bad_form(request)
-        code = await self.sessions.new_code(envelope.id, self.now())
-        if code is None:
+        state, code = await self.sessions.order_code(envelope.id, self.now())
+        _ = self._t(request)
+        if state == CodeOrder.TOO_MANY:
             return self._code_page(
                 request,
                 token,
                 envelope,
-                self._t(request)(
-                    "Too many codes were sent in the last hour. Please try again later."
-                ),
+                _("Too many codes were sent in the last hour. Please try again later."),
+                status=429,
             )
+        if state == CodeOrder.TOO_MANY_TODAY:
+            return self._code_page(
+                request,
+                token,
+                envelope,
+                _(
+                    "{count} codes were sent for this message in the last 24 hours, which is "
+                    "as many as we send. Please use the newest code, or try again tomorrow."
+                ).format(count=CODES_PER_DAY),
+                status=429,
+            )
+        if code is None:
+            return self._locked(request, envelope)
         await self._mail_code(envelope, code)
         return self._code_page(request, token, envelope, None, sent=True)
 
@@ -236,13 +253,24 @@ class Portal:
         code = form_arg(request, b"code")
         if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
             return self._code_page(request, token, envelope, _("The code has 6 digits."), sent=True)
-        state = await self.sessions.check_code(envelope.id, code, self.now())
+        notice = pin.lock_notice(self.settings, envelope, self._date())
+        state = await self.sessions.check_code(
+            envelope.id, code, self.now(), self._gateway_mail(envelope, notice)
+        )
         if state == CodeState.OK:
             return await self._sign_in(request, envelope, "e-mail code")
         if state == CodeState.WRONG:
             return self._code_page(
                 request, token, envelope, _("That code is not right. Please try again."), sent=True
             )
+        if state == CodeState.LOCKED_NOW:
+            log.warn(
+                "Letter {envelope} locked for codes after too many wrong codes",
+                envelope=envelope.id,
+            )
+            self.on_commit()
+        if state in (CodeState.LOCKED, CodeState.LOCKED_NOW):
+            return self._locked(request, envelope)
         return self._code_page(
             request,
             token,
@@ -398,6 +426,13 @@ class Portal:
                 error = error or _(
                     "Too many PINs were ordered in the last hour. Please try again later."
                 )
+                request.setResponseCode(429)
+            elif state == PinOrder.TOO_MANY_TODAY:
+                error = error or _(
+                    "{count} PINs were ordered for this message in the last 24 hours, which is "
+                    "as many as we send. Please use the newest PIN, or try again tomorrow."
+                ).format(count=CODES_PER_DAY)
+                request.setResponseCode(429)
             else:
                 return self._locked(request, envelope)
         pending = await self.sms.pending(envelope.id)
@@ -428,6 +463,24 @@ class Portal:
         return self._page(request, _("Type the PIN"), body)
 
     def _locked(self, request: IRequest, envelope: Envelope) -> bytes:
+        if envelope.level == "letter":
+            # Locked for codes: the browser it was first opened in still opens it.
+            return self._notice(
+                request,
+                403,
+                N_("This message is locked"),
+                N_(
+                    "A wrong code was typed too many times, so this message can no longer "
+                    "be opened with a code. It still opens in the browser where it was "
+                    "first opened. The sender has been told; please contact them."
+                )
+                if envelope.sender
+                else N_(
+                    "A wrong code was typed too many times, so this message can no longer "
+                    "be opened with a code. It still opens in the browser where it was "
+                    "first opened. Please contact the sender."
+                ),
+            )
         return self._notice(
             request,
             403,
@@ -888,7 +941,9 @@ class Portal:
         envelope: Envelope,
         error: str | None,
         sent: bool = False,
+        status: int = 200,
     ) -> bytes:
+        request.setResponseCode(status)
         _ = self._t(request)
         csrf = self._form_csrf(token)
         problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
