@@ -371,3 +371,13 @@ def portal_destination(address: str, is_incoming: Callable[[str], bool] | None) 
     if is_incoming is not None and not is_incoming(domain):
         raise DestinationError(f"{plain} is outside the organisation.", outside=True)
     return plain
+
+
+def mailbox_key(address: str) -> str:
+    """
+    The mailbox an address reaches, for counting: lower-cased, and without a C{+tag} in
+    the local part (C{Olga+x@Outside.example} is C{olga@outside.example}), so that the
+    spellings of one mailbox share one limit. Pure; C{address} is already checked.
+    """
+    local, _, domain = address.strip().lower().rpartition("@")
+    return f"{local.split('+', 1)[0] or local}@{domain}"

@@ -14,6 +14,7 @@ from secmail.address import (
     DestinationError,
     Level,
     Recipient,
+    mailbox_key,
     normalise_phone,
     parse_phone,
     parse_recipient,
@@ -428,3 +429,12 @@ def test_portal_destination_result_is_plain(text: str) -> None:
     local, _, domain = plain.partition("@")
     assert plain.count("@") == 1 and incoming(domain)
     assert not set(local) & set('%!:,"()[]\\ ')
+
+
+def test_mailbox_key() -> None:
+    """One mailbox, one key: case and a +tag in the local part do not make another."""
+    assert mailbox_key("Olga+News@Outside.Example") == "olga@outside.example"
+    assert mailbox_key("olga@outside.example") == "olga@outside.example"
+    assert mailbox_key("olga+a+b@outside.example") == "olga@outside.example"
+    assert mailbox_key("+only@outside.example") == "+only@outside.example"
+    assert mailbox_key("olga.b@outside.example") == "olga.b@outside.example"

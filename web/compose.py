@@ -3,7 +3,8 @@ D-Compose: outsiders write a secure message to someone in the organisation.
 
 C{/compose} offers the addresses of C{[portal] compose_directory}; C{/compose/<address>}
 is a direct link for one internal address. The outsider types their own address and
-gets a code by e-mail (at most five code mails per address a day); the right code opens
+gets a code by e-mail (limited per mailbox, per client and in all: L{CodeLimits}, set
+by C{[portal] compose_codes_*}; 20 wrong codes lock the mailbox); the right code opens
 a session (cookie C{__Host-secmail-compose}) whose sender is that verified address. What
 they write goes, sealed, onto the queue for the incoming route, From and Reply-To the
 verified address.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import email.policy
 import hmac
+import ipaddress
 import re
 import secrets
 from collections.abc import Callable
@@ -47,10 +49,13 @@ from werkzeug.exceptions import HTTPException
 from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
 from secmail.letters import system_mail
-from secmail.notify import Notification, build_code_mail, clean_text
+from secmail.notify import Notification, build_code_mail, build_sender_notice, clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
-    CODES_PER_WINDOW,
+    LOCK_AFTER,
+    LOCK_TIME,
+    CodeLimits,
+    CodeRefusal,
     CodeState,
     ComposeSession,
     ComposeStore,
@@ -236,6 +241,53 @@ def plain_address(text: str) -> str | None:
         return None
 
 
+def client_key(host: str) -> str:
+    """
+    Whom a code order is counted against: the client's IPv4 address, or the /64 of an
+    IPv6 one (one site's or one customer's usual share, which it can hop within); "" for
+    anything else (not counted per client).
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def code_limits(settings: Settings) -> CodeLimits:
+    portal = settings.portal
+    return CodeLimits(
+        per_mailbox=portal.compose_codes_per_mailbox,
+        per_client=portal.compose_codes_per_client,
+        per_hour=portal.compose_codes_per_hour,
+        per_day=portal.compose_codes_per_day,
+    )
+
+
+def build_lock_notice(*, settings: Settings, recipient: str, date: datetime) -> Notification:
+    """The mail telling the owner of C{recipient} that codes for it stopped, and why."""
+    return build_sender_notice(
+        settings=settings,
+        sender=recipient,
+        subject="Codes for writing secure messages stopped for your address",
+        paragraphs=[
+            f"On the secure message page of {settings.gateway.hostname}, a wrong code "
+            f"was typed {LOCK_AFTER} times to confirm the address {recipient}. To keep "
+            "anyone from guessing a code and writing in your name, no codes are sent to "
+            f"this address for the next {LOCK_TIME // 86400} days.",
+            "If it was you, please write to the organisation in another way, or try "
+            "again later. If not, someone else may have tried to use your address; no "
+            "message was sent in your name.",
+        ],
+        message_id_domain=settings.gateway.hostname,
+        date=date,
+    )
+
+
 # --- the app ------------------------------------------------------------------------------
 
 
@@ -318,18 +370,16 @@ class Compose:
                 else _("Please type your e-mail address.")
             )
             return self._start_page(request, to, typed, error, status=400)
-        code = await self.sessions.new_code(sender, self.now())
+        peer = getattr(request.getClientAddress(), "host", "")
+        limits = code_limits(self.settings)
+        code, refusal = await self.sessions.order_code(sender, self.now(), client_key(peer), limits)
         if code is None:
             return self._start_page(
                 request,
                 to,
                 sender,
-                _(
-                    "{count} codes have been sent to {address} in the last 24 hours, "
-                    "which is as many as we send. Please use the newest code you received, "
-                    "or try again tomorrow."
-                ).format(count=CODES_PER_WINDOW, address=sender),
-                status=429,
+                self._code_refusal(_, refusal, sender, limits),
+                status=403 if refusal == CodeRefusal.LOCKED else 429,
             )
         await self._mail_code(sender, to, code)
         return self._code_page(request, to, sender, None)
@@ -349,9 +399,20 @@ class Compose:
         code = form_arg(request, b"code")
         if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
             return self._code_page(request, to, sender, _("The code has 6 digits."), status=400)
-        state = await self.sessions.check_code(sender, code, self.now())
+        state = await self.sessions.check_code(sender, code, self.now(), self._lock_notice(sender))
         if state == CodeState.WRONG:
             return self._code_page(request, to, sender, _("That code is not right. Try again."))
+        if state == CodeState.LOCKED_NOW:
+            log.warn("D-Compose: codes for a mailbox locked after too many wrong codes")
+            self.on_commit()
+        if state in (CodeState.LOCKED, CodeState.LOCKED_NOW):
+            return self._start_page(
+                request,
+                to,
+                sender,
+                self._code_refusal(_, CodeRefusal.LOCKED, sender, code_limits(self.settings)),
+                status=403,
+            )
         if state != CodeState.OK:
             return self._code_page(
                 request,
@@ -574,6 +635,48 @@ class Compose:
             self.now(),
         )
         self.on_commit()
+
+    def _code_refusal(
+        self, _: Translate, refusal: str | None, sender: str, limits: CodeLimits
+    ) -> str:
+        """Why no code was sent, in words, and what to do."""
+        if refusal == CodeRefusal.LOCKED:
+            return _(
+                "A wrong code was typed too many times for {address}, so no more codes are "
+                "sent to it for {days} days. Its owner has been told by e-mail."
+            ).format(address=sender, days=LOCK_TIME // 86400)
+        if refusal == CodeRefusal.MAILBOX:
+            return _(
+                "{count} codes have been sent to {address} in the last 24 hours, "
+                "which is as many as we send. Please use the newest code you received, "
+                "or try again tomorrow."
+            ).format(count=limits.per_mailbox, address=sender)
+        if refusal == CodeRefusal.CLIENT:
+            return _(
+                "Many codes have been asked for from your network in the last hour. "
+                "Please use the newest code you received, or try again in an hour."
+            )
+        return _(
+            "This page has sent as many codes as it may for now. Please try again "
+            "in an hour, or later today."
+        )
+
+    def _lock_notice(self, sender: str) -> NewMessage:
+        """The mail telling the owner of C{sender} that codes for it stopped."""
+        mail = build_lock_notice(
+            settings=self.settings,
+            recipient=sender,
+            date=datetime.fromtimestamp(self.clock.seconds(), UTC),
+        )
+        return system_mail(
+            self.settings,
+            self.store.master,
+            kind="notice",
+            sender=mail.sender,
+            to=sender,
+            content=mail.content,
+            about=trail_id(sender),
+        )
 
     def _form_csrf(self, value: str) -> str:
         return hmac.new(self._csrf_key, b"compose-form:" + value.encode(), "sha256").hexdigest()
