@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import phonenumbers
@@ -312,3 +313,116 @@ def _check_domain(address: str, domain: str) -> str:
                 f"parts hold letters, digits and inner hyphens, at most {MAX_LABEL_OCTETS} each",
             )
     return domain
+
+
+# --- portal destinations ------------------------------------------------------------------
+#
+# What the portal sends into the organisation (a forward, a reply all, a D-Compose message)
+# goes to the internal mail server, which may still honour old source-route forms: the
+# "percent hack" (boss%evil.example@example.com is relayed to boss@evil.example), bang
+# paths (evil.example!boss@example.com), RFC 821 routes (@a,@b:boss@example.com) and
+# quoted local parts that hide any of these. A portal destination must name exactly one
+# mailbox on that server, so only the plainest form is taken: local@domain, a dot-atom
+# local part without routing characters, a domain name (no address literal) in one of
+# the organisation's domains.
+
+#: Local-part characters that some mail servers read as a route to another host.
+_ROUTE_CHARS = frozenset("%!")
+_PLAIN_LOCAL = _ATEXT - _ROUTE_CHARS
+MAX_ADDRESS_OCTETS = 254
+
+
+class DestinationError(ValueError):
+    """
+    An address the portal will not send to; the text names the address and says why.
+    C{outside}: it is well-formed but not in the organisation's domains.
+    """
+
+    def __init__(self, text: str, outside: bool = False) -> None:
+        super().__init__(text)
+        self.outside = outside
+
+
+def portal_destination(address: str, is_incoming: Callable[[str], bool] | None) -> str:
+    """
+    C{address} as C{local@domain} (domain lower-cased) when it is a plain mailbox the
+    portal may send to: in a domain for which C{is_incoming} is true (None: any domain,
+    for outsiders who get a secure letter instead). Pure; L{DestinationError} otherwise.
+    """
+    text = address.strip()
+    shown = "".join(c if c.isprintable() else "?" for c in text[:100]) or "(empty)"
+    if not text:
+        raise DestinationError("Type an e-mail address such as name@example.com.")
+    if len(text) > MAX_ADDRESS_OCTETS:
+        raise DestinationError(f"{shown}… is longer than {MAX_ADDRESS_OCTETS} characters.")
+    if any(c.isspace() or not c.isprintable() for c in text) or not text.isascii():
+        raise DestinationError(
+            f"{shown} contains spaces or characters not allowed in an address; "
+            "write it as name@example.com."
+        )
+    if '"' in text or "(" in text or ")" in text or "\\" in text:
+        raise DestinationError(
+            f"{shown}: quoted names and comments are not accepted; "
+            "write the address as name@example.com."
+        )
+    if text.startswith("@") or ":" in text or "," in text or text.count("@") != 1:
+        raise DestinationError(
+            f"{shown} is not a single plain address (route forms such as @host: and "
+            "more than one @ are not accepted); write it as name@example.com."
+        )
+    local, _, domain = text.partition("@")
+    if set(local) & _ROUTE_CHARS:
+        raise DestinationError(
+            f"{shown}: the characters % and ! are not accepted before the @, because mail "
+            "servers may read them as a route to another server; write the address as "
+            "name@example.com."
+        )
+    atoms = local.split(".")
+    if (
+        not local
+        or len(local) > MAX_LOCAL_OCTETS
+        or not all(atoms)
+        or any(not set(atom) <= _PLAIN_LOCAL for atom in atoms)
+    ):
+        raise DestinationError(
+            f"{shown}: the part before the @ is not a plain name (letters, digits and "
+            ". _ - + and the like; no dot at either end, no two dots in a row)."
+        )
+    if domain.startswith("["):
+        raise DestinationError(
+            f"{shown}: addresses with an IP address after the @ are not accepted; "
+            "use the domain name."
+        )
+    domain = domain.lower()
+    labels = domain.split(".")
+    if (
+        len(domain) > MAX_DOMAIN_OCTETS
+        or len(labels) < 2
+        or any(
+            not label
+            or len(label) > MAX_LABEL_OCTETS
+            or not set(label) <= _LABEL_CHARS
+            or label.startswith("-")
+            or label.endswith("-")
+            for label in labels
+        )
+        or labels[-1].isdigit()
+    ):
+        raise DestinationError(
+            f"{shown}: {domain or '(nothing)'} after the @ is not a domain name "
+            "such as example.com."
+        )
+    plain = f"{local}@{domain}"
+    if is_incoming is not None and not is_incoming(domain):
+        raise DestinationError(f"{plain} is outside the organisation.", outside=True)
+    return plain
+
+
+def mailbox_key(address: str) -> str:
+    """
+    The mailbox an address reaches, for counting: lower-cased, and without a C{+tag} in
+    the local part (C{Olga+x@Outside.example} is C{olga@outside.example}), so that the
+    spellings of one mailbox share one limit. Pure; C{address} is already checked.
+    """
+    local, _, domain = address.strip().lower().rpartition("@")
+    return f"{local.split('+', 1)[0] or local}@{domain}"

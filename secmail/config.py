@@ -127,6 +127,12 @@ class PortalSettings:
     logo_type: str = ""
     verification_phrase: str = ""
     languages: tuple[str, ...] = LANGUAGES
+    #: D-Compose code mails: to one mailbox (lower-cased, +tag removed) in 24 hours, for
+    #: one client (IPv4 address or IPv6 /64) in an hour, and to everyone in an hour / a day.
+    compose_codes_per_mailbox: int = 5
+    compose_codes_per_client: int = 10
+    compose_codes_per_hour: int = 60
+    compose_codes_per_day: int = 300
 
 
 @dataclass(frozen=True)
@@ -554,6 +560,10 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "logo_file": _str,
         "verification_phrase": _phrase,
         "languages": _languages,
+        "compose_codes_per_mailbox": _positive_int,
+        "compose_codes_per_client": _positive_int,
+        "compose_codes_per_hour": _positive_int,
+        "compose_codes_per_day": _positive_int,
     },
     "store": {"database": _database, "master_key_file": _nonempty},
     "queue": {
@@ -682,6 +692,11 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
             )
         except ValueError as e:
             raise ConfigError(f"portal.logo_file: {e}") from None
+    if portal.compose_codes_per_day < portal.compose_codes_per_hour:
+        raise ConfigError(
+            f"portal.compose_codes_per_day: {portal.compose_codes_per_day} is less than "
+            f"portal.compose_codes_per_hour ({portal.compose_codes_per_hour}); raise it"
+        )
     outside = [a for a in portal.compose_directory if not routes.is_incoming(a.rpartition("@")[2])]
     if outside:
         raise ConfigError(

@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 
 from secmail.address import (
     AddressError,
+    DestinationError,
     Level,
     Recipient,
     check_sender,
+    mailbox_key,
     normalise_phone,
     parse_phone,
     parse_recipient,
+    portal_destination,
     postmaster_recipient,
     split_address,
 )
@@ -401,3 +404,91 @@ def test_parse_phone(text: str, expected: str) -> None:
 def test_parse_phone_refuses(text: str, message: str) -> None:
     with pytest.raises(AddressError, match=re.escape(message)):
         parse_phone(text, "358")
+
+
+# --- portal destinations ------------------------------------------------------------------
+
+
+def incoming(domain: str) -> bool:
+    return domain in ("corp.example", "branch.corp.example")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("dave@corp.example", "dave@corp.example"),
+        (" Dave.Smith+tag@CORP.example ", "Dave.Smith+tag@corp.example"),
+        ("o'brien@branch.corp.example", "o'brien@branch.corp.example"),
+    ],
+)
+def test_portal_destination_plain(given: str, expected: str) -> None:
+    """A plain local@domain in an incoming domain is taken (domain lower-cased)."""
+    assert portal_destination(given, incoming) == expected
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "boss%evil.example@corp.example",  # the percent hack
+        "evil.example!boss@corp.example",  # a bang path
+        "@corp.example:boss@evil.example",  # an RFC 821 source route
+        "@a.example,@corp.example:boss@evil.example",
+        "boss@evil.example@corp.example",
+        '"boss@evil.example"@corp.example',  # a quoted local part
+        '"boss"@corp.example',
+        "boss(evil.example)@corp.example",  # a comment
+        "boss@corp.example(x)",
+        "boss@[192.0.2.1]",  # an address literal
+        "boss@[IPv6:2001:db8::1]",
+        "boss@192.0.2.1",
+        "boss:x@corp.example",
+        "boss@corp",
+        ".boss@corp.example",
+        "bo..ss@corp.example",
+        "boss@-corp.example",
+        "bo ss@corp.example",
+        "boss\\@corp.example",
+        "böss@corp.example",
+        "boss@corp.example\r\nBcc: x@evil.example",
+        "",
+        "x" * 65 + "@corp.example",
+    ],
+)
+def test_portal_destination_refuses_route_forms(given: str) -> None:
+    """Route forms and anything but a plain address are refused, the message naming it."""
+    with pytest.raises(DestinationError) as info:
+        portal_destination(given, incoming)
+    assert not info.value.outside
+    if given.strip() and given.isprintable() and len(given) < 100:
+        assert given.strip() in str(info.value)
+
+
+def test_portal_destination_outside() -> None:
+    """A plain address outside the incoming domains is refused as outside; None allows any."""
+    with pytest.raises(DestinationError) as info:
+        portal_destination("mallory@evil.example", incoming)
+    assert info.value.outside and "mallory@evil.example" in str(info.value)
+    assert portal_destination("mallory@evil.example", None) == "mallory@evil.example"
+    with pytest.raises(DestinationError):
+        portal_destination("mallory%corp.example@evil.example", None)
+
+
+@given(st.text(alphabet=string.printable, max_size=80))
+def test_portal_destination_result_is_plain(text: str) -> None:
+    """Whatever is accepted is one @, no route characters, and in an incoming domain."""
+    try:
+        plain = portal_destination(text, incoming)
+    except DestinationError:
+        return
+    local, _, domain = plain.partition("@")
+    assert plain.count("@") == 1 and incoming(domain)
+    assert not set(local) & set('%!:,"()[]\\ ')
+
+
+def test_mailbox_key() -> None:
+    """One mailbox, one key: case and a +tag in the local part do not make another."""
+    assert mailbox_key("Olga+News@Outside.Example") == "olga@outside.example"
+    assert mailbox_key("olga@outside.example") == "olga@outside.example"
+    assert mailbox_key("olga+a+b@outside.example") == "olga@outside.example"
+    assert mailbox_key("+only@outside.example") == "+only@outside.example"
+    assert mailbox_key("olga.b@outside.example") == "olga.b@outside.example"

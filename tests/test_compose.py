@@ -17,26 +17,34 @@ from urllib.parse import urlencode
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from secmail.letters import system_mail
 from secmail.store.compose import (
     CODE_LIFETIME,
     CODE_TRIES,
     CODE_WINDOW,
     CODES_PER_WINDOW,
+    LOCK_AFTER,
+    LOCK_TIME,
     SESSION_IDLE,
     SESSION_MAX,
+    CodeLimits,
+    CodeRefusal,
     CodeState,
     ComposeStore,
     trail_id,
 )
+from secmail.store.database import Database
 from secmail.store.messages import QueueItem
 from secmail.store.portal import PortalStore
 from tests.dbs import POSTGRES_DSN, open_store
 from tests.test_delivery import IntakeFixture
 from tests.test_portal import BINARY, PNG, Browser, Reply, directives
 from tests.test_queue import INTERNAL, RELAY, make_settings, parse
-from web.compose import MAX_FILENAME_CHARS, Compose, parse_form, upload_name
+from web.compose import MAX_FILENAME_CHARS, Compose, client_key, parse_form, upload_name
 from web.portal import Portal
 
 T0 = 1_700_000_000
@@ -308,6 +316,34 @@ class DestinationTests(ComposeFixture):
             self.assertIn("Nothing was sent", reply.text)
         self.assertEqual(await self.rows(), [])
 
+    async def test_route_forms_refused(self) -> None:
+        """A To with %, ! or a route (link, start form, send form) is refused, naming it."""
+        percent = "boss%evil.example@corp.example"
+        bang = "evil.example!boss@corp.example"
+        browser = self.browser()
+        for address in (percent, bang):
+            page = await browser.get(f"/compose/{address}")
+            self.assertEqual(page.code, 404, address)
+            self.assertIn(address, page.text)
+        csrf = (await browser.get("/compose")).csrf()
+        for address in (percent, bang, "@corp.example:boss@evil.example"):
+            reply = await browser.post_pairs(
+                "/compose/start", [("csrf", csrf), ("to", address), ("sender", OUTSIDER)]
+            )
+            self.assertEqual(reply.code, 400, address)
+            self.assertIn(address, reply.text)
+        sneaky = await browser.post_pairs(
+            "/compose/start", [("csrf", csrf), ("to", SALES), ("sender", "olga%x@outside.example")]
+        )
+        self.assertEqual(sneaky.code, 400)
+        self.assertEqual(await self.rows(), [])
+        signed_in = await self.signed_in()
+        write_csrf = await self.write_csrf(signed_in)
+        sent = await signed_in.send([("csrf", write_csrf), ("to", percent), ("text", "hi")])
+        self.assertEqual(sent.code, 400)
+        self.assertIn(percent, sent.text)
+        self.assertEqual(await self.composed(), [])
+
 
 class CodeTests(ComposeFixture):
     async def test_code_flow(self) -> None:
@@ -405,6 +441,66 @@ class CodeTests(ComposeFixture):
         self.clock.advance(CODE_WINDOW)
         self.assertEqual((await self.ask_code(browser)).code, 200)
         self.assertIn("code refused", await self.trail())
+
+    async def test_code_mails_per_mailbox_not_per_spelling(self) -> None:
+        """Case and +tag spellings of one mailbox share its limit; the page says so (429)."""
+        browser = self.browser()
+        spellings = [OUTSIDER, OUTSIDER.upper(), "olga+a@outside.example", "Olga+b@Outside.example"]
+        for i in range(CODES_PER_WINDOW):
+            reply = await self.ask_code(browser, spellings[i % len(spellings)])
+            self.assertEqual(reply.code, 200, i)
+            self.clock.advance(MINUTE)
+        refused = await self.ask_code(browser, "olga+c@outside.example")
+        self.assertEqual(refused.code, 429)
+        self.assertIn(f"{CODES_PER_WINDOW} codes have been sent to", refused.text)
+        self.assertEqual(len(await self.rows("code")), CODES_PER_WINDOW)
+
+    async def test_code_mails_per_client_and_in_all(self) -> None:
+        """Per client (here every test request comes from one address) and in all: 429 pages."""
+        self.resource = self.portal_with(
+            make_settings(
+                self.data_dir,
+                portal={
+                    "compose_directory": list(self.directory),
+                    "compose_codes_per_client": 2,
+                    "compose_codes_per_hour": 3,
+                },
+            )
+        )
+        browser = self.browser()
+        for n in range(2):
+            self.assertEqual((await self.ask_code(browser, f"m{n}@outside.example")).code, 200)
+        refused = await self.ask_code(browser, "m2@outside.example")
+        self.assertEqual(refused.code, 429)
+        self.assertIn("Many codes have been asked for from your network", refused.text)
+        self.assertEqual(len(await self.rows("code")), 2)
+        self.clock.advance(HOUR)
+        self.assertEqual((await self.ask_code(browser, "m3@outside.example")).code, 200)
+
+    async def test_twenty_wrong_codes_lock_the_mailbox(self) -> None:
+        """20 wrong codes for one mailbox (any spelling) lock it, and its owner is mailed."""
+        browser = self.browser()
+        answer = None
+        for n in range(LOCK_AFTER // CODE_TRIES):
+            sender = OUTSIDER if n % 2 else "olga+x@outside.example"
+            self.assertEqual((await self.ask_code(browser, sender)).code, 200)
+            code = await self.mailed_code()
+            for _ in range(CODE_TRIES):
+                answer = await self.try_code(browser, f"{(int(code) + 1) % 10**6:06d}", sender)
+        assert answer is not None
+        self.assertEqual(answer.code, 403)
+        self.assertIn("A wrong code was typed too many times", answer.text)
+        [notice] = await self.rows("notice")
+        self.assertEqual(notice.recipients, (OUTSIDER,))
+        body = parse(await self.store.read_all(notice.message_id)).get_body(("plain",))
+        assert body is not None
+        self.assertIn(f"was typed {LOCK_AFTER} times", " ".join(body.get_content().split()))
+        codes = len(await self.rows("code"))
+        self.clock.advance(CODE_WINDOW)
+        locked = await self.ask_code(browser, "OLGA+y@outside.example")
+        self.assertEqual(locked.code, 403)
+        self.assertEqual(len(await self.rows("code")), codes)
+        self.assertEqual((await self.ask_code(browser, "other@outside.example")).code, 200)
 
     async def test_bad_sender_address(self) -> None:
         """A sender address we could not mail (or with a line break) is asked again; no code."""
@@ -728,7 +824,11 @@ class HeaderTests(ComposeFixture):
             },
         )
         for name, reply in replies.items():
-            self.assertEqual(reply.header("Strict-Transport-Security"), "max-age=31536000", name)
+            self.assertEqual(
+                reply.header("Strict-Transport-Security"),
+                "max-age=31536000; includeSubDomains",
+                name,
+            )
             self.assertEqual(reply.header("X-Content-Type-Options"), "nosniff", name)
             self.assertEqual(reply.header("Referrer-Policy"), "no-referrer", name)
             self.assertEqual(reply.header("Cache-Control"), "no-store", name)
@@ -756,6 +856,17 @@ class HeaderTests(ComposeFixture):
 
 
 # --- pure parts ---------------------------------------------------------------------------
+
+
+class ClientKeyTests(SynchronousTestCase):
+    def test_client_key(self) -> None:
+        """A client is its IPv4 address, or its IPv6 /64; anything else is not counted."""
+        self.assertEqual(client_key("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(client_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
+        self.assertEqual(client_key("2001:db8:1:2:ffff::1"), "2001:db8:1:2::/64")
+        self.assertEqual(client_key("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(client_key("/run/secmail.sock"), "")
+        self.assertEqual(client_key(""), "")
 
 
 class FormTests(SynchronousTestCase):
@@ -908,6 +1019,92 @@ class ComposeStoreMixin:
             lambda txn: txn.execute("SELECT COUNT(*) FROM compose_codes").fetchone()
         )
         self.assertEqual(rows[0], 1)
+
+    async def test_codes_per_mailbox(self) -> None:
+        """Code mails are counted per mailbox: lower-cased, +tag removed."""
+        for i, address in enumerate(
+            [OUTSIDER, "Olga+1@outside.example", "olga+2@OUTSIDE.example", OUTSIDER, OUTSIDER]
+        ):
+            self.assertIsNotNone(await self.codes.new_code(address, T0 + i, f"192.0.2.{i}"))
+        self.assertEqual(
+            await self.codes.order_code("olga+3@outside.example", T0 + 9, "192.0.2.9"),
+            (None, CodeRefusal.MAILBOX),
+        )
+        self.assertIsNotNone(await self.codes.new_code("olgb@outside.example", T0 + 9))
+
+    async def test_codes_per_client_and_in_all(self) -> None:
+        """Code mails are counted per client in an hour, and in all per hour and per day."""
+        limits = CodeLimits(per_mailbox=5, per_client=2, per_hour=3, per_day=4)
+        order = self.codes.order_code
+        self.assertIsNotNone((await order("a@x.example", T0, "192.0.2.1", limits))[0])
+        self.assertIsNotNone((await order("b@x.example", T0, "192.0.2.1", limits))[0])
+        refused = await order("c@x.example", T0, "192.0.2.1", limits)
+        self.assertEqual(refused, (None, CodeRefusal.CLIENT))
+        self.assertIsNotNone((await order("c@x.example", T0, "2001:db8::/64", limits))[0])
+        hour = await order("d@x.example", T0 + 1, "2001:db8:1::/64", limits)
+        self.assertEqual(hour, (None, CodeRefusal.HOUR))
+        self.assertIsNotNone((await order("d@x.example", T0 + HOUR, "192.0.2.1", limits))[0])
+        day = await order("e@x.example", T0 + 2 * HOUR, "192.0.2.5", limits)
+        self.assertEqual(day, (None, CodeRefusal.DAY))
+        self.assertIn("code refused", await self.kinds("e@x.example"))
+
+    async def test_wrong_codes_lock_the_mailbox(self) -> None:
+        """
+        Wrong codes count per mailbox across codes and spellings; the 20th locks it for
+        LOCK_TIME and stores the notice in that transaction; then nothing is sent or checked.
+        """
+        notice = system_mail(
+            make_settings("/nonexistent/secmail-compose-tests"),
+            self.master,
+            kind="notice",
+            sender="bounces@gw.example",
+            to=OUTSIDER,
+            content=b"Subject: locked\r\n\r\nNo more codes.\r\n",
+            about=trail_id(OUTSIDER),
+        )
+        results = []
+        now = T0
+        for n in range(LOCK_AFTER // CODE_TRIES):
+            address = OUTSIDER if n % 2 else "OLGA+x@outside.example"
+            now = T0 + n * HOUR
+            code = await self.codes.new_code(address, now)
+            assert code is not None
+            wrong = f"{(int(code) + 1) % 10**6:06d}"
+            for i in range(CODE_TRIES):
+                results.append(await self.codes.check_code(address, wrong, now + i, notice))
+        self.assertEqual(results[-1], CodeState.LOCKED_NOW)
+        self.assertNotIn(CodeState.LOCKED_NOW, results[:-1])
+        [queued] = await self.store.queue_list()
+        self.assertEqual((queued.kind, queued.recipients), ("notice", (OUTSIDER,)))
+        self.assertEqual(
+            await self.codes.order_code("olga+y@outside.example", now + 10), (None, "locked")
+        )
+        self.assertEqual(await self.codes.check_code(OUTSIDER, "123456", now + 11), "locked")
+        self.assertEqual(len(await self.store.queue_list()), 1)
+        self.assertIn("locked", await self.kinds(OUTSIDER))
+        later = now + CODE_TRIES + LOCK_TIME
+        code = await self.codes.new_code(OUTSIDER, later)
+        assert code is not None
+        self.assertEqual(await self.codes.check_code(OUTSIDER, code, later + 1), CodeState.OK)
+
+    async def test_two_nodes_never_send_over_the_limit(self) -> None:
+        """Orders from two nodes (two connections) at once: never more than the limit."""
+        if self.engine_name == "sqlite":
+            raise SkipTest("one SQLite writer at a time; the race is PostgreSQL's")
+        other = Database(self.engine, reactor)
+        other.start()
+        self.addCleanup(other.stop)
+        node_b = ComposeStore(other, os.urandom(32))
+        orders = []
+        for i in range(2 * CODES_PER_WINDOW):
+            node = self.codes if i % 2 else node_b
+            orders.append(node.new_code(f"olga+{i}@outside.example", T0))
+        codes = await gatherResults([Deferred.fromCoroutine(o) for o in orders])
+        self.assertEqual(len([c for c in codes if c is not None]), CODES_PER_WINDOW)
+        rows = await self.db.run(
+            lambda txn: txn.execute("SELECT COUNT(*) FROM compose_codes").fetchone()
+        )
+        self.assertEqual(rows[0], CODES_PER_WINDOW)
 
 
 class SqliteComposeStoreTests(ComposeStoreMixin, TestCase):

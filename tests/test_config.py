@@ -180,6 +180,24 @@ def test_compose_directory_must_be_internal() -> None:
         load_text(base + '[portal]\ncompose_directory = ["evil@else.example"]\n')
 
 
+def test_compose_code_limits() -> None:
+    """The D-Compose code limits have defaults, take whole numbers, and a day holds an hour."""
+    defaults = load_text("").portal
+    assert (
+        defaults.compose_codes_per_mailbox,
+        defaults.compose_codes_per_client,
+        defaults.compose_codes_per_hour,
+        defaults.compose_codes_per_day,
+    ) == (5, 10, 60, 300)
+    assert (
+        load_text("[portal]\ncompose_codes_per_client = 50\n").portal.compose_codes_per_client == 50
+    )
+    with pytest.raises(ConfigError, match="portal.compose_codes_per_mailbox: must be greater"):
+        load_text("[portal]\ncompose_codes_per_mailbox = 0\n")
+    with pytest.raises(ConfigError, match="portal.compose_codes_per_day: 10 is less than"):
+        load_text("[portal]\ncompose_codes_per_day = 10\n")
+
+
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 JPEG_BYTES = b"\xff\xd8\xff\xe0" + b"\x00" * 16
 

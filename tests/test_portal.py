@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
@@ -29,7 +32,7 @@ from secmail.store.sms import SmsStore
 from secmail.store.spool import SealedBytes
 from tests.test_delivery import IntakeFixture
 from tests.test_queue import make_settings, parse
-from web.portal import Portal
+from web.portal import Portal, make_site
 
 BASE = "https://portal.gw.example"
 ALICE = "alice@corp.example"
@@ -678,6 +681,60 @@ class BindingTests(PortalFixture):
         await self.ask_code(browser, letter)  # a new one works again
         self.assertEqual((await self.try_code(browser, letter, await self.mailed_code())).code, 303)
 
+    async def test_twenty_wrong_codes_lock_and_tell_the_sender(self) -> None:
+        """
+        Wrong e-mail codes in all (not only per code) lock the letter for codes, as wrong
+        PINs do: the sender is told, no new code goes out; the bound browser still reads.
+        """
+        letter = await self.letter()
+        bound = await self.signed_in(letter)
+        browser = await self.second_browser(letter, {})
+        answer = None
+        for failure in range(20):
+            if failure % 5 == 0:
+                self.clock.advance(HOUR)  # within the hourly and daily code limits
+                await self.ask_code(browser, letter)
+            code = await self.mailed_code()
+            answer = await self.try_code(browser, letter, f"{(int(code) + 1) % 10**6:06d}")
+            if failure < 19:
+                self.assertEqual(answer.code, 200, failure)
+                self.assertEqual(await self.rows("notice"), [], failure)
+        assert answer is not None
+        self.assertEqual(answer.code, 403)
+        self.assertIn("This message is locked", answer.text)
+        self.assertIn("can no longer be opened with a code", answer.text)
+        [notice] = await self.rows("notice")
+        self.assertEqual(notice.recipients, (ALICE,))
+        text = parse(await self.store.read_all(notice.message_id)).get_body(("plain",))
+        assert text is not None
+        said = " ".join(text.get_content().split())
+        self.assertIn(f"Your secure message to {BOB}", said)
+        self.assertIn("a wrong code was typed 20 times", said)
+        codes = len(await self.rows("code"))
+        self.clock.advance(HOUR)
+        for path in (f"{letter.link}/code", f"{letter.link}/verify", letter.link):
+            csrf = (await browser.get(letter.link)).csrf()
+            locked = await browser.post(path, {"csrf": csrf, "code": "000000"})
+            self.assertEqual(locked.code, 403, path)
+            self.assertIn("This message is locked", locked.text)
+        self.assertEqual(len(await self.rows("code")), codes)
+        self.assertIn("locked", await self.event_kinds(letter))
+        self.assertEqual((await self.open(bound, letter)).code, 303)  # the first browser reads
+
+    async def test_codes_per_day(self) -> None:
+        """At most 10 code mails a day for one letter; then a clear page (429)."""
+        letter = await self.letter()
+        await self.signed_in(letter)
+        browser = await self.second_browser(letter, {})
+        for _ in range(10):
+            await self.ask_code(browser, letter)
+            self.clock.advance(HOUR // 2)
+        csrf = (await browser.get(letter.link)).csrf()
+        refused = await browser.post(f"{letter.link}/code", {"csrf": csrf})
+        self.assertEqual(refused.code, 429)
+        self.assertIn("10 codes were sent for this message in the last 24 hours", refused.text)
+        self.assertEqual(len(await self.rows("code")), 10)
+
     async def test_code_needs_csrf(self) -> None:
         """Asking for a code or trying one without the link's CSRF is refused and mails nothing."""
         letter = await self.letter()
@@ -870,6 +927,20 @@ class RegisteredTests(PortalFixture):
         self.clock.advance(HOUR)
         answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
         self.assertIn("A new PIN is on its way.", answer.text)
+
+    async def test_ten_pins_a_day(self) -> None:
+        """At most 10 PINs a day for one letter (not 120); then a clear page (429)."""
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        for _ in range(9):
+            self.clock.advance(HOUR // 2)
+            answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+            self.assertIn("A new PIN is on its way.", answer.text)
+        self.clock.advance(HOUR // 2)
+        answer = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
+        self.assertEqual(answer.code, 429)
+        self.assertIn("10 PINs were ordered for this message in the last 24 hours", answer.text)
+        self.assertIn('name="pin"', answer.text)  # the newest PIN can still be typed
 
     async def test_twenty_wrong_pins_lock_and_tell_the_sender(self) -> None:
         letter = await self.letter(level="registered")
@@ -1071,7 +1142,11 @@ class HeaderTests(PortalFixture):
     async def test_security_headers_everywhere(self) -> None:
         """HSTS, nosniff, no-referrer and a CSP that frames nothing and runs no script."""
         for name, reply in (await self.every_route()).items():
-            self.assertEqual(reply.header("Strict-Transport-Security"), "max-age=31536000", name)
+            self.assertEqual(
+                reply.header("Strict-Transport-Security"),
+                "max-age=31536000; includeSubDomains",
+                name,
+            )
             self.assertEqual(reply.header("X-Content-Type-Options"), "nosniff", name)
             self.assertEqual(reply.header("Referrer-Policy"), "no-referrer", name)
             csp = directives(reply)
@@ -1083,6 +1158,50 @@ class HeaderTests(PortalFixture):
             self.assertEqual(csp.get("script-src", csp.get("default-src")), ["'none'"], name)
             if name != "css":
                 self.assertEqual(reply.header("Cache-Control"), "no-store", name)
+
+    async def test_site_sends_no_banner(self) -> None:
+        """On the real site every response, also Twisted's own, has HSTS and no Server banner."""
+        site = make_site(self.portal)
+        site.reactor = Clock()  # the channel's timeouts, never fired here
+        letter = await self.letter()
+
+        def broken(request: object) -> object:
+            raise RuntimeError("render failed")
+
+        answers = {}
+        for name, head in [
+            ("landing", f"GET {letter.link} HTTP/1.1"),
+            ("404", "GET /no/such/page HTTP/1.1"),
+            ("compose 404", "GET /compose/nobody@evil.example HTTP/1.1"),
+            ("options", "OPTIONS * HTTP/1.1"),
+            ("twisted 500", "GET /static/portal.css HTTP/1.1"),
+        ]:
+            if name == "twisted 500":
+                self.patch(site, "getResourceFor", broken)
+            channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 5555))
+            channel.makeConnection(transport)
+            channel.dataReceived(
+                f"{head}\r\nHost: portal.gw.example\r\nConnection: close\r\n\r\n".encode()
+            )
+            for _ in range(2000):
+                if transport.disconnecting:
+                    break
+                await deferLater(reactor, 0.001, lambda: None)
+            channel.connectionLost(Failure(ConnectionError("test over")))
+            answers[name] = transport.value().split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        self.flushLoggedErrors(RuntimeError)
+        for name, head in answers.items():
+            lines = head.lower().split("\r\n")
+            self.assertTrue(lines[0].startswith("http/1.1 "), (name, head))
+            self.assertFalse([n for n in lines if n.startswith("server:")], (name, head))
+            self.assertNotIn("twisted", head.lower(), name)
+            self.assertIn(
+                "strict-transport-security: max-age=31536000; includesubdomains", lines, name
+            )
+            self.assertIn("x-content-type-options: nosniff", lines, name)
+            self.assertTrue([n for n in lines if n.startswith("content-security-policy:")], name)
+        self.assertTrue(answers["twisted 500"].startswith("HTTP/1.1 500"), answers)
 
     async def test_unknown_path_is_a_page(self) -> None:
         """An unknown path (or method) is a portal page with its 404 (405), not a logged 500."""

@@ -6,18 +6,23 @@ import os
 
 from twisted.trial.unittest import TestCase
 
+from secmail.letters import system_mail
 from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.portal import (
     CODE_LIFETIME,
     CODE_TRIES,
+    CODES_PER_DAY,
     CODES_PER_HOUR,
+    LOCK_AFTER,
     SESSION_IDLE,
     SESSION_MAX,
+    CodeOrder,
     CodeState,
     PortalStore,
 )
 from secmail.store.spool import SealedBytes
 from tests.dbs import POSTGRES_DSN, open_store
+from tests.test_queue import make_settings
 
 T0 = 1_700_000_000
 
@@ -117,6 +122,56 @@ class PortalStoreMixin:
             self.assertIsNotNone(await self.portal.new_code(env, T0 + i))
         self.assertIsNone(await self.portal.new_code(env, T0 + 10))
         self.assertIsNotNone(await self.portal.new_code(env, T0 + 3601))
+
+    async def test_codes_per_day(self) -> None:
+        """At most 10 codes a day for one letter, however they are spread over the hours."""
+        env = await self.envelope()
+        sent = [await self.portal.order_code(env, T0 + i * 1800) for i in range(CODES_PER_DAY)]
+        self.assertEqual([state for state, _ in sent], [CodeOrder.SENT] * CODES_PER_DAY)
+        later = T0 + CODES_PER_DAY * 1800
+        self.assertEqual(await self.portal.order_code(env, later), (CodeOrder.TOO_MANY_TODAY, None))
+        self.assertIsNone(await self.portal.new_code(env, T0 + 24 * 3600 - 1))
+        self.assertIsNotNone(await self.portal.new_code(env, T0 + 24 * 3600 + 1))
+
+    async def test_lock_after_too_many_wrong_codes(self) -> None:
+        """
+        Wrong e-mail codes count across codes; the 20th locks the letter for codes for good
+        and stores the notice to the sender in that transaction.
+        """
+        env = await self.envelope()
+        message_id = (await self.store.envelope_by_id(env)).message_id  # type: ignore[union-attr]
+        settings = make_settings("/nonexistent/secmail-portal-store-tests")
+        notice = system_mail(
+            settings,
+            self.master,
+            kind="notice",
+            sender="bounces@gw.example",
+            to="a@corp.example",
+            content=b"Subject: notice\r\n\r\nYour letter is locked.\r\n",
+            about=message_id,
+        )
+        now = T0
+        results = []
+        for n in range(LOCK_AFTER // CODE_TRIES):
+            now = T0 + n * 3600  # within the hourly and daily limits
+            code = await self.portal.new_code(env, now)
+            assert code is not None
+            wrong = f"{(int(code) + 1) % 10**6:06d}"
+            for i in range(CODE_TRIES):
+                results.append(await self.portal.check_code(env, wrong, now + i, notice))
+        self.assertEqual(results[-1], CodeState.LOCKED_NOW)
+        self.assertNotIn(CodeState.LOCKED_NOW, results[:-1])
+        [queued] = await self.store.queue_list()
+        self.assertEqual((queued.kind, queued.about), ("notice", message_id))
+        events = await self.store.events(message_id)
+        self.assertIn((now + CODE_TRIES - 1, "locked", env, f"{LOCK_AFTER} wrong codes"), events)
+        envelope = await self.store.envelope_by_id(env)
+        assert envelope is not None
+        self.assertEqual(envelope.locked, now + CODE_TRIES - 1)
+        # Locked for good: no new code, and no code is checked any more.
+        self.assertEqual(await self.portal.order_code(env, now + 86400), (CodeOrder.LOCKED, None))
+        self.assertEqual(await self.portal.check_code(env, "123456", now + 9), CodeState.LOCKED)
+        self.assertEqual(len(await self.store.queue_list()), 1)
 
 
 class SqlitePortalStoreTests(PortalStoreMixin, TestCase):

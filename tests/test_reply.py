@@ -316,6 +316,31 @@ class ReplyMailTests(SynchronousTestCase):
                 build(mode="forward", forward_to=typed)
             self.assertIn(named, str(e.exception), typed)
 
+    def test_route_forms_refused(self) -> None:
+        """Forward, reply and reply all refuse %, !, route and quoted forms, naming the address."""
+        for typed in (
+            "boss%evil.example@corp.example",
+            "evil.example!boss@corp.example",
+            "@corp.example:boss@evil.example",
+            '"boss@evil.example"@corp.example',
+            "boss@[192.0.2.1]",
+        ):
+            with self.assertRaises(ReplyError) as e:
+                build(mode="forward", forward_to=f"{DAVE}, {typed}")
+            self.assertIn(typed, str(e.exception), typed)
+        percent = b"boss%evil.example@corp.example"
+        sender = THREAD.replace(b"<alice@corp.example>", b"<" + percent + b">", 1)
+        with self.assertRaises(ReplyError) as e:
+            build(raw=sender)
+        self.assertIn(percent.decode(), str(e.exception))
+        cc = THREAD.replace(b"Cc: Dave <dave@corp.example>", b"Cc: Boss <" + percent + b">")
+        with self.assertRaises(ReplyError) as e:
+            build(mode="reply-all", raw=cc)
+        self.assertIn(percent.decode(), str(e.exception))
+        # Reply (to Alice) still works; reply all is not offered.
+        self.assertEqual(build(raw=cc).audience.internal, (ALICE,))
+        self.assertEqual(reply_choices(cc, BOB, unit_settings()), (True, False))
+
     def test_attachments_intact(self) -> None:
         """Uploaded files arrive byte for byte, under safe names, with a plain MIME type."""
         uploads = [

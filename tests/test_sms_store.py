@@ -22,6 +22,7 @@ from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.portal import (
     CODE_LIFETIME,
     CODE_TRIES,
+    CODES_PER_DAY,
     CODES_PER_HOUR,
     PIN_INTERVAL,
     PIN_LOCK_AFTER,
@@ -424,6 +425,15 @@ class SmsStoreMixin:
         self.assertEqual(len(await self.raw("SELECT * FROM access_codes")), CODES_PER_HOUR)
         self.assertEqual(len(await self.ids()), 1)
         self.assertEqual(await self.order(env, T0 + 3601), PinOrder.SENT)
+
+    async def test_pins_per_day(self) -> None:
+        """At most 10 PINs a day for one letter (5 an hour would allow 120)."""
+        _, env = await self.letter()
+        for i in range(CODES_PER_DAY):
+            self.assertEqual(await self.order(env, T0 + i * 1800), PinOrder.SENT)
+        self.assertEqual(await self.order(env, T0 + CODES_PER_DAY * 1800), PinOrder.TOO_MANY_TODAY)
+        self.assertEqual(await self.order(env, T0 + 24 * 3600 - 1), PinOrder.TOO_MANY_TODAY)
+        self.assertEqual(await self.order(env, T0 + 24 * 3600 + 1), PinOrder.SENT)
 
     async def test_new_pin_replaces_unsent_sms(self) -> None:
         """A new PIN's SMS replaces an older one still waiting; one being sent is left alone."""

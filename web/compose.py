@@ -3,7 +3,8 @@ D-Compose: outsiders write a secure message to someone in the organisation.
 
 C{/compose} offers the addresses of C{[portal] compose_directory}; C{/compose/<address>}
 is a direct link for one internal address. The outsider types their own address and
-gets a code by e-mail (at most five code mails per address a day); the right code opens
+gets a code by e-mail (limited per mailbox, per client and in all: L{CodeLimits}, set
+by C{[portal] compose_codes_*}; 20 wrong codes lock the mailbox); the right code opens
 a session (cookie C{__Host-secmail-compose}) whose sender is that verified address. What
 they write goes, sealed, onto the queue for the incoming route, From the verified address
 and Reply-To its marked form (C{bob@partner.example.s}), so that a reply from inside is a
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import email.policy
 import hmac
+import ipaddress
 import re
 import secrets
 from collections.abc import Callable
@@ -45,13 +47,16 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from secmail.address import AddressError, split_address
+from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
 from secmail.letters import system_mail
-from secmail.notify import Notification, build_code_mail, clean_text
+from secmail.notify import Notification, build_code_mail, build_sender_notice, clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
-    CODES_PER_WINDOW,
+    LOCK_AFTER,
+    LOCK_TIME,
+    CodeLimits,
+    CodeRefusal,
     CodeState,
     ComposeSession,
     ComposeStore,
@@ -182,7 +187,8 @@ def build_compose_mail(
     """
     The message as the internal mail server gets it. C{sender} is the verified
     address and C{reply_to} its marked form, so a reply goes back through the gateway
-    as a secure letter; C{to} and C{sender} were checked by L{split_address}, and C{subject} is
+    as a secure letter; C{to} and C{sender} were checked by L{portal_destination}, and
+    C{subject} is
     one cleaned line, so no value can start a header of its own (the SMTP policy
     refuses a line break in a header value besides).
     """
@@ -227,17 +233,63 @@ def build_compose_code_mail(
 
 
 def plain_address(text: str) -> str | None:
-    """C{local@domain} (domain lower-cased) when C{text} is an address we accept, else None."""
+    """
+    C{local@domain} (domain lower-cased) when C{text} is a plain address we accept (see
+    L{portal_destination}: no route forms that a mail server could send elsewhere), else None.
+    """
     if len(text) > MAX_ADDRESS_CHARS:
         return None
     try:
-        local, domain = split_address(text.strip())
-    except AddressError:
+        return portal_destination(text, None)
+    except DestinationError:
         return None
-    labels = domain.split(".")
-    if len(labels) < 2 or labels[-1].isdigit():
-        return None  # not a domain mail can be sent to
-    return f"{local}@{domain}"
+
+
+def client_key(host: str) -> str:
+    """
+    Whom a code order is counted against: the client's IPv4 address, or the /64 of an
+    IPv6 one (one site's or one customer's usual share, which it can hop within); "" for
+    anything else (not counted per client).
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def code_limits(settings: Settings) -> CodeLimits:
+    portal = settings.portal
+    return CodeLimits(
+        per_mailbox=portal.compose_codes_per_mailbox,
+        per_client=portal.compose_codes_per_client,
+        per_hour=portal.compose_codes_per_hour,
+        per_day=portal.compose_codes_per_day,
+    )
+
+
+def build_lock_notice(*, settings: Settings, recipient: str, date: datetime) -> Notification:
+    """The mail telling the owner of C{recipient} that codes for it stopped, and why."""
+    return build_sender_notice(
+        settings=settings,
+        sender=recipient,
+        subject="Codes for writing secure messages stopped for your address",
+        paragraphs=[
+            f"On the secure message page of {settings.gateway.hostname}, a wrong code "
+            f"was typed {LOCK_AFTER} times to confirm the address {recipient}. To keep "
+            "anyone from guessing a code and writing in your name, no codes are sent to "
+            f"this address for the next {LOCK_TIME // 86400} days.",
+            "If it was you, please write to the organisation in another way, or try "
+            "again later. If not, someone else may have tried to use your address; no "
+            "message was sent in your name.",
+        ],
+        message_id_domain=settings.gateway.hostname,
+        date=date,
+    )
 
 
 # --- the app ------------------------------------------------------------------------------
@@ -298,7 +350,7 @@ class Compose:
         """The form for one internal address (a direct link); changes nothing."""
         to = self._internal(address)
         if to is None:
-            return self._no_such_address(request)
+            return self._no_such_address(request, address)
         return self._start_page(request, to, fixed=True)
 
     @app.route("/start", methods=["POST"])
@@ -308,7 +360,7 @@ class Compose:
             return self._bad_form(request)
         to = self._internal(_single(request, b"to"))
         if to is None:
-            return self._refused(request)
+            return self._refused(request, _single(request, b"to"))
         _ = self._t(request)
         typed = _single(request, b"sender")
         sender = plain_address(typed)
@@ -322,18 +374,16 @@ class Compose:
                 else _("Please type your e-mail address.")
             )
             return self._start_page(request, to, typed, error, status=400)
-        code = await self.sessions.new_code(sender, self.now())
+        peer = getattr(request.getClientAddress(), "host", "")
+        limits = code_limits(self.settings)
+        code, refusal = await self.sessions.order_code(sender, self.now(), client_key(peer), limits)
         if code is None:
             return self._start_page(
                 request,
                 to,
                 sender,
-                _(
-                    "{count} codes have been sent to {address} in the last 24 hours, "
-                    "which is as many as we send. Please use the newest code you received, "
-                    "or try again tomorrow."
-                ).format(count=CODES_PER_WINDOW, address=sender),
-                status=429,
+                self._code_refusal(_, refusal, sender, limits),
+                status=403 if refusal == CodeRefusal.LOCKED else 429,
             )
         await self._mail_code(sender, to, code)
         return self._code_page(request, to, sender, None)
@@ -345,7 +395,7 @@ class Compose:
             return self._bad_form(request)
         to = self._internal(_single(request, b"to"))
         if to is None:
-            return self._refused(request)
+            return self._refused(request, _single(request, b"to"))
         sender = plain_address(_single(request, b"sender"))
         if sender is None:
             return self._bad_form(request)
@@ -353,9 +403,20 @@ class Compose:
         code = form_arg(request, b"code")
         if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
             return self._code_page(request, to, sender, _("The code has 6 digits."), status=400)
-        state = await self.sessions.check_code(sender, code, self.now())
+        state = await self.sessions.check_code(sender, code, self.now(), self._lock_notice(sender))
         if state == CodeState.WRONG:
             return self._code_page(request, to, sender, _("That code is not right. Try again."))
+        if state == CodeState.LOCKED_NOW:
+            log.warn("D-Compose: codes for a mailbox locked after too many wrong codes")
+            self.on_commit()
+        if state in (CodeState.LOCKED, CodeState.LOCKED_NOW):
+            return self._start_page(
+                request,
+                to,
+                sender,
+                self._code_refusal(_, CodeRefusal.LOCKED, sender, code_limits(self.settings)),
+                status=403,
+            )
         if state != CodeState.OK:
             return self._code_page(
                 request,
@@ -377,12 +438,13 @@ class Compose:
 
     @app.route("/write", methods=["GET"])
     async def write(self, request: IRequest) -> bytes:
-        to = self._internal(form_arg(request, b"to", MAX_ADDRESS_CHARS + 1))
+        given = form_arg(request, b"to", MAX_ADDRESS_CHARS + 1)
+        to = self._internal(given)
         session = await self._session(request)
         if session is None:
             return self._signed_out(request, to)
         if to is None:
-            return self._no_such_address(request)
+            return self._no_such_address(request, given)
         return self._write_page(request, session, to)
 
     @app.route("/send", methods=["POST"])
@@ -409,7 +471,7 @@ class Compose:
             await self.sessions.add_event(
                 session.address, "compose refused", f"not an internal address: {shown}", self.now()
             )
-            return self._refused(request)
+            return self._refused(request, given or "")
         subject = clean_text(form.one("subject") or "", MAX_SUBJECT_CHARS)
         text = form.one("text") or ""
         uploads = form.uploads
@@ -539,11 +601,13 @@ class Compose:
         return translation(request, self.settings)
 
     def _internal(self, text: str) -> str | None:
-        """C{text} as an address we may write to (one in an incoming domain), else None."""
-        address = plain_address(text)
-        if address is None or not self.settings.routes.is_incoming(address.rpartition("@")[2]):
+        """C{text} as an address we may write to (a plain one in an incoming domain), else None."""
+        if len(text) > MAX_ADDRESS_CHARS:
             return None
-        return address
+        try:
+            return portal_destination(text, self.settings.routes.is_incoming)
+        except DestinationError:
+            return None
 
     async def _session(self, request: IRequest) -> ComposeSession | None:
         session_id = cookie_value(request, SESSION_COOKIE)
@@ -576,6 +640,48 @@ class Compose:
             self.now(),
         )
         self.on_commit()
+
+    def _code_refusal(
+        self, _: Translate, refusal: str | None, sender: str, limits: CodeLimits
+    ) -> str:
+        """Why no code was sent, in words, and what to do."""
+        if refusal == CodeRefusal.LOCKED:
+            return _(
+                "A wrong code was typed too many times for {address}, so no more codes are "
+                "sent to it for {days} days. Its owner has been told by e-mail."
+            ).format(address=sender, days=LOCK_TIME // 86400)
+        if refusal == CodeRefusal.MAILBOX:
+            return _(
+                "{count} codes have been sent to {address} in the last 24 hours, "
+                "which is as many as we send. Please use the newest code you received, "
+                "or try again tomorrow."
+            ).format(count=limits.per_mailbox, address=sender)
+        if refusal == CodeRefusal.CLIENT:
+            return _(
+                "Many codes have been asked for from your network in the last hour. "
+                "Please use the newest code you received, or try again in an hour."
+            )
+        return _(
+            "This page has sent as many codes as it may for now. Please try again "
+            "in an hour, or later today."
+        )
+
+    def _lock_notice(self, sender: str) -> NewMessage:
+        """The mail telling the owner of C{sender} that codes for it stopped."""
+        mail = build_lock_notice(
+            settings=self.settings,
+            recipient=sender,
+            date=datetime.fromtimestamp(self.clock.seconds(), UTC),
+        )
+        return system_mail(
+            self.settings,
+            self.store.master,
+            kind="notice",
+            sender=mail.sender,
+            to=sender,
+            content=mail.content,
+            about=trail_id(sender),
+        )
 
     def _form_csrf(self, value: str) -> str:
         return hmac.new(self._csrf_key, b"compose-form:" + value.encode(), "sha256").hexdigest()
@@ -730,13 +836,20 @@ class Compose:
     def _page(self, request: IRequest, title: str, body: str) -> bytes:
         return render_page(request, self.settings, title, body)
 
-    def _no_such_address(self, request: IRequest) -> bytes:
+    def _named(self, _: Translate, address: str) -> str:
+        """The refused address, named (a paragraph), when there was one."""
+        if not address.strip():
+            return ""
+        shown = clean_text(address, 100)
+        return f"<p>{_e(_('This page cannot send to {address}.').format(address=shown))}</p>"
+
+    def _no_such_address(self, request: IRequest, address: str = "") -> bytes:
         request.setResponseCode(404)
         _ = self._t(request)
         return self._page(
             request,
             _("Address not found"),
-            '<div class="card"><p>'
+            f'<div class="card">{self._named(_, address)}<p>'
             + _(
                 "Secure messages can be written here only to addresses of this organisation, "
                 "and the address in this link is not one of them. Please check the link, "
@@ -745,13 +858,13 @@ class Compose:
             + "</p></div>",
         )
 
-    def _refused(self, request: IRequest) -> bytes:
+    def _refused(self, request: IRequest, address: str = "") -> bytes:
         request.setResponseCode(400)
         _ = self._t(request)
         return self._page(
             request,
             _("Not sent"),
-            '<div class="card"><p>'
+            f'<div class="card">{self._named(_, address)}<p>'
             + _(
                 "Messages from this page can go only to one address of this organisation. "
                 "Nothing was sent. Please start again from the link you were given, "

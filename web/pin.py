@@ -14,7 +14,7 @@ from secmail.notify import Notification, build_sender_notice
 from secmail.sms.gsm import UCS2_SINGLE_UNITS, is_gsm7, parts_needed, ucs2_units
 from secmail.sms.http import mask_number
 from secmail.store.messages import Envelope
-from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
+from secmail.store.portal import CODE_LIFETIME, LOCK_AFTER, PIN_LOCK_AFTER
 from web.i18n import N_, Translate, translator
 
 #: portal.brand_name's default, which the pages translate.
@@ -117,9 +117,29 @@ def _when(envelope: Envelope) -> str:
 
 
 def lock_notice(settings: Settings, envelope: Envelope, now: datetime) -> Notification | None:
-    """The mail telling the sender that their letter locked; None for a sender of C{<>}."""
+    """
+    The mail telling the sender that their letter locked (after wrong PINs, or for a
+    letter without PIN after wrong e-mail codes); None for a sender of C{<>}.
+    """
     if not envelope.sender:
         return None
+    if envelope.level == "letter":
+        return build_sender_notice(
+            settings=settings,
+            sender=envelope.sender,
+            subject="Secure message locked after too many wrong codes",
+            paragraphs=[
+                f"Your secure message to {envelope.recipient}, sent {_when(envelope)}, can "
+                f"no longer be opened with an e-mail code: a wrong code was typed "
+                f"{LOCK_AFTER} times on the page where it is read. The browser in which it "
+                "was first opened can still open it; no other can.",
+                f"If {envelope.recipient} cannot read it, please send the message again. "
+                "If they did not try to open it in another browser, someone else who has "
+                "the link may have tried to open it.",
+            ],
+            message_id_domain=settings.gateway.hostname,
+            date=now,
+        )
     return build_sender_notice(
         settings=settings,
         sender=envelope.sender,

@@ -45,6 +45,8 @@ from secmail.policy import strip_subject_keyword
 from secmail.store.messages import Envelope, MessageStore, NewMessage, new_id
 from secmail.store.portal import (
     CODE_LIFETIME,
+    CODES_PER_DAY,
+    CodeOrder,
     CodeState,
     PinOrder,
     PinState,
@@ -70,7 +72,8 @@ PAGE_CSP = (
 RESOURCE_CSP = b"default-src 'none'; frame-ancestors 'none'"
 DOWNLOAD_CSP = b"default-src 'none'; sandbox; frame-ancestors 'none'"
 COMMON_HEADERS = {
-    b"Strict-Transport-Security": b"max-age=31536000",
+    # A year, for every subdomain too: the portal's name is never to be reached over HTTP.
+    b"Strict-Transport-Security": b"max-age=31536000; includeSubDomains",
     b"X-Content-Type-Options": b"nosniff",
     b"Referrer-Policy": b"no-referrer",
     b"Cache-Control": b"no-store",
@@ -201,6 +204,8 @@ class Portal:
         self._set_cookie(request, BROWSER_COOKIE, browser, max_age=BROWSER_COOKIE_AGE)
         if await self.sessions.open_envelope(envelope.id, browser, self.now()):
             return await self._sign_in(request, envelope, "link in this browser")
+        if envelope.locked is not None:
+            return self._locked(request, envelope)
         return self._code_page(request, token, envelope, None)
 
     @app.route("/m/<token>/code", methods=["POST"])
@@ -211,16 +216,29 @@ class Portal:
             return self._not_found(request)
         if not self._form_csrf_ok(request, token) or envelope.level != "letter":
             return self._bad_form(request)
-        code = await self.sessions.new_code(envelope.id, self.now())
-        if code is None:
+        state, code = await self.sessions.order_code(envelope.id, self.now())
+        _ = self._t(request)
+        if state == CodeOrder.TOO_MANY:
             return self._code_page(
                 request,
                 token,
                 envelope,
-                self._t(request)(
-                    "Too many codes were sent in the last hour. Please try again later."
-                ),
+                _("Too many codes were sent in the last hour. Please try again later."),
+                status=429,
             )
+        if state == CodeOrder.TOO_MANY_TODAY:
+            return self._code_page(
+                request,
+                token,
+                envelope,
+                _(
+                    "{count} codes were sent for this message in the last 24 hours, which is "
+                    "as many as we send. Please use the newest code, or try again tomorrow."
+                ).format(count=CODES_PER_DAY),
+                status=429,
+            )
+        if code is None:
+            return self._locked(request, envelope)
         await self._mail_code(envelope, code)
         return self._code_page(request, token, envelope, None, sent=True)
 
@@ -235,13 +253,24 @@ class Portal:
         code = form_arg(request, b"code")
         if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
             return self._code_page(request, token, envelope, _("The code has 6 digits."), sent=True)
-        state = await self.sessions.check_code(envelope.id, code, self.now())
+        notice = pin.lock_notice(self.settings, envelope, self._date())
+        state = await self.sessions.check_code(
+            envelope.id, code, self.now(), self._gateway_mail(envelope, notice)
+        )
         if state == CodeState.OK:
             return await self._sign_in(request, envelope, "e-mail code")
         if state == CodeState.WRONG:
             return self._code_page(
                 request, token, envelope, _("That code is not right. Please try again."), sent=True
             )
+        if state == CodeState.LOCKED_NOW:
+            log.warn(
+                "Letter {envelope} locked for codes after too many wrong codes",
+                envelope=envelope.id,
+            )
+            self.on_commit()
+        if state in (CodeState.LOCKED, CodeState.LOCKED_NOW):
+            return self._locked(request, envelope)
         return self._code_page(
             request,
             token,
@@ -397,6 +426,13 @@ class Portal:
                 error = error or _(
                     "Too many PINs were ordered in the last hour. Please try again later."
                 )
+                request.setResponseCode(429)
+            elif state == PinOrder.TOO_MANY_TODAY:
+                error = error or _(
+                    "{count} PINs were ordered for this message in the last 24 hours, which is "
+                    "as many as we send. Please use the newest PIN, or try again tomorrow."
+                ).format(count=CODES_PER_DAY)
+                request.setResponseCode(429)
             else:
                 return self._locked(request, envelope)
         pending = await self.sms.pending(envelope.id)
@@ -427,6 +463,24 @@ class Portal:
         return self._page(request, _("Type the PIN"), body)
 
     def _locked(self, request: IRequest, envelope: Envelope) -> bytes:
+        if envelope.level == "letter":
+            # Locked for codes: the browser it was first opened in still opens it.
+            return self._notice(
+                request,
+                403,
+                N_("This message is locked"),
+                N_(
+                    "A wrong code was typed too many times, so this message can no longer "
+                    "be opened with a code. It still opens in the browser where it was "
+                    "first opened. The sender has been told; please contact them."
+                )
+                if envelope.sender
+                else N_(
+                    "A wrong code was typed too many times, so this message can no longer "
+                    "be opened with a code. It still opens in the browser where it was "
+                    "first opened. Please contact the sender."
+                ),
+            )
         return self._notice(
             request,
             403,
@@ -887,7 +941,9 @@ class Portal:
         envelope: Envelope,
         error: str | None,
         sent: bool = False,
+        status: int = 200,
     ) -> bytes:
+        request.setResponseCode(status)
         _ = self._t(request)
         csrf = self._form_csrf(token)
         problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
@@ -1446,6 +1502,27 @@ class BoundedRequest(Request):
             self.args.update(parse_qs(self._body.read(), keep_blank_values=True))
             self._body.seek(0)
         super().process()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self._last_headers()
+        super().write(data)
+
+    def _last_headers(self) -> None:
+        """
+        Just before the head goes out, on every response (also Twisted's own: a failed
+        render, C{OPTIONS *}): no C{Server:} banner naming the software and its version,
+        and the security headers where the page did not set its own.
+        """
+        headers = self.responseHeaders
+        headers.removeHeader(b"server")
+        for name, value in COMMON_HEADERS.items():
+            if not headers.hasHeader(name):
+                headers.setRawHeaders(name, [value])
+        if not headers.hasHeader(b"content-security-policy"):
+            headers.setRawHeaders(b"Content-Security-Policy", [RESOURCE_CSP])
+        if not headers.hasHeader(b"x-frame-options"):
+            headers.setRawHeaders(b"X-Frame-Options", [b"DENY"])
 
     def _refuse(self, length: int | None) -> None:
         self._refused = True

@@ -36,7 +36,14 @@ from email.utils import make_msgid as email_make_msgid
 
 import nh3
 
-from secmail.address import AddressError, Level, Recipient, parse_recipient
+from secmail.address import (
+    AddressError,
+    DestinationError,
+    Level,
+    Recipient,
+    parse_recipient,
+    portal_destination,
+)
 from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.letters import envelopes_and_notifications, letter_events
@@ -152,6 +159,18 @@ def _is_internal(recipient: Recipient, settings: Settings) -> bool:
     return settings.routes.is_incoming(recipient.domain)
 
 
+def _plain(recipient: Recipient, settings: Settings) -> None:
+    """
+    Refuse source-route forms (C{%}, C{!}, ...) that the mail server behind could send
+    elsewhere: L{portal_destination} on the unmarked address; a L{ReplyError} names it.
+    """
+    internal = _is_internal(recipient, settings)
+    try:
+        portal_destination(recipient.address, settings.routes.is_incoming if internal else None)
+    except DestinationError as e:
+        raise ReplyError(str(e)) from None
+
+
 def _marked(recipient: Recipient, settings: Settings) -> str:
     """The address as an internal sender writes it to reach this person securely."""
     if recipient.level is not Level.PLAIN:
@@ -208,9 +227,12 @@ def reply_choices(raw: bytes, reader: str, settings: Settings) -> tuple[bool, bo
     message = _parse(raw)
     try:
         single = reply_audience(message, "reply", reader, settings)
-        everyone = reply_audience(message, "reply-all", reader, settings)
     except ReplyError:
         return False, False
+    try:
+        everyone = reply_audience(message, "reply-all", reader, settings)
+    except ReplyError:
+        return True, False  # someone in To or Cc cannot be sent to: no reply all
     more = len(everyone.internal) + len(everyone.secure) > len(single.internal)
     return True, more
 
@@ -242,6 +264,7 @@ def reply_audience(message: Message, mode: str, reader: str, settings: Settings)
                 f"from here can only go to addresses at {org}. Please reply from your own "
                 "e-mail program instead."
             )
+        _plain(recipient, settings)
         if recipient.address.lower() not in seen:
             seen.add(recipient.address.lower())
             to.append((name, recipient.address))
@@ -254,6 +277,7 @@ def reply_audience(message: Message, mode: str, reader: str, settings: Settings)
                 recipient = _recipient(address, settings)
                 if recipient is None or recipient.address.lower() in seen:
                     continue
+                _plain(recipient, settings)
                 seen.add(recipient.address.lower())
                 if _is_internal(recipient, settings):
                     header.append((name, recipient.address))
@@ -288,6 +312,7 @@ def forward_audience(text: str, settings: Settings) -> Audience:
                 f"{recipient.address} is outside the organisation. From here a message can be "
                 f"forwarded only to addresses at {org}, so that it stays protected."
             )
+        _plain(recipient, settings)
         if recipient.address.lower() not in seen:
             seen.add(recipient.address.lower())
             to.append(("", recipient.address))

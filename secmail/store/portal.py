@@ -26,11 +26,17 @@ SESSION_MAX = 12 * 3600
 CODE_LIFETIME = 10 * 60
 CODE_TRIES = 5
 CODES_PER_HOUR = 5
+#: ... and how many a day, per letter (else 5 an hour would allow 120 a day).
+CODES_PER_DAY = 10
 
-#: SMS PINs for registered letters: the same lifetime, tries and hourly limit as e-mail
-#: codes, at most one a minute, and the letter locks after this many wrong PINs in all.
+#: SMS PINs for registered letters: the same lifetime, tries, hourly and daily limits as
+#: e-mail codes, and at most one a minute.
 PIN_INTERVAL = 60
-PIN_LOCK_AFTER = 20
+#: A letter locks for good after this many wrong codes or PINs in all (NIST SP 800-63B
+#: 5.2.2: a limit on failed attempts for any one-time secret), and its sender is told.
+LOCK_AFTER = 20
+PIN_LOCK_AFTER = LOCK_AFTER
+DAY = 24 * 3600
 
 
 def digest(secret: str) -> str:
@@ -49,12 +55,22 @@ class CodeState:
     OK = "ok"
     WRONG = "wrong"
     EXPIRED = "expired"  # none valid: expired, used up or never sent
+    LOCKED = "locked"  # locked for codes before this try
+    LOCKED_NOW = "locked now"  # this wrong code locked it
+
+
+class CodeOrder:
+    SENT = "sent"
+    TOO_MANY = "too many"  # CODES_PER_HOUR in the last hour
+    TOO_MANY_TODAY = "too many today"  # CODES_PER_DAY in the last 24 hours
+    LOCKED = "locked"
 
 
 class PinOrder:
     SENT = "sent"
     TOO_SOON = "too soon"  # the last one went out less than a minute ago
     TOO_MANY = "too many"  # CODES_PER_HOUR in the last hour
+    TOO_MANY_TODAY = "too many today"  # CODES_PER_DAY in the last 24 hours
     LOCKED = "locked"
 
 
@@ -163,47 +179,66 @@ class PortalStore:
     # --- one-time codes by e-mail ----------------------------------------------------------
 
     async def new_code(self, envelope_id: str, now: int) -> str | None:
-        """A fresh 6-digit code (older ones stop working); None when too many were sent."""
+        """A fresh 6-digit code (older ones stop working); None when refused (L{order_code})."""
+        return (await self.order_code(envelope_id, now))[1]
+
+    async def order_code(self, envelope_id: str, now: int) -> tuple[str, str | None]:
+        """
+        A L{CodeOrder} and, when SENT, a fresh 6-digit code to mail (older ones stop
+        working); refused when the letter is locked or CODES_PER_HOUR / CODES_PER_DAY
+        codes went out.
+        """
         code = f"{secrets.randbelow(10**6):06d}"
 
-        def txn_(txn: Txn) -> bool:
+        def txn_(txn: Txn) -> str:
             _lock_envelope(txn, envelope_id)
-            sent = txn.execute(
-                "SELECT COUNT(*) FROM access_codes WHERE envelope_id = ? AND created > ?",
-                (envelope_id, now - 3600),
-            ).fetchone()[0]
-            if int(sent) >= CODES_PER_HOUR:
-                return False
+            row = txn.execute(
+                "SELECT locked, message_id FROM envelopes WHERE id = ?", (envelope_id,)
+            ).fetchone()
+            if row is None or row[0] is not None:
+                return CodeOrder.LOCKED
+            today, this_hour, _last = _codes_sent(txn, envelope_id, now)
+            if this_hour >= CODES_PER_HOUR:
+                return CodeOrder.TOO_MANY
+            if today >= CODES_PER_DAY:
+                return CodeOrder.TOO_MANY_TODAY
             txn.execute("UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,))
             txn.execute(
                 "INSERT INTO access_codes (envelope_id, code_hash, created, expires) "
                 "VALUES (?, ?, ?, ?)",
                 (envelope_id, self._code_hash(envelope_id, code), now, now + CODE_LIFETIME),
             )
-            add_event_txn(
-                txn,
-                _message_of(txn, envelope_id),
-                envelope_id,
-                "code sent",
-                "to the recipient's address",
-                now,
-            )
-            return True
+            add_event_txn(txn, row[1], envelope_id, "code sent", "to the recipient's address", now)
+            return CodeOrder.SENT
 
-        return code if await self.db.run(txn_) else None
+        state = await self.db.run(txn_)
+        return state, code if state == CodeOrder.SENT else None
 
-    async def check_code(self, envelope_id: str, code: str, now: int) -> str:
-        """Try a code: L{CodeState}.OK once, WRONG (tries left), or EXPIRED (order a new one)."""
+    async def check_code(
+        self, envelope_id: str, code: str, now: int, lock_notice: NewMessage | None = None
+    ) -> str:
+        """
+        Try a code: L{CodeState}.OK once, WRONG (tries left), EXPIRED (order a new one),
+        or LOCKED. A wrong one counts against the code (CODE_TRIES) and the letter
+        (LOCK_AFTER, with the PINs'); the wrong code that locks the letter stores
+        C{lock_notice} (the mail telling the sender) in the same transaction.
+        """
         candidate = self._code_hash(envelope_id, code.strip())
 
         def txn_(txn: Txn) -> str:
             _lock_envelope(txn, envelope_id)
+            envelope = txn.execute(
+                "SELECT locked, pin_failures, message_id FROM envelopes WHERE id = ?",
+                (envelope_id,),
+            ).fetchone()
+            if envelope is None or envelope[0] is not None:
+                return CodeState.LOCKED
+            failures, message_id = int(envelope[1]), envelope[2]
             row = txn.execute(
                 "SELECT code_hash, expires, tries FROM access_codes "
                 "WHERE envelope_id = ? AND used = 0 ORDER BY created DESC LIMIT 1",
                 (envelope_id,),
             ).fetchone()
-            message_id = _message_of(txn, envelope_id)
             if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
                 add_event_txn(txn, message_id, envelope_id, "code refused", "no valid code", now)
                 return CodeState.EXPIRED
@@ -213,12 +248,24 @@ class PortalStore:
                 )
                 add_event_txn(txn, message_id, envelope_id, "code accepted", "", now)
                 return CodeState.OK
+            failures += 1
             txn.execute(
                 "UPDATE access_codes SET tries = tries + 1 WHERE envelope_id = ? AND used = 0 "
                 "AND code_hash = ?",
                 (envelope_id, row[0]),
             )
-            add_event_txn(txn, message_id, envelope_id, "code wrong", f"try {int(row[2]) + 1}", now)
+            add_event_txn(
+                txn,
+                message_id,
+                envelope_id,
+                "code wrong",
+                f"try {int(row[2]) + 1} of this code, {failures} in all",
+                now,
+            )
+            if _count_failure_txn(
+                txn, envelope_id, message_id, failures, "wrong codes", lock_notice, now
+            ):
+                return CodeState.LOCKED_NOW
             return CodeState.WRONG if int(row[2]) + 1 < CODE_TRIES else CodeState.EXPIRED
 
         return await self.db.run(txn_)
@@ -248,15 +295,13 @@ class PortalStore:
             if row is None or row[0] is not None:
                 return PinOrder.LOCKED
             message_id = row[1]
-            recent = txn.execute(
-                "SELECT COUNT(*), MAX(created) FROM access_codes "
-                "WHERE envelope_id = ? AND created > ?",
-                (envelope_id, now - 3600),
-            ).fetchone()
-            if recent[1] is not None and int(recent[1]) > now - PIN_INTERVAL:
+            today, this_hour, last = _codes_sent(txn, envelope_id, now)
+            if last is not None and last > now - PIN_INTERVAL:
                 return PinOrder.TOO_SOON
-            if int(recent[0]) >= CODES_PER_HOUR:
+            if this_hour >= CODES_PER_HOUR:
                 return PinOrder.TOO_MANY
+            if today >= CODES_PER_DAY:
+                return PinOrder.TOO_MANY_TODAY
             # Older PINs stop working; kept apart (used = 2) to tell a late SMS from a wrong PIN.
             txn.execute(
                 "UPDATE access_codes SET used = 2 WHERE envelope_id = ? AND used = 0",
@@ -346,23 +391,10 @@ class PortalStore:
                 f"try {int(row[2]) + 1} of this PIN, {failures} in all",
                 now,
             )
-            if failures >= PIN_LOCK_AFTER:
-                txn.execute(
-                    "UPDATE envelopes SET pin_failures = ?, locked = ? WHERE id = ?",
-                    (failures, now, envelope_id),
-                )
-                txn.execute(
-                    "UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,)
-                )
-                txn.execute("DELETE FROM sms_outbox WHERE envelope_id = ?", (envelope_id,))
-                txn.execute("DELETE FROM sessions WHERE envelope_id = ?", (envelope_id,))
-                add_event_txn(txn, message_id, envelope_id, "locked", f"{failures} wrong PINs", now)
-                if lock_notice is not None:
-                    insert_messages_txn(txn, [lock_notice], now)
+            if _count_failure_txn(
+                txn, envelope_id, message_id, failures, "wrong PINs", lock_notice, now
+            ):
                 return PinState.LOCKED_NOW
-            txn.execute(
-                "UPDATE envelopes SET pin_failures = ? WHERE id = ?", (failures, envelope_id)
-            )
             return PinState.WRONG if int(row[2]) + 1 < CODE_TRIES else PinState.EXPIRED
 
         return await self.db.run(txn_)
@@ -395,6 +427,46 @@ class PortalStore:
             return True
 
         return await self.db.run(txn_)
+
+
+def _codes_sent(txn: Txn, envelope_id: str, now: int) -> tuple[int, int, int | None]:
+    """Codes or PINs made for a letter in the last day, in the last hour, and the newest's time."""
+    row = txn.execute(
+        "SELECT COUNT(*), SUM(CASE WHEN created > ? THEN 1 ELSE 0 END), MAX(created) "
+        "FROM access_codes WHERE envelope_id = ? AND created > ?",
+        (now - 3600, envelope_id, now - DAY),
+    ).fetchone()
+    return int(row[0]), int(row[1] or 0), None if row[2] is None else int(row[2])
+
+
+def _count_failure_txn(
+    txn: Txn,
+    envelope_id: str,
+    message_id: str,
+    failures: int,
+    what: str,
+    lock_notice: NewMessage | None,
+    now: int,
+) -> bool:
+    """
+    Store a letter's count of wrong codes and PINs; at LOCK_AFTER lock it for good, end
+    its sessions and codes, and store C{lock_notice} (to the sender) in the same
+    transaction. True when this failure locked it.
+    """
+    if failures < LOCK_AFTER:
+        txn.execute("UPDATE envelopes SET pin_failures = ? WHERE id = ?", (failures, envelope_id))
+        return False
+    txn.execute(
+        "UPDATE envelopes SET pin_failures = ?, locked = ? WHERE id = ?",
+        (failures, now, envelope_id),
+    )
+    txn.execute("UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,))
+    txn.execute("DELETE FROM sms_outbox WHERE envelope_id = ?", (envelope_id,))
+    txn.execute("DELETE FROM sessions WHERE envelope_id = ?", (envelope_id,))
+    add_event_txn(txn, message_id, envelope_id, "locked", f"{failures} {what}", now)
+    if lock_notice is not None:
+        insert_messages_txn(txn, [lock_notice], now)
+    return True
 
 
 def _lock_envelope(txn: Txn, envelope_id: str) -> None:
