@@ -1,4 +1,4 @@
--- Version 5 (issue 10, portal hardening): D-Compose code limits per normalised mailbox, per
+-- Version 6 (issue 10, portal hardening): D-Compose code limits per normalised mailbox, per
 -- client and in total, and a lock per mailbox after too many wrong codes.
 -- (envelopes.pin_failures, from version 4, now counts a letter's wrong e-mail codes as well
 -- as its wrong PINs; envelopes.locked is set when either reaches the limit.)
