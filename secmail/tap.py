@@ -25,8 +25,15 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from secmail import config
-from secmail.crypto import MasterKeyError, derive_key, generate_key_file, load_key_file
+from secmail.crypto import (
+    DerivedKeys,
+    MasterKeyError,
+    derive_key,
+    generate_key_file,
+    load_key_file,
+)
 from secmail.queue import OutboundQueue, RetentionJob
+from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.outbox import SmsOutbox
@@ -36,6 +43,7 @@ from secmail.smtp.server import GatewayESMTPFactory
 from secmail.store.compose import ComposeStore
 from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
+from secmail.store.keys import KeyStore
 from secmail.store.messages import MessageStore
 from secmail.store.portal import PortalStore
 from secmail.store.sms import SmsStore
@@ -211,7 +219,9 @@ def makeService(options: Options) -> IService:
     DatabaseService(db).setServiceParent(top)
     QueueStarter(queue).setServiceParent(top)
 
-    sms_store = SmsStore(db, derive_key(master, "sms-outbox"))
+    # Texts and code HMACs use keys derived from the sealing master key and are checked with
+    # every key of the ring, so they outlive a rotation (see secmail/rotation.py).
+    sms_store = SmsStore(db, DerivedKeys(master, "sms-outbox"))
 
     async def send_mail(to: str, content: bytes) -> None:
         """An SMS by e-mail: queued like any mail the gateway writes."""
@@ -233,8 +243,11 @@ def makeService(options: Options) -> IService:
         wake_outbox = outbox.wake
     TimerService(3600, RetentionJob(settings, store, reactor).run).setServiceParent(top)
 
-    portal_store = PortalStore(db, derive_key(master, "portal-codes"))
-    compose_store = ComposeStore(db, derive_key(master, "compose-codes"))
+    rotation = KeyRotation(master, KeyStore(db), reactor, node_id)
+    TimerService(ROTATION_INTERVAL, rotation.run).setServiceParent(top)
+
+    portal_store = PortalStore(db, DerivedKeys(master, "portal-codes"))
+    compose_store = ComposeStore(db, DerivedKeys(master, "compose-codes"))
     cleanup = SessionCleanup(portal_store, compose_store, reactor)
     TimerService(600, cleanup.run).setServiceParent(top)
     compose = Compose(

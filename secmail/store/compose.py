@@ -18,9 +18,10 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from secmail.crypto import DerivedKeys, purpose_keys
 from secmail.store.database import Database, Txn
 from secmail.store.messages import add_event_txn
-from secmail.store.portal import SESSION_IDLE, SESSION_MAX, CodeState, digest
+from secmail.store.portal import SESSION_IDLE, SESSION_MAX, CodeState, digest, matches_any
 
 __all__ = [
     "CODE_LIFETIME",
@@ -63,12 +64,13 @@ class ComposeStore:
         that a copy of the database does not let anyone try all million codes offline.
     """
 
-    def __init__(self, db: Database, code_key: bytes) -> None:
+    def __init__(self, db: Database, code_key: bytes | DerivedKeys) -> None:
         self.db = db
-        self._code_key = code_key
+        self._code_keys = purpose_keys(code_key)
 
-    def _code_hash(self, key: str, code: str) -> str:
-        return hmac.new(self._code_key, f"compose:{key}:{code}".encode(), "sha256").hexdigest()
+    @staticmethod
+    def _hmac(code_key: bytes, key: str, code: str) -> str:
+        return hmac.new(code_key, f"compose:{key}:{code}".encode(), "sha256").hexdigest()
 
     # --- codes ------------------------------------------------------------------------------
 
@@ -97,10 +99,11 @@ class ComposeStore:
                 )
                 return False
             txn.execute("UPDATE compose_codes SET used = 1 WHERE address = ?", (key,))
+            key_id, code_key = self._code_keys.current()
             txn.execute(
-                "INSERT INTO compose_codes (address, code_hash, created, expires) "
-                "VALUES (?, ?, ?, ?)",
-                (key, self._code_hash(key, code), now, now + CODE_LIFETIME),
+                "INSERT INTO compose_codes (address, code_hash, key_id, created, expires) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, self._hmac(code_key, key, code), key_id, now, now + CODE_LIFETIME),
             )
             add_event_txn(txn, trail_id(key), None, "code sent", f"code mail {int(sent) + 1}", now)
             return True
@@ -110,7 +113,8 @@ class ComposeStore:
     async def check_code(self, address: str, code: str, now: int) -> str:
         """Try a code: L{CodeState}.OK once, WRONG (tries left), or EXPIRED (ask for a new one)."""
         key = address.lower()
-        candidate = self._code_hash(key, code.strip())
+        # Under every key of the ring: a code outlives a rotation.
+        candidates = [self._hmac(k, key, code.strip()) for _, k in self._code_keys.all()]
 
         def txn_(txn: Txn) -> str:
             row = txn.execute(
@@ -122,7 +126,7 @@ class ComposeStore:
             if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
                 add_event_txn(txn, trail, None, "code refused", "no valid code", now)
                 return CodeState.EXPIRED
-            if hmac.compare_digest(row[0], candidate):
+            if matches_any(row[0], candidates):
                 txn.execute("UPDATE compose_codes SET used = 1 WHERE address = ?", (key,))
                 add_event_txn(txn, trail, None, "code accepted", "", now)
                 return CodeState.OK

@@ -218,11 +218,15 @@ class MessageStore:
 
     def _first_chunk_txn(self, txn: Txn, message_id: str) -> tuple[int, Opener, bytes] | None:
         row = txn.execute(
-            "SELECT wrapped_key, chunk_count FROM messages WHERE id = ?", (message_id,)
+            "SELECT wrapped_key, chunk_count, key_id FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         if row is None:
             return None
-        opener = Opener(self.master, message_id, bytes(row[0]))
+        key_id = str(row[2])
+        if self.master.get(key_id) is None:
+            # Sealed by a node that rotated first: its ring file may be here already.
+            self.master.reload()
+        opener = Opener(self.master, message_id, bytes(row[0]), key_id)
         count = int(row[1])
         return count, opener, self._chunk_txn(txn, opener, message_id, 0, count == 1)
 
