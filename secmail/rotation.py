@@ -41,7 +41,8 @@ class KeyRotation:
         self.clock = clock
         self.node = node
         self.batch = batch
-        self._stamp = self._file_stamp()
+        # None: the first run reads the file again (it may have changed since start-up).
+        self._stamp: tuple[int, int, int] | None = None
 
     def run(self) -> Deferred[int | None]:
         return Deferred.fromCoroutine(self.run_once()).addErrback(
@@ -60,7 +61,7 @@ class KeyRotation:
     def reload_if_changed(self) -> None:
         """Read the ring file again when it changed; a bad file leaves the ring as it was."""
         stamp = self._file_stamp()
-        if stamp == self._stamp or self.master.path is None:
+        if self.master.path is None or (stamp is not None and stamp == self._stamp):
             return
         try:
             keys = read_ring_file(self.master.path)
@@ -68,8 +69,10 @@ class KeyRotation:
             log.error("Master key ring not reloaded, still using the old one: {error}", error=e)
             return
         self._stamp = stamp
-        before = set(self.master.key_ids)
+        before = self.master.key_ids
         self.master.replace(keys, sealing=self.master.key_id)
+        if self.master.key_ids == before:
+            return
         log.info(
             "Master key ring reloaded from {path}: keys {ids} (new: {new})",
             path=self.master.path,

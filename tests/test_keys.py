@@ -96,7 +96,7 @@ class RingFileTests(SynchronousTestCase):
             MasterKey(new).unwrap(wrapped, "m1", key_id)
         self.assertEqual(raised.exception.key_id, key_id)
         with self.assertRaises(IntegrityError):
-            ring.unwrap(wrapped[:-1] + b"x", "m1", key_id)
+            ring.unwrap(wrapped[:-1] + bytes([wrapped[-1] ^ 1]), "m1", key_id)
 
     def test_sealing_key(self) -> None:
         """Seal with the newest key every live node holds; the newest when none is shared."""
