@@ -77,10 +77,21 @@ class MasterKey:
         # One assignment: a reader on another thread sees the old ring or the new one.
         self._state = (ring, sealing)
 
-    def reload(self) -> None:
-        """Read the ring file again (it may hold a key another node sealed with)."""
-        if self.path is not None:
-            self.replace(read_ring_file(self.path), sealing=self.key_id)
+    def reload(self, keys: Sequence[bytes] | None = None) -> None:
+        """
+        Take the keys of the ring file (read again unless given): it may hold a key another
+        node sealed with. Keys retired from the file stay known until a restart, behind the
+        others: a message that was being received when its key left the ring still opens,
+        and is re-wrapped. The sealing key stays until the rotation service changes it.
+        """
+        if keys is None:
+            if self.path is None:
+                return
+            keys = read_ring_file(self.path)
+        ring, sealing = self._state
+        fresh = {key_id_of(k) for k in keys}
+        kept = [k for key_id, k in ring.items() if key_id not in fresh]
+        self.replace([*keys, *kept], sealing=sealing)
 
     def seal_with(self, key_id: str) -> None:
         """Seal with another key of the ring (one that every node of the cluster holds)."""

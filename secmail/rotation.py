@@ -70,7 +70,7 @@ class KeyRotation:
             return
         self._stamp = stamp
         before = self.master.key_ids
-        self.master.replace(keys, sealing=self.master.key_id)
+        self.master.reload(keys)
         if self.master.key_ids == before:
             return
         log.info(

@@ -43,7 +43,7 @@ from secmail.smtp.server import GatewayESMTPFactory
 from secmail.store.compose import ComposeStore
 from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
-from secmail.store.keys import KeyStore
+from secmail.store.keys import KeyStore, live_nodes_blocking, sealing_key
 from secmail.store.messages import MessageStore
 from secmail.store.portal import PortalStore
 from secmail.store.sms import SmsStore
@@ -204,6 +204,13 @@ def makeService(options: Options) -> IService:
         _stop(f"store.database: {e}")
     except Exception as e:
         _stop(f"store.database: cannot open {engine.describe()}: {e}")
+    node_id = settings.gateway.hostname + "/" + socket.gethostname()
+    try:
+        # Before the first mail: seal with a key every other running node holds.
+        nodes = live_nodes_blocking(engine, int(reactor.seconds()))
+    except Exception as e:
+        _stop(f"store.database: cannot open {engine.describe()}: {e}")
+    master.seal_with(sealing_key(master.key_ids, [n for n in nodes if n.node != node_id]))
     removed = clean_spool(os.path.join(settings.gateway.data_dir, "spool"))
     if removed:
         log.info("Removed {n} unfinished message(s) left in the spool", n=removed)
@@ -211,7 +218,6 @@ def makeService(options: Options) -> IService:
     store = MessageStore(db, master)
     resolver = dns_client.createResolver()
     sender = SmtpSender(settings, reactor, resolver)
-    node_id = settings.gateway.hostname + "/" + socket.gethostname()
     queue = OutboundQueue(settings, store, sender, reactor, node_id)
     intake = Intake(settings, store, master, reactor, deferToThread, on_commit=queue.wake)
 

@@ -28,7 +28,14 @@ from secmail.crypto import (
 )
 from secmail.rotation import KeyRotation
 from secmail.store.compose import ComposeStore
-from secmail.store.keys import NODE_LIVE, KeyStore, NodeKeys, retire_problems, sealing_key
+from secmail.store.keys import (
+    NODE_LIVE,
+    KeyStore,
+    NodeKeys,
+    live_nodes_blocking,
+    retire_problems,
+    sealing_key,
+)
 from secmail.store.messages import MessageStore, NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.portal import CodeState, PinOrder, PinState, PortalStore
 from secmail.store.sms import SmsStore
@@ -233,6 +240,36 @@ class RotationMixin:
         message = NewMessage(SealedBytes(rotated, new_id(), b"from b"), "mail", "a@b")
         await store.commit([message], now=T0)
         self.assertEqual(await store.read_all(message.content.message_id), b"from b")
+
+    async def test_retired_key_known_until_restart(self) -> None:
+        """A key retired from the file stays known to a running gateway: a late row re-wraps."""
+        path = os.path.join(tempfile.mkdtemp(prefix="secmail-ring-"), "master.key")
+        first = generate_key_file(path)
+        master = load_key_file(path)
+        rotation = KeyRotation(master, self.keys, self.clock, "a")
+        rotate_key_file(path)
+        await rotation.run_once()
+        # A message whose receiving began before the switch is committed under the old key...
+        late = NewMessage(SealedBytes(MasterKey(first.key), new_id(), b"late"), "mail", "a@b")
+        # ...after the old key left the file.
+        remove_from_key_file(path, first.key_id)
+        self.clock.advance(1)
+        await MessageStore(self.db, master).commit([late], now=T0)
+        self.assertEqual(await rotation.run_once(), 1)
+        self.assertEqual(await self.store_for(master).read_all(late.content.message_id), b"late")
+        self.assertEqual(master.key_ids[-1], first.key_id)
+
+    def store_for(self, master: MasterKey) -> MessageStore:
+        return MessageStore(self.db, master)
+
+    async def test_start_up_seals_with_a_shared_key(self) -> None:
+        """At start-up a node reads which keys the others hold before it seals anything."""
+        old_id = key_id_of(self.old)
+        await self.keys.announce(NodeKeys("b", (old_id,), old_id, T0))
+        await self.keys.announce(NodeKeys("gone", ("x",), "x", T0 - NODE_LIVE - 1))
+        nodes = live_nodes_blocking(self.engine, T0)
+        self.assertEqual([n.node for n in nodes], ["b"])
+        self.assertEqual(sealing_key([key_id_of(self.new), old_id], nodes), old_id)
 
     async def test_unknown_key_is_its_own_error(self) -> None:
         """A row under a key no ring here holds: UnknownKeyError naming it, not IntegrityError."""

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmail import tap
 from secmail.queue import OutboundQueue
+from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.sms.backends import ModemService
 from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.server import GatewayESMTPFactory
@@ -130,6 +131,7 @@ class MakeServiceTests(SynchronousTestCase):
                 tap.DatabaseService,
                 tap.QueueStarter,
                 TimerService,  # retention
+                TimerService,  # master key rotation
                 TimerService,  # portal session clean-up
                 StreamServerEndpointService,
                 StreamServerEndpointService,
@@ -142,7 +144,12 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(queue_starter, tap.QueueStarter)
         self.assertIsInstance(queue_starter.queue, OutboundQueue)
 
-        portal, smtp = children[4], children[5]
+        rotation = children[3]
+        assert isinstance(rotation, TimerService)
+        self.assertIsInstance(rotation.call[0].__self__, KeyRotation)  # type: ignore[attr-defined]
+        self.assertEqual(rotation.step, ROTATION_INTERVAL)
+
+        portal, smtp = children[-2], children[-1]
         assert isinstance(portal, StreamServerEndpointService)
         assert isinstance(smtp, StreamServerEndpointService)
         # "ssl:" without key files: TLS with our own certificate around the portal's site.

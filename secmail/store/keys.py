@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from secmail.crypto import IntegrityError, MasterKey
 from secmail.store.database import Database, Txn
+from secmail.store.engines import Engine
 
 #: Message keys re-wrapped per transaction.
 REWRAP_BATCH = 500
@@ -161,6 +162,19 @@ def nodes_txn(txn: Txn) -> list[NodeKeys]:
             "SELECT node, key_ids, sealing, seen FROM key_ring_nodes ORDER BY node"
         ).fetchall()
     ]
+
+
+def live_nodes_blocking(engine: Engine, now: int) -> list[NodeKeys]:
+    """The nodes seen in the last NODE_LIVE, read before the reactor runs (at start-up)."""
+    conn = engine.connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute(engine.begin)
+        nodes = nodes_txn(Txn(engine, cursor))
+        cursor.execute("COMMIT")
+    finally:
+        conn.close()
+    return [n for n in nodes if n.seen >= now - NODE_LIVE]
 
 
 def sealing_key(ring: Sequence[str], nodes: Sequence[NodeKeys]) -> str:
