@@ -37,7 +37,7 @@ from secmail.sms.errors import SmsTemporaryError, classify
 from secmail.sms.http import mask_number, mask_sms_recipients
 from secmail.store.database import Database, StoreUnavailable, Txn
 from secmail.store.engines import engine_for
-from secmail.store.keys import NODE_LIVE, KeyStore, retire_problems
+from secmail.store.keys import NODE_LIVE, KeyStore, retire_problems, sealing_key
 from secmail.store.messages import MessageStore
 from secmail.store.sms import SmsStore
 
@@ -244,6 +244,10 @@ def sms_test(args: argparse.Namespace) -> int:
     async def send_mail(to: str, content: bytes) -> None:
         master = load_key_file(settings.store.master_key_file)
         with _open_db(settings) as db:
+            # Seal like the gateways do: with a key every running node holds.
+            now = int(time.time())
+            nodes = [n for n in _wait(KeyStore(db).nodes()) if n.seen >= now - NODE_LIVE]
+            master.seal_with(sealing_key(master.key_ids, nodes))
             mail = sms_mail(settings, master, to, content)
             _wait(MessageStore(db, master).commit([mail], int(time.time())))
 

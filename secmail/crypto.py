@@ -15,6 +15,7 @@ import base64
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -64,6 +65,9 @@ class MasterKey:
 
     def __init__(self, key: bytes, *retired: bytes) -> None:
         self.path: str | None = None
+        # Changed on the reactor thread (rotation) and the database thread (reload on an
+        # unknown key id): changes are serialised; readers take the state in one read.
+        self._lock = threading.Lock()
         self._state: tuple[dict[str, bytes], str] = ({}, "")
         self.replace([key, *retired])
 
@@ -72,10 +76,15 @@ class MasterKey:
         ring = {key_id_of(k): k for k in keys}
         if not ring:
             raise MasterKeyError("a key ring needs at least one key")
-        if sealing not in ring:
-            sealing = next(iter(ring))
-        # One assignment: a reader on another thread sees the old ring or the new one.
-        self._state = (ring, sealing)
+        with self._lock:
+            if sealing not in ring:
+                sealing = next(iter(ring))
+            # One assignment: a reader on another thread sees the old ring or the new one.
+            self._state = (ring, sealing)
+
+    def snapshot(self) -> tuple[dict[str, bytes], str]:
+        """The keys by id (newest first) and the sealing key's id, as one consistent pair."""
+        return self._state
 
     def reload(self, keys: Sequence[bytes] | None = None) -> None:
         """
@@ -88,17 +97,19 @@ class MasterKey:
             if self.path is None:
                 return
             keys = read_ring_file(self.path)
-        ring, sealing = self._state
-        fresh = {key_id_of(k) for k in keys}
-        kept = [k for key_id, k in ring.items() if key_id not in fresh]
-        self.replace([*keys, *kept], sealing=sealing)
+        fresh = {key_id_of(k): k for k in keys}
+        with self._lock:
+            ring, sealing = self._state
+            merged = {**fresh, **{i: k for i, k in ring.items() if i not in fresh}}
+            self._state = (merged, sealing if sealing in merged else next(iter(merged)))
 
     def seal_with(self, key_id: str) -> None:
         """Seal with another key of the ring (one that every node of the cluster holds)."""
-        ring, _ = self._state
-        if key_id not in ring:
-            raise UnknownKeyError(key_id, "the sealing key")
-        self._state = (ring, key_id)
+        with self._lock:
+            ring, _ = self._state
+            if key_id not in ring:
+                raise UnknownKeyError(key_id, "the sealing key")
+            self._state = (ring, key_id)
 
     @property
     def key(self) -> bytes:
@@ -283,12 +294,12 @@ class DerivedKeys:
         return _hkdf(key, self.purpose)
 
     def current(self) -> tuple[str, bytes]:
-        ring, sealing = self.master._state
+        ring, sealing = self.master.snapshot()
         return sealing, self._derive(ring[sealing])
 
     def all(self) -> list[tuple[str, bytes]]:
         """Every key, the sealing one first."""
-        ring, sealing = self.master._state
+        ring, sealing = self.master.snapshot()
         ids = [sealing, *(key_id for key_id in ring if key_id != sealing)]
         return [(key_id, self._derive(ring[key_id])) for key_id in ids]
 

@@ -5,15 +5,21 @@ the portal after the gateway re-wrapped it, and still after the old key left the
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from secmail.crypto import generate_key_file, rotate_key_file
+from secmail.store.database import Database
+from secmail.store.engines import SqliteEngine
 from tests.e2e.harness import REPO_ROOT, Gateway, SmtpSink, make_message, poll, running
 
 SENDER = "alice@corp.example"
@@ -94,3 +100,46 @@ def test_letter_opens_across_rotation_and_retirement(gateway: Gateway, internet:
     assert "Quince41" in read_letter(gateway, before)
     assert "Medlar77" in read_letter(gateway, after)
     assert message_count(gateway, old) is None
+
+
+def test_sms_by_mail_from_cli_sealed_with_a_shared_key(tmp_path: Path) -> None:
+    """`secmail sms test` seals its mail with a key every running node holds, not the newest."""
+    data = tmp_path / "data"
+    data.mkdir()
+    key_file = str(data / "master.key")
+    old = generate_key_file(key_file)
+    new, _ = rotate_key_file(key_file)
+    database = data / "secmail.sqlite"
+    Database(SqliteEngine(str(database)), None).prepare_blocking()
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.execute(
+            "INSERT INTO key_ring_nodes (node, key_ids, sealing, seen) VALUES (?, ?, ?, ?)",
+            ("gw/b", old.key_id, old.key_id, int(time.time())),
+        )
+        conn.commit()
+    config = tmp_path / "secmail.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{data}"\n[store]\nmaster_key_file = "{key_file}"\n'
+        '[sms]\norder = ["smtp"]\n[sms.smtp]\naddress = "{to}@sms.example"\n',
+        encoding="utf-8",
+    )
+    done = subprocess.run(  # noqa: S603
+        [
+            sys.executable,
+            "-m",
+            "secmail.cli",
+            "sms",
+            "--config",
+            str(config),
+            "test",
+            "+358401234567",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        key_ids = [r[0] for r in conn.execute("SELECT key_id FROM messages")]
+    assert key_ids == [old.key_id], (key_ids, new.key_id)
