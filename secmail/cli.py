@@ -1,5 +1,5 @@
 """
-The C{secmail} command for admins: check the configuration, look after the queue, make keys.
+The C{secmail} command for admins: check the configuration, look after the queue and keys.
 
 It works on the same database as the running gateway (both engines take
 concurrent use), so queue changes take effect at the gateway's next queue scan.

@@ -1,6 +1,10 @@
 """
 Encryption at rest: a fresh AES-256-GCM key per message, wrapped by the master key.
 
+The master key is a ring (L{MasterKey}): rotation adds a new key that seals from then on,
+the older ones still open what they wrapped (each row stores its C{key_id}), and the running
+gateway re-wraps message keys under the new one (secmail/rotation.py).
+
 A message is sealed in chunks of L{CHUNK_SIZE} plaintext bytes (the STREAM
 construction): chunk C{i} uses the nonce C{i} (11 bytes) followed by a flag byte
 that is 1 only on the last chunk, and every chunk authenticates the message id.
