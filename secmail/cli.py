@@ -1,5 +1,5 @@
 """
-The C{secmail} command for admins: check the configuration, look after the queue, make keys.
+The C{secmail} command for admins: check the configuration, look after the queue and keys.
 
 It works on the same database as the running gateway (both engines take
 concurrent use), so queue changes take effect at the gateway's next queue scan.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import sqlite3
 import sys
@@ -24,12 +25,20 @@ from twisted.python.failure import Failure
 import secmail
 from secmail import config
 from secmail.address import AddressError, parse_phone, split_address
-from secmail.crypto import MasterKey, MasterKeyError, generate_key_file, load_key_file
+from secmail.crypto import (
+    MasterKey,
+    MasterKeyError,
+    generate_key_file,
+    load_key_file,
+    remove_from_key_file,
+    rotate_key_file,
+)
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
 from secmail.sms.http import mask_number, mask_sms_recipients
 from secmail.store.database import Database, StoreUnavailable, Txn
 from secmail.store.engines import engine_for
+from secmail.store.keys import NODE_LIVE, KeyStore, retire_problems, sealing_key
 from secmail.store.messages import MessageStore
 from secmail.store.sms import SmsStore
 
@@ -257,6 +266,10 @@ def sms_test(args: argparse.Namespace) -> int:
     async def send_mail(to: str, content: bytes) -> None:
         master = load_key_file(settings.store.master_key_file)
         with _open_db(settings) as db:
+            # Seal like the gateways do: with a key every running node holds.
+            now = int(time.time())
+            nodes = [n for n in _wait(KeyStore(db).nodes()) if n.seen >= now - NODE_LIVE]
+            master.seal_with(sealing_key(master.key_ids, nodes))
             mail = sms_mail(settings, master, to, content)
             _wait(MessageStore(db, master).commit([mail], int(time.time())))
 
@@ -324,6 +337,96 @@ def keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def keys_rotate(args: argparse.Namespace) -> int:
+    """A new current key first in the ring; the running gateways do the rest."""
+    settings = config.load(args.config)
+    path = settings.store.master_key_file
+    try:
+        master, previous = rotate_key_file(path)
+    except OSError as e:
+        raise CommandError(f"{path}: {e.strerror}") from None
+    print(f"Wrote master key {master.key_id} to {path} as the current key (mode 600).")
+    print(f"The ring before it is kept in {previous}. Back up {path}.")
+    print(
+        "Copy the file to every other node now (same path, mode 600). Each running gateway "
+        "reads it within a minute, seals with the new key once every node holds it, and "
+        "re-wraps the message keys of the older keys in batches. Watch: secmail keys status"
+    )
+    return 0
+
+
+def keys_status(args: argparse.Namespace) -> int:
+    """The ring's keys, what each still protects, and which keys each node holds."""
+    settings = config.load(args.config)
+    master = load_key_file(settings.store.master_key_file)
+    now = int(time.time())
+    with _open_db(settings) as db:
+        keys = KeyStore(db)
+        usage = _wait(keys.usage(now))
+        nodes = _wait(keys.nodes())
+    print(f"Key ring {master.path}:")
+    print(f"{'KEY ID':<16}  {'ROLE':<8}  {'MESSAGES':>8}  {'SMS':>5}  {'CODES':>5}")
+
+    def line(key_id: str, role: str) -> str:
+        rows = usage[key_id].rows if key_id in usage else {}
+        codes = rows.get("portal codes and PINs", 0) + rows.get("D-Compose codes", 0)
+        return (
+            f"{key_id or '(unlabelled)':<16}  {role:<8}  {rows.get('message keys', 0):>8}  "
+            f"{rows.get('SMS texts', 0):>5}  {codes:>5}"
+        )
+
+    for n, key_id in enumerate(master.key_ids):
+        print(line(key_id, "current" if n == 0 else "retired"))
+    if "" in usage:
+        print(line("", "before 7"))
+    missing = [k for k in usage if k and k not in master.key_ids]
+    for key_id in missing:
+        print(line(key_id, "MISSING"))
+    if nodes:
+        print()
+        print(f"{'NODE':<32}  {'SEALS WITH':<16}  {'SEEN (UTC)':<19}  HOLDS")
+        for node in nodes:
+            stale = "" if node.seen >= now - NODE_LIVE else "  (not running?)"
+            print(
+                f"{node.node:<32}  {node.sealing:<16}  {_when(node.seen):<19}  "
+                f"{', '.join(node.key_ids)}{stale}"
+            )
+    if missing:
+        print(
+            f"secmail: rows use key(s) {', '.join(missing)}, which this ring lacks: copy the key "
+            "ring file from the node that has them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def keys_retire(args: argparse.Namespace) -> int:
+    """Remove a retired key from the ring, only when nothing uses it."""
+    settings = config.load(args.config)
+    path = settings.store.master_key_file
+    master = load_key_file(path)
+    if args.key_id not in master.key_ids:
+        raise CommandError(f"{path}: no key {args.key_id} in the ring (see: secmail keys status)")
+    if args.key_id == master.key_ids[0]:
+        raise CommandError(
+            f"key {args.key_id} is the current key; rotate first (secmail keys rotate)"
+        )
+    now = int(time.time())
+    with _open_db(settings) as db:
+        keys = KeyStore(db)
+        problems = retire_problems(args.key_id, _wait(keys.usage(now)), _wait(keys.nodes()), now)
+    if problems:
+        raise CommandError(f"not retired: {problems[0]}")
+    remove_from_key_file(path, args.key_id)
+    print(f"Removed key {args.key_id} from {path}. Copy the file to every other node.")
+    previous = path + ".prev"
+    if os.path.exists(previous):
+        print(f"{previous} (the ring before the last rotation) still holds it: delete it when")
+        print("you no longer need it, and the backups that hold it.")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="secmail", description="secmail gateway administration")
     p.add_argument("--version", action="version", version=f"secmail {secmail.__version__}")
@@ -378,6 +481,16 @@ def parser() -> argparse.ArgumentParser:
     g = ksub.add_parser("generate", help="write a new master key file")
     g.add_argument("file")
     g.set_defaults(run=keys_generate)
+    ro = ksub.add_parser("rotate", help="put a new current key in the master key ring file")
+    ro.add_argument("--config", "-c", default=None, help="configuration file")
+    ro.set_defaults(run=keys_rotate)
+    st = ksub.add_parser("status", help="the ring's keys, what each protects, each node's keys")
+    st.add_argument("--config", "-c", default=None, help="configuration file")
+    st.set_defaults(run=keys_status)
+    rt = ksub.add_parser("retire", help="remove a key from the ring once nothing uses it")
+    rt.add_argument("key_id", help="the key id (see: secmail keys status)")
+    rt.add_argument("--config", "-c", default=None, help="configuration file")
+    rt.set_defaults(run=keys_retire)
     return p
 
 

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from secmail.config import Settings
-from secmail.crypto import IntegrityError, MasterKey
+from secmail.crypto import IntegrityError, MasterKey, UnknownKeyError
 from secmail.dsn import FailedRecipient, build_dsn
 from secmail.letters import system_mail
 from secmail.scanning import ScanningService
@@ -95,7 +95,7 @@ def unreadable_reason(error: BaseException) -> str | None:
     Damage does not mend itself (another try fails the same way), so the row is quarantined;
     any other error, such as the database being away for a while, is worth another try.
     """
-    if isinstance(error, IntegrityError | LookupError):
+    if isinstance(error, IntegrityError | UnknownKeyError | LookupError):
         return f"the message cannot be read: {error}"
     return None
 

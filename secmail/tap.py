@@ -27,8 +27,15 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from secmail import config
-from secmail.crypto import MasterKeyError, derive_key, generate_key_file, load_key_file
+from secmail.crypto import (
+    DerivedKeys,
+    MasterKeyError,
+    derive_key,
+    generate_key_file,
+    load_key_file,
+)
 from secmail.queue import OutboundQueue, RetentionJob
+from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.outbox import SmsOutbox
@@ -38,6 +45,7 @@ from secmail.smtp.server import GatewayESMTPFactory
 from secmail.store.compose import ComposeStore
 from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
+from secmail.store.keys import KeyStore, live_nodes_blocking, sealing_key
 from secmail.store.messages import MessageStore
 from secmail.store.portal import PortalStore
 from secmail.store.sms import SmsStore
@@ -237,6 +245,13 @@ def makeService(options: Options) -> IService:
         _stop(f"store.database: {e}")
     except Exception as e:
         _stop(f"store.database: cannot open {engine.describe()}: {e}")
+    node_id = settings.gateway.hostname + "/" + socket.gethostname()
+    try:
+        # Before the first mail: seal with a key every other running node holds.
+        nodes = live_nodes_blocking(engine, int(reactor.seconds()))
+    except Exception as e:
+        _stop(f"store.database: cannot open {engine.describe()}: {e}")
+    master.seal_with(sealing_key(master.key_ids, [n for n in nodes if n.node != node_id]))
     removed = clean_spool(os.path.join(settings.gateway.data_dir, "spool"))
     if removed:
         log.info("Removed {n} unfinished message(s) left in the spool", n=removed)
@@ -244,7 +259,6 @@ def makeService(options: Options) -> IService:
     store = MessageStore(db, master)
     resolver = dns_client.createResolver()
     sender = SmtpSender(settings, reactor, resolver)
-    node_id = settings.gateway.hostname + "/" + socket.gethostname()
     queue = OutboundQueue(settings, store, sender, reactor, node_id)
     intake = Intake(settings, store, master, reactor, deferToThread, on_commit=queue.wake)
 
@@ -252,7 +266,9 @@ def makeService(options: Options) -> IService:
     DatabaseService(db).setServiceParent(top)
     QueueStarter(queue).setServiceParent(top)
 
-    sms_store = SmsStore(db, derive_key(master, "sms-outbox"))
+    # Texts and code HMACs use keys derived from the sealing master key and are checked with
+    # every key of the ring, so they outlive a rotation (see secmail/rotation.py).
+    sms_store = SmsStore(db, DerivedKeys(master, "sms-outbox"))
 
     async def send_mail(to: str, content: bytes) -> None:
         """An SMS by e-mail: queued like any mail the gateway writes."""
@@ -274,8 +290,11 @@ def makeService(options: Options) -> IService:
         wake_outbox = outbox.wake
     TimerService(3600, RetentionJob(settings, store, reactor).run).setServiceParent(top)
 
-    portal_store = PortalStore(db, derive_key(master, "portal-codes"))
-    compose_store = ComposeStore(db, derive_key(master, "compose-codes"))
+    rotation = KeyRotation(master, KeyStore(db), reactor, node_id)
+    TimerService(ROTATION_INTERVAL, rotation.run).setServiceParent(top)
+
+    portal_store = PortalStore(db, DerivedKeys(master, "portal-codes"))
+    compose_store = ComposeStore(db, DerivedKeys(master, "compose-codes"))
     cleanup = SessionCleanup(portal_store, compose_store, reactor)
     TimerService(600, cleanup.run).setServiceParent(top)
     compose = Compose(

@@ -1,4 +1,4 @@
-"""The secmail admin command: check-config, queue list/retry/delete, keys generate."""
+"""The secmail admin command: check-config, queue list/retry/delete, keys."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from secmail import cli
-from secmail.crypto import MasterKey, load_key_file
+from secmail.crypto import MasterKey, generate_key_file, load_key_file
+from secmail.rotation import KeyRotation
 from secmail.store.database import Database
 from secmail.store.engines import SqliteEngine
+from secmail.store.keys import KeyStore
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage, new_id
 from secmail.store.sms import SmsStore, queue_sms_txn
 from secmail.store.spool import SealedBytes
@@ -116,6 +118,95 @@ class KeysTests(SynchronousTestCase):
         )
         with open(path, "rb") as f:
             self.assertEqual(f.read(), before)
+
+
+class KeyRotationCommandTests(TestCase):
+    """keys rotate, status and retire on the ring file and database a running gateway uses."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="secmail-cli-")
+        self.db_path = os.path.join(self.dir, "secmail.sqlite")
+        self.key_path = os.path.join(self.dir, "master.key")
+        self.config = write(
+            self.dir,
+            "secmail.toml",
+            f'[gateway]\ndata_dir = "{self.dir}"\nhostname = "gw.example"\n'
+            f'[store]\ndatabase = "sqlite:{self.db_path}"\nmaster_key_file = "{self.key_path}"\n',
+        )
+        self.db = Database(SqliteEngine(self.db_path), reactor)
+        self.db.prepare_blocking()
+        self.db.start()
+        self.addCleanup(self.db.stop)
+        self.master = generate_key_file(self.key_path)
+        self.store = MessageStore(self.db, self.master)
+
+    def keys(self, *args: str) -> tuple[int, str, str]:
+        return run(["keys", *args, "--config", self.config])
+
+    async def commit(self, master: MasterKey) -> None:
+        message = NewMessage(SealedBytes(master, new_id(), b"x"), "mail", "alice@corp.example")
+        await MessageStore(self.db, master).commit([message], now=int(time.time()))
+
+    async def test_rotate_status_retire(self) -> None:
+        """Rotate, then retire is refused while messages use the old key and works after."""
+        old = self.master.key_id
+        await self.commit(self.master)
+        await self.commit(self.master)
+        status, out, _ = self.keys("rotate")
+        self.assertEqual(status, 0)
+        new = load_key_file(self.key_path).key_id
+        self.assertIn(f"Wrote master key {new} to {self.key_path}", out)
+        self.assertIn("Copy the file to every other node", out)
+
+        status, out, _ = self.keys("status")
+        self.assertEqual(status, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[0], f"Key ring {self.key_path}:")
+        self.assertEqual(lines[2].split(), [new, "current", "0", "0", "0"])
+        self.assertEqual(lines[3].split(), [old, "retired", "2", "0", "0"])
+
+        status, _, err = self.keys("retire", old)
+        self.assertEqual(status, 1)
+        self.assertIn(f"secmail: not retired: key {old} still protects 2 message keys", err)
+        self.assertEqual(load_key_file(self.key_path).key_ids, [new, old])
+        status, _, err = self.keys("retire", new)
+        self.assertEqual(status, 1)
+        self.assertIn("is the current key; rotate first", err)
+        status, _, err = self.keys("retire", "0123456789abcdef")
+        self.assertEqual(status, 1)
+        self.assertIn("no key 0123456789abcdef in the ring", err)
+
+        # The running gateway picks up the file and re-wraps.
+        rotation = KeyRotation(self.master, KeyStore(self.db), reactor, "gw.example/node1")
+        self.assertEqual(await rotation.run_once(), 2)
+        status, out, _ = self.keys("status")
+        self.assertIn(f"{old}  retired          0", out)
+        self.assertIn(f"gw.example/node1                  {new}", out)
+
+        status, out, _ = self.keys("retire", old)
+        self.assertEqual(status, 0, out)
+        self.assertIn(f"Removed key {old} from {self.key_path}", out)
+        self.assertEqual(load_key_file(self.key_path).key_ids, [new])
+
+    async def test_status_names_missing_key(self) -> None:
+        """Rows under a key this ring lacks: status lists it as MISSING and exits 1."""
+        stranger = MasterKey(os.urandom(32))
+        await self.commit(stranger)
+        status, out, err = self.keys("status")
+        self.assertEqual(status, 1)
+        self.assertIn(f"{stranger.key_id}  MISSING", out)
+        self.assertIn(f"rows use key(s) {stranger.key_id}, which this ring lacks", err)
+
+    def test_rotate_without_key_file(self) -> None:
+        """Rotating a ring file that is not there fails with one line naming it."""
+        os.remove(self.key_path)
+        status, _, err = self.keys("rotate")
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            err,
+            f"secmail: store.master_key_file: file '{self.key_path}' not found "
+            "(create one with: secmail keys generate FILE)\n",
+        )
 
 
 class QueueCommandTests(TestCase):

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmail import tap
 from secmail.queue import OutboundQueue
+from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.sms.backends import ModemService
 from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.server import GatewayESMTPFactory
@@ -129,6 +130,7 @@ class MakeServiceTests(SynchronousTestCase):
                 tap.DatabaseService,
                 tap.QueueStarter,
                 TimerService,  # retention
+                TimerService,  # master key rotation
                 TimerService,  # portal session clean-up
                 tap.Listener,
                 tap.Listener,
@@ -141,7 +143,12 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(queue_starter, tap.QueueStarter)
         self.assertIsInstance(queue_starter.queue, OutboundQueue)
 
-        portal, smtp = children[4], children[5]
+        rotation = children[3]
+        assert isinstance(rotation, TimerService)
+        self.assertIsInstance(rotation.call[0].__self__, KeyRotation)  # type: ignore[attr-defined]
+        self.assertEqual(rotation.step, ROTATION_INTERVAL)
+
+        portal, smtp = children[-2], children[-1]
         assert isinstance(portal, tap.Listener)
         assert isinstance(smtp, tap.Listener)
         self.assertEqual((portal.key, smtp.key), ("portal.listen", "smtp.listen"))

@@ -252,7 +252,7 @@ class QueueTestsMixin:
         return message.content.message_id, queue_id
 
     def other_node(self) -> MessageStore:
-        """The store of a node with another master key, on the same database (a bad cluster)."""
+        """A node whose key ring lacks this one's key, on the same database (a bad cluster)."""
         return MessageStore(self.db, MasterKey(os.urandom(32)))
 
     async def claim(self) -> QueueItem:
@@ -489,13 +489,13 @@ class QueueTestsMixin:
         item = await self.quarantined(damaged_row)
         self.assertEqual(item.recipients, (ben,))
         self.assertIn("cannot be read", item.last_error)
-        self.assertIn("does not unwrap", item.last_error)
+        self.assertIn("not in this node's key ring", item.last_error)
         self.assertEqual(await self.store.count_quarantined(), 1)
         self.assertEqual(self.queue.quarantined_count, 1)
         [(_, kind, _, detail)] = [
             e for e in await self.store.events(damaged_message) if e[1] == "quarantined"
         ]
-        self.assertIn("does not unwrap", detail)
+        self.assertIn("not in this node's key ring", detail)
         # Its sender was told, without a word of the message (which we cannot read anyway).
         [(bounce, dsn)] = [(i, d) for i, d in self.sender.calls if i.kind == "bounce"]
         self.assertEqual((bounce.sender, bounce.recipients), ("", (ALICE,)))
@@ -557,7 +557,7 @@ class QueueTestsMixin:
         await self.queue.deliver(await self.claim())
         self.queue.store = store
         item = await self.quarantined(queue_id)
-        self.assertIn("does not unwrap", item.last_error)
+        self.assertIn("not in this node's key ring", item.last_error)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     async def test_failing_bounce_quarantines_instead_of_leasing_forever(self) -> None:
@@ -609,7 +609,7 @@ class QueueTestsMixin:
         await self.queue.deliver(await self.claim())
         self.store.read_all = real_read_all  # type: ignore[method-assign]
         item = await self.quarantined(queue_id)
-        self.assertIn("does not unwrap", item.last_error)
+        self.assertIn("not in this node's key ring", item.last_error)
         _, dsn, content = await self.the_bounce()
         self.assertIn(b"Status: 5.1.1", content)
         self.assertIn(b"no such user", content)

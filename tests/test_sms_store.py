@@ -379,7 +379,7 @@ class SmsStoreMixin:
         """When the SMS cannot be queued, the new PIN is not made and the old one still works."""
 
         class BrokenSealer(SmsText):
-            def seal(self, message_id: str, number: str, text: str) -> bytes:
+            def seal_with_id(self, message_id: str, number: str, text: str) -> tuple[str, bytes]:
                 raise RuntimeError("cannot seal")
 
         message_id, env = await self.letter()

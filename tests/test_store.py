@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from secmail.crypto import CHUNK_SIZE, IntegrityError, MasterKey
+from secmail.crypto import CHUNK_SIZE, IntegrityError, MasterKey, UnknownKeyError
 from secmail.store.database import (
     Database,
     StoreUnavailable,
@@ -116,12 +116,28 @@ class StoreTestsMixin:
         self.assertNotIn(b"ConfidentialBody", stored)
 
     async def test_wrong_master_key(self) -> None:
-        """A message cannot be read with another master key."""
+        """A message sealed under a key not in the ring: UnknownKeyError naming the key id."""
         message = self.small(b"x")
         await self.store.commit([message], now=1)
         other = MessageStore(self.db, MasterKey(os.urandom(32)))
-        with self.assertRaises(IntegrityError):
+        with self.assertRaises(UnknownKeyError) as raised:
             await other.read_all(message.content.message_id)
+        self.assertEqual(raised.exception.key_id, self.master.key_id)
+        self.assertIn(self.master.key_id, str(raised.exception))
+        self.assertNotIsInstance(raised.exception, IntegrityError)
+
+    async def test_tampered_wrapped_key(self) -> None:
+        """A wrapped key altered under a known key id is IntegrityError, not UnknownKeyError."""
+        message = self.small(b"x")
+        await self.store.commit([message], now=1)
+        await self.db.run(
+            lambda txn: txn.execute(
+                "UPDATE messages SET wrapped_key = ? WHERE id = ?",
+                (b"\0" * 60, message.content.message_id),
+            )
+        )
+        with self.assertRaises(IntegrityError):
+            await self.store.read_all(message.content.message_id)
 
     async def test_group_commit(self) -> None:
         """Transactions that arrive together are committed in fewer batches, all of them stored."""

@@ -27,9 +27,17 @@ import secrets
 from dataclasses import dataclass
 
 from secmail.address import mailbox_key
+from secmail.crypto import DerivedKeys, purpose_keys
 from secmail.store.database import Database, Txn
 from secmail.store.messages import NewMessage, add_event_txn, insert_messages_txn
-from secmail.store.portal import LOCK_AFTER, SESSION_IDLE, SESSION_MAX, CodeState, digest
+from secmail.store.portal import (
+    LOCK_AFTER,
+    SESSION_IDLE,
+    SESSION_MAX,
+    CodeState,
+    digest,
+    matches_any,
+)
 
 __all__ = [
     "CODE_LIFETIME",
@@ -100,12 +108,13 @@ class ComposeStore:
         that a copy of the database does not let anyone try all million codes offline.
     """
 
-    def __init__(self, db: Database, code_key: bytes) -> None:
+    def __init__(self, db: Database, code_key: bytes | DerivedKeys) -> None:
         self.db = db
-        self._code_key = code_key
+        self._code_keys = purpose_keys(code_key)
 
-    def _code_hash(self, key: str, code: str) -> str:
-        return hmac.new(self._code_key, f"compose:{key}:{code}".encode(), "sha256").hexdigest()
+    @staticmethod
+    def _hmac(code_key: bytes, key: str, code: str) -> str:
+        return hmac.new(code_key, f"compose:{key}:{code}".encode(), "sha256").hexdigest()
 
     # --- codes ------------------------------------------------------------------------------
 
@@ -136,10 +145,19 @@ class ComposeStore:
                 add_event_txn(txn, trail_id(key), None, "code refused", detail, now)
                 return refusal
             txn.execute("UPDATE compose_codes SET used = 1 WHERE address = ?", (key,))
+            key_id, code_key = self._code_keys.current()
             txn.execute(
-                "INSERT INTO compose_codes (address, mailbox, client, code_hash, created, "
-                "expires) VALUES (?, ?, ?, ?, ?, ?)",
-                (key, mailbox, client, self._code_hash(key, code), now, now + CODE_LIFETIME),
+                "INSERT INTO compose_codes (address, mailbox, client, code_hash, key_id, "
+                "created, expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    mailbox,
+                    client,
+                    self._hmac(code_key, key, code),
+                    key_id,
+                    now,
+                    now + CODE_LIFETIME,
+                ),
             )
             add_event_txn(txn, trail_id(key), None, "code sent", detail, now)
             return None
@@ -158,7 +176,8 @@ class ComposeStore:
         """
         key = address.lower()
         mailbox = mailbox_key(key)
-        candidate = self._code_hash(key, code.strip())
+        # Under every key of the ring: a code outlives a rotation.
+        candidates = [self._hmac(k, key, code.strip()) for _, k in self._code_keys.all()]
 
         def txn_(txn: Txn) -> str:
             trail = trail_id(key)
@@ -174,7 +193,7 @@ class ComposeStore:
             if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
                 add_event_txn(txn, trail, None, "code refused", "no valid code", now)
                 return CodeState.EXPIRED
-            if hmac.compare_digest(row[0], candidate):
+            if matches_any(row[0], candidates):
                 txn.execute("UPDATE compose_codes SET used = 1 WHERE address = ?", (key,))
                 add_event_txn(txn, trail, None, "code accepted", "", now)
                 return CodeState.OK

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from secmail.crypto import IntegrityError, MasterKey, Opener
+from secmail.crypto import IntegrityError, MasterKey, Opener, UnknownKeyError
 from secmail.sms.http import mask_sms_recipients
 from secmail.store.database import Database, Txn
 
@@ -228,11 +228,15 @@ class MessageStore:
 
     def _first_chunk_txn(self, txn: Txn, message_id: str) -> tuple[int, Opener, bytes] | None:
         row = txn.execute(
-            "SELECT wrapped_key, chunk_count FROM messages WHERE id = ?", (message_id,)
+            "SELECT wrapped_key, chunk_count, key_id FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         if row is None:
             return None
-        opener = Opener(self.master, message_id, bytes(row[0]))
+        key_id = str(row[2])
+        if self.master.get(key_id) is None:
+            # Sealed by a node that rotated first: its ring file may be here already.
+            self.master.reload()
+        opener = Opener(self.master, message_id, bytes(row[0]), key_id)
         count = int(row[1])
         return count, opener, self._chunk_txn(txn, opener, message_id, 0, count == 1)
 
@@ -275,7 +279,8 @@ class MessageStore:
             count, opener, data = first
             for seq in range(1, count):
                 self._chunk_txn(txn, opener, message_id, seq, seq == count - 1)
-        except (IntegrityError, LookupError) as e:
+        except (IntegrityError, UnknownKeyError, LookupError) as e:
+            # UnknownKeyError: sealed under a key this node's ring lacks (another node's).
             return str(e), None
         return None, data if count == 1 else None
 

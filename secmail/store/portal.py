@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from secmail.crypto import DerivedKeys, purpose_keys
 from secmail.sms.http import mask_number
 from secmail.store.database import Database, Txn
 from secmail.store.messages import NewMessage, add_event_txn, insert_messages_txn
@@ -84,12 +85,18 @@ class PinState:
 
 
 class PortalStore:
-    def __init__(self, db: Database, code_key: bytes) -> None:
+    def __init__(self, db: Database, code_key: bytes | DerivedKeys) -> None:
         self.db = db
-        self._code_key = code_key
+        self._code_keys = purpose_keys(code_key)
 
-    def _code_hash(self, envelope_id: str, code: str) -> str:
-        return hmac.new(self._code_key, f"{envelope_id}:{code}".encode(), "sha256").hexdigest()
+    def _code_hash(self, envelope_id: str, code: str) -> tuple[str, str]:
+        """The code's HMAC under the sealing key, and that key's id."""
+        key_id, key = self._code_keys.current()
+        return key_id, _hmac(key, envelope_id, code)
+
+    def _candidates(self, envelope_id: str, code: str) -> list[str]:
+        """The code's HMAC under every key of the ring: a code outlives a rotation."""
+        return [_hmac(key, envelope_id, code) for _, key in self._code_keys.all()]
 
     # --- binding and sessions ---------------------------------------------------------
 
@@ -203,11 +210,7 @@ class PortalStore:
             if today >= CODES_PER_DAY:
                 return CodeOrder.TOO_MANY_TODAY
             txn.execute("UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,))
-            txn.execute(
-                "INSERT INTO access_codes (envelope_id, code_hash, created, expires) "
-                "VALUES (?, ?, ?, ?)",
-                (envelope_id, self._code_hash(envelope_id, code), now, now + CODE_LIFETIME),
-            )
+            _insert_code_txn(txn, envelope_id, self._code_hash(envelope_id, code), now)
             add_event_txn(txn, row[1], envelope_id, "code sent", "to the recipient's address", now)
             return CodeOrder.SENT
 
@@ -223,7 +226,7 @@ class PortalStore:
         (LOCK_AFTER, with the PINs'); the wrong code that locks the letter stores
         C{lock_notice} (the mail telling the sender) in the same transaction.
         """
-        candidate = self._code_hash(envelope_id, code.strip())
+        candidates = self._candidates(envelope_id, code.strip())
 
         def txn_(txn: Txn) -> str:
             _lock_envelope(txn, envelope_id)
@@ -242,7 +245,7 @@ class PortalStore:
             if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
                 add_event_txn(txn, message_id, envelope_id, "code refused", "no valid code", now)
                 return CodeState.EXPIRED
-            if hmac.compare_digest(row[0], candidate):
+            if matches_any(row[0], candidates):
                 txn.execute(
                     "UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,)
                 )
@@ -307,11 +310,7 @@ class PortalStore:
                 "UPDATE access_codes SET used = 2 WHERE envelope_id = ? AND used = 0",
                 (envelope_id,),
             )
-            txn.execute(
-                "INSERT INTO access_codes (envelope_id, code_hash, created, expires) "
-                "VALUES (?, ?, ?, ?)",
-                (envelope_id, self._code_hash(envelope_id, pin), now, now + CODE_LIFETIME),
-            )
+            _insert_code_txn(txn, envelope_id, self._code_hash(envelope_id, pin), now)
             # An older PIN still waiting to go out no longer works: do not send it.
             txn.execute(
                 "DELETE FROM sms_outbox WHERE envelope_id = ? AND "
@@ -343,7 +342,7 @@ class PortalStore:
         letter (PIN_LOCK_AFTER); the wrong PIN that locks the letter stores C{lock_notice}
         (the mail telling the sender) in the same transaction.
         """
-        candidate = self._code_hash(envelope_id, pin.strip())
+        candidates = self._candidates(envelope_id, pin.strip())
 
         def txn_(txn: Txn) -> str:
             _lock_envelope(txn, envelope_id)
@@ -362,16 +361,17 @@ class PortalStore:
             if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
                 add_event_txn(txn, message_id, envelope_id, "PIN refused", "no valid PIN", now)
                 return PinState.EXPIRED
-            if hmac.compare_digest(row[0], candidate):
+            if matches_any(row[0], candidates):
                 txn.execute(
                     "UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,)
                 )
                 add_event_txn(txn, message_id, envelope_id, "PIN accepted", "", now)
                 return PinState.OK
+            marks = ", ".join("?" for _ in candidates)
             superseded = txn.execute(
                 "SELECT 1 FROM access_codes WHERE envelope_id = ? AND used = 2 "
-                "AND code_hash = ? AND expires >= ?",
-                (envelope_id, candidate, now),
+                f"AND code_hash IN ({marks}) AND expires >= ?",
+                (envelope_id, *candidates, now),
             ).fetchone()
             if superseded is not None:
                 # An SMS that arrived after a newer PIN was ordered: not a wrong guess.
@@ -467,6 +467,27 @@ def _count_failure_txn(
     if lock_notice is not None:
         insert_messages_txn(txn, [lock_notice], now)
     return True
+
+
+def _hmac(key: bytes, envelope_id: str, code: str) -> str:
+    return hmac.new(key, f"{envelope_id}:{code}".encode(), "sha256").hexdigest()
+
+
+def matches_any(stored: str, candidates: list[str]) -> bool:
+    """Whether C{stored} is one of the candidates; every one compared, in constant time."""
+    found = False
+    for candidate in candidates:
+        found |= hmac.compare_digest(stored, candidate)
+    return found
+
+
+def _insert_code_txn(txn: Txn, envelope_id: str, code_hash: tuple[str, str], now: int) -> None:
+    key_id, digest_ = code_hash
+    txn.execute(
+        "INSERT INTO access_codes (envelope_id, code_hash, key_id, created, expires) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (envelope_id, digest_, key_id, now, now + CODE_LIFETIME),
+    )
 
 
 def _lock_envelope(txn: Txn, envelope_id: str) -> None:

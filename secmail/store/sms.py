@@ -3,7 +3,7 @@ The SMS outbox and the phone directory.
 
 An SMS carrying a PIN is written to the outbox in the same transaction that makes the
 PIN valid, so a PIN is never valid without its SMS on the way, and a restart loses
-none. The text is sealed (AES-GCM, a key derived from the master key): it carries the
+none. The text is sealed (AES-GCM, a key derived from the master key ring): it carries the
 PIN, which is otherwise stored only as an HMAC. A row is leased while a node sends it,
 removed once a backend took it, and dropped when its PIN has expired unsent.
 """
@@ -18,31 +18,43 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secmail.crypto import DerivedKeys, purpose_keys
 from secmail.store.database import Database, Txn
 from secmail.store.messages import add_event_txn, claim_due_txn, release_leases_txn
 
 
 class SmsText:
-    """Seals an outbox text to its row's message and number."""
+    """
+    Seals an outbox text to its row's message and number, with the key derived from the
+    sealing master key; opens it with any key of the ring (a row outlives a rotation).
+    """
 
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+    def __init__(self, key: bytes | DerivedKeys) -> None:
+        self.keys = purpose_keys(key)
 
     @staticmethod
     def _aad(message_id: str, number: str) -> bytes:
         return f"secmail-sms:{message_id}:{number}".encode()
 
     def seal(self, message_id: str, number: str, text: str) -> bytes:
+        return self.seal_with_id(message_id, number, text)[1]
+
+    def seal_with_id(self, message_id: str, number: str, text: str) -> tuple[str, bytes]:
+        """The sealed text and the id of the master key it was sealed under."""
+        key_id, key = self.keys.current()
         nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, text.encode(), self._aad(message_id, number))
+        aad = self._aad(message_id, number)
+        return key_id, nonce + AESGCM(key).encrypt(nonce, text.encode(), aad)
 
     def open(self, message_id: str, number: str, sealed: bytes) -> str:
         """The text; L{ValueError} when the row was altered or sealed with another key."""
-        try:
-            plain = self._aead.decrypt(sealed[:12], sealed[12:], self._aad(message_id, number))
-        except InvalidTag:
-            raise ValueError("the SMS text does not open with this master key") from None
-        return plain.decode()
+        aad = self._aad(message_id, number)
+        for _, key in self.keys.all():
+            try:
+                return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad).decode()
+            except InvalidTag:
+                continue
+        raise ValueError("the SMS text does not open with any key of the master key ring")
 
 
 @dataclass(frozen=True)
@@ -93,23 +105,16 @@ def queue_sms_txn(
     expires: int,
 ) -> None:
     """Put one SMS in the outbox, due at once."""
+    key_id, sealed = sealer.seal_with_id(message_id, number, text)
     txn.execute(
-        "INSERT INTO sms_outbox (message_id, envelope_id, number, text, created, expires, "
-        "next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            message_id,
-            envelope_id,
-            number,
-            sealer.seal(message_id, number, text),
-            now,
-            expires,
-            now,
-        ),
+        "INSERT INTO sms_outbox (message_id, envelope_id, number, text, key_id, created, "
+        "expires, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (message_id, envelope_id, number, sealed, key_id, now, expires, now),
     )
 
 
 class SmsStore:
-    def __init__(self, db: Database, text_key: bytes) -> None:
+    def __init__(self, db: Database, text_key: bytes | DerivedKeys) -> None:
         self.db = db
         self.sealer = SmsText(text_key)
 
