@@ -99,7 +99,12 @@ def downgrade(raw: bytes) -> bytes:
     comes back with only its line ends made canonical.
     """
     data = _LINE_END.sub(_CRLF, raw)
-    out = _entity(data, "text/plain", top=True) if is_eight_bit(data) else data
+    try:
+        out = _entity(data, "text/plain", top=True) if is_eight_bit(data) else data
+    except DowngradeError:
+        raise
+    except Exception as e:  # the email package's parsers on a malformed header, say
+        raise DowngradeError(f"its MIME structure could not be read ({type(e).__name__})") from e
     return out if out.endswith(_CRLF) or not out else out + _CRLF
 
 
