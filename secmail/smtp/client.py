@@ -451,10 +451,12 @@ class SmtpClientProtocol(Protocol):
     """One SMTP session that carries a sequence of transactions, one per message.
 
     A state machine. The session goes GREETING, EHLO (or HELO), perhaps STARTTLS and EHLO
-    again, and then, for each message in turn, MAIL FROM, RCPT TO, DATA, CONTENT and
-    END_OF_DATA. After a transaction that ended in step with the peer, the next message
-    starts with MAIL FROM, or with RSET first when the transaction failed. After the last
-    message comes QUIT.
+    again, and then, for each message in turn, PREPARE (unless the message is known to be
+    7-bit, or 8-bit for a peer with 8BITMIME: see the module's docstring), MAIL FROM, RCPT
+    TO, DATA, CONTENT and END_OF_DATA. A message that fails in PREPARE has sent nothing, so
+    the session goes on with the next. After a transaction that ended in step with the
+    peer, the next message starts with MAIL FROM, or with RSET first when the transaction
+    failed. After the last message comes QUIT.
 
     It sends one command at a time, except that when the peer advertises PIPELINING (RFC
     2920) a message's MAIL FROM, RCPT TOs and DATA go out in one write. Their replies are
