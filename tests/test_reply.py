@@ -304,6 +304,20 @@ class ReplyMailTests(SynchronousTestCase):
         self.assertEqual(attached.get_filename(), "message.eml")
         self.assertIn(THREAD, reply.content)  # byte for byte
 
+    def test_forward_eight_bit(self) -> None:
+        """An 8-bit original (raw UTF-8 header and body) is forwarded, attached byte for byte."""
+        raw = THREAD.replace(b"Quarterly", b"Quartalsz\xc3\xa4hlen").replace(
+            b"Third line.", b"Dritte Zeile \xc3\xbc."
+        )
+        reply = build(mode="forward", forward_to=DAVE, raw=raw)
+        self.assertIn(raw, reply.content)
+        [attached] = [
+            p
+            for p in parse(reply.content).iter_attachments()
+            if p.get_content_type() == "message/rfc822"
+        ]
+        self.assertEqual(attached["Content-Transfer-Encoding"], "8bit")
+
     def test_forward_refuses_outside_addresses(self) -> None:
         """Forwarding to any address outside the organisation is refused, naming it."""
         for typed, named in [

@@ -6,11 +6,14 @@ the protocol and checking the exact bytes it writes.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import operator
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from hypothesis import assume, given, settings
@@ -53,6 +56,8 @@ from secmail.smtp.client import (
     deliver_via_route,
     resolve_mx,
 )
+from tests.test_queue import make_settings
+from web.reply import build_reply
 
 HELO = "gw.example.net"
 PEER = "mx.example.com[192.0.2.1]:25"
@@ -79,12 +84,14 @@ def make_message(
     chunks: Sequence[bytes] = (BODY,),
     sender: str = "alice@example.net",
     size: int | None = None,
+    eight_bit: bool | None = None,
 ) -> OutgoingMessage:
     return OutgoingMessage(
         sender=sender,
         recipients=recipients or ("bob@example.com",),
         content=content_of(*chunks),
         size=size,
+        eight_bit=eight_bit,
     )
 
 
@@ -110,9 +117,12 @@ class Conversation:
         timeouts: Timeouts = Timeouts(),
         transport: StringTransport | None = None,
         ca_file: str | None = None,
+        run_in_thread: Any = None,
     ) -> None:
         self.clock = Clock()
-        options = ClientOptions(helo=HELO, timeouts=timeouts, ca_file=ca_file)
+        options = ClientOptions(
+            helo=HELO, timeouts=timeouts, ca_file=ca_file, run_in_thread=run_in_thread
+        )
         messages = [message] if isinstance(message, OutgoingMessage) else list(message)
         self.protocol = SmtpClientProtocol(self.clock, "mx.example.com", messages, options, tls)
         self.transport = transport or TlsStringTransport()
@@ -566,6 +576,17 @@ class EnvelopeTests(SynchronousTestCase):
             self.failureResultOf(d, PermanentDeliveryError)
             self.assertEqual(reactor.tcpClients, [])
 
+    def test_non_ascii_address(self) -> None:
+        """A non-ASCII address needs SMTPUTF8, which the client does not speak: refused unsent."""
+        error = self.assertRaises(
+            PermanentDeliveryError, Conversation, make_message(sender="j\u00f6rg@example.net")
+        )
+        self.assertEqual(
+            error.text,
+            "invalid sender address 'j\u00f6rg@example.net': has non-ASCII characters "
+            "(needs SMTPUTF8)",
+        )
+
     def test_one_bad_recipient(self) -> None:
         """An unusable recipient fails on its own; the others are still delivered."""
         c = Conversation(make_message("good@example.com", "bad\r\n@example.com"))
@@ -585,6 +606,9 @@ class EnvelopeTests(SynchronousTestCase):
 
 
 class ContentTests(SynchronousTestCase):
+    """Content sent as it is read. The messages made here with C{eight_bit=False} are known
+    to be 7-bit, so nothing is read before DATA, as for a message over PREFETCH_LIMIT."""
+
     def deliver_chunks(self, *chunks: bytes) -> bytes:
         c = Conversation(make_message(chunks=chunks))
         c.up_to_data()
@@ -626,7 +650,7 @@ class ContentTests(SynchronousTestCase):
                 yield b"chunk %d\r\n" % i
 
         transport = PausingTransport()
-        message = OutgoingMessage("a@example.net", ["b@example.com"], produce)
+        message = OutgoingMessage("a@example.net", ["b@example.com"], produce, eight_bit=False)
         c = Conversation(message, transport=transport)
         c.up_to_data()
         self.assertEqual(c.server(b"354 go\r\n"), b"chunk 0\r\n")
@@ -656,7 +680,9 @@ class ContentTests(SynchronousTestCase):
             finally:
                 closed.append(True)
 
-        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c = Conversation(
+            OutgoingMessage("a@example.net", ["b@example.com"], produce, eight_bit=False)
+        )
         c.up_to_data()
         self.assertEqual(c.server(b"354 go\r\n"), b"first\r\n")
         c.transport.clear()
@@ -676,7 +702,9 @@ class ContentTests(SynchronousTestCase):
             yield b"part one\r\n"
             raise OSError("disk on fire: secret body text")
 
-        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c = Conversation(
+            OutgoingMessage("a@example.net", ["b@example.com"], produce, eight_bit=False)
+        )
         c.up_to_data()
         self.assertEqual(c.server(b"354 go\r\n"), b"part one\r\n")
         error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
@@ -692,7 +720,9 @@ class ContentTests(SynchronousTestCase):
             yield b"first\r\n"
             yield await gate
 
-        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c = Conversation(
+            OutgoingMessage("a@example.net", ["b@example.com"], produce, eight_bit=False)
+        )
         c.up_to_data()
         c.server(b"354 go\r\n")
         c.server(b"552 5.3.4 too big\r\n")
@@ -700,6 +730,246 @@ class ContentTests(SynchronousTestCase):
         self.assertEqual(error.text, said("552 5.3.4 too big", "message content"))
         self.assertTrue(c.transport.disconnected)
         self.assertNotIn(b".\r\n", c.transport.value())
+
+
+EHLO_7BIT = b"250-mx.example.com hello\r\n250 SIZE 10000000\r\n"
+"""A peer that does not offer 8BITMIME (nor PIPELINING)."""
+EIGHT_BIT = (
+    b"From: J\xc3\xb6rg <jorg@example.net>\r\n"
+    b"Subject: Gr\xc3\xbc\xc3\x9fe\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n"
+    b"\r\n"
+    b"Sch\xc3\xb6ne Gr\xc3\xbc\xc3\x9fe\r\n"
+    b".\r\n"
+)
+
+
+def send_one(c: Conversation, ehlo: bytes) -> tuple[bytes, bytes]:
+    """Play a server with C{ehlo}; return the MAIL FROM line and the DATA content written."""
+    c.server(GREETING)
+    mail = c.server(ehlo)
+    c.server(b"250 2.1.0 ok\r\n")
+    c.server(b"250 2.1.5 ok\r\n")
+    wire = c.server(b"354 go\r\n")
+    c.server(b"250 2.0.0 queued\r\n")
+    return mail, wire
+
+
+def immediately(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """A thread runner for tests: runs C{f} at once."""
+    return succeed(f(*args))
+
+
+class EightBitTests(SynchronousTestCase):
+    """RFC 6152: BODY=8BITMIME to a peer that offers it, a 7-bit conversion to one that does not."""
+
+    def test_body_8bitmime_only_for_8bit_mail(self) -> None:
+        """An 8-bit message gets BODY=8BITMIME and goes as it is; a 7-bit one does not get it."""
+        messages = [make_message(chunks=[EIGHT_BIT]), make_message(chunks=[BODY])]
+        c = Conversation(messages)
+        c.server(GREETING)
+        mail = c.server(EHLO_REPLY)
+        self.assertEqual(mail, b"MAIL FROM:<alice@example.net> BODY=8BITMIME\r\n")
+        c.server(b"250 ok\r\n")
+        c.server(b"250 ok\r\n")
+        self.assertEqual(decode_wire(c.server(b"354 go\r\n")), EIGHT_BIT)
+        self.assertEqual(c.server(b"250 ok\r\n"), b"MAIL FROM:<alice@example.net>\r\n")
+        self.successResultOf(c.protocol.results[0])
+
+    def test_known_8bit_not_read_before_mail(self) -> None:
+        """A message known to be 8-bit (eight_bit=True) is not read before its MAIL FROM."""
+        reads: list[int] = []
+
+        async def produce() -> AsyncIterator[bytes]:
+            reads.append(1)
+            yield EIGHT_BIT
+
+        message = OutgoingMessage("a@example.net", ["b@example.com"], produce, eight_bit=True)
+        c = Conversation(message)
+        c.server(GREETING)
+        self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<a@example.net> BODY=8BITMIME\r\n")
+        self.assertEqual(reads, [])
+
+    def test_downgraded_without_8bitmime(self) -> None:
+        """To a peer without 8BITMIME the message goes 7-bit, without BODY=, same content."""
+        runs: list[int] = []
+
+        def runner(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            runs.append(len(args[0]))
+            return succeed(f(*args))
+
+        c = Conversation(
+            make_message(chunks=[EIGHT_BIT[:30], EIGHT_BIT[30:]]), run_in_thread=runner
+        )
+        mail, wire = send_one(c, EHLO_7BIT)
+        self.assertEqual(mail, b"MAIL FROM:<alice@example.net>\r\n")
+        self.assertEqual(runs, [len(EIGHT_BIT)])
+        self.assertTrue(wire.isascii())
+        sent = email.message_from_bytes(decode_wire(wire), policy=email.policy.default)
+        self.assertEqual(sent["Subject"], "Gr\u00fc\u00dfe")
+        self.assertEqual(sent["From"].addresses[0].display_name, "J\u00f6rg")
+        self.assertEqual(sent["Content-Transfer-Encoding"], "quoted-printable")
+        self.assertEqual(sent.get_content(), "Sch\u00f6ne Gr\u00fc\u00dfe\r\n.\r\n")
+        self.successResultOf(c.protocol.result)
+
+    def test_downgraded_size(self) -> None:
+        """SIZE= gives the size of the converted message, which is what is sent."""
+        message = make_message(chunks=[EIGHT_BIT], size=len(EIGHT_BIT))
+        c = Conversation(message, run_in_thread=immediately)
+        c.server(GREETING)
+        mail = c.server(EHLO_7BIT)
+        match = re.fullmatch(rb"MAIL FROM:<alice@example.net> SIZE=(\d+)\r\n", mail)
+        assert match is not None, mail
+        self.assertGreater(int(match[1]), len(EIGHT_BIT))
+
+    def test_not_convertible_bounces(self) -> None:
+        """An 8-bit message that cannot be made 7-bit fails permanently, unsent; the next goes."""
+        bad = b"From: j\xc3\xb6rg@example.net\r\n\r\nbody\r\n"
+        messages = [make_message(chunks=[bad]), make_message(chunks=[BODY], sender="eve@ex.net")]
+        c = Conversation(messages, run_in_thread=immediately)
+        c.server(GREETING)
+        self.assertEqual(c.server(EHLO_7BIT), b"MAIL FROM:<eve@ex.net>\r\n")
+        error = self.failureResultOf(c.protocol.results[0], PermanentDeliveryError).value
+        self.assertEqual(
+            error.text,
+            f"{PEER} does not accept 8-bit mail (no 8BITMIME) and the message could not be "
+            "converted to 7-bit: an address in the From header has non-ASCII characters "
+            "(that needs SMTPUTF8)",
+        )
+        self.assertNoResult(c.protocol.results[1])
+
+    def test_conversion_off_the_reactor(self) -> None:
+        """The conversion runs in the thread runner; a session lost meanwhile sends nothing."""
+        pending: list[Deferred[Any]] = []
+
+        def runner(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            d.addCallback(lambda _: f(*args))
+            return d
+
+        c = Conversation(make_message(chunks=[EIGHT_BIT]), run_in_thread=runner)
+        c.server(GREETING)
+        self.assertEqual(c.server(EHLO_7BIT), b"")
+        self.assertEqual(len(pending), 1)
+        c.protocol.connectionLost(Failure(ConnectionLost()))
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text, f"lost connection with {PEER} while reading the message content"
+        )
+        c.transport.clear()
+        pending[0].callback(None)
+        self.assertEqual(c.transport.value(), b"")
+
+    def test_read_once_unless_past_prefetch_limit(self) -> None:
+        """A small message is read once (what was read to check it is sent); one larger than
+        PREFETCH_LIMIT is scanned to its end, then read again to be sent."""
+        big = b"x" * 1000 + b"\r\n"
+        for chunks, reads_wanted in [
+            ([b"Subject: small\r\n\r\n\xc3\xa4\r\n"], 1),
+            ([b"Subject: big\r\n\r\n", *[big] * 1100, b"\xc3\xa4\r\n"], 2),
+        ]:
+            reads: list[int] = []
+
+            async def produce(
+                chunks: list[bytes] = chunks, reads: list[int] = reads
+            ) -> AsyncIterator[bytes]:
+                reads.append(1)
+                for chunk in chunks:
+                    yield chunk
+
+            c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+            mail, wire = send_one(c, EHLO_REPLY)
+            self.assertEqual(mail, b"MAIL FROM:<a@example.net> BODY=8BITMIME\r\n")
+            self.assertEqual(len(reads), reads_wanted)
+            self.assertEqual(decode_wire(wire), b"".join(chunks))
+
+    def test_reply_while_preparing(self) -> None:
+        """A reply that comes before our MAIL FROM (a 421, say) ends the session, temporarily."""
+        gate: Deferred[bytes] = Deferred()
+
+        async def produce() -> AsyncIterator[bytes]:
+            yield await gate
+
+        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c.server(GREETING)
+        c.server(EHLO_REPLY)
+        c.server(b"421 4.4.2 idle too long\r\n")
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text, f"{PEER} sent '421 4.4.2 idle too long' before our next command"
+        )
+        self.assertTrue(error.try_other_hosts)
+        self.assertTrue(c.transport.disconnected)
+
+    def test_content_fails_before_mail(self) -> None:
+        """Reading fails before MAIL FROM: that message is retried later, the next one goes."""
+
+        async def broken() -> AsyncIterator[bytes]:
+            yield b"part one\r\n"
+            raise OSError("disk on fire: secret body text")
+
+        first = OutgoingMessage("a@example.net", ["b@example.com"], broken)
+        c = Conversation([first, make_message(sender="eve@ex.net")])
+        c.server(GREETING)
+        self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<eve@ex.net>\r\n")
+        error = self.failureResultOf(c.protocol.results[0], TemporaryDeliveryError).value
+        self.assertEqual(error.text, "reading the message content failed (OSError)")
+        self.assertFalse(c.transport.disconnecting)
+        self.flushLoggedErrors(OSError)
+
+    def test_stalled_read_before_mail(self) -> None:
+        """Reading that makes no progress for 180 s before MAIL FROM ends the attempt."""
+        gate: Deferred[bytes] = Deferred()
+
+        async def produce() -> AsyncIterator[bytes]:
+            yield await gate
+
+        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c.server(GREETING)
+        c.server(EHLO_REPLY)
+        c.clock.advance(180)
+        error = self.failureResultOf(c.protocol.result, TemporaryDeliveryError).value
+        self.assertEqual(
+            error.text, f"conversation with {PEER} timed out while reading the message content"
+        )
+        self.assertTrue(error.try_other_hosts)
+
+    def test_portal_forward(self) -> None:
+        """The portal's forward of an 8-bit mail (8-bit message/rfc822) gets BODY=8BITMIME, or
+        goes 7-bit, its attached original intact, to an internal server without 8BITMIME."""
+        settings = make_settings("/nonexistent/secmail-client-tests")
+        original = EIGHT_BIT.replace(b"From: J", b"To: bob@partner.example\r\nFrom: J")
+        mail = build_reply(
+            original=original,
+            mode="forward",
+            reader="bob@partner.example",
+            reader_original="bob@partner.example.s",
+            text="F\u00fcr dich",
+            uploads=(),
+            forward_to="dave@corp.example",
+            settings=settings,
+            date=datetime(2024, 3, 1, 12, 0, tzinfo=UTC),
+        )
+        self.assertFalse(mail.content.isascii())
+        c = Conversation(make_message(chunks=[mail.content]))
+        mail_line, wire = send_one(c, EHLO_REPLY)
+        self.assertTrue(mail_line.endswith(b" BODY=8BITMIME\r\n"))
+        self.assertEqual(decode_wire(wire), mail.content)
+
+        c = Conversation(make_message(chunks=[mail.content]), run_in_thread=immediately)
+        mail_line, wire = send_one(c, EHLO_7BIT)
+        self.assertNotIn(b"BODY=", mail_line)
+        self.assertTrue(wire.isascii())
+        sent = email.message_from_bytes(decode_wire(wire), policy=email.policy.default)
+        [attached] = [p for p in sent.walk() if p.get_content_type() == "message/rfc822"]
+        self.assertEqual(attached["Content-Transfer-Encoding"], "7bit")
+        inner = attached.get_content()
+        self.assertEqual(inner["Subject"], "Gr\u00fc\u00dfe")
+        self.assertEqual(inner.get_content(), "Sch\u00f6ne Gr\u00fc\u00dfe\r\n.\r\n")
+        self.successResultOf(c.protocol.result)
 
 
 class PausingTransport(TlsStringTransport):
@@ -760,7 +1030,9 @@ class TimeoutTests(SynchronousTestCase):
             yield b"first\r\n"
             yield await gate
 
-        c = Conversation(OutgoingMessage("a@example.net", ["b@example.com"], produce))
+        c = Conversation(
+            OutgoingMessage("a@example.net", ["b@example.com"], produce, eight_bit=False)
+        )
         c.up_to_data()
         c.server(b"354 go\r\n")
         self.check_timeout(c, 180, "while sending the message content")
@@ -1122,7 +1394,10 @@ class SessionTests(SynchronousTestCase):
 
             return produce
 
-        messages = [OutgoingMessage("a@ex.net", ["b@example.com"], content(n)) for n in "12"]
+        messages = [
+            OutgoingMessage("a@ex.net", ["b@example.com"], content(n), eight_bit=False)
+            for n in "12"
+        ]
         c = Conversation(messages)
         c.server(GREETING)
         c.server(EHLO_REPLY)
@@ -1194,7 +1469,8 @@ class PipeliningTests(SynchronousTestCase):
             self.assertEqual(len(self.successResultOf(c.protocol.result).accepted), 2)
 
     def test_two_messages(self) -> None:
-        """Each message of a pipelining session is one envelope write, one content write."""
+        """Each message of a pipelining session is one envelope write and one write of its
+        content with the final dot (it was read into memory before its MAIL FROM)."""
         c = pipelined(three_messages()[:2])
         transport = cast(WriteRecordingTransport, c.transport)
         transport.writes.clear()
@@ -1204,12 +1480,10 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual(
             transport.writes,
             [
-                ONE,
-                b".\r\n",
+                ONE + b".\r\n",
                 b"MAIL FROM:<eve@ex.net>\r\nRCPT TO:<carol@example.com>\r\n"
                 b"RCPT TO:<dan@example.com>\r\nDATA\r\n",
-                b"Subject: two\r\n\r\n..second\r\n",
-                b".\r\n",
+                b"Subject: two\r\n\r\n..second\r\n.\r\n",
                 b"QUIT\r\n",
             ],
         )

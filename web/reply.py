@@ -388,9 +388,10 @@ def build_reply(
         maintype, subtype = _content_type(upload.content_type).split("/")
         mail.add_attachment(upload.data, maintype=maintype, subtype=subtype, filename=name)
         names.append(name)
-    if mode == "forward":
-        _attach_original(mail, original)
-    return ReplyMail(mode, mail.as_bytes(), subject, audience, tuple(names), reader_name)
+    if mode != "forward":
+        return ReplyMail(mode, mail.as_bytes(), subject, audience, tuple(names), reader_name)
+    content = _with_original(mail, original)
+    return ReplyMail(mode, content, subject, audience, tuple(names), reader_name)
 
 
 def _address(name: str, address: str) -> Address:
@@ -495,18 +496,27 @@ def _content_type(value: str) -> str:
     return value
 
 
-def _attach_original(mail: EmailMessage, raw: bytes) -> None:
-    """The original as a message/rfc822 part, byte for byte (line ends made CRLF)."""
+def _with_original(mail: EmailMessage, raw: bytes) -> bytes:
+    """C{mail} with the original as a message/rfc822 part, byte for byte (line ends CRLF).
+
+    The email package cannot write an 8-bit message/rfc822 payload (its generator encodes
+    it as ASCII), so the part holds a marker that is then replaced by the original's bytes.
+    """
     raw = re.sub(rb"(?<!\r)\n", b"\r\n", raw)
+    marker = "secmail-original-" + secrets.token_hex(16)
     part = EmailMessage(policy=_SMTP)
     part["Content-Type"] = "message/rfc822"
     part["Content-Disposition"] = 'attachment; filename="message.eml"'
     # message/rfc822 may not be base64-encoded (RFC 2046 5.2.1): 8bit when it must be.
     part["Content-Transfer-Encoding"] = "7bit" if raw.isascii() else "8bit"
-    part.set_payload(raw.decode("ascii", "surrogateescape"))
+    part.set_payload(marker)
     if not mail.is_multipart():
         mail.make_mixed()
     mail.attach(part)
+    head, found, tail = mail.as_bytes().partition(marker.encode("ascii"))
+    if not found:  # pragma: no cover - the generator writes a message/rfc822 payload as it is
+        raise RuntimeError("the forwarded original's place was not found")
+    return head + raw + tail
 
 
 # --- what is committed ---------------------------------------------------------------------

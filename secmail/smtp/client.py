@@ -19,6 +19,14 @@ module has:
     L{deliver_to_hosts} and L{deliver_via_route} are their one-message forms, which raise
     the message's error.
 
+8-bit mail (RFC 6152): before a message's MAIL FROM the client knows whether it has a byte
+over 127, from L{OutgoingMessage.eight_bit} or by reading it once (a message of up to
+L{PREFETCH_LIMIT} bytes is then sent from what was read, so it is read once either way).
+An 8-bit message goes with C{BODY=8BITMIME} to a peer that offers 8BITMIME; to one that
+does not, it is converted to 7 bits first (L{secmail.smtp.downgrade}, on a worker thread),
+or, when that cannot be done, fails permanently without being sent. A 7-bit message goes
+as before, without C{BODY=}.
+
 Error texts name the host and the command, in the form
 C{"mx.example.com[192.0.2.1]:25 said: 550 5.1.1 no such user (in reply to RCPT TO)"}. They
 can go into a DSN as they are. They never quote message content.
@@ -71,6 +79,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmail.config import Route
+from secmail.smtp.downgrade import DowngradeError, downgrade, is_eight_bit
 
 if TYPE_CHECKING:
     # Twisted documents this interface but does not export it from twisted.internet.ssl.
@@ -83,6 +92,13 @@ MAX_HOSTS = 5
 
 DNS_TIMEOUTS = (1, 3, 11, 45)
 """Retry schedule for the MX query, as in twisted.names.client. About a minute in all."""
+
+PREFETCH_LIMIT = 1024 * 1024
+"""A message whose 8-bit-ness is not known is read before its MAIL FROM to find out. Up to
+this many bytes are kept and sent from memory; a larger message is read again to send it."""
+
+RunInThread: TypeAlias = Callable[..., Awaitable[Any]]
+"""C{deferToThread}-like: runs C{f(*args)} off the reactor thread."""
 
 
 # --- results and errors -----------------------------------------------------------------------
@@ -187,6 +203,9 @@ class ClientOptions:
     ca_file: str | None = None
     """PEM file of CAs to trust under L{TlsPolicy.VERIFY}. None means the platform's trust store."""
     timeouts: Timeouts = field(default_factory=Timeouts)
+    run_in_thread: RunInThread | None = None
+    """Where converting an 8-bit message to 7 bits runs (CPU work). None: in the caller's
+    thread, for tests; the gateway passes C{deferToThread}."""
 
     def __post_init__(self) -> None:
         problem = _address_problem(self.helo)
@@ -200,13 +219,15 @@ class OutgoingMessage:
 
     C{content} is a factory, so every attempt reads the message afresh. It yields the raw
     message in any chunking. L{DataEncoder} makes it fit for the wire. C{size}, if known,
-    is sent as C{SIZE=} to hosts that advertise SIZE.
+    is sent as C{SIZE=} to hosts that advertise SIZE. C{eight_bit} says whether the
+    message has a byte over 127; None (not known) makes the client read it to find out.
     """
 
     sender: str
     recipients: Sequence[str]
     content: Callable[[], AsyncIterator[bytes]]
     size: int | None = None
+    eight_bit: bool | None = None
 
 
 # --- envelope checks --------------------------------------------------------------------------
@@ -218,11 +239,12 @@ def _address_problem(address: str) -> str | None:
     """Why C{address} cannot go between the angle brackets of MAIL/RCPT, or None.
 
     A CR or LF would end the command early and let the rest become a new command (SMTP
-    injection, GHSA-v3q9-hj7j-63hq). A space or '>' would end the path early.
+    injection, GHSA-v3q9-hj7j-63hq). A space or '>' would end the path early. A non-ASCII
+    address needs SMTPUTF8 (RFC 6531), which this client does not speak.
     """
     match = _FORBIDDEN_IN_ADDRESS.search(address)
     if match is None:
-        return None
+        return None if address.isascii() else "has non-ASCII characters (needs SMTPUTF8)"
     char = match.group()
     names = {"\r": "CR", "\n": "LF", "\x00": "NUL", " ": "a space", "<": "'<'", ">": "'>'"}
     return "contains " + names.get(char, f"control character {char!r}")
@@ -353,6 +375,8 @@ class State(Enum):
     EHLO = "EHLO"
     HELO = "HELO"
     STARTTLS = "STARTTLS"
+    PREPARE = "preparing the message"
+    """Before MAIL FROM: reading the message to see whether it is 8-bit, converting it."""
     MAIL = "MAIL FROM"
     RCPT = "RCPT TO"
     DATA = "DATA"
@@ -407,6 +431,9 @@ class _Transaction:
     permanent: dict[str, str]
     pipelined: bool
     """MAIL FROM, every RCPT TO and DATA went in one write (RFC 2920)."""
+    kept: list[bytes] | None = None
+    """The content to send, when it is in memory: what was read of the message before its
+    MAIL FROM, or its 7-bit form. None: the message's content is read (again) to be sent."""
     awaiting: deque[str] = field(default_factory=deque)
     """Recipients whose RCPT TO was sent and not yet answered, in order."""
     temporary: dict[str, str] = field(default_factory=dict)
@@ -424,10 +451,12 @@ class SmtpClientProtocol(Protocol):
     """One SMTP session that carries a sequence of transactions, one per message.
 
     A state machine. The session goes GREETING, EHLO (or HELO), perhaps STARTTLS and EHLO
-    again, and then, for each message in turn, MAIL FROM, RCPT TO, DATA, CONTENT and
-    END_OF_DATA. After a transaction that ended in step with the peer, the next message
-    starts with MAIL FROM, or with RSET first when the transaction failed. After the last
-    message comes QUIT.
+    again, and then, for each message in turn, PREPARE (unless the message is known to be
+    7-bit, or 8-bit for a peer with 8BITMIME: see the module's docstring), MAIL FROM, RCPT
+    TO, DATA, CONTENT and END_OF_DATA. A message that fails in PREPARE has sent nothing, so
+    the session goes on with the next. After a transaction that ended in step with the
+    peer, the next message starts with MAIL FROM, or with RSET first when the transaction
+    failed. After the last message comes QUIT.
 
     It sends one command at a time, except that when the peer advertises PIPELINING (RFC
     2920) a message's MAIL FROM, RCPT TOs and DATA go out in one write. Their replies are
@@ -499,6 +528,7 @@ class SmtpClientProtocol(Protocol):
             State.EHLO: self._on_ehlo,
             State.HELO: self._on_helo,
             State.STARTTLS: self._on_starttls,
+            State.PREPARE: self._on_reply_while_preparing,
             State.MAIL: self._on_mail,
             State.RCPT: self._on_rcpt,
             State.DATA: self._on_data,
@@ -678,7 +708,7 @@ class SmtpClientProtocol(Protocol):
     # --- one transaction per message --------------------------------------------------------
 
     def _begin_transaction(self) -> None:
-        """Send the next message's MAIL FROM, and with PIPELINING its RCPT TOs and DATA too."""
+        """Start the next message: if need be, find out whether it is 8-bit; then its envelope."""
         index = self._next
         self._next += 1
         message, invalid = self._messages[index], self._invalid[index]
@@ -689,9 +719,96 @@ class SmtpClientProtocol(Protocol):
             permanent=dict(invalid),
             pipelined="PIPELINING" in self._extensions,
         )
+        if message.eight_bit is False:
+            self._send_envelope(txn, message.size)
+        elif message.eight_bit and "8BITMIME" in self._extensions:
+            self._send_envelope(txn, message.size, eight_bit=True)
+        else:
+            # Read from memory, this finishes at once, so a pipelined envelope still goes
+            # in one write.
+            self._expect(State.PREPARE, self._timeouts.content)
+            preparing = Deferred.fromCoroutine(self._prepare(txn))
+            preparing.addErrback(self._prepare_failed, txn)
+            if not preparing.called:
+                # Done at once, it may have begun the next message, whose Deferred this is.
+                self._sending = preparing
+
+    def _preparing(self, txn: _Transaction) -> bool:
+        """Whether C{txn} is still being prepared: False once the session ended."""
+        return self.state is State.PREPARE and self._txn is txn
+
+    async def _prepare(self, txn: _Transaction) -> None:
+        """Read the message to see whether it is 8-bit; for a peer without 8BITMIME, convert it."""
+        message = txn.message
+        kept: list[bytes] | None = []
+        eight_bit = bool(message.eight_bit)
+        size = 0
+        chunks = message.content()
+        try:
+            async for chunk in chunks:
+                if not self._preparing(txn):
+                    return
+                self._start_timer(self._timeouts.content)
+                size += len(chunk)
+                eight_bit = eight_bit or is_eight_bit(chunk)
+                if kept is not None:
+                    kept.append(chunk)
+                    if size > PREFETCH_LIMIT:
+                        kept = None  # too much to keep: it is read again to be sent
+                if eight_bit and kept is None:
+                    break  # all that was to be learnt
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+        if not self._preparing(txn):
+            return
+        if eight_bit and "8BITMIME" not in self._extensions:
+            raw = b"".join(kept) if kept is not None else await _read_all(message.content)
+            if not self._preparing(txn):
+                return
+            run = self._options.run_in_thread
+            try:
+                converted: bytes = await (run(downgrade, raw) if run else _now(downgrade, raw))
+            except DowngradeError as e:
+                if self._preparing(txn):
+                    text = (
+                        f"{self._peer} does not accept 8-bit mail (no 8BITMIME) and the "
+                        f"message could not be converted to 7-bit: {e.reason}"
+                    )
+                    self._end_transaction(PermanentDeliveryError(text), clean=True)
+                return
+            if not self._preparing(txn):
+                return
+            txn.kept = [converted]
+            self._send_envelope(txn, None if message.size is None else len(converted))
+            return
+        txn.kept = kept
+        self._send_envelope(txn, message.size, eight_bit=eight_bit)
+
+    def _on_reply_while_preparing(self, reply: _Reply) -> None:
+        """A reply before we sent MAIL FROM answers nothing of ours (a 421 on shutting down)."""
+        self._protocol_error(f"sent {reply.text!r} before our next command")
+
+    def _prepare_failed(self, failure: Failure, txn: _Transaction) -> None:
+        """Reading (or converting) the message failed before its MAIL FROM: try it later."""
+        if not self._preparing(txn):
+            return
+        _log.failure("Preparing a message for {peer} failed", failure, peer=self._peer)
+        text = f"reading the message content failed ({type(failure.value).__name__})"
+        # Nothing of this message was sent, so the session goes on with the next one.
+        self._end_transaction(TemporaryDeliveryError(text), clean=True)
+
+    def _send_envelope(
+        self, txn: _Transaction, size: int | None, *, eight_bit: bool = False
+    ) -> None:
+        """Send the MAIL FROM, and with PIPELINING the RCPT TOs and DATA too."""
+        message = txn.message
         mail = b"MAIL FROM:<" + message.sender.encode() + b">"
-        if message.size is not None and "SIZE" in self._extensions:
-            mail += b" SIZE=%d" % message.size
+        if size is not None and "SIZE" in self._extensions:
+            mail += b" SIZE=%d" % size
+        if eight_bit:
+            mail += b" BODY=8BITMIME"
         if not txn.pipelined:
             self._command(State.MAIL, mail, self._timeouts.mail)
             return
@@ -775,7 +892,14 @@ class SmtpClientProtocol(Protocol):
             else:
                 self._end_transaction(self._nothing_to_send(txn), clean=False)
             return
-        if reply.code == 354:
+        if reply.code == 354 and txn.kept is not None:
+            # In memory already: all of it at once, as the transport buffers it anyway.
+            encoder = DataEncoder()
+            wire = [encoder.feed(chunk) for chunk in txn.kept]
+            wire.append(encoder.finish())
+            self._transport.write(b"".join(wire))
+            self._expect(State.END_OF_DATA, self._timeouts.final_dot)
+        elif reply.code == 354:
             self.state = State.CONTENT
             self._transport.registerProducer(self, True)
             self._sending = Deferred.fromCoroutine(self._send_content(txn))
@@ -1002,7 +1126,17 @@ def _while(state: State) -> str:
         return "while receiving the initial greeting"
     if state is State.CONTENT:
         return "while sending the message content"
+    if state is State.PREPARE:
+        return "while reading the message content"
     return f"while waiting for the reply to {state.value}"
+
+
+async def _read_all(content: Callable[[], AsyncIterator[bytes]]) -> bytes:
+    return b"".join([chunk async for chunk in content()])
+
+
+async def _now(f: Callable[[bytes], bytes], data: bytes) -> bytes:
+    return f(data)
 
 
 def load_trust_root(ca_file: str) -> IOpenSSLTrustRoot:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from twisted.internet.threads import deferToThread
 from twisted.names.common import ResolverBase
 
 from secmail.config import Settings, parse_route
@@ -14,6 +15,7 @@ from secmail.smtp.client import (
     DeliveryOutcome,
     DeliveryResult,
     OutgoingMessage,
+    RunInThread,
     Timeouts,
     deliver_many_via_route,
 )
@@ -36,13 +38,20 @@ def session_key(item: QueueItem) -> tuple[str, str]:
 class SmtpSender:
     """Sends queue rows to a relay host or, for the C{mx} route, to the domain's MX hosts."""
 
-    def __init__(self, settings: Settings, reactor: Any, resolver: ResolverBase | Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        resolver: ResolverBase | Any,
+        run_in_thread: RunInThread = deferToThread,
+    ) -> None:
         self.reactor = reactor
         self.resolver = resolver
         self.options = ClientOptions(
             helo=settings.gateway.hostname,
             ca_file=settings.routes.relay_ca_file or None,
             timeouts=Timeouts(connect=settings.queue.connect_timeout),
+            run_in_thread=run_in_thread,  # where 8-bit mail is made 7-bit for a peer
         )
 
     async def send(self, item: QueueItem, content: Content) -> DeliveryResult:

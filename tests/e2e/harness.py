@@ -80,6 +80,8 @@ class SinkMessage:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    mail_options: tuple[str, ...] = ()
+    """The MAIL FROM parameters, e.g. C{("BODY=8BITMIME",)}."""
 
     def header(self, name: str) -> str | None:
         """The first header field C{name} (unfolded), or None."""
@@ -118,6 +120,14 @@ class _SinkHandler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.eight_bit_mime:
+            return responses
+        return [r for r in responses if r[4:].upper() != "8BITMIME"]
+
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
     ) -> str:
@@ -135,6 +145,7 @@ class _SinkHandler:
                 mail_from=mail_from,
                 rcpt_tos=tuple(envelope.rcpt_tos),
                 data=bytes(envelope.original_content),
+                mail_options=tuple(envelope.mail_options or ()),
             )
         )
 
@@ -145,11 +156,13 @@ class SmtpSink:
 
     Scripting: L{refuse_rcpt} answers RCPT TO for one address with a given reply;
     L{fail_data} answers the final dot with a 4xx/5xx reply a number of times,
-    for every message or only for those with a given recipient.
+    for every message or only for those with a given recipient. With
+    C{eight_bit_mime=False} its EHLO does not offer 8BITMIME (an old server).
     """
 
-    def __init__(self, name: str = "sink") -> None:
+    def __init__(self, name: str = "sink", *, eight_bit_mime: bool = True) -> None:
         self.name = name
+        self.eight_bit_mime = eight_bit_mime
         self.port = 0
         self._lock = threading.Lock()
         self._messages: list[SinkMessage] = []
