@@ -512,6 +512,15 @@ class HeaderReadingTests(SynchronousTestCase):
         block = b"Subject: one\r\nSubject: two\r\n"
         self.assertEqual(subject_and_sender_name(block)[0], "one")
 
+    def test_only_text_charsets_are_honoured(self) -> None:
+        """Encoded words labelled with a non-text codec (punycode: work growing with the
+        square of the header; unicode_escape) are not decoded with it."""
+        block = (
+            b"From: =?unicode_escape?q?\\u0041lice?= <alice@corp.example>\r\n"
+            b"Subject: =?punycode?q?caf-dma?= =?iso-8859-1?q?=E4?=\r\n"
+        )
+        self.assertEqual(subject_and_sender_name(block), ("caf-dmaä", "\\u0041lice"))
+
     @given(st.binary(max_size=300))
     def test_never_raises(self, block: bytes) -> None:
         """Any header bytes give a result, never an exception."""
