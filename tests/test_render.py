@@ -947,3 +947,16 @@ def test_html_document_wraps_without_style_or_script() -> None:
     assert '<meta charset="utf-8">' in document
     assert "<body><p>hi</p></body>" in document
     assert "<style" not in document and "<script" not in document and "style=" not in document
+
+
+def test_inline_pictures_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data URLs stop at MAX_INLINE_BYTES: one picture used many times cannot fill memory."""
+    data_url = "data:image/png;base64," + base64.b64encode(PNG).decode("ascii")
+    monkeypatch.setattr(render, "MAX_INLINE_BYTES", len(data_url) * 2)
+    message = EmailMessage()
+    message.set_content("text")
+    message.add_alternative('<img src="cid:pic@x">' * 5, subtype="html")
+    html_part = message.get_payload()[1]  # type: ignore[index]
+    html_part.add_related(PNG, "image", "png", cid="<pic@x>")
+    shown = read_message(message.as_bytes(), inline_images=True)
+    assert shown.html is not None and shown.html.count(data_url) == 2

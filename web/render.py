@@ -76,7 +76,7 @@ MAX_HTML_CHARS = 2_000_000
 MAX_HTML_DEPTH = 200
 #: Characters of a text body shown; the rest is cut off.
 MAX_TEXT_CHARS = 2_000_000
-#: Bytes of inline pictures put into one HTML body as data: URLs.
+#: Characters of data: URLs (inline pictures) put into one HTML body.
 MAX_INLINE_BYTES = 10_000_000
 
 
@@ -581,17 +581,21 @@ def _data_urls(message: EmailMessage) -> Callable[[str], str]:
         cid = _content_id(part)
         if cid is not None and cid not in pictures and _content_type(part) in _INLINE_IMAGE_TYPES:
             pictures[cid] = part
+    urls: dict[str, str] = {}
     budget = [MAX_INLINE_BYTES]
 
     def data_url(cid: str) -> str:
-        part = pictures.get(cid.strip().strip("<>").strip())
+        cid = cid.strip().strip("<>").strip()
+        part = pictures.get(cid)
         if part is None:
             return ""
-        data = _payload_bytes(part)
-        if len(data) > budget[0]:
+        if cid not in urls:  # each picture encoded once, however often it is used
+            encoded = base64.b64encode(_payload_bytes(part)).decode("ascii")
+            urls[cid] = f"data:{_content_type(part)};base64,{encoded}"
+        if len(urls[cid]) > budget[0]:
             return ""
-        budget[0] -= len(data)
-        return f"data:{_content_type(part)};base64,{base64.b64encode(data).decode('ascii')}"
+        budget[0] -= len(urls[cid])
+        return urls[cid]
 
     return data_url
 
