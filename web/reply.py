@@ -316,7 +316,8 @@ def build_reply(
 
     C{reader} is the verified address the letter was for; C{reader_original} the form in
     which the sender wrote it (marked or not). Raises L{ReplyError} with a sentence for the
-    reader when the mail cannot go.
+    reader when the mail cannot go, and L{render.MessageTooComplex} when the original is
+    beyond the parser's limits. CPU work: the portal runs it on its thread pool.
     """
     if mode not in MODES:
         raise ReplyError("Choose Reply, Reply all or Forward.")
