@@ -37,6 +37,7 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
+from secmail import mime
 from secmail.config import Settings
 from secmail.crypto import IntegrityError
 from secmail.letters import system_mail
@@ -1465,12 +1466,13 @@ def parse_multipart(body: bytes, content_type: bytes) -> SubmittedForm:
 
 
 def _header_params(head: bytes) -> Message:
-    """A part's header lines, in a Message for its parameter parsing (RFC 2231 included)."""
+    """A part's header lines, in a Message for its parameter parsing (RFC 2231 included;
+    only in text charsets, L{mime.neutralise_labels}: the label names the codec used)."""
     headers = Message()
     for line in _text(head).split("\r\n"):
         key, colon, value = line.partition(":")
         if colon and key.strip():
-            headers[key.strip()] = value.strip()
+            headers[key.strip()] = mime.neutralise_labels(value.strip())
     return headers
 
 
