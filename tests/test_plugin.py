@@ -120,7 +120,8 @@ class MakeServiceTests(SynchronousTestCase):
         return service
 
     def test_service_tree(self) -> None:
-        """Database first, then queue, periodic jobs, portal and the SMTP listener (no SMS)."""
+        """Database first, then queue, periodic jobs, the rendering threads, portal and the SMTP
+        listener (no SMS)."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -131,6 +132,7 @@ class MakeServiceTests(SynchronousTestCase):
                 tap.QueueStarter,
                 TimerService,  # retention
                 TimerService,  # portal session clean-up
+                tap.ThreadPoolService,  # the portal's rendering, started before the portal
                 StreamServerEndpointService,
                 StreamServerEndpointService,
             ],
@@ -142,7 +144,11 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(queue_starter, tap.QueueStarter)
         self.assertIsInstance(queue_starter.queue, OutboundQueue)
 
-        portal, smtp = children[4], children[5]
+        render_pool = children[4]
+        assert isinstance(render_pool, tap.ThreadPoolService)
+        self.assertEqual(render_pool.pool.max, tap.RENDER_THREADS)
+        self.assertFalse(render_pool.pool.started)
+        portal, smtp = children[5], children[6]
         assert isinstance(portal, StreamServerEndpointService)
         assert isinstance(smtp, StreamServerEndpointService)
         # "ssl:" without key files: TLS with our own certificate around the portal's site.
