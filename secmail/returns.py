@@ -11,7 +11,6 @@ stored: it may quote the notification, link token included.
 
 from __future__ import annotations
 
-import email.parser
 import email.policy
 import re
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageSMTP
 from zope.interface import implementer
 
+from secmail import mime
 from secmail.dsn import FailedRecipient, build_dsn
 
 log = Logger()
@@ -60,7 +60,10 @@ def returned_envelope(address: str, bounce_address: str) -> str | None:
 
 def failed_recipients(raw: bytes) -> list[FailedRecipient] | None:
     """The failed recipients reported by an RFC 3464 report, or None when C{raw} is not one."""
-    parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    try:
+        parsed = mime.parse(raw, policy=email.policy.compat32)
+    except mime.MessageTooComplex:
+        return None  # nested deeper than a report is (the parser would overflow the stack)
     if parsed.get_content_type() != "multipart/report":
         return None
     for part in parsed.walk():

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -21,10 +22,11 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from secmail import config
 from secmail.crypto import (
@@ -56,6 +58,9 @@ log = Logger()
 
 #: Seconds a thread may hold the GIL while another waits (see makeService).
 GIL_SWITCH_INTERVAL = 0.0005
+#: Threads that parse and render stored mail for the portal. Few: the work is CPU-bound,
+#: and the reactor's own pool stays free for name lookups and file reads.
+RENDER_THREADS = 2
 
 
 class Options(usage.Options):
@@ -135,6 +140,21 @@ class DatabaseService(Service):
     def stopService(self) -> None:
         super().stopService()
         self.db.stop()
+
+
+class ThreadPoolService(Service):
+    """Starts a thread pool with the gateway and stops it, after the services added later."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
 
 
 class QueueStarter(Service):
@@ -297,6 +317,11 @@ def makeService(options: Options) -> IService:
     compose_store = ComposeStore(db, DerivedKeys(master, "compose-codes"))
     cleanup = SessionCleanup(portal_store, compose_store, reactor)
     TimerService(600, cleanup.run).setServiceParent(top)
+    # Reading a letter (MIME parse, charset decoding, HTML sanitising) is CPU work a
+    # message's author controls: never on the reactor thread.
+    render_pool = ThreadPool(minthreads=0, maxthreads=RENDER_THREADS, name="secmail-render")
+    threads_reactor: Any = reactor
+    ThreadPoolService(render_pool).setServiceParent(top)
     compose = Compose(
         settings,
         store,
@@ -313,6 +338,7 @@ def makeService(options: Options) -> IService:
         csrf_key=derive_key(master, "portal-csrf"),
         on_commit=queue.wake,
         compose=compose.app.resource(),
+        run_in_thread=partial(deferToThreadPool, threads_reactor, render_pool),
         sms=sms_store,
         on_sms=wake_outbox,
     )

@@ -640,6 +640,15 @@ class HeaderReadingTests(SynchronousTestCase):
         """Any header bytes give a list of texts, never an exception."""
         self.assertTrue(all(isinstance(t, str) for t in subject_keyword_texts(block)))
 
+    def test_only_text_charsets_are_honoured(self) -> None:
+        """Encoded words labelled with a non-text codec (punycode: work growing with the
+        square of the header; unicode_escape) are not decoded with it."""
+        block = (
+            b"From: =?unicode_escape?q?\\u0041lice?= <alice@corp.example>\r\n"
+            b"Subject: =?punycode?q?caf-dma?= =?iso-8859-1?q?=E4?=\r\n"
+        )
+        self.assertEqual(subject_and_sender_name(block), ("caf-dmaä", "\\u0041lice"))
+
     @given(st.binary(max_size=300))
     def test_never_raises(self, block: bytes) -> None:
         """Any header bytes give a result, never an exception."""

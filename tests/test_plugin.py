@@ -120,7 +120,8 @@ class MakeServiceTests(SynchronousTestCase):
         return service
 
     def test_service_tree(self) -> None:
-        """Database first, then queue, periodic jobs, portal and the SMTP listener (no SMS)."""
+        """Database first, then queue, periodic jobs, the rendering threads, portal and the SMTP
+        listener (no SMS)."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -132,6 +133,7 @@ class MakeServiceTests(SynchronousTestCase):
                 TimerService,  # retention
                 TimerService,  # master key rotation
                 TimerService,  # portal session clean-up
+                tap.ThreadPoolService,  # the portal's rendering, started before the portal
                 tap.Listener,
                 tap.Listener,
             ],
@@ -148,6 +150,10 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(rotation.call[0].__self__, KeyRotation)  # type: ignore[attr-defined]
         self.assertEqual(rotation.step, ROTATION_INTERVAL)
 
+        render_pool = children[5]
+        assert isinstance(render_pool, tap.ThreadPoolService)
+        self.assertEqual(render_pool.pool.max, tap.RENDER_THREADS)
+        self.assertFalse(render_pool.pool.started)
         portal, smtp = children[-2], children[-1]
         assert isinstance(portal, tap.Listener)
         assert isinstance(smtp, tap.Listener)

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
@@ -32,6 +33,7 @@ from secmail.store.sms import SmsStore
 from secmail.store.spool import SealedBytes
 from tests.test_delivery import IntakeFixture
 from tests.test_queue import make_settings, parse
+from web import portal as portal_module
 from web.portal import Portal, make_site
 
 BASE = "https://portal.gw.example"
@@ -1275,3 +1277,113 @@ class InjectionTests(PortalFixture):
         self.assertNotIn("/", disposition)
         self.assertNotIn("\r", disposition)
         self.assertIsNone(reply.headers.getRawHeaders(b"X"))
+
+
+def nested_messages(depth: int) -> bytes:
+    """A letter whose text sits inside C{depth} attached messages inside each other."""
+    raw = b"Content-Type: text/plain\r\n\r\nDeepSecretText\r\n"
+    for _ in range(depth):
+        raw = b"Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n" + raw
+    return mime(*HEAD) + raw
+
+
+class HardeningTests(PortalFixture):
+    """A hostile or damaged letter costs the gateway little and tells the reader what it is."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.logged: list[dict[str, Any]] = []
+        self.patch(portal_module, "log", Logger(observer=self.logged.append))
+
+    def log_lines(self) -> list[str]:
+        return [formatEvent(event) for event in self.logged]
+
+    async def test_rendering_runs_on_the_injected_thread_runner(self) -> None:
+        """Parsing and rendering for /read, /read/html, cid pictures and downloads go
+        through the portal's run_in_thread, never on the reactor thread."""
+        ran: list[str] = []
+
+        def runner(work: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+            ran.append(getattr(work, "__name__", repr(work)))
+            return maybeDeferred(work, *args, **kwargs)
+
+        self.portal.run_in_thread = runner
+        browser = await self.signed_in(await self.letter())
+        for path in ("/read", "/read/html", "/read/cid/logo@corp.example", "/read/attachment/0"):
+            ran.clear()
+            reply = await browser.get(path)
+            self.assertEqual(reply.code, 200, path)
+            self.assertTrue(ran, f"{path} rendered on the reactor thread")
+
+    async def test_deeply_nested_letter_gets_a_clear_page(self) -> None:
+        """A letter nested beyond the limit (a RecursionError and a 500 before) answers a
+        page that says so and offers the .eml, with one log line and no traceback."""
+        raw = nested_messages(600)
+        letter = await self.letter(raw)
+        browser = await self.signed_in(letter)
+        self.logged.clear()
+        for path in ("/read", "/read/attachment/0", "/read/html"):
+            reply = await browser.get(path)
+            self.assertEqual(reply.code, 422, path)
+            self.assertIn("too complex", reply.text)
+            self.assertIn('href="/read/eml"', reply.text)
+            self.assertNotIn("DeepSecretText", reply.text)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        lines = self.log_lines()
+        self.assertEqual(len(lines), 3, lines)  # one per request
+        for line in lines:
+            self.assertIn(letter.message_id, line)
+            self.assertIn("nested more than 20 deep", line)
+            self.assertNotIn("Traceback", line)
+        self.assertNotIn("log_failure", self.logged[0])
+        self.assertNotIn("viewed", await self.event_kinds(letter))
+        eml = await browser.get("/read/eml")
+        self.assertEqual((eml.code, eml.body), (200, raw))
+
+    async def test_too_complex_page_is_translated(self) -> None:
+        """The too-complex page speaks the reader's language."""
+        letter = await self.letter(nested_messages(600))
+        browser = await self.signed_in(letter)
+        browser.cookies["__Host-secmail-lang"] = "fi"
+        reply = await browser.get("/read")
+        self.assertEqual(reply.code, 422)
+        self.assertIn("liian monimutkainen", reply.text)
+
+    async def tamper(self, letter: Letter) -> None:
+        """Flip one bit of the letter's stored ciphertext, as an attacker with the disk could."""
+
+        def flip(txn: Any) -> None:
+            (data,) = txn.execute(
+                "SELECT data FROM message_chunks WHERE message_id = ? AND seq = 0",
+                (letter.message_id,),
+            ).fetchone()
+            data = bytearray(bytes(data))
+            data[len(data) // 2] ^= 1
+            txn.execute(
+                "UPDATE message_chunks SET data = ? WHERE message_id = ? AND seq = 0",
+                (bytes(data), letter.message_id),
+            )
+
+        await self.db.run(flip)
+
+    async def test_tampered_letter_is_shown_as_damaged(self) -> None:
+        """Ciphertext that fails authentication gives a "damaged" page (not "temporary
+        problem"), a "damaged" event on the message once, and a log line naming it."""
+        letter = await self.letter()
+        browser = await self.signed_in(letter)
+        await self.tamper(letter)
+        self.logged.clear()
+        for path in ("/read", "/read/eml", "/read/attachment/0"):
+            reply = await browser.get(path)
+            self.assertEqual(reply.code, 500, path)
+            self.assertIn("damaged", reply.text)
+            self.assertNotIn("Temporary problem", reply.text)
+            self.assert_no_content(reply)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual((await self.event_kinds(letter)).count("damaged"), 1)
+        lines = self.log_lines()
+        self.assertEqual(len(lines), 3, lines)
+        for line in lines:
+            self.assertIn(letter.message_id, line)
+            self.assertNotIn("Traceback", line)
+        self.assertNotIn("log_failure", self.logged[0])

@@ -16,8 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secmail import mime
+from web import render
 from web.render import (
     Attachment,
+    MessageTooComplex,
     attachment_bytes,
     content_disposition,
     html_document,
@@ -615,18 +618,195 @@ def test_other_versions_of_the_body_are_not_attachments() -> None:
     assert (message.text, message.html, message.attachments) == ("plain", "<b>html</b>", ())
 
 
-def test_deeply_nested_message_is_walked_without_recursion() -> None:
-    """Nine hundred nested multiparts neither overflow the stack nor hide the attachment."""
-    depth = 900
+def nested_multiparts(depth: int) -> bytes:
+    """A PDF inside C{depth} multiparts inside each other."""
     raw = b'Content-Type: multipart/mixed; boundary="B0"\r\n\r\n' + b"".join(
         b'--B%d\r\nContent-Type: multipart/mixed; boundary="B%d"\r\n\r\n' % (i - 1, i)
         for i in range(1, depth)
     )
-    raw += b"--B%d\r\nContent-Type: application/pdf\r\n\r\nx\r\n" % (depth - 1)
+    return raw + b"--B%d\r\nContent-Type: application/pdf\r\n\r\nx\r\n" % (depth - 1)
+
+
+def nested_messages(depth: int) -> bytes:
+    """A text inside C{depth} attached messages inside each other."""
+    raw = b"Content-Type: text/plain\r\n\r\nhello\r\n"
+    for _ in range(depth):
+        raw = b"Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n" + raw
+    return b"From: a@example.com\r\nSubject: deep\r\n" + raw
+
+
+def test_nesting_within_the_limit_is_walked() -> None:
+    """Multiparts nested up to the limit show the attachment at the bottom."""
+    raw = nested_multiparts(mime.MAX_NESTING - 1)
     assert read_message(raw).attachments == (
         Attachment(0, "attachment-1.pdf", "application/pdf", 1),
     )
     assert attachment_bytes(raw, 0)[1] == b"x"
+
+
+@pytest.mark.parametrize(
+    "raw", [nested_multiparts(900), nested_messages(600)], ids=["multiparts", "messages"]
+)
+def test_deep_nesting_is_too_complex(raw: bytes) -> None:
+    """Nesting beyond the limit (which overflowed the stack before) is refused with
+    MessageTooComplex by every reader of the message, not a RecursionError."""
+    with pytest.raises(MessageTooComplex, match="nested more than 20 deep"):
+        read_message(raw)
+    with pytest.raises(MessageTooComplex):
+        attachment_bytes(raw, 0)
+    with pytest.raises(MessageTooComplex):
+        inline_part(raw, "x")
+
+
+def test_too_many_parts_is_too_complex() -> None:
+    """More parts than the limit are refused before they are all parsed."""
+    parts = b"".join(b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(1001))
+    raw = b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n' + parts + b"--B--\r\n"
+    with pytest.raises(MessageTooComplex, match="more than 1000 parts"):
+        read_message(raw)
+
+
+def test_too_many_header_lines_is_too_complex() -> None:
+    """Header lines beyond the limit are refused."""
+    raw = b"X-A: b\r\n" * 10_001 + b"\r\nbody\r\n"
+    with pytest.raises(MessageTooComplex, match="header lines"):
+        read_message(raw)
+
+
+# --- charsets ---------------------------------------------------------------------------
+
+# Codecs Python ships that are no text charsets: slow (punycode), or they make other
+# characters of the bytes than the bytes show, or they hide markup (utf-7).
+NOT_TEXT = [
+    "punycode", "idna", "rot13", "rot_13", "hex", "base64", "zlib", "bz2", "uu", "quopri",
+    "utf-7", "raw_unicode_escape", "unicode_escape", "unicode-escape", "mbcs", "undefined",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("charset", NOT_TEXT)
+def test_text_part_in_a_non_text_codec_is_read_as_utf8(charset: str) -> None:
+    """A body declared in a non-text codec is not decoded with it: UTF-8, U+FFFD for the rest."""
+    body = b"\\u0041 +ADw-b+AD4- xn--caf-dma 68656c6c6f h\xc3\xa4llo"
+    raw = b"Content-Type: text/plain; charset=" + charset.encode() + b"\r\n\r\n" + body
+    assert read_message(raw).text == body.decode("utf-8") + "\n"[:0]
+
+
+def test_punycode_body_is_not_decoded_with_punycode() -> None:
+    """A large text part declared punycode (20 s to decode before) is shown as it came."""
+    body = b"a" * 300_000 + b"-" + b"b" * 10
+    raw = b"Content-Type: text/plain; charset=punycode\r\n\r\n" + body
+    assert read_message(raw).text == body.decode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("charset", "data", "expected"),
+    [
+        ("iso-8859-1", b"h\xe4llo", "hällo"),
+        ("windows-1252", b"\x80 5", "€ 5"),
+        ("koi8-r", b"\xf0\xd2\xc9\xd7\xc5\xd4", "Привет"),
+        ("shift_jis", b"\x82\xb1\x82\xf1", "こん"),
+        ("iso-2022-jp", b"\x1b$B$3$s\x1b(B", "こん"),
+        ("gb2312", b"\xc4\xe3\xba\xc3", "你好"),
+        ("big5", b"\xa7\x41\xa6\x6e", "你好"),
+        ("euc-kr", b"\xbe\xc8\xb3\xe7", "안녕"),
+        ("ks_c_5601-1987", b"\xbe\xc8\xb3\xe7", "안녕"),
+        ("utf-16", "hi".encode("utf-16"), "hi"),
+        ("ISO_8859-15", b"\xa4", "€"),
+    ],
+)
+def test_text_charsets_are_honoured(charset: str, data: bytes, expected: str) -> None:
+    """The text charsets mail uses are decoded as declared."""
+    raw = b"Content-Type: text/plain; charset=" + charset.encode() + b"\r\n\r\n" + data
+    assert read_message(raw).text == expected
+
+
+@pytest.mark.parametrize("charset", ["punycode", "unicode_escape", "utf-7"])
+def test_headers_in_a_non_text_codec_are_not_decoded_with_it(charset: str) -> None:
+    """Encoded words and RFC 2231 names labelled with a non-text codec are not decoded by it."""
+    word = f"=?{charset}?q?abc-\\u0041+ADw-?="
+    raw = raw_mime(
+        f"Subject: {word}",
+        f"From: {word} <a@example.com>",
+        "Content-Type: multipart/mixed; boundary=B",
+        body=(
+            f"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B\r\n"
+            f"Content-Type: application/pdf\r\nContent-Disposition: attachment; "
+            f"filename*={charset}''abc-\\u0041+ADw-.pdf\r\n\r\ny\r\n--B--\r\n"
+        ).encode(),
+    )
+    message = read_message(raw)
+    assert message.subject == "abc-\\u0041+ADw-"
+    assert "abc-\\\\u0041+ADw-" in message.from_  # quoted: the backslash is escaped
+    assert message.attachments[0].filename == "u0041+ADw-.pdf"  # after the backslash
+
+
+def test_encoded_words_in_text_charsets_are_decoded() -> None:
+    """RFC 2047 words in text charsets, split characters included, read as they should."""
+    raw = raw_mime(
+        "Subject: =?utf-8?q?caf=C3?= =?utf-8?q?=A9?= and =?iso-8859-1?b?5A==?=",
+        body=b"x",
+    )
+    assert read_message(raw).subject == "café and ä"
+
+
+# --- HTML within the sanitiser's limits ---------------------------------------------------
+
+
+def test_deeply_nested_html_is_shown_as_text() -> None:
+    """HTML nested deeper than the limit (minutes in the sanitiser) is shown as text."""
+    body = "<div>" * 100_000 + "DeepText &amp; more" + "</div>" * 100_000
+    message = read_message(html_message(body))
+    assert message.html is None
+    assert message.text is not None and "DeepText & more" in message.text
+    assert message.incomplete
+
+
+def test_deep_html_beside_a_text_version_shows_the_text() -> None:
+    """Too deep HTML with a text version: the text version is shown, marked incomplete."""
+    message = read_message(html_message("<div>" * 1000 + "x", text="TextVersion"))
+    assert (message.html, message.text, message.incomplete) == (None, "TextVersion\n", True)
+
+
+def test_end_tags_of_other_elements_do_not_hide_depth() -> None:
+    """</span> closes no <div>: a count that let it would let deep HTML through."""
+    message = read_message(html_message("<div></span>" * 1000 + "x"))
+    assert message.html is None
+
+
+def test_ordinary_html_is_not_affected_by_the_limits() -> None:
+    """Sloppy but ordinary HTML (unclosed paragraphs, cells) is sanitised as usual."""
+    body = "<table>" + "<tr><td>cell<td><p>para<p>more<br>" * 2000 + "</table>"
+    message = read_message(html_message(body))
+    assert message.html is not None and "cell" in message.html
+    assert not message.incomplete
+
+
+def test_long_html_is_cut() -> None:
+    """HTML longer than the limit is cut before the sanitiser, and marked incomplete."""
+    body = "<p>" + "x" * (render.MAX_HTML_CHARS + 10) + "TailText</p>"
+    message = read_message(html_message(body))
+    assert message.html is not None and "TailText" not in message.html
+    assert message.incomplete
+
+
+def test_long_text_is_cut() -> None:
+    """Text longer than the limit is cut, and marked incomplete."""
+    raw = b"Content-Type: text/plain\r\n\r\n" + b"x" * (render.MAX_TEXT_CHARS + 10)
+    message = read_message(raw)
+    assert message.text is not None and len(message.text) == render.MAX_TEXT_CHARS
+    assert message.incomplete
+
+
+def test_inline_images_become_data_urls_from_one_parse() -> None:
+    """With inline_images, cid: pictures are data: URLs; the same one twice is fine."""
+    message = EmailMessage()
+    message.set_content("text")
+    message.add_alternative('<img src="cid:pic@x"><img src="cid:pic@x">', subtype="html")
+    html_part = message.get_payload()[1]  # type: ignore[index]
+    html_part.add_related(PNG, "image", "png", cid="<pic@x>")
+    shown = read_message(message.as_bytes(), inline_images=True)
+    data_url = "data:image/png;base64," + base64.b64encode(PNG).decode("ascii")
+    assert shown.html is not None and shown.html.count(data_url) == 2
 
 
 # --- malformed input --------------------------------------------------------------------
@@ -767,3 +947,16 @@ def test_html_document_wraps_without_style_or_script() -> None:
     assert '<meta charset="utf-8">' in document
     assert "<body><p>hi</p></body>" in document
     assert "<style" not in document and "<script" not in document and "style=" not in document
+
+
+def test_inline_pictures_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data URLs stop at MAX_INLINE_BYTES: one picture used many times cannot fill memory."""
+    data_url = "data:image/png;base64," + base64.b64encode(PNG).decode("ascii")
+    monkeypatch.setattr(render, "MAX_INLINE_BYTES", len(data_url) * 2)
+    message = EmailMessage()
+    message.set_content("text")
+    message.add_alternative('<img src="cid:pic@x">' * 5, subtype="html")
+    html_part = message.get_payload()[1]  # type: ignore[index]
+    html_part.add_related(PNG, "image", "png", cid="<pic@x>")
+    shown = read_message(message.as_bytes(), inline_images=True)
+    assert shown.html is not None and shown.html.count(data_url) == 2

@@ -837,6 +837,19 @@ class MultipartTests(SynchronousTestCase):
         self.assertEqual(form.uploads("files"), [])
         self.assertEqual(form.one("a"), "1")
 
+    def test_rfc2231_names_in_text_charsets_only(self) -> None:
+        """A file or field name labelled with a non-text codec (punycode: time growing with
+        the square of the name, on the reactor thread) is not decoded with it."""
+        body = (
+            b"--x\r\nContent-Disposition: form-data; name*=unicode_escape''\\u0041; "
+            b"filename*=punycode''caf-dma.txt\r\n\r\ndata\r\n"
+            b"--x\r\nContent-Disposition: form-data; name=b; filename*=utf-8''%C3%A4.txt\r\n"
+            b"\r\nmore\r\n--x--\r\n"
+        )
+        form = parse_multipart(body, b"multipart/form-data; boundary=x")
+        self.assertEqual([u.filename for u in form.uploads("\\u0041")], ["caf-dma.txt"])
+        self.assertEqual([u.filename for u in form.uploads("b")], ["ä.txt"])
+
     def test_malformed_bodies(self) -> None:
         """No boundary, no close delimiter or a part without headers' end is a FormError."""
         body, content_type = multipart([("a", "1")])

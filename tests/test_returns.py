@@ -89,3 +89,15 @@ def test_notice_names_recipient() -> None:
     assert b"bob@partner.example" in notice
     assert b"5.2.2" in notice
     assert b"mailbox full" in notice
+
+
+def test_deeply_nested_mail_is_no_report() -> None:
+    """Mail nested deeper than the parser's limit (a RecursionError before) is no report."""
+    inner = b"Content-Type: text/plain\r\n\r\nx\r\n"
+    for _ in range(2000):
+        inner = b"Content-Type: message/rfc822\r\n\r\n" + inner
+    raw = (
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n"
+        b"--B\r\n" + inner + b"--B--\r\n"
+    )
+    assert failed_recipients(raw) is None

@@ -12,7 +12,6 @@ stay in memory and are limited to C{[portal] max_upload_size} (L{BoundedRequest}
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import html
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import collapse_rfc2231_value
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, quote
 
 from klein import Klein
@@ -38,7 +37,9 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
+from secmail import mime
 from secmail.config import Settings
+from secmail.crypto import IntegrityError
 from secmail.letters import system_mail
 from secmail.notify import Notification, build_code_mail
 from secmail.policy import strip_subject_keyword
@@ -59,6 +60,16 @@ from web import i18n, pin, render, reply
 from web.i18n import N_, Translate
 
 log = Logger()
+T = TypeVar("T")
+
+
+class CannotShow(Exception):
+    """The letter cannot be shown: C{reason} is "damaged" or "complex" (L{Portal._cannot_show})."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 SESSION_COOKIE = b"__Host-secmail-session"
 BROWSER_COOKIE = b"__Host-secmail-browser"
@@ -523,7 +534,9 @@ class Portal:
         raw = await self._raw(session)
         if raw is None:
             return self._gone(request)
-        message = render.read_message(raw, cid_url=lambda cid: "/read/cid/" + _url_part(cid))
+        envelope = await self.store.envelope_by_id(session.envelope_id)
+        reader = envelope.recipient if envelope is not None else ""
+        message, choices = await self._render(session, _reading, raw, reader, self.settings)
         await self.store.add_event(
             session.message_id, session.envelope_id, "viewed", "", self.now()
         )
@@ -557,6 +570,15 @@ class Portal:
             )
         elif message.text is not None:
             parts.append(f'<div class="card"><pre>{_e(message.text)}</pre></div>')
+        if message.incomplete:
+            parts.append(
+                '<div class="card"><p class="note">'
+                + _(
+                    "Part of this message is too long or too complex to show here. "
+                    "Save the whole message (.eml) to see all of it."
+                )
+                + "</p></div>"
+            )
         if message.html is not None and message.text is not None:
             parts.append(
                 f'<details class="card"><summary>{_("Plain text")}</summary>'
@@ -571,9 +593,7 @@ class Portal:
             parts.append(
                 f'<div class="card"><h2>{_("Attachments")}</h2><ul class="files">{items}</ul></div>'
             )
-        envelope = await self.store.envelope_by_id(session.envelope_id)
-        reader = envelope.recipient if envelope is not None else ""
-        parts.append(self._reply_forms(_, session.csrf, raw, reader))
+        parts.append(self._reply_forms(_, session.csrf, choices))
         parts.append(
             '<div class="card actions"><a class="button secondary" href="/read/eml">'
             f"{_('Save the whole message (.eml)')}</a>"
@@ -595,8 +615,8 @@ class Portal:
         images = form_arg(request, b"images") == "1"
         # The sandboxed frame has an opaque origin, so the browser sends no cookie with its
         # requests: inline (cid:) pictures are put into the document as data: URLs instead.
-        message = render.read_message(
-            raw, load_remote_images=images, cid_url=lambda cid: _data_url(raw, cid)
+        message = await self._render(
+            session, render.read_message, raw, load_remote_images=images, inline_images=True
         )
         img = b"img-src data: https: http:" if images else b"img-src data:"
         self._headers(
@@ -612,7 +632,9 @@ class Portal:
         if session is None:
             return self._signed_out(request)
         raw = await self._raw(session)
-        part = render.inline_part(raw, content_id) if raw is not None else None
+        part = None
+        if raw is not None:
+            part = await self._render(session, render.inline_part, raw, content_id)
         if part is None:
             request.setResponseCode(404)
             self._headers(request, csp=RESOURCE_CSP)
@@ -631,7 +653,7 @@ class Portal:
         if raw is None:
             return self._gone(request)
         try:
-            attachment, data = render.attachment_bytes(raw, index)
+            attachment, data = await self._render(session, render.attachment_bytes, raw, index)
         except (KeyError, IndexError):
             request.setResponseCode(404)
             _ = self._t(request)
@@ -689,11 +711,12 @@ class Portal:
                 "Your message and files come to {size}; at most {limit} can be "
                 "sent at once. Please attach fewer or smaller files."
             ).format(size=_size(size), limit=_size(limit))
-            return self._not_sent(request, session.csrf, raw, envelope, form, problem, 413)
+            return await self._not_sent(request, session, raw, envelope, form, problem, 413)
         now = self.now()
         date = datetime.fromtimestamp(self.clock.seconds(), UTC)
         try:
-            mail: reply.ReplyMail = await self.run_in_thread(
+            mail: reply.ReplyMail = await self._render(
+                session,
                 lambda: reply.build_reply(
                     original=raw,
                     mode=mode,
@@ -704,10 +727,10 @@ class Portal:
                     forward_to=to,
                     settings=self.settings,
                     date=date,
-                )
+                ),
             )
         except reply.ReplyError as e:
-            return self._not_sent(request, session.csrf, raw, envelope, form, str(e), 400)
+            return await self._not_sent(request, session, raw, envelope, form, str(e), 400)
         messages = reply.reply_messages(
             mail,
             settings=self.settings,
@@ -848,6 +871,8 @@ class Portal:
                 )
                 + "</p></div>",
             )
+        if failure.check(CannotShow):
+            return self._cannot_show(request, failure.value)
         log.failure("Portal request failed", failure)
         request.setResponseCode(500)
         _ = self._t(request)
@@ -886,10 +911,69 @@ class Portal:
         return await self.sessions.session(session_id, self.now())
 
     async def _raw(self, session: Session) -> bytes | None:
+        """The letter's plaintext, or None if it is gone.
+
+        @raise CannotShow: the stored ciphertext fails authentication (altered on disk or in
+            the database). Recorded on the message once, as a "damaged" event.
+        """
         try:
             return await self.store.read_all(session.message_id)
         except LookupError:
             return None
+        except IntegrityError as e:
+            log.error(
+                "Message {id} is damaged, not shown: {problem}", id=session.message_id, problem=e
+            )
+            if not await self.store.has_event(session.message_id, "damaged"):
+                await self.store.add_event(
+                    session.message_id, session.envelope_id, "damaged", str(e), self.now()
+                )
+            raise CannotShow("damaged") from None
+
+    async def _render(self, session: Session, work: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Parse and render the letter on the thread pool: a message can be a lot of work.
+
+        @raise CannotShow: the message is beyond the parser's limits.
+        """
+        try:
+            result: T = await self.run_in_thread(work, *args, **kw)
+        except render.MessageTooComplex as e:
+            log.warn(
+                "Message {id} is too complex to show: {reason}", id=session.message_id, reason=e
+            )
+            raise CannotShow("complex") from None
+        return result
+
+    def _cannot_show(self, request: IRequest, problem: CannotShow) -> bytes:
+        """The page for a letter that cannot be shown, saying why and what the reader can do."""
+        _ = self._t(request)
+        if problem.reason == "damaged":
+            request.setResponseCode(500)
+            return self._page(
+                request,
+                _("Message damaged"),
+                '<div class="card" role="alert"><p>'
+                + _(
+                    "This message is damaged and cannot be shown: what is stored is no longer "
+                    "what arrived. This has been recorded for the administrators. Please ask "
+                    "the sender to send the message again."
+                )
+                + "</p></div>",
+            )
+        request.setResponseCode(422)
+        return self._page(
+            request,
+            _("Message too complex to show"),
+            '<div class="card" role="alert"><p>'
+            + _(
+                "This message is built in too complex a way to be shown here (parts inside "
+                "parts too deeply, or too many parts). You can save the whole message and open "
+                "it in your own e-mail program."
+            )
+            + '</p><p><a class="button" href="/read/eml">'
+            + _("Save the whole message (.eml)")
+            + "</a></p></div>",
+        )
 
     async def _sign_in(self, request: IRequest, envelope: Envelope, how: str) -> bytes:
         old = cookie_value(request, SESSION_COOKIE)
@@ -979,14 +1063,15 @@ class Portal:
         self,
         _: Translate,
         csrf: str,
-        raw: bytes,
-        reader: str,
+        choices: tuple[bool, bool],
         mode: str = "",
         text: str = "",
         to: str = "",
     ) -> str:
-        """The reading page's Reply (and Reply all) form and its Forward form."""
-        can_reply, can_reply_all = reply.reply_choices(raw, reader, self.settings)
+        """The reading page's Reply (and Reply all) form and its Forward form.
+
+        C{choices}: whether the reader can reply, and reply all (L{reply.reply_choices})."""
+        can_reply, can_reply_all = choices
         limit = _size(self.settings.portal.max_upload_size)
         # One id for both forms: the page offers one reply, whichever button sends it.
         hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}">{form_id_field()}'
@@ -1047,10 +1132,10 @@ class Portal:
         )
         return "".join(forms)
 
-    def _not_sent(
+    async def _not_sent(
         self,
         request: IRequest,
-        csrf: str,
+        session: Session,
         raw: bytes,
         envelope: Envelope,
         form: SubmittedForm,
@@ -1058,6 +1143,9 @@ class Portal:
         status: int,
     ) -> bytes:
         """The problem, in words, and the forms again with what the reader typed."""
+        choices = await self._render(
+            session, reply.reply_choices, raw, envelope.recipient, self.settings
+        )
         request.setResponseCode(status)
         _ = self._t(request)
         mode = form.one("mode")
@@ -1068,7 +1156,7 @@ class Portal:
             f'<div class="card"><p class="error" role="alert">{_e(problem)}</p>{again}'
             f'<p><a href="/read">{_("Back to the message")}</a></p></div>'
             + self._reply_forms(
-                _, csrf, raw, envelope.recipient, mode, form.one("text"), form.one("to", 2000)
+                _, session.csrf, choices, mode, form.one("text"), form.one("to", 2000)
             )
         )
         return self._page(request, _("Not sent"), body)
@@ -1312,13 +1400,12 @@ def form_arg(request: IRequest, name: bytes, limit: int = 200) -> str:
     return values[0].decode("utf-8", "replace")[:limit]
 
 
-def _data_url(raw: bytes, content_id: str) -> str:
-    """An inline picture as a data: URL (raster images only; nothing else is inlined)."""
-    part = render.inline_part(raw, content_id)
-    if part is None:
-        return ""
-    content_type, data = part
-    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+def _reading(
+    raw: bytes, reader: str, settings: Settings
+) -> tuple[render.ReadableMessage, tuple[bool, bool]]:
+    """What the reading page shows of a letter, and the reply choices: one thread's work."""
+    message = render.read_message(raw, cid_url=lambda cid: "/read/cid/" + _url_part(cid))
+    return message, reply.reply_choices(raw, reader, settings)
 
 
 def _url_part(text: str) -> str:
@@ -1435,12 +1522,13 @@ def parse_multipart(body: bytes, content_type: bytes) -> SubmittedForm:
 
 
 def _header_params(head: bytes) -> Message:
-    """A part's header lines, in a Message for its parameter parsing (RFC 2231 included)."""
+    """A part's header lines, in a Message for its parameter parsing (RFC 2231 included;
+    only in text charsets, L{mime.neutralise_labels}: the label names the codec used)."""
     headers = Message()
     for line in _text(head).split("\r\n"):
         key, colon, value = line.partition(":")
         if colon and key.strip():
-            headers[key.strip()] = value.strip()
+            headers[key.strip()] = mime.neutralise_labels(value.strip())
     return headers
 
 

@@ -6,26 +6,36 @@ serves it in a sandboxed iframe under C{Content-Security-Policy: sandbox; defaul
 the two are independent layers, so a gap in one is not a hole. Remote images are dropped
 unless the reader asks for them, so that opening a message does not tell the sender.
 Nothing here does I/O and nothing raises for a malformed message: a reader must always be
-able to see what arrived.
+able to see what arrived. What a hostile message can make cost is bounded: the parse stops
+at L{secmail.mime}'s limits (L{MessageTooComplex}, the one exception), text is decoded only
+with text charsets, and an HTML body too large or too deeply nested for the sanitiser is cut
+or shown as text (L{ReadableMessage.incomplete}). The functions are CPU work for a thread.
 """
 
 from __future__ import annotations
 
-import email.policy
+import base64
+import html as html_entities
 import mimetypes
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from urllib.parse import quote, unquote
 
 import nh3
 
+from secmail import mime
+from secmail.mime import MessageTooComplex
+
 __all__ = [
+    "MAX_HTML_CHARS",
+    "MAX_HTML_DEPTH",
+    "MAX_INLINE_BYTES",
+    "MAX_TEXT_CHARS",
     "Attachment",
+    "MessageTooComplex",
     "ReadableMessage",
     "attachment_bytes",
     "content_disposition",
@@ -56,6 +66,18 @@ class ReadableMessage:
     html: str | None  # the sanitised HTML body; None if there is none
     has_remote_images: bool  # remote images were referenced and blocked
     attachments: tuple[Attachment, ...]
+    incomplete: bool = False  # a body was cut, or its HTML was too complex and is shown as text
+
+
+#: Characters of an HTML body given to the sanitiser; the rest is cut off.
+MAX_HTML_CHARS = 2_000_000
+#: Elements open inside each other in an HTML body. The sanitiser's time grows with the
+#: square of the depth (100,000 nested <div>s take minutes): deeper HTML is shown as text.
+MAX_HTML_DEPTH = 200
+#: Characters of a text body shown; the rest is cut off.
+MAX_TEXT_CHARS = 2_000_000
+#: Characters of data: URLs (inline pictures) put into one HTML body.
+MAX_INLINE_BYTES = 10_000_000
 
 
 def _default_cid_url(cid: str) -> str:
@@ -222,7 +244,7 @@ def _decoded_filename(part: Message) -> str | None:
     try:
         for key, value in part.raw_items():
             if key.lower() in ("content-disposition", "content-type"):
-                lenient[key] = _unsurrogate(str(value))
+                lenient[key] = mime.neutralise_labels(_unsurrogate(str(value)))
         name = lenient.get_filename()
     except Exception:
         name = None
@@ -235,10 +257,7 @@ def _decoded_filename(part: Message) -> str | None:
         return None
     name = _unsurrogate(str(name))
     if "=?" in name:  # an encoded word where it does not belong, as some mailers write it
-        try:
-            name = str(make_header(decode_header(name)))
-        except Exception:  # noqa: S110 - keep the name as it came
-            pass
+        name = mime.decode_words(name)
     return name
 
 
@@ -261,12 +280,11 @@ def content_disposition(filename: str) -> str:
 
 # --- MIME structure --------------------------------------------------------------------
 
-_PARSER = BytesParser(policy=email.policy.default)
 # Write an attached message back out with its headers as they came, not refolded, and
 # with the line ending the whole message used.
 _AS_RECEIVED = {
-    "\n": email.policy.default.clone(refold_source="none"),
-    "\r\n": email.policy.default.clone(refold_source="none", linesep="\r\n"),
+    "\n": mime.POLICY.clone(refold_source="none"),
+    "\r\n": mime.POLICY.clone(refold_source="none", linesep="\r\n"),
 }
 _INLINE_IMAGE_TYPES = frozenset(
     {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/avif"}
@@ -274,8 +292,14 @@ _INLINE_IMAGE_TYPES = frozenset(
 
 
 def _parse(raw: bytes) -> EmailMessage | None:
+    """The message, or None if the parser fails on it.
+
+    @raise MessageTooComplex: beyond the parser's limits (nesting, parts, header lines).
+    """
     try:
-        message = _PARSER.parsebytes(raw)
+        message = mime.parse(raw)
+    except MessageTooComplex:
+        raise
     except Exception:
         return None
     return message if isinstance(message, EmailMessage) else None
@@ -322,23 +346,15 @@ def _content_type(part: Message) -> str:
         return "application/octet-stream"
 
 
-_ASCII_CHARSETS = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "iso-646-us"})
-
-
 def _text_of(part: Message) -> str:
-    """A text part as str. Missing or unknown charsets, and 8-bit text labelled ASCII
-    (a common mislabel), are read as UTF-8; bad bytes become U+FFFD."""
+    """A text part as str. Missing, unknown and non-text charsets, and 8-bit text labelled
+    ASCII (a common mislabel), are read as UTF-8; bad bytes become U+FFFD."""
     data = _payload_bytes(part)
     try:
         charset = part.get_content_charset()
     except Exception:
         charset = None
-    if charset and charset not in _ASCII_CHARSETS:
-        try:
-            return data.decode(charset, errors="replace")
-        except Exception:  # noqa: S110 - not a text codec: UTF-8 below
-            pass
-    return data.decode("utf-8", errors="replace")
+    return mime.decode_text(data, charset)
 
 
 def _line_ending(raw: bytes) -> str:
@@ -410,11 +426,70 @@ def _attachment(part: Message, index: int, raw: bytes) -> tuple[Attachment, byte
     return Attachment(index, name, content_type, len(data)), data
 
 
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]{0,40})[^<>]*?(/?)>")
+# Elements that have no end, or that the next one of their kind closes.
+_NOT_NESTING = frozenset(
+    {
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+        "param", "source", "track", "wbr", "p", "li", "dt", "dd", "tr", "td", "th",
+        "option", "optgroup", "thead", "tbody", "tfoot", "colgroup", "rb", "rt", "rp",
+    }
+)  # fmt: skip
+
+
+def _html_depth(html: str) -> int:
+    """How deeply elements nest, counted from the tags: a bound on the parser's stack.
+
+    An end tag closes only an open element of its name (the parser ignores the others),
+    so the count is never lower than the parser's; it may be higher for sloppy HTML."""
+    open_: dict[str, int] = {}
+    depth = deepest = 0
+    for match in _HTML_TAG.finditer(html):
+        name = match.group(2).lower()
+        if name in _NOT_NESTING:
+            continue
+        if match.group(1):
+            if open_.get(name):
+                open_[name] -= 1
+                depth -= 1
+        elif not match.group(3):
+            open_[name] = open_.get(name, 0) + 1
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+def _as_text(html: str) -> str:
+    """What an HTML body says, without its markup: for HTML too complex to sanitise."""
+    text = re.sub(r"(?i)<br\s*/?>|</(?:p|div|tr|li|h[1-6]|blockquote|pre|table)\s*>", "\n", html)
+    return html_entities.unescape(re.sub(r"<[^<>]*>", "", text))
+
+
+@dataclass
+class _HtmlBody:
+    sanitised: _Sanitised | None  # None: too complex to sanitise, shown as text instead
+    text: str  # the body as text when it is not sanitised
+    cut: bool  # longer than MAX_HTML_CHARS: the rest is left out
+
+
+def _html_body(
+    html_part: Message, load_remote_images: bool, cid_url: Callable[[str], str]
+) -> _HtmlBody:
+    """The HTML body within the sanitiser's limits: cut to size, or as text if too deep."""
+    source = _text_of(html_part)
+    cut = len(source) > MAX_HTML_CHARS
+    source = source[:MAX_HTML_CHARS]
+    if _html_depth(source) > MAX_HTML_DEPTH:
+        return _HtmlBody(None, _as_text(source), cut)
+    sanitised = _sanitise(source, load_remote_images=load_remote_images, cid_url=cid_url)
+    return _HtmlBody(sanitised, "", cut)
+
+
 def _referenced_content_ids(html_part: Message | None) -> frozenset[str]:
     if html_part is None:
         return frozenset()
-    sanitised = _sanitise(_text_of(html_part), load_remote_images=False, cid_url=_default_cid_url)
-    return sanitised.content_ids
+    body = _html_body(html_part, False, _default_cid_url)
+    return frozenset() if body.sanitised is None else body.sanitised.content_ids
 
 
 # --- headers ---------------------------------------------------------------------------
@@ -424,11 +499,7 @@ def _raw_header(message: Message, name: str) -> str | None:
     """The header as it came, decoded by hand: for when the structured parser gives up."""
     for key, value in message.raw_items():
         if key.lower() == name.lower():
-            text = str(value)
-            try:
-                return str(make_header(decode_header(text)))
-            except Exception:
-                return text
+            return mime.decode_words(str(value))
     return None
 
 
@@ -481,19 +552,52 @@ def read_message(
     *,
     load_remote_images: bool = False,
     cid_url: Callable[[str], str] = _default_cid_url,
+    inline_images: bool = False,
 ) -> ReadableMessage:
     """Everything the reading page shows. Never raises for a malformed message.
 
     C{cid_url} maps a Content-ID (percent-decoded, without angle brackets) to the URL
-    that serves it through L{inline_part}.
+    that serves it through L{inline_part}. With C{inline_images}, the pictures are put
+    into the HTML as data: URLs instead (at most L{MAX_INLINE_BYTES} in all), from this
+    one parse: for a frame that cannot fetch them.
+
+    @raise MessageTooComplex: beyond the parser's limits; the reader can still save it.
     """
     message = _parse(raw)
     if message is None:
         return _unreadable(raw, None)
     try:
+        if inline_images:
+            cid_url = _data_urls(message)
         return _readable(message, raw, load_remote_images, cid_url)
     except Exception:
         return _unreadable(raw, message)
+
+
+def _data_urls(message: EmailMessage) -> Callable[[str], str]:
+    """Content-ID → data: URL of the message's raster picture with that id, or ""."""
+    pictures: dict[str, Message] = {}
+    for part, _ in _leaves(message):
+        cid = _content_id(part)
+        if cid is not None and cid not in pictures and _content_type(part) in _INLINE_IMAGE_TYPES:
+            pictures[cid] = part
+    urls: dict[str, str] = {}
+    budget = [MAX_INLINE_BYTES]
+
+    def data_url(cid: str) -> str:
+        cid = cid.strip().strip("<>").strip()
+        part = pictures.get(cid)
+        if part is None:
+            return ""
+        if cid not in urls:  # each picture encoded once, however often it is used
+            encoded = base64.b64encode(_payload_bytes(part)).decode("ascii")
+            urls[cid] = f"data:{_content_type(part)};base64,{encoded}"
+        if len(urls[cid]) > budget[0]:
+            return ""
+        budget[0] -= len(urls[cid])
+        return urls[cid]
+
+    return data_url
 
 
 def _unreadable(raw: bytes, message: EmailMessage | None) -> ReadableMessage:
@@ -502,6 +606,7 @@ def _unreadable(raw: bytes, message: EmailMessage | None) -> ReadableMessage:
     def header(name: str) -> str | None:
         return None if message is None else _header(message, name)
 
+    text = _raw_text(raw)
     return ReadableMessage(
         subject=header("Subject") or "",
         from_=header("From") or "",
@@ -510,10 +615,11 @@ def _unreadable(raw: bytes, message: EmailMessage | None) -> ReadableMessage:
         date=header("Date") or "",
         message_id=header("Message-ID"),
         references=header("References"),
-        text=_raw_text(raw),
+        text=text[:MAX_TEXT_CHARS],
         html=None,
         has_remote_images=False,
         attachments=(),
+        incomplete=len(text) > MAX_TEXT_CHARS,
     )
 
 
@@ -525,20 +631,28 @@ def _readable(
 ) -> ReadableMessage:
     html_part = _body(message, "html")
     html: str | None = None
+    html_as_text: str | None = None
     has_remote_images = False
+    incomplete = False
     referenced: frozenset[str] = frozenset()
     if html_part is not None:
-        sanitised = _sanitise(
-            _text_of(html_part), load_remote_images=load_remote_images, cid_url=cid_url
-        )
-        html, has_remote_images = sanitised.html, sanitised.has_remote_images
-        referenced = sanitised.content_ids
+        body = _html_body(html_part, load_remote_images, cid_url)
+        incomplete = body.cut
+        if body.sanitised is None:
+            html_as_text, incomplete = body.text, True
+        else:
+            html, has_remote_images = body.sanitised.html, body.sanitised.has_remote_images
+            referenced = body.sanitised.content_ids
     parts = _attachment_parts(message, referenced)
     attachments = tuple(_attachment(part, i, raw)[0] for i, part in enumerate(parts))
     text_part = _body(message, "plain")
     text = None if text_part is None else _lines(_text_of(text_part))
+    if text is None:
+        text = html_as_text
     if text is None and html is None and not attachments:
         text = _raw_text(raw)
+    if text is not None and len(text) > MAX_TEXT_CHARS:
+        text, incomplete = text[:MAX_TEXT_CHARS], True
     return ReadableMessage(
         subject=_header(message, "Subject") or "",
         from_=_header(message, "From") or "",
@@ -551,6 +665,7 @@ def _readable(
         html=html,
         has_remote_images=has_remote_images,
         attachments=attachments,
+        incomplete=incomplete,
     )
 
 
@@ -558,6 +673,7 @@ def attachment_bytes(raw: bytes, index: int) -> tuple[Attachment, bytes]:
     """The attachment listed at C{index} by L{read_message}, and its decoded bytes.
 
     @raise IndexError: there is no such attachment.
+    @raise MessageTooComplex: beyond the parser's limits.
     """
     message = _parse(raw)
     if message is None or index < 0:
@@ -567,7 +683,10 @@ def attachment_bytes(raw: bytes, index: int) -> tuple[Attachment, bytes]:
 
 
 def inline_part(raw: bytes, content_id: str) -> tuple[str, bytes] | None:
-    """The image a C{cid:} URL names, or None. Raster images only: SVG can carry script."""
+    """The image a C{cid:} URL names, or None. Raster images only: SVG can carry script.
+
+    @raise MessageTooComplex: beyond the parser's limits.
+    """
     message = _parse(raw)
     if message is None:
         return None

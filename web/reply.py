@@ -30,12 +30,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from email.utils import format_datetime, getaddresses
 from email.utils import make_msgid as email_make_msgid
 
 import nh3
 
+from secmail import mime
 from secmail.address import (
     AddressError,
     DestinationError,
@@ -77,7 +77,6 @@ MAX_NAME_CHARS = 78
 MAX_REFERENCES = 20
 
 _SMTP = email.policy.SMTP
-_PARSER = BytesParser(policy=email.policy.default)
 _MESSAGE_ID = re.compile(r"<[^<>\s@]{1,200}@[^<>\s@]{1,200}>")
 _CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 _REPLY_PREFIX = re.compile(r"re(\[\d+\])?\s*:", re.IGNORECASE)
@@ -183,8 +182,10 @@ def _gateway_addresses(settings: Settings) -> set[str]:
 
 
 def _parse(raw: bytes) -> Message:
+    """The original's header fields (all a reply needs of it), read within the parser's
+    limits and honouring only text charsets (L{secmail.mime})."""
     try:
-        return _PARSER.parsebytes(raw)
+        return mime.parse(raw, headers_only=True)
     except Exception:
         return Message()
 
@@ -340,7 +341,8 @@ def build_reply(
 
     C{reader} is the verified address the letter was for; C{reader_original} the form in
     which the sender wrote it (marked or not). Raises L{ReplyError} with a sentence for the
-    reader when the mail cannot go.
+    reader when the mail cannot go, and L{render.MessageTooComplex} when the original is
+    beyond the parser's limits. CPU work: the portal runs it on its thread pool.
     """
     if mode not in MODES:
         raise ReplyError("Choose Reply, Reply all or Forward.")

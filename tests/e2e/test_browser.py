@@ -175,11 +175,15 @@ class Letter:
     png: bytes
 
 
-def send_marked(gateway: Gateway, internet: SmtpSink, recipient: str, message: EmailMessage) -> str:
+def send_marked(
+    gateway: Gateway, internet: SmtpSink, recipient: str, message: EmailMessage | bytes
+) -> str:
     """Send C{message} to C{recipient}.s and return the link from its (new) notification."""
     is_notification = notification_for(gateway, recipient)
     before = len([m for m in internet.messages() if is_notification(m)])
-    gateway.send(SENDER, [recipient + ".s"], message.as_bytes(policy=email.policy.SMTP))
+    if isinstance(message, EmailMessage):
+        message = message.as_bytes(policy=email.policy.SMTP)
+    gateway.send(SENDER, [recipient + ".s"], message)
     notifications = internet.wait_for(
         lambda ms: [m for m in ms if is_notification(m)][before:],
         what=f"the notification to {recipient}",
@@ -506,6 +510,45 @@ def test_browsing_causes_no_server_error(
     assert server_errors == [], server_errors
     assert "Portal request failed" not in log, gateway.tail()
     assert gateway.portal_get("/no/such/page").status == 404
+
+
+def test_hostile_letters_are_shown_safely(
+    gateway: Gateway, internet: SmtpSink, contexts: Contexts
+) -> None:
+    """A letter declared in punycode shows its text as it came (not decoded by that codec),
+    and one nested 600 deep gets a "too complex" page with the .eml: no 5xx, no traceback."""
+    recipient = unique("hostile") + "@partner.example"
+    head = (
+        f"From: Alice Sender <{SENDER}>\r\nTo: {recipient}\r\n"
+        "Date: Mon, 02 Mar 2026 10:00:00 +0000\r\n"
+    ).encode()
+    # Punycode would keep what comes before the last "-" and make something else of the rest.
+    body = b"Punycode7741\r\n" + (b"a" * 70 + b"-\r\n") * 3000 + b"End5521\r\n"
+    punycode = head + b"Subject: Declared punycode\r\n"
+    punycode += b"Content-Type: text/plain; charset=punycode\r\n\r\n" + body
+    deep = b"Content-Type: text/plain\r\n\r\nDeepText3318\r\n"
+    for _ in range(600):
+        deep = b"Content-Type: message/rfc822\r\n\r\n" + deep
+    deep = head + b"Subject: Nested deep\r\n" + deep
+    start = len(gateway.log_text())
+
+    page = contexts.page()
+    open_letter(page, send_marked(gateway, internet, recipient, punycode))
+    pw_expect(page.get_by_role("heading", name="Declared punycode")).to_be_visible()
+    pw_expect(page.locator("pre")).to_contain_text("Punycode7741\n" + "a" * 70 + "-\n")
+    pw_expect(page.locator("pre")).to_contain_text("a-\nEnd5521")
+
+    page = contexts.page()
+    open_letter(page, send_marked(gateway, internet, recipient, deep))
+    pw_expect(page.get_by_role("heading", name="Message too complex to show")).to_be_visible()
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Save the whole message (.eml)").click()
+    assert b"DeepText3318" in Path(info.value.path()).read_bytes()
+
+    log = gateway.log_text()[start:]
+    assert re.findall(r'"[A-Z]+ [^"]*" 5\d\d .*', log) == []
+    assert "Traceback" not in log and "Portal request failed" not in log, gateway.tail()
+    assert "is too complex to show: parts nested more than 20 deep" in log, gateway.tail()
 
 
 # --- replying from the portal, and writing in (D-Compose) --------------------------------
