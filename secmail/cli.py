@@ -83,8 +83,37 @@ def _wait(coroutine: Coroutine[Any, Any, T]) -> T:
     return results[0]
 
 
+def _config_path(args: argparse.Namespace) -> str | None:
+    """C{--config} wherever it was given, else L{config.DEFAULT_FILE} when it exists."""
+    return getattr(args, "config", None) or config.default_path()
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    return config.load(_config_path(args))
+
+
+def _source(path: str | None) -> str:
+    return f"from {path}" if path else "from the embedded defaults"
+
+
 @contextmanager
-def _open_db(settings: config.Settings) -> Iterator[BlockingDatabase]:
+def _open_db(args: argparse.Namespace, settings: config.Settings) -> Iterator[BlockingDatabase]:
+    """
+    The gateway's database. A command never makes a new, empty one: the answer "the queue is
+    empty" about a database the gateway does not use would mislead, so a database that is
+    not there (or holds no secmail tables) is an error naming where it was looked for.
+    """
+    engine = engine_for(settings.store.database)
+    try:
+        present = engine.has_schema()
+    except (sqlite3.Error, psycopg.Error) as e:
+        raise CommandError(f"store.database: cannot open {engine.describe()}: {e}") from None
+    if not present:
+        raise CommandError(
+            f"no secmail database at {engine.describe()} (store.database "
+            f"{_source(_config_path(args))}): start the gateway once with this configuration, "
+            "or name the file it runs with: secmail --config FILE ..."
+        )
     try:
         db = BlockingDatabase(settings.store.database)
     except StoreUnavailable as e:
@@ -102,15 +131,15 @@ _NO_KEY = b"\0" * 32
 
 
 @contextmanager
-def _open_store(path: str | None) -> Iterator[MessageStore]:
-    with _open_db(config.load(path)) as db:
+def _open_store(args: argparse.Namespace) -> Iterator[MessageStore]:
+    with _open_db(args, _settings(args)) as db:
         yield MessageStore(db, MasterKey(_NO_KEY))
 
 
 @contextmanager
-def _open_phones(path: str | None) -> Iterator[tuple[config.Settings, SmsStore]]:
-    settings = config.load(path)
-    with _open_db(settings) as db:
+def _open_phones(args: argparse.Namespace) -> Iterator[tuple[config.Settings, SmsStore]]:
+    settings = _settings(args)
+    with _open_db(args, settings) as db:
         yield settings, SmsStore(db, _NO_KEY)
 
 
@@ -130,7 +159,8 @@ def _number(text: str, settings: config.Settings) -> str:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    settings = config.load(args.file)
+    path = args.file or _config_path(args)
+    settings = config.load(path)
     if settings.sms.order:
         from web.pin import pin_text_problems
 
@@ -138,7 +168,7 @@ def check_config(args: argparse.Namespace) -> int:
             raise CommandError(problem)
     for line in config.describe(settings):
         print(line)
-    print(f"{args.file}: OK", file=sys.stderr)
+    print(f"{path or '(embedded defaults)'}: OK", file=sys.stderr)
     return 0
 
 
@@ -154,7 +184,7 @@ QUARANTINE_HINT = (
 
 
 def queue_list(args: argparse.Namespace) -> int:
-    with _open_store(args.config) as store:
+    with _open_store(args) as store:
         items = _wait(store.queue_list())
     quarantined = sum(1 for item in items if item.quarantined is not None)
     if args.quarantined:
@@ -185,7 +215,7 @@ def queue_list(args: argparse.Namespace) -> int:
 
 
 def queue_retry(args: argparse.Namespace) -> int:
-    with _open_store(args.config) as store:
+    with _open_store(args) as store:
         item = _wait(store.queue_retry(args.id, int(time.time())))
     if item is None:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
@@ -197,7 +227,7 @@ def queue_retry(args: argparse.Namespace) -> int:
 
 
 def queue_delete(args: argparse.Namespace) -> int:
-    with _open_store(args.config) as store:
+    with _open_store(args) as store:
         deleted = _wait(store.queue_delete(args.id, int(time.time())))
     if not deleted:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
@@ -206,7 +236,7 @@ def queue_delete(args: argparse.Namespace) -> int:
 
 
 def phones_add(args: argparse.Namespace) -> int:
-    with _open_phones(args.config) as (settings, phones):
+    with _open_phones(args) as (settings, phones):
         address = _address(args.address)
         number = _number(args.number, settings)
         new = _wait(phones.set_phone(address, number, int(time.time())))
@@ -215,7 +245,7 @@ def phones_add(args: argparse.Namespace) -> int:
 
 
 def phones_list(args: argparse.Namespace) -> int:
-    with _open_phones(args.config) as (_, phones):
+    with _open_phones(args) as (_, phones):
         entries = _wait(phones.phones())
     if not entries:
         print("The phone directory is empty.")
@@ -228,7 +258,7 @@ def phones_list(args: argparse.Namespace) -> int:
 
 
 def phones_remove(args: argparse.Namespace) -> int:
-    with _open_phones(args.config) as (_, phones):
+    with _open_phones(args) as (_, phones):
         address = _address(args.address)
         removed = _wait(phones.remove_phone(address))
     if not removed:
@@ -238,7 +268,7 @@ def phones_remove(args: argparse.Namespace) -> int:
 
 
 def sms_outbox(args: argparse.Namespace) -> int:
-    with _open_phones(args.config) as (_, store):
+    with _open_phones(args) as (_, store):
         rows = _wait(store.outbox())
     if not rows:
         print("The SMS outbox is empty.")
@@ -256,7 +286,7 @@ def sms_outbox(args: argparse.Namespace) -> int:
 
 def sms_test(args: argparse.Namespace) -> int:
     """Send a test SMS through each configured backend on its own; report each result."""
-    settings = config.load(args.config)
+    settings = _settings(args)
     if not settings.sms.order:
         raise CommandError("sms.order is empty: no SMS backend is configured")
     number = _number(args.number, settings)
@@ -265,7 +295,7 @@ def sms_test(args: argparse.Namespace) -> int:
 
     async def send_mail(to: str, content: bytes) -> None:
         master = load_key_file(settings.store.master_key_file)
-        with _open_db(settings) as db:
+        with _open_db(args, settings) as db:
             # Seal like the gateways do: with a key every running node holds.
             now = int(time.time())
             nodes = [n for n in _wait(KeyStore(db).nodes()) if n.seen >= now - NODE_LIVE]
@@ -339,7 +369,7 @@ def keys_generate(args: argparse.Namespace) -> int:
 
 def keys_rotate(args: argparse.Namespace) -> int:
     """A new current key first in the ring; the running gateways do the rest."""
-    settings = config.load(args.config)
+    settings = _settings(args)
     path = settings.store.master_key_file
     try:
         master, previous = rotate_key_file(path)
@@ -357,10 +387,10 @@ def keys_rotate(args: argparse.Namespace) -> int:
 
 def keys_status(args: argparse.Namespace) -> int:
     """The ring's keys, what each still protects, and which keys each node holds."""
-    settings = config.load(args.config)
+    settings = _settings(args)
     master = load_key_file(settings.store.master_key_file)
     now = int(time.time())
-    with _open_db(settings) as db:
+    with _open_db(args, settings) as db:
         keys = KeyStore(db)
         usage = _wait(keys.usage(now))
         nodes = _wait(keys.nodes())
@@ -403,7 +433,7 @@ def keys_status(args: argparse.Namespace) -> int:
 
 def keys_retire(args: argparse.Namespace) -> int:
     """Remove a retired key from the ring, only when nothing uses it."""
-    settings = config.load(args.config)
+    settings = _settings(args)
     path = settings.store.master_key_file
     master = load_key_file(path)
     if args.key_id not in master.key_ids:
@@ -413,7 +443,7 @@ def keys_retire(args: argparse.Namespace) -> int:
             f"key {args.key_id} is the current key; rotate first (secmail keys rotate)"
         )
     now = int(time.time())
-    with _open_db(settings) as db:
+    with _open_db(args, settings) as db:
         keys = KeyStore(db)
         problems = retire_problems(args.key_id, _wait(keys.usage(now)), _wait(keys.nodes()), now)
     if problems:
@@ -427,69 +457,98 @@ def keys_retire(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_HELP = (
+    f"the configuration file (default: {config.DEFAULT_FILE} when it exists, else the "
+    "embedded defaults); may stand before or after the command"
+)
+
+
 def parser() -> argparse.ArgumentParser:
+    """
+    C{--config FILE} is taken before the command and after it, at every level
+    (C{secmail --config F sms test N}, C{secmail sms test --config F N}): below the top
+    its default is SUPPRESS, so that a level where it is not given keeps the one given above.
+    """
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument(
+        "--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP
+    )
+    own = [config_option]
     p = argparse.ArgumentParser(prog="secmail", description="secmail gateway administration")
     p.add_argument("--version", action="version", version=f"secmail {secmail.__version__}")
+    p.add_argument("--config", "-c", metavar="FILE", default=None, help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("check-config", help="validate a configuration file and print its settings")
-    c.add_argument("file")
+    c = sub.add_parser(
+        "check-config", parents=own, help="validate a configuration file and print its settings"
+    )
+    c.add_argument("file", nargs="?", default=None, help="the file (default: as --config)")
     c.set_defaults(run=check_config)
 
-    q = sub.add_parser("queue", help="list, retry or delete outbound queue rows")
-    q.add_argument("--config", "-c", default=None, help="configuration file")
+    q = sub.add_parser("queue", parents=own, help="list, retry or delete outbound queue rows")
     qsub = q.add_subparsers(dest="action", required=True)
-    ql = qsub.add_parser("list", help="show every queued delivery, quarantined ones too")
+    ql = qsub.add_parser(
+        "list", parents=own, help="show every queued delivery, quarantined ones too"
+    )
     ql.add_argument(
         "--quarantined", action="store_true", help="only rows whose message cannot be read"
     )
     ql.set_defaults(run=queue_list)
     r = qsub.add_parser(
-        "retry", help="try a queued delivery at the next scan (takes it out of quarantine)"
+        "retry",
+        parents=own,
+        help="try a queued delivery at the next scan (takes it out of quarantine)",
     )
     r.add_argument("id", type=int)
     r.set_defaults(run=queue_retry)
-    d = qsub.add_parser("delete", help="drop a queued delivery without bouncing it")
+    d = qsub.add_parser("delete", parents=own, help="drop a queued delivery without bouncing it")
     d.add_argument("id", type=int)
     d.set_defaults(run=queue_delete)
 
-    ph = sub.add_parser("phones", help="the phone directory for addresses without a number")
-    ph.add_argument("--config", "-c", default=None, help="configuration file")
+    ph = sub.add_parser(
+        "phones", parents=own, help="the phone directory for addresses without a number"
+    )
     phsub = ph.add_subparsers(dest="action", required=True)
-    a = phsub.add_parser("add", help="add or change an address's number")
+    a = phsub.add_parser("add", parents=own, help="add or change an address's number")
     a.add_argument("address")
     a.add_argument(
         "number", help="+358 40 1234567, or 040 1234567 with secure.default_country_code"
     )
     a.set_defaults(run=phones_add)
-    phsub.add_parser("list", help="show the directory").set_defaults(run=phones_list)
-    rm = phsub.add_parser("remove", help="remove an address")
+    phsub.add_parser("list", parents=own, help="show the directory").set_defaults(run=phones_list)
+    rm = phsub.add_parser("remove", parents=own, help="remove an address")
     rm.add_argument("address")
     rm.set_defaults(run=phones_remove)
 
-    sm = sub.add_parser("sms", help="test the SMS backends, look at the SMS outbox")
-    sm.add_argument("--config", "-c", default=None, help="configuration file")
+    sm = sub.add_parser("sms", parents=own, help="test the SMS backends, look at the SMS outbox")
     smsub = sm.add_subparsers(dest="action", required=True)
-    t = smsub.add_parser("test", help="send a test SMS through each configured backend")
+    t = smsub.add_parser(
+        "test", parents=own, help="send a test SMS through each configured backend"
+    )
     t.add_argument("number")
     t.add_argument("--text", default=None, help="the text (default: a short test message)")
     t.set_defaults(run=sms_test)
-    smsub.add_parser("outbox", help="show SMS waiting to be sent").set_defaults(run=sms_outbox)
+    smsub.add_parser("outbox", parents=own, help="show SMS waiting to be sent").set_defaults(
+        run=sms_outbox
+    )
 
-    k = sub.add_parser("keys", help="master key files")
+    k = sub.add_parser("keys", parents=own, help="master key files")
     ksub = k.add_subparsers(dest="action", required=True)
     g = ksub.add_parser("generate", help="write a new master key file")
     g.add_argument("file")
     g.set_defaults(run=keys_generate)
-    ro = ksub.add_parser("rotate", help="put a new current key in the master key ring file")
-    ro.add_argument("--config", "-c", default=None, help="configuration file")
+    ro = ksub.add_parser(
+        "rotate", parents=own, help="put a new current key in the master key ring file"
+    )
     ro.set_defaults(run=keys_rotate)
-    st = ksub.add_parser("status", help="the ring's keys, what each protects, each node's keys")
-    st.add_argument("--config", "-c", default=None, help="configuration file")
+    st = ksub.add_parser(
+        "status", parents=own, help="the ring's keys, what each protects, each node's keys"
+    )
     st.set_defaults(run=keys_status)
-    rt = ksub.add_parser("retire", help="remove a key from the ring once nothing uses it")
+    rt = ksub.add_parser(
+        "retire", parents=own, help="remove a key from the ring once nothing uses it"
+    )
     rt.add_argument("key_id", help="the key id (see: secmail keys status)")
-    rt.add_argument("--config", "-c", default=None, help="configuration file")
     rt.set_defaults(run=keys_retire)
     return p
 

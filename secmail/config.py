@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from secmail.sms.http import HttpGatewaySettings
 
 DEFAULT_DATA_DIR = "secmail-data"
+#: Read by C{twistd secmail} and the C{secmail} command when no C{--config} is given and the
+#: file exists; otherwise both run on the embedded defaults.
+DEFAULT_FILE = "/etc/secmail/secmail.toml"
 #: The portal's languages (gettext catalogues in web/locale); English is built in.
 LANGUAGES = ("en", "fi", "sv")
 #: Logo formats by their first bytes. Not SVG: an SVG can carry script.
@@ -589,6 +592,11 @@ SCHEMA: dict[str, dict[str, Checker]] = {
     },
     "sms.smtp": {"address": _sms_address},
 }
+
+
+def default_path() -> str | None:
+    """The configuration file used without C{--config}: L{DEFAULT_FILE} if it exists."""
+    return DEFAULT_FILE if os.path.exists(DEFAULT_FILE) else None
 
 
 def load(path: str | None) -> Settings:

@@ -67,15 +67,22 @@ class Options(usage.Options):
     synopsis = "[--config FILE]"
     longdesc = (
         "Runs the secmail gateway: the ESMTP server, the outbound queue and the HTTPS portal. "
-        "Without --config it runs on its embedded defaults (see etc/secmail.toml)."
+        f"Without --config it reads {config.DEFAULT_FILE} when that exists, else it runs on "
+        "its embedded defaults (see etc/secmail.toml)."
     )
     optParameters = [
-        ["config", "c", None, "The configuration file (TOML). Default: embedded defaults."],
+        [
+            "config",
+            "c",
+            None,
+            f"The configuration file (TOML). Default: {config.DEFAULT_FILE} when it exists, "
+            "else the embedded defaults.",
+        ],
     ]
 
     def postOptions(self) -> None:
         try:
-            self["settings"] = config.load(self["config"])
+            self["settings"] = config.load(self["config"] or config.default_path())
         except config.ConfigError as e:
             _stop(str(e))
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from secmail import cli
+from secmail import cli, config
 from secmail.crypto import MasterKey, generate_key_file, load_key_file
 from secmail.rotation import KeyRotation
 from secmail.store.database import Database
@@ -32,6 +32,11 @@ def run(argv: Sequence[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = cli.main(list(argv))
     return status, out.getvalue(), err.getvalue()
+
+
+def make_database(path: str) -> None:
+    """The database as the gateway's first start leaves it (the commands make none)."""
+    Database(SqliteEngine(path), None).prepare_blocking()
 
 
 def write(directory: str, name: str, text: str) -> str:
@@ -428,6 +433,7 @@ class PhonesCommandTests(SynchronousTestCase):
             "secmail.toml",
             f'[gateway]\ndata_dir = "{self.dir}"\n[secure]\ndefault_country_code = "358"\n',
         )
+        make_database(os.path.join(self.dir, "secmail.sqlite"))
 
     def phones(self, *args: str) -> tuple[int, str, str]:
         return run(["phones", "--config", self.config, *args])
@@ -480,6 +486,7 @@ class SmsOutboxCommandTests(TestCase):
             "secmail.toml",
             f'[gateway]\ndata_dir = "{directory}"\n[store]\ndatabase = "sqlite:{db_path}"\n',
         )
+        make_database(db_path)
         self.assertEqual(
             run(["sms", "--config", config, "outbox"])[1], "The SMS outbox is empty.\n"
         )
@@ -552,3 +559,86 @@ class VersionTests(SynchronousTestCase):
             cli.main(["--version"])
         self.assertEqual(raised.exception.code, 0)
         self.assertEqual(out.getvalue().strip(), f"secmail {secmail.__version__}")
+
+
+class ConfigOptionTests(SynchronousTestCase):
+    """--config in the same place everywhere, one default file, and no database made."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="secmail-cli-")
+        self.db_path = os.path.join(self.dir, "secmail.sqlite")
+        self.config = write(
+            self.dir,
+            "secmail.toml",
+            f'[gateway]\ndata_dir = "{self.dir}"\n[secure]\ndefault_country_code = "358"\n',
+        )
+
+    def test_missing_database_is_named_not_made(self) -> None:
+        """A command that reads the queue, directory or outbox makes no new empty database."""
+        for command in (["queue", "list"], ["phones", "list"], ["sms", "outbox"]):
+            status, out, err = run(["--config", self.config, *command])
+            self.assertEqual((status, out), (1, ""), command)
+            self.assertEqual(
+                err,
+                f"secmail: no secmail database at sqlite:{self.db_path} (store.database from "
+                f"{self.config}): start the gateway once with this configuration, or name the "
+                "file it runs with: secmail --config FILE ...\n",
+            )
+            self.assertFalse(os.path.exists(self.db_path), command)
+
+    def test_config_before_or_after_the_command(self) -> None:
+        """--config FILE works before the command, after it and after the subcommand."""
+        make_database(self.db_path)
+        run(["phones", "--config", self.config, "add", "bob@partner.example", "0401234567"])
+        for argv in (
+            ["--config", self.config, "phones", "list"],
+            ["-c", self.config, "phones", "list"],
+            ["phones", "--config", self.config, "list"],
+            ["phones", "list", "--config", self.config],
+            ["phones", "list", "-c", self.config],
+        ):
+            status, out, err = run(argv)
+            self.assertEqual((status, err), (0, ""), argv)
+            self.assertIn("bob@partner.example", out, argv)
+
+    def test_sms_test_takes_config_after_the_subcommand(self) -> None:
+        """secmail sms test --config F NUMBER reads F (no usage error)."""
+        for argv in (
+            ["sms", "test", "--config", self.config, "0401234567"],
+            ["sms", "test", "0401234567", "--config", self.config],
+        ):
+            self.assertEqual(
+                run(argv), (1, "", "secmail: sms.order is empty: no SMS backend is configured\n")
+            )
+
+    def test_check_config_positional_or_option(self) -> None:
+        """check-config takes the file as its argument or as --config, in either place."""
+        for argv in (
+            ["check-config", self.config],
+            ["check-config", "--config", self.config],
+            ["--config", self.config, "check-config"],
+        ):
+            status, out, err = run(argv)
+            self.assertEqual((status, err), (0, f"{self.config}: OK\n"), argv)
+            self.assertIn(f"gateway.data_dir = '{self.dir}'", out.splitlines())
+
+    def test_default_file(self) -> None:
+        """Without --config the default file is read when it exists, else the embedded defaults."""
+        self.patch(config, "DEFAULT_FILE", self.config)
+        make_database(self.db_path)
+        run(["phones", "add", "bob@partner.example", "0401234567"])
+        status, out, _ = run(["phones", "list"])
+        self.assertEqual(status, 0)
+        self.assertIn("bob@partner.example", out)
+        self.assertEqual(run(["check-config"])[2], f"{self.config}: OK\n")
+
+        self.patch(config, "DEFAULT_FILE", os.path.join(self.dir, "absent.toml"))
+        status, _, err = run(["check-config"])
+        self.assertEqual((status, err), (0, "(embedded defaults): OK\n"))
+        cwd = os.getcwd()
+        os.chdir(self.dir)
+        self.addCleanup(os.chdir, cwd)
+        status, _, err = run(["queue", "list"])
+        self.assertEqual(status, 1)
+        self.assertIn("(store.database from the embedded defaults)", err)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "secmail-data")))

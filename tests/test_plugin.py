@@ -19,7 +19,7 @@ from twisted.plugin import getPlugins
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmail import tap
+from secmail import config, tap
 from secmail.queue import OutboundQueue
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.sms.backends import ModemService
@@ -81,6 +81,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(settings.gateway.data_dir, self.dir)
         self.assertEqual(settings.gateway.hostname, "localhost")
         self.assertEqual(settings.smtp.listen, ("tcp:12525",))
+
+    def test_default_file(self) -> None:
+        """Without --config the gateway reads the default file, as the secmail command does."""
+        self.patch(config, "DEFAULT_FILE", config_for(self.dir))
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(options["settings"].gateway.data_dir, self.dir)
+        self.patch(config, "DEFAULT_FILE", os.path.join(self.dir, "absent.toml"))
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(options["settings"].smtp.listen, ("tcp:2525:interface=127.0.0.1",))
 
     def test_bad_config(self) -> None:
         """A bad configuration stops twistd with one line on stderr and exit status 1."""

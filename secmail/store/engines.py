@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 from typing import Any, Protocol
 
 import psycopg
@@ -43,6 +44,10 @@ class Engine:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def has_schema(self) -> bool:
+        """Whether the database exists and holds secmail's tables; creates nothing."""
+        raise NotImplementedError
+
 
 class SqliteEngine(Engine):
     name = "sqlite"
@@ -68,6 +73,19 @@ class SqliteEngine(Engine):
     def describe(self) -> str:
         return f"sqlite:{self.path}"
 
+    def has_schema(self) -> bool:
+        if not os.path.isfile(self.path):
+            return False
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
+        finally:
+            conn.close()
+        return row is not None
+
 
 class PostgresEngine(Engine):
     name = "postgresql"
@@ -92,6 +110,11 @@ class PostgresEngine(Engine):
     def describe(self) -> str:
         dbname = psycopg.conninfo.conninfo_to_dict(self.dsn).get("dbname", "")
         return f"postgresql ({dbname})"
+
+    def has_schema(self) -> bool:
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT to_regclass('schema_version')").fetchone()
+        return row is not None and row[0] is not None
 
 
 def engine_for(database: str) -> Engine:
