@@ -33,9 +33,9 @@ from secmail.crypto import (
     remove_from_key_file,
     rotate_key_file,
 )
+from secmail.masking import mask_number, mask_sms_recipients
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
-from secmail.sms.http import mask_number, mask_sms_recipients
 from secmail.store.database import Database, StoreUnavailable, Txn
 from secmail.store.engines import engine_for
 from secmail.store.keys import NODE_LIVE, KeyStore, retire_problems, sealing_key

@@ -10,8 +10,8 @@ from email.message import EmailMessage
 import pytest
 
 from secmail import config
+from secmail.masking import mask_number
 from secmail.sms.gsm import is_gsm7, parts_needed
-from secmail.sms.http import mask_number
 from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
 from web.pin import (

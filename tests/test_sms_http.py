@@ -23,15 +23,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from secmail.config import ConfigError
-from secmail.sms.http import (
-    HttpGatewaySettings,
-    HttpSmsGateway,
-    SmsPermanentError,
-    SmsTemporaryError,
-    mask_number,
-    mask_sms_recipients,
-)
+from secmail.config import ConfigError, HttpGatewaySettings
+from secmail.masking import mask_number, mask_sms_recipients
+from secmail.sms.http import HttpSmsGateway, SmsPermanentError, SmsTemporaryError
 
 NUMBER = "+358401234567"
 HARD_TEXT = "ä ö å & = # + % ? / \\ \" '\nline two {to} {text}"

@@ -10,9 +10,9 @@ import html
 from datetime import UTC, datetime
 
 from secmail.config import Settings
+from secmail.masking import mask_number
 from secmail.notify import Notification, build_sender_notice
 from secmail.sms.gsm import UCS2_SINGLE_UNITS, is_gsm7, parts_needed, ucs2_units
-from secmail.sms.http import mask_number
 from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, LOCK_AFTER, PIN_LOCK_AFTER
 from web.i18n import N_, Translate, translator
