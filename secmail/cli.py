@@ -162,7 +162,7 @@ def check_config(args: argparse.Namespace) -> int:
     path = args.file or _config_path(args)
     settings = config.load(path)
     if settings.sms.order:
-        from web.pin import pin_text_problems
+        from secmail.tap import pin_text_problems  # the portal's catalogues translate
 
         for problem in pin_text_problems(settings):
             raise CommandError(problem)
