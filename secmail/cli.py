@@ -304,7 +304,9 @@ def sms_test(args: argparse.Namespace) -> int:
             _wait(MessageStore(db, master).commit([mail], int(time.time())))
 
     async def run(reactor: Any) -> None:
-        backends, services = build_backends(settings, reactor, send_mail)
+        backends, services = build_backends(
+            settings.sms, settings.gateway.notification_from, reactor, send_mail
+        )
         for service in services:
             service.startService()
         try:

@@ -317,7 +317,9 @@ def makeService(options: Options) -> IService:
     async def record(about: str, kind: str, detail: str) -> None:
         await store.add_event(about, None, kind, detail, int(reactor.seconds()))
 
-    backends, backend_services = build_backends(settings, reactor, send_mail)
+    backends, backend_services = build_backends(
+        settings.sms, settings.gateway.notification_from, reactor, send_mail
+    )
     for service in backend_services:
         service.setServiceParent(top)
     wake_outbox: Callable[[], None] = lambda: None  # noqa: E731
