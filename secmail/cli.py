@@ -33,9 +33,9 @@ from secmail.crypto import (
     remove_from_key_file,
     rotate_key_file,
 )
+from secmail.masking import mask_number, mask_sms_recipients
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
-from secmail.sms.http import mask_number, mask_sms_recipients
 from secmail.store.database import Database, StoreUnavailable, Txn
 from secmail.store.engines import engine_for
 from secmail.store.keys import NODE_LIVE, KeyStore, retire_problems, sealing_key
@@ -162,7 +162,7 @@ def check_config(args: argparse.Namespace) -> int:
     path = args.file or _config_path(args)
     settings = config.load(path)
     if settings.sms.order:
-        from web.pin import pin_text_problems
+        from secmail.tap import pin_text_problems  # the portal's catalogues translate
 
         for problem in pin_text_problems(settings):
             raise CommandError(problem)
@@ -304,7 +304,9 @@ def sms_test(args: argparse.Namespace) -> int:
             _wait(MessageStore(db, master).commit([mail], int(time.time())))
 
     async def run(reactor: Any) -> None:
-        backends, services = build_backends(settings, reactor, send_mail)
+        backends, services = build_backends(
+            settings.sms, settings.gateway.notification_from, reactor, send_mail
+        )
         for service in services:
             service.startService()
         try:

@@ -31,8 +31,8 @@ from secmail.config import Settings
 from secmail.crypto import IntegrityError, MasterKey, UnknownKeyError
 from secmail.dsn import FailedRecipient, build_dsn
 from secmail.letters import system_mail
+from secmail.masking import mask_sms_recipients
 from secmail.scanning import ScanningService
-from secmail.sms.http import mask_sms_recipients
 from secmail.smtp.client import (
     DeliveryOutcome,
     DeliveryResult,

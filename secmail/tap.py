@@ -38,6 +38,7 @@ from secmail.crypto import (
 )
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
+from secmail.sms import pin_text
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.outbox import SmsOutbox
@@ -218,6 +219,17 @@ def load_master_key(settings: config.Settings) -> Any:
     return load_key_file(path)
 
 
+def pin_text_problems(settings: config.Settings) -> list[str]:
+    """
+    Why a PIN text would not fit one SMS, in each portal language. The words come from the
+    portal's catalogues, which web/ owns: this composition root is where secmail meets web,
+    so C{secmail check-config} asks here too.
+    """
+    from web.i18n import translator
+
+    return pin_text.pin_text_problems(settings.sms, settings.portal, translator)
+
+
 def portal_endpoint(reactor: Any, description: str, tls: Any, factory: Any) -> Any:
     """An C{ssl:} endpoint without key files uses our certificate; others are used as they are."""
     if description.startswith("ssl:") and "privateKey=" not in description:
@@ -231,7 +243,6 @@ def makeService(options: Options) -> IService:
     from twisted.names import client as dns_client
 
     from web.compose import Compose
-    from web.pin import pin_text_problems
     from web.portal import Portal, make_site
 
     settings: config.Settings = options["settings"]
@@ -306,7 +317,9 @@ def makeService(options: Options) -> IService:
     async def record(about: str, kind: str, detail: str) -> None:
         await store.add_event(about, None, kind, detail, int(reactor.seconds()))
 
-    backends, backend_services = build_backends(settings, reactor, send_mail)
+    backends, backend_services = build_backends(
+        settings.sms, settings.gateway.notification_from, reactor, send_mail
+    )
     for service in backend_services:
         service.setServiceParent(top)
     wake_outbox: Callable[[], None] = lambda: None  # noqa: E731

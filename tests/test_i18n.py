@@ -19,7 +19,12 @@ from web import i18n
 from web.portal import Portal
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "web" / "portal.py", ROOT / "web" / "compose.py", ROOT / "web" / "pin.py"]
+SOURCES = [
+    ROOT / "web" / "portal.py",
+    ROOT / "web" / "compose.py",
+    ROOT / "web" / "pin.py",
+    ROOT / "secmail" / "sms" / "pin_text.py",
+]
 LANGUAGES = ("en", "fi", "sv")
 PHRASE = "blue heron at dawn"
 

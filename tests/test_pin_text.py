@@ -1,4 +1,7 @@
-"""The words of the PIN challenge: the SMS text per language, and the notices to a sender."""
+"""
+The words of the PIN challenge: the SMS text per language (secmail.sms.pin_text, with the
+portal's catalogues), and the notices to a sender (web.pin).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +13,15 @@ from email.message import EmailMessage
 import pytest
 
 from secmail import config
+from secmail.masking import mask_number
+from secmail.sms import pin_text
 from secmail.sms.gsm import is_gsm7, parts_needed
-from secmail.sms.http import mask_number
+from secmail.sms.pin_text import DEFAULT_PIN_TEXT
 from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
-from web.pin import (
-    DEFAULT_PIN_TEXT,
-    lock_notice,
-    pin_sms_text,
-    pin_text_problems,
-    wrong_number_notice,
-)
+from web import pin
+from web.i18n import translator
+from web.pin import lock_notice, wrong_number_notice
 
 T0 = 1_700_000_000
 NOW = datetime.fromtimestamp(T0 + 3600, UTC)
@@ -43,6 +44,15 @@ def settings(**sections: dict[str, object]) -> config.Settings:
             **sections,
         }
     )
+
+
+def pin_sms_text(s: config.Settings, language: str, code: str) -> str:
+    """The PIN SMS by the rules in secmail.sms.pin_text, in the portal's translations."""
+    return pin_text.pin_sms_text(s.sms, s.portal.brand_name, language, translator(language), code)
+
+
+def pin_text_problems(s: config.Settings) -> list[str]:
+    return pin_text.pin_text_problems(s.sms, s.portal, translator)
 
 
 def envelope(sender: str = ALICE, phone: str | None = NUMBER) -> Envelope:
@@ -116,6 +126,13 @@ def test_override_one_language() -> None:
     for language in ("en", "sv"):
         assert pin_sms_text(custom, language, PIN) == pin_sms_text(plain, language, PIN)
     assert pin_sms_text(plain, "fi", PIN) != pin_sms_text(custom, "fi", PIN)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_portal_sends_the_same_text(language: str) -> None:
+    """The portal's PIN SMS (web.pin) is the text these rules write, in its catalogues."""
+    for s in (settings(), settings(sms={"pin_text": {language: "{brand}: {pin}"}})):
+        assert pin.pin_sms_text(s, language, PIN) == pin_sms_text(s, language, PIN)
 
 
 # --- the notices to the sender ----------------------------------------------------------------

@@ -11,10 +11,10 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
+from secmail.masking import mask_number
 from secmail.sms.at import ModemError, ModemGone, ModemTimeout
 from secmail.sms.dispatch import EmailSmsBackend, SmsDispatcher
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError, classify
-from secmail.sms.http import mask_number
 
 T = TypeVar("T")
 NUMBER = "+358401234567"

@@ -23,15 +23,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from secmail.config import ConfigError
-from secmail.sms.http import (
-    HttpGatewaySettings,
-    HttpSmsGateway,
-    SmsPermanentError,
-    SmsTemporaryError,
-    mask_number,
-    mask_sms_recipients,
-)
+from secmail.config import ConfigError, HttpGatewaySettings
+from secmail.sms.http import HttpSmsGateway, SmsPermanentError, SmsTemporaryError
 
 NUMBER = "+358401234567"
 HARD_TEXT = "ä ö å & = # + % ? / \\ \" '\nline two {to} {text}"
@@ -391,31 +384,6 @@ class LogTests(SynchronousTestCase):
         self.assert_clean(events)
 
 
-class MaskTests(SynchronousTestCase):
-    def test_examples(self) -> None:
-        """Masked numbers keep the country code, two leading and two trailing digits."""
-        examples = {
-            "+358401234567": "+358 40 *** **67",
-            "+46701234567": "+46 70 *** **67",
-            "+12025550123": "+1 20 *** ***23",
-            "+4915112345678": "+49 15 *** *** *78",
-            "+35840123": "+358 ***23",
-            "+3584": "+358 ***",
-            "0401234567": "***",
-            "": "***",
-            "+358 40 123 4567": "+358 40 *** **67",
-        }
-        self.assertEqual({n: mask_number(n) for n in examples}, examples)
-
-    @given(st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True))
-    def test_never_shows_the_middle(self, number: str) -> None:
-        """At most seven of a number's digits survive masking."""
-        masked = mask_number(number)
-        self.assertLessEqual(sum(c.isdigit() for c in masked), 7)
-        self.assertIn("***", masked)
-        self.assertTrue(masked.endswith((number[-2:], "***")), masked)
-
-
 class SettingsTests(SynchronousTestCase):
     URL = "https://gw.example/send?to={to}&text={text}"
 
@@ -534,14 +502,3 @@ def test_settings_repr_hides_url_and_headers() -> None:
     shown = repr(settings) + repr(SmsSettings(order=("http",), http=settings))
     for secret in ("pw-in-url", "pw-in-query", "token-in-header"):
         assert secret not in shown
-
-
-def test_mask_sms_recipients() -> None:
-    """The number in an e-mail-to-SMS address is masked, in the address and in a reply."""
-    shown, text = mask_sms_recipients(
-        ["358401234567@sms.example", "alice@corp.example"],
-        "550 5.1.1 <358401234567@sms.example>: no such subscriber",
-    )
-    assert shown == ["+358 40 *** **67@sms.example", "alice@corp.example"]
-    assert text == "550 5.1.1 <+358 40 *** **67@sms.example>: no such subscriber"
-    assert "358401234567" not in text + "".join(shown)

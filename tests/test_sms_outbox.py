@@ -16,9 +16,9 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from secmail.masking import mask_number
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError
-from secmail.sms.http import mask_number
 from secmail.sms.outbox import (
     CONCURRENCY,
     LEASE_SECONDS,

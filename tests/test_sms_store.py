@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 import secmail.store.portal as portal_module
 from secmail.letters import system_mail
-from secmail.sms.http import mask_number
+from secmail.masking import mask_number
 from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.portal import (
     CODE_LIFETIME,

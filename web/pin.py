@@ -1,6 +1,7 @@
 """
-The words of the registered-letter PIN challenge: the SMS text in the reader's language,
-the PIN page's forms, and the notices a sender gets when a letter locks or its number is
+The words of the registered-letter PIN challenge: the SMS text in the reader's language
+(its rules in L{secmail.sms.pin_text}, translated here by the portal's catalogues), the
+PIN page's forms, and the notices a sender gets when a letter locks or its number is
 said to be wrong. The portal's routes (web/portal.py) decide; this module only writes.
 """
 
@@ -10,60 +11,19 @@ import html
 from datetime import UTC, datetime
 
 from secmail.config import Settings
+from secmail.masking import mask_number
 from secmail.notify import Notification, build_sender_notice
-from secmail.sms.gsm import UCS2_SINGLE_UNITS, is_gsm7, parts_needed, ucs2_units
-from secmail.sms.http import mask_number
+from secmail.sms import pin_text
 from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, LOCK_AFTER, PIN_LOCK_AFTER
-from web.i18n import N_, Translate, translator
-
-#: portal.brand_name's default, which the pages translate.
-DEFAULT_BRAND = N_("Secure mail")
-
-#: The built-in PIN text, translated like the pages; C{[sms] pin_text} overrides it.
-#: Kept within one SMS part (GSM 7-bit, 160 characters) in every language we ship.
-DEFAULT_PIN_TEXT = N_(
-    "{brand}: your PIN is {pin}. It works for {minutes} minutes. Do not share it."
-)
+from web.i18n import Translate, translator
 
 
 def pin_sms_text(settings: Settings, language: str, pin: str) -> str:
-    """The SMS that carries C{pin}, in C{language}."""
-    _ = translator(language)
-    template = settings.sms.pin_text.get(language) or _(DEFAULT_PIN_TEXT)
-    brand = settings.portal.brand_name
-    if brand == DEFAULT_BRAND:
-        brand = _(DEFAULT_BRAND)  # as the pages' header shows it
-    return template.format(pin=pin, minutes=CODE_LIFETIME // 60, brand=brand)
-
-
-def pin_text_problems(settings: Settings) -> list[str]:
-    """
-    Why a PIN text would not fit one SMS (160 GSM 7-bit characters, 70 others, 70 for all
-    when the HTTP gateway is told coding=2), for each portal language: a modem sends only
-    single SMS, a gateway may cut a longer one, and one part arrives fastest.
-    """
-    http = settings.sms.http
-    # Kannel's coding=2 sends every text as UCS-2, where one SMS holds 70 characters.
-    ucs2 = http is not None and "coding=2" in http.url + (http.body or "")
-    problems = []
-    for language in settings.portal.languages:
-        text = pin_sms_text(settings, language, "123456")
-        if ucs2 and ucs2_units(text) > UCS2_SINGLE_UNITS:
-            holds = "70 when sms.http sends coding=2 (UCS-2)"
-        elif parts_needed(text) > 1:
-            holds = "160" if is_gsm7(text) else "70 with letters outside GSM 7-bit"
-        else:
-            continue
-        size = f"would be {len(text)} characters and one SMS holds {holds}"
-        if language in settings.sms.pin_text:
-            problems.append(f"sms.pin_text.{language}: the SMS {size}; shorten it")
-        else:
-            problems.append(
-                f"portal.brand_name: the {language} PIN SMS {size}; shorten brand_name "
-                f"or set sms.pin_text.{language}"
-            )
-    return problems
+    """The SMS that carries C{pin}, in C{language}, translated by the portal's catalogues."""
+    return pin_text.pin_sms_text(
+        settings.sms, settings.portal.brand_name, language, translator(language), pin
+    )
 
 
 def _e(text: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.application.service import Service
 
-from secmail.config import Settings
+from secmail.config import Settings, SmsSettings
 from secmail.crypto import MasterKey
 from secmail.letters import system_mail
 from secmail.sms.at import ModemProtocol
@@ -60,10 +60,12 @@ class ModemService(Service):
 
 
 def build_backends(
-    settings: Settings, reactor: Any, send_mail: SendMail
+    sms: SmsSettings, from_address: str, reactor: Any, send_mail: SendMail
 ) -> tuple[list[SmsBackend], list[Service]]:
-    """The backends in C{sms.order}, and the services that must run for them."""
-    sms = settings.sms
+    """
+    The backends in C{sms.order}, and the services that must run for them. SMS sent as
+    e-mail come from C{from_address} (C{gateway.notification_from}).
+    """
     backends: list[SmsBackend] = []
     services: list[Service] = []
     for name in sms.order:
@@ -86,7 +88,7 @@ def build_backends(
                 EmailSmsBackend(
                     sms.smtp_address,
                     send_mail,
-                    from_address=settings.gateway.notification_from,
+                    from_address=from_address,
                 )
             )
     return backends, services

@@ -23,9 +23,9 @@ from typing import Protocol
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+from secmail.masking import mask_number
 from secmail.sms.at import ModemError
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError, classify
-from secmail.sms.http import mask_number
 
 log = Logger()
 

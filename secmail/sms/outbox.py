@@ -18,10 +18,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from secmail.masking import mask_number
 from secmail.scanning import ScanningService
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError
-from secmail.sms.http import mask_number
 from secmail.store.sms import OutboxItem, SmsStore
 
 log = Logger()

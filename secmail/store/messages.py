@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from secmail.crypto import IntegrityError, MasterKey, Opener, UnknownKeyError
-from secmail.sms.http import mask_sms_recipients
+from secmail.masking import mask_sms_recipients
 from secmail.store.database import Database, Txn
 
 

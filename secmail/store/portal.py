@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from secmail.crypto import DerivedKeys, purpose_keys
-from secmail.sms.http import mask_number
+from secmail.masking import mask_number
 from secmail.store.database import Database, Txn
 from secmail.store.messages import NewMessage, add_event_txn, insert_messages_txn
 from secmail.store.sms import SmsText, queue_sms_txn

@@ -22,7 +22,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from secmail import config
-from secmail.sms.http import HttpGatewaySettings, HttpSmsGateway, SmsPermanentError
+from secmail.config import HttpGatewaySettings
+from secmail.sms.http import HttpSmsGateway, SmsPermanentError
 from tests.e2e import kannel as kannel_module
 from tests.e2e.kannel import Kannel, kannel_running
 from web.pin import pin_sms_text
