@@ -32,7 +32,7 @@ from secmail.crypto import IntegrityError, UnknownKeyError
 from secmail.dsn import FailedRecipient, bounce_message, build_dsn
 from secmail.scanning import ScanningService
 from secmail.sms.http import mask_sms_recipients
-from secmail.smtp.client import (
+from secmail.smtp.outgoing import (
     DeliveryOutcome,
     DeliveryResult,
     PermanentDeliveryError,
@@ -63,7 +63,7 @@ class Sender(Protocol):
     """Delivers queue rows' messages over SMTP; see L{secmail.smtp.routing}."""
 
     async def send(self, item: QueueItem, content: Content) -> DeliveryResult:
-        """Send one row; raise the L{secmail.smtp.client.DeliveryError} that failed all of it."""
+        """Send one row; raise the L{secmail.smtp.outgoing.DeliveryError} that failed all of it."""
 
     async def send_many(
         self, items: Sequence[QueueItem], contents: Sequence[Content]

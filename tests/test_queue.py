@@ -27,7 +27,7 @@ from secmail.queue import (
     enhanced_status,
     session_groups,
 )
-from secmail.smtp.client import (
+from secmail.smtp.outgoing import (
     DeliveryError,
     DeliveryOutcome,
     DeliveryResult,

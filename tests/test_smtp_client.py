@@ -1,7 +1,8 @@
 """
-Tests for secmail.smtp.client: the DATA encoder, the SMTP client state machine, MX
-resolution and trying hosts in turn. No sockets: the server is played by feeding replies to
-the protocol and checking the exact bytes it writes.
+Tests for the outbound SMTP client: the DATA encoder (secmail.smtp.encoder), the client state
+machine (secmail.smtp.client on secmail.smtp.session), MX resolution (secmail.smtp.mx), the
+delivery coroutines (secmail.smtp.outbound) and routes (secmail.smtp.routing). No sockets:
+the server is played by feeding replies to the protocol and checking the exact bytes it writes.
 """
 
 from __future__ import annotations
@@ -38,24 +39,20 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from secmail.config import MX, Route
-from secmail.smtp.client import (
+from secmail.smtp.client import SmtpClientProtocol
+from secmail.smtp.encoder import DataEncoder
+from secmail.smtp.mx import resolve_mx
+from secmail.smtp.outbound import deliver, deliver_many, deliver_many_to_hosts, deliver_to_hosts
+from secmail.smtp.outgoing import (
     ClientOptions,
-    DataEncoder,
     DeliveryResult,
     OutgoingMessage,
     PermanentDeliveryError,
-    SmtpClientProtocol,
     TemporaryDeliveryError,
     Timeouts,
     TlsPolicy,
-    deliver,
-    deliver_many,
-    deliver_many_to_hosts,
-    deliver_many_via_route,
-    deliver_to_hosts,
-    deliver_via_route,
-    resolve_mx,
 )
+from secmail.smtp.routing import deliver_many_via_route, deliver_via_route
 from tests.test_queue import make_settings
 from web.reply import build_reply
 
