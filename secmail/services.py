@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_services,tests.test_plugin -*-
 """
 One service shape for the parts of the gateway that are opened at start and closed at stop.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_client -*-
 """
 The outbound SMTP client's protocol: one session that carries one transaction per message.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_server -*-
 """
 One intake connection's wire side: input, timers, error limits and STARTTLS.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_encoder -*-
 """
 The DATA encoder of the SMTP client: raw message bytes in any chunking to SMTP wire bytes.
 

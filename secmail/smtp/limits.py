@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_limits,tests.test_smtp_server -*-
 """
 The ESMTP intake's limits as pure rules: who may connect, how long a command line and a
 transaction may take, which MAIL parameters and commands are taken, and what a message's

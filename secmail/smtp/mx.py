@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_mx -*-
 """
 MX lookup for outbound mail: the hosts to try for a domain, best first (RFC 5321 §5).
 """

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_outbound -*-
 """
 The delivery coroutines the queue's sender calls: messages to one host, or to a list of
 hosts in turn, each given as host and port with a TLS policy.

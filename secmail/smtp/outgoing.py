@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_client -*-
 """
 Outgoing mail for the SMTP client: the message to send, the settings, and what became of it.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_routing,tests.test_queue -*-
 """The queue's sender: queue rows delivered over SMTP along their route.
 
 A route is a relay (C{smtp://host:port}, with a verified certificate when it offers

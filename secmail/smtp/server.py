@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_server -*-
 """
 The ESMTP intake: Twisted's ESMTP server with the gaps a relay gateway cannot leave open closed.
 

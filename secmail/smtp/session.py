@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_client -*-
 """
 The plumbing of one outbound SMTP session, which L{secmail.smtp.client.SmtpClientProtocol}
 builds on.
