@@ -25,6 +25,11 @@ from email.message import EmailMessage, Message
 from email.utils import format_datetime
 from email.utils import make_msgid as email_make_msgid
 
+from secmail.config import Settings
+from secmail.crypto import MasterKey
+from secmail.letters import system_mail
+from secmail.store.messages import NewMessage
+
 MAX_ORIGINAL_HEADER_BYTES = 50_000
 MAX_DIAGNOSTIC_CHARS = 1000
 MAX_LINE_OCTETS = 998
@@ -248,3 +253,15 @@ def _boundary(*contents: str) -> str:
         if not any(boundary in c for c in contents):
             return boundary
         n += 1
+
+
+def bounce_message(
+    settings: Settings, master: MasterKey, to: str, content: bytes, about: str
+) -> NewMessage:
+    """
+    A bounce ready to commit: sealed, from C{<>}, queued on the route for C{to};
+    its delivery is recorded on the message it is C{about}.
+    """
+    return system_mail(
+        settings, master, kind="bounce", sender="", to=to, content=content, about=about
+    )

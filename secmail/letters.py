@@ -16,9 +16,14 @@ from secmail.address import Recipient
 from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.notify import build_notification
-from secmail.returns import verp_address
 from secmail.store.messages import NewDelivery, NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.spool import SealedBytes
+
+
+def verp_address(bounce_address: str, envelope_id: str) -> str:
+    """The envelope sender for one envelope's notification."""
+    local, _, domain = bounce_address.rpartition("@")
+    return f"{local}+{envelope_id}@{domain}"
 
 
 def envelopes_and_notifications(

@@ -28,12 +28,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from secmail.config import Settings
-from secmail.crypto import IntegrityError, MasterKey, UnknownKeyError
-from secmail.dsn import FailedRecipient, build_dsn
-from secmail.letters import system_mail
+from secmail.crypto import IntegrityError, UnknownKeyError
+from secmail.dsn import FailedRecipient, bounce_message, build_dsn
 from secmail.masking import mask_sms_recipients
 from secmail.scanning import ScanningService
-from secmail.smtp.client import (
+from secmail.smtp.outgoing import (
     DeliveryOutcome,
     DeliveryResult,
     PermanentDeliveryError,
@@ -41,7 +40,7 @@ from secmail.smtp.client import (
 )
 from secmail.smtp.routing import session_key
 from secmail.store.database import StoreUnavailable
-from secmail.store.messages import MessageStore, NewMessage, QueueItem, release_leases_txn
+from secmail.store.messages import MessageStore, NewMessage, QueueItem
 
 log = Logger()
 
@@ -64,7 +63,7 @@ class Sender(Protocol):
     """Delivers queue rows' messages over SMTP; see L{secmail.smtp.routing}."""
 
     async def send(self, item: QueueItem, content: Content) -> DeliveryResult:
-        """Send one row; raise the L{secmail.smtp.client.DeliveryError} that failed all of it."""
+        """Send one row; raise the L{secmail.smtp.outgoing.DeliveryError} that failed all of it."""
 
     async def send_many(
         self, items: Sequence[QueueItem], contents: Sequence[Content]
@@ -139,6 +138,7 @@ class OutboundQueue(ScanningService):
         self._in_flight: set[int] = set()
         #: Rows this node has quarantined since it started (for metrics).
         self.quarantined_count = 0
+        self._wanted = False  # between start_after_restart and stop_scanning
 
     def startService(self) -> None:
         super().startService()
@@ -164,7 +164,25 @@ class OutboundQueue(ScanningService):
 
     async def release_own_leases(self) -> None:
         """After a restart, take back the rows this node had leased when it stopped."""
-        await self.store.db.run(lambda txn: release_leases_txn(txn, "queue", self.node_id))
+        await self.store.release_leases(self.node_id)
+
+    async def start_after_restart(self) -> None:
+        """Take back this node's leases from before a restart, then start scanning.
+
+        It scans even when the leases could not be taken back (they run out in time), but
+        not when L{stop_scanning} came meanwhile.
+        """
+        self._wanted = True
+        try:
+            await self.release_own_leases()
+        finally:
+            if self._wanted:
+                self.startService()
+
+    def stop_scanning(self) -> Deferred[None] | None:
+        """Stop scanning, waiting for the deliveries under way (see L{stopService})."""
+        self._wanted = False
+        return self.stopService() if self.running else None
 
     async def deliver(self, item: QueueItem) -> None:
         """Try one row once and record what happened."""
@@ -478,18 +496,6 @@ async def _together(work: list[tuple[QueueItem, Coroutine[Any, Any, None]]]) -> 
     for (item, _), (ok, value) in zip(work, results, strict=True):
         if not ok:
             log.failure("Recording the outcome for queue row {id} failed", value, id=item.id)
-
-
-def bounce_message(
-    settings: Settings, master: MasterKey, to: str, content: bytes, about: str
-) -> NewMessage:
-    """
-    A bounce ready to commit: sealed, from C{<>}, queued on the route for C{to};
-    its delivery is recorded on the message it is C{about}.
-    """
-    return system_mail(
-        settings, master, kind="bounce", sender="", to=to, content=content, about=about
-    )
 
 
 class RetentionJob:

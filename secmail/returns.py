@@ -33,12 +33,6 @@ MAX_RETURNED_BYTES = 256 * 1024
 _ENVELOPE_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def verp_address(bounce_address: str, envelope_id: str) -> str:
-    """The envelope sender for one envelope's notification."""
-    local, _, domain = bounce_address.rpartition("@")
-    return f"{local}+{envelope_id}@{domain}"
-
-
 def returned_envelope(address: str, bounce_address: str) -> str | None:
     """
     For a recipient address: the envelope id when it is one of our VERP bounce

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -38,6 +38,7 @@ from secmail.crypto import (
 )
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
+from secmail.services import StartStopService
 from secmail.sms import pin_text
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
@@ -131,65 +132,6 @@ def listen_problem(error: CannotListenError) -> str:
     if code == errno.EADDRNOTAVAIL:
         return f"{text} (the interface address is not one of this machine's)"
     return text
-
-
-class DatabaseService(Service):
-    """Starts the database thread first and stops it last."""
-
-    name = "database"
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def startService(self) -> None:
-        super().startService()
-        self.db.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.db.stop()
-
-
-class ThreadPoolService(Service):
-    """Starts a thread pool with the gateway and stops it, after the services added later."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()
-
-
-class QueueStarter(Service):
-    """Takes back this node's leases from before a restart, then starts the queue."""
-
-    def __init__(self, queue: OutboundQueue) -> None:
-        self.queue = queue
-
-    def startService(self) -> None:
-        super().startService()
-
-        async def start() -> None:
-            try:
-                await self.queue.release_own_leases()
-            finally:
-                if self.running:  # not stopped meanwhile
-                    self.queue.startService()
-
-        Deferred.fromCoroutine(start()).addErrback(
-            lambda f: log.failure("Cannot take back queue leases", f)
-        )
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.queue.running:
-            return self.queue.stopService()
-        return None
 
 
 class SessionCleanup:
@@ -301,8 +243,8 @@ def makeService(options: Options) -> IService:
     intake = Intake(settings, store, master, reactor, deferToThread, on_commit=queue.wake)
 
     top = MultiService()
-    DatabaseService(db).setServiceParent(top)
-    QueueStarter(queue).setServiceParent(top)
+    StartStopService("database", db.start, db.stop).setServiceParent(top)
+    StartStopService("queue", queue.start_after_restart, queue.stop_scanning).setServiceParent(top)
 
     # Texts and code HMACs use keys derived from the sealing master key and are checked with
     # every key of the ring, so they outlive a rotation (see secmail/rotation.py).
@@ -341,7 +283,7 @@ def makeService(options: Options) -> IService:
     # message's author controls: never on the reactor thread.
     render_pool = ThreadPool(minthreads=0, maxthreads=RENDER_THREADS, name="secmail-render")
     threads_reactor: Any = reactor
-    ThreadPoolService(render_pool).setServiceParent(top)
+    StartStopService("render-pool", render_pool.start, render_pool.stop).setServiceParent(top)
     compose = Compose(
         settings,
         store,

@@ -17,14 +17,17 @@ from twisted.internet.defer import fail
 from twisted.internet.error import CannotListenError
 from twisted.plugin import getPlugins
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmail import config, tap
 from secmail.queue import OutboundQueue
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
-from secmail.sms.backends import ModemService
+from secmail.services import StartStopService
+from secmail.sms.modem import ModemLink
 from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.server import GatewayESMTPFactory
+from secmail.store.database import Database
 
 EXAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "secmail.toml")
 
@@ -139,22 +142,30 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(
             [type(c) for c in children],
             [
-                tap.DatabaseService,
-                tap.QueueStarter,
+                StartStopService,  # the database
+                StartStopService,  # the queue
                 TimerService,  # retention
                 TimerService,  # master key rotation
                 TimerService,  # portal session clean-up
-                tap.ThreadPoolService,  # the portal's rendering, started before the portal
+                StartStopService,  # the portal's rendering, started before the portal
                 tap.Listener,
                 tap.Listener,
             ],
         )
         self.assertIs(top.getServiceNamed("database"), children[0])
         self.assertFalse(any(c.running for c in children))
+        database = children[0]
+        assert isinstance(database, StartStopService)
+        self.assertIsInstance(database.start.__self__, Database)  # type: ignore[attr-defined]
+        self.assertEqual(database.stop, database.start.__self__.stop)  # type: ignore[attr-defined]
 
         queue_starter = children[1]
-        assert isinstance(queue_starter, tap.QueueStarter)
-        self.assertIsInstance(queue_starter.queue, OutboundQueue)
+        assert isinstance(queue_starter, StartStopService)
+        self.assertIs(top.getServiceNamed("queue"), queue_starter)
+        queue = queue_starter.start.__self__  # type: ignore[attr-defined]
+        self.assertIsInstance(queue, OutboundQueue)
+        self.assertEqual(queue_starter.start, queue.start_after_restart)
+        self.assertEqual(queue_starter.stop, queue.stop_scanning)
 
         rotation = children[3]
         assert isinstance(rotation, TimerService)
@@ -162,9 +173,12 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(rotation.step, ROTATION_INTERVAL)
 
         render_pool = children[5]
-        assert isinstance(render_pool, tap.ThreadPoolService)
-        self.assertEqual(render_pool.pool.max, tap.RENDER_THREADS)
-        self.assertFalse(render_pool.pool.started)
+        assert isinstance(render_pool, StartStopService)
+        pool = render_pool.start.__self__  # type: ignore[attr-defined]
+        self.assertIsInstance(pool, ThreadPool)
+        self.assertEqual(render_pool.stop, pool.stop)
+        self.assertEqual(pool.max, tap.RENDER_THREADS)
+        self.assertFalse(pool.started)
         portal, smtp = children[-2], children[-1]
         assert isinstance(portal, tap.Listener)
         assert isinstance(smtp, tap.Listener)
@@ -176,7 +190,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(smtp.endpoint._port, 12525)  # type: ignore[attr-defined]
         # A committed message wakes the queue at once.
         delivery = smtp.factory._delivery_factory()
-        self.assertEqual(delivery.intake.on_commit, queue_starter.queue.wake)
+        self.assertEqual(delivery.intake.on_commit, queue.wake)
 
     def test_sms_backends_wired(self) -> None:
         """With a modem in sms.order its link runs as a service before the outbox sends."""
@@ -187,8 +201,14 @@ class MakeServiceTests(SynchronousTestCase):
         children = list(top)
         self.assertEqual(
             [type(c) for c in children[:4]],
-            [tap.DatabaseService, tap.QueueStarter, ModemService, SmsOutbox],
+            [StartStopService, StartStopService, StartStopService, SmsOutbox],
         )
+        self.assertEqual([c.name for c in children[:3]], ["database", "queue", "sms-modem"])
+        modem = children[2]
+        assert isinstance(modem, StartStopService)
+        link = modem.start.__self__  # type: ignore[attr-defined]
+        self.assertIsInstance(link, ModemLink)
+        self.assertEqual(modem.stop, link.stop)
         outbox = children[3]
         assert isinstance(outbox, SmsOutbox)
         self.assertEqual([b.name for b in outbox.dispatcher._backends], ["modem", "smtp"])

@@ -27,7 +27,7 @@ from secmail.queue import (
     enhanced_status,
     session_groups,
 )
-from secmail.smtp.client import (
+from secmail.smtp.outgoing import (
     DeliveryError,
     DeliveryOutcome,
     DeliveryResult,
@@ -820,6 +820,29 @@ class QueueTestsMixin:
         await self.queue.release_own_leases()
         [again] = await self.store.claim_due("node-c", self.now(), LEASE_SECONDS, 10)
         self.assertEqual(again.id, a.id)
+
+    async def test_start_after_restart(self) -> None:
+        """At start the queue takes back its own leases, then scans; stop_scanning stops it."""
+        _, mine = await self.enqueue()
+        [leased] = await self.store.claim_due(self.queue.node_id, self.now(), LEASE_SECONDS, 1)
+        self.assertEqual(leased.id, mine)
+        await self.queue.start_after_restart()
+        self.assertTrue(self.queue.running)
+        await self.eventually(self.idle, "the first scan is done")
+        self.assertEqual(len(self.sender.calls), 1)  # the row leased before the restart went
+        stopping = self.queue.stop_scanning()
+        if stopping is not None:
+            await stopping
+        self.assertFalse(self.queue.running)
+        self.assertIsNone(self.queue.stop_scanning())  # stopping twice is harmless
+
+    async def test_stopped_while_taking_back_leases(self) -> None:
+        """A gateway stopped while the queue takes back its leases does not start scanning."""
+        starting = Deferred.fromCoroutine(self.queue.start_after_restart())
+        self.assertIsNone(self.queue.stop_scanning())
+        await starting
+        self.assertFalse(self.queue.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     async def test_retention_deletes_expired(self) -> None:
         """Secure messages past retention_days are deleted with their envelopes; newer stay."""

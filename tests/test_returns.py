@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secmail.dsn import FailedRecipient, build_dsn
-from secmail.returns import failed_recipients, notice_for_sender, returned_envelope, verp_address
+from secmail.letters import verp_address
+from secmail.returns import failed_recipients, notice_for_sender, returned_envelope
 
 BOUNCE = "secmail-bounces@gw.example"
 ENVELOPE = "0123456789abcdef0123456789abcdef"

@@ -1,110 +1,55 @@
 """
-Tests for secmail.smtp.client: the DATA encoder, the SMTP client state machine, MX
-resolution and trying hosts in turn. No sockets: the server is played by feeding replies to
-the protocol and checking the exact bytes it writes.
+Tests for secmail.smtp.client (on secmail.smtp.session): the SMTP client state machine. No
+sockets: the server is played by feeding replies to the protocol and checking the exact bytes
+it writes.
 """
 
 from __future__ import annotations
 
 import email
 import email.policy
-import operator
-import random
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 from OpenSSL import SSL
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import (
-    IHostnameResolver,
-    IHostResolution,
-    IResolutionReceiver,
-    ITLSTransport,
-)
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.names import dns
-from twisted.names.error import DNSNameError, DNSQueryTimeoutError, DNSServerError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
-from secmail.config import MX, Route
-from secmail.smtp.client import (
+from secmail.smtp.client import SmtpClientProtocol
+from secmail.smtp.outbound import deliver
+from secmail.smtp.outgoing import (
     ClientOptions,
-    DataEncoder,
     DeliveryResult,
     OutgoingMessage,
     PermanentDeliveryError,
-    SmtpClientProtocol,
     TemporaryDeliveryError,
     Timeouts,
     TlsPolicy,
-    deliver,
-    deliver_many,
-    deliver_many_to_hosts,
-    deliver_many_via_route,
-    deliver_to_hosts,
-    deliver_via_route,
-    resolve_mx,
+)
+from tests.smtp_fakes import (
+    BODY,
+    EHLO_REPLY,
+    GREETING,
+    HELO,
+    ONE,
+    PEER,
+    TlsStringTransport,
+    decode_wire,
+    make_message,
+    said,
+    three_messages,
 )
 from tests.test_queue import make_settings
 from web.reply import build_reply
 
-HELO = "gw.example.net"
-PEER = "mx.example.com[192.0.2.1]:25"
-GREETING = b"220 mx.example.com ESMTP\r\n"
-EHLO_REPLY = b"250-mx.example.com hello\r\n250 8BITMIME\r\n"
-"""Without PIPELINING, so the client sends one command at a time."""
 EHLO_PIPELINING = b"250-mx.example.com hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-BODY = b"Subject: hi\r\n\r\nbody\r\n"
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def content_of(*chunks: bytes) -> Callable[[], AsyncIterator[bytes]]:
-    async def produce() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
-
-    return produce
-
-
-def make_message(
-    *recipients: str,
-    chunks: Sequence[bytes] = (BODY,),
-    sender: str = "alice@example.net",
-    size: int | None = None,
-    eight_bit: bool | None = None,
-) -> OutgoingMessage:
-    return OutgoingMessage(
-        sender=sender,
-        recipients=recipients or ("bob@example.com",),
-        content=content_of(*chunks),
-        size=size,
-        eight_bit=eight_bit,
-    )
-
-
-@implementer(ITLSTransport)
-class TlsStringTransport(StringTransport):
-    """A StringTransport that can STARTTLS: it records the connection creator it was given."""
-
-    def __init__(self, peer: IPv4Address | None = None) -> None:
-        super().__init__(peerAddress=peer or IPv4Address("TCP", "192.0.2.1", 25))
-        self.tls_started: list[Any] = []
-
-    def startTLS(self, contextFactory: Any) -> None:
-        self.tls_started.append(contextFactory)
 
 
 class Conversation:
@@ -143,213 +88,6 @@ class Conversation:
         self.server(b"250 2.1.0 ok\r\n")
         for _ in range(recipients):
             self.server(b"250 2.1.5 ok\r\n")
-
-
-def said(text: str, command: str) -> str:
-    return f"{PEER} said: {text} (in reply to {command})"
-
-
-# --- DataEncoder: examples ----------------------------------------------------------------------
-
-
-def encode(*chunks: bytes) -> bytes:
-    encoder = DataEncoder()
-    return b"".join(encoder.feed(chunk) for chunk in chunks) + encoder.finish()
-
-
-class DataEncoderTests(SynchronousTestCase):
-    def test_plain_message(self) -> None:
-        """A CRLF message passes through unchanged and gets the terminator."""
-        self.assertEqual(encode(BODY), BODY + b".\r\n")
-
-    def test_empty_message(self) -> None:
-        """An empty message is just the terminator."""
-        self.assertEqual(encode(), b".\r\n")
-        self.assertEqual(encode(b""), b".\r\n")
-
-    def test_first_line_dot(self) -> None:
-        """A dot at the very start of the message is stuffed (Twisted's SMTPClient misses it)."""
-        self.assertEqual(encode(b".hidden\r\nx\r\n"), b"..hidden\r\nx\r\n.\r\n")
-
-    def test_dot_at_chunk_boundary(self) -> None:
-        """A dot line starting a new chunk is stuffed, after a chunk that ended in CRLF."""
-        self.assertEqual(encode(b"line1\r\n", b".x\r\n"), b"line1\r\n..x\r\n.\r\n")
-
-    def test_lone_dot_at_chunk_boundary(self) -> None:
-        """The smuggling case: a chunk ending in LF and the next starting '.LF' cannot end DATA."""
-        wire = encode(b"a\n", b".\nMAIL FROM:<x@y>\n")
-        self.assertEqual(wire, b"a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n")
-
-    def test_dot_split_from_its_line(self) -> None:
-        """A line whose first byte is the last byte of a chunk is stuffed once."""
-        self.assertEqual(encode(b"a\r\n.", b".b\r\n"), b"a\r\n...b\r\n.\r\n")
-
-    def test_dot_inside_line_not_stuffed(self) -> None:
-        """Only a dot at the start of a line is doubled."""
-        self.assertEqual(encode(b"a.b\r\n a.\r\n"), b"a.b\r\n a.\r\n.\r\n")
-
-    def test_bare_lf(self) -> None:
-        """Bare LF line ends become CRLF."""
-        self.assertEqual(encode(b"a\nb\n"), b"a\r\nb\r\n.\r\n")
-
-    def test_bare_cr(self) -> None:
-        """A bare CR is a line end too, never passed on bare."""
-        self.assertEqual(encode(b"a\rb\r\r\n"), b"a\r\nb\r\n\r\n.\r\n")
-
-    def test_crlf_split_across_chunks(self) -> None:
-        """CR at the end of one chunk and LF at the start of the next are one line end."""
-        self.assertEqual(encode(b"a\r", b"\nb\r\n"), b"a\r\nb\r\n.\r\n")
-        self.assertEqual(encode(b"a\r", b"", b"\nb"), b"a\r\nb\r\n.\r\n")
-
-    def test_cr_cr_lf(self) -> None:
-        """CR CR LF (what SMTPClient makes of CRLF) is an empty line, not a double line end."""
-        self.assertEqual(encode(b"a\r\r\nb"), b"a\r\n\r\nb\r\n.\r\n")
-
-    def test_final_partial_line(self) -> None:
-        """A last line without a line end gets CRLF before the terminator."""
-        self.assertEqual(encode(b"no newline"), b"no newline\r\n.\r\n")
-
-    def test_long_line_folded(self) -> None:
-        """A 3000-byte line is folded into 998-octet wire lines with CRLF SP continuations."""
-        wire = encode(b"x" * 3000 + b"\r\n")
-        lines = wire.split(b"\r\n")
-        self.assertEqual(lines[0], b"x" * 998)
-        self.assertEqual(lines[1], b" " + b"x" * 997)
-        self.assertEqual(lines[2], b" " + b"x" * 997)
-        self.assertEqual(lines[3], b" " + b"x" * 8)
-        self.assertEqual(lines[4:], [b".", b""])
-
-    def test_long_line_in_small_chunks(self) -> None:
-        """Folding gives the same wire bytes however the long line is chunked."""
-        data = b"y" * 3000 + b"\r\nend\r\n"
-        pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
-        self.assertEqual(encode(*pieces), encode(data))
-
-    def test_exactly_998_not_folded(self) -> None:
-        """A line of exactly 998 octets is sent as one line."""
-        self.assertEqual(encode(b"z" * 998 + b"\r\n"), b"z" * 998 + b"\r\n.\r\n")
-
-    def test_stuffed_dot_counts_toward_limit(self) -> None:
-        """A 998-octet line starting with a dot folds, so the wire line stays at 998 octets."""
-        wire = encode(b"." + b"z" * 997 + b"\r\n")
-        self.assertEqual(wire, b".." + b"z" * 996 + b"\r\n z\r\n.\r\n")
-
-    def test_folding_is_ambiguous_by_design(self) -> None:
-        """Known limit: a fold looks just like a 998-octet line then a line starting with SP."""
-        self.assertEqual(encode(b"q" * 999), encode(b"q" * 998 + b"\r\n q"))
-
-    def test_memory_bounded(self) -> None:
-        """Feeding a huge line returns all but at most 998 bytes at once: nothing builds up."""
-        encoder = DataEncoder()
-        out = encoder.feed(b"w" * 100_000)
-        self.assertGreaterEqual(len(out), 100_000 - 998)
-
-    def test_feed_after_finish(self) -> None:
-        """The encoder refuses to be used after the terminator was produced."""
-        encoder = DataEncoder()
-        encoder.finish()
-        self.assertRaises(RuntimeError, encoder.feed, b"x")
-        self.assertRaises(RuntimeError, encoder.finish)
-
-
-# --- DataEncoder: properties --------------------------------------------------------------------
-
-_PIECES = st.one_of(
-    st.binary(max_size=40),
-    st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"\r\n.", b"\n.\n", b" ", b"\r\r\n", b".\r"]),
-    st.builds(operator.mul, st.sampled_from([b"x", b".", b" ", b"ab"]), st.integers(990, 2100)),
-)
-_MESSAGES = st.lists(_PIECES, max_size=12).map(b"".join)
-_CUTS = st.lists(st.integers(min_value=0, max_value=50_000), max_size=8)
-
-
-def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({cut % (len(data) + 1) for cut in cuts})
-    bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-
-
-def canonical(data: bytes) -> bytes:
-    text = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
-    if text and not text.endswith(b"\r\n"):
-        text += b"\r\n"
-    return text
-
-
-def last_wire_length(line: bytes) -> int:
-    """The length of the last wire line that L{DataEncoder} makes of one input line."""
-    length = len(line) + (1 if line.startswith(b".") else 0)
-    if length <= 998:
-        return length
-    return 1 + ((length - 998 - 1) % 997 + 1)
-
-
-def fold_ambiguous(text: bytes) -> bool:
-    """Whether a canonical text has a full-length wire line followed by a line starting with SP."""
-    lines = text.split(b"\r\n")
-    return any(
-        last_wire_length(a) == 998 and b.startswith(b" ")
-        for a, b in zip(lines, lines[1:], strict=False)
-    )
-
-
-def decode_wire(wire: bytes) -> bytes:
-    """Undo dot-stuffing and folding: the receiving side's view of the message."""
-    assert wire == b".\r\n" or wire.endswith(b"\r\n.\r\n")
-    lines = wire[:-3].split(b"\r\n")
-    assert lines[-1] == b""
-    logical: list[bytes] = []
-    previous = -1
-    for line in lines[:-1]:
-        if line.startswith(b" ") and previous == 998 and logical:
-            logical[-1] += line[1:]
-        else:
-            logical.append(line[1:] if line.startswith(b".") else line)
-        previous = len(line)
-    return b"".join(line + b"\r\n" for line in logical)
-
-
-class DataEncoderPropertyTests(SynchronousTestCase):
-    @settings(max_examples=150, deadline=None)
-    @given(data=_MESSAGES, cuts=_CUTS)
-    def test_wire_form(self, data: bytes, cuts: list[int]) -> None:
-        """Any input gives CRLF-only lines of at most 1000 octets, and '.' only as terminator."""
-        wire = encode(*split_at(data, cuts))
-        self.assertTrue(wire.endswith(b".\r\n"))
-        self.assertNotIn(b"\r", wire.replace(b"\r\n", b""))
-        self.assertNotIn(b"\n", wire.replace(b"\r\n", b""))
-        lines = wire.split(b"\r\n")[:-1]
-        self.assertTrue(all(len(line) + 2 <= 1000 for line in lines))
-        self.assertEqual(lines[-1], b".")
-        self.assertNotIn(b".", lines[:-1])
-        self.assertTrue(all(line.startswith(b"..") for line in lines[:-1] if line[:1] == b"."))
-
-    @settings(max_examples=150, deadline=None)
-    @given(data=_MESSAGES, cuts=_CUTS)
-    def test_round_trip(self, data: bytes, cuts: list[int]) -> None:
-        """Un-stuffing and un-folding the wire bytes gives back the canonicalised input."""
-        assume(not fold_ambiguous(canonical(data)))
-        self.assertEqual(decode_wire(encode(*split_at(data, cuts))), canonical(data))
-
-    @settings(max_examples=150, deadline=None)
-    @given(data=_MESSAGES, cuts=_CUTS)
-    def test_chunking_does_not_matter(self, data: bytes, cuts: list[int]) -> None:
-        """The wire bytes depend only on the content, never on where the chunks break."""
-        self.assertEqual(encode(*split_at(data, cuts)), encode(data))
-
-    @settings(max_examples=100, deadline=None)
-    @given(data=_MESSAGES, cuts=_CUTS)
-    def test_bounded_buffering(self, data: bytes, cuts: list[int]) -> None:
-        """After each chunk, at most 998 bytes of input are held back."""
-        encoder = DataEncoder()
-        fed = written = 0
-        for chunk in split_at(data, cuts):
-            fed += len(chunk)
-            written += len(encoder.feed(chunk))
-            self.assertGreaterEqual(written, fed - 998)
-
-
-# --- the protocol -------------------------------------------------------------------------------
 
 
 class ConversationTests(SynchronousTestCase):
@@ -734,6 +472,7 @@ class ContentTests(SynchronousTestCase):
 
 EHLO_7BIT = b"250-mx.example.com hello\r\n250 SIZE 10000000\r\n"
 """A peer that does not offer 8BITMIME (nor PIPELINING)."""
+
 EIGHT_BIT = (
     b"From: J\xc3\xb6rg <jorg@example.net>\r\n"
     b"Subject: Gr\xc3\xbc\xc3\x9fe\r\n"
@@ -1148,21 +887,6 @@ class StartTlsTests(SynchronousTestCase):
         self.assertTrue(error.text.startswith(f"TLS handshake with {PEER} failed"))
 
 
-# --- several messages over one session ----------------------------------------------------------
-
-ONE = b"Subject: one\r\n\r\nfirst\r\n"
-TWO = b"Subject: two\r\n\r\n.second\r\n"
-THREE = b"Subject: three\r\n\r\nthird"
-
-
-def three_messages() -> list[OutgoingMessage]:
-    return [
-        make_message("bob@example.com", chunks=(ONE,)),
-        make_message("carol@example.com", "dan@example.com", chunks=(TWO,), sender="eve@ex.net"),
-        make_message("fay@example.com", chunks=(THREE,), sender=""),
-    ]
-
-
 def transcript(c: Conversation, replies: Sequence[bytes]) -> bytes:
     """Everything the client writes while the server sends C{replies} one by one."""
     return b"".join(c.server(reply) for reply in replies)
@@ -1413,9 +1137,6 @@ class SessionTests(SynchronousTestCase):
         self.assertRaises(ValueError, Conversation, [])
 
 
-# --- PIPELINING (RFC 2920) ----------------------------------------------------------------------
-
-
 class WriteRecordingTransport(TlsStringTransport):
     """Keeps every write on its own, to check what went out together."""
 
@@ -1593,490 +1314,3 @@ class PipeliningTests(SynchronousTestCase):
         )
         c.server(b"220 ready\r\n")
         self.assertEqual(c.server(EHLO_REPLY), b"MAIL FROM:<alice@example.net>\r\n")
-
-
-# --- MX resolution ------------------------------------------------------------------------------
-
-
-def mx(preference: int, name: bytes, owner: bytes = b"example.com") -> dns.RRHeader:
-    return dns.RRHeader(name=owner, type=dns.MX, payload=dns.Record_MX(preference, name))
-
-
-@dataclass
-class FakeResolver:
-    """Answers MX queries from a list of records, or fails with an exception."""
-
-    answer: list[dns.RRHeader] | Exception
-
-    def lookupMailExchange(self, name: str, timeout: Any = None) -> Deferred[Any]:
-        if isinstance(self.answer, Exception):
-            return fail(self.answer)
-        return succeed((self.answer, [], []))
-
-
-class ResolveMxTests(SynchronousTestCase):
-    def resolve(self, answer: list[dns.RRHeader] | Exception, **kw: Any) -> Deferred[Any]:
-        return Deferred.fromCoroutine(resolve_mx(FakeResolver(answer), "example.com", **kw))
-
-    def test_sorted_by_preference(self) -> None:
-        """MX hosts come lowest preference first, each with port 25."""
-        records = [mx(20, b"b.example.com"), mx(5, b"a.example.com"), mx(30, b"c.example.com")]
-        self.assertEqual(
-            self.successResultOf(self.resolve(records)),
-            [("a.example.com", 25), ("b.example.com", 25), ("c.example.com", 25)],
-        )
-
-    def test_equal_preference_repeatable(self) -> None:
-        """Equal preferences are shuffled, repeatably for a seeded random source."""
-        records = [mx(10, b"%d.example.com" % i) for i in range(6)] + [mx(5, b"first.example")]
-        orders = set()
-        for seed in range(10):
-            one = self.successResultOf(self.resolve(records, rng=random.Random(seed)))
-            two = self.successResultOf(self.resolve(records, rng=random.Random(seed)))
-            self.assertEqual(one, two)
-            self.assertEqual(one[0], ("first.example", 25))
-            orders.add(tuple(one))
-        self.assertGreater(len(orders), 1)
-
-    def test_no_mx(self) -> None:
-        """With no MX records the domain itself is the host (RFC 5321 §5.1)."""
-        self.assertEqual(self.successResultOf(self.resolve([])), [("example.com", 25)])
-
-    def test_cname_ignored(self) -> None:
-        """Records other than MX in the answer are ignored."""
-        cname = dns.RRHeader(name=b"example.com", type=dns.CNAME, payload=dns.Record_CNAME(b"x"))
-        records = [cname, mx(10, b"mx.example.net", owner=b"x")]
-        self.assertEqual(self.successResultOf(self.resolve(records)), [("mx.example.net", 25)])
-
-    def test_trailing_dot_and_duplicates(self) -> None:
-        """Exchange names lose a trailing dot and appear only once."""
-        records = [mx(10, b"mx.example.com."), mx(20, b"mx.example.com")]
-        self.assertEqual(self.successResultOf(self.resolve(records)), [("mx.example.com", 25)])
-
-    def test_null_mx(self) -> None:
-        """A null MX (RFC 7505) is a permanent failure."""
-        for name in (b"", b"."):
-            error = self.failureResultOf(self.resolve([mx(0, name)]), PermanentDeliveryError).value
-            self.assertEqual(error.text, "domain does not accept mail (null MX)")
-
-    def test_nxdomain(self) -> None:
-        """A domain that does not exist is a permanent failure."""
-        error = self.failureResultOf(self.resolve(DNSNameError()), PermanentDeliveryError).value
-        self.assertIn("does not exist", error.text)
-
-    def test_dns_timeout(self) -> None:
-        """A DNS timeout is a temporary failure."""
-        self.failureResultOf(self.resolve(DNSQueryTimeoutError(1)), TemporaryDeliveryError)
-
-    def test_servfail(self) -> None:
-        """A DNS server failure is a temporary failure."""
-        self.failureResultOf(self.resolve(DNSServerError()), TemporaryDeliveryError)
-
-
-# --- connecting, and trying hosts in turn ---------------------------------------------------------
-
-
-@implementer(IHostResolution)
-@dataclass
-class _Resolution:
-    name: str
-
-    def cancel(self) -> None:
-        raise NotImplementedError
-
-
-@implementer(IHostnameResolver)
-@dataclass
-class FakeHostResolver:
-    """Resolves host names from a table, for HostnameEndpoint on a MemoryReactorClock."""
-
-    addresses: dict[str, str]
-
-    def resolveHostName(
-        self,
-        resolutionReceiver: IResolutionReceiver,
-        hostName: str,
-        portNumber: int = 0,
-        addressTypes: Any = None,
-        transportSemantics: str = "TCP",
-    ) -> IHostResolution:
-        resolution = _Resolution(hostName)
-        resolutionReceiver.resolutionBegan(resolution)
-        if hostName in self.addresses:
-            address = IPv4Address("TCP", self.addresses[hostName], portNumber)
-            resolutionReceiver.addressResolved(address)
-        resolutionReceiver.resolutionComplete()
-        return resolution
-
-
-HOSTS = {f"mx{i}.example.com": f"192.0.2.{i}" for i in range(1, 8)}
-
-
-def make_reactor() -> MemoryReactorClock:
-    reactor = MemoryReactorClock()
-    reactor.installNameResolver(FakeHostResolver(HOSTS))
-    return reactor
-
-
-def accept(reactor: MemoryReactorClock) -> tuple[Any, TlsStringTransport]:
-    """Complete the latest connection attempt; return the protocol and its transport."""
-    host, port, factory, _timeout, _bind = reactor.tcpClients[-1]
-    address = IPv4Address("TCP", host, port)
-    protocol = factory.buildProtocol(address)
-    transport = TlsStringTransport(peer=address)
-    protocol.makeConnection(transport)
-    return protocol, transport
-
-
-def refuse(reactor: MemoryReactorClock) -> None:
-    """Fail the latest connection attempt as refused, and let HostnameEndpoint notice."""
-    _host, _port, factory, _timeout, _bind = reactor.tcpClients[-1]
-    factory.clientConnectionFailed(reactor.connectors[-1], Failure(ConnectionRefusedError()))
-    reactor.advance(1)
-
-
-def serve(protocol: Any, transport: StringTransport, replies: Sequence[bytes]) -> bytes:
-    transport.clear()
-    for reply in replies:
-        protocol.dataReceived(reply)
-    return transport.value()
-
-
-SUCCESS = [GREETING, EHLO_REPLY, b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"]
-OPTIONS = ClientOptions(HELO)
-
-
-class DeliverTests(SynchronousTestCase):
-    def test_deliver(self) -> None:
-        """deliver() connects through HostnameEndpoint on the injected reactor and delivers."""
-        reactor = make_reactor()
-        d = Deferred.fromCoroutine(deliver(reactor, "mx1.example.com", 25, make_message(), OPTIONS))
-        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.1", 25))
-        protocol, transport = accept(reactor)
-        wire = serve(protocol, transport, SUCCESS)
-        self.assertTrue(wire.startswith(b"EHLO gw.example.net\r\nMAIL FROM:<alice@example.net>"))
-        result = self.successResultOf(d)
-        self.assertEqual(result.accepted, ["bob@example.com"])
-        self.assertIn("mx1.example.com[192.0.2.1]:25 said: 250 ok", result.reply)
-
-    def test_refused(self) -> None:
-        """A refused connection is a temporary failure naming the host."""
-        reactor = make_reactor()
-        d = Deferred.fromCoroutine(deliver(reactor, "mx1.example.com", 25, make_message(), OPTIONS))
-        refuse(reactor)
-        error = self.failureResultOf(d, TemporaryDeliveryError).value
-        self.assertTrue(error.text.startswith("connection to mx1.example.com:25 failed"))
-
-    def test_connect_timeout(self) -> None:
-        """A connection attempt that hangs fails after the connect timeout."""
-        reactor = make_reactor()
-        options = ClientOptions(HELO, timeouts=Timeouts(connect=30))
-        d = Deferred.fromCoroutine(deliver(reactor, "mx1.example.com", 25, make_message(), options))
-        self.assertEqual(reactor.tcpClients[0][3], 30)
-        reactor.advance(29)
-        self.assertNoResult(d)
-        reactor.advance(1)
-        error = self.failureResultOf(d, TemporaryDeliveryError).value
-        self.assertEqual(error.text, "connection to mx1.example.com:25 timed out")
-
-    def test_unknown_host(self) -> None:
-        """A host name that does not resolve is a temporary failure."""
-        reactor = make_reactor()
-        d = Deferred.fromCoroutine(deliver(reactor, "nowhere.example", 25, make_message(), OPTIONS))
-        self.failureResultOf(d, TemporaryDeliveryError)
-
-    def test_ip_literal_needs_no_lookup(self) -> None:
-        """A relay given as an IP address is connected to directly, without a name lookup."""
-        reactor = MemoryReactorClock()
-        reactor.installNameResolver(FakeHostResolver({}))  # would fail any lookup
-        d = Deferred.fromCoroutine(deliver(reactor, "192.0.2.9", 2525, make_message(), OPTIONS))
-        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.9", 2525))
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, SUCCESS)
-        self.assertEqual(self.successResultOf(d).accepted, ["bob@example.com"])
-
-
-class DeliverToHostsTests(SynchronousTestCase):
-    def start(self, hosts: list[str], reactor: MemoryReactorClock) -> Deferred[DeliveryResult]:
-        return Deferred.fromCoroutine(
-            deliver_to_hosts(reactor, [(h, 25) for h in hosts], make_message(), OPTIONS)
-        )
-
-    def test_second_host_after_refusal(self) -> None:
-        """When the first MX refuses the connection, the second one is tried and delivers."""
-        reactor = make_reactor()
-        d = self.start(["mx1.example.com", "mx2.example.com"], reactor)
-        refuse(reactor)
-        self.assertEqual([c[0] for c in reactor.tcpClients], ["192.0.2.1", "192.0.2.2"])
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, SUCCESS)
-        self.assertEqual(self.successResultOf(d).accepted, ["bob@example.com"])
-
-    def test_second_host_after_421(self) -> None:
-        """A 421 greeting moves on to the next host too."""
-        reactor = make_reactor()
-        d = self.start(["mx1.example.com", "mx2.example.com"], reactor)
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, [b"421 busy\r\n"])
-        self.assertEqual(len(reactor.tcpClients), 2)
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, SUCCESS)
-        self.successResultOf(d)
-
-    def test_permanent_stops(self) -> None:
-        """A permanent failure is final: no other host is tried."""
-        reactor = make_reactor()
-        d = self.start(["mx1.example.com", "mx2.example.com"], reactor)
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, [GREETING, EHLO_REPLY, b"550 go away\r\n"])
-        self.failureResultOf(d, PermanentDeliveryError)
-        self.assertEqual(len(reactor.tcpClients), 1)
-
-    def test_4xx_after_data_stops(self) -> None:
-        """A 4xx to the final dot is a definite answer: no other host is tried."""
-        reactor = make_reactor()
-        d = self.start(["mx1.example.com", "mx2.example.com"], reactor)
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, [*SUCCESS[:-1], b"451 later\r\n"])
-        self.failureResultOf(d, TemporaryDeliveryError)
-        self.assertEqual(len(reactor.tcpClients), 1)
-
-    def test_at_most_five_hosts(self) -> None:
-        """At most five hosts are tried; then the last host's error is raised."""
-        reactor = make_reactor()
-        d = self.start([f"mx{i}.example.com" for i in range(1, 8)], reactor)
-        for _ in range(5):
-            refuse(reactor)
-        self.assertEqual(len(reactor.tcpClients), 5)
-        error = self.failureResultOf(d, TemporaryDeliveryError).value
-        self.assertTrue(error.text.startswith("connection to mx5.example.com:25 failed"))
-
-    def test_no_hosts(self) -> None:
-        """An empty host list is a temporary failure."""
-        self.failureResultOf(self.start([], make_reactor()), TemporaryDeliveryError)
-
-
-class DeliverViaRouteTests(SynchronousTestCase):
-    def test_mx_route(self) -> None:
-        """An MX route looks up the domain's MX hosts and uses opportunistic TLS."""
-        reactor = make_reactor()
-        resolver = FakeResolver([mx(10, b"mx3.example.com")])
-        d = Deferred.fromCoroutine(
-            deliver_via_route(reactor, resolver, MX, "example.com", make_message(), OPTIONS)
-        )
-        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.3", 25))
-        protocol, transport = accept(reactor)
-        ehlo_tls = b"250-mx3.example.com\r\n250 STARTTLS\r\n"
-        serve(protocol, transport, [GREETING, ehlo_tls, b"220 go\r\n"])
-        self.assertIsInstance(transport.tls_started[0], CertificateOptions)
-        self.assertNoResult(d)
-
-    def test_relay_route(self) -> None:
-        """A relay route goes to its host and port with verified TLS, without an MX lookup."""
-        reactor = make_reactor()
-        resolver = FakeResolver(AssertionError("no MX lookup expected"))
-        route = Route(mx=False, host="mx4.example.com", port=587)
-        d = Deferred.fromCoroutine(
-            deliver_via_route(reactor, resolver, route, "example.com", make_message(), OPTIONS)
-        )
-        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.4", 587))
-        protocol, transport = accept(reactor)
-        ehlo_tls = b"250-mx4.example.com\r\n250 STARTTLS\r\n"
-        serve(protocol, transport, [GREETING, ehlo_tls, b"220 go\r\n"])
-        self.assertEqual(type(transport.tls_started[0]).__name__, "ClientTLSOptions")
-        self.assertNoResult(d)
-
-
-# --- several messages: connecting, and trying hosts in turn ---------------------------------------
-
-
-def session_replies(*recipients: int) -> list[bytes]:
-    """A stepwise server's replies to a whole session that accepts every message."""
-    replies = [GREETING, EHLO_REPLY]
-    for count in recipients:
-        replies += [b"250 ok\r\n"] * (1 + count) + [b"354 go\r\n", b"250 ok\r\n"]
-    return replies
-
-
-def senders_on(wire: bytes) -> list[bytes]:
-    return re.findall(rb"MAIL FROM:<([^>]*)>", wire)
-
-
-class DeliverManyTests(SynchronousTestCase):
-    def start(self, reactor: MemoryReactorClock, messages: Sequence[OutgoingMessage]) -> Any:
-        return Deferred.fromCoroutine(
-            deliver_many(reactor, "mx1.example.com", 25, messages, OPTIONS)
-        )
-
-    def test_one_connection(self) -> None:
-        """deliver_many() sends every message over one connection and returns outcomes in order."""
-        reactor = make_reactor()
-        d = self.start(reactor, three_messages())
-        protocol, transport = accept(reactor)
-        wire = serve(protocol, transport, session_replies(1, 2, 1))
-        self.assertEqual(len(reactor.tcpClients), 1)
-        self.assertEqual(senders_on(wire), [b"alice@example.net", b"eve@ex.net", b""])
-        outcomes = self.successResultOf(d)
-        self.assertEqual(
-            [cast(DeliveryResult, o).accepted for o in outcomes],
-            [["bob@example.com"], ["carol@example.com", "dan@example.com"], ["fay@example.com"]],
-        )
-
-    def test_outcomes_not_raised(self) -> None:
-        """A failed message is an outcome in the list; the messages after it still go."""
-        reactor = make_reactor()
-        d = self.start(reactor, three_messages()[:2])
-        protocol, transport = accept(reactor)
-        replies = [GREETING, EHLO_REPLY, b"550 5.7.1 no\r\n", b"250 reset\r\n"]
-        serve(protocol, transport, replies + session_replies(2)[2:])
-        first, second = self.successResultOf(d)
-        self.assertIsInstance(first, PermanentDeliveryError)
-        self.assertIsInstance(second, DeliveryResult)
-
-    def test_bad_envelope_not_sent(self) -> None:
-        """A message with an unusable envelope fails on its own and is left out of the session."""
-        reactor = make_reactor()
-        bad = make_message(sender="x>\r\nRCPT TO:<evil@example.org")
-        good = make_message("bob@example.com")
-        d = self.start(reactor, [bad, good])
-        protocol, transport = accept(reactor)
-        wire = serve(protocol, transport, session_replies(1))
-        self.assertEqual(senders_on(wire), [b"alice@example.net"])
-        self.assertNotIn(b"evil", wire)
-        first, second = self.successResultOf(d)
-        self.assertIsInstance(first, PermanentDeliveryError)
-        self.assertEqual(cast(DeliveryResult, second).accepted, ["bob@example.com"])
-
-    def test_no_connection_without_sendable_message(self) -> None:
-        """When no envelope can be sent, no connection is made at all."""
-        reactor = make_reactor()
-        d = self.start(reactor, [make_message(""), make_message(sender="a b@example.net")])
-        self.assertEqual([type(o) for o in self.successResultOf(d)], [PermanentDeliveryError] * 2)
-        self.assertEqual(reactor.tcpClients, [])
-
-    def test_refused_every_message(self) -> None:
-        """A refused connection is every message's outcome."""
-        reactor = make_reactor()
-        d = self.start(reactor, three_messages())
-        refuse(reactor)
-        for outcome in self.successResultOf(d):
-            assert isinstance(outcome, TemporaryDeliveryError)
-            self.assertTrue(outcome.text.startswith("connection to mx1.example.com:25 failed"))
-
-
-class DeliverManyToHostsTests(SynchronousTestCase):
-    def start(
-        self, reactor: MemoryReactorClock, messages: Sequence[OutgoingMessage], hosts: int = 2
-    ) -> Any:
-        addresses = [(f"mx{i}.example.com", 25) for i in range(1, hosts + 1)]
-        return Deferred.fromCoroutine(deliver_many_to_hosts(reactor, addresses, messages, OPTIONS))
-
-    def test_refused_moves_every_message(self) -> None:
-        """When the first host refuses, every message goes to the second one, in one session."""
-        reactor = make_reactor()
-        d = self.start(reactor, three_messages())
-        refuse(reactor)
-        protocol, transport = accept(reactor)
-        wire = serve(protocol, transport, session_replies(1, 2, 1))
-        self.assertEqual(reactor.tcpClients[-1][0], "192.0.2.2")
-        self.assertEqual(senders_on(wire), [b"alice@example.net", b"eve@ex.net", b""])
-        self.assertTrue(all(isinstance(o, DeliveryResult) for o in self.successResultOf(d)))
-
-    def test_421_greeting_moves_every_message(self) -> None:
-        """A 421 greeting moves every message on to the next host too."""
-        reactor = make_reactor()
-        d = self.start(reactor, three_messages()[:2])
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, [b"421 busy\r\n"])
-        protocol, transport = accept(reactor)
-        wire = serve(protocol, transport, session_replies(1, 2))
-        self.assertEqual(senders_on(wire), [b"alice@example.net", b"eve@ex.net"])
-        self.assertTrue(all(isinstance(o, DeliveryResult) for o in self.successResultOf(d)))
-
-    def test_dot_sent_is_never_resent(self) -> None:
-        """After a session lost at the second dot, only the untried third goes to the next host."""
-        reactor = make_reactor()
-        d = self.start(reactor, three_messages())
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, session_replies(1, 2)[:-1])  # no reply to the second dot
-        protocol.connectionLost(Failure(ConnectionLost()))
-        self.assertEqual(len(reactor.tcpClients), 2)
-        protocol, transport = accept(reactor)
-        wire = serve(protocol, transport, session_replies(1))
-        self.assertEqual(senders_on(wire), [b""])
-        self.assertNotIn(b"second", wire)
-        first, second, third = self.successResultOf(d)
-        self.assertIn("mx1.example.com", cast(DeliveryResult, first).reply)
-        assert isinstance(second, TemporaryDeliveryError)
-        self.assertEqual(
-            second.text,
-            "lost connection with mx1.example.com[192.0.2.1]:25 "
-            "while waiting for the reply to end of data",
-        )
-        self.assertIn("mx2.example.com", cast(DeliveryResult, third).reply)
-
-    def test_4xx_to_dot_stays_untried_rest_moves(self) -> None:
-        """A 4xx to a dot is final for that message; one untried after a 421 moves on."""
-        reactor = make_reactor()
-        d = self.start(reactor, three_messages())
-        protocol, transport = accept(reactor)
-        replies = session_replies(1)[:-1] + [b"451 4.3.0 later\r\n", b"421 4.3.2 closing\r\n"]
-        self.assertTrue(serve(protocol, transport, replies).endswith(b"RSET\r\nQUIT\r\n"))
-        protocol, transport = accept(reactor)
-        wire = serve(protocol, transport, session_replies(2, 1))
-        self.assertEqual(senders_on(wire), [b"eve@ex.net", b""])
-        first, second, third = self.successResultOf(d)
-        assert isinstance(first, TemporaryDeliveryError)
-        self.assertFalse(first.try_other_hosts)
-        self.assertIsInstance(second, DeliveryResult)
-        self.assertIsInstance(third, DeliveryResult)
-
-    def test_last_host_error_kept(self) -> None:
-        """When every host fails, each message keeps the last host's error."""
-        reactor = make_reactor()
-        d = self.start(reactor, three_messages()[:2], hosts=3)
-        for _ in range(3):
-            refuse(reactor)
-        for outcome in self.successResultOf(d):
-            assert isinstance(outcome, TemporaryDeliveryError)
-            self.assertTrue(outcome.text.startswith("connection to mx3.example.com:25 failed"))
-
-    def test_no_hosts(self) -> None:
-        """An empty host list is every message's temporary failure."""
-        d = self.start(make_reactor(), three_messages()[:2], hosts=0)
-        for outcome in self.successResultOf(d):
-            assert isinstance(outcome, TemporaryDeliveryError)
-            self.assertEqual(outcome.text, "no host to deliver to")
-
-
-class DeliverManyViaRouteTests(SynchronousTestCase):
-    def test_relay_route_one_session(self) -> None:
-        """A relay route sends every message to its host over one session."""
-        reactor = make_reactor()
-        resolver = FakeResolver(AssertionError("no MX lookup expected"))
-        route = Route(mx=False, host="mx4.example.com", port=587)
-        d = Deferred.fromCoroutine(
-            deliver_many_via_route(
-                reactor, resolver, route, "example.com", three_messages()[:2], OPTIONS
-            )
-        )
-        self.assertEqual(reactor.tcpClients[0][:2], ("192.0.2.4", 587))
-        protocol, transport = accept(reactor)
-        serve(protocol, transport, session_replies(1, 2))
-        self.assertEqual(len(reactor.tcpClients), 1)
-        self.assertTrue(all(isinstance(o, DeliveryResult) for o in self.successResultOf(d)))
-
-    def test_mx_lookup_failure_every_message(self) -> None:
-        """A failed MX lookup is every message's outcome: temporary or permanent as the DNS says."""
-        for answer, kind in [
-            (DNSQueryTimeoutError(1), TemporaryDeliveryError),
-            (DNSNameError(), PermanentDeliveryError),
-        ]:
-            reactor = make_reactor()
-            d = Deferred.fromCoroutine(
-                deliver_many_via_route(
-                    reactor, FakeResolver(answer), MX, "example.com", three_messages(), OPTIONS
-                )
-            )
-            self.assertEqual([type(o) for o in self.successResultOf(d)], [kind] * 3)
-            self.assertEqual(reactor.tcpClients, [])

@@ -26,7 +26,8 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from secmail.config import SmtpSettings
-from secmail.smtp.server import DATA_LINE_LIMIT, GatewayESMTP, GatewayESMTPFactory
+from secmail.smtp.limits import DATA_LINE_LIMIT
+from secmail.smtp.server import GatewayESMTP, GatewayESMTPFactory
 
 HOST = "gw.example.com"
 LOCAL = IPv4Address("TCP", "127.0.0.1", 1234)

@@ -12,11 +12,10 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from twisted.application.service import Service
-
 from secmail.config import Settings, SmsSettings
 from secmail.crypto import MasterKey
 from secmail.letters import system_mail
+from secmail.services import StartStopService
 from secmail.sms.at import ModemProtocol
 from secmail.sms.dispatch import EmailSmsBackend, SmsBackend
 from secmail.sms.http import HttpSmsGateway
@@ -42,32 +41,15 @@ def sms_mail(settings: Settings, master: MasterKey, to: str, content: bytes) -> 
     )
 
 
-class ModemService(Service):
-    """Keeps the modem link open while the gateway runs."""
-
-    name = "sms-modem"
-
-    def __init__(self, link: ModemLink) -> None:
-        self.link = link
-
-    def startService(self) -> None:
-        super().startService()
-        self.link.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.link.stop()
-
-
 def build_backends(
     sms: SmsSettings, from_address: str, reactor: Any, send_mail: SendMail
-) -> tuple[list[SmsBackend], list[Service]]:
+) -> tuple[list[SmsBackend], list[StartStopService]]:
     """
     The backends in C{sms.order}, and the services that must run for them. SMS sent as
     e-mail come from C{from_address} (C{gateway.notification_from}).
     """
     backends: list[SmsBackend] = []
-    services: list[Service] = []
+    services: list[StartStopService] = []
     for name in sms.order:
         if name == "modem":
             assert sms.modem is not None  # the configuration checks it
@@ -78,7 +60,7 @@ def build_backends(
                 partial(ModemProtocol, reactor, modem.sim_pin or None),
             )
             backends.append(link)
-            services.append(ModemService(link))
+            services.append(StartStopService("sms-modem", link.start, link.stop))
         elif name == "http":
             assert sms.http is not None
             backends.append(HttpSmsGateway(sms.http, https_client(reactor), reactor))

@@ -38,9 +38,9 @@ from secmail.address import (
 )
 from secmail.config import Settings
 from secmail.crypto import MasterKey
+from secmail.dsn import bounce_message
 from secmail.letters import envelopes_and_notifications, letter_events
 from secmail.policy import MessagePolicy, check_recipient, decide, strip_subject_keyword
-from secmail.queue import bounce_message
 from secmail.returns import (
     ReturnedMail,
     failed_recipients,

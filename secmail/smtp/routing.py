@@ -1,15 +1,25 @@
-"""The queue's sender: queue rows delivered over SMTP along their route."""
+# -*- test-case-name: tests.test_smtp_routing,tests.test_queue -*-
+"""The queue's sender: queue rows delivered over SMTP along their route.
+
+A route is a relay (C{smtp://host:port}, with a verified certificate when it offers
+STARTTLS) or C{mx} (the domain's MX hosts, opportunistic TLS); this module turns it into
+hosts and ports and a TLS policy for the delivery coroutines of L{secmail.smtp.outbound}.
+"""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTCP, IResolver
 from twisted.internet.threads import deferToThread
 from twisted.names.common import ResolverBase
 
-from secmail.config import Settings, parse_route
-from secmail.smtp.client import (
+from secmail.config import Route, Settings, parse_route
+from secmail.smtp.mx import resolve_mx
+from secmail.smtp.outbound import deliver_many_to_hosts, result_or_raise, with_envelopes_checked
+from secmail.smtp.outgoing import (
     ClientOptions,
     DeliveryError,
     DeliveryOutcome,
@@ -17,11 +27,60 @@ from secmail.smtp.client import (
     OutgoingMessage,
     RunInThread,
     Timeouts,
-    deliver_many_via_route,
+    TlsPolicy,
 )
 from secmail.store.messages import QueueItem
 
 Content = Callable[[], AsyncIterator[bytes]]
+
+
+async def deliver_many_via_route(
+    reactor: IReactorTCP,
+    resolver: IResolver,
+    route: Route,
+    domain: str,
+    messages: Sequence[OutgoingMessage],
+    options: ClientOptions,
+    *,
+    rng: random.Random | None = None,
+) -> list[DeliveryOutcome]:
+    """Deliver C{messages}, all for C{domain}, the way C{route} says: one session per host.
+
+    An MX route goes to the domain's MX hosts with opportunistic TLS. An
+    C{smtp://host:port} route goes to that relay, with a verified certificate when it
+    offers STARTTLS. A failed MX lookup is every message's outcome.
+    """
+
+    async def send(sendable: list[OutgoingMessage]) -> list[DeliveryOutcome]:
+        if not route.mx:
+            hosts = [(route.host, route.port)]
+            return await deliver_many_to_hosts(reactor, hosts, sendable, options, TlsPolicy.VERIFY)
+        try:
+            hosts = await resolve_mx(resolver, domain, rng=rng)
+        except DeliveryError as e:
+            return [e] * len(sendable)
+        return await deliver_many_to_hosts(
+            reactor, hosts, sendable, options, TlsPolicy.OPPORTUNISTIC
+        )
+
+    return await with_envelopes_checked(messages, send)
+
+
+async def deliver_via_route(
+    reactor: IReactorTCP,
+    resolver: IResolver,
+    route: Route,
+    domain: str,
+    message: OutgoingMessage,
+    options: ClientOptions,
+    *,
+    rng: random.Random | None = None,
+) -> DeliveryResult:
+    """Deliver mail for C{domain} the way C{route} says (see L{deliver_many_via_route})."""
+    [outcome] = await deliver_many_via_route(
+        reactor, resolver, route, domain, [message], options, rng=rng
+    )
+    return result_or_raise(outcome)
 
 
 def session_key(item: QueueItem) -> tuple[str, str]:

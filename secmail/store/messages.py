@@ -341,6 +341,10 @@ class MessageStore:
 
         return await self.db.run(claim_txn)
 
+    async def release_leases(self, owner: str) -> None:
+        """After a restart, the queue rows C{owner} had leased are due again at once."""
+        await self.db.run(lambda txn: release_leases_txn(txn, "queue", owner))
+
     async def delivered(
         self, item: QueueItem, recipients: Sequence[str], detail: str, now: int
     ) -> None:
