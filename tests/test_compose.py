@@ -41,9 +41,10 @@ from secmail.store.database import Database
 from secmail.store.messages import QueueItem
 from secmail.store.portal import PortalStore
 from tests.dbs import POSTGRES_DSN, open_store
-from tests.test_delivery import IntakeFixture
-from tests.test_portal import BINARY, PNG, Browser, Reply, directives
-from tests.test_queue import INTERNAL, RELAY, make_settings, parse
+from tests.fixtures.intake import IntakeFixture
+from tests.fixtures.mails import BINARY, PNG, parse
+from tests.fixtures.portal import Browser, Reply, directives
+from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 from web.compose import MAX_FILENAME_CHARS, Compose, client_key, parse_form, upload_name
 from web.portal import Portal
 

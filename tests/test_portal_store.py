@@ -22,7 +22,7 @@ from secmail.store.portal import (
 )
 from secmail.store.spool import SealedBytes
 from tests.dbs import POSTGRES_DSN, open_store
-from tests.test_queue import make_settings
+from tests.fixtures.settings import make_settings
 
 T0 = 1_700_000_000
 

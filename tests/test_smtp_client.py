@@ -56,7 +56,7 @@ from secmail.smtp.client import (
     deliver_via_route,
     resolve_mx,
 )
-from tests.test_queue import make_settings
+from tests.fixtures.settings import make_settings
 from web.reply import build_reply
 
 HELO = "gw.example.net"
