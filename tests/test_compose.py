@@ -40,7 +40,7 @@ from secmail.store.compose import (
 from secmail.store.database import Database
 from secmail.store.messages import QueueItem
 from secmail.store.portal import PortalStore
-from tests.dbs import POSTGRES_DSN, open_store
+from tests.dbs import on_each_engine, open_store
 from tests.fixtures.intake import IntakeFixture
 from tests.fixtures.mails import BINARY, PNG, parse
 from tests.fixtures.portal import Browser, Reply, directives
@@ -906,6 +906,7 @@ class FormTests(SynchronousTestCase):
 # --- the store on both engines ------------------------------------------------------------
 
 
+@on_each_engine
 class ComposeStoreMixin:
     engine_name = "sqlite"
 
@@ -1106,13 +1107,3 @@ class ComposeStoreMixin:
             lambda txn: txn.execute("SELECT COUNT(*) FROM compose_codes").fetchone()
         )
         self.assertEqual(rows[0], CODES_PER_WINDOW)
-
-
-class SqliteComposeStoreTests(ComposeStoreMixin, TestCase):
-    engine_name = "sqlite"
-
-
-class PostgresComposeStoreTests(ComposeStoreMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"

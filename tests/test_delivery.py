@@ -25,12 +25,13 @@ from secmail.smtp.delivery import (
 from secmail.store.database import Database
 from secmail.store.engines import PostgresEngine, SqliteEngine
 from secmail.store.messages import MessageStore, NewMessage
-from tests.dbs import POSTGRES_DSN
+from tests.dbs import on_each_engine
 from tests.fixtures.intake import BODY, HELO, SUBJECT, T0, IntakeFixture
 from tests.fixtures.mails import parse
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 
 
+@on_each_engine
 class IntakeTestsMixin(IntakeFixture):
     # --- secure and plain recipients ---------------------------------------------------------
 
@@ -433,7 +434,9 @@ class IntakeTestsMixin(IntakeFixture):
         self.assertEqual(e.exception.code, 452)
 
 
-class SqliteIntakeTests(IntakeTestsMixin, TestCase):
+class SqliteFileTests(IntakeFixture, TestCase):
+    """The SQLite database files themselves, read from disk."""
+
     engine_name = "sqlite"
 
     async def test_no_plaintext_on_disk(self) -> None:
@@ -451,12 +454,6 @@ class SqliteIntakeTests(IntakeTestsMixin, TestCase):
         self.assertNotIn(b"Merger plans", stored)
         self.assertNotIn(b"ConfidentialBodyText", stored)
         self.assertNotIn(b"Initech", stored)
-
-
-class PostgresIntakeTests(IntakeTestsMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"
 
 
 class AllModeTests(IntakeFixture, TestCase):

@@ -44,7 +44,7 @@ from secmail.store.messages import (
     new_id,
 )
 from secmail.store.spool import SealedBytes
-from tests.dbs import POSTGRES_DSN, open_store
+from tests.dbs import on_each_engine, open_store
 from tests.fixtures.mails import parse
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 
@@ -187,6 +187,7 @@ class PureTests(SynchronousTestCase):
         self.assertEqual(enhanced_status("550 5.1234.1 odd", "5.0.0"), "5.0.0")
 
 
+@on_each_engine
 class QueueTestsMixin:
     engine_name = "sqlite"
 
@@ -823,16 +824,6 @@ class QueueTestsMixin:
         await RetentionJob(shorter, self.store, self.clock).run()
         self.assertEqual(await self.store.events("gone"), [])
         self.assertEqual(await self.store.events("kept"), [])
-
-
-class SqliteQueueTests(QueueTestsMixin, TestCase):
-    engine_name = "sqlite"
-
-
-class PostgresQueueTests(QueueTestsMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"
 
 
 class StoreDownTests(TestCase):
