@@ -650,6 +650,7 @@ class SendTests(ComposeFixture):
         self.assertEqual(len(await self.composed()), 2)
 
     async def test_send_without_form_id_refused(self) -> None:
+        """A send without a well-formed send-once form id is refused (403) and queues nothing."""
         writer = await self.signed_in()
         csrf = await self.write_csrf(writer)
         for form_id in ("", "short", "x" * 65, "bad chars!!!!!!!!!!"):

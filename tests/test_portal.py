@@ -567,6 +567,7 @@ class RegisteredTests(PortalFixture):
         self.assertIn("PIN accepted", kinds)
 
     async def test_pin_text_in_the_readers_language(self) -> None:
+        """The PIN page and the PIN SMS are in the reader's language (the language cookie)."""
         letter = await self.letter(level="registered")
         browser = self.browser(**{"__Host-secmail-lang": "fi"})
         reply = await self.open(browser, letter)
@@ -632,6 +633,7 @@ class RegisteredTests(PortalFixture):
         self.assertEqual(signed.code, 303)
 
     async def test_pin_expires_after_ten_minutes(self) -> None:
+        """A PIN typed more than 10 minutes after it was sent no longer works."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         pin = await self.sent_pin()
@@ -641,6 +643,7 @@ class RegisteredTests(PortalFixture):
         self.assertIn("no longer works", answer.text)
 
     async def test_five_pins_an_hour(self) -> None:
+        """At most 5 PINs an hour for one letter; the sixth is refused until the hour has passed."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         for _ in range(4):
@@ -669,6 +672,7 @@ class RegisteredTests(PortalFixture):
         self.assertIn('name="pin"', answer.text)  # the newest PIN can still be typed
 
     async def test_twenty_wrong_pins_lock_and_tell_the_sender(self) -> None:
+        """The 20th wrong PIN locks the letter for good and tells the sender, without content."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         csrf = reply.csrf()
@@ -701,6 +705,7 @@ class RegisteredTests(PortalFixture):
         self.assertIn("locked", await self.event_kinds(letter))
 
     async def test_wrong_number_tells_the_sender_once(self) -> None:
+        """A wrong-number report tells the sender once (number masked), then is not offered."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         self.assertIn(f'action="{letter.link}/wrong-number"', reply.text)
@@ -761,6 +766,7 @@ class RegisteredTests(PortalFixture):
         self.assertNotIn("We could not send", page.text)
 
     async def test_letter_codes_do_not_open_registered_letters(self) -> None:
+        """E-mail codes do not open a registered letter, and PIN routes refuse a plain letter."""
         letter = await self.letter(level="registered")
         browser = self.browser()
         landing = await browser.get(letter.link)
@@ -782,6 +788,7 @@ class RegisteredTests(PortalFixture):
         self.assertEqual(await self.notices(), [])
 
     async def test_forged_forms_are_refused(self) -> None:
+        """PIN, verify and wrong-number forms without the right CSRF token are refused (403)."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         pin = await self.sent_pin()
