@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import quote
 
 import psycopg
 from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
 
 from secmail.crypto import MasterKey
 from secmail.store.database import Database
@@ -17,10 +20,14 @@ from secmail.store.engines import Engine, PostgresEngine, SqliteEngine
 from secmail.store.messages import MessageStore
 
 POSTGRES_DSN = os.environ.get("SECMAIL_TEST_POSTGRES", "")
+NO_POSTGRES = (
+    "PostgreSQL storage tests need SECMAIL_TEST_POSTGRES, a DSN such as "
+    "postgresql://postgres@127.0.0.1:5432/test"
+)
+# The engines' names (make_engine) and the word each gives its test classes.
+ENGINE_CLASS_PREFIXES = {"sqlite": "Sqlite", "postgresql": "Postgres"}
 
-
-def engine_names() -> list[str]:
-    return ["sqlite", "postgresql"] if POSTGRES_DSN else ["sqlite"]
+M = TypeVar("M", bound=type)
 
 
 def make_engine(name: str, add_cleanup: Callable[..., object]) -> Engine:
@@ -61,5 +68,29 @@ def _rmtree(directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def each_engine() -> Iterator[str]:
-    yield from engine_names()
+def on_each_engine(mixin: M) -> M:
+    """Run the storage tests of C{mixin} on SQLite and on PostgreSQL, one trial TestCase each.
+
+    The two classes are added beside the mixin in its module, named for the engine
+    (C{QueueTestsMixin} or C{QueueMixin} -> C{SqliteQueueTests}, C{PostgresQueueTests}), with
+    C{engine_name} set for C{open_store}/C{make_engine}. The PostgreSQL one is skipped, saying
+    why, when SECMAIL_TEST_POSTGRES is unset. The mixin is no TestCase, so it is not run alone.
+    """
+    if issubclass(mixin, TestCase):
+        raise TypeError(f"{mixin.__name__} is a TestCase: on_each_engine wants a mixin")
+    module = sys.modules[mixin.__module__]
+    stem = mixin.__name__.removesuffix("Mixin").removesuffix("Tests")
+    for engine, prefix in ENGINE_CLASS_PREFIXES.items():
+        name = f"{prefix}{stem}Tests"
+        if hasattr(module, name):
+            raise TypeError(f"{mixin.__module__}.{name} exists: rename it or the mixin")
+        namespace: dict[str, object] = {
+            "engine_name": engine,
+            "__module__": mixin.__module__,
+            "__qualname__": name,
+            "__doc__": mixin.__doc__,
+        }
+        if engine == "postgresql" and not POSTGRES_DSN:
+            namespace["skip"] = NO_POSTGRES
+        setattr(module, name, type(name, (mixin, TestCase), namespace))
+    return mixin

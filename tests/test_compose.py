@@ -40,10 +40,11 @@ from secmail.store.compose import (
 from secmail.store.database import Database
 from secmail.store.messages import QueueItem
 from secmail.store.portal import PortalStore
-from tests.dbs import POSTGRES_DSN, open_store
-from tests.test_delivery import IntakeFixture
-from tests.test_portal import BINARY, PNG, Browser, Reply, directives
-from tests.test_queue import INTERNAL, RELAY, make_settings, parse
+from tests.dbs import on_each_engine, open_store
+from tests.fixtures.intake import IntakeFixture
+from tests.fixtures.mails import BINARY, PNG, parse
+from tests.fixtures.portal import Browser, Reply, directives
+from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 from web.compose import MAX_FILENAME_CHARS, Compose, client_key, parse_form, upload_name
 from web.portal import Portal
 
@@ -649,6 +650,7 @@ class SendTests(ComposeFixture):
         self.assertEqual(len(await self.composed()), 2)
 
     async def test_send_without_form_id_refused(self) -> None:
+        """A send without a well-formed send-once form id is refused (403) and queues nothing."""
         writer = await self.signed_in()
         csrf = await self.write_csrf(writer)
         for form_id in ("", "short", "x" * 65, "bad chars!!!!!!!!!!"):
@@ -905,6 +907,7 @@ class FormTests(SynchronousTestCase):
 # --- the store on both engines ------------------------------------------------------------
 
 
+@on_each_engine
 class ComposeStoreMixin:
     engine_name = "sqlite"
 
@@ -1105,13 +1108,3 @@ class ComposeStoreMixin:
             lambda txn: txn.execute("SELECT COUNT(*) FROM compose_codes").fetchone()
         )
         self.assertEqual(rows[0], CODES_PER_WINDOW)
-
-
-class SqliteComposeStoreTests(ComposeStoreMixin, TestCase):
-    engine_name = "sqlite"
-
-
-class PostgresComposeStoreTests(ComposeStoreMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import tempfile
 from collections.abc import Sequence
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor, task
-from twisted.internet.task import deferLater
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.mail import smtp
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -26,110 +24,14 @@ from secmail.smtp.delivery import (
 )
 from secmail.store.database import Database
 from secmail.store.engines import PostgresEngine, SqliteEngine
-from secmail.store.messages import MessageStore, NewMessage, QueueItem
-from secmail.store.spool import clean_spool
-from tests.dbs import POSTGRES_DSN, open_store
-from tests.test_queue import INTERNAL, RELAY, make_settings, parse
-
-T0 = 1_700_000_000
-HELO = (b"mail.corp.example", b"192.0.2.10")
-SUBJECT = b"Subject: Merger plans for Q3"
-BODY = b"ConfidentialBodyText: we buy Initech on Friday."
-LINES = [
-    b"From: Alice Example <alice@corp.example>",
-    b"To: bob@partner.example",
-    SUBJECT,
-    b"Message-ID: <m1@corp.example>",
-    b"",
-    BODY,
-    b"",
-]
+from secmail.store.messages import MessageStore, NewMessage
+from tests.dbs import on_each_engine
+from tests.fixtures.intake import BODY, HELO, SUBJECT, T0, IntakeFixture
+from tests.fixtures.mails import parse
+from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 
 
-class FakeProtocol:
-    """The server protocol as validateTo sees it: no transport, so no TLS."""
-
-    transport = None
-    host = None
-
-
-class IntakeFixture:
-    """A real store on the named engine, an Intake on a task.Clock, and the server's steps."""
-
-    engine_name = "sqlite"
-    mode = "marked"
-
-    def setUp(self) -> None:
-        self.engine, self.db, self.master, self.store = open_store(
-            self.engine_name, self.addCleanup
-        )
-        self.clock = task.Clock()
-        self.clock.advance(T0)
-        self.data_dir = tempfile.mkdtemp(prefix="secmail-intake-")
-        self.settings = make_settings(self.data_dir, secure={"mode": self.mode})
-        self.commits = 0
-        self.intake = self.make_intake(self.store)
-
-    def make_intake(self, store: MessageStore) -> Intake:
-        intake = Intake(
-            self.settings, store, self.master, self.clock, deferToThread, self.committed
-        )
-        clean_spool(intake.spool_dir)
-        return intake
-
-    def committed(self) -> None:
-        self.commits += 1
-
-    def user(self, address: bytes, origin: smtp.Address) -> smtp.User:
-        return smtp.User(address, HELO, FakeProtocol(), origin)
-
-    def start(
-        self,
-        recipients: Sequence[bytes],
-        sender: bytes = b"alice@corp.example",
-        intake: Intake | None = None,
-    ) -> tuple[IncomingMessage, bytes]:
-        """MAIL, RCPT and DATA as the server does them; returns the message and its Received."""
-        delivery = GatewayDelivery(intake or self.intake)
-        origin = delivery.validateFrom(HELO, smtp.Address(sender))
-        users = [self.user(r, origin) for r in recipients]
-        factories = [delivery.validateTo(u) for u in users]
-        message = factories[0]()
-        self.assertTrue(all(f() is message for f in factories))
-        received = delivery.receivedHeader(HELO, origin, users)
-        for line in received.splitlines():
-            message.lineReceived(line)
-        return message, received
-
-    async def receive(
-        self,
-        recipients: Sequence[bytes],
-        lines: Sequence[bytes] = LINES,
-        sender: bytes = b"alice@corp.example",
-        intake: Intake | None = None,
-    ) -> tuple[IncomingMessage, bytes]:
-        message, received = self.start(recipients, sender, intake)
-        for line in lines:
-            message.lineReceived(line)
-        result = await message.eomReceived()
-        self.assertEqual(result, message.message_id.encode("ascii"))
-        return message, received
-
-    async def rows(self, kind: str | None = None) -> list[QueueItem]:
-        return [i for i in await self.store.queue_list() if kind is None or i.kind == kind]
-
-    async def count(self, table: str) -> int:
-        row = await self.db.run(lambda txn: txn.execute(f"SELECT COUNT(*) FROM {table}").fetchone())
-        return int(row[0])
-
-    async def spool_empties(self) -> None:
-        for _ in range(200):
-            if not os.listdir(self.intake.spool_dir):
-                return
-            await deferLater(reactor, 0.01, lambda: None)
-        self.fail(f"spool not emptied: {os.listdir(self.intake.spool_dir)}")
-
-
+@on_each_engine
 class IntakeTestsMixin(IntakeFixture):
     # --- secure and plain recipients ---------------------------------------------------------
 
@@ -532,7 +434,9 @@ class IntakeTestsMixin(IntakeFixture):
         self.assertEqual(e.exception.code, 452)
 
 
-class SqliteIntakeTests(IntakeTestsMixin, TestCase):
+class SqliteFileTests(IntakeFixture, TestCase):
+    """The SQLite database files themselves, read from disk."""
+
     engine_name = "sqlite"
 
     async def test_no_plaintext_on_disk(self) -> None:
@@ -550,12 +454,6 @@ class SqliteIntakeTests(IntakeTestsMixin, TestCase):
         self.assertNotIn(b"Merger plans", stored)
         self.assertNotIn(b"ConfidentialBodyText", stored)
         self.assertNotIn(b"Initech", stored)
-
-
-class PostgresIntakeTests(IntakeTestsMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"
 
 
 class AllModeTests(IntakeFixture, TestCase):

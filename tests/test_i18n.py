@@ -14,7 +14,8 @@ import pytest
 from treq.testing import StubTreq
 
 from secmail.config import PortalSettings
-from tests.test_portal import BASE, PNG, Browser, PortalFixture, Reply
+from tests.fixtures.mails import PNG
+from tests.fixtures.portal import BASE, Browser, PortalFixture, Reply
 from web import i18n
 from web.portal import Portal
 

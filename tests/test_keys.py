@@ -12,7 +12,7 @@ import stat
 import tempfile
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from secmail.crypto import (
     DerivedKeys,
@@ -40,7 +40,7 @@ from secmail.store.messages import MessageStore, NewEnvelope, NewMessage, hash_t
 from secmail.store.portal import CodeState, PinOrder, PinState, PortalStore
 from secmail.store.sms import SmsStore
 from secmail.store.spool import SealedBytes
-from tests.dbs import POSTGRES_DSN, open_store
+from tests.dbs import on_each_engine, open_store
 
 T0 = 1_700_000_000
 NUMBER = "+358401234567"
@@ -114,6 +114,7 @@ class RingFileTests(SynchronousTestCase):
         self.assertEqual(sealing_key(["x"], both), "x")
 
 
+@on_each_engine
 class RotationMixin:
     engine_name = "sqlite"
 
@@ -360,13 +361,3 @@ class RotationMixin:
         await self.keys.announce(NodeKeys("b", (old_id,), old_id, T0 + 601))
         [problem] = await problems(T0 + 601)
         self.assertIn("node b still seals", problem)
-
-
-class SqliteRotationTests(RotationMixin, TestCase):
-    engine_name = "sqlite"
-
-
-class PostgresRotationTests(RotationMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"

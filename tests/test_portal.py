@@ -9,13 +9,8 @@ from __future__ import annotations
 import base64
 import os
 import re
-import secrets
-import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -23,90 +18,18 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
-from twisted.web.http_headers import Headers
-from twisted.web.resource import IResource
 
-from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
-from secmail.store.portal import PortalStore
 from secmail.store.sms import SmsStore
-from secmail.store.spool import SealedBytes
-from tests.test_delivery import IntakeFixture
-from tests.test_queue import make_settings, parse
+from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, PNG, RICH, SAFE_DISPOSITION, mime, parse
+from tests.fixtures.portal import SESSION, Browser, Letter, PortalFixture, Reply, directives
+from tests.fixtures.settings import make_settings
 from web import portal as portal_module
 from web.portal import Portal, make_site
 
-BASE = "https://portal.gw.example"
-ALICE = "alice@corp.example"
-BOB = "bob@partner.example"
-SESSION = "__Host-secmail-session"
 BROWSER = "__Host-secmail-browser"
 MINUTE = 60
 HOUR = 3600
 
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
-# Every byte value, CR/LF and a line that looks like a MIME boundary: it must come back intact.
-BINARY = bytes(range(256)) * 4 + b"\r\n.\r\n--outer\r\n\x00\xff"
-# ../../x".exe<CR><LF>X: y, in RFC 2231 form: the way a hostile name reaches the decoded header.
-HOSTILE_FILENAME = "utf-8''..%2F..%2Fx%22.exe%0D%0AX%3A%20y"
-SAFE_DISPOSITION = "attachment; filename=\"x_.exe__X_ y\"; filename*=UTF-8''x_.exe__X_%20y"
-
-
-def _b64(data: bytes) -> str:
-    return base64.encodebytes(data).decode("ascii").rstrip("\n")
-
-
-def mime(*lines: str) -> bytes:
-    """A message written by hand with CRLF line ends."""
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
-
-
-HEAD = (
-    f"From: Alice Example <{ALICE}>",
-    f"To: {BOB}",
-    "Subject: Quarterly figures",
-    "Date: Tue, 14 Nov 2023 22:13:20 +0000",
-    "Message-ID: <q3@corp.example>",
-    "MIME-Version: 1.0",
-)
-
-# Text and HTML versions, an inline image the HTML uses, and a binary attachment.
-RICH = mime(
-    *HEAD,
-    'Content-Type: multipart/mixed; boundary="outer"',
-    "",
-    "--outer",
-    'Content-Type: multipart/related; boundary="related"',
-    "",
-    "--related",
-    'Content-Type: multipart/alternative; boundary="alt"',
-    "",
-    "--alt",
-    "Content-Type: text/plain; charset=utf-8",
-    "",
-    "SecretBodyText: the numbers are bad.",
-    "--alt",
-    "Content-Type: text/html; charset=utf-8",
-    "",
-    '<p>SecretHtmlText</p><img src="cid:logo@corp.example" alt="logo">',
-    "--alt--",
-    "--related",
-    "Content-Type: image/png",
-    "Content-ID: <logo@corp.example>",
-    "Content-Transfer-Encoding: base64",
-    "",
-    _b64(PNG),
-    "--related--",
-    "--outer",
-    "Content-Type: application/octet-stream",
-    f"Content-Disposition: attachment; filename*={HOSTILE_FILENAME}",
-    "Content-Transfer-Encoding: base64",
-    "",
-    _b64(BINARY),
-    "--outer--",
-)
 
 XSS_HTML = (
     "<script>alert(1)</script>"
@@ -124,205 +47,6 @@ XSS = mime(
     "",
     XSS_HTML,
 )
-
-SECRETS = ("SecretBodyText", "SecretHtmlText", "Quarterly figures")
-
-
-@dataclass(frozen=True)
-class Letter:
-    token: str
-    message_id: str
-    envelope_id: str
-
-    @property
-    def link(self) -> str:
-        return f"/m/{self.token}"
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    headers: Headers
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name.encode("ascii"))
-        if values is None:
-            return None
-        assert len(values) == 1, (name, values)
-        return values[0].decode("latin-1")
-
-    def set_cookies(self) -> dict[str, tuple[str, dict[str, str]]]:
-        """Each Set-Cookie by name: its value and its attributes (names lower-cased)."""
-        found: dict[str, tuple[str, dict[str, str]]] = {}
-        for raw in self.headers.getRawHeaders(b"set-cookie", []):
-            first, *attributes = raw.decode("ascii").split(";")
-            name, _, value = first.strip().partition("=")
-            parsed: dict[str, str] = {}
-            for attribute in attributes:
-                key, _, val = attribute.strip().partition("=")
-                parsed[key.lower()] = val
-            found[name] = (value, parsed)
-        return found
-
-    def csrf(self) -> str:
-        match = re.search(r'name="csrf" value="([^"]+)"', self.text)
-        assert match is not None, self.text
-        return match.group(1)
-
-    def form_id(self) -> str | None:
-        """The send-once id of the page's form (web.portal.form_id_field), if it has one."""
-        match = re.search(r'name="form" value="([^"]+)"', self.text)
-        return match.group(1) if match else None
-
-
-T = TypeVar("T")
-
-
-class Browser:
-    """A client with its own cookie jar, which it sends and updates as a browser does.
-
-    Each request goes through a fresh StubTreq: treq keeps a cookie jar of its own per
-    client, and this one must be the only one. Redirects are not followed: the tests
-    look at them.
-    """
-
-    def __init__(self, resource: IResource, cookies: Mapping[str, str] | None = None) -> None:
-        self.resource = resource
-        self.cookies = dict(cookies or {})
-
-    async def get(self, path: str) -> Reply:
-        return await self.request("GET", path)
-
-    async def post(self, path: str, data: Mapping[str, str] | None = None) -> Reply:
-        return await self.request("POST", path, data=dict(data or {}))
-
-    async def post_body(self, path: str, body: bytes, content_type: str) -> Reply:
-        """POST a body written by the test itself (multipart, repeated fields, not a form)."""
-        return await self.request("POST", path, data=body, content_type=content_type)
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        data: dict[str, str] | bytes | None = None,
-        content_type: str | None = None,
-    ) -> Reply:
-        headers: dict[str, list[str]] = {}
-        if self.cookies:
-            headers["Cookie"] = ["; ".join(f"{k}={v}" for k, v in self.cookies.items())]
-        if content_type is not None:
-            headers["Content-Type"] = [content_type]
-        kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
-        if data is not None:
-            kwargs["data"] = data
-        stub: Any = StubTreq(self.resource)  # its request functions are set at run time
-        response = await self._settle(stub, stub.request(method, BASE + path, **kwargs))
-        body: bytes = await self._settle(stub, response.content())
-        reply = Reply(response.code, response.headers, body)
-        for name, (value, attributes) in reply.set_cookies().items():
-            if value and attributes.get("max-age") != "0":
-                self.cookies[name] = value
-            else:
-                self.cookies.pop(name, None)
-        return reply
-
-    async def _settle(self, stub: StubTreq, d: Deferred[T]) -> T:
-        """The handlers wait on the database thread: pump the in-memory connection meanwhile."""
-        done: list[object] = []
-
-        def seen(result: object) -> object:
-            done.append(result)
-            return result
-
-        d.addBoth(seen)
-        for _ in range(5000):
-            stub.flush()
-            if done:
-                return await d
-            await deferLater(reactor, 0.001, lambda: None)
-        raise AssertionError("the portal did not answer")
-
-
-class PortalFixture(IntakeFixture, TestCase):
-    """The intake's store, clock and settings, with the portal on top."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.addCleanup(shutil.rmtree, self.data_dir, True)
-        self.portal_store = PortalStore(self.db, os.urandom(32))
-        self.portal = Portal(
-            self.settings,
-            self.store,
-            self.portal_store,
-            self.clock,
-            csrf_key=os.urandom(32),
-            on_commit=self.committed,
-        )
-        self.resource = self.portal.app.resource()
-
-    def browser(self, **cookies: str) -> Browser:
-        return Browser(self.resource, cookies)
-
-    def now(self) -> int:
-        return int(self.clock.seconds())
-
-    async def letter(
-        self, raw: bytes = RICH, level: str = "letter", phone: str | None = "+4915100000000"
-    ) -> Letter:
-        """A secure message stored as the intake stores one, with a known link token."""
-        token = secrets.token_urlsafe(32)
-        phone = phone if level == "registered" else None
-        envelope = NewEnvelope(BOB, BOB + ".s", level, phone, hash_token(token))
-        message_id = new_id()
-        content = SealedBytes(self.master, message_id, raw)
-        await self.store.commit(
-            [NewMessage(content, "mail", ALICE, envelopes=[envelope])], self.now()
-        )
-        return Letter(token, message_id, envelope.id)
-
-    async def open(self, browser: Browser, letter: Letter) -> Reply:
-        """What a person does: follow the link, then press Open."""
-        landing = await browser.get(letter.link)
-        self.assertEqual(landing.code, 200)
-        return await browser.post(letter.link, {"csrf": landing.csrf()})
-
-    async def signed_in(self, letter: Letter) -> Browser:
-        browser = self.browser()
-        opened = await self.open(browser, letter)
-        self.assertEqual(opened.code, 303, opened.text)
-        self.assertIn(SESSION, browser.cookies)
-        return browser
-
-    async def browser_hash(self, letter: Letter) -> str | None:
-        row = await self.db.run(
-            lambda txn: txn.execute(
-                "SELECT browser_hash FROM envelopes WHERE id = ?", (letter.envelope_id,)
-            ).fetchone()
-        )
-        return None if row[0] is None else str(row[0])
-
-    async def event_kinds(self, letter: Letter) -> list[str]:
-        return [kind for _, kind, _, _ in await self.store.events(letter.message_id)]
-
-    async def mailed_code(self) -> str:
-        """The code in the newest code mail in the queue."""
-        rows = await self.rows("code")
-        self.assertTrue(rows)
-        content = await self.store.read_all(rows[-1].message_id)
-        text = parse(content).get_body(("plain",))
-        assert text is not None
-        match = re.search(r"\b(\d{6})\b", text.get_content())
-        assert match is not None
-        return match.group(1)
-
-    def assert_no_content(self, reply: Reply) -> None:
-        for secret in (*SECRETS, "VisibleXssText"):
-            self.assertNotIn(secret.encode(), reply.body)
 
 
 class LinkTests(PortalFixture):
@@ -843,6 +567,7 @@ class RegisteredTests(PortalFixture):
         self.assertIn("PIN accepted", kinds)
 
     async def test_pin_text_in_the_readers_language(self) -> None:
+        """The PIN page and the PIN SMS are in the reader's language (the language cookie)."""
         letter = await self.letter(level="registered")
         browser = self.browser(**{"__Host-secmail-lang": "fi"})
         reply = await self.open(browser, letter)
@@ -908,6 +633,7 @@ class RegisteredTests(PortalFixture):
         self.assertEqual(signed.code, 303)
 
     async def test_pin_expires_after_ten_minutes(self) -> None:
+        """A PIN typed more than 10 minutes after it was sent no longer works."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         pin = await self.sent_pin()
@@ -917,6 +643,7 @@ class RegisteredTests(PortalFixture):
         self.assertIn("no longer works", answer.text)
 
     async def test_five_pins_an_hour(self) -> None:
+        """At most 5 PINs an hour for one letter; the sixth is refused until the hour has passed."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         for _ in range(4):
@@ -945,6 +672,7 @@ class RegisteredTests(PortalFixture):
         self.assertIn('name="pin"', answer.text)  # the newest PIN can still be typed
 
     async def test_twenty_wrong_pins_lock_and_tell_the_sender(self) -> None:
+        """The 20th wrong PIN locks the letter for good and tells the sender, without content."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         csrf = reply.csrf()
@@ -977,6 +705,7 @@ class RegisteredTests(PortalFixture):
         self.assertIn("locked", await self.event_kinds(letter))
 
     async def test_wrong_number_tells_the_sender_once(self) -> None:
+        """A wrong-number report tells the sender once (number masked), then is not offered."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         self.assertIn(f'action="{letter.link}/wrong-number"', reply.text)
@@ -1037,6 +766,7 @@ class RegisteredTests(PortalFixture):
         self.assertNotIn("We could not send", page.text)
 
     async def test_letter_codes_do_not_open_registered_letters(self) -> None:
+        """E-mail codes do not open a registered letter, and PIN routes refuse a plain letter."""
         letter = await self.letter(level="registered")
         browser = self.browser()
         landing = await browser.get(letter.link)
@@ -1058,6 +788,7 @@ class RegisteredTests(PortalFixture):
         self.assertEqual(await self.notices(), [])
 
     async def test_forged_forms_are_refused(self) -> None:
+        """PIN, verify and wrong-number forms without the right CSRF token are refused (403)."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         pin = await self.sent_pin()
@@ -1079,16 +810,6 @@ class RegisteredWithoutSmsTests(PortalFixture):
         self.assertIn(b"cannot send text messages", reply.body)
         self.assertNotIn(SESSION, reply.set_cookies())
         self.assert_no_content(reply)
-
-
-def directives(reply: Reply) -> dict[str, list[str]]:
-    csp = reply.header("Content-Security-Policy")
-    assert csp is not None
-    found: dict[str, list[str]] = {}
-    for directive in csp.split(";"):
-        name, *values = directive.split()
-        found[name.lower()] = values
-    return found
 
 
 class HeaderTests(PortalFixture):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from twisted.trial.unittest import TestCase
-
 from secmail.letters import system_mail
 from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.portal import (
@@ -21,12 +19,13 @@ from secmail.store.portal import (
     PortalStore,
 )
 from secmail.store.spool import SealedBytes
-from tests.dbs import POSTGRES_DSN, open_store
-from tests.test_queue import make_settings
+from tests.dbs import on_each_engine, open_store
+from tests.fixtures.settings import make_settings
 
 T0 = 1_700_000_000
 
 
+@on_each_engine
 class PortalStoreMixin:
     engine_name = "sqlite"
 
@@ -172,13 +171,3 @@ class PortalStoreMixin:
         self.assertEqual(await self.portal.order_code(env, now + 86400), (CodeOrder.LOCKED, None))
         self.assertEqual(await self.portal.check_code(env, "123456", now + 9), CodeState.LOCKED)
         self.assertEqual(len(await self.store.queue_list()), 1)
-
-
-class SqlitePortalStoreTests(PortalStoreMixin, TestCase):
-    engine_name = "sqlite"
-
-
-class PostgresPortalStoreTests(PortalStoreMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"

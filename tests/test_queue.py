@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,7 +15,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from secmail import config
 from secmail.crypto import MasterKey
 from secmail.queue import (
     LEASE_SECONDS,
@@ -47,12 +44,12 @@ from secmail.store.messages import (
     new_id,
 )
 from secmail.store.spool import SealedBytes
-from tests.dbs import POSTGRES_DSN, open_store
+from tests.dbs import on_each_engine, open_store
+from tests.fixtures.mails import parse
+from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 
 T0 = 1_700_000_000
 DAY = 86400
-RELAY = "smtp://relay.example:25"
-INTERNAL = "smtp://mail.corp.example:25"
 ALICE = "alice@corp.example"
 BOB = "bob@partner.example"
 ORIGINAL = (
@@ -64,23 +61,6 @@ ORIGINAL = (
     b"\r\n"
     b"SecretBodyText: the numbers are bad.\r\n"
 )
-
-
-def make_settings(data_dir: str, **sections: dict[str, Any]) -> config.Settings:
-    """Settings with a relay host outside and an internal mail server for corp.example."""
-    raw: dict[str, dict[str, Any]] = {
-        "gateway": {
-            "hostname": "gw.example",
-            "data_dir": data_dir,
-            "bounce_address": "bounces@gw.example",
-            "notification_from": "secmail@gw.example",
-        },
-        "routes": {"outgoing": RELAY, "incoming": INTERNAL, "incoming_domains": ["corp.example"]},
-        "portal": {"url": "https://portal.gw.example"},
-    }
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    return config.from_mapping(raw)
 
 
 Outcome = DeliveryResult | Exception | Callable[[QueueItem], DeliveryResult]
@@ -137,12 +117,6 @@ def content_of(data: bytes) -> Callable[[], AsyncIterator[bytes]]:
         yield data
 
     return produce
-
-
-def parse(content: bytes) -> EmailMessage:
-    message = email.message_from_bytes(content, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 class PureTests(SynchronousTestCase):
@@ -213,6 +187,7 @@ class PureTests(SynchronousTestCase):
         self.assertEqual(enhanced_status("550 5.1234.1 odd", "5.0.0"), "5.0.0")
 
 
+@on_each_engine
 class QueueTestsMixin:
     engine_name = "sqlite"
 
@@ -872,16 +847,6 @@ class QueueTestsMixin:
         await RetentionJob(shorter, self.store, self.clock).run()
         self.assertEqual(await self.store.events("gone"), [])
         self.assertEqual(await self.store.events("kept"), [])
-
-
-class SqliteQueueTests(QueueTestsMixin, TestCase):
-    engine_name = "sqlite"
-
-
-class PostgresQueueTests(QueueTestsMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"
 
 
 class StoreDownTests(TestCase):

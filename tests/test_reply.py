@@ -1,7 +1,7 @@
 """Reply, reply all and forward from the reading page: the mail built, and the portal's routes.
 
 The first half tests L{web.reply} as pure functions. The second drives the portal through
-C{StubTreq} with the fixtures of C{tests/test_portal.py}; the request body limit and the
+C{StubTreq} with the fixtures of C{tests/fixtures/portal.py}; the request body limit and the
 in-memory body are tested on the real site (L{web.portal.make_site}) over a
 C{StringTransport}, since StubTreq builds a site of its own.
 """
@@ -31,19 +31,9 @@ from twisted.web.http import HTTPChannel
 from secmail.address import Level
 from secmail.crypto import MasterKey
 from secmail.store.messages import NewMessage, hash_token
-from tests.test_portal import (
-    ALICE,
-    BINARY,
-    BOB,
-    HEAD,
-    RICH,
-    Browser,
-    Letter,
-    PortalFixture,
-    Reply,
-    mime,
-)
-from tests.test_queue import INTERNAL, RELAY, make_settings, parse
+from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, RICH, mime, parse
+from tests.fixtures.portal import Browser, Letter, PortalFixture, Reply
+from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 from web import portal as portal_module
 from web.portal import Portal, make_site, parse_multipart
 from web.reply import (

@@ -13,7 +13,6 @@ import tempfile
 from typing import Any
 
 import psycopg
-from twisted.trial.unittest import TestCase
 
 import secmail.store.portal as portal_module
 from secmail.letters import system_mail
@@ -32,8 +31,8 @@ from secmail.store.portal import (
 )
 from secmail.store.sms import OutboxItem, Pending, SmsStore, SmsText, queue_sms_txn
 from secmail.store.spool import SealedBytes
-from tests.dbs import POSTGRES_DSN, open_store
-from tests.test_queue import make_settings
+from tests.dbs import on_each_engine, open_store
+from tests.fixtures.settings import make_settings
 
 T0 = 1_700_000_000
 ALICE = "alice@corp.example"
@@ -66,6 +65,7 @@ def other(pin: str) -> str:
     return f"{(int(pin) + 1) % 10**6:06d}"
 
 
+@on_each_engine
 class SmsStoreMixin:
     engine_name = "sqlite"
 
@@ -635,13 +635,3 @@ class SmsStoreMixin:
         self.assertEqual(await self.envelope_row(env), (0, None, T0))
         self.assertFalse(await self.portal.report_wrong_number(env, T0 + 1, None))
         self.assertEqual(await self.store.queue_list(), [])
-
-
-class SqliteSmsStoreTests(SmsStoreMixin, TestCase):
-    engine_name = "sqlite"
-
-
-class PostgresSmsStoreTests(SmsStoreMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"

@@ -46,7 +46,7 @@ from tests.smtp_fakes import (
     said,
     three_messages,
 )
-from tests.test_queue import make_settings
+from tests.fixtures.settings import make_settings
 from web.reply import build_reply
 
 EHLO_PIPELINING = b"250-mx.example.com hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n"

@@ -29,9 +29,10 @@ from secmail.store.messages import (
     new_id,
 )
 from secmail.store.spool import SealedBytes, SpooledMessage
-from tests.dbs import POSTGRES_DSN, make_engine, open_store
+from tests.dbs import make_engine, on_each_engine, open_store
 
 
+@on_each_engine
 class StoreTestsMixin:
     engine_name = "sqlite"
 
@@ -309,16 +310,6 @@ class StoreTestsMixin:
         self.assertTrue(await self.store.queue_delete(qid, now=3))
         self.assertFalse(await self.store.queue_delete(qid, now=3))
         self.assertEqual(await self.store.queue_list(), [])
-
-
-class SqliteStoreTests(StoreTestsMixin, TestCase):
-    engine_name = "sqlite"
-
-
-class PostgresStoreTests(StoreTestsMixin, TestCase):
-    engine_name = "postgresql"
-    if not POSTGRES_DSN:
-        skip = "SECMAIL_TEST_POSTGRES is not set"
 
 
 class UnavailableTests(TestCase):

@@ -35,8 +35,8 @@ from playwright.sync_api import expect as pw_expect
 
 from tests.e2e.fake_sms import FakeSmsGateway
 from tests.e2e.harness import Gateway, SinkMessage, SmtpSink, poll
-from tests.e2e.test_gateway import link_token, notification_for, text_parts, unique
-from tests.e2e.test_sms import MASKED, NUMBER, pin_of, send_registered, wrong
+from tests.e2e.mails import link_token, notification_for, text_parts, unique
+from tests.e2e.registered import MASKED, NUMBER, pin_of, send_registered, wrong
 
 SENDER = "alice@corp.example"
 BOB = "bob@partner.example"

@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,19 @@ import pytest
 from tests.e2e.harness import (
     LOOPBACK,
     Gateway,
-    SinkMessage,
     SmtpSink,
     make_message,
     poll,
     run_env,
     twistd_path,
+)
+from tests.e2e.mails import (
+    is_notification_sender,
+    link_token,
+    msgid,
+    notification_for,
+    text_parts,
+    unique,
 )
 
 SENDER = "alice@corp.example"
@@ -42,14 +49,6 @@ SHARED_SETTINGS: dict[str, dict[str, Any]] = {
     "smtp": {"max_message_size": 20000},
     "queue": {"retry_initial": 1, "retry_max": 2},
 }
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(6)}"
-
-
-def msgid(prefix: str) -> str:
-    return f"<{unique(prefix)}@corp.example>"
 
 
 # --- fixtures --------------------------------------------------------------------------
@@ -76,39 +75,6 @@ def split_received(data: bytes) -> tuple[bytes, bytes]:
     while data[pos : pos + 1] in (b" ", b"\t"):
         pos = data.index(b"\r\n", pos) + 2
     return data[:pos], data[pos:]
-
-
-def is_notification_sender(gw: Gateway, sender: str) -> bool:
-    """Notifications come from the bounce address, tagged with their envelope (VERP)."""
-    return (
-        re.fullmatch(rf"secmail-bounces\+[0-9a-f]{{32}}@{re.escape(gw.hostname)}", sender)
-        is not None
-    )
-
-
-def notification_for(gw: Gateway, address: str) -> Callable[[SinkMessage], bool]:
-    def match(m: SinkMessage) -> bool:
-        return is_notification_sender(gw, m.mail_from) and m.rcpt_tos == (address,)
-
-    return match
-
-
-def text_parts(message: SinkMessage) -> list[str]:
-    """Every text part, decoded (quoted-printable can hide a string from a byte search)."""
-    texts = []
-    for part in message.parsed().walk():
-        if part.get_content_maintype() == "text":
-            texts.append(str(part.get_content()))
-    return texts
-
-
-def link_token(gw: Gateway, notification: SinkMessage) -> str:
-    pattern = re.compile(re.escape(gw.portal_url) + r"/m/([A-Za-z0-9_-]+)")
-    for text in text_parts(notification):
-        m = pattern.search(text)
-        if m:
-            return m.group(1)
-    raise AssertionError(f"no {gw.portal_url}/m/<token> link in the notification")
 
 
 # --- the tests -------------------------------------------------------------------------
