@@ -33,7 +33,8 @@ from secmail.smtp.outgoing import (
     Timeouts,
     TlsPolicy,
 )
-from tests.smtp_fakes import (
+from tests.fixtures.settings import make_settings
+from tests.fixtures.smtp import (
     BODY,
     EHLO_REPLY,
     GREETING,
@@ -46,7 +47,6 @@ from tests.smtp_fakes import (
     said,
     three_messages,
 )
-from tests.fixtures.settings import make_settings
 from web.reply import build_reply
 
 EHLO_PIPELINING = b"250-mx.example.com hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmail.smtp.encoder import DataEncoder
-from tests.smtp_fakes import (
+from tests.fixtures.smtp import (
     BODY,
     decode_wire,
 )

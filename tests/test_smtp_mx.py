@@ -17,7 +17,7 @@ from secmail.smtp.outgoing import (
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
-from tests.smtp_fakes import (
+from tests.fixtures.smtp import (
     FakeResolver,
     mx,
 )

@@ -24,7 +24,7 @@ from secmail.smtp.outgoing import (
     TemporaryDeliveryError,
     Timeouts,
 )
-from tests.smtp_fakes import (
+from tests.fixtures.smtp import (
     EHLO_REPLY,
     GREETING,
     HELO,

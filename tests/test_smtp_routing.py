@@ -17,7 +17,7 @@ from secmail.smtp.outgoing import (
     TemporaryDeliveryError,
 )
 from secmail.smtp.routing import deliver_many_via_route, deliver_via_route
-from tests.smtp_fakes import (
+from tests.fixtures.smtp import (
     GREETING,
     OPTIONS,
     FakeResolver,
