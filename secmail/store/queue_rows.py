@@ -73,6 +73,11 @@ def _queue_item(row: Sequence[Any]) -> QueueItem:
     )
 
 
+def _queue_row_txn(txn: Txn, queue_id: int) -> QueueItem | None:
+    row = txn.execute(f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (queue_id,)).fetchone()
+    return None if row is None else _queue_item(row)
+
+
 class RecentMessages:
     """
     The plaintext of small messages just committed, kept in memory for the queue.
@@ -236,12 +241,9 @@ class QueueRows:
         """
 
         def txn_(txn: Txn) -> QueueItem | None:
-            row = txn.execute(
-                f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (queue_id,)
-            ).fetchone()
-            if row is None:
+            item = _queue_row_txn(txn, queue_id)
+            if item is None:
                 return None
-            item = _queue_item(row)
             txn.execute(
                 "UPDATE queue SET next_attempt = ?, quarantined = NULL, lease_owner = NULL, "
                 "lease_until = NULL WHERE id = ?",
@@ -256,12 +258,9 @@ class QueueRows:
 
     async def queue_delete(self, queue_id: int, now: int) -> bool:
         def txn_(txn: Txn) -> bool:
-            row = txn.execute(
-                f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (queue_id,)
-            ).fetchone()
-            if row is None:
+            item = _queue_row_txn(txn, queue_id)
+            if item is None:
                 return False
-            item = _queue_item(row)
             txn.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
             add_event_txn(
                 txn,
