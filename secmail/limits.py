@@ -18,6 +18,10 @@ from dataclasses import dataclass
 HOUR = 3600
 DAY = 24 * HOUR
 
+#: A holder (a letter, a mailbox) locks after this many wrong codes or PINs in all (NIST SP
+#: 800-63B 5.2.2: a limit on failed attempts for any one-time secret).
+LOCK_AFTER = 20
+
 #: Sessions end after this long without a request, and this long after they began.
 SESSION_IDLE = 30 * 60
 SESSION_MAX = 12 * HOUR
@@ -49,7 +53,7 @@ class CodeRules:
 
     lifetime: int = 10 * 60
     tries: int = 5  # per code
-    lock_after: int = 20  # wrong ones in all, for the holder (a letter, a mailbox)
+    lock_after: int = LOCK_AFTER  # wrong ones in all, for the holder (a letter, a mailbox)
     lock_time: int | None = None  # how long a lock lasts; None: for good
     interval: int = 0  # at least this long between two codes (0: no such rule)
 

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from secmail import limits as code_rules
 from secmail.address import mailbox_key
 from secmail.crypto import DerivedKeys, purpose_keys
-from secmail.limits import HOUR, SESSION_IDLE, SESSION_MAX, CodeState, Quota
+from secmail.limits import HOUR, LOCK_AFTER, SESSION_IDLE, SESSION_MAX, CodeState, Quota
 from secmail.store.codes import HolderRow, OneTimeCodes, new_code
 from secmail.store.database import Database, Txn
-from secmail.store.portal import LOCK_AFTER
 from secmail.store.rows import NewMessage, add_event_txn
 from secmail.store.sessions import SessionTable, new_session
 
@@ -141,7 +140,7 @@ class ComposeStore:
         self._codes = OneTimeCodes(
             "compose_codes", "address", purpose_keys(code_key), CODE_RULES, context="compose:"
         )
-        self._sessions = SessionTable("compose_sessions", ("address",))
+        self._sessions = SessionTable("compose_sessions", ("address",), ComposeSession)
 
     # --- codes ------------------------------------------------------------------------------
 
@@ -245,13 +244,7 @@ class ComposeStore:
     async def session(self, session_id: str, now: int) -> ComposeSession | None:
         """The live session for a cookie, touched; None when unknown or timed out."""
 
-        def txn_(txn: Txn) -> ComposeSession | None:
-            row = self._sessions.touch_txn(txn, session_id, now)
-            if row is None:
-                return None
-            return ComposeSession(address=row.subject[0], csrf=row.csrf, created=row.created)
-
-        return await self.db.run(txn_)
+        return await self.db.run(lambda txn: self._sessions.touch_txn(txn, session_id, now))
 
     async def end_session(self, session_id: str, now: int) -> None:
         def txn_(txn: Txn) -> None:

@@ -18,6 +18,7 @@ from secmail.crypto import DerivedKeys, purpose_keys
 from secmail.limits import (
     DAY,
     HOUR,
+    LOCK_AFTER,
     SESSION_IDLE,
     SESSION_MAX,
     CodeRules,
@@ -64,9 +65,7 @@ CODES_PER_DAY = 10
 #: SMS PINs for registered letters: the same lifetime, tries, hourly and daily limits as
 #: e-mail codes, and at most one a minute.
 PIN_INTERVAL = 60
-#: A letter locks for good after this many wrong codes or PINs in all (NIST SP 800-63B
-#: 5.2.2: a limit on failed attempts for any one-time secret), and its sender is told.
-LOCK_AFTER = 20
+#: A letter locks for good after LOCK_AFTER wrong codes or PINs in all, and its sender is told.
 PIN_LOCK_AFTER = LOCK_AFTER
 
 CODE_RULES = CodeRules(lifetime=CODE_LIFETIME, tries=CODE_TRIES, lock_after=LOCK_AFTER)
@@ -113,7 +112,7 @@ class LetterHolder(HolderRow):
 
     table, key_column, failures_column = "envelopes", "id", "pin_failures"
 
-    def __init__(self, envelope_id: str, name: str, sessions: SessionTable) -> None:
+    def __init__(self, envelope_id: str, name: str, sessions: SessionTable[Session]) -> None:
         self.key = self.envelope_id = envelope_id
         self.name = name
         self.sessions = sessions
@@ -158,6 +157,7 @@ class PortalStore:
         self._sessions = SessionTable(
             "sessions",
             ("envelope_id",),
+            Session,
             read="s.envelope_id, e.message_id",
             join="JOIN envelopes e ON e.id = s.envelope_id",
         )
@@ -213,14 +213,7 @@ class PortalStore:
     async def session(self, session_id: str, now: int) -> Session | None:
         """The live session for a cookie, touched; None when unknown or timed out."""
 
-        def txn_(txn: Txn) -> Session | None:
-            row = self._sessions.touch_txn(txn, session_id, now)
-            if row is None:
-                return None
-            envelope_id, message_id = row.subject
-            return Session(envelope_id, message_id, csrf=row.csrf, created=row.created)
-
-        return await self.db.run(txn_)
+        return await self.db.run(lambda txn: self._sessions.touch_txn(txn, session_id, now))
 
     async def end_session(self, session_id: str) -> None:
         await self.db.run(lambda txn: self._sessions.end_txn(txn, session_id))

@@ -10,22 +10,15 @@ cluster. Only the SHA-256 of the cookie (L{hash_token}) is stored.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from secmail.limits import SESSION_IDLE, SESSION_MAX, session_alive
 from secmail.store.database import Txn
 from secmail.store.rows import hash_token
 
-
-@dataclass(frozen=True)
-class SessionRow:
-    """A live session: what it is for (the table's C{read} columns), its CSRF token, its start."""
-
-    subject: tuple[Any, ...]
-    csrf: str
-    created: int
+#: What a live session is shown as (L{SessionTable}'s C{build}).
+S = TypeVar("S")
 
 
 def new_session() -> tuple[str, str]:
@@ -33,18 +26,27 @@ def new_session() -> tuple[str, str]:
     return secrets.token_urlsafe(32), secrets.token_urlsafe(24)
 
 
-class SessionTable:
+class SessionTable(Generic[S]):
     """
     One table of sessions (C{id_hash, <subject columns>, created, last_seen, csrf}).
 
     @param subject: the columns that say whose session it is (stored at creation).
-    @param read: what L{touch_txn} returns of it (columns of C{s}, the session row, or of a
+    @param build: makes a live session of the C{read} values, C{csrf=} and C{created=}.
+    @param read: what L{touch_txn} reads of it (columns of C{s}, the session row, or of a
         table C{join} brings in); the subject columns by default.
     """
 
-    def __init__(self, table: str, subject: Sequence[str], read: str = "", join: str = "") -> None:
+    def __init__(
+        self,
+        table: str,
+        subject: Sequence[str],
+        build: Callable[..., S],
+        read: str = "",
+        join: str = "",
+    ) -> None:
         self.table = table
         self.subject = tuple(subject)
+        self.build = build
         self.read = read or ", ".join(f"s.{c}" for c in self.subject)
         self.join = join
 
@@ -70,7 +72,7 @@ class SessionTable:
         )
         return replaced
 
-    def touch_txn(self, txn: Txn, session_id: str, now: int) -> SessionRow | None:
+    def touch_txn(self, txn: Txn, session_id: str, now: int) -> S | None:
         """The live session for a cookie, its last request now; None when unknown or over."""
         id_hash = hash_token(session_id)
         row = txn.execute(
@@ -85,7 +87,7 @@ class SessionTable:
             txn.execute(f"DELETE FROM {self.table} WHERE id_hash = ?", (id_hash,))
             return None
         txn.execute(f"UPDATE {self.table} SET last_seen = ? WHERE id_hash = ?", (now, id_hash))
-        return SessionRow(subject=tuple(row[:-3]), csrf=csrf, created=created)
+        return self.build(*row[:-3], csrf=csrf, created=created)
 
     def end_txn(self, txn: Txn, session_id: str) -> tuple[Any, ...] | None:
         """End a session; its subject columns, or None when there was no such session."""
