@@ -164,7 +164,7 @@ class OutboundQueue(ScanningService):
 
     async def release_own_leases(self) -> None:
         """After a restart, take back the rows this node had leased when it stopped."""
-        await self.store.release_leases(self.node_id)
+        await self.store.release_queue_leases(self.node_id)
 
     async def start_after_restart(self) -> None:
         """Take back this node's leases from before a restart, then start scanning.

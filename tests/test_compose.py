@@ -994,6 +994,19 @@ class ComposeStoreMixin:
         self.assertIsNone(await self.codes.session(sid, T0 + 2))
         self.assertIsNone(await self.codes.session("not-a-session-id-at-all", T0))
 
+    async def test_session_rotated_in_one_step(self) -> None:
+        """A new session replacing another ends the old one (signed out) in the same step."""
+        old = await self.codes.create_session(OUTSIDER, T0)
+        new = await self.codes.create_session(OUTSIDER, T0 + 1, replaces=old)
+        self.assertIsNone(await self.codes.session(old, T0 + 2))
+        self.assertIsNotNone(await self.codes.session(new, T0 + 2))
+        kinds = await self.db.run(
+            lambda txn: [
+                r[0] for r in txn.execute("SELECT kind FROM events ORDER BY id").fetchall()
+            ]
+        )
+        self.assertEqual(kinds, ["signed in", "signed out", "signed in"])
+
     async def test_secrets_not_stored(self) -> None:
         """Only hashes of session cookies and codes are in the database."""
         code = await self.codes.new_code(OUTSIDER, T0)

@@ -67,6 +67,16 @@ class PortalStoreMixin:
         await self.portal.end_session(sid)
         self.assertIsNone(await self.portal.session(sid, T0 + 1))
 
+    async def test_session_rotated_in_one_step(self) -> None:
+        """A new session replacing another ends the old one in the same step."""
+        env = await self.envelope()
+        old = await self.portal.create_session(env, T0, "test")
+        new = await self.portal.create_session(env, T0 + 1, "test", replaces=old)
+        self.assertIsNone(await self.portal.session(old, T0 + 2))
+        session = await self.portal.session(new, T0 + 2)
+        assert session is not None
+        self.assertEqual((session.envelope_id, session.created), (env, T0 + 1))
+
     async def test_session_id_not_stored(self) -> None:
         """Only a hash of the session cookie is in the database."""
         env = await self.envelope()

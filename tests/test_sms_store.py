@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-import secmail.store.portal as portal_module
+import secmail.store.codes as codes_module
 from secmail.letters import system_mail
 from secmail.masking import mask_number
 from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
@@ -44,7 +44,7 @@ LEASE = 300
 
 
 class FixedPins:
-    """Stands in for the C{secrets} module in secmail.store.portal: PINs chosen by the test."""
+    """Stands in for the C{secrets} module in secmail.store.codes: PINs chosen by the test."""
 
     def __init__(self, *pins: int) -> None:
         self.pins = list(pins)
@@ -353,7 +353,7 @@ class SmsStoreMixin:
 
     async def test_pin_never_stored_readable(self) -> None:
         """The PIN is in no event and no access_codes column: only its keyed HMAC is stored."""
-        self.patch(portal_module, "secrets", FixedPins(482913, 482914))
+        self.patch(codes_module, "secrets", FixedPins(482913, 482914))
         message_id, env = await self.letter()
         self.assertEqual(await self.order(env, T0), PinOrder.SENT)
         self.assertEqual(await self.check(env, "000001", T0 + 1), PinState.WRONG)

@@ -220,6 +220,16 @@ class StoreTestsMixin:
         self.assertEqual(len(await self.store.claim_due("dead", now=10, lease=60, limit=5)), 1)
         self.assertEqual(len(await self.store.claim_due("live", now=71, lease=60, limit=5)), 1)
 
+    async def test_release_queue_leases(self) -> None:
+        """At a restart a node takes back its own leases at once, and only its own."""
+        d = NewDelivery("relay", "", ("a@x.example",), "mx", "x.example", "")
+        await self.store.commit([self.small(b"x", deliveries=[d])], now=10)
+        await self.store.commit([self.small(b"y", deliveries=[d])], now=10)
+        self.assertEqual(len(await self.store.claim_due("n1", now=10, lease=60, limit=1)), 1)
+        self.assertEqual(len(await self.store.claim_due("n2", now=10, lease=60, limit=1)), 1)
+        await self.store.release_queue_leases("n1")
+        self.assertEqual(len(await self.store.claim_due("n3", now=11, lease=60, limit=5)), 1)
+
     async def test_retention(self) -> None:
         """Secure messages past retention are deleted; ones with pending deliveries stay."""
         old = self.small(

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_compose -*-
 """
 D-Compose state: e-mail codes that prove an outsider's address, and the sessions they open.
 
@@ -22,22 +23,16 @@ sign-ins and messages written.
 
 from __future__ import annotations
 
-import hmac
-import secrets
 from dataclasses import dataclass
 
+from secmail import limits as code_rules
 from secmail.address import mailbox_key
 from secmail.crypto import DerivedKeys, purpose_keys
+from secmail.limits import HOUR, LOCK_AFTER, SESSION_IDLE, SESSION_MAX, CodeState, Quota
+from secmail.store.codes import HolderRow, OneTimeCodes, new_code
 from secmail.store.database import Database, Txn
-from secmail.store.messages import NewMessage, add_event_txn, insert_messages_txn
-from secmail.store.portal import (
-    LOCK_AFTER,
-    SESSION_IDLE,
-    SESSION_MAX,
-    CodeState,
-    digest,
-    matches_any,
-)
+from secmail.store.rows import NewMessage, add_event_txn
+from secmail.store.sessions import SessionTable, new_session
 
 __all__ = [
     "CODE_LIFETIME",
@@ -61,11 +56,14 @@ CODE_LIFETIME = 10 * 60
 CODE_TRIES = 5
 #: By default at most this many code mails go to one mailbox within this many seconds.
 CODES_PER_WINDOW = 5
-CODE_WINDOW = 24 * 3600
-HOUR = 3600
+CODE_WINDOW = 24 * HOUR
 #: A mailbox with LOCK_AFTER wrong codes gets no code for this long (the limit on guesses:
 #: 20 a month; a lock for good would let anyone shut anyone out of D-Compose for good).
 LOCK_TIME = 30 * 24 * 3600
+
+CODE_RULES = code_rules.CodeRules(
+    lifetime=CODE_LIFETIME, tries=CODE_TRIES, lock_after=LOCK_AFTER, lock_time=LOCK_TIME
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +100,35 @@ class ComposeSession:
     created: int
 
 
+class MailboxHolder(HolderRow):
+    """A mailbox as the holder of its addresses' codes: LOCK_AFTER wrong ones lock it a while."""
+
+    table, key_column, failures_column = "compose_mailboxes", "mailbox", "failures"
+
+    def __init__(self, address: str, mailbox: str) -> None:
+        self.trail = trail_id(address)
+        self.key = self.mailbox = mailbox
+
+    def failures_txn(self, txn: Txn, now: int) -> int | None:
+        failures = _lock_mailbox(txn, self.mailbox, now)
+        if failures is None:
+            self.event_txn(txn, "code refused", "mailbox locked", now)
+        return failures
+
+    def lock_txn(self, txn: Txn, failures: int, now: int) -> None:
+        self.lock_row_txn(txn, failures, now)
+        txn.execute("UPDATE compose_codes SET used = 1 WHERE mailbox = ?", (self.mailbox,))
+
+    def event_txn(self, txn: Txn, kind: str, detail: str, now: int) -> None:
+        add_event_txn(txn, self.trail, None, kind, detail, now)
+
+    def wrong_detail(self, tries: int, failures: int) -> str:
+        return f"try {tries}, {failures} for {self.mailbox}"
+
+    def lock_detail(self, failures: int) -> str:
+        return f"{failures} wrong codes for {self.mailbox}"
+
+
 class ComposeStore:
     """
     @param code_key: the HMAC key for code hashes (derived from the master key), so
@@ -110,11 +137,10 @@ class ComposeStore:
 
     def __init__(self, db: Database, code_key: bytes | DerivedKeys) -> None:
         self.db = db
-        self._code_keys = purpose_keys(code_key)
-
-    @staticmethod
-    def _hmac(code_key: bytes, key: str, code: str) -> str:
-        return hmac.new(code_key, f"compose:{key}:{code}".encode(), "sha256").hexdigest()
+        self._codes = OneTimeCodes(
+            "compose_codes", "address", purpose_keys(code_key), CODE_RULES, context="compose:"
+        )
+        self._sessions = SessionTable("compose_sessions", ("address",), ComposeSession)
 
     # --- codes ------------------------------------------------------------------------------
 
@@ -135,30 +161,16 @@ class ComposeStore:
         """
         key = address.lower()
         mailbox = mailbox_key(key)
-        code = f"{secrets.randbelow(10**6):06d}"
+        code = new_code()
 
         def txn_(txn: Txn) -> str | None:
             # Serialise every order across nodes (see the module docstring).
             txn.execute("UPDATE compose_guard SET orders = orders + 1 WHERE id = 1")
-            refusal, detail = _refusal(txn, mailbox, client, now, limits)
+            refusal, detail = self._refusal_txn(txn, mailbox, client, now, limits)
             if refusal is not None:
                 add_event_txn(txn, trail_id(key), None, "code refused", detail, now)
                 return refusal
-            txn.execute("UPDATE compose_codes SET used = 1 WHERE address = ?", (key,))
-            key_id, code_key = self._code_keys.current()
-            txn.execute(
-                "INSERT INTO compose_codes (address, mailbox, client, code_hash, key_id, "
-                "created, expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key,
-                    mailbox,
-                    client,
-                    self._hmac(code_key, key, code),
-                    key_id,
-                    now,
-                    now + CODE_LIFETIME,
-                ),
-            )
+            self._codes.make_txn(txn, key, code, now, mailbox=mailbox, client=client)
             add_event_txn(txn, trail_id(key), None, "code sent", detail, now)
             return None
 
@@ -175,70 +187,55 @@ class ComposeStore:
         telling its owner) in the same transaction and answers LOCKED_NOW.
         """
         key = address.lower()
-        mailbox = mailbox_key(key)
-        # Under every key of the ring: a code outlives a rotation.
-        candidates = [self._hmac(k, key, code.strip()) for _, k in self._code_keys.all()]
+        candidates = self._codes.candidates(key, code)
 
         def txn_(txn: Txn) -> str:
-            trail = trail_id(key)
-            failures = _lock_mailbox(txn, mailbox, now)
-            if failures is None:
-                add_event_txn(txn, trail, None, "code refused", "mailbox locked", now)
-                return CodeState.LOCKED
-            row = txn.execute(
-                "SELECT code_hash, expires, tries FROM compose_codes "
-                "WHERE address = ? AND used = 0 ORDER BY created DESC LIMIT 1",
-                (key,),
-            ).fetchone()
-            if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
-                add_event_txn(txn, trail, None, "code refused", "no valid code", now)
-                return CodeState.EXPIRED
-            if matches_any(row[0], candidates):
-                txn.execute("UPDATE compose_codes SET used = 1 WHERE address = ?", (key,))
-                add_event_txn(txn, trail, None, "code accepted", "", now)
-                return CodeState.OK
-            tries = int(row[2]) + 1
-            failures += 1
-            txn.execute(
-                "UPDATE compose_codes SET tries = ? WHERE address = ? AND used = 0 "
-                "AND code_hash = ?",
-                (tries, key, row[0]),
-            )
-            add_event_txn(
-                txn, trail, None, "code wrong", f"try {tries}, {failures} for {mailbox}", now
-            )
-            if failures >= LOCK_AFTER:
-                txn.execute(
-                    "UPDATE compose_mailboxes SET failures = ?, locked = ? WHERE mailbox = ?",
-                    (failures, now, mailbox),
-                )
-                txn.execute("UPDATE compose_codes SET used = 1 WHERE mailbox = ?", (mailbox,))
-                add_event_txn(
-                    txn, trail, None, "locked", f"{failures} wrong codes for {mailbox}", now
-                )
-                if lock_notice is not None:
-                    insert_messages_txn(txn, [lock_notice], now)
-                return CodeState.LOCKED_NOW
-            txn.execute(
-                "UPDATE compose_mailboxes SET failures = ? WHERE mailbox = ?", (failures, mailbox)
-            )
-            return CodeState.WRONG if tries < CODE_TRIES else CodeState.EXPIRED
+            holder = MailboxHolder(key, mailbox_key(key))
+            return self._codes.check_txn(txn, holder, key, candidates, now, lock_notice)
 
         return await self.db.run(txn_)
 
+    def _refusal_txn(
+        self, txn: Txn, mailbox: str, client: str, now: int, limits: CodeLimits
+    ) -> tuple[str | None, str]:
+        """Which limit a new code mail would break, if any, and the audit detail either way."""
+        locked = txn.execute(
+            "SELECT locked FROM compose_mailboxes WHERE mailbox = ?", (mailbox,)
+        ).fetchone()
+        if locked is not None and code_rules.is_locked(CODE_RULES, locked[0], now):
+            return CodeRefusal.LOCKED, f"{mailbox} is locked after too many wrong codes"
+        windows = [HOUR, CODE_WINDOW]
+        (_, to_mailbox), _ = self._codes.sent_txn(txn, now, windows, "mailbox", mailbox)
+        (hour, day), _ = self._codes.sent_txn(txn, now, windows)
+        counts = [(Quota(CodeRefusal.MAILBOX, limits.per_mailbox, CODE_WINDOW), to_mailbox)]
+        if client:  # "" when unknown: not counted
+            (from_client,), _ = self._codes.sent_txn(txn, now, [HOUR], "client", client)
+            counts.append((Quota(CodeRefusal.CLIENT, limits.per_client, HOUR), from_client))
+        counts.append((Quota(CodeRefusal.HOUR, limits.per_hour, HOUR), hour))
+        counts.append((Quota(CodeRefusal.DAY, limits.per_day, CODE_WINDOW), day))
+        quota = code_rules.over_quota(counts)
+        if quota is None:
+            return None, f"code mail {to_mailbox + 1} to {mailbox}, for {client or 'unknown'}"
+        return quota.refusal, {
+            CodeRefusal.MAILBOX: f"{limits.per_mailbox} code mails to {mailbox} in 24 hours",
+            CodeRefusal.CLIENT: f"{limits.per_client} code mails for {client} in an hour",
+            CodeRefusal.HOUR: f"{limits.per_hour} code mails in all in an hour",
+            CodeRefusal.DAY: f"{limits.per_day} code mails in all in 24 hours",
+        }[quota.refusal]
+
     # --- sessions ---------------------------------------------------------------------------
 
-    async def create_session(self, address: str, now: int) -> str:
-        """A session whose sender is C{address}; returns the cookie value (stored only hashed)."""
-        session_id = secrets.token_urlsafe(32)
-        csrf = secrets.token_urlsafe(24)
+    async def create_session(self, address: str, now: int, replaces: str | None = None) -> str:
+        """
+        A session whose sender is C{address}; returns the cookie value (stored only hashed).
+        With C{replaces}, that session ends (signed out) in the same transaction.
+        """
+        session_id, csrf = new_session()
 
         def txn_(txn: Txn) -> None:
-            txn.execute(
-                "INSERT INTO compose_sessions (id_hash, address, created, last_seen, csrf) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (digest(session_id), address, now, now, csrf),
-            )
+            old = self._sessions.create_txn(txn, session_id, csrf, (address,), now, replaces)
+            if old is not None:
+                add_event_txn(txn, trail_id(old[0]), None, "signed out", "", now)
             add_event_txn(txn, trail_id(address), None, "signed in", "e-mail code", now)
 
         await self.db.run(txn_)
@@ -246,37 +243,14 @@ class ComposeStore:
 
     async def session(self, session_id: str, now: int) -> ComposeSession | None:
         """The live session for a cookie, touched; None when unknown or timed out."""
-        id_hash = digest(session_id)
 
-        def txn_(txn: Txn) -> ComposeSession | None:
-            row = txn.execute(
-                "SELECT address, csrf, created, last_seen FROM compose_sessions WHERE id_hash = ?",
-                (id_hash,),
-            ).fetchone()
-            if row is None:
-                return None
-            created, last_seen = int(row[2]), int(row[3])
-            if now - last_seen > SESSION_IDLE or now - created > SESSION_MAX:
-                txn.execute("DELETE FROM compose_sessions WHERE id_hash = ?", (id_hash,))
-                return None
-            txn.execute(
-                "UPDATE compose_sessions SET last_seen = ? WHERE id_hash = ?", (now, id_hash)
-            )
-            return ComposeSession(address=row[0], csrf=row[1], created=created)
-
-        return await self.db.run(txn_)
+        return await self.db.run(lambda txn: self._sessions.touch_txn(txn, session_id, now))
 
     async def end_session(self, session_id: str, now: int) -> None:
-        id_hash = digest(session_id)
-
         def txn_(txn: Txn) -> None:
-            row = txn.execute(
-                "SELECT address FROM compose_sessions WHERE id_hash = ?", (id_hash,)
-            ).fetchone()
-            if row is None:
-                return
-            txn.execute("DELETE FROM compose_sessions WHERE id_hash = ?", (id_hash,))
-            add_event_txn(txn, trail_id(row[0]), None, "signed out", "", now)
+            old = self._sessions.end_txn(txn, session_id)
+            if old is not None:
+                add_event_txn(txn, trail_id(old[0]), None, "signed out", "", now)
 
         await self.db.run(txn_)
 
@@ -292,11 +266,7 @@ class ComposeStore:
         """Remove timed-out sessions and codes too old to count; returns how many rows went."""
 
         def txn_(txn: Txn) -> int:
-            txn.execute(
-                "DELETE FROM compose_sessions WHERE last_seen < ? OR created < ?",
-                (now - SESSION_IDLE, now - SESSION_MAX),
-            )
-            removed = txn.rowcount
+            removed = self._sessions.delete_stale_txn(txn, now)
             txn.execute("DELETE FROM compose_codes WHERE created <= ?", (now - CODE_WINDOW,))
             removed += txn.rowcount
             # Mailboxes with nothing to remember: no lock in force.
@@ -308,40 +278,6 @@ class ComposeStore:
             return removed
 
         return await self.db.run(txn_)
-
-
-def _refusal(
-    txn: Txn, mailbox: str, client: str, now: int, limits: CodeLimits
-) -> tuple[str | None, str]:
-    """Which limit a new code mail would break, if any, and the audit detail either way."""
-    locked = txn.execute(
-        "SELECT locked FROM compose_mailboxes WHERE mailbox = ?", (mailbox,)
-    ).fetchone()
-    if locked is not None and locked[0] is not None and int(locked[0]) > now - LOCK_TIME:
-        return CodeRefusal.LOCKED, f"{mailbox} is locked after too many wrong codes"
-    day, hour = txn.execute(
-        "SELECT COUNT(*), SUM(CASE WHEN created > ? THEN 1 ELSE 0 END) FROM compose_codes "
-        "WHERE created > ?",
-        (now - HOUR, now - CODE_WINDOW),
-    ).fetchone()
-    to_mailbox = txn.execute(
-        "SELECT COUNT(*) FROM compose_codes WHERE mailbox = ? AND created > ?",
-        (mailbox, now - CODE_WINDOW),
-    ).fetchone()[0]
-    if int(to_mailbox) >= limits.per_mailbox:
-        return CodeRefusal.MAILBOX, f"{limits.per_mailbox} code mails to {mailbox} in 24 hours"
-    if client:
-        from_client = txn.execute(
-            "SELECT COUNT(*) FROM compose_codes WHERE client = ? AND created > ?",
-            (client, now - HOUR),
-        ).fetchone()[0]
-        if int(from_client) >= limits.per_client:
-            return CodeRefusal.CLIENT, f"{limits.per_client} code mails for {client} in an hour"
-    if int(hour or 0) >= limits.per_hour:
-        return CodeRefusal.HOUR, f"{limits.per_hour} code mails in all in an hour"
-    if int(day) >= limits.per_day:
-        return CodeRefusal.DAY, f"{limits.per_day} code mails in all in 24 hours"
-    return None, f"code mail {int(to_mailbox) + 1} to {mailbox}, for {client or 'unknown'}"
 
 
 def _lock_mailbox(txn: Txn, mailbox: str, now: int) -> int | None:

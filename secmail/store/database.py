@@ -30,8 +30,6 @@ T = TypeVar("T")
 
 log = Logger()
 
-SCHEMA_VERSION = 1
-
 
 class StoreUnavailable(Exception):
     """The database could not be reached or could not commit; the caller answers 4xx."""
@@ -234,18 +232,56 @@ def schema_files() -> dict[int, str]:
     return files
 
 
+def compat_floor(version: int, sql: str) -> int:
+    """
+    The oldest schema version a secmail must know to run against schema C{version}: its
+    file's C{-- compat-floor: N} line, or C{version} itself when it has none (a file that
+    says nothing may have removed or changed what older code uses).
+    """
+    match = re.search(r"^-- compat-floor: (\d+)\s*$", sql, re.MULTILINE)
+    return version if match is None else int(match.group(1))
+
+
 def apply_schema_txn(txn: Txn, engine: Engine, target: int | None = None) -> int:
-    """Bring the schema up to C{target} (default: the newest); returns the version reached."""
+    """
+    Bring the schema up to C{target} (default: the newest); returns the version reached, or
+    the database's when it is newer and its compatibility floor allows this code to run.
+
+    One node migrates at a time: the engine's migration lock (PostgreSQL: a transaction's
+    advisory lock; SQLite: C{BEGIN IMMEDIATE}) makes a second node starting at once wait
+    for the first to commit, and then read the version the first reached.
+    """
+    if engine.migration_lock:
+        txn.execute(engine.migration_lock)
     txn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    # Beside each version, the oldest schema version a node must know to run against it:
+    # a node of the previous release keeps running while another has migrated (additive).
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_compat "
+        "(version INTEGER PRIMARY KEY, floor INTEGER NOT NULL)"
+    )
     row = txn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     current = row[0] or 0
     files = schema_files()
     newest = max(files) if target is None else target
     if current > newest:
-        raise StoreUnavailable(
-            f"the database has schema version {current}, newer than this secmail ({newest}); "
-            "upgrade secmail"
+        row = txn.execute(
+            "SELECT floor FROM schema_compat WHERE version = ?", (current,)
+        ).fetchone()
+        floor = current if row is None else int(row[0])
+        if floor > newest:
+            raise StoreUnavailable(
+                f"the database has schema version {current}, which needs a secmail that knows "
+                f"schema {floor} or newer; this secmail knows schema {newest}: upgrade secmail"
+            )
+        log.info(
+            "Database schema version {current} is newer than this secmail's ({newest}) "
+            "and compatible with it (floor {floor})",
+            current=current,
+            newest=newest,
+            floor=floor,
         )
+        return int(current)
     for version in range(current + 1, newest + 1):
         sql = files[version]
         for word, value in engine.types.items():
@@ -253,6 +289,10 @@ def apply_schema_txn(txn: Txn, engine: Engine, target: int | None = None) -> int
         for statement in _statements(sql):
             txn.execute(statement)
         txn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        txn.execute(
+            "INSERT INTO schema_compat (version, floor) VALUES (?, ?)",
+            (version, compat_floor(version, sql)),
+        )
         log.info("Database schema upgraded to version {version}", version=version)
     return newest
 

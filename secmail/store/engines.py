@@ -30,6 +30,9 @@ class Engine:
     skip_locked: str = ""
     #: How a transaction starts.
     begin: str = "BEGIN"
+    #: A statement that makes the schema migrations of two nodes wait for each other
+    #: (held until the transaction ends); "" when C{begin} already serialises writers.
+    migration_lock: str = ""
 
     def connect(self) -> Connection:
         raise NotImplementedError
@@ -91,6 +94,8 @@ class PostgresEngine(Engine):
     name = "postgresql"
     types = {"blob": "BYTEA", "serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT"}
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    # One lock per schema (several installations may share a database), released at COMMIT.
+    migration_lock = "SELECT pg_advisory_xact_lock(hashtext('secmail-schema:' || current_schema()))"
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn

@@ -1,27 +1,59 @@
+# -*- test-case-name: tests.test_portal_store,tests.test_sms_store -*-
 """
-The portal's durable state: which browser a letter is bound to, sessions and e-mail codes.
+The portal's durable state: which browser a letter is bound to, sessions and e-mail codes;
+registered letters' SMS PINs and wrong-number reports.
 
-Sessions live in the database so that they survive restarts and work on every
-node of a cluster. Only hashes of cookies and codes are stored.
+Codes and PINs are L{OneTimeCodes} of one table (a registered letter uses no e-mail codes,
+so the two never mix), counted against the letter (L{LetterHolder}); sessions are a
+L{SessionTable}. Only hashes of cookies and codes are stored.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from secmail.crypto import DerivedKeys, purpose_keys
+from secmail.limits import (
+    DAY,
+    HOUR,
+    LOCK_AFTER,
+    SESSION_IDLE,
+    SESSION_MAX,
+    CodeRules,
+    CodeState,
+    Quota,
+    is_locked,
+    over_quota,
+    too_soon,
+)
 from secmail.masking import mask_number
+from secmail.store.codes import HolderRow, OneTimeCodes, matches_any, new_code
 from secmail.store.database import Database, Txn
-from secmail.store.messages import NewMessage, add_event_txn, insert_messages_txn
+from secmail.store.rows import NewMessage, add_event_txn, hash_token, insert_messages_txn
+from secmail.store.sessions import SessionTable, new_session
 from secmail.store.sms import SmsText, queue_sms_txn
 
-#: Sessions end after this long without a request, and this long after they began.
-SESSION_IDLE = 30 * 60
-SESSION_MAX = 12 * 3600
+__all__ = [
+    "CODE_LIFETIME",
+    "CODE_TRIES",
+    "CODES_PER_DAY",
+    "CODES_PER_HOUR",
+    "DAY",
+    "LOCK_AFTER",
+    "PIN_INTERVAL",
+    "PIN_LOCK_AFTER",
+    "SESSION_IDLE",
+    "SESSION_MAX",
+    "CodeOrder",
+    "CodeState",
+    "PinOrder",
+    "PinState",
+    "PortalStore",
+    "Session",
+    "matches_any",
+]
 
 #: E-mail codes: how long one is good for, how many tries it allows, how many an hour.
 CODE_LIFETIME = 10 * 60
@@ -33,15 +65,13 @@ CODES_PER_DAY = 10
 #: SMS PINs for registered letters: the same lifetime, tries, hourly and daily limits as
 #: e-mail codes, and at most one a minute.
 PIN_INTERVAL = 60
-#: A letter locks for good after this many wrong codes or PINs in all (NIST SP 800-63B
-#: 5.2.2: a limit on failed attempts for any one-time secret), and its sender is told.
-LOCK_AFTER = 20
+#: A letter locks for good after LOCK_AFTER wrong codes or PINs in all, and its sender is told.
 PIN_LOCK_AFTER = LOCK_AFTER
-DAY = 24 * 3600
 
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode("ascii", "replace")).hexdigest()
+CODE_RULES = CodeRules(lifetime=CODE_LIFETIME, tries=CODE_TRIES, lock_after=LOCK_AFTER)
+PIN_RULES = CodeRules(
+    lifetime=CODE_LIFETIME, tries=CODE_TRIES, lock_after=PIN_LOCK_AFTER, interval=PIN_INTERVAL
+)
 
 
 @dataclass(frozen=True)
@@ -50,14 +80,6 @@ class Session:
     message_id: str
     csrf: str
     created: int
-
-
-class CodeState:
-    OK = "ok"
-    WRONG = "wrong"
-    EXPIRED = "expired"  # none valid: expired, used up or never sent
-    LOCKED = "locked"  # locked for codes before this try
-    LOCKED_NOW = "locked now"  # this wrong code locked it
 
 
 class CodeOrder:
@@ -75,28 +97,70 @@ class PinOrder:
     LOCKED = "locked"
 
 
-class PinState:
-    OK = "ok"
-    WRONG = "wrong"
-    EXPIRED = "expired"  # none valid: expired, used up or never sent
-    LOCKED = "locked"  # locked before this try
-    LOCKED_NOW = "locked now"  # this wrong PIN locked the letter
-    SUPERSEDED = "superseded"  # a PIN that worked until a newer one was ordered
+#: The same values as L{CodeState}, SUPERSEDED among them.
+PinState = CodeState
+
+#: Codes and PINs a letter may have made: per hour, then per day (the same for both).
+LETTER_QUOTAS = (
+    Quota(CodeOrder.TOO_MANY, CODES_PER_HOUR, HOUR),
+    Quota(CodeOrder.TOO_MANY_TODAY, CODES_PER_DAY, DAY),
+)
+
+
+class LetterHolder(HolderRow):
+    """A letter as the holder of its codes and PINs: wrong ones in all lock it for good."""
+
+    table, key_column, failures_column = "envelopes", "id", "pin_failures"
+
+    def __init__(self, envelope_id: str, name: str, sessions: SessionTable[Session]) -> None:
+        self.key = self.envelope_id = envelope_id
+        self.name = name
+        self.sessions = sessions
+        self.message_id = ""
+
+    def failures_txn(self, txn: Txn, now: int) -> int | None:
+        _lock_envelope(txn, self.envelope_id)
+        row = txn.execute(
+            "SELECT locked, pin_failures, message_id FROM envelopes WHERE id = ?",
+            (self.envelope_id,),
+        ).fetchone()
+        if row is None or row[0] is not None:
+            return None
+        self.message_id = row[2]
+        return int(row[1])
+
+    def lock_txn(self, txn: Txn, failures: int, now: int) -> None:
+        """Lock for good: end its codes, unsent SMS and sessions."""
+        self.lock_row_txn(txn, failures, now)
+        txn.execute("UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (self.envelope_id,))
+        txn.execute("DELETE FROM sms_outbox WHERE envelope_id = ?", (self.envelope_id,))
+        self.sessions.end_all_txn(txn, "envelope_id", self.envelope_id)
+
+    def event_txn(self, txn: Txn, kind: str, detail: str, now: int) -> None:
+        add_event_txn(txn, self.message_id, self.envelope_id, kind, detail, now)
+
+    def wrong_detail(self, tries: int, failures: int) -> str:
+        return f"try {tries} of this {self.name}, {failures} in all"
+
+    def lock_detail(self, failures: int) -> str:
+        return f"{failures} wrong {self.name}s"
 
 
 class PortalStore:
     def __init__(self, db: Database, code_key: bytes | DerivedKeys) -> None:
         self.db = db
-        self._code_keys = purpose_keys(code_key)
-
-    def _code_hash(self, envelope_id: str, code: str) -> tuple[str, str]:
-        """The code's HMAC under the sealing key, and that key's id."""
-        key_id, key = self._code_keys.current()
-        return key_id, _hmac(key, envelope_id, code)
-
-    def _candidates(self, envelope_id: str, code: str) -> list[str]:
-        """The code's HMAC under every key of the ring: a code outlives a rotation."""
-        return [_hmac(key, envelope_id, code) for _, key in self._code_keys.all()]
+        keys = purpose_keys(code_key)
+        self._codes = OneTimeCodes("access_codes", "envelope_id", keys, CODE_RULES)
+        self._pins = OneTimeCodes(
+            "access_codes", "envelope_id", keys, PIN_RULES, name="PIN", superseded=True
+        )
+        self._sessions = SessionTable(
+            "sessions",
+            ("envelope_id",),
+            Session,
+            read="s.envelope_id, e.message_id",
+            join="JOIN envelopes e ON e.id = s.envelope_id",
+        )
 
     # --- binding and sessions ---------------------------------------------------------
 
@@ -105,7 +169,7 @@ class PortalStore:
         The first explicit open binds a letter to this browser. True when this browser
         may open it without a code (it is the bound one, or the letter was unbound).
         """
-        browser_hash = digest(browser)
+        browser_hash = hash_token(browser)
 
         def txn_(txn: Txn) -> bool:
             txn.execute(
@@ -130,17 +194,17 @@ class PortalStore:
 
         return await self.db.run(txn_)
 
-    async def create_session(self, envelope_id: str, now: int, how: str) -> str:
-        """A new session for the envelope; returns the cookie value (stored only hashed)."""
-        session_id = secrets.token_urlsafe(32)
-        csrf = secrets.token_urlsafe(24)
+    async def create_session(
+        self, envelope_id: str, now: int, how: str, replaces: str | None = None
+    ) -> str:
+        """
+        A new session for the envelope; returns the cookie value (stored only hashed). With
+        C{replaces}, that session ends in the same transaction (a new id at every sign-in).
+        """
+        session_id, csrf = new_session()
 
         def txn_(txn: Txn) -> None:
-            txn.execute(
-                "INSERT INTO sessions (id_hash, envelope_id, created, last_seen, csrf) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (digest(session_id), envelope_id, now, now, csrf),
-            )
+            self._sessions.create_txn(txn, session_id, csrf, (envelope_id,), now, replaces)
             add_event_txn(txn, _message_of(txn, envelope_id), envelope_id, "signed in", how, now)
 
         await self.db.run(txn_)
@@ -148,40 +212,14 @@ class PortalStore:
 
     async def session(self, session_id: str, now: int) -> Session | None:
         """The live session for a cookie, touched; None when unknown or timed out."""
-        id_hash = digest(session_id)
 
-        def txn_(txn: Txn) -> Session | None:
-            row = txn.execute(
-                "SELECT s.envelope_id, e.message_id, s.csrf, s.created, s.last_seen "
-                "FROM sessions s JOIN envelopes e ON e.id = s.envelope_id WHERE s.id_hash = ?",
-                (id_hash,),
-            ).fetchone()
-            if row is None:
-                return None
-            created, last_seen = int(row[3]), int(row[4])
-            if now - last_seen > SESSION_IDLE or now - created > SESSION_MAX:
-                txn.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
-                return None
-            txn.execute("UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (now, id_hash))
-            return Session(envelope_id=row[0], message_id=row[1], csrf=row[2], created=created)
-
-        return await self.db.run(txn_)
+        return await self.db.run(lambda txn: self._sessions.touch_txn(txn, session_id, now))
 
     async def end_session(self, session_id: str) -> None:
-        id_hash = digest(session_id)
-        await self.db.run(
-            lambda txn: txn.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
-        )
+        await self.db.run(lambda txn: self._sessions.end_txn(txn, session_id))
 
     async def delete_stale_sessions(self, now: int) -> int:
-        def txn_(txn: Txn) -> int:
-            txn.execute(
-                "DELETE FROM sessions WHERE last_seen < ? OR created < ?",
-                (now - SESSION_IDLE, now - SESSION_MAX),
-            )
-            return txn.rowcount
-
-        return await self.db.run(txn_)
+        return await self.db.run(lambda txn: self._sessions.delete_stale_txn(txn, now))
 
     # --- one-time codes by e-mail ----------------------------------------------------------
 
@@ -195,23 +233,16 @@ class PortalStore:
         working); refused when the letter is locked or CODES_PER_HOUR / CODES_PER_DAY
         codes went out.
         """
-        code = f"{secrets.randbelow(10**6):06d}"
+        code = new_code()
 
         def txn_(txn: Txn) -> str:
-            _lock_envelope(txn, envelope_id)
-            row = txn.execute(
-                "SELECT locked, message_id FROM envelopes WHERE id = ?", (envelope_id,)
-            ).fetchone()
-            if row is None or row[0] is not None:
-                return CodeOrder.LOCKED
-            today, this_hour, _last = _codes_sent(txn, envelope_id, now)
-            if this_hour >= CODES_PER_HOUR:
-                return CodeOrder.TOO_MANY
-            if today >= CODES_PER_DAY:
-                return CodeOrder.TOO_MANY_TODAY
-            txn.execute("UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,))
-            _insert_code_txn(txn, envelope_id, self._code_hash(envelope_id, code), now)
-            add_event_txn(txn, row[1], envelope_id, "code sent", "to the recipient's address", now)
+            refusal, message_id = self._order_refusal_txn(txn, self._codes, envelope_id, now)
+            if refusal is not None:
+                return refusal
+            self._codes.make_txn(txn, envelope_id, code, now)
+            add_event_txn(
+                txn, message_id, envelope_id, "code sent", "to the recipient's address", now
+            )
             return CodeOrder.SENT
 
         state = await self.db.run(txn_)
@@ -226,52 +257,7 @@ class PortalStore:
         (LOCK_AFTER, with the PINs'); the wrong code that locks the letter stores
         C{lock_notice} (the mail telling the sender) in the same transaction.
         """
-        candidates = self._candidates(envelope_id, code.strip())
-
-        def txn_(txn: Txn) -> str:
-            _lock_envelope(txn, envelope_id)
-            envelope = txn.execute(
-                "SELECT locked, pin_failures, message_id FROM envelopes WHERE id = ?",
-                (envelope_id,),
-            ).fetchone()
-            if envelope is None or envelope[0] is not None:
-                return CodeState.LOCKED
-            failures, message_id = int(envelope[1]), envelope[2]
-            row = txn.execute(
-                "SELECT code_hash, expires, tries FROM access_codes "
-                "WHERE envelope_id = ? AND used = 0 ORDER BY created DESC LIMIT 1",
-                (envelope_id,),
-            ).fetchone()
-            if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
-                add_event_txn(txn, message_id, envelope_id, "code refused", "no valid code", now)
-                return CodeState.EXPIRED
-            if matches_any(row[0], candidates):
-                txn.execute(
-                    "UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,)
-                )
-                add_event_txn(txn, message_id, envelope_id, "code accepted", "", now)
-                return CodeState.OK
-            failures += 1
-            txn.execute(
-                "UPDATE access_codes SET tries = tries + 1 WHERE envelope_id = ? AND used = 0 "
-                "AND code_hash = ?",
-                (envelope_id, row[0]),
-            )
-            add_event_txn(
-                txn,
-                message_id,
-                envelope_id,
-                "code wrong",
-                f"try {int(row[2]) + 1} of this code, {failures} in all",
-                now,
-            )
-            if _count_failure_txn(
-                txn, envelope_id, message_id, failures, "wrong codes", lock_notice, now
-            ):
-                return CodeState.LOCKED_NOW
-            return CodeState.WRONG if int(row[2]) + 1 < CODE_TRIES else CodeState.EXPIRED
-
-        return await self.db.run(txn_)
+        return await self._check(self._codes, envelope_id, code, now, lock_notice)
 
     # --- SMS PINs for registered letters ---------------------------------------------------
 
@@ -287,30 +273,15 @@ class PortalStore:
         Make a new PIN (older ones stop working) and put its SMS, C{text_for(pin)}, in the
         outbox in the same transaction. A L{PinOrder}: SENT, or why not.
         """
-        pin = f"{secrets.randbelow(10**6):06d}"
+        pin = new_code()
         text = text_for(pin)
 
         def txn_(txn: Txn) -> str:
-            _lock_envelope(txn, envelope_id)
-            row = txn.execute(
-                "SELECT locked, message_id FROM envelopes WHERE id = ?", (envelope_id,)
-            ).fetchone()
-            if row is None or row[0] is not None:
-                return PinOrder.LOCKED
-            message_id = row[1]
-            today, this_hour, last = _codes_sent(txn, envelope_id, now)
-            if last is not None and last > now - PIN_INTERVAL:
-                return PinOrder.TOO_SOON
-            if this_hour >= CODES_PER_HOUR:
-                return PinOrder.TOO_MANY
-            if today >= CODES_PER_DAY:
-                return PinOrder.TOO_MANY_TODAY
-            # Older PINs stop working; kept apart (used = 2) to tell a late SMS from a wrong PIN.
-            txn.execute(
-                "UPDATE access_codes SET used = 2 WHERE envelope_id = ? AND used = 0",
-                (envelope_id,),
-            )
-            _insert_code_txn(txn, envelope_id, self._code_hash(envelope_id, pin), now)
+            refusal, message_id = self._order_refusal_txn(txn, self._pins, envelope_id, now)
+            if refusal is not None:
+                return refusal
+            # Older PINs stop working; kept apart to tell a late SMS from a wrong PIN.
+            self._pins.make_txn(txn, envelope_id, pin, now)
             # An older PIN still waiting to go out no longer works: do not send it.
             txn.execute(
                 "DELETE FROM sms_outbox WHERE envelope_id = ? AND "
@@ -325,7 +296,7 @@ class PortalStore:
                 number=number,
                 text=text,
                 now=now,
-                expires=now + CODE_LIFETIME,
+                expires=now + PIN_RULES.lifetime,
             )
             add_event_txn(
                 txn, message_id, envelope_id, "PIN ordered", f"to {mask_number(number)}", now
@@ -340,62 +311,44 @@ class PortalStore:
         """
         Try a PIN: a L{PinState}. A wrong one counts against the PIN (CODE_TRIES) and the
         letter (PIN_LOCK_AFTER); the wrong PIN that locks the letter stores C{lock_notice}
-        (the mail telling the sender) in the same transaction.
+        (the mail telling the sender) in the same transaction. SUPERSEDED: a PIN that
+        worked until a newer one was ordered (a late SMS, not a guess).
         """
-        candidates = self._candidates(envelope_id, pin.strip())
+        return await self._check(self._pins, envelope_id, pin, now, lock_notice)
+
+    # --- shared by codes and PINs ----------------------------------------------------------
+
+    def _order_refusal_txn(
+        self, txn: Txn, codes: OneTimeCodes, envelope_id: str, now: int
+    ) -> tuple[str | None, str]:
+        """Why the letter may not have a new code or PIN now (None: it may), and its message."""
+        _lock_envelope(txn, envelope_id)
+        row = txn.execute(
+            "SELECT locked, message_id FROM envelopes WHERE id = ?", (envelope_id,)
+        ).fetchone()
+        if row is None or is_locked(codes.rules, row[0], now):
+            return CodeOrder.LOCKED, ""
+        (this_hour, today), last = codes.sent_txn(
+            txn, now, [q.seconds for q in LETTER_QUOTAS], "envelope_id", envelope_id
+        )
+        if too_soon(codes.rules, last, now):
+            return PinOrder.TOO_SOON, row[1]
+        quota = over_quota(list(zip(LETTER_QUOTAS, (this_hour, today), strict=True)))
+        return (None if quota is None else quota.refusal), row[1]
+
+    async def _check(
+        self,
+        codes: OneTimeCodes,
+        envelope_id: str,
+        code: str,
+        now: int,
+        lock_notice: NewMessage | None,
+    ) -> str:
+        candidates = codes.candidates(envelope_id, code)
 
         def txn_(txn: Txn) -> str:
-            _lock_envelope(txn, envelope_id)
-            envelope = txn.execute(
-                "SELECT locked, pin_failures, message_id FROM envelopes WHERE id = ?",
-                (envelope_id,),
-            ).fetchone()
-            if envelope is None or envelope[0] is not None:
-                return PinState.LOCKED
-            failures, message_id = int(envelope[1]), envelope[2]
-            row = txn.execute(
-                "SELECT code_hash, expires, tries FROM access_codes "
-                "WHERE envelope_id = ? AND used = 0 ORDER BY created DESC LIMIT 1",
-                (envelope_id,),
-            ).fetchone()
-            if row is None or int(row[1]) < now or int(row[2]) >= CODE_TRIES:
-                add_event_txn(txn, message_id, envelope_id, "PIN refused", "no valid PIN", now)
-                return PinState.EXPIRED
-            if matches_any(row[0], candidates):
-                txn.execute(
-                    "UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,)
-                )
-                add_event_txn(txn, message_id, envelope_id, "PIN accepted", "", now)
-                return PinState.OK
-            marks = ", ".join("?" for _ in candidates)
-            superseded = txn.execute(
-                "SELECT 1 FROM access_codes WHERE envelope_id = ? AND used = 2 "
-                f"AND code_hash IN ({marks}) AND expires >= ?",
-                (envelope_id, *candidates, now),
-            ).fetchone()
-            if superseded is not None:
-                # An SMS that arrived after a newer PIN was ordered: not a wrong guess.
-                add_event_txn(txn, message_id, envelope_id, "PIN refused", "an older PIN", now)
-                return PinState.SUPERSEDED
-            failures += 1
-            txn.execute(
-                "UPDATE access_codes SET tries = tries + 1 WHERE envelope_id = ? AND used = 0 "
-                "AND code_hash = ?",
-                (envelope_id, row[0]),
-            )
-            add_event_txn(
-                txn,
-                message_id,
-                envelope_id,
-                "PIN wrong",
-                f"try {int(row[2]) + 1} of this PIN, {failures} in all",
-                now,
-            )
-            if _count_failure_txn(
-                txn, envelope_id, message_id, failures, "wrong PINs", lock_notice, now
-            ):
-                return PinState.LOCKED_NOW
-            return PinState.WRONG if int(row[2]) + 1 < CODE_TRIES else PinState.EXPIRED
+            holder = LetterHolder(envelope_id, codes.name, self._sessions)
+            return codes.check_txn(txn, holder, envelope_id, candidates, now, lock_notice)
 
         return await self.db.run(txn_)
 
@@ -427,67 +380,6 @@ class PortalStore:
             return True
 
         return await self.db.run(txn_)
-
-
-def _codes_sent(txn: Txn, envelope_id: str, now: int) -> tuple[int, int, int | None]:
-    """Codes or PINs made for a letter in the last day, in the last hour, and the newest's time."""
-    row = txn.execute(
-        "SELECT COUNT(*), SUM(CASE WHEN created > ? THEN 1 ELSE 0 END), MAX(created) "
-        "FROM access_codes WHERE envelope_id = ? AND created > ?",
-        (now - 3600, envelope_id, now - DAY),
-    ).fetchone()
-    return int(row[0]), int(row[1] or 0), None if row[2] is None else int(row[2])
-
-
-def _count_failure_txn(
-    txn: Txn,
-    envelope_id: str,
-    message_id: str,
-    failures: int,
-    what: str,
-    lock_notice: NewMessage | None,
-    now: int,
-) -> bool:
-    """
-    Store a letter's count of wrong codes and PINs; at LOCK_AFTER lock it for good, end
-    its sessions and codes, and store C{lock_notice} (to the sender) in the same
-    transaction. True when this failure locked it.
-    """
-    if failures < LOCK_AFTER:
-        txn.execute("UPDATE envelopes SET pin_failures = ? WHERE id = ?", (failures, envelope_id))
-        return False
-    txn.execute(
-        "UPDATE envelopes SET pin_failures = ?, locked = ? WHERE id = ?",
-        (failures, now, envelope_id),
-    )
-    txn.execute("UPDATE access_codes SET used = 1 WHERE envelope_id = ?", (envelope_id,))
-    txn.execute("DELETE FROM sms_outbox WHERE envelope_id = ?", (envelope_id,))
-    txn.execute("DELETE FROM sessions WHERE envelope_id = ?", (envelope_id,))
-    add_event_txn(txn, message_id, envelope_id, "locked", f"{failures} {what}", now)
-    if lock_notice is not None:
-        insert_messages_txn(txn, [lock_notice], now)
-    return True
-
-
-def _hmac(key: bytes, envelope_id: str, code: str) -> str:
-    return hmac.new(key, f"{envelope_id}:{code}".encode(), "sha256").hexdigest()
-
-
-def matches_any(stored: str, candidates: list[str]) -> bool:
-    """Whether C{stored} is one of the candidates; every one compared, in constant time."""
-    found = False
-    for candidate in candidates:
-        found |= hmac.compare_digest(stored, candidate)
-    return found
-
-
-def _insert_code_txn(txn: Txn, envelope_id: str, code_hash: tuple[str, str], now: int) -> None:
-    key_id, digest_ = code_hash
-    txn.execute(
-        "INSERT INTO access_codes (envelope_id, code_hash, key_id, created, expires) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (envelope_id, digest_, key_id, now, now + CODE_LIFETIME),
-    )
 
 
 def _lock_envelope(txn: Txn, envelope_id: str) -> None:

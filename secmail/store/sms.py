@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secmail.crypto import DerivedKeys, purpose_keys
 from secmail.store.database import Database, Txn
-from secmail.store.messages import add_event_txn, claim_due_txn, release_leases_txn
+from secmail.store.queue_rows import claim_due_txn, release_leases_txn
+from secmail.store.rows import add_event_txn
 
 
 class SmsText:
