@@ -410,7 +410,6 @@ class OutboundQueue(ScanningService):
         self, item: QueueItem, recipients: list[str], diagnostics: dict[str, str]
     ) -> NewMessage | None:
         """The bounce for a row set aside: it quotes nothing of the message (we cannot read it)."""
-        hostname = self.settings.gateway.hostname
         damaged = "the message is damaged: the gateway cannot read it"
         if item.kind == "notification":
             reason = (
@@ -432,23 +431,9 @@ class OutboundQueue(ScanningService):
             if not status.startswith("5"):
                 status = DAMAGED_STATUS
             failed.append(FailedRecipient(address=r, status=status, diagnostic=said or damaged))
-        content = build_dsn(
-            reporting_mta=hostname,
-            original_sender=item.notify,
-            original_envelope_id=None,
-            failed=failed,
-            original_headers=None,
-            arrival_date=datetime.fromtimestamp(item.created, UTC),
-            date=datetime.fromtimestamp(self.clock.seconds(), UTC),
-            from_address=f"MAILER-DAEMON@{hostname}",
-            reason=reason,
-        )
-        if content is None:
-            return None
-        return bounce_message(self.settings, self.store.master, item.notify, content, item.about)
+        return self._bounce_for(item, failed, None, reason)
 
     async def _make_bounce(self, item: QueueItem, failed: dict[str, str]) -> NewMessage | None:
-        hostname = self.settings.gateway.hostname
         head = await self.store.read_all(item.message_id, limit=64 * 1024)
         end = head.find(b"\r\n\r\n")
         headers = head[: end + 2] if end >= 0 else head
@@ -461,14 +446,26 @@ class OutboundQueue(ScanningService):
             reason = f"Delivery was tried {item.attempts + 1} times."
         else:
             reason = ""
+        recipients = [
+            FailedRecipient(address=r, status=enhanced_status(text, "5.0.0"), diagnostic=text)
+            for r, text in failed.items()
+        ]
+        return self._bounce_for(item, recipients, headers, reason)
+
+    def _bounce_for(
+        self,
+        item: QueueItem,
+        failed: list[FailedRecipient],
+        headers: bytes | None,
+        reason: str,
+    ) -> NewMessage | None:
+        """The RFC 3464 bounce to a row's sender, sealed and queued like any mail we write."""
+        hostname = self.settings.gateway.hostname
         content = build_dsn(
             reporting_mta=hostname,
             original_sender=item.notify,
             original_envelope_id=None,
-            failed=[
-                FailedRecipient(address=r, status=enhanced_status(text, "5.0.0"), diagnostic=text)
-                for r, text in failed.items()
-            ],
+            failed=failed,
             original_headers=headers,
             arrival_date=datetime.fromtimestamp(item.created, UTC),
             date=datetime.fromtimestamp(self.clock.seconds(), UTC),
@@ -477,13 +474,7 @@ class OutboundQueue(ScanningService):
         )
         if content is None:
             return None
-        return bounce_message(
-            self.settings,
-            self.store.master,
-            item.notify,
-            content,
-            item.about,
-        )
+        return bounce_message(self.settings, self.store.master, item.notify, content, item.about)
 
 
 async def _together(work: list[tuple[QueueItem, Coroutine[Any, Any, None]]]) -> None:
