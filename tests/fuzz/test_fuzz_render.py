@@ -163,6 +163,35 @@ def header_lines(draw: st.DrawFn) -> bytes:
     return line.encode("utf-8", "surrogateescape")
 
 
+HTML_TAGS = sorted(ALLOWED_TAGS) + ["script", "svg", "iframe", "style", "object", "x"]
+HTML_ATTRIBUTES = ["onclick", "onerror", "onload", "OnMouseOver", "href", "src", "style", "alt"]
+HTML_VALUES = [
+    "javascript:alert(1)", " JaVaScRiPt:alert(1)", "jav&#x09;ascript:alert(1)",
+    "&#106;avascript:alert(1)", "java\nscript:alert(1)", "data:text/html,<script>x</script>",
+    "vbscript:x", "https://ok.example/", "//tracker.example/p.gif", "cid:ii_lu1abc0", "alert(1)",
+]  # fmt: skip
+
+
+HTML_HEAD = (
+    b"From: mallory@evil.example\r\nTo: alice@corp.example\r\nSubject: markup\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+)
+
+
+@st.composite
+def html_snippets(draw: st.DrawFn) -> bytes:
+    """A tag an attacker would try: allowed or not, with handlers and unsafe URLs."""
+    tag = draw(st.sampled_from(HTML_TAGS) if draw(st.booleans()) else st.sampled_from(["a", "img"]))
+    attributes = draw(
+        st.lists(
+            st.tuples(st.sampled_from(HTML_ATTRIBUTES), st.sampled_from(HTML_VALUES)), max_size=3
+        )
+    )
+    quote = draw(st.sampled_from(['"', "'", ""]))
+    text = "".join(f" {a}={quote}{v}{quote}" for a, v in attributes)
+    return f"<{tag}{text}>x</{tag}>".encode()
+
+
 def line_starts(raw: bytes) -> list[int]:
     return [0] + [m.end() for m in re.finditer(rb"\n", raw)]
 
@@ -172,7 +201,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     """A seed message changed a few times over."""
     raw = CORPUS[draw(st.sampled_from(sorted(CORPUS)))]
     for _ in range(draw(st.integers(0, 4))):
-        op = draw(st.integers(0, 9))
+        op = draw(st.integers(0, 11))
         if op == 0:  # a header line spliced in at a line start
             at = draw(st.sampled_from(line_starts(raw)))
             raw = raw[:at] + draw(header_lines()) + b"\r\n" + raw[at:]
@@ -218,8 +247,14 @@ def mutated(draw: st.DrawFn) -> bytes:
             raw = (
                 raw[:at] + b"y" * draw(st.sampled_from([997, 998, 999, 5000])) + b"\r\n" + raw[at:]
             )
-        else:  # line ends made bare LF
+        elif op == 9:  # line ends made bare LF
             raw = raw.replace(b"\r\n", b"\n")
+        elif op == 10:  # markup an attacker would try, in whatever part it lands
+            at = draw(st.sampled_from(line_starts(raw)))
+            raw = raw[:at] + draw(html_snippets()) + b"\r\n" + raw[at:]
+        else:  # an HTML message made of such markup, which the next mutations may change
+            snippets = draw(st.lists(html_snippets(), min_size=1, max_size=12))
+            raw = HTML_HEAD + b"".join(snippets) + b"\r\n"
     return raw
 
 
