@@ -50,23 +50,22 @@ def fuzz_settings(ci_examples: int, stateful_step_count: int | None = None) -> s
     """
     The settings of one fuzz test.
 
-    By default the "ci" profile with C{ci_examples} examples; C{SECMAIL_FUZZ_EXAMPLES=N} runs N
-    examples instead; C{--hypothesis-profile=long} (or any profile loaded on the command line)
-    runs 20 times C{ci_examples} unless the profile sets C{max_examples} itself.
+    By default the "ci" profile with C{ci_examples} examples. C{SECMAIL_FUZZ_EXAMPLES=N} runs N
+    examples instead; C{--hypothesis-profile=long} runs 20 times C{ci_examples}; any other
+    profile loaded on the command line runs with its own settings.
     """
     register_profiles()
     current = settings.get_current_profile_name()
     extra = {} if stateful_step_count is None else {"stateful_step_count": stateful_step_count}
     examples = os.environ.get(EXAMPLES_VARIABLE, "").strip()
-    if current == "default":
-        base = settings.get_profile("ci")
-        count = int(examples) if examples else ci_examples
+    if current in ("default", "ci"):
+        base, count = settings.get_profile("ci"), ci_examples
+    elif current == "long":
+        base, count = settings.default, 20 * ci_examples
     else:
-        base = settings.default
-        default_count = settings.get_profile("default").max_examples
-        count = int(examples) if examples else base.max_examples
-        if current == "long" and not examples and base.max_examples == default_count:
-            count = 20 * ci_examples
+        base, count = settings.default, settings.default.max_examples
+    if examples:
+        count = int(examples)
     return settings(base, max_examples=count, **extra)
 
 
