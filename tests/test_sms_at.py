@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -12,6 +13,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmail.sms.at import (
+    MAX_BUFFER,
+    MAX_UNSOLICITED,
     ModemError,
     ModemGone,
     ModemProtocol,
@@ -413,6 +416,48 @@ class SendTests(ModemTestCase):
         self.error_of(self.send(text="a" * 161), ValueError)
         self.error_of(self.send(text="Ж" * 71), ValueError)
         self.assertEqual(self.written(), b"")
+
+
+class NoiseTests(ModemTestCase):
+    """What a noisy or broken serial line sends: the dialogue stays bounded and in step."""
+
+    def test_many_lines_in_one_read_take_linear_time(self) -> None:
+        """2 MB of unsolicited lines in one read is handled in about a second, not a minute."""
+        self.init_modem()
+        data = b"RING\r\n" * (2_000_000 // 6)
+        started = time.process_time()
+        self.modem.dataReceived(data)
+        self.assertLess(time.process_time() - started, 3.0)
+        self.assertIs(self.modem.state, State.IDLE)
+
+    def test_unsolicited_lines_are_bounded(self) -> None:
+        """Only the latest MAX_UNSOLICITED lines are kept; the callback still sees every one."""
+        seen: list[str] = []
+        self.init_modem(on_unsolicited=seen.append)
+        for i in range(MAX_UNSOLICITED + 50):
+            self.answer(f"+CREG: {i}")
+        self.assertEqual(len(seen), MAX_UNSOLICITED + 50)
+        self.assertEqual(len(self.modem.unsolicited), MAX_UNSOLICITED)
+        self.assertEqual(self.modem.unsolicited[-1], f"+CREG: {MAX_UNSOLICITED + 49}")
+
+    def test_tail_of_an_overlong_line_is_not_an_answer(self) -> None:
+        """A line over MAX_BUFFER cut by the reads is dropped whole: its tail "OK" is no OK."""
+        self.init_modem()
+        d = self.send()
+        self.assertEqual(self.written(), b'AT+CSCS="GSM"\r')
+        self.modem.dataReceived(b"x" * (MAX_BUFFER + 1))
+        self.modem.dataReceived(b"OK\r\n")
+        self.assertEqual(self.written(), b"")
+        self.assertIs(self.modem.state, State.SENDING_COMMAND)
+        self.answer("OK")  # the real answer still counts
+        self.assertEqual(self.written(), b"AT+CSMP=17,167,0,0\r")
+        self.assertNoResult(d)
+
+    def test_overlong_line_in_one_read_is_dropped(self) -> None:
+        """A line over MAX_BUFFER is dropped the same when it arrives in one read."""
+        self.init_modem()
+        self.modem.dataReceived(b"x" * (MAX_BUFFER + 1) + b"\r\nRING\r\n")
+        self.assertEqual(self.modem.unsolicited, ["RING"])
 
 
 class PureTests(SynchronousTestCase):

@@ -4,7 +4,7 @@ One `ModemProtocol` lives for one open serial port. It initialises the modem
 (echo off, numeric errors, SIM PIN, text mode), then sends one SMS at a time in
 text mode, queueing further sends. Every step has a timeout on the injected clock.
 Lines the dialogue does not expect (unsolicited result codes such as ``RING`` or
-``+CMTI``) are recorded in `unsolicited` and otherwise ignored.
+``+CMTI``) are recorded in `unsolicited` (the latest `MAX_UNSOLICITED`) and otherwise ignored.
 
 Concatenated (multi-part) messages are the next step: today a text that does not
 fit one SMS raises `ValueError` before anything is written to the modem.
@@ -29,6 +29,9 @@ CTRL_Z = b"\x1a"
 ESC = b"\x1b"
 PROMPT = b"> "
 MAX_BUFFER = 8192
+"""Longest line kept, in bytes: a longer one is noise on the line (no modem answer is that long)."""
+MAX_UNSOLICITED = 100
+"""How many of the latest unexpected lines `unsolicited` keeps for diagnostics."""
 
 INTERNATIONAL_NUMBER = re.compile(r"\+[1-9][0-9]{6,14}")
 
@@ -214,6 +217,7 @@ class ModemProtocol(Protocol):
         """Fires (never fails) once the serial connection is gone."""
         self.unsolicited: list[str] = []
         self._buffer = b""
+        self._skipping_line = False
         self._timer: IDelayedCall | None = None
         self._queue: deque[OutgoingSms] = deque()
         self._current: OutgoingSms | None = None
@@ -226,21 +230,40 @@ class ModemProtocol(Protocol):
         self._step(State.INIT_ECHO)
 
     def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
+        """
+        Split the input into lines (and the text prompt) in one pass over the read.
+
+        A line longer than `MAX_BUFFER` is dropped whole, however the reads cut it: an
+        unfinished line over the limit is thrown away and the rest of it up to the next
+        newline is skipped, so that its tail (say ``OK``) is never taken for an answer.
+        """
+        buffer = self._buffer + data
+        start = 0
         while self.state is not State.CLOSED:
-            if self.state is State.WAITING_PROMPT and self._buffer.startswith(PROMPT):
-                self._buffer = self._buffer[len(PROMPT) :]
+            if (
+                self.state is State.WAITING_PROMPT
+                and not self._skipping_line
+                and buffer.startswith(PROMPT, start)
+            ):
+                start += len(PROMPT)
                 self._prompt_received()
                 continue
-            end = self._buffer.find(b"\n")
+            end = buffer.find(b"\n", start)
             if end < 0:
                 break
-            raw, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+            raw, start = buffer[start:end], end + 1
+            if self._skipping_line:
+                self._skipping_line = False
+                continue
+            if len(raw) > MAX_BUFFER:
+                continue
             line = raw.strip(b"\r").decode("ascii", "replace").strip()
             if line:
                 self.line_received(line)
+        self._buffer = buffer[start:]
         if len(self._buffer) > MAX_BUFFER:
             self._buffer = b""
+            self._skipping_line = True
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.state is State.CLOSED:
@@ -399,6 +422,8 @@ class ModemProtocol(Protocol):
 
     def _record_unsolicited(self, line: str) -> None:
         self.unsolicited.append(line)
+        if len(self.unsolicited) > MAX_UNSOLICITED:
+            del self.unsolicited[0]  # a modem sends URCs for months: keep only the latest
         if self.on_unsolicited is not None:
             self.on_unsolicited(line)
 
