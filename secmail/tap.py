@@ -232,7 +232,8 @@ def makeService(options: Options) -> IService:
 
     from web.compose import Compose
     from web.pin import pin_text_problems
-    from web.portal import Portal, make_site
+    from web.portal_app import Portal
+    from web.site import make_site
 
     settings: config.Settings = options["settings"]
     if settings.sms.order:

@@ -44,8 +44,9 @@ from tests.dbs import POSTGRES_DSN, open_store
 from tests.test_delivery import IntakeFixture
 from tests.test_portal import BINARY, PNG, Browser, Reply, directives
 from tests.test_queue import INTERNAL, RELAY, make_settings, parse
-from web.compose import MAX_FILENAME_CHARS, Compose, client_key, parse_form, upload_name
-from web.portal import Portal
+from web.compose import Compose
+from web.compose_mail import MAX_FILENAME_CHARS, client_key, parse_form, upload_name
+from web.portal_app import Portal
 
 T0 = 1_700_000_000
 MINUTE = 60
@@ -880,7 +881,7 @@ class FormTests(SynchronousTestCase):
         self.assertEqual(form.fields["to"], [SALES, HELP])
         self.assertIsNone(form.one("to"))  # given twice: no single value
         self.assertEqual(form.one("text"), "Grüße\r\n")
-        [upload] = form.uploads
+        [upload] = form.uploads("attachment")
         self.assertEqual((upload.filename, upload.content_type), ("résumé.pdf", "application/pdf"))
         self.assertEqual(upload.data, BINARY)
 

@@ -16,10 +16,10 @@ from treq.testing import StubTreq
 from secmail.config import PortalSettings
 from tests.test_portal import BASE, PNG, Browser, PortalFixture, Reply
 from web import i18n
-from web.portal import Portal
+from web.portal_app import Portal
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "web" / "portal.py", ROOT / "web" / "compose.py", ROOT / "web" / "pin.py"]
+SOURCES = sorted((ROOT / "web").glob("*.py"))
 LANGUAGES = ("en", "fi", "sv")
 PHRASE = "blue heron at dawn"
 

@@ -33,8 +33,9 @@ from secmail.store.sms import SmsStore
 from secmail.store.spool import SealedBytes
 from tests.test_delivery import IntakeFixture
 from tests.test_queue import make_settings, parse
-from web import portal as portal_module
-from web.portal import Portal, make_site
+from web import access as access_module
+from web.portal_app import Portal
+from web.site import make_site
 
 BASE = "https://portal.gw.example"
 ALICE = "alice@corp.example"
@@ -175,7 +176,7 @@ class Reply:
         return match.group(1)
 
     def form_id(self) -> str | None:
-        """The send-once id of the page's form (web.portal.form_id_field), if it has one."""
+        """The send-once id of the page's form (web.forms.form_id_field), if it has one."""
         match = re.search(r'name="form" value="([^"]+)"', self.text)
         return match.group(1) if match else None
 
@@ -1293,7 +1294,7 @@ class HardeningTests(PortalFixture):
     def setUp(self) -> None:
         super().setUp()
         self.logged: list[dict[str, Any]] = []
-        self.patch(portal_module, "log", Logger(observer=self.logged.append))
+        self.patch(access_module, "log", Logger(observer=self.logged.append))
 
     def log_lines(self) -> list[str]:
         return [formatEvent(event) for event in self.logged]

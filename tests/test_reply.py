@@ -44,16 +44,17 @@ from tests.test_portal import (
     mime,
 )
 from tests.test_queue import INTERNAL, RELAY, make_settings, parse
-from web import portal as portal_module
-from web.portal import Portal, make_site, parse_multipart
+from web import forms, site
+from web.forms import Upload, parse_multipart
+from web.portal_app import Portal
 from web.reply import (
     ReplyError,
-    Upload,
     attachment_filename,
     build_reply,
     reply_choices,
     reply_messages,
 )
+from web.site import make_site
 
 CAROL = "carol@partner.example"
 DAVE = "dave@corp.example"
@@ -861,7 +862,7 @@ class MultipartTests(SynchronousTestCase):
                 b"multipart/form-data; boundary=x",
             ),
         ]:
-            with self.assertRaises(portal_module.FormError):
+            with self.assertRaises(forms.FormError):
                 parse_multipart(bad_body, bad_type)
 
 
@@ -883,13 +884,13 @@ class BodyLimitTests(ReplyPortalFixture):
 
         self.site.requestFactory = record
         self.bodies: list[object] = []
-        process = portal_module.BoundedRequest.process
+        process = site.BoundedRequest.process
 
-        def process_and_record(request: portal_module.BoundedRequest) -> None:
+        def process_and_record(request: site.BoundedRequest) -> None:
             self.bodies.append(request.content)
             process(request)
 
-        self.patch(portal_module.BoundedRequest, "process", process_and_record)
+        self.patch(site.BoundedRequest, "process", process_and_record)
 
     def connect(self) -> tuple[HTTPChannel, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))

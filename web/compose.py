@@ -27,33 +27,25 @@ C{/start}, C{/<address>}. Links and form actions it writes start with L{MOUNT}.
 
 from __future__ import annotations
 
-import email.policy
 import hmac
-import ipaddress
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
-from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
 
 from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
 from secmail.letters import system_mail
-from secmail.notify import Notification, build_code_mail, build_sender_notice, clean_text
+from secmail.notify import clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
-    LOCK_AFTER,
     LOCK_TIME,
     CodeLimits,
     CodeRefusal,
@@ -64,22 +56,30 @@ from secmail.store.compose import (
 )
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage
 from secmail.store.spool import RunInThread, SealedBytes
-from web.i18n import Translate
-from web.portal import (
-    FormError,
+from web.compose_mail import (
+    MAX_ADDRESS_CHARS,
+    build_compose_code_mail,
+    build_compose_mail,
+    build_lock_notice,
+    client_key,
+    code_limits,
+    parse_form,
+    plain_address,
+)
+from web.errors import add_error_handling
+from web.forms import (
+    SubmittedForm,
     commit_once,
     cookie_value,
     escape,
     form_arg,
     form_id_field,
     once_id,
-    parse_multipart,
-    render_page,
     same_secret,
     set_cookie,
-    set_security_headers,
-    translation,
 )
+from web.i18n import N_, Translate
+from web.portal import render_page, set_security_headers, translation
 
 log = Logger()
 
@@ -90,206 +90,9 @@ FORM_COOKIE = b"__Host-secmail-compose-form"
 #: The form cookie outlives a code (10 minutes) with room to spare.
 FORM_COOKIE_AGE = 3600
 
-MAX_ADDRESS_CHARS = 254
 MAX_SUBJECT_CHARS = 200
-MAX_FILENAME_CHARS = 150
-#: Types an attachment keeps as the browser named them; anything else is octet-stream.
-_CONTENT_TYPE = re.compile(
-    r"(application|audio|font|image|model|text|video)/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}"
-)
-_BINARY = "application/octet-stream"
 
 _e = escape
-
-
-# --- the form, parsed off the reactor -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One attached file: a name safe for a header, a plain MIME type, the bytes as sent."""
-
-    filename: str
-    content_type: str
-    data: bytes
-
-
-@dataclass
-class SentForm:
-    """A submitted form: text fields by name (every value given) and the attached files."""
-
-    fields: dict[str, list[str]] = field(default_factory=dict)
-    uploads: list[Upload] = field(default_factory=list)
-
-    def one(self, name: str) -> str | None:
-        """The field's value; None when it is missing or given more than once."""
-        values = self.fields.get(name, [])
-        return values[0] if len(values) == 1 else None
-
-
-def parse_form(content_type: str, body: bytes) -> SentForm:
-    """
-    Read a C{multipart/form-data} or URL-encoded body with the portal's parser (which
-    keeps each file's name and type); files come from fields named C{attachment}.
-    """
-    form = SentForm()
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/x-www-form-urlencoded":
-        form.fields.update(parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True))
-        return form
-    if media != "multipart/form-data":
-        return form
-    try:
-        submitted = parse_multipart(body, content_type.encode("latin-1", "replace"))
-    except FormError:
-        return form
-    form.fields = submitted.fields
-    form.uploads = [
-        Upload(upload_name(u.filename), upload_type(u.content_type), u.data)
-        for u in submitted.uploads("attachment")
-        if u.filename or u.data
-    ]
-    return form
-
-
-def upload_name(filename: str) -> str:
-    """A file name fit for a header: no path, no control or format characters, not too long."""
-    name = re.split(r"[/\\]", filename.encode("utf-8", "replace").decode("utf-8"))[-1]
-    name = clean_text(name, 10 * MAX_FILENAME_CHARS).strip(". ")
-    if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, extension = name.rpartition(".")
-        if dot and 0 < len(extension) <= 10:
-            name = stem[: MAX_FILENAME_CHARS - len(extension) - 1].rstrip(". ") + "." + extension
-        else:
-            name = name[:MAX_FILENAME_CHARS].rstrip(". ")
-    return name or "attachment"
-
-
-def upload_type(content_type: str) -> str:
-    content_type = content_type.strip().lower()
-    return content_type if _CONTENT_TYPE.fullmatch(content_type) else _BINARY
-
-
-# --- the mails ----------------------------------------------------------------------------
-
-
-def build_compose_mail(
-    *,
-    sender: str,
-    reply_to: str,
-    to: str,
-    subject: str,
-    text: str,
-    uploads: list[Upload],
-    message_id_domain: str,
-    date: datetime,
-) -> bytes:
-    """
-    The message as the internal mail server gets it. C{sender} is the verified
-    address and C{reply_to} its marked form, so a reply goes back through the gateway
-    as a secure letter; C{to} and C{sender} were checked by L{portal_destination}, and
-    C{subject} is
-    one cleaned line, so no value can start a header of its own (the SMTP policy
-    refuses a line break in a header value besides).
-    """
-    message = EmailMessage(policy=email.policy.SMTP)
-    message["From"] = sender
-    message["Reply-To"] = reply_to
-    message["To"] = to
-    message["Subject"] = subject
-    message["Date"] = format_datetime(date)
-    message["Message-ID"] = make_msgid(domain=message_id_domain)
-    message["X-Secmail-Verified"] = sender
-    message.set_content(text, cte="quoted-printable")
-    for upload in uploads:
-        maintype, _, subtype = upload.content_type.partition("/")
-        message.add_attachment(
-            upload.data, maintype=maintype, subtype=subtype, filename=upload.filename
-        )
-    return message.as_bytes()
-
-
-def build_compose_code_mail(
-    *,
-    settings: Settings,
-    recipient: str,
-    to: str,
-    code: str,
-    minutes: int,
-    date: datetime,
-) -> Notification:
-    """The code that proves to the portal that C{recipient} is the outsider's address."""
-    return build_code_mail(
-        settings=settings,
-        recipient=recipient,
-        code=code,
-        minutes=minutes,
-        message_id_domain=settings.gateway.hostname,
-        date=date,
-        purpose=f"writing a secure message to {to}",
-        without_it="nobody can write in your name without it",
-        subject="Your code for writing a secure message",
-    )
-
-
-def plain_address(text: str) -> str | None:
-    """
-    C{local@domain} (domain lower-cased) when C{text} is a plain address we accept (see
-    L{portal_destination}: no route forms that a mail server could send elsewhere), else None.
-    """
-    if len(text) > MAX_ADDRESS_CHARS:
-        return None
-    try:
-        return portal_destination(text, None)
-    except DestinationError:
-        return None
-
-
-def client_key(host: str) -> str:
-    """
-    Whom a code order is counted against: the client's IPv4 address, or the /64 of an
-    IPv6 one (one site's or one customer's usual share, which it can hop within); "" for
-    anything else (not counted per client).
-    """
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return ""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
-def code_limits(settings: Settings) -> CodeLimits:
-    portal = settings.portal
-    return CodeLimits(
-        per_mailbox=portal.compose_codes_per_mailbox,
-        per_client=portal.compose_codes_per_client,
-        per_hour=portal.compose_codes_per_hour,
-        per_day=portal.compose_codes_per_day,
-    )
-
-
-def build_lock_notice(*, settings: Settings, recipient: str, date: datetime) -> Notification:
-    """The mail telling the owner of C{recipient} that codes for it stopped, and why."""
-    return build_sender_notice(
-        settings=settings,
-        sender=recipient,
-        subject="Codes for writing secure messages stopped for your address",
-        paragraphs=[
-            f"On the secure message page of {settings.gateway.hostname}, a wrong code "
-            f"was typed {LOCK_AFTER} times to confirm the address {recipient}. To keep "
-            "anyone from guessing a code and writing in your name, no codes are sent to "
-            f"this address for the next {LOCK_TIME // 86400} days.",
-            "If it was you, please write to the organisation in another way, or try "
-            "again later. If not, someone else may have tried to use your address; no "
-            "message was sent in your name.",
-        ],
-        message_id_domain=settings.gateway.hostname,
-        date=date,
-    )
 
 
 # --- the app ------------------------------------------------------------------------------
@@ -456,7 +259,7 @@ class Compose:
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         request.content.seek(0)
         body = request.content.read()
-        form: SentForm = await self.run_in_thread(parse_form, content_type, body)
+        form: SubmittedForm = await self.run_in_thread(parse_form, content_type, body)
         # One message per form: the id comes from the form, so a second click (or a reload
         # that posts again) finds the first one's event instead of sending it twice.
         message_id = once_id(
@@ -474,7 +277,7 @@ class Compose:
             return self._refused(request, given or "")
         subject = clean_text(form.one("subject") or "", MAX_SUBJECT_CHARS)
         text = form.one("text") or ""
-        uploads = form.uploads
+        uploads = form.uploads("attachment")
         size = len(text.encode("utf-8")) + sum(len(u.data) for u in uploads)
         limit = self.settings.portal.max_upload_size
         _ = self._t(request)
@@ -564,35 +367,6 @@ class Compose:
         _ = self._t(request)
         return self._page(
             request, _("Signed out"), f'<div class="card"><p>{_("You are signed out.")}</p></div>'
-        )
-
-    @app.handle_errors(Exception)
-    def failed(self, request: IRequest, failure: Any) -> bytes:
-        if failure.check(HTTPException):
-            error = failure.value
-            request.setResponseCode(error.code or 404)
-            for name, value in error.get_response().headers:
-                if name in ("Location", "Allow"):
-                    request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
-            _ = self._t(request)
-            return self._page(
-                request,
-                _("Page not found"),
-                f'<div class="card"><p>{_("There is nothing to show at this address.")} '
-                f'<a href="{MOUNT}">{_("Write a secure message")}</a></p></div>',
-            )
-        log.failure("Compose request failed", failure)
-        request.setResponseCode(500)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Temporary problem"),
-            '<div class="card"><p>'
-            + _(
-                "The page cannot be shown right now. Nothing was sent. "
-                "Please try again in a few minutes."
-            )
-            + "</p></div>",
         )
 
     # --- helpers -----------------------------------------------------------------------------
@@ -913,3 +687,20 @@ def _single(request: IRequest, name: bytes) -> str:
 
 def _megabytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB"
+
+
+def _no_such_page(_: Translate) -> str:
+    return (
+        f'<div class="card"><p>{_("There is nothing to show at this address.")} '
+        f'<a href="{MOUNT}">{_("Write a secure message")}</a></p></div>'
+    )
+
+
+add_error_handling(
+    Compose.app,
+    log_as="Compose request failed",
+    no_such_page=_no_such_page,
+    temporary=N_(
+        "The page cannot be shown right now. Nothing was sent. Please try again in a few minutes."
+    ),
+)

@@ -51,13 +51,13 @@ from secmail.notify import clean_text
 from secmail.store.messages import NewDelivery, NewMessage, new_id
 from secmail.store.spool import SealedBytes
 from web import render
+from web.forms import Upload
 
 __all__ = [
     "MODES",
     "Audience",
     "ReplyError",
     "ReplyMail",
-    "Upload",
     "attachment_filename",
     "build_reply",
     "forward_audience",
@@ -86,15 +86,6 @@ _BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\
 
 class ReplyError(ValueError):
     """Something the reader has to change before the mail can go; the text says what."""
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One file from the form: the name and type the browser sent, and the bytes."""
-
-    filename: str
-    content_type: str
-    data: bytes
 
 
 @dataclass(frozen=True)
