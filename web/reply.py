@@ -24,7 +24,6 @@ import email.policy
 import html
 import re
 import secrets
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -52,6 +51,7 @@ from secmail.store.messages import NewDelivery, NewMessage, new_id
 from secmail.store.spool import SealedBytes
 from web import render
 from web.forms import Upload
+from web.safe_text import BIDI, safe_filename, unsurrogate
 
 __all__ = [
     "MODES",
@@ -71,7 +71,6 @@ __all__ = [
 MODES = ("reply", "reply-all", "forward")
 MAX_FORWARD_ADDRESSES = 20
 MAX_QUOTED_CHARS = 100_000
-MAX_FILENAME_CHARS = 100
 MAX_SUBJECT_CHARS = 500
 MAX_NAME_CHARS = 78
 MAX_REFERENCES = 20
@@ -81,7 +80,6 @@ _MESSAGE_ID = re.compile(r"<[^<>\s@]{1,200}@[^<>\s@]{1,200}>")
 _CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 _REPLY_PREFIX = re.compile(r"re(\[\d+\])?\s*:", re.IGNORECASE)
 _FORWARD_PREFIX = re.compile(r"(fwd?|fw)\s*:", re.IGNORECASE)
-_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class ReplyError(ValueError):
@@ -202,15 +200,8 @@ def _mailboxes(message: Message, name: str) -> list[tuple[str, str]]:
 
 def _clean(text: str, limit: int) -> str:
     """Text fit for one header line: no controls, no bidi overrides, at most C{limit}."""
-    text = "".join(c for c in _unsurrogate(text) if c not in _BIDI)
+    text = "".join(c for c in unsurrogate(text) if c not in BIDI)
     return clean_text(text, limit)
-
-
-def _unsurrogate(text: str) -> str:
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def reply_choices(raw: bytes, reader: str, settings: Settings) -> tuple[bool, bool]:
@@ -463,22 +454,8 @@ def _forward_text(text: str, readable: render.ReadableMessage) -> str:
 
 
 def attachment_filename(filename: str, index: int) -> str:
-    """A file name fit for a header and a disk: no path, no controls, quotes or bidi tricks."""
-    name = unicodedata.normalize("NFC", _unsurrogate(filename))
-    name = re.split(r"[/\\]", name)[-1]
-    name = "".join(
-        "_" if c in "\"'*:<>?|" or c in _BIDI or not (c.isprintable() or c == " ") else c
-        for c in name
-    )
-    name = " ".join(name.split()).strip(". ")
-    if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, extension = name.rpartition(".")
-        if dot and 0 < len(extension) <= 10:
-            keep = MAX_FILENAME_CHARS - len(extension) - 1
-            name = stem[:keep].rstrip(". ") + "." + extension
-        else:
-            name = name[:MAX_FILENAME_CHARS].rstrip(". ")
-    return name or f"attachment-{index + 1}"
+    """A file name fit for a header and a disk (L{safe_filename}), or one made up."""
+    return safe_filename(filename) or f"attachment-{index + 1}"
 
 
 def _content_type(value: str) -> str:
