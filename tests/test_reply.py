@@ -2,7 +2,7 @@
 
 The first half tests L{web.reply} as pure functions. The second drives the portal through
 C{StubTreq} with the fixtures of C{tests/test_portal.py}; the request body limit and the
-in-memory body are tested on the real site (L{web.portal.make_site}) over a
+in-memory body are tested on the real site (L{web.site.make_site}) over a
 C{StringTransport}, since StubTreq builds a site of its own.
 """
 

@@ -1,8 +1,9 @@
 """
 What the recipient portal shows of a stored message: pure functions of its raw bytes.
 
-The HTML body is untrusted. It is sanitised here with an allow-list (nh3), and the portal
-serves it in a sandboxed iframe under C{Content-Security-Policy: sandbox; default-src 'none'};
+The HTML body is untrusted. It is sanitised with an allow-list (nh3, L{web.sanitise}), and
+the portal serves it in a sandboxed iframe under C{Content-Security-Policy: sandbox;
+default-src 'none'};
 the two are independent layers, so a gap in one is not a hole. Remote images are dropped
 unless the reader asks for them, so that opening a message does not tell the sender.
 Nothing here does I/O and nothing raises for a malformed message: a reader must always be
