@@ -52,8 +52,8 @@ from web.reply import (
     attachment_filename,
     build_reply,
     reply_choices,
-    reply_messages,
 )
+from web.reply_letters import reply_messages
 from web.site import make_site
 
 CAROL = "carol@partner.example"

@@ -26,6 +26,7 @@ from web.forms import (
     submitted_form,
 )
 from web.i18n import Translate
+from web.reply_letters import reply_messages
 from web.site import size_text
 
 app = PortalBase.app
@@ -82,7 +83,7 @@ class ReplyRoutes(PortalBase):
             )
         except reply.ReplyError as e:
             return await self._not_sent(request, session, raw, envelope, form, str(e), 400)
-        messages = reply.reply_messages(
+        messages = reply_messages(
             mail,
             settings=self.settings,
             master=self.store.master,
