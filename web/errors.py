@@ -46,56 +46,51 @@ def notice(request: IRequest, settings: Settings, code: int, title: str, text: s
     return render_page(request, settings, _(title), card(_(text)))
 
 
+#: The portal's notices: status, title and text (N_ texts, translated when shown).
+NOT_FOUND = (
+    404,
+    N_("Message not found"),
+    N_(
+        "This link is not valid, or the message has expired and been deleted. "
+        "Please contact the sender if you still need it."
+    ),
+)
+GONE = (
+    410,
+    N_("Message deleted"),
+    N_(
+        "This message has expired and been deleted. Please contact the sender if you still need it."
+    ),
+)
+SIGNED_OUT = (
+    401,
+    N_("Please open the link again"),
+    N_(
+        "Your session has ended (after 30 minutes without use, or 12 hours in all). "
+        "Open the link in the e-mail again to read the message."
+    ),
+)
+BAD_FORM = (
+    403,
+    N_("Please try again"),
+    N_("The form had expired or did not come from this site. Open the link in the e-mail again."),
+)
+
+
 def not_found(request: IRequest, settings: Settings) -> bytes:
-    return notice(
-        request,
-        settings,
-        404,
-        N_("Message not found"),
-        N_(
-            "This link is not valid, or the message has expired and been deleted. "
-            "Please contact the sender if you still need it."
-        ),
-    )
+    return notice(request, settings, *NOT_FOUND)
 
 
 def gone(request: IRequest, settings: Settings) -> bytes:
-    return notice(
-        request,
-        settings,
-        410,
-        N_("Message deleted"),
-        N_(
-            "This message has expired and been deleted. Please contact the sender "
-            "if you still need it."
-        ),
-    )
+    return notice(request, settings, *GONE)
 
 
 def signed_out(request: IRequest, settings: Settings) -> bytes:
-    return notice(
-        request,
-        settings,
-        401,
-        N_("Please open the link again"),
-        N_(
-            "Your session has ended (after 30 minutes without use, or 12 hours in all). "
-            "Open the link in the e-mail again to read the message."
-        ),
-    )
+    return notice(request, settings, *SIGNED_OUT)
 
 
 def bad_form(request: IRequest, settings: Settings) -> bytes:
-    return notice(
-        request,
-        settings,
-        403,
-        N_("Please try again"),
-        N_(
-            "The form had expired or did not come from this site. "
-            "Open the link in the e-mail again."
-        ),
-    )
+    return notice(request, settings, *BAD_FORM)
 
 
 def cannot_show(request: IRequest, settings: Settings, problem: CannotShow) -> bytes:
@@ -165,11 +160,7 @@ def locked(request: IRequest, settings: Settings, envelope: Envelope) -> bytes:
     """A letter locked after too many wrong codes or PINs, and who can still open it."""
     if envelope.level == "letter":
         # Locked for codes: the browser it was first opened in still opens it.
-        return notice(
-            request,
-            settings,
-            403,
-            N_("This message is locked"),
+        text = (
             N_(
                 "A wrong code was typed too many times, so this message can no longer "
                 "be opened with a code. It still opens in the browser where it was "
@@ -180,20 +171,16 @@ def locked(request: IRequest, settings: Settings, envelope: Envelope) -> bytes:
                 "A wrong code was typed too many times, so this message can no longer "
                 "be opened with a code. It still opens in the browser where it was "
                 "first opened. Please contact the sender."
-            ),
+            )
         )
-    return notice(
-        request,
-        settings,
-        403,
-        N_("This message is locked"),
-        N_(
+    elif envelope.sender:
+        text = N_(
             "A wrong PIN was typed too many times, so this message can no longer be "
             "opened. The sender has been told; please contact them."
         )
-        if envelope.sender
-        else N_(
+    else:
+        text = N_(
             "A wrong PIN was typed too many times, so this message can no longer be "
             "opened. Please contact the sender."
-        ),
-    )
+        )
+    return notice(request, settings, 403, N_("This message is locked"), text)
