@@ -17,15 +17,10 @@ from secmail.config import PortalSettings
 from tests.fixtures.mails import PNG
 from tests.fixtures.portal import BASE, Browser, PortalFixture, Reply
 from web import i18n
-from web.portal import Portal
+from web.portal_app import Portal
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [
-    ROOT / "web" / "portal.py",
-    ROOT / "web" / "compose.py",
-    ROOT / "web" / "pin.py",
-    ROOT / "secmail" / "sms" / "pin_text.py",
-]
+SOURCES = [*sorted((ROOT / "web").glob("*.py")), ROOT / "secmail" / "sms" / "pin_text.py"]
 LANGUAGES = ("en", "fi", "sv")
 PHRASE = "blue heron at dawn"
 

@@ -1,0 +1,126 @@
+# -*- test-case-name: tests.test_portal -*-
+"""
+The recipient portal: the link from the notification, opening, reading and downloading.
+
+The link (C{/m/<token>}) only shows a landing page: link scanners fetch every
+link, so a GET changes nothing. "Open" is a POST with a CSRF token; it swaps the
+link token for a session cookie and redirects (303) to C{/read}, a URL without
+the token. A letter is bound to the first browser that opens it; another browser
+needs a one-time code sent to the recipient's address. From the reading page the reader
+can reply, reply to all or forward inside the organisation (L{web.reply}); request bodies
+stay in memory and are limited to C{[portal] max_upload_size} (L{web.site.BoundedRequest}).
+
+One Klein app, its routes in modules by role: L{web.landing} (the link, open, e-mail
+codes), L{web.pin} (registered letters), L{web.reading} (reading and downloads),
+L{web.reply_page} (replies); what they share in L{web.access}, errors in L{web.errors}.
+Here: sign-out, the D-Compose mount, the style sheet, the logo and the language switch.
+"""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from web import i18n
+from web.access import SESSION_COOKIE
+from web.errors import add_error_handling
+from web.forms import cookie_value, form_arg, same_secret, set_cookie
+from web.i18n import N_, Translate
+from web.landing import LandingRoutes
+from web.portal import RESOURCE_CSP, _read_file, style_sheet
+from web.reading import ReadingRoutes
+
+app = LandingRoutes.app
+
+
+def _no_such_page(_: Translate) -> str:
+    return (
+        '<div class="card"><p>'
+        + _(
+            "There is nothing to show at this address. To read "
+            "a message, use the link in the e-mail."
+        )
+        + "</p></div>"
+    )
+
+
+class Portal(LandingRoutes, ReadingRoutes):
+    """The recipient portal's Klein app (L{web.site.make_site} serves it)."""
+
+    @app.route("/logout", methods=["POST"])
+    async def logout(self, request: IRequest) -> bytes:
+        session_id = cookie_value(request, SESSION_COOKIE)
+        session = await self._session(request)
+        if session is not None and session_id:
+            if not same_secret(form_arg(request, b"csrf"), session.csrf):
+                return self._bad_form(request)
+            await self.sessions.end_session(session_id)
+        set_cookie(request, SESSION_COOKIE, "", max_age=0)
+        _ = self._t(request)
+        return self._page(
+            request,
+            _("Signed out"),
+            '<div class="card"><p>'
+            + _("You are signed out. To read the message again, use the link in the e-mail.")
+            + "</p></div>",
+        )
+
+    @app.route("/compose/", methods=["GET"])
+    def compose_slash(self, request: IRequest) -> bytes:
+        """C{/compose/} (as people type it) is C{/compose}: the branch needs a name after it."""
+        request.setResponseCode(301)
+        request.setHeader(b"Location", b"/compose")
+        self._headers(request)
+        return b""
+
+    @app.route("/compose", branch=True)
+    def compose_branch(self, request: IRequest) -> IResource | bytes:
+        """Outsiders writing to the organisation (D-Compose): its own app, see web/compose.py."""
+        if self.compose is None:
+            request.setResponseCode(404)
+            _ = self._t(request)
+            return self._page(
+                request,
+                _("Page not found"),
+                f'<div class="card"><p>{_("There is no such page.")}</p></div>',
+            )
+        return self.compose
+
+    @app.route("/static/portal.css", methods=["GET"])
+    def style(self, request: IRequest) -> bytes:
+        self._headers(request, csp=RESOURCE_CSP)
+        request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"public, max-age=3600")
+        return style_sheet(self.settings)
+
+    @app.route("/static/logo", methods=["GET"])
+    async def logo(self, request: IRequest) -> bytes:
+        """The organisation's logo (PNG or JPEG, checked when the configuration was read)."""
+        self._headers(request, csp=RESOURCE_CSP)
+        portal = self.settings.portal
+        if not portal.logo_file:
+            request.setResponseCode(404)
+            return b""
+        data: bytes = await self.run_in_thread(_read_file, portal.logo_file)
+        request.setHeader(b"Content-Type", portal.logo_type.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"public, max-age=3600")
+        return data
+
+    @app.route("/lang/<code>", methods=["GET"])
+    def choose_language(self, request: IRequest, code: str) -> bytes:
+        """The language switch: remember the choice and go back to the page (on this site)."""
+        target = i18n.safe_next(form_arg(request, b"next", 2000))
+        if code in self.settings.portal.languages:
+            set_cookie(request, i18n.LANG_COOKIE, code, max_age=i18n.LANG_COOKIE_AGE)
+        request.setResponseCode(303)
+        request.setHeader(b"Location", target.encode("ascii"))
+        self._headers(request)
+        return b""
+
+
+add_error_handling(
+    app,
+    log_as="Portal request failed",
+    no_such_page=_no_such_page,
+    temporary=N_("The page cannot be shown right now. Please try again in a few minutes."),
+)
