@@ -65,6 +65,7 @@ from secmail.store.compose import (
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage
 from secmail.store.spool import RunInThread, SealedBytes
 from web.i18n import Translate
+from web.layout import error_page, render_page, set_security_headers, translation
 from web.portal import (
     FormError,
     commit_once,
@@ -74,11 +75,8 @@ from web.portal import (
     form_id_field,
     once_id,
     parse_multipart,
-    render_page,
     same_secret,
     set_cookie,
-    set_security_headers,
-    translation,
 )
 
 log = Logger()
@@ -570,30 +568,12 @@ class Compose:
     def failed(self, request: IRequest, failure: Any) -> bytes:
         if failure.check(HTTPException):
             error = failure.value
-            request.setResponseCode(error.code or 404)
             for name, value in error.get_response().headers:
                 if name in ("Location", "Allow"):
                     request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
-            _ = self._t(request)
-            return self._page(
-                request,
-                _("Page not found"),
-                f'<div class="card"><p>{_("There is nothing to show at this address.")} '
-                f'<a href="{MOUNT}">{_("Write a secure message")}</a></p></div>',
-            )
+            return self._error(request, error.code or 404, "compose_page_not_found")
         log.failure("Compose request failed", failure)
-        request.setResponseCode(500)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Temporary problem"),
-            '<div class="card"><p>'
-            + _(
-                "The page cannot be shown right now. Nothing was sent. "
-                "Please try again in a few minutes."
-            )
-            + "</p></div>",
-        )
+        return self._error(request, 500, "compose_temporary_problem")
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -836,71 +816,23 @@ class Compose:
     def _page(self, request: IRequest, title: str, body: str) -> bytes:
         return render_page(request, self.settings, title, body)
 
-    def _named(self, _: Translate, address: str) -> str:
-        """The refused address, named (a paragraph), when there was one."""
-        if not address.strip():
-            return ""
-        shown = clean_text(address, 100)
-        return f"<p>{_e(_('This page cannot send to {address}.').format(address=shown))}</p>"
+    def _error(self, request: IRequest, code: int, name: str, **context: Any) -> bytes:
+        return error_page(request, self.settings, code, name, mount=MOUNT, **context)
 
     def _no_such_address(self, request: IRequest, address: str = "") -> bytes:
-        request.setResponseCode(404)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Address not found"),
-            f'<div class="card">{self._named(_, address)}<p>'
-            + _(
-                "Secure messages can be written here only to addresses of this organisation, "
-                "and the address in this link is not one of them. Please check the link, "
-                'or <a href="{list}">choose from the list</a>.'
-            ).format(list=MOUNT)
-            + "</p></div>",
-        )
+        named = clean_text(address, 100) if address.strip() else ""
+        return self._error(request, 404, "compose_refused_address", address=named, refused=False)
 
     def _refused(self, request: IRequest, address: str = "") -> bytes:
-        request.setResponseCode(400)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Not sent"),
-            f'<div class="card">{self._named(_, address)}<p>'
-            + _(
-                "Messages from this page can go only to one address of this organisation. "
-                "Nothing was sent. Please start again from the link you were given, "
-                'or <a href="{list}">choose from the list</a>.'
-            ).format(list=MOUNT)
-            + "</p></div>",
-        )
+        named = clean_text(address, 100) if address.strip() else ""
+        return self._error(request, 400, "compose_refused_address", address=named, refused=True)
 
     def _signed_out(self, request: IRequest, to: str | None) -> bytes:
-        request.setResponseCode(401)
-        _ = self._t(request)
         again = f"{MOUNT}/{quote(to, safe='@')}" if to else MOUNT
-        return self._page(
-            request,
-            _("Please confirm your address again"),
-            '<div class="card"><p>'
-            + _(
-                "Your session has ended (after 30 minutes without use, or 12 hours in all), "
-                'or this browser has none. <a href="{again}">Start again</a> to get a new code.'
-            ).format(again=_e(again))
-            + "</p></div>",
-        )
+        return self._error(request, 401, "compose_signed_out", again=again)
 
     def _bad_form(self, request: IRequest) -> bytes:
-        request.setResponseCode(403)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Please try again"),
-            '<div class="card"><p>'
-            + _(
-                "The form had expired or did not come from this site. "
-                'Nothing was sent. <a href="{again}">Start again</a>.'
-            ).format(again=MOUNT)
-            + "</p></div>",
-        )
+        return self._error(request, 403, "compose_bad_form")
 
 
 def _single(request: IRequest, name: bytes) -> str:

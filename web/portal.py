@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
@@ -58,6 +58,16 @@ from secmail.store.sms import SmsStore
 from secmail.store.spool import RunInThread
 from web import i18n, pin, render, reply
 from web.i18n import N_, Translate
+from web.layout import (
+    COMMON_HEADERS,
+    PAGE_CSP,
+    error_page,
+    read_file,
+    render_page,
+    set_security_headers,
+    style_sheet,
+    translation,
+)
 
 log = Logger()
 T = TypeVar("T")
@@ -75,73 +85,14 @@ SESSION_COOKIE = b"__Host-secmail-session"
 BROWSER_COOKIE = b"__Host-secmail-browser"
 BROWSER_COOKIE_AGE = 365 * 24 * 3600
 
-PAGE_CSP = (
-    b"default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; "
-    b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
 # For what is not a page (style sheet, images, downloads): no content runs, and nobody frames it.
 RESOURCE_CSP = b"default-src 'none'; frame-ancestors 'none'"
 DOWNLOAD_CSP = b"default-src 'none'; sandbox; frame-ancestors 'none'"
-COMMON_HEADERS = {
-    # A year, for every subdomain too: the portal's name is never to be reached over HTTP.
-    b"Strict-Transport-Security": b"max-age=31536000; includeSubDomains",
-    b"X-Content-Type-Options": b"nosniff",
-    b"Referrer-Policy": b"no-referrer",
-    b"Cache-Control": b"no-store",
-    b"Cross-Origin-Opener-Policy": b"same-origin",
-}
 
 LEVELS = {
     "letter": N_("Secure letter"),
     "registered": N_("Registered letter (PIN by text message)"),
 }
-
-# The brand colour is put in where the style sheet is served (L{style_sheet}).
-STYLE = """\
-:root { --brand: BRAND; --text: #1d2330; --muted: #5b6474; --bg: #f4f5f7; }
-* { box-sizing: border-box; }
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
-       background: var(--bg); color: var(--text); line-height: 1.5; }
-header { background: var(--brand); color: #fff; padding: .75rem 1rem; }
-header strong { font-size: 1.1rem; }
-header { display: flex; flex-wrap: wrap; align-items: center; gap: .25rem .5rem; }
-header img { height: 2rem; width: auto; }
-footer { max-width: 52rem; margin: 0 auto; padding: 0 1rem 1rem; color: var(--muted); }
-header .phrase { flex-basis: 100%; margin: 0; font-size: .95rem; }
-main { max-width: 52rem; margin: 0 auto; padding: 1rem; }
-.card { background: #fff; border-radius: 8px; padding: 1rem 1.25rem; margin-bottom: 1rem;
-        box-shadow: 0 1px 3px rgba(0,0,0,.12); }
-h1 { font-size: 1.35rem; margin: .25rem 0 1rem; overflow-wrap: anywhere; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; margin: 0; }
-dt { font-weight: 600; color: var(--muted); }
-dd { margin: 0; overflow-wrap: anywhere; }
-pre { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; margin: 0; }
-iframe { width: 100%; min-height: 24rem; border: 1px solid #d5d9e0; border-radius: 4px; }
-button, .button { display: inline-block; background: var(--brand); color: #fff; border: 0;
-        font: inherit;
-        border-radius: 6px; padding: .6rem 1.1rem; font-size: 1rem; cursor: pointer;
-        text-decoration: none; }
-button.secondary, .button.secondary { background: #e6e9ef; color: var(--text); }
-button:focus, .button:focus, a:focus, input:focus, textarea:focus, summary:focus {
-        outline: 3px solid #f0a500; outline-offset: 2px; }
-input[type=text] { font-size: 1.2rem; padding: .5rem; width: 10rem; letter-spacing: .2rem; }
-input[type=text].address { font-size: 1rem; width: 100%; letter-spacing: normal; }
-input[type=file] { max-width: 100%; }
-textarea { width: 100%; font: inherit; padding: .5rem; border: 1px solid #b8bec9;
-        border-radius: 4px; resize: vertical; }
-label { display: block; font-weight: 600; margin-bottom: .25rem; }
-input[type=email], select, textarea, input#subject { font: inherit; font-size: 1rem;
-        letter-spacing: normal; width: 100%; max-width: 36rem; padding: .5rem; }
-textarea { min-height: 12rem; }
-form.reply label { margin-top: .75rem; }
-h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
-summary { cursor: pointer; font-weight: 600; }
-ul.files { padding-left: 1.2rem; }
-.actions { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; }
-.note { color: var(--muted); font-size: .95rem; }
-.error { color: #a4001d; font-weight: 600; }
-@media (max-width: 30rem) { dl { grid-template-columns: 1fr; } dt { margin-top: .4rem; } }
-"""
 
 
 class Portal:
@@ -405,16 +356,7 @@ class Portal:
                 else "Registered letter {envelope} has no phone number",
                 envelope=envelope.id,
             )
-            return self._notice(
-                request,
-                503,
-                N_("A PIN is needed"),
-                N_(
-                    "This is a registered letter: it can be read only after typing a PIN "
-                    "sent by text message. This server cannot send text messages at the "
-                    "moment. Please try again later, or contact the sender."
-                ),
-            )
+            return self._error(request, 503, "pin_unavailable")
         note = None
         if order:
             language = i18n.request_language(request, self.settings.portal.languages)
@@ -474,37 +416,10 @@ class Portal:
         return self._page(request, _("Type the PIN"), body)
 
     def _locked(self, request: IRequest, envelope: Envelope) -> bytes:
-        if envelope.level == "letter":
-            # Locked for codes: the browser it was first opened in still opens it.
-            return self._notice(
-                request,
-                403,
-                N_("This message is locked"),
-                N_(
-                    "A wrong code was typed too many times, so this message can no longer "
-                    "be opened with a code. It still opens in the browser where it was "
-                    "first opened. The sender has been told; please contact them."
-                )
-                if envelope.sender
-                else N_(
-                    "A wrong code was typed too many times, so this message can no longer "
-                    "be opened with a code. It still opens in the browser where it was "
-                    "first opened. Please contact the sender."
-                ),
-            )
-        return self._notice(
-            request,
-            403,
-            N_("This message is locked"),
-            N_(
-                "A wrong PIN was typed too many times, so this message can no longer be "
-                "opened. The sender has been told; please contact them."
-            )
-            if envelope.sender
-            else N_(
-                "A wrong PIN was typed too many times, so this message can no longer be "
-                "opened. Please contact the sender."
-            ),
+        # Locked for codes (a letter): the browser it was first opened in still opens it.
+        pin = envelope.level != "letter"
+        return self._error(
+            request, 403, "message_locked", pin=pin, sender_told=bool(envelope.sender)
         )
 
     def _date(self) -> datetime:
@@ -655,14 +570,7 @@ class Portal:
         try:
             attachment, data = await self._render(session, render.attachment_bytes, raw, index)
         except (KeyError, IndexError):
-            request.setResponseCode(404)
-            _ = self._t(request)
-            return self._page(
-                request,
-                _("Not found"),
-                f'<div class="card"><p>{_("There is no such attachment.")} '
-                f'<a href="/read">{_("Back to the message")}</a></p></div>',
-            )
+            return self._error(request, 404, "no_such_attachment")
         await self.store.add_event(
             session.message_id, session.envelope_id, "downloaded", attachment.filename, self.now()
         )
@@ -810,13 +718,7 @@ class Portal:
     def compose_branch(self, request: IRequest) -> IResource | bytes:
         """Outsiders writing to the organisation (D-Compose): its own app, see web/compose.py."""
         if self.compose is None:
-            request.setResponseCode(404)
-            _ = self._t(request)
-            return self._page(
-                request,
-                _("Page not found"),
-                f'<div class="card"><p>{_("There is no such page.")}</p></div>',
-            )
+            return self._error(request, 404, "no_such_page")
         return self.compose
 
     @app.route("/static/portal.css", methods=["GET"])
@@ -834,7 +736,7 @@ class Portal:
         if not portal.logo_file:
             request.setResponseCode(404)
             return b""
-        data: bytes = await self.run_in_thread(_read_file, portal.logo_file)
+        data: bytes = await self.run_in_thread(read_file, portal.logo_file)
         request.setHeader(b"Content-Type", portal.logo_type.encode("ascii"))
         request.setHeader(b"Cache-Control", b"public, max-age=3600")
         return data
@@ -856,33 +758,14 @@ class Portal:
             # Klein's routing errors (no such page, wrong method) come here too: the
             # visitor's mistake, answered with its own status, not a failure to log.
             error = failure.value
-            request.setResponseCode(error.code or 404)
             for name, value in error.get_response().headers:
                 if name in ("Location", "Allow"):
                     request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
-            _ = self._t(request)
-            return self._page(
-                request,
-                _("Page not found"),
-                '<div class="card"><p>'
-                + _(
-                    "There is nothing to show at this address. To read "
-                    "a message, use the link in the e-mail."
-                )
-                + "</p></div>",
-            )
+            return self._error(request, error.code or 404, "page_not_found")
         if failure.check(CannotShow):
             return self._cannot_show(request, failure.value)
         log.failure("Portal request failed", failure)
-        request.setResponseCode(500)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Temporary problem"),
-            '<div class="card"><p>'
-            + _("The page cannot be shown right now. Please try again in a few minutes.")
-            + "</p></div>",
-        )
+        return self._error(request, 500, "temporary_problem")
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -946,34 +829,9 @@ class Portal:
 
     def _cannot_show(self, request: IRequest, problem: CannotShow) -> bytes:
         """The page for a letter that cannot be shown, saying why and what the reader can do."""
-        _ = self._t(request)
         if problem.reason == "damaged":
-            request.setResponseCode(500)
-            return self._page(
-                request,
-                _("Message damaged"),
-                '<div class="card" role="alert"><p>'
-                + _(
-                    "This message is damaged and cannot be shown: what is stored is no longer "
-                    "what arrived. This has been recorded for the administrators. Please ask "
-                    "the sender to send the message again."
-                )
-                + "</p></div>",
-            )
-        request.setResponseCode(422)
-        return self._page(
-            request,
-            _("Message too complex to show"),
-            '<div class="card" role="alert"><p>'
-            + _(
-                "This message is built in too complex a way to be shown here (parts inside "
-                "parts too deeply, or too many parts). You can save the whole message and open "
-                "it in your own e-mail program."
-            )
-            + '</p><p><a class="button" href="/read/eml">'
-            + _("Save the whole message (.eml)")
-            + "</a></p></div>",
-        )
+            return self._error(request, 500, "message_damaged")
+        return self._error(request, 422, "message_too_complex")
 
     async def _sign_in(self, request: IRequest, envelope: Envelope, how: str) -> bytes:
         old = cookie_value(request, SESSION_COOKIE)
@@ -1186,55 +1044,20 @@ class Portal:
     ) -> None:
         set_cookie(request, name, value, max_age)
 
-    def _notice(self, request: IRequest, code: int, title: str, text: str) -> bytes:
-        """A page that only tells the reader something (an error or an end), translated."""
-        request.setResponseCode(code)
-        _ = self._t(request)
-        return self._page(request, _(title), '<div class="card"><p>' + _(text) + "</p></div>")
+    def _error(self, request: IRequest, code: int, name: str, **context: Any) -> bytes:
+        return error_page(request, self.settings, code, name, **context)
 
     def _not_found(self, request: IRequest) -> bytes:
-        return self._notice(
-            request,
-            404,
-            N_("Message not found"),
-            N_(
-                "This link is not valid, or the message has expired and been deleted. "
-                "Please contact the sender if you still need it."
-            ),
-        )
+        return self._error(request, 404, "message_not_found")
 
     def _gone(self, request: IRequest) -> bytes:
-        return self._notice(
-            request,
-            410,
-            N_("Message deleted"),
-            N_(
-                "This message has expired and been deleted. Please contact the sender "
-                "if you still need it."
-            ),
-        )
+        return self._error(request, 410, "message_deleted")
 
     def _signed_out(self, request: IRequest) -> bytes:
-        return self._notice(
-            request,
-            401,
-            N_("Please open the link again"),
-            N_(
-                "Your session has ended (after 30 minutes without use, or 12 hours in all). "
-                "Open the link in the e-mail again to read the message."
-            ),
-        )
+        return self._error(request, 401, "signed_out")
 
     def _bad_form(self, request: IRequest) -> bytes:
-        return self._notice(
-            request,
-            403,
-            N_("Please try again"),
-            N_(
-                "The form had expired or did not come from this site. "
-                "Open the link in the e-mail again."
-            ),
-        )
+        return self._error(request, 403, "bad_form")
 
 
 # --- shared by the portal's apps (see also web/compose.py) -------------------------------
@@ -1269,91 +1092,6 @@ async def commit_once(
             return False
         raise
     return True
-
-
-def set_security_headers(request: IRequest, csp: bytes = PAGE_CSP) -> None:
-    """The headers every portal response carries."""
-    for name, value in COMMON_HEADERS.items():
-        request.setHeader(name, value)
-    request.setHeader(b"Content-Security-Policy", csp)
-    request.setHeader(b"X-Frame-Options", b"DENY")
-
-
-def translation(request: IRequest, settings: Settings) -> Translate:
-    """The request's language (cookie, else Accept-Language) as a gettext function."""
-    return i18n.translator(i18n.request_language(request, settings.portal.languages))
-
-
-def render_page(
-    request: IRequest, settings: Settings, title: str, body: str, heading: bool = True
-) -> bytes:
-    """
-    A whole portal page around C{body} (already escaped HTML, already translated), with the
-    security headers, the organisation's branding, its verification phrase and the
-    language switch.
-    """
-    set_security_headers(request)
-    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-    portal = settings.portal
-    language = i18n.request_language(request, portal.languages)
-    _ = i18n.translator(language)
-    h1 = f"<h1>{_e(title)}</h1>" if heading else ""
-    logo = '<img src="/static/logo" alt="">' if portal.logo_file else ""
-    # The default name is translated; a name the organisation chose is its own.
-    brand = _("Secure mail") if portal.brand_name == "Secure mail" else portal.brand_name
-    phrase = ""
-    if portal.verification_phrase:
-        said = _("Your organisation's verification phrase: «{phrase}»")
-        phrase = f'<p class="phrase">{said.format(phrase=_e(portal.verification_phrase))}</p>'
-    return (
-        f'<!DOCTYPE html><html lang="{language}"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{_e(title)}</title><link rel="stylesheet" href="/static/portal.css"></head>'
-        f"<body><header>{logo}<strong>{_e(brand)}</strong> · {_e(settings.gateway.hostname)}"
-        f"{phrase}</header><main>{h1}{body}</main>"
-        f"{_language_switch(request, portal.languages, language, _)}</body></html>"
-    ).encode()
-
-
-def _language_switch(
-    request: IRequest, languages: tuple[str, ...], current: str, _: Translate
-) -> str:
-    """Links to C{/lang/<code>?next=<this page>}, each language named in itself."""
-    if len(languages) < 2:
-        return ""
-    here = quote(_switch_target(request), safe="/")
-    links = []
-    for code in languages:
-        name = i18n.NAMES[code]
-        if code == current:
-            links.append(f'<strong lang="{code}" aria-current="true">{name}</strong>')
-        else:
-            links.append(f'<a href="/lang/{code}?next={here}" lang="{code}">{name}</a>')
-    # After the page's own content, so that the keyboard reaches the page's action first.
-    return f'<footer><nav aria-label="{_e(_("Language"))}">{" · ".join(links)}</nav></footer>'
-
-
-def _switch_target(request: IRequest) -> str:
-    """Where the language switch returns to: this page, or for a form's answer its page."""
-    path = (request.uri or b"/").decode("ascii", "replace")
-    if request.method in (b"GET", b"HEAD"):
-        return i18n.safe_next(path)
-    path = path.split("?", 1)[0]
-    for pattern in (r"/m/[A-Za-z0-9_-]+", r"/read", r"/compose"):
-        match = re.match(pattern, path)
-        if match:
-            return match.group(0)
-    return "/"
-
-
-def style_sheet(settings: Settings) -> bytes:
-    """The portal's style sheet in the organisation's colour (checked #rrggbb at load time)."""
-    return STYLE.replace("BRAND", settings.portal.brand_colour).encode()
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def set_cookie(request: IRequest, name: bytes, value: str, max_age: int | None = None) -> None:
