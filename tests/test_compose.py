@@ -47,7 +47,7 @@ from tests.fixtures.portal import Browser, Reply, directives
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 from web.compose import Compose
 from web.compose_mail import MAX_FILENAME_CHARS, client_key, parse_form, upload_name
-from web.portal_app import Portal
+from web.portal import Portal
 
 T0 = 1_700_000_000
 MINUTE = 60

@@ -24,7 +24,7 @@ from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, PNG, RICH, SAFE_DISPO
 from tests.fixtures.portal import SESSION, Browser, Letter, PortalFixture, Reply, directives
 from tests.fixtures.settings import make_settings
 from web import access as access_module
-from web.portal_app import Portal
+from web.portal import Portal
 from web.site import make_site
 
 BROWSER = "__Host-secmail-browser"

@@ -36,7 +36,7 @@ from tests.fixtures.portal import Browser, Letter, PortalFixture, Reply
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 from web import forms, site
 from web.forms import Upload, parse_multipart
-from web.portal_app import Portal
+from web.portal import Portal
 from web.reply import (
     ReplyError,
     attachment_filename,

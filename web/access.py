@@ -38,7 +38,7 @@ from web import errors, render
 from web.errors import CannotShow
 from web.forms import cookie_value, escape, form_arg, same_secret, set_cookie
 from web.i18n import Translate
-from web.portal import DOWNLOAD_CSP, PAGE_CSP, render_page, set_security_headers, translation
+from web.layout import DOWNLOAD_CSP, PAGE_CSP, render_page, set_security_headers, translation
 
 log = Logger()
 T = TypeVar("T")
@@ -49,7 +49,7 @@ BROWSER_COOKIE_AGE = 365 * 24 * 3600
 
 
 class PortalBase:
-    """The portal's collaborators and what every route module uses (see L{web.portal_app})."""
+    """The portal's collaborators and what every route module uses (see L{web.portal})."""
 
     app = Klein()
 
@@ -202,7 +202,7 @@ class PortalBase:
         return data
 
     def _bad_form(self, request: IRequest) -> bytes:
-        return errors.bad_form(request, self.settings)
+        return errors.show(request, self.settings, errors.BAD_FORM)
 
     def _locked(self, request: IRequest, envelope: Envelope) -> bytes:
         return errors.locked(request, self.settings, envelope)
@@ -231,7 +231,7 @@ def letter_link(
         async def checked(self: PortalBase, request: IRequest, token: str) -> bytes:
             envelope = await self._envelope(request, token)
             if envelope is None:
-                return errors.not_found(request, self.settings)
+                return errors.show(request, self.settings, errors.NOT_FOUND)
             if csrf and not self._form_csrf_ok(request, token):
                 return self._bad_form(request)
             if level is not None and envelope.level != level:
@@ -255,12 +255,12 @@ def signed_in(*, letter: bool = True) -> Callable[[ReadingRoute], ReadingRoute]:
         async def checked(self: PortalBase, request: IRequest, **kw: Any) -> bytes:
             session = await self._session(request)
             if session is None:
-                return errors.signed_out(request, self.settings)
+                return errors.show(request, self.settings, errors.SIGNED_OUT)
             if not letter:
                 return await route(self, request, session, **kw)
             raw = await self._raw(session)
             if raw is None:
-                return errors.gone(request, self.settings)
+                return errors.show(request, self.settings, errors.GONE)
             return await route(self, request, session, raw, **kw)
 
         return checked

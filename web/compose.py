@@ -73,7 +73,6 @@ from web.forms import (
     same_secret,
     set_cookie,
 )
-from web.i18n import N_, Translate
 
 log = Logger()
 
@@ -425,18 +424,10 @@ def _single(request: IRequest, name: bytes) -> str:
     return values[0].decode("utf-8", "replace")[: MAX_ADDRESS_CHARS + 1]
 
 
-def _no_such_page(_: Translate) -> str:
-    return (
-        f'<div class="card"><p>{_("There is nothing to show at this address.")} '
-        f'<a href="{MOUNT}">{_("Write a secure message")}</a></p></div>'
-    )
-
-
 add_error_handling(
     Compose.app,
     log_as="Compose request failed",
-    no_such_page=_no_such_page,
-    temporary=N_(
-        "The page cannot be shown right now. Nothing was sent. Please try again in a few minutes."
-    ),
+    page_not_found="compose_page_not_found",
+    temporary="compose_temporary_problem",
+    mount=MOUNT,
 )

@@ -1,13 +1,15 @@
 # -*- test-case-name: tests.test_compose -*-
 """
 D-Compose's pages (L{web.compose} has the routes): choosing whom to write to, the code
-form, the writing form and the refusals, and the CSRF token of a form before sign-in.
+form, the writing form, the refusals (error templates) and the CSRF token of a form before
+sign-in.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+from typing import Any
 from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
@@ -18,7 +20,7 @@ from secmail.store.compose import CODE_LIFETIME, LOCK_TIME, CodeLimits, CodeRefu
 from web.compose_mail import MAX_ADDRESS_CHARS
 from web.forms import cookie_value, escape, form_arg, form_id_field, same_secret, set_cookie
 from web.i18n import Translate
-from web.portal import render_page, set_security_headers, translation
+from web.layout import error_page, render_page, set_security_headers, translation
 
 #: Where the portal mounts this app.
 MOUNT = "/compose"
@@ -221,68 +223,21 @@ class ComposePages:
     def _page(self, request: IRequest, title: str, body: str) -> bytes:
         return render_page(request, self.settings, title, body)
 
-    def _named(self, _: Translate, address: str) -> str:
-        """The refused address, named (a paragraph), when there was one."""
-        if not address.strip():
-            return ""
-        shown = clean_text(address, 100)
-        return f"<p>{_e(_('This page cannot send to {address}.').format(address=shown))}</p>"
+    def _error(self, request: IRequest, code: int, name: str, **context: Any) -> bytes:
+        """The error page C{web/templates/errors/<name>.html}; its links start at L{MOUNT}."""
+        return error_page(request, self.settings, code, name, mount=MOUNT, **context)
 
     def _no_such_address(self, request: IRequest, address: str = "") -> bytes:
-        request.setResponseCode(404)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Address not found"),
-            f'<div class="card">{self._named(_, address)}<p>'
-            + _(
-                "Secure messages can be written here only to addresses of this organisation, "
-                "and the address in this link is not one of them. Please check the link, "
-                'or <a href="{list}">choose from the list</a>.'
-            ).format(list=MOUNT)
-            + "</p></div>",
-        )
+        named = clean_text(address, 100) if address.strip() else ""
+        return self._error(request, 404, "compose_refused_address", address=named, refused=False)
 
     def _refused(self, request: IRequest, address: str = "") -> bytes:
-        request.setResponseCode(400)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Not sent"),
-            f'<div class="card">{self._named(_, address)}<p>'
-            + _(
-                "Messages from this page can go only to one address of this organisation. "
-                "Nothing was sent. Please start again from the link you were given, "
-                'or <a href="{list}">choose from the list</a>.'
-            ).format(list=MOUNT)
-            + "</p></div>",
-        )
+        named = clean_text(address, 100) if address.strip() else ""
+        return self._error(request, 400, "compose_refused_address", address=named, refused=True)
 
     def _signed_out(self, request: IRequest, to: str | None) -> bytes:
-        request.setResponseCode(401)
-        _ = self._t(request)
         again = f"{MOUNT}/{quote(to, safe='@')}" if to else MOUNT
-        return self._page(
-            request,
-            _("Please confirm your address again"),
-            '<div class="card"><p>'
-            + _(
-                "Your session has ended (after 30 minutes without use, or 12 hours in all), "
-                'or this browser has none. <a href="{again}">Start again</a> to get a new code.'
-            ).format(again=_e(again))
-            + "</p></div>",
-        )
+        return self._error(request, 401, "compose_signed_out", again=again)
 
     def _bad_form(self, request: IRequest) -> bytes:
-        request.setResponseCode(403)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Please try again"),
-            '<div class="card"><p>'
-            + _(
-                "The form had expired or did not come from this site. "
-                'Nothing was sent. <a href="{again}">Start again</a>.'
-            ).format(again=MOUNT)
-            + "</p></div>",
-        )
+        return self._error(request, 403, "compose_bad_form")

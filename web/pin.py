@@ -30,7 +30,7 @@ from secmail.store.portal import (
 from web import errors, i18n
 from web.access import PortalBase, letter_link
 from web.forms import escape, form_arg
-from web.i18n import N_, Translate, translator
+from web.i18n import Translate, translator
 
 
 def pin_sms_text(settings: Settings, language: str, pin: str) -> str:
@@ -264,17 +264,7 @@ class PinRoutes(PortalBase):
                 else "Registered letter {envelope} has no phone number",
                 envelope=envelope.id,
             )
-            return errors.notice(
-                request,
-                self.settings,
-                503,
-                N_("A PIN is needed"),
-                N_(
-                    "This is a registered letter: it can be read only after typing a PIN "
-                    "sent by text message. This server cannot send text messages at the "
-                    "moment. Please try again later, or contact the sender."
-                ),
-            )
+            return errors.show(request, self.settings, errors.PIN_UNAVAILABLE)
         note = None
         if order:
             language = i18n.request_language(request, self.settings.portal.languages)

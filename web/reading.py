@@ -14,10 +14,10 @@ from twisted.web.iweb import IRequest
 from secmail.config import Settings
 from secmail.policy import strip_subject_keyword
 from secmail.store.portal import Session
-from web import render, reply
+from web import errors, render, reply
 from web.access import definition_list, signed_in
 from web.forms import escape, form_arg
-from web.portal import DOWNLOAD_CSP, RESOURCE_CSP
+from web.layout import DOWNLOAD_CSP, RESOURCE_CSP
 from web.reply_page import ReplyRoutes
 from web.site import size_text
 
@@ -145,14 +145,7 @@ class ReadingRoutes(ReplyRoutes):
         try:
             attachment, data = await self._render(session, render.attachment_bytes, raw, index)
         except (KeyError, IndexError):
-            request.setResponseCode(404)
-            _ = self._t(request)
-            return self._page(
-                request,
-                _("Not found"),
-                f'<div class="card"><p>{_("There is no such attachment.")} '
-                f'<a href="/read">{_("Back to the message")}</a></p></div>',
-            )
+            return errors.show(request, self.settings, errors.NO_SUCH_ATTACHMENT)
         await self.store.add_event(
             session.message_id, session.envelope_id, "downloaded", attachment.filename, self.now()
         )

@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from secmail.config import Settings
-from web.portal import COMMON_HEADERS, RESOURCE_CSP, render_page, translation
+from web.layout import COMMON_HEADERS, RESOURCE_CSP, render_page, translation
 
 log = Logger()
 
@@ -173,7 +173,7 @@ class BoundedRequestFactory:
 
 
 class KleinPortal(Protocol):
-    """What the site serves: a Klein app with the settings it runs under (L{web.portal_app})."""
+    """What the site serves: a Klein app with the settings it runs under (L{web.portal})."""
 
     app: Klein
     settings: Settings
