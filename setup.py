@@ -13,7 +13,10 @@ setup(
     ],
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
-    package_data={"secmail.store": ["schema/*.sql"], "web": ["locale/*/LC_MESSAGES/*.po"]},
+    package_data={
+        "secmail.store": ["schema/*.sql"],
+        "web": ["locale/*/LC_MESSAGES/*.po", "templates/**/*.html", "static/*.css"],
+    },
     install_requires=[
         "twisted[tls]>=26.4",
         "klein>=24.8",
@@ -25,6 +28,8 @@ setup(
         "phonenumbers>=8.13",
         "psycopg[binary]>=3.2",
         "nh3>=0.2.17",
+        "jinja2>=3.1",
+        "babel>=2.14",
     ],
     extras_require={
         "test": [

@@ -185,7 +185,8 @@ def makeService(options: Options) -> IService:
     from twisted.names import client as dns_client
 
     from web.compose import Compose
-    from web.portal import Portal, make_site
+    from web.portal import Portal
+    from web.site import make_site
 
     settings: config.Settings = options["settings"]
     if settings.sms.order:

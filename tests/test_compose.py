@@ -45,7 +45,8 @@ from tests.fixtures.intake import IntakeFixture
 from tests.fixtures.mails import BINARY, PNG, parse
 from tests.fixtures.portal import Browser, Reply, directives
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
-from web.compose import MAX_FILENAME_CHARS, Compose, client_key, parse_form, upload_name
+from web.compose import Compose
+from web.compose_mail import MAX_FILENAME_CHARS, client_key, parse_form, upload_name
 from web.portal import Portal
 
 T0 = 1_700_000_000
@@ -882,7 +883,7 @@ class FormTests(SynchronousTestCase):
         self.assertEqual(form.fields["to"], [SALES, HELP])
         self.assertIsNone(form.one("to"))  # given twice: no single value
         self.assertEqual(form.one("text"), "Grüße\r\n")
-        [upload] = form.uploads
+        [upload] = form.uploads("attachment")
         self.assertEqual((upload.filename, upload.content_type), ("résumé.pdf", "application/pdf"))
         self.assertEqual(upload.data, BINARY)
 

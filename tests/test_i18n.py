@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import tempfile
@@ -11,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.frontend import parse_mapping_cfg
+from babel.messages.pofile import read_po
 from treq.testing import StubTreq
 
 from secmail.config import PortalSettings
@@ -20,12 +22,6 @@ from web import i18n
 from web.portal import Portal
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [
-    ROOT / "web" / "portal.py",
-    ROOT / "web" / "compose.py",
-    ROOT / "web" / "pin.py",
-    ROOT / "secmail" / "sms" / "pin_text.py",
-]
 LANGUAGES = ("en", "fi", "sv")
 PHRASE = "blue heron at dawn"
 
@@ -83,35 +79,60 @@ def test_safe_next(given: str, expected: str) -> None:
 # --- the catalogues -----------------------------------------------------------------------
 
 
+def extract() -> tuple[set[str], set[str]]:
+    """Every literal in _() or N_() as `pybabel extract` finds it with babel.cfg, and the
+    files it read."""
+    with open(ROOT / "babel.cfg", encoding="utf-8") as f:
+        method_map, options_map = parse_mapping_cfg(f)
+    read: set[str] = set()
+    messages = {
+        message
+        for _file, _line, message, _comments, _context in extract_from_dir(
+            str(ROOT),
+            method_map,
+            options_map,
+            callback=lambda filename, _method, _options: read.add(filename),
+        )
+        if isinstance(message, str)
+    }
+    return messages, read
+
+
 def wrapped_messages() -> set[str]:
-    """Every literal string given to _() or N_() in the portal's and compose's source."""
-    found = set()
-    for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Name)
-                and node.func.id in ("_", "N_")
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
-            ):
-                found.add(node.args[0].value)
-    return found
+    """Every literal in _() or N_() in web/, its templates and the PIN text's rules."""
+    return extract()[0]
+
+
+def test_extraction_reads_every_module_and_template() -> None:
+    """babel.cfg has pybabel read every web/*.py, every template and the PIN text's rules:
+    a module added or renamed under web/ cannot drop out of the catalogues."""
+    expected = {
+        path.relative_to(ROOT).as_posix()
+        for path in [
+            *(ROOT / "web").glob("*.py"),
+            *(ROOT / "web" / "templates").rglob("*.html"),
+            ROOT / "secmail" / "sms" / "pin_text.py",
+        ]
+    }
+    assert {"web/landing.py", "web/reply_page.py", "web/templates/layout.html"} <= expected
+    assert sorted(expected - extract()[1]) == []
 
 
 def test_sources_have_messages() -> None:
     """The extraction itself works (else the catalogue tests below would pass on nothing)."""
     messages = wrapped_messages()
     assert "Open message" in messages and "Write a secure message" in messages
+    assert "Your organisation's verification phrase: «{phrase}»" in messages  # layout.html
+    assert "Message deleted" in messages  # web/templates/errors/
     assert len(messages) > 80
 
 
 @pytest.mark.parametrize("language", ["fi", "sv"])
 def test_catalogue_matches_the_source(language: str) -> None:
-    """Each wrapped string is translated, nothing stale is left, placeholders and tags kept."""
+    """Each wrapped string (code, templates) is translated; none stale; placeholders, tags kept."""
     path = ROOT / "web" / "locale" / language / "LC_MESSAGES" / "secmail.po"
-    catalogue = i18n.read_po(str(path))
+    with open(path, "rb") as f:
+        catalogue = {m.id: m.string for m in read_po(f) if m.id and not m.fuzzy}
     wrapped = wrapped_messages()
     assert sorted(wrapped - catalogue.keys()) == [], "not translated"
     assert sorted(catalogue.keys() - wrapped) == [], "in the catalogue but no longer used"
@@ -122,20 +143,30 @@ def test_catalogue_matches_the_source(language: str) -> None:
         assert re.findall(r"<[^>]+>", msgstr) == re.findall(r"<[^>]+>", msgid), msgid
 
 
-def test_read_po(tmp_path: Path) -> None:
-    """The reader joins continued lines, unescapes, and skips the header and comments."""
+def test_compile_catalogue(tmp_path: Path) -> None:
+    """Babel joins continued lines, unescapes, skips header and comments; gaps stay English."""
     po = tmp_path / "x.po"
     po.write_text(
         '# comment\nmsgid ""\nmsgstr "Language: fi\\n"\n\n'
         'msgid "Say \\"hi\\""\nmsgstr ""\n"Sano "\n"\\"moi\\""\n\n'
-        'msgid "Untranslated"\nmsgstr ""\n',
+        'msgid "Untranslated"\nmsgstr ""\n\n'
+        '#, fuzzy\nmsgid "Unsure"\nmsgstr "Epävarma"\n',
         encoding="utf-8",
     )
-    assert i18n.read_po(str(po)) == {'Say "hi"': 'Sano "moi"', "Untranslated": ""}
-    assert i18n.Catalogue(i18n.read_po(str(po))).gettext("Untranslated") == "Untranslated"
-    po.write_text('msgid "x"\nmsgstr nonsense\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="x.po:2"):
-        i18n.read_po(str(po))
+    catalogue = i18n.compile_catalogue(str(po), "fi")
+    assert catalogue.gettext('Say "hi"') == 'Sano "moi"'
+    assert catalogue.gettext("Untranslated") == "Untranslated"
+    assert catalogue.gettext("Unsure") == "Unsure"  # fuzzy: not yet checked by a translator
+    po.write_text('msgid "x"\nmsgstr "y"\nnonsense\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="x.po"):
+        i18n.compile_catalogue(str(po), "fi")
+
+
+@pytest.mark.parametrize("language", ["fi", "sv"])
+def test_shipped_catalogues_load(language: str) -> None:
+    """The shipped catalogues compile and translate (what the pages and PIN texts use)."""
+    _ = i18n.translator(language)
+    assert _("Open message") in ("Avaa viesti", "Öppna meddelandet")
 
 
 # --- the portal in each language ----------------------------------------------------------
@@ -263,6 +294,15 @@ class BrandingTests(PortalFixture):
         page = await self.browser(**{"__Host-secmail-lang": "fi"}).get("/read")
         self.assertEqual(page.code, 401)
         self.assertIn(f"Organisaatiosi varmistuslause: «{PHRASE}»", page.text)
+
+    async def test_header_is_escaped(self) -> None:
+        """A name or phrase with markup in it is shown as text: the templates autoescape."""
+        self.use_portal(brand_name="<b>Evil</b> & Co", verification_phrase="<script>x</script>")
+        page = await self.browser().get("/no/such/page")
+        self.assertEqual(page.code, 404)
+        self.assertIn("<strong>&lt;b&gt;Evil&lt;/b&gt; &amp; Co</strong>", page.text)
+        self.assertIn("«&lt;script&gt;x&lt;/script&gt;»", page.text)
+        self.assertNotIn("<script", page.text)
 
     async def test_style_sheet_has_brand_colour(self) -> None:
         """The served style sheet uses the configured colour (no inline styles on pages)."""

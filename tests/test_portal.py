@@ -23,8 +23,9 @@ from secmail.store.sms import SmsStore
 from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, PNG, RICH, SAFE_DISPOSITION, mime, parse
 from tests.fixtures.portal import SESSION, Browser, Letter, PortalFixture, Reply, directives
 from tests.fixtures.settings import make_settings
-from web import portal as portal_module
-from web.portal import Portal, make_site
+from web import access as access_module
+from web.portal import Portal
+from web.site import make_site
 
 BROWSER = "__Host-secmail-browser"
 MINUTE = 60
@@ -1014,7 +1015,7 @@ class HardeningTests(PortalFixture):
     def setUp(self) -> None:
         super().setUp()
         self.logged: list[dict[str, Any]] = []
-        self.patch(portal_module, "log", Logger(observer=self.logged.append))
+        self.patch(access_module, "log", Logger(observer=self.logged.append))
 
     def log_lines(self) -> list[str]:
         return [formatEvent(event) for event in self.logged]
@@ -1108,3 +1109,37 @@ class HardeningTests(PortalFixture):
             self.assertIn(letter.message_id, line)
             self.assertNotIn("Traceback", line)
         self.assertNotIn("log_failure", self.logged[0])
+
+
+class RouteGuardTests(PortalFixture):
+    """The routes' preambles (web.access's decorators) answer what is missing, on every route."""
+
+    async def test_link_routes_need_the_letter_and_its_form(self) -> None:
+        """Every /m/<token> route answers 404 for an unknown link, and every POST there 403
+        for a form without the link page's CSRF token; nothing is bound or sent."""
+        letter = await self.letter()
+        browser = self.browser()
+        unknown = "/m/" + "A" * 43
+        self.assertEqual((await browser.get(unknown)).code, 404)
+        for suffix in ("", "/code", "/verify", "/pin", "/pin/verify", "/wrong-number"):
+            self.assertEqual((await browser.post(unknown + suffix, {"csrf": "0"})).code, 404)
+            refused = await browser.post(letter.link + suffix, {"csrf": "0" * 64, "code": "1"})
+            self.assertEqual(refused.code, 403, suffix)
+        self.assertIsNone(await self.browser_hash(letter))
+        self.assertEqual(await self.count("sessions"), 0)
+
+    async def test_reading_routes_need_a_session(self) -> None:
+        """Every route after sign-in answers 401 ("open the link again") without a session."""
+        browser = self.browser()
+        for method, path in (
+            ("GET", "/read"),
+            ("GET", "/read/html"),
+            ("GET", "/read/cid/logo@corp.example"),
+            ("GET", "/read/attachment/0"),
+            ("GET", "/read/eml"),
+            ("POST", "/read/reply"),
+            ("GET", "/read/sent"),
+        ):
+            reply = await browser.request(method, path)
+            self.assertEqual(reply.code, 401, path)
+            self.assertIn(b"Please open the link again", reply.body)

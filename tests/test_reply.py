@@ -2,7 +2,7 @@
 
 The first half tests L{web.reply} as pure functions. The second drives the portal through
 C{StubTreq} with the fixtures of C{tests/fixtures/portal.py}; the request body limit and the
-in-memory body are tested on the real site (L{web.portal.make_site}) over a
+in-memory body are tested on the real site (L{web.site.make_site}) over a
 C{StringTransport}, since StubTreq builds a site of its own.
 """
 
@@ -34,16 +34,17 @@ from secmail.store.messages import NewMessage, hash_token
 from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, RICH, mime, parse
 from tests.fixtures.portal import Browser, Letter, PortalFixture, Reply
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
-from web import portal as portal_module
-from web.portal import Portal, make_site, parse_multipart
+from web import forms, site
+from web.forms import Upload, parse_multipart
+from web.portal import Portal
 from web.reply import (
     ReplyError,
-    Upload,
     attachment_filename,
     build_reply,
     reply_choices,
-    reply_messages,
 )
+from web.reply_letters import reply_messages
+from web.site import make_site
 
 CAROL = "carol@partner.example"
 DAVE = "dave@corp.example"
@@ -851,7 +852,7 @@ class MultipartTests(SynchronousTestCase):
                 b"multipart/form-data; boundary=x",
             ),
         ]:
-            with self.assertRaises(portal_module.FormError):
+            with self.assertRaises(forms.FormError):
                 parse_multipart(bad_body, bad_type)
 
 
@@ -873,13 +874,13 @@ class BodyLimitTests(ReplyPortalFixture):
 
         self.site.requestFactory = record
         self.bodies: list[object] = []
-        process = portal_module.BoundedRequest.process
+        process = site.BoundedRequest.process
 
-        def process_and_record(request: portal_module.BoundedRequest) -> None:
+        def process_and_record(request: site.BoundedRequest) -> None:
             self.bodies.append(request.content)
             process(request)
 
-        self.patch(portal_module.BoundedRequest, "process", process_and_record)
+        self.patch(site.BoundedRequest, "process", process_and_record)
 
     def connect(self) -> tuple[HTTPChannel, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))

@@ -27,35 +27,22 @@ C{/start}, C{/<address>}. Links and form actions it writes start with L{MOUNT}.
 
 from __future__ import annotations
 
-import email.policy
-import hmac
-import ipaddress
 import re
-import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
-from typing import Any
-from urllib.parse import parse_qs, quote
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
 
 from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
 from secmail.letters import system_mail
-from secmail.notify import Notification, build_code_mail, build_sender_notice, clean_text
+from secmail.notify import clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
-    LOCK_AFTER,
-    LOCK_TIME,
-    CodeLimits,
     CodeRefusal,
     CodeState,
     ComposeSession,
@@ -64,238 +51,40 @@ from secmail.store.compose import (
 )
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage
 from secmail.store.spool import RunInThread, SealedBytes
-from web.i18n import Translate
-from web.portal import (
-    FormError,
+from web.compose_mail import (
+    MAX_ADDRESS_CHARS,
+    build_compose_code_mail,
+    build_compose_mail,
+    build_lock_notice,
+    client_key,
+    code_limits,
+    parse_form,
+    plain_address,
+)
+from web.compose_pages import MAX_SUBJECT_CHARS, MOUNT, ComposePages, megabytes
+from web.errors import add_error_handling
+from web.forms import (
+    SubmittedForm,
     commit_once,
     cookie_value,
     escape,
     form_arg,
-    form_id_field,
     once_id,
-    parse_multipart,
-    render_page,
     same_secret,
     set_cookie,
-    set_security_headers,
-    translation,
 )
 
 log = Logger()
 
-#: Where the portal mounts this app.
-MOUNT = "/compose"
 SESSION_COOKIE = b"__Host-secmail-compose"
-FORM_COOKIE = b"__Host-secmail-compose-form"
-#: The form cookie outlives a code (10 minutes) with room to spare.
-FORM_COOKIE_AGE = 3600
-
-MAX_ADDRESS_CHARS = 254
-MAX_SUBJECT_CHARS = 200
-MAX_FILENAME_CHARS = 150
-#: Types an attachment keeps as the browser named them; anything else is octet-stream.
-_CONTENT_TYPE = re.compile(
-    r"(application|audio|font|image|model|text|video)/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}"
-)
-_BINARY = "application/octet-stream"
 
 _e = escape
-
-
-# --- the form, parsed off the reactor -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One attached file: a name safe for a header, a plain MIME type, the bytes as sent."""
-
-    filename: str
-    content_type: str
-    data: bytes
-
-
-@dataclass
-class SentForm:
-    """A submitted form: text fields by name (every value given) and the attached files."""
-
-    fields: dict[str, list[str]] = field(default_factory=dict)
-    uploads: list[Upload] = field(default_factory=list)
-
-    def one(self, name: str) -> str | None:
-        """The field's value; None when it is missing or given more than once."""
-        values = self.fields.get(name, [])
-        return values[0] if len(values) == 1 else None
-
-
-def parse_form(content_type: str, body: bytes) -> SentForm:
-    """
-    Read a C{multipart/form-data} or URL-encoded body with the portal's parser (which
-    keeps each file's name and type); files come from fields named C{attachment}.
-    """
-    form = SentForm()
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/x-www-form-urlencoded":
-        form.fields.update(parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True))
-        return form
-    if media != "multipart/form-data":
-        return form
-    try:
-        submitted = parse_multipart(body, content_type.encode("latin-1", "replace"))
-    except FormError:
-        return form
-    form.fields = submitted.fields
-    form.uploads = [
-        Upload(upload_name(u.filename), upload_type(u.content_type), u.data)
-        for u in submitted.uploads("attachment")
-        if u.filename or u.data
-    ]
-    return form
-
-
-def upload_name(filename: str) -> str:
-    """A file name fit for a header: no path, no control or format characters, not too long."""
-    name = re.split(r"[/\\]", filename.encode("utf-8", "replace").decode("utf-8"))[-1]
-    name = clean_text(name, 10 * MAX_FILENAME_CHARS).strip(". ")
-    if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, extension = name.rpartition(".")
-        if dot and 0 < len(extension) <= 10:
-            name = stem[: MAX_FILENAME_CHARS - len(extension) - 1].rstrip(". ") + "." + extension
-        else:
-            name = name[:MAX_FILENAME_CHARS].rstrip(". ")
-    return name or "attachment"
-
-
-def upload_type(content_type: str) -> str:
-    content_type = content_type.strip().lower()
-    return content_type if _CONTENT_TYPE.fullmatch(content_type) else _BINARY
-
-
-# --- the mails ----------------------------------------------------------------------------
-
-
-def build_compose_mail(
-    *,
-    sender: str,
-    reply_to: str,
-    to: str,
-    subject: str,
-    text: str,
-    uploads: list[Upload],
-    message_id_domain: str,
-    date: datetime,
-) -> bytes:
-    """
-    The message as the internal mail server gets it. C{sender} is the verified
-    address and C{reply_to} its marked form, so a reply goes back through the gateway
-    as a secure letter; C{to} and C{sender} were checked by L{portal_destination}, and
-    C{subject} is
-    one cleaned line, so no value can start a header of its own (the SMTP policy
-    refuses a line break in a header value besides).
-    """
-    message = EmailMessage(policy=email.policy.SMTP)
-    message["From"] = sender
-    message["Reply-To"] = reply_to
-    message["To"] = to
-    message["Subject"] = subject
-    message["Date"] = format_datetime(date)
-    message["Message-ID"] = make_msgid(domain=message_id_domain)
-    message["X-Secmail-Verified"] = sender
-    message.set_content(text, cte="quoted-printable")
-    for upload in uploads:
-        maintype, _, subtype = upload.content_type.partition("/")
-        message.add_attachment(
-            upload.data, maintype=maintype, subtype=subtype, filename=upload.filename
-        )
-    return message.as_bytes()
-
-
-def build_compose_code_mail(
-    *,
-    settings: Settings,
-    recipient: str,
-    to: str,
-    code: str,
-    minutes: int,
-    date: datetime,
-) -> Notification:
-    """The code that proves to the portal that C{recipient} is the outsider's address."""
-    return build_code_mail(
-        settings=settings,
-        recipient=recipient,
-        code=code,
-        minutes=minutes,
-        message_id_domain=settings.gateway.hostname,
-        date=date,
-        purpose=f"writing a secure message to {to}",
-        without_it="nobody can write in your name without it",
-        subject="Your code for writing a secure message",
-    )
-
-
-def plain_address(text: str) -> str | None:
-    """
-    C{local@domain} (domain lower-cased) when C{text} is a plain address we accept (see
-    L{portal_destination}: no route forms that a mail server could send elsewhere), else None.
-    """
-    if len(text) > MAX_ADDRESS_CHARS:
-        return None
-    try:
-        return portal_destination(text, None)
-    except DestinationError:
-        return None
-
-
-def client_key(host: str) -> str:
-    """
-    Whom a code order is counted against: the client's IPv4 address, or the /64 of an
-    IPv6 one (one site's or one customer's usual share, which it can hop within); "" for
-    anything else (not counted per client).
-    """
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return ""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
-def code_limits(settings: Settings) -> CodeLimits:
-    portal = settings.portal
-    return CodeLimits(
-        per_mailbox=portal.compose_codes_per_mailbox,
-        per_client=portal.compose_codes_per_client,
-        per_hour=portal.compose_codes_per_hour,
-        per_day=portal.compose_codes_per_day,
-    )
-
-
-def build_lock_notice(*, settings: Settings, recipient: str, date: datetime) -> Notification:
-    """The mail telling the owner of C{recipient} that codes for it stopped, and why."""
-    return build_sender_notice(
-        settings=settings,
-        sender=recipient,
-        subject="Codes for writing secure messages stopped for your address",
-        paragraphs=[
-            f"On the secure message page of {settings.gateway.hostname}, a wrong code "
-            f"was typed {LOCK_AFTER} times to confirm the address {recipient}. To keep "
-            "anyone from guessing a code and writing in your name, no codes are sent to "
-            f"this address for the next {LOCK_TIME // 86400} days.",
-            "If it was you, please write to the organisation in another way, or try "
-            "again later. If not, someone else may have tried to use your address; no "
-            "message was sent in your name.",
-        ],
-        message_id_domain=settings.gateway.hostname,
-        date=date,
-    )
 
 
 # --- the app ------------------------------------------------------------------------------
 
 
-class Compose:
+class Compose(ComposePages):
     """
     @param csrf_key: HMAC key for the pre-sign-in form tokens (derive it for this use).
     @param run_in_thread: C{deferToThread}-like; uploads are parsed and the mail is
@@ -456,7 +245,7 @@ class Compose:
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         request.content.seek(0)
         body = request.content.read()
-        form: SentForm = await self.run_in_thread(parse_form, content_type, body)
+        form: SubmittedForm = await self.run_in_thread(parse_form, content_type, body)
         # One message per form: the id comes from the form, so a second click (or a reload
         # that posts again) finds the first one's event instead of sending it twice.
         message_id = once_id(
@@ -474,7 +263,7 @@ class Compose:
             return self._refused(request, given or "")
         subject = clean_text(form.one("subject") or "", MAX_SUBJECT_CHARS)
         text = form.one("text") or ""
-        uploads = form.uploads
+        uploads = form.uploads("attachment")
         size = len(text.encode("utf-8")) + sum(len(u.data) for u in uploads)
         limit = self.settings.portal.max_upload_size
         _ = self._t(request)
@@ -483,7 +272,7 @@ class Compose:
                 "The message and its attachments come to {size}; at most "
                 "{limit} can be sent. Please leave out some attachments, "
                 "or send them in more than one message."
-            ).format(size=_megabytes(size), limit=_megabytes(limit))
+            ).format(size=megabytes(size), limit=megabytes(limit))
             return self._write_page(request, session, to, subject, text, error, status=413)
         if not text.strip() and not uploads:
             return self._write_page(
@@ -566,39 +355,7 @@ class Compose:
             request, _("Signed out"), f'<div class="card"><p>{_("You are signed out.")}</p></div>'
         )
 
-    @app.handle_errors(Exception)
-    def failed(self, request: IRequest, failure: Any) -> bytes:
-        if failure.check(HTTPException):
-            error = failure.value
-            request.setResponseCode(error.code or 404)
-            for name, value in error.get_response().headers:
-                if name in ("Location", "Allow"):
-                    request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
-            _ = self._t(request)
-            return self._page(
-                request,
-                _("Page not found"),
-                f'<div class="card"><p>{_("There is nothing to show at this address.")} '
-                f'<a href="{MOUNT}">{_("Write a secure message")}</a></p></div>',
-            )
-        log.failure("Compose request failed", failure)
-        request.setResponseCode(500)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Temporary problem"),
-            '<div class="card"><p>'
-            + _(
-                "The page cannot be shown right now. Nothing was sent. "
-                "Please try again in a few minutes."
-            )
-            + "</p></div>",
-        )
-
     # --- helpers -----------------------------------------------------------------------------
-
-    def _t(self, request: IRequest) -> Translate:
-        return translation(request, self.settings)
 
     def _internal(self, text: str) -> str | None:
         """C{text} as an address we may write to (a plain one in an incoming domain), else None."""
@@ -641,31 +398,6 @@ class Compose:
         )
         self.on_commit()
 
-    def _code_refusal(
-        self, _: Translate, refusal: str | None, sender: str, limits: CodeLimits
-    ) -> str:
-        """Why no code was sent, in words, and what to do."""
-        if refusal == CodeRefusal.LOCKED:
-            return _(
-                "A wrong code was typed too many times for {address}, so no more codes are "
-                "sent to it for {days} days. Its owner has been told by e-mail."
-            ).format(address=sender, days=LOCK_TIME // 86400)
-        if refusal == CodeRefusal.MAILBOX:
-            return _(
-                "{count} codes have been sent to {address} in the last 24 hours, "
-                "which is as many as we send. Please use the newest code you received, "
-                "or try again tomorrow."
-            ).format(count=limits.per_mailbox, address=sender)
-        if refusal == CodeRefusal.CLIENT:
-            return _(
-                "Many codes have been asked for from your network in the last hour. "
-                "Please use the newest code you received, or try again in an hour."
-            )
-        return _(
-            "This page has sent as many codes as it may for now. Please try again "
-            "in an hour, or later today."
-        )
-
     def _lock_notice(self, sender: str) -> NewMessage:
         """The mail telling the owner of C{sender} that codes for it stopped."""
         mail = build_lock_notice(
@@ -683,225 +415,6 @@ class Compose:
             about=trail_id(sender),
         )
 
-    def _form_csrf(self, value: str) -> str:
-        return hmac.new(self._csrf_key, b"compose-form:" + value.encode(), "sha256").hexdigest()
-
-    def _form_token(self, request: IRequest) -> str:
-        """The CSRF value for a pre-sign-in form; (re)sets the form cookie it belongs to."""
-        value = cookie_value(request, FORM_COOKIE) or secrets.token_urlsafe(24)
-        set_cookie(request, FORM_COOKIE, value, max_age=FORM_COOKIE_AGE)
-        return self._form_csrf(value)
-
-    def _form_csrf_ok(self, request: IRequest) -> bool:
-        value = cookie_value(request, FORM_COOKIE)
-        if not value:
-            return False
-        return same_secret(form_arg(request, b"csrf"), self._form_csrf(value))
-
-    def _write_url(self, to: str) -> str:
-        return f"{MOUNT}/write?to={quote(to, safe='@')}"
-
-    def _start_page(
-        self,
-        request: IRequest,
-        to: str | None,
-        sender: str = "",
-        error: str | None = None,
-        status: int = 200,
-        fixed: bool | None = None,
-    ) -> bytes:
-        """The first form; C{fixed}: the address is not to be chosen (default: when not listed)."""
-        request.setResponseCode(status)
-        _ = self._t(request)
-        directory = self.settings.portal.compose_directory
-        if fixed is None:
-            fixed = to not in directory
-        if to is None or not fixed:
-            options = "".join(
-                f'<option value="{_e(a)}"{" selected" if a == to else ""}>{_e(a)}</option>'
-                for a in directory
-            )
-            recipient = (
-                f'<label for="to">{_("To")}</label>'
-                f'<p><select id="to" name="to" required>{options}</select></p>'
-            )
-        else:
-            recipient = (
-                f"<dl><dt>{_('To')}</dt><dd>{_e(to)}</dd></dl>"
-                f'<input type="hidden" name="to" value="{_e(to)}">'
-            )
-        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
-        body = (
-            f'<form method="post" action="{MOUNT}/start" class="card">{problem}'
-            f'<input type="hidden" name="csrf" value="{self._form_token(request)}">'
-            f"{recipient}"
-            f'<label for="sender">{_("Your e-mail address")}</label>'
-            f'<p><input type="email" id="sender" name="sender" value="{_e(sender)}" '
-            f'autocomplete="email" maxlength="{MAX_ADDRESS_CHARS}" required></p>'
-            '<p class="note">'
-            + _(
-                "We will send a code to this address to make sure it is yours. "
-                "The reply to your message will come to it."
-            )
-            + "</p>"
-            f'<button type="submit">{_("Send me a code")}</button></form>'
-        )
-        return self._page(request, _("Write a secure message"), body)
-
-    def _code_page(
-        self, request: IRequest, to: str, sender: str, error: str | None, status: int = 200
-    ) -> bytes:
-        request.setResponseCode(status)
-        _ = self._t(request)
-        csrf = self._form_token(request)
-        hidden = (
-            f'<input type="hidden" name="csrf" value="{csrf}">'
-            f'<input type="hidden" name="to" value="{_e(to)}">'
-            f'<input type="hidden" name="sender" value="{_e(sender)}">'
-        )
-        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
-        sent_to = _("We sent a 6-digit code to {address}. It works for {minutes} minutes.")
-        body = (
-            f'<form method="post" action="{MOUNT}/verify" class="card">{problem}'
-            f"<p>{sent_to.format(address=_e(sender), minutes=CODE_LIFETIME // 60)}</p>{hidden}"
-            f'<label for="code">{_("Code")}</label>'
-            '<input type="text" id="code" name="code" inputmode="numeric" '
-            'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required>'
-            f' <button type="submit">{_("Continue")}</button></form>'
-            f'<form method="post" action="{MOUNT}/start" class="card">{hidden}'
-            f"<p>{_('No code? Check the spam folder, or ask for a new one.')}</p>"
-            f'<button type="submit" class="secondary">{_("Send a new code")}</button></form>'
-        )
-        return self._page(request, _("Confirm your e-mail address"), body)
-
-    def _write_page(
-        self,
-        request: IRequest,
-        session: ComposeSession,
-        to: str,
-        subject: str = "",
-        text: str = "",
-        error: str | None = None,
-        status: int = 200,
-    ) -> bytes:
-        request.setResponseCode(status)
-        _ = self._t(request)
-        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
-        limit = _megabytes(self.settings.portal.max_upload_size)
-        confirmed = _("{address} (confirmed)").format(address=_e(session.address))
-        together = _("Message and attachments together: at most {limit}.").format(limit=limit)
-        body = (
-            f'<form method="post" action="{MOUNT}/send" enctype="multipart/form-data" '
-            f'class="card">{problem}'
-            f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
-            f"{form_id_field()}"
-            f'<input type="hidden" name="to" value="{_e(to)}">'
-            f"<dl><dt>{_('From')}</dt><dd>{confirmed}</dd>"
-            f"<dt>{_('To')}</dt><dd>{_e(to)}</dd></dl>"
-            f'<p><label for="subject">{_("Subject")}</label>'
-            f'<input type="text" id="subject" name="subject" value="{_e(subject)}" '
-            f'maxlength="{MAX_SUBJECT_CHARS}"></p>'
-            f'<p><label for="text">{_("Message")}</label>'
-            f'<textarea id="text" name="text" rows="12" cols="60">{_e(text)}</textarea></p>'
-            f'<p><label for="attachments">{_("Attachments")}</label>'
-            '<input type="file" id="attachments" name="attachment" multiple></p>'
-            f'<p class="note">{together}</p>'
-            f'<button type="submit">{_("Send securely")}</button></form>'
-            + self._sign_out_form(_, session)
-        )
-        return self._page(request, _("Write a secure message"), body)
-
-    def _already_sent(self, request: IRequest, session: ComposeSession) -> bytes:
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Message sent"),
-            f'<div class="card"><p>{_("This message has already been sent.")}</p></div>'
-            + self._sign_out_form(_, session),
-        )
-
-    def _sign_out_form(self, _: Translate, session: ComposeSession) -> str:
-        return (
-            f'<form method="post" action="{MOUNT}/logout" class="card actions">'
-            f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
-            f'<button type="submit" class="secondary">{_("Sign out")}</button></form>'
-        )
-
-    def _see_other(self, request: IRequest, location: str) -> bytes:
-        request.setResponseCode(303)
-        request.setHeader(b"Location", location.encode("ascii"))
-        set_security_headers(request)
-        return b""
-
-    def _page(self, request: IRequest, title: str, body: str) -> bytes:
-        return render_page(request, self.settings, title, body)
-
-    def _named(self, _: Translate, address: str) -> str:
-        """The refused address, named (a paragraph), when there was one."""
-        if not address.strip():
-            return ""
-        shown = clean_text(address, 100)
-        return f"<p>{_e(_('This page cannot send to {address}.').format(address=shown))}</p>"
-
-    def _no_such_address(self, request: IRequest, address: str = "") -> bytes:
-        request.setResponseCode(404)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Address not found"),
-            f'<div class="card">{self._named(_, address)}<p>'
-            + _(
-                "Secure messages can be written here only to addresses of this organisation, "
-                "and the address in this link is not one of them. Please check the link, "
-                'or <a href="{list}">choose from the list</a>.'
-            ).format(list=MOUNT)
-            + "</p></div>",
-        )
-
-    def _refused(self, request: IRequest, address: str = "") -> bytes:
-        request.setResponseCode(400)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Not sent"),
-            f'<div class="card">{self._named(_, address)}<p>'
-            + _(
-                "Messages from this page can go only to one address of this organisation. "
-                "Nothing was sent. Please start again from the link you were given, "
-                'or <a href="{list}">choose from the list</a>.'
-            ).format(list=MOUNT)
-            + "</p></div>",
-        )
-
-    def _signed_out(self, request: IRequest, to: str | None) -> bytes:
-        request.setResponseCode(401)
-        _ = self._t(request)
-        again = f"{MOUNT}/{quote(to, safe='@')}" if to else MOUNT
-        return self._page(
-            request,
-            _("Please confirm your address again"),
-            '<div class="card"><p>'
-            + _(
-                "Your session has ended (after 30 minutes without use, or 12 hours in all), "
-                'or this browser has none. <a href="{again}">Start again</a> to get a new code.'
-            ).format(again=_e(again))
-            + "</p></div>",
-        )
-
-    def _bad_form(self, request: IRequest) -> bytes:
-        request.setResponseCode(403)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Please try again"),
-            '<div class="card"><p>'
-            + _(
-                "The form had expired or did not come from this site. "
-                'Nothing was sent. <a href="{again}">Start again</a>.'
-            ).format(again=MOUNT)
-            + "</p></div>",
-        )
-
 
 def _single(request: IRequest, name: bytes) -> str:
     """A form field given exactly once, else "" (which no check accepts)."""
@@ -911,5 +424,10 @@ def _single(request: IRequest, name: bytes) -> str:
     return values[0].decode("utf-8", "replace")[: MAX_ADDRESS_CHARS + 1]
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"
+add_error_handling(
+    Compose.app,
+    log_as="Compose request failed",
+    page_not_found="compose_page_not_found",
+    temporary="compose_temporary_problem",
+    mount=MOUNT,
+)

@@ -1,10 +1,13 @@
+# -*- test-case-name: tests.test_i18n -*-
 """
-The portal's languages: English as written in the code, Finnish and Swedish from gettext
-catalogues (C{web/locale/<lang>/LC_MESSAGES/secmail.po}).
+The portal's languages: English as written in the code and templates, Finnish and Swedish
+from gettext catalogues (C{web/locale/<lang>/LC_MESSAGES/secmail.po}).
 
-The C{.po} files are read directly by a small reader (L{read_po}) into a
-L{gettext.NullTranslations} subclass, so there is no build step and no dependency:
-the catalogues hold only plain C{msgid}/C{msgstr} pairs (no plurals, no contexts).
+Babel reads a C{.po} file and compiles it to C{.mo} in memory the first time its language
+is used (L{compile_catalogue}), so no compiled file is kept in git or needed at install;
+the result is a standard L{gettext.GNUTranslations} (Babel's L{Translations}). Untranslated
+and fuzzy entries fall back to the English msgid. How translators update the catalogues:
+docs/translating.md.
 
 A visitor's language: the language cookie (set by C{/lang/<code>}), else the browser's
 C{Accept-Language} (quality values honoured), else the first configured language.
@@ -12,13 +15,16 @@ C{Accept-Language} (quality values honoured), else the first configured language
 
 from __future__ import annotations
 
-import ast
 import gettext
+import io
 import os
 import re
 from collections.abc import Callable, Sequence
 from functools import cache
 
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import PoFileError, read_po
+from babel.support import Translations
 from twisted.web.iweb import IRequest
 
 LOCALE_DIR = os.path.join(os.path.dirname(__file__), "locale")
@@ -31,61 +37,30 @@ NAMES = {"en": "English", "fi": "Suomi", "sv": "Svenska"}
 Translate = Callable[[str], str]
 
 
-class Catalogue(gettext.NullTranslations):
-    """Translations from a dict; a missing or empty msgstr falls back to the English msgid."""
+def compile_catalogue(path: str, language: str) -> Translations:
+    """A C{.po} file compiled to C{.mo} in memory and loaded as gettext translations."""
+    with open(path, "rb") as f:
+        try:
+            catalog = read_po(f, locale=language, domain=DOMAIN, abort_invalid=True)
+        except PoFileError as e:
+            raise ValueError(f"{path}: {e}") from None
+    mo = io.BytesIO()
+    write_mo(mo, catalog)
+    mo.seek(0)
+    return Translations(mo, domain=DOMAIN)
 
-    def __init__(self, messages: dict[str, str]) -> None:
-        super().__init__()
-        self.messages = messages
 
-    def gettext(self, message: str) -> str:
-        return self.messages.get(message) or message
-
-
-def read_po(path: str) -> dict[str, str]:
-    """msgid → msgstr from a C{.po} file; the header entry (empty msgid) is left out."""
-    messages: dict[str, str] = {}
-    entry: dict[str, str] = {}
-    current = ""
-
-    def finish() -> None:
-        if entry.get("msgid") and "msgstr" in entry:
-            messages[entry["msgid"]] = entry["msgstr"]
-        entry.clear()
-
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                if not line:
-                    finish()
-                continue
-            keyword, _, rest = line.partition(" ")
-            if keyword in ("msgid", "msgstr"):
-                if keyword == "msgid":
-                    finish()
-                current = keyword
-                line = rest.strip()
-            elif not line.startswith('"'):
-                raise ValueError(f"{path}:{number}: unexpected {keyword!r}")
-            try:
-                text = ast.literal_eval(line)
-            except (ValueError, SyntaxError):
-                raise ValueError(f"{path}:{number}: not a quoted string") from None
-            if not isinstance(text, str) or not current:
-                raise ValueError(f"{path}:{number}: not a quoted string")
-            entry[current] = entry.get(current, "") + text
-    finish()
-    return messages
+def catalogue_path(language: str) -> str:
+    return os.path.join(LOCALE_DIR, language, "LC_MESSAGES", DOMAIN + ".po")
 
 
 @cache
 def catalogue(language: str) -> gettext.NullTranslations:
     """The translations for C{language}; English is the msgids themselves."""
-    path = os.path.join(LOCALE_DIR, language, "LC_MESSAGES", DOMAIN + ".po")
+    path = catalogue_path(language)
     if language == "en" or not os.path.isfile(path):
         return gettext.NullTranslations()
-    return Catalogue(read_po(path))
+    return compile_catalogue(path, language)
 
 
 def translator(language: str) -> Translate:

@@ -2,20 +2,34 @@
 The words of the registered-letter PIN challenge: the SMS text in the reader's language
 (its rules in L{secmail.sms.pin_text}, translated here by the portal's catalogues), the
 PIN page's forms, and the notices a sender gets when a letter locks or its number is
-said to be wrong. The portal's routes (web/portal.py) decide; this module only writes.
+said to be wrong. Below them, the PIN page's routes (L{PinRoutes}, part of the portal).
 """
 
 from __future__ import annotations
 
 import html
+import re
 from datetime import UTC, datetime
+
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
 
 from secmail.config import Settings
 from secmail.masking import mask_number
 from secmail.notify import Notification, build_sender_notice
 from secmail.sms import pin_text
 from secmail.store.messages import Envelope
-from secmail.store.portal import CODE_LIFETIME, LOCK_AFTER, PIN_LOCK_AFTER
+from secmail.store.portal import (
+    CODE_LIFETIME,
+    CODES_PER_DAY,
+    LOCK_AFTER,
+    PIN_LOCK_AFTER,
+    PinOrder,
+    PinState,
+)
+from web import errors, i18n
+from web.access import PortalBase, letter_link
+from web.forms import escape, form_arg
 from web.i18n import Translate, translator
 
 
@@ -139,3 +153,172 @@ def wrong_number_notice(
         message_id_domain=settings.gateway.hostname,
         date=now,
     )
+
+
+# --- the PIN page's routes ----------------------------------------------------------------
+
+log = Logger()
+app = PortalBase.app
+
+
+class PinRoutes(PortalBase):
+    """C{/m/<token>/pin...}: a registered letter opens with a PIN sent by text message."""
+
+    @app.route("/m/<token>/pin", methods=["POST"])
+    @letter_link(level="registered")
+    async def order_pin(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
+        """Order a new PIN (at most one a minute, CODES_PER_HOUR an hour)."""
+        return await self._pin_page(request, token, envelope, order=True)
+
+    @app.route("/m/<token>/pin/verify", methods=["POST"])
+    @letter_link(level="registered")
+    async def verify_pin(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
+        """The PIN from the text message signs this browser in."""
+        _ = self._t(request)
+        typed = form_arg(request, b"pin")
+        if not re.fullmatch(r"\s*[0-9]{6}\s*", typed):
+            return await self._pin_page(request, token, envelope, error=_("The PIN has 6 digits."))
+        notice = lock_notice(self.settings, envelope, self._date())
+        state = await self.sessions.check_pin(
+            envelope.id, typed, self.now(), self._gateway_mail(envelope, notice)
+        )
+        if state == PinState.OK:
+            return await self._sign_in(request, envelope, "SMS PIN")
+        if state == PinState.WRONG:
+            return await self._pin_page(
+                request, token, envelope, error=_("That PIN is not right. Please try again.")
+            )
+        if state == PinState.SUPERSEDED:
+            return await self._pin_page(
+                request,
+                token,
+                envelope,
+                error=_(
+                    "That PIN was replaced by a newer one. Please type the PIN from the "
+                    "latest text message."
+                ),
+            )
+        if state == PinState.EXPIRED:
+            return await self._pin_page(
+                request,
+                token,
+                envelope,
+                error=_(
+                    "That PIN no longer works (too many tries, or more than 10 minutes old). "
+                    "Please order a new one."
+                ),
+            )
+        if state == PinState.LOCKED_NOW:
+            log.warn(
+                "Registered letter {envelope} locked after too many wrong PINs",
+                envelope=envelope.id,
+            )
+            self.on_commit()
+        return self._locked(request, envelope)
+
+    @app.route("/m/<token>/wrong-number", methods=["POST"])
+    @letter_link(level="registered")
+    async def wrong_number(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
+        """The reader says the number is not theirs: tell the sender, once."""
+        if envelope.phone is None:
+            return self._bad_form(request)
+        notice = wrong_number_notice(self.settings, envelope, envelope.phone, self._date())
+        if await self.sessions.report_wrong_number(
+            envelope.id, self.now(), self._gateway_mail(envelope, notice)
+        ):
+            self.on_commit()
+        _ = self._t(request)
+        if envelope.sender:
+            text = _("Thank you. We have told the sender ({sender}).").format(
+                sender=envelope.sender
+            )
+        else:
+            text = _("Thank you. The sender cannot be told by e-mail; please contact them.")
+        return self._page(
+            request,
+            _("The sender has been told"),
+            f'<div class="card"><p>{escape(text)}</p><p>'
+            + _("They can send the message again with the right phone number.")
+            + "</p></div>",
+        )
+
+    async def _pin_page(
+        self,
+        request: IRequest,
+        token: str,
+        envelope: Envelope,
+        *,
+        order: bool = False,
+        error: str | None = None,
+    ) -> bytes:
+        """The PIN challenge; with C{order}, a new PIN is sent first (if the limits allow)."""
+        _ = self._t(request)
+        if envelope.locked is not None:
+            return self._locked(request, envelope)
+        csrf = self._form_csrf(token)
+        number = envelope.phone
+        if self.sms is None or not self.settings.sms.order or number is None:
+            log.error(
+                "A registered letter was opened, but no SMS backend is configured (sms.order)"
+                if number is not None
+                else "Registered letter {envelope} has no phone number",
+                envelope=envelope.id,
+            )
+            return errors.show(request, self.settings, errors.PIN_UNAVAILABLE)
+        note = None
+        if order:
+            language = i18n.request_language(request, self.settings.portal.languages)
+            state = await self.sessions.new_pin(
+                envelope.id,
+                number,
+                lambda code: pin_sms_text(self.settings, language, code),
+                self.sms.sealer,
+                self.now(),
+            )
+            if state == PinOrder.SENT:
+                self.on_sms()
+                note = _("A new PIN is on its way.")
+            elif state == PinOrder.TOO_SOON:
+                note = _(
+                    "A PIN was sent less than a minute ago. Please wait for it, or order a "
+                    "new one in a minute."
+                )
+            elif state == PinOrder.TOO_MANY:
+                error = error or _(
+                    "Too many PINs were ordered in the last hour. Please try again later."
+                )
+                request.setResponseCode(429)
+            elif state == PinOrder.TOO_MANY_TODAY:
+                error = error or _(
+                    "{count} PINs were ordered for this message in the last 24 hours, which is "
+                    "as many as we send. Please use the newest PIN, or try again tomorrow."
+                ).format(count=CODES_PER_DAY)
+                request.setResponseCode(429)
+            else:
+                return self._locked(request, envelope)
+        pending = await self.sms.pending(envelope.id)
+        if pending is not None and pending.attempts > 0 and error is None:
+            note = _(
+                "Sending the text message is taking longer than usual. We keep trying; "
+                "it should arrive within a few minutes."
+            )
+        elif (
+            pending is None
+            and error is None
+            and await self.sms.failed_since_order(envelope.message_id, envelope.id)
+        ):
+            note = None
+            error = _(
+                "We could not send the text message with your PIN. Please order a new PIN; "
+                "if that one does not arrive either, please contact the sender."
+            )
+        body = pin_forms(
+            _,
+            token=token,
+            csrf=csrf,
+            number=number,
+            wrong_number_told=envelope.wrong_number is not None,
+            error=error,
+            note=note,
+        )
+        return self._page(request, _("Type the PIN"), body)

@@ -1,8 +1,9 @@
 """
 What the recipient portal shows of a stored message: pure functions of its raw bytes.
 
-The HTML body is untrusted. It is sanitised here with an allow-list (nh3), and the portal
-serves it in a sandboxed iframe under C{Content-Security-Policy: sandbox; default-src 'none'};
+The HTML body is untrusted. It is sanitised with an allow-list (nh3, L{web.sanitise}), and
+the portal serves it in a sandboxed iframe under C{Content-Security-Policy: sandbox;
+default-src 'none'};
 the two are independent layers, so a gap in one is not a hole. Remote images are dropped
 unless the reader asks for them, so that opening a message does not tell the sender.
 Nothing here does I/O and nothing raises for a malformed message: a reader must always be
@@ -15,19 +16,16 @@ or shown as text (L{ReadableMessage.incomplete}). The functions are CPU work for
 from __future__ import annotations
 
 import base64
-import html as html_entities
 import mimetypes
-import re
-import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
-from urllib.parse import quote, unquote
-
-import nh3
+from urllib.parse import quote
 
 from secmail import mime
 from secmail.mime import MessageTooComplex
+from web.safe_text import clean_line, safe_filename, unsurrogate
+from web.sanitise import MAX_HTML_DEPTH, Sanitised, as_text, html_depth, html_document, sanitise
 
 __all__ = [
     "MAX_HTML_CHARS",
@@ -71,9 +69,6 @@ class ReadableMessage:
 
 #: Characters of an HTML body given to the sanitiser; the rest is cut off.
 MAX_HTML_CHARS = 2_000_000
-#: Elements open inside each other in an HTML body. The sanitiser's time grows with the
-#: square of the depth (100,000 nested <div>s take minutes): deeper HTML is shown as text.
-MAX_HTML_DEPTH = 200
 #: Characters of a text body shown; the rest is cut off.
 MAX_TEXT_CHARS = 2_000_000
 #: Characters of data: URLs (inline pictures) put into one HTML body.
@@ -84,152 +79,7 @@ def _default_cid_url(cid: str) -> str:
     return f"cid/{quote(cid)}"
 
 
-# --- sanitising ------------------------------------------------------------------------
-
-_TAGS = frozenset(
-    {
-        "p", "br", "div", "span", "b", "i", "u", "em", "strong", "a", "ul", "ol", "li",
-        "table", "thead", "tbody", "tfoot", "tr", "td", "th", "caption",
-        "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "code", "img", "hr",
-        "font", "center", "small", "big", "sub", "sup",
-    }
-)  # fmt: skip
-_CELL = frozenset({"colspan", "rowspan", "align", "valign"})
-_ATTRIBUTES = {
-    "*": set(),  # nh3 otherwise keeps lang and title everywhere
-    "a": {"href"},
-    "img": {"src", "alt", "width", "height"},
-    "td": set(_CELL),
-    "th": set(_CELL),
-    "font": {"color", "size", "face"},
-}
-# Removed with everything inside them: their content is code, or a way out of the page.
-_DROPPED_WITH_CONTENT = frozenset(
-    {
-        "script", "style", "iframe", "frame", "frameset", "object", "embed", "applet",
-        "form", "input", "button", "select", "textarea", "meta", "link", "base", "svg",
-        "math", "noscript", "noembed", "noframes", "template", "title", "xmp",
-    }
-)  # fmt: skip
-_LINK_SCHEMES = frozenset({"http", "https", "mailto"})
-_REMOTE_SCHEMES = frozenset({"http", "https"})
-# What nh3 lets through to our attribute filter, which then decides per tag.
-_NH3_SCHEMES = _LINK_SCHEMES | {"cid"}
-
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
-_TAB_OR_NEWLINE = re.compile(r"[\t\n\r]")
-_C0_AND_SPACE = "".join(map(chr, range(0x21)))
-
-
-def _browser_url(value: str) -> str:
-    """The URL as a browser reads it: tabs and newlines vanish, ends are trimmed."""
-    return _TAB_OR_NEWLINE.sub("", value).strip(_C0_AND_SPACE)
-
-
-@dataclass
-class _Sanitised:
-    html: str
-    has_remote_images: bool
-    content_ids: frozenset[str]
-
-
-def _sanitise(html: str, *, load_remote_images: bool, cid_url: Callable[[str], str]) -> _Sanitised:
-    remote: list[str] = []
-    content_ids: set[str] = set()
-
-    def url_filter(tag: str, attribute: str, value: str) -> str | None:
-        if not (tag == "a" and attribute == "href") and not (tag == "img" and attribute == "src"):
-            return value
-        url = _browser_url(value)
-        match = _SCHEME.match(url)
-        scheme = match.group(1).lower() if match else None
-        if tag == "a":
-            return url if scheme in _LINK_SCHEMES else None
-        if scheme == "cid":
-            cid = unquote(url[4:]).strip().strip("<>")
-            if not cid:
-                return None
-            content_ids.add(cid)
-            return cid_url(cid)
-        if scheme is None and url[:2].replace("\\", "/") == "//":
-            scheme, url = "https", "https:" + url  # protocol-relative: still remote
-        if scheme in _REMOTE_SCHEMES:
-            if load_remote_images:
-                return url
-            remote.append(url)
-        return None
-
-    cleaner = nh3.Cleaner(
-        tags=set(_TAGS),
-        clean_content_tags=set(_DROPPED_WITH_CONTENT),
-        attributes={tag: set(names) for tag, names in _ATTRIBUTES.items()},
-        attribute_filter=url_filter,
-        strip_comments=True,
-        link_rel="noopener noreferrer",
-        set_tag_attribute_values={"a": {"target": "_blank"}},
-        url_schemes=set(_NH3_SCHEMES),
-    )
-    cleaned = cleaner.clean(html)
-    return _Sanitised(cleaned, bool(remote), frozenset(content_ids))
-
-
-def html_document(sanitised_html: str) -> str:
-    """The page for the sandboxed iframe. No <style>: its CSP allows no styles at all."""
-    return (
-        "<!DOCTYPE html>\n"
-        '<html><head><meta charset="utf-8">'
-        '<meta name="referrer" content="no-referrer">'
-        "<title>Message</title></head>"
-        f"<body>{sanitised_html}</body></html>\n"
-    )
-
-
-# --- text cleaning ---------------------------------------------------------------------
-
-# Bidirectional overrides make "txt.exe" display as "exe.txt": removed from what is shown.
-_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def _is_control(char: str) -> bool:
-    return unicodedata.category(char) == "Cc" or char in _BIDI
-
-
-def _unsurrogate(text: str) -> str:
-    """Undecodable header bytes arrive as lone surrogates, which cannot be encoded: U+FFFD."""
-    try:
-        data = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        data = text.encode("utf-8", "surrogatepass")
-    return data.decode("utf-8", "replace")
-
-
-def _clean_line(text: str) -> str:
-    """One line of display text: whitespace controls become spaces, other controls go."""
-    text = re.sub(r"[\t\r\n\v\f]+", " ", _unsurrogate(text))
-    return "".join(c for c in text if not _is_control(c)).strip()
-
-
 # --- file names ------------------------------------------------------------------------
-
-_MAX_NAME = 100
-_UNSAFE_IN_NAME = frozenset("\"'/\\:*?<>|")
-_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,16}$")
-
-
-def _safe_name(name: str) -> str:
-    """A name fit to show and to save, or "" if nothing usable is left. Idempotent."""
-    name = unicodedata.normalize("NFC", _unsurrogate(name))
-    name = re.split(r"[/\\]", name)[-1]
-    name = "".join(
-        "_" if _is_control(c) or c in _UNSAFE_IN_NAME or not (c.isprintable() or c == " ") else c
-        for c in name
-    )
-    name = name.strip(". ")
-    if len(name) > _MAX_NAME:
-        ext = _EXTENSION.search(name)
-        suffix = ext.group(0) if ext else ""
-        name = name[: _MAX_NAME - len(suffix)].rstrip(". ") + suffix
-    return name
 
 
 def _decoded_filename(part: Message) -> str | None:
@@ -244,7 +94,7 @@ def _decoded_filename(part: Message) -> str | None:
     try:
         for key, value in part.raw_items():
             if key.lower() in ("content-disposition", "content-type"):
-                lenient[key] = mime.neutralise_labels(_unsurrogate(str(value)))
+                lenient[key] = mime.neutralise_labels(unsurrogate(str(value)))
         name = lenient.get_filename()
     except Exception:
         name = None
@@ -255,14 +105,14 @@ def _decoded_filename(part: Message) -> str | None:
             return None
     if name is None:
         return None
-    name = _unsurrogate(str(name))
+    name = unsurrogate(str(name))
     if "=?" in name:  # an encoded word where it does not belong, as some mailers write it
         name = mime.decode_words(name)
     return name
 
 
 def _attachment_name(part: Message, index: int, content_type: str) -> str:
-    name = _safe_name(_decoded_filename(part) or "")
+    name = safe_filename(_decoded_filename(part) or "")
     if name:
         return name
     if content_type == "message/rfc822":
@@ -273,7 +123,7 @@ def _attachment_name(part: Message, index: int, content_type: str) -> str:
 
 def content_disposition(filename: str) -> str:
     """An attachment header that cannot be split or quoted out of, for any name."""
-    name = _safe_name(filename) or "attachment"
+    name = safe_filename(filename) or "attachment"
     fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
@@ -426,48 +276,9 @@ def _attachment(part: Message, index: int, raw: bytes) -> tuple[Attachment, byte
     return Attachment(index, name, content_type, len(data)), data
 
 
-_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]{0,40})[^<>]*?(/?)>")
-# Elements that have no end, or that the next one of their kind closes.
-_NOT_NESTING = frozenset(
-    {
-        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
-        "param", "source", "track", "wbr", "p", "li", "dt", "dd", "tr", "td", "th",
-        "option", "optgroup", "thead", "tbody", "tfoot", "colgroup", "rb", "rt", "rp",
-    }
-)  # fmt: skip
-
-
-def _html_depth(html: str) -> int:
-    """How deeply elements nest, counted from the tags: a bound on the parser's stack.
-
-    An end tag closes only an open element of its name (the parser ignores the others),
-    so the count is never lower than the parser's; it may be higher for sloppy HTML."""
-    open_: dict[str, int] = {}
-    depth = deepest = 0
-    for match in _HTML_TAG.finditer(html):
-        name = match.group(2).lower()
-        if name in _NOT_NESTING:
-            continue
-        if match.group(1):
-            if open_.get(name):
-                open_[name] -= 1
-                depth -= 1
-        elif not match.group(3):
-            open_[name] = open_.get(name, 0) + 1
-            depth += 1
-            deepest = max(deepest, depth)
-    return deepest
-
-
-def _as_text(html: str) -> str:
-    """What an HTML body says, without its markup: for HTML too complex to sanitise."""
-    text = re.sub(r"(?i)<br\s*/?>|</(?:p|div|tr|li|h[1-6]|blockquote|pre|table)\s*>", "\n", html)
-    return html_entities.unescape(re.sub(r"<[^<>]*>", "", text))
-
-
 @dataclass
 class _HtmlBody:
-    sanitised: _Sanitised | None  # None: too complex to sanitise, shown as text instead
+    sanitised: Sanitised | None  # None: too complex to sanitise, shown as text instead
     text: str  # the body as text when it is not sanitised
     cut: bool  # longer than MAX_HTML_CHARS: the rest is left out
 
@@ -479,9 +290,9 @@ def _html_body(
     source = _text_of(html_part)
     cut = len(source) > MAX_HTML_CHARS
     source = source[:MAX_HTML_CHARS]
-    if _html_depth(source) > MAX_HTML_DEPTH:
-        return _HtmlBody(None, _as_text(source), cut)
-    sanitised = _sanitise(source, load_remote_images=load_remote_images, cid_url=cid_url)
+    if html_depth(source) > MAX_HTML_DEPTH:
+        return _HtmlBody(None, as_text(source), cut)
+    sanitised = sanitise(source, load_remote_images=load_remote_images, cid_url=cid_url)
     return _HtmlBody(sanitised, "", cut)
 
 
@@ -509,7 +320,7 @@ def _header(message: Message, name: str) -> str | None:
         text = None if value is None else str(value)
     except Exception:
         text = _raw_header(message, name)
-    return None if text is None else _clean_line(text)
+    return None if text is None else clean_line(text)
 
 
 def _addresses(message: Message, name: str) -> tuple[str, ...]:
@@ -518,16 +329,16 @@ def _addresses(message: Message, name: str) -> tuple[str, ...]:
         values = message.get_all(name) or []
     except Exception:
         text = _raw_header(message, name)
-        return (_clean_line(text),) if text else ()
+        return (clean_line(text),) if text else ()
     for value in values:
         try:
             addresses = [str(a) for a in getattr(value, "addresses", ())]
         except Exception:
             addresses = []
         if addresses:
-            found.extend(_clean_line(a) for a in addresses)
-        elif _clean_line(str(value)):
-            found.append(_clean_line(str(value)))
+            found.extend(clean_line(a) for a in addresses)
+        elif clean_line(str(value)):
+            found.append(clean_line(str(value)))
     return tuple(a for a in found if a)
 
 

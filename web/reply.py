@@ -14,8 +14,8 @@ refuses a line break in a header value; besides, every value taken from the orig
 from the form is cleaned of control characters first, and every address must pass the
 same checks as C{RCPT TO}. So no form field and no header of the original can add a header.
 
-Nothing here does I/O. L{build_reply} is a pure function; L{reply_messages} also seals and
-draws link tokens, which is all it needs of the world.
+Nothing here does I/O: L{build_reply} is a pure function. L{web.reply_letters} seals the
+mail and draws the secure letter's link tokens.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import email.policy
 import html
 import re
 import secrets
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -45,33 +44,27 @@ from secmail.address import (
     portal_destination,
 )
 from secmail.config import Settings
-from secmail.crypto import MasterKey
-from secmail.letters import envelopes_and_notifications, letter_events
 from secmail.notify import clean_text
-from secmail.store.messages import NewDelivery, NewMessage, new_id
-from secmail.store.spool import SealedBytes
 from web import render
+from web.forms import Upload
+from web.safe_text import BIDI, safe_filename, unsurrogate
 
 __all__ = [
     "MODES",
     "Audience",
     "ReplyError",
     "ReplyMail",
-    "Upload",
     "attachment_filename",
     "build_reply",
     "forward_audience",
     "organisation",
     "reply_audience",
     "reply_choices",
-    "reply_messages",
-    "secure_letter",
 ]
 
 MODES = ("reply", "reply-all", "forward")
 MAX_FORWARD_ADDRESSES = 20
 MAX_QUOTED_CHARS = 100_000
-MAX_FILENAME_CHARS = 100
 MAX_SUBJECT_CHARS = 500
 MAX_NAME_CHARS = 78
 MAX_REFERENCES = 20
@@ -81,20 +74,10 @@ _MESSAGE_ID = re.compile(r"<[^<>\s@]{1,200}@[^<>\s@]{1,200}>")
 _CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 _REPLY_PREFIX = re.compile(r"re(\[\d+\])?\s*:", re.IGNORECASE)
 _FORWARD_PREFIX = re.compile(r"(fwd?|fw)\s*:", re.IGNORECASE)
-_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class ReplyError(ValueError):
     """Something the reader has to change before the mail can go; the text says what."""
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One file from the form: the name and type the browser sent, and the bytes."""
-
-    filename: str
-    content_type: str
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -211,15 +194,8 @@ def _mailboxes(message: Message, name: str) -> list[tuple[str, str]]:
 
 def _clean(text: str, limit: int) -> str:
     """Text fit for one header line: no controls, no bidi overrides, at most C{limit}."""
-    text = "".join(c for c in _unsurrogate(text) if c not in _BIDI)
+    text = "".join(c for c in unsurrogate(text) if c not in BIDI)
     return clean_text(text, limit)
-
-
-def _unsurrogate(text: str) -> str:
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def reply_choices(raw: bytes, reader: str, settings: Settings) -> tuple[bool, bool]:
@@ -472,22 +448,8 @@ def _forward_text(text: str, readable: render.ReadableMessage) -> str:
 
 
 def attachment_filename(filename: str, index: int) -> str:
-    """A file name fit for a header and a disk: no path, no controls, quotes or bidi tricks."""
-    name = unicodedata.normalize("NFC", _unsurrogate(filename))
-    name = re.split(r"[/\\]", name)[-1]
-    name = "".join(
-        "_" if c in "\"'*:<>?|" or c in _BIDI or not (c.isprintable() or c == " ") else c
-        for c in name
-    )
-    name = " ".join(name.split()).strip(". ")
-    if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, extension = name.rpartition(".")
-        if dot and 0 < len(extension) <= 10:
-            keep = MAX_FILENAME_CHARS - len(extension) - 1
-            name = stem[:keep].rstrip(". ") + "." + extension
-        else:
-            name = name[:MAX_FILENAME_CHARS].rstrip(". ")
-    return name or f"attachment-{index + 1}"
+    """A file name fit for a header and a disk (L{safe_filename}), or one made up."""
+    return safe_filename(filename) or f"attachment-{index + 1}"
 
 
 def _content_type(value: str) -> str:
@@ -522,103 +484,3 @@ def _with_original(mail: EmailMessage, raw: bytes) -> bytes:
 
 
 # --- what is committed ---------------------------------------------------------------------
-
-
-def reply_messages(
-    mail: ReplyMail,
-    *,
-    settings: Settings,
-    master: MasterKey,
-    reader: str,
-    about: str,
-    date: datetime,
-    new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
-    message_id: str | None = None,
-) -> list[NewMessage]:
-    """
-    The messages to commit for a reply or forward: the mail to the organisation's
-    addresses (one queue row per domain, on that domain's route, recorded on the original
-    message C{about}), and for outsiders a secure letter with its notifications. The
-    first has the id C{message_id} (default: a new one) and a C{written} event.
-    """
-    kind = "forward" if mail.mode == "forward" else "reply"
-    bounce = settings.gateway.bounce_address
-    by_domain: dict[str, list[str]] = {}
-    for address in mail.audience.internal:
-        by_domain.setdefault(address.rpartition("@")[2].lower(), []).append(address)
-    messages = [
-        NewMessage(
-            content=SealedBytes(master, message_id or new_id(), mail.content),
-            kind=kind,
-            sender=bounce,
-            events=[(None, "written", f"{kind} in the portal by {reader}")],
-            deliveries=[
-                NewDelivery(
-                    kind=kind,
-                    sender=bounce,
-                    recipients=tuple(recipients),
-                    route=str(settings.routes.for_domain(domain)),
-                    domain=domain,
-                    # A failure report would quote the headers in the clear: to nobody.
-                    notify="",
-                    about=about,
-                )
-                for domain, recipients in by_domain.items()
-            ],
-        )
-    ]
-    if mail.audience.secure:
-        messages += secure_letter(
-            settings=settings,
-            master=master,
-            content=mail.content,
-            sender=reader,
-            sender_display=mail.reader_name or None,
-            subject=mail.subject,
-            recipients=mail.audience.secure,
-            date=date,
-            received=f"reply from <{reader}> in the portal, {len(mail.content)} bytes",
-            new_token=new_token,
-        )
-    return messages
-
-
-def secure_letter(
-    *,
-    settings: Settings,
-    master: MasterKey,
-    content: bytes,
-    sender: str,
-    sender_display: str | None,
-    subject: str | None,
-    recipients: Sequence[Recipient],
-    date: datetime,
-    received: str,
-    new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
-) -> list[NewMessage]:
-    """
-    A secure letter made by the gateway itself, as the intake makes one for marked
-    recipients: the message with one envelope (a fresh link token) per recipient, and a
-    notification for each, sent from its envelope's VERP address on the recipient's route.
-    """
-    message_id = new_id()
-    envelopes, notifications = envelopes_and_notifications(
-        settings=settings,
-        master=master,
-        message_id=message_id,
-        sender=sender,
-        sender_display=sender_display,
-        subject=subject,
-        recipients=recipients,
-        date=date,
-        new_token=new_token,
-    )
-    events = letter_events(received, envelopes)
-    letter = NewMessage(
-        content=SealedBytes(master, message_id, content),
-        kind="mail",
-        sender=sender,
-        envelopes=envelopes,
-        events=events,
-    )
-    return [letter, *notifications]

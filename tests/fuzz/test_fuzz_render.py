@@ -36,7 +36,10 @@ from secmail.crypto import MasterKey
 from secmail.mime import MessageTooComplex
 from tests.fuzz.support import corpus, fuzz_settings, gateway_settings
 from web import render
-from web.reply import MODES, ReplyError, Upload, build_reply, reply_choices, reply_messages
+from web.reply import MODES, ReplyError, Upload, build_reply, reply_choices
+from web.reply_letters import reply_messages
+from web.safe_text import safe_filename
+from web.sanitise import html_document
 
 CORPUS = corpus()
 SETTINGS = gateway_settings(tempfile.gettempdir())
@@ -283,7 +286,7 @@ def check_render(raw: bytes, remote_images: bool) -> render.ReadableMessage | No
     if message.html is not None:
         assert len(message.html) <= budget, f"{len(message.html)} chars of HTML from {len(raw)}"
         assert_inert(message.html, remote_images)
-        document = render.html_document(message.html)
+        document = html_document(message.html)
         assert_inert(document.split("<body>", 1)[1], remote_images)
     if message.text is not None:
         assert len(message.text) <= 2 * len(raw) + 100
@@ -292,7 +295,7 @@ def check_render(raw: bytes, remote_images: bool) -> render.ReadableMessage | No
         listed, data = render.attachment_bytes(raw, attachment.index)
         assert listed == attachment, "the download is not the attachment listed"
         assert len(data) == attachment.size
-        assert render._safe_name(attachment.filename) == attachment.filename  # noqa: SLF001
+        assert safe_filename(attachment.filename) == attachment.filename
         header = render.content_disposition(attachment.filename)
         assert header.isascii() and header.isprintable()
     with pytest.raises(IndexError):

@@ -1,0 +1,69 @@
+"""The page frame: templates load and render in every language, the style sheet from its file."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.web.test.requesthelper import DummyRequest
+
+from secmail.config import from_mapping
+from web import layout
+
+SETTINGS = from_mapping(
+    {"gateway": {"hostname": "gw.example"}, "portal": {"url": "https://secure.example"}}
+)
+ERROR_PAGES = sorted(
+    name.removeprefix("errors/").removesuffix(".html")
+    for name in layout.TEMPLATES.list_templates()
+    if name.startswith("errors/") and name != "errors/notice.html"
+)
+# What each error page needs besides the frame.
+VALUES = {
+    "message_locked": {"pin": True, "sender_told": True},
+    "compose_refused_address": {"address": "bob@example.org", "refused": True},
+    "compose_signed_out": {"again": "/compose"},
+}
+
+
+def request(language: str) -> DummyRequest:
+    r = DummyRequest([b""])
+    r.uri = b"/read"
+    r.getCookie = lambda name: language.encode() if name == b"__Host-secmail-lang" else None  # type: ignore[method-assign]
+    return r
+
+
+def test_every_template_compiles() -> None:
+    """A template with a syntax error fails here, not at a visitor's first request."""
+    names = layout.TEMPLATES.list_templates()
+    assert "layout.html" in names and len(ERROR_PAGES) >= 10
+    for name in names:
+        layout.TEMPLATES.get_template(name)
+
+
+@pytest.mark.parametrize("name", ERROR_PAGES)
+@pytest.mark.parametrize("language", ["en", "fi", "sv"])
+def test_error_pages_render(name: str, language: str) -> None:
+    """Each error page has its status, the frame, a title, its language and no line breaks."""
+    r = request(language)
+    page = layout.error_page(
+        r, SETTINGS, 404, name, mount="/compose", **VALUES.get(name, {})
+    ).decode()
+    assert r.responseCode == 404
+    assert page.startswith(f'<!DOCTYPE html><html lang="{language}"><head>')
+    assert "<h1></h1>" not in page and "<title></title>" not in page
+    assert "\n" not in page and "  " not in page  # JoinLines: template layout is not page text
+    assert r.responseHeaders.getRawHeaders(b"content-security-policy") == [layout.PAGE_CSP]
+    if language != "en":
+        assert "Please" not in page  # every error page's text is translated
+
+
+def test_style_sheet_from_file() -> None:
+    """web/static/portal.css is served with --brand in the configured colour, once."""
+    css = layout.style_sheet(SETTINGS).decode()
+    assert "--brand: #1f5fae;" in css and "body {" in css
+    brand = from_mapping(
+        {
+            "gateway": {"hostname": "gw.example"},
+            "portal": {"url": "https://secure.example", "brand_colour": "#aa3300"},
+        }
+    )
+    assert layout.style_sheet(brand).decode() == css.replace("#1f5fae", "#aa3300")

@@ -1,0 +1,207 @@
+# -*- test-case-name: tests.test_portal -*-
+"""
+The link from the notification: the landing page (which changes nothing: link scanners
+fetch every link), "Open" (a POST that swaps the link for a session cookie), and for a
+letter first opened in another browser the one-time code by e-mail.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from secmail.letters import system_mail
+from secmail.notify import build_code_mail
+from secmail.store.messages import Envelope, new_id
+from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeState
+from web import pin
+from web.access import BROWSER_COOKIE, BROWSER_COOKIE_AGE, definition_list, letter_link
+from web.forms import cookie_value, escape, form_arg, set_cookie
+from web.i18n import N_
+from web.pin import PinRoutes
+
+log = Logger()
+app = PinRoutes.app
+
+LEVELS = {
+    "letter": N_("Secure letter"),
+    "registered": N_("Registered letter (PIN by text message)"),
+}
+
+
+class LandingRoutes(PinRoutes):
+    """C{/m/<token>}: the landing page, open, and the e-mail code for another browser."""
+
+    @app.route("/m/<token>", methods=["GET"])
+    @letter_link(csrf=False)
+    async def landing(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
+        """Who sent it and an "Open" button. Changes nothing: link scanners come here first."""
+        _ = self._t(request)
+        when = datetime.fromtimestamp(envelope.created, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        details = definition_list(
+            [
+                (_("From"), envelope.sender or _("(unknown sender)")),
+                (_("To"), envelope.recipient),
+                (_("Received"), when),
+                (_("Protection"), _(LEVELS.get(envelope.level, envelope.level))),
+            ]
+        )
+        body = (
+            f'<div class="card">{details}</div>'
+            f'<form method="post" action="/m/{escape(token)}" class="card">'
+            f'<input type="hidden" name="csrf" value="{self._form_csrf(token)}">'
+            f"<p>{_('The message is kept encrypted on this server. Open it to read it.')}</p>"
+            f'<button type="submit">{_("Open message")}</button></form>'
+        )
+        return self._page(request, _("A secure message for you"), body)
+
+    @app.route("/m/<token>", methods=["POST"])
+    @letter_link()
+    async def open(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
+        """Swap the link for a session: bind a letter to this browser on its first open."""
+        if envelope.level == "registered":
+            return await self._pin_page(request, token, envelope, order=True)
+        browser = cookie_value(request, BROWSER_COOKIE) or new_id() + new_id()
+        set_cookie(request, BROWSER_COOKIE, browser, max_age=BROWSER_COOKIE_AGE)
+        if await self.sessions.open_envelope(envelope.id, browser, self.now()):
+            return await self._sign_in(request, envelope, "link in this browser")
+        if envelope.locked is not None:
+            return self._locked(request, envelope)
+        return self._code_page(request, token, envelope, None)
+
+    @app.route("/m/<token>/code", methods=["POST"])
+    @letter_link(level="letter")
+    async def send_code(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
+        """Send a one-time code to the recipient's address (to open in another browser)."""
+        state, code = await self.sessions.order_code(envelope.id, self.now())
+        _ = self._t(request)
+        if state == CodeOrder.TOO_MANY:
+            return self._code_page(
+                request,
+                token,
+                envelope,
+                _("Too many codes were sent in the last hour. Please try again later."),
+                status=429,
+            )
+        if state == CodeOrder.TOO_MANY_TODAY:
+            return self._code_page(
+                request,
+                token,
+                envelope,
+                _(
+                    "{count} codes were sent for this message in the last 24 hours, which is "
+                    "as many as we send. Please use the newest code, or try again tomorrow."
+                ).format(count=CODES_PER_DAY),
+                status=429,
+            )
+        if code is None:
+            return self._locked(request, envelope)
+        await self._mail_code(envelope, code)
+        return self._code_page(request, token, envelope, None, sent=True)
+
+    @app.route("/m/<token>/verify", methods=["POST"])
+    @letter_link(level="letter")
+    async def verify_code(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
+        """The one-time code from the mail signs this browser in."""
+        _ = self._t(request)
+        code = form_arg(request, b"code")
+        if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
+            return self._code_page(request, token, envelope, _("The code has 6 digits."), sent=True)
+        notice = pin.lock_notice(self.settings, envelope, self._date())
+        state = await self.sessions.check_code(
+            envelope.id, code, self.now(), self._gateway_mail(envelope, notice)
+        )
+        if state == CodeState.OK:
+            return await self._sign_in(request, envelope, "e-mail code")
+        if state == CodeState.WRONG:
+            return self._code_page(
+                request, token, envelope, _("That code is not right. Please try again."), sent=True
+            )
+        if state == CodeState.LOCKED_NOW:
+            log.warn(
+                "Letter {envelope} locked for codes after too many wrong codes",
+                envelope=envelope.id,
+            )
+            self.on_commit()
+        if state in (CodeState.LOCKED, CodeState.LOCKED_NOW):
+            return self._locked(request, envelope)
+        return self._code_page(
+            request,
+            token,
+            envelope,
+            _(
+                "That code no longer works (too many tries, or more than 10 minutes old). "
+                "Please ask for a new one."
+            ),
+        )
+
+    # --- registered letters: the SMS PIN ------------------------------------------------
+
+    async def _mail_code(self, envelope: Envelope, code: str) -> None:
+        mail = build_code_mail(
+            settings=self.settings,
+            recipient=envelope.recipient,
+            code=code,
+            minutes=CODE_LIFETIME // 60,
+            message_id_domain=self.settings.gateway.hostname,
+            date=datetime.fromtimestamp(self.clock.seconds(), UTC),
+        )
+        await self.store.commit(
+            [
+                system_mail(
+                    self.settings,
+                    self.store.master,
+                    kind="code",
+                    sender=mail.sender,
+                    to=envelope.recipient,
+                    content=mail.content,
+                    about=envelope.message_id,
+                )
+            ],
+            self.now(),
+        )
+        self.on_commit()
+
+    def _code_page(
+        self,
+        request: IRequest,
+        token: str,
+        envelope: Envelope,
+        error: str | None,
+        sent: bool = False,
+        status: int = 200,
+    ) -> bytes:
+        request.setResponseCode(status)
+        _ = self._t(request)
+        csrf = self._form_csrf(token)
+        problem = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+        if sent:
+            sent_to = _("We sent a 6-digit code to {address}. It works for 10 minutes.")
+            form = (
+                f'<form method="post" action="/m/{escape(token)}/verify" class="card">{problem}'
+                f"<p>{sent_to.format(address=escape(envelope.recipient))}</p>"
+                f'<input type="hidden" name="csrf" value="{csrf}">'
+                f'<label for="code">{_("Code")}</label>'
+                '<input type="text" id="code" name="code" inputmode="numeric" '
+                'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required>'
+                f' <button type="submit">{_("Open message")}</button></form>'
+            )
+        else:
+            form = ""
+        button_class = ' class="secondary"' if sent else ""
+        button_text = _("Send a new code") if sent else _("Send me a code")
+        confirm = _(
+            "This message was first opened in another browser. To open it here, confirm "
+            "that you are {address}: we will send a one-time code to that address."
+        )
+        ask = (
+            f'<form method="post" action="/m/{escape(token)}/code" class="card">'
+            f"{'' if sent else problem}"
+            f"<p>{confirm.format(address=escape(envelope.recipient))}</p>"
+            f'<input type="hidden" name="csrf" value="{csrf}">'
+            f'<button type="submit"{button_class}>{button_text}</button></form>'
+        )
+        return self._page(request, _("Confirm it is you"), form + ask)

@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_portal -*-
+"""
+Reading a letter after sign-in: the reading page, its sanitised HTML in a sandboxed frame,
+inline pictures, attachments and the whole message as a download. Parsing and rendering
+run on the portal's thread pool (L{web.access.PortalBase._render}).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from twisted.web.iweb import IRequest
+
+from secmail.config import Settings
+from secmail.policy import strip_subject_keyword
+from secmail.store.portal import Session
+from web import errors, render, reply
+from web.access import definition_list, signed_in
+from web.forms import escape, form_arg
+from web.layout import DOWNLOAD_CSP, RESOURCE_CSP
+from web.reply_page import ReplyRoutes
+from web.site import size_text
+
+app = ReplyRoutes.app
+
+
+class ReadingRoutes(ReplyRoutes):
+    """C{/read...}: what a signed-in reader sees and downloads."""
+
+    @app.route("/read", methods=["GET"])
+    @signed_in()
+    async def read(self, request: IRequest, session: Session, raw: bytes) -> bytes:
+        """The reading page: the letter's head, its text (HTML in a sandboxed frame), its
+        attachments, and the reply and forward forms."""
+        envelope = await self.store.envelope_by_id(session.envelope_id)
+        reader = envelope.recipient if envelope is not None else ""
+        message, choices = await self._render(session, _reading, raw, reader, self.settings)
+        await self.store.add_event(
+            session.message_id, session.envelope_id, "viewed", "", self.now()
+        )
+        _ = self._t(request)
+        subject = message.subject or _("(no subject)")
+        if self.settings.secure.mode == "all" and self.settings.secure.subject_keyword:
+            subject = strip_subject_keyword(subject, self.settings.secure.subject_keyword)
+        rows = [(_("From"), message.from_), (_("To"), ", ".join(message.to))]
+        if message.cc:
+            rows.append((_("Cc"), ", ".join(message.cc)))
+        rows.append((_("Date"), message.date))
+        parts = [f'<div class="card"><h1>{escape(subject)}</h1>{definition_list(rows)}</div>']
+        if message.html is not None:
+            images = ""
+            if message.has_remote_images:
+                images = (
+                    '<p class="note">'
+                    + _(
+                        "Pictures from the Internet are not shown, so that the "
+                        "sender cannot tell when you read the message."
+                    )
+                    + ' <a href="/read?images=1" class="button secondary">'
+                    + _("Show pictures")
+                    + "</a></p>"
+                )
+            src = "/read/html?images=1" if form_arg(request, b"images") == "1" else "/read/html"
+            parts.append(
+                f'<div class="card">{images}<iframe src="{src}" title="{escape(_("Message"))}" '
+                'sandbox="allow-popups allow-popups-to-escape-sandbox" '
+                'referrerpolicy="no-referrer"></iframe></div>'
+            )
+        elif message.text is not None:
+            parts.append(f'<div class="card"><pre>{escape(message.text)}</pre></div>')
+        if message.incomplete:
+            parts.append(
+                '<div class="card"><p class="note">'
+                + _(
+                    "Part of this message is too long or too complex to show here. "
+                    "Save the whole message (.eml) to see all of it."
+                )
+                + "</p></div>"
+            )
+        if message.html is not None and message.text is not None:
+            parts.append(
+                f'<details class="card"><summary>{_("Plain text")}</summary>'
+                f"<pre>{escape(message.text)}</pre></details>"
+            )
+        if message.attachments:
+            items = "".join(
+                f'<li><a href="/read/attachment/{a.index}">{escape(a.filename)}</a> '
+                f'<span class="note">({size_text(a.size)})</span></li>'
+                for a in message.attachments
+            )
+            parts.append(
+                f'<div class="card"><h2>{_("Attachments")}</h2><ul class="files">{items}</ul></div>'
+            )
+        parts.append(self._reply_forms(_, session.csrf, choices))
+        parts.append(
+            '<div class="card actions"><a class="button secondary" href="/read/eml">'
+            f"{_('Save the whole message (.eml)')}</a>"
+            '<form method="post" action="/logout">'
+            f'<input type="hidden" name="csrf" value="{escape(session.csrf)}">'
+            f'<button type="submit" class="secondary">{_("Sign out")}</button></form></div>'
+        )
+        return self._page(request, _("Secure message"), "".join(parts), heading=False)
+
+    @app.route("/read/html", methods=["GET"])
+    @signed_in()
+    async def read_html(self, request: IRequest, session: Session, raw: bytes) -> bytes:
+        """The sanitised HTML body, for a sandboxed iframe: no script, nothing remote by default."""
+        images = form_arg(request, b"images") == "1"
+        # The sandboxed frame has an opaque origin, so the browser sends no cookie with its
+        # requests: inline (cid:) pictures are put into the document as data: URLs instead.
+        message = await self._render(
+            session, render.read_message, raw, load_remote_images=images, inline_images=True
+        )
+        img = b"img-src data: https: http:" if images else b"img-src data:"
+        self._headers(
+            request, csp=b"sandbox; default-src 'none'; " + img + b"; frame-ancestors 'self'"
+        )
+        request.setHeader(b"X-Frame-Options", b"SAMEORIGIN")
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return render.html_document(message.html or "").encode("utf-8")
+
+    @app.route("/read/cid/<path:content_id>", methods=["GET"])
+    @signed_in(letter=False)
+    async def read_cid(self, request: IRequest, session: Session, content_id: str) -> bytes:
+        """An inline picture (cid:) of the letter, for the reader's browser."""
+        raw = await self._raw(session)
+        part = None
+        if raw is not None:
+            part = await self._render(session, render.inline_part, raw, content_id)
+        if part is None:
+            request.setResponseCode(404)
+            self._headers(request, csp=RESOURCE_CSP)
+            return b""
+        content_type, data = part
+        self._headers(request, csp=DOWNLOAD_CSP)
+        request.setHeader(b"Content-Type", content_type.encode("ascii", "replace"))
+        return data
+
+    @app.route("/read/attachment/<int:index>", methods=["GET"])
+    @signed_in()
+    async def read_attachment(
+        self, request: IRequest, session: Session, raw: bytes, index: int
+    ) -> bytes:
+        """An attachment, as a download; recorded on the letter."""
+        try:
+            attachment, data = await self._render(session, render.attachment_bytes, raw, index)
+        except (KeyError, IndexError):
+            return errors.show(request, self.settings, errors.NO_SUCH_ATTACHMENT)
+        await self.store.add_event(
+            session.message_id, session.envelope_id, "downloaded", attachment.filename, self.now()
+        )
+        return self._download(request, data, attachment.filename)
+
+    @app.route("/read/eml", methods=["GET"])
+    @signed_in()
+    async def read_eml(self, request: IRequest, session: Session, raw: bytes) -> bytes:
+        """The whole letter as it came (.eml); recorded on the letter."""
+        await self.store.add_event(
+            session.message_id, session.envelope_id, "saved", "whole message", self.now()
+        )
+        return self._download(request, raw, "message.eml", content_type=b"message/rfc822")
+
+
+def _reading(
+    raw: bytes, reader: str, settings: Settings
+) -> tuple[render.ReadableMessage, tuple[bool, bool]]:
+    """What the reading page shows of a letter, and the reply choices: one thread's work."""
+    message = render.read_message(raw, cid_url=lambda cid: "/read/cid/" + quote(cid, safe=""))
+    return message, reply.reply_choices(raw, reader, settings)
