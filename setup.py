@@ -12,10 +12,14 @@ setup(
         "Topic :: Communications :: Email :: Mail Transport Agents",
     ],
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
+    # The top-level web/ folder (templates, style sheet, catalogues) is installed inside the
+    # secmail package, as secmail/web/files: nothing goes into site-packages under a generic name.
+    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"])
+    + ["twisted.plugins", "secmail.web.files"],
+    package_dir={"secmail.web.files": "web"},
     package_data={
         "secmail.store": ["schema/*.sql"],
-        "web": ["locale/*/LC_MESSAGES/*.po", "templates/**/*.html", "static/*.css"],
+        "secmail.web.files": ["locale/*/LC_MESSAGES/*.po", "templates/**/*.html", "static/*.css"],
     },
     install_requires=[
         "twisted[tls]>=26.4",

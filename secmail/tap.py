@@ -167,7 +167,7 @@ def pin_text_problems(settings: config.Settings) -> list[str]:
     portal's catalogues, which web/ owns: this composition root is where secmail meets web,
     so C{secmail check-config} asks here too.
     """
-    from web.i18n import translator
+    from secmail.web.i18n import translator
 
     return pin_text.pin_text_problems(settings.sms, settings.portal, translator)
 
@@ -184,9 +184,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
     from twisted.names import client as dns_client
 
-    from web.compose import Compose
-    from web.portal import Portal
-    from web.site import make_site
+    from secmail.web.compose import Compose
+    from secmail.web.portal import Portal
+    from secmail.web.site import make_site
 
     settings: config.Settings = options["settings"]
     if settings.sms.order:

@@ -40,14 +40,14 @@ from secmail.store.compose import (
 from secmail.store.database import Database
 from secmail.store.messages import QueueItem
 from secmail.store.portal import PortalStore
+from secmail.web.compose import Compose
+from secmail.web.compose_mail import MAX_FILENAME_CHARS, client_key, parse_form, upload_name
+from secmail.web.portal import Portal
 from tests.dbs import on_each_engine, open_store
 from tests.fixtures.intake import IntakeFixture
 from tests.fixtures.mails import BINARY, PNG, parse
 from tests.fixtures.portal import Browser, Reply, directives
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
-from web.compose import Compose
-from web.compose_mail import MAX_FILENAME_CHARS, client_key, parse_form, upload_name
-from web.portal import Portal
 
 T0 = 1_700_000_000
 MINUTE = 60

@@ -16,10 +16,10 @@ from babel.messages.pofile import read_po
 from treq.testing import StubTreq
 
 from secmail.config import PortalSettings
+from secmail.web import i18n
+from secmail.web.portal import Portal
 from tests.fixtures.mails import PNG
 from tests.fixtures.portal import BASE, Browser, PortalFixture, Reply
-from web import i18n
-from web.portal import Portal
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGUAGES = ("en", "fi", "sv")
@@ -99,22 +99,26 @@ def extract() -> tuple[set[str], set[str]]:
 
 
 def wrapped_messages() -> set[str]:
-    """Every literal in _() or N_() in web/, its templates and the PIN text's rules."""
+    """Every literal in _() or N_() in secmail/web/, the templates and the PIN text's rules."""
     return extract()[0]
 
 
 def test_extraction_reads_every_module_and_template() -> None:
-    """babel.cfg has pybabel read every web/*.py, every template and the PIN text's rules:
-    a module added or renamed under web/ cannot drop out of the catalogues."""
+    """babel.cfg has pybabel read every secmail/web/*.py, every template and the PIN text's
+    rules: a module added or renamed there cannot drop out of the catalogues."""
     expected = {
         path.relative_to(ROOT).as_posix()
         for path in [
-            *(ROOT / "web").glob("*.py"),
+            *(ROOT / "secmail" / "web").glob("*.py"),
             *(ROOT / "web" / "templates").rglob("*.html"),
             ROOT / "secmail" / "sms" / "pin_text.py",
         ]
     }
-    assert {"web/landing.py", "web/reply_page.py", "web/templates/layout.html"} <= expected
+    assert {
+        "secmail/web/landing.py",
+        "secmail/web/reply_page.py",
+        "web/templates/layout.html",
+    } <= expected
     assert sorted(expected - extract()[1]) == []
 
 

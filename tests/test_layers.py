@@ -38,13 +38,20 @@ def within(name: str, package: str) -> bool:
 
 
 def test_secmail_imports_web_only_in_tap() -> None:
-    """secmail reaches web/ only in its composition root, secmail/tap.py."""
+    """The web layer (secmail.web) is reached only from the composition root, secmail/tap.py."""
     wrong = {
-        module(path): sorted(n for n in imports(path) if within(n, "web"))
+        module(path): sorted(n for n in imports(path) if within(n, "secmail.web"))
         for path in sources("secmail")
-        if module(path) != "secmail.tap"
+        if module(path) != "secmail.tap" and not within(module(path), "secmail.web")
     }
     assert {name: found for name, found in wrong.items() if found} == {}
+
+
+def test_nothing_installed_under_a_generic_name() -> None:
+    """The source tree has no top-level Python package but secmail (web/ holds only files)."""
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages == {"secmail", "tests"}, packages
+    assert not list((ROOT / "web").rglob("*.py"))
 
 
 @pytest.mark.parametrize("package", ["secmail.config", "secmail.masking"])
@@ -70,8 +77,7 @@ def test_masking_defined_once() -> None:
     names = {"mask_number", "mask_sms_recipients", "mask_dsn", "mask_url", "mask_pin"}
     found = {
         f"{module(path)}.{node.name}"
-        for package in ("secmail", "web")
-        for path in sources(package)
+        for path in sources("secmail")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") in names
     }

@@ -6,7 +6,7 @@ import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
 from secmail.config import from_mapping
-from web import layout
+from secmail.web import layout
 
 SETTINGS = from_mapping(
     {"gateway": {"hostname": "gw.example"}, "portal": {"url": "https://secure.example"}}

@@ -19,9 +19,9 @@ from secmail.sms.gsm import is_gsm7, parts_needed
 from secmail.sms.pin_text import DEFAULT_PIN_TEXT
 from secmail.store.messages import Envelope
 from secmail.store.portal import CODE_LIFETIME, PIN_LOCK_AFTER
-from web import pin
-from web.i18n import translator
-from web.pin import lock_notice, wrong_number_notice
+from secmail.web import pin
+from secmail.web.i18n import translator
+from secmail.web.pin import lock_notice, wrong_number_notice
 
 T0 = 1_700_000_000
 NOW = datetime.fromtimestamp(T0 + 3600, UTC)

@@ -20,12 +20,12 @@ from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 
 from secmail.store.sms import SmsStore
+from secmail.web import access as access_module
+from secmail.web.portal import Portal
+from secmail.web.site import make_site
 from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, PNG, RICH, SAFE_DISPOSITION, mime, parse
 from tests.fixtures.portal import SESSION, Browser, Letter, PortalFixture, Reply, directives
 from tests.fixtures.settings import make_settings
-from web import access as access_module
-from web.portal import Portal
-from web.site import make_site
 
 BROWSER = "__Host-secmail-browser"
 MINUTE = 60

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secmail import mime
-from web import render
-from web.render import (
+from secmail.web import render
+from secmail.web.render import (
     Attachment,
     MessageTooComplex,
     attachment_bytes,

@@ -1,8 +1,8 @@
 """Reply, reply all and forward from the reading page: the mail built, and the portal's routes.
 
-The first half tests L{web.reply} as pure functions. The second drives the portal through
+The first half tests L{secmail.web.reply} as pure functions. The second drives the portal through
 C{StubTreq} with the fixtures of C{tests/fixtures/portal.py}; the request body limit and the
-in-memory body are tested on the real site (L{web.site.make_site}) over a
+in-memory body are tested on the real site (L{secmail.web.site.make_site}) over a
 C{StringTransport}, since StubTreq builds a site of its own.
 """
 
@@ -31,20 +31,20 @@ from twisted.web.http import HTTPChannel
 from secmail.address import Level
 from secmail.crypto import MasterKey
 from secmail.store.messages import NewMessage, hash_token
-from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, RICH, mime, parse
-from tests.fixtures.portal import Browser, Letter, PortalFixture, Reply
-from tests.fixtures.settings import INTERNAL, RELAY, make_settings
-from web import forms, site
-from web.forms import Upload, parse_multipart
-from web.portal import Portal
-from web.reply import (
+from secmail.web import forms, site
+from secmail.web.forms import Upload, parse_multipart
+from secmail.web.portal import Portal
+from secmail.web.reply import (
     ReplyError,
     attachment_filename,
     build_reply,
     reply_choices,
 )
-from web.reply_letters import reply_messages
-from web.site import make_site
+from secmail.web.reply_letters import reply_messages
+from secmail.web.site import make_site
+from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, RICH, mime, parse
+from tests.fixtures.portal import Browser, Letter, PortalFixture, Reply
+from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 
 CAROL = "carol@partner.example"
 DAVE = "dave@corp.example"

@@ -33,6 +33,7 @@ from secmail.smtp.outgoing import (
     Timeouts,
     TlsPolicy,
 )
+from secmail.web.reply import build_reply
 from tests.fixtures.settings import make_settings
 from tests.fixtures.smtp import (
     BODY,
@@ -47,7 +48,6 @@ from tests.fixtures.smtp import (
     said,
     three_messages,
 )
-from web.reply import build_reply
 
 EHLO_PIPELINING = b"250-mx.example.com hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 

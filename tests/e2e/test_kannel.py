@@ -24,9 +24,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from secmail import config
 from secmail.config import HttpGatewaySettings
 from secmail.sms.http import HttpSmsGateway, SmsPermanentError
+from secmail.web.pin import pin_sms_text
 from tests.e2e import kannel as kannel_module
 from tests.e2e.kannel import Kannel, kannel_running
-from web.pin import pin_sms_text
 
 MISSING = kannel_module.missing()
 IN_CI = bool(os.environ.get("CI"))

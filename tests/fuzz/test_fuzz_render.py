@@ -34,12 +34,12 @@ from hypothesis import strategies as st
 
 from secmail.crypto import MasterKey
 from secmail.mime import MessageTooComplex
+from secmail.web import render
+from secmail.web.reply import MODES, ReplyError, Upload, build_reply, reply_choices
+from secmail.web.reply_letters import reply_messages
+from secmail.web.safe_text import safe_filename
+from secmail.web.sanitise import html_document
 from tests.fuzz.support import corpus, fuzz_settings, gateway_settings
-from web import render
-from web.reply import MODES, ReplyError, Upload, build_reply, reply_choices
-from web.reply_letters import reply_messages
-from web.safe_text import safe_filename
-from web.sanitise import html_document
 
 CORPUS = corpus()
 SETTINGS = gateway_settings(tempfile.gettempdir())

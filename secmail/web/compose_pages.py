@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_compose -*-
 """
-D-Compose's pages (L{web.compose} has the routes): choosing whom to write to, the code
+D-Compose's pages (L{secmail.web.compose} has the routes): choosing whom to write to, the code
 form, the writing form, the refusals (error templates) and the CSRF token of a form before
 sign-in.
 """
@@ -17,10 +17,10 @@ from twisted.web.iweb import IRequest
 from secmail.config import Settings
 from secmail.notify import clean_text
 from secmail.store.compose import CODE_LIFETIME, LOCK_TIME, CodeLimits, CodeRefusal, ComposeSession
-from web.compose_mail import MAX_ADDRESS_CHARS
-from web.forms import cookie_value, escape, form_arg, form_id_field, same_secret, set_cookie
-from web.i18n import Translate
-from web.layout import error_page, render_page, set_security_headers, translation
+from secmail.web.compose_mail import MAX_ADDRESS_CHARS
+from secmail.web.forms import cookie_value, escape, form_arg, form_id_field, same_secret, set_cookie
+from secmail.web.i18n import Translate
+from secmail.web.layout import error_page, render_page, set_security_headers, translation
 
 #: Where the portal mounts this app.
 MOUNT = "/compose"
@@ -37,7 +37,7 @@ def megabytes(size: int) -> str:
 
 
 class ComposePages:
-    """The pages of L{web.compose.Compose}, which sets these attributes."""
+    """The pages of L{secmail.web.compose.Compose}, which sets these attributes."""
 
     settings: Settings
     _csrf_key: bytes

@@ -27,10 +27,10 @@ from secmail.store.portal import (
     PinOrder,
     PinState,
 )
-from web import errors, i18n
-from web.access import PortalBase, letter_link
-from web.forms import escape, form_arg
-from web.i18n import Translate, translator
+from secmail.web import errors, i18n
+from secmail.web.access import PortalBase, letter_link
+from secmail.web.forms import escape, form_arg
+from secmail.web.i18n import Translate, translator
 
 
 def pin_sms_text(settings: Settings, language: str, pin: str) -> str:

@@ -34,11 +34,17 @@ from secmail.store.messages import Envelope, MessageStore, NewMessage
 from secmail.store.portal import PortalStore, Session
 from secmail.store.sms import SmsStore
 from secmail.store.spool import RunInThread
-from web import errors, render
-from web.errors import CannotShow
-from web.forms import cookie_value, escape, form_arg, same_secret, set_cookie
-from web.i18n import Translate
-from web.layout import DOWNLOAD_CSP, PAGE_CSP, render_page, set_security_headers, translation
+from secmail.web import errors, render
+from secmail.web.errors import CannotShow
+from secmail.web.forms import cookie_value, escape, form_arg, same_secret, set_cookie
+from secmail.web.i18n import Translate
+from secmail.web.layout import (
+    DOWNLOAD_CSP,
+    PAGE_CSP,
+    render_page,
+    set_security_headers,
+    translation,
+)
 
 log = Logger()
 T = TypeVar("T")
@@ -49,7 +55,7 @@ BROWSER_COOKIE_AGE = 365 * 24 * 3600
 
 
 class PortalBase:
-    """The portal's collaborators and what every route module uses (see L{web.portal})."""
+    """The portal's collaborators and what every route module uses (see L{secmail.web.portal})."""
 
     app = Klein()
 

@@ -7,7 +7,7 @@ saying why; anything else is logged once and answered with a "temporary problem"
 that shows no traceback.
 
 Every error page is a template in C{web/templates/errors/} shown by
-L{web.layout.error_page} with its status; the functions here name the portal's.
+L{secmail.web.layout.error_page} with its status; the functions here name the portal's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from secmail.config import Settings
 from secmail.store.messages import Envelope
-from web.layout import error_page
+from secmail.web.layout import error_page
 
 log = Logger()
 

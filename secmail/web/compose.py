@@ -51,7 +51,7 @@ from secmail.store.compose import (
 )
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage
 from secmail.store.spool import RunInThread, SealedBytes
-from web.compose_mail import (
+from secmail.web.compose_mail import (
     MAX_ADDRESS_CHARS,
     build_compose_code_mail,
     build_compose_mail,
@@ -61,9 +61,9 @@ from web.compose_mail import (
     parse_form,
     plain_address,
 )
-from web.compose_pages import MAX_SUBJECT_CHARS, MOUNT, ComposePages, megabytes
-from web.errors import add_error_handling
-from web.forms import (
+from secmail.web.compose_pages import MAX_SUBJECT_CHARS, MOUNT, ComposePages, megabytes
+from secmail.web.errors import add_error_handling
+from secmail.web.forms import (
     SubmittedForm,
     commit_once,
     cookie_value,

@@ -27,7 +27,9 @@ from babel.messages.pofile import PoFileError, read_po
 from babel.support import Translations
 from twisted.web.iweb import IRequest
 
-LOCALE_DIR = os.path.join(os.path.dirname(__file__), "locale")
+from secmail.web.files import web_file
+
+LOCALE_DIR = web_file("locale")
 DOMAIN = "secmail"
 LANG_COOKIE = b"__Host-secmail-lang"
 LANG_COOKIE_AGE = 365 * 24 * 3600

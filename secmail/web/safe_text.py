@@ -2,7 +2,8 @@
 """
 Pure: untrusted text (a sender's header, a browser's file name) made safe to show on a
 page, to put in a header and to save as a file. One place for these rules, used by the
-reading page (L{web.render}), replies (L{web.reply}) and D-Compose (L{web.compose}).
+reading page (L{secmail.web.render}), replies (L{secmail.web.reply}) and D-Compose
+(L{secmail.web.compose}).
 """
 
 from __future__ import annotations

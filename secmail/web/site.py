@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from secmail.config import Settings
-from web.layout import COMMON_HEADERS, RESOURCE_CSP, render_page, translation
+from secmail.web.layout import COMMON_HEADERS, RESOURCE_CSP, render_page, translation
 
 log = Logger()
 
@@ -54,7 +54,7 @@ class BoundedRequest(Request):
     what the client still sends of it is read and discarded for a while, so that the
     browser sees the answer rather than a reset connection, and then the connection is
     closed. Form bodies are parsed by the page that takes them: URL-encoded ones into
-    C{args} here, as twisted.web would, multipart ones by L{web.forms.submitted_form}.
+    C{args} here, as twisted.web would, multipart ones by L{secmail.web.forms.submitted_form}.
     """
 
     def __init__(self, channel: HTTPChannel, settings: Settings) -> None:
@@ -173,7 +173,7 @@ class BoundedRequestFactory:
 
 
 class KleinPortal(Protocol):
-    """What the site serves: a Klein app with the settings it runs under (L{web.portal})."""
+    """What the site serves: a Klein app with the settings it runs under (L{secmail.web.portal})."""
 
     app: Klein
     settings: Settings

@@ -3,7 +3,7 @@
 Pure: an untrusted HTML body made safe to show (nh3 with an allow-list), and the bounds
 of what is given to the sanitiser (L{html_depth}: deeper HTML is shown as text,
 L{as_text}). The portal serves the result in a sandboxed iframe (L{html_document}); the
-two are independent layers. L{web.render} decides what of a message is sanitised.
+two are independent layers. L{secmail.web.render} decides what of a message is sanitised.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_reply -*-
 """
-A reply (L{web.reply.build_reply}) as messages to commit: the mail to the organisation,
+A reply (L{secmail.web.reply.build_reply}) as messages to commit: the mail to the organisation,
 sealed and routed, and for outsiders a secure letter with its envelopes and
 notifications, stored and notified as the intake stores and notifies one. This seals and
 draws link tokens, which is all it needs of the world.
@@ -18,7 +18,7 @@ from secmail.crypto import MasterKey
 from secmail.letters import envelopes_and_notifications, letter_events
 from secmail.store.messages import NewDelivery, NewMessage, new_id
 from secmail.store.spool import SealedBytes
-from web.reply import ReplyMail
+from secmail.web.reply import ReplyMail
 
 
 def reply_messages(

@@ -17,11 +17,11 @@ from secmail.letters import system_mail
 from secmail.notify import build_code_mail
 from secmail.store.messages import Envelope, new_id
 from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeState
-from web import pin
-from web.access import BROWSER_COOKIE, BROWSER_COOKIE_AGE, definition_list, letter_link
-from web.forms import cookie_value, escape, form_arg, set_cookie
-from web.i18n import N_
-from web.pin import PinRoutes
+from secmail.web import pin
+from secmail.web.access import BROWSER_COOKIE, BROWSER_COOKIE_AGE, definition_list, letter_link
+from secmail.web.forms import cookie_value, escape, form_arg, set_cookie
+from secmail.web.i18n import N_
+from secmail.web.pin import PinRoutes
 
 log = Logger()
 app = PinRoutes.app

@@ -7,14 +7,14 @@ link, so a GET changes nothing. "Open" is a POST with a CSRF token; it swaps the
 link token for a session cookie and redirects (303) to C{/read}, a URL without
 the token. A letter is bound to the first browser that opens it; another browser
 needs a one-time code sent to the recipient's address. From the reading page the reader
-can reply, reply to all or forward inside the organisation (L{web.reply}); request bodies
-stay in memory and are limited to C{[portal] max_upload_size} (L{web.site.BoundedRequest}).
+can reply, reply to all or forward inside the organisation (L{secmail.web.reply}); request bodies
+stay in memory and are limited to C{[portal] max_upload_size} (L{secmail.web.site.BoundedRequest}).
 
-One Klein app, its routes in modules by role: L{web.landing} (the link, open, e-mail
-codes), L{web.pin} (registered letters), L{web.reading} (reading and downloads),
-L{web.reply_page} (replies); what they share in L{web.access}, errors in L{web.errors},
-the page frame and its templates in L{web.layout}. Here: sign-out, the D-Compose mount,
-the style sheet, the logo and the language switch.
+One Klein app, its routes in modules by role: L{secmail.web.landing} (the link, open, e-mail
+codes), L{secmail.web.pin} (registered letters), L{secmail.web.reading} (reading and downloads),
+L{secmail.web.reply_page} (replies); what they share in L{secmail.web.access}, errors in
+L{secmail.web.errors}, the page frame and its templates in L{secmail.web.layout}. Here:
+sign-out, the D-Compose mount, the style sheet, the logo and the language switch.
 """
 
 from __future__ import annotations
@@ -22,19 +22,19 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from web import errors, i18n
-from web.access import SESSION_COOKIE
-from web.errors import add_error_handling
-from web.forms import cookie_value, form_arg, same_secret, set_cookie
-from web.landing import LandingRoutes
-from web.layout import RESOURCE_CSP, read_file, style_sheet
-from web.reading import ReadingRoutes
+from secmail.web import errors, i18n
+from secmail.web.access import SESSION_COOKIE
+from secmail.web.errors import add_error_handling
+from secmail.web.forms import cookie_value, form_arg, same_secret, set_cookie
+from secmail.web.landing import LandingRoutes
+from secmail.web.layout import RESOURCE_CSP, read_file, style_sheet
+from secmail.web.reading import ReadingRoutes
 
 app = LandingRoutes.app
 
 
 class Portal(LandingRoutes, ReadingRoutes):
-    """The recipient portal's Klein app (L{web.site.make_site} serves it)."""
+    """The recipient portal's Klein app (L{secmail.web.site.make_site} serves it)."""
 
     @app.route("/logout", methods=["POST"])
     async def logout(self, request: IRequest) -> bytes:

@@ -1,7 +1,7 @@
 """
 What the recipient portal shows of a stored message: pure functions of its raw bytes.
 
-The HTML body is untrusted. It is sanitised with an allow-list (nh3, L{web.sanitise}), and
+The HTML body is untrusted. It is sanitised with an allow-list (nh3, L{secmail.web.sanitise}), and
 the portal serves it in a sandboxed iframe under C{Content-Security-Policy: sandbox;
 default-src 'none'};
 the two are independent layers, so a gap in one is not a hole. Remote images are dropped
@@ -24,8 +24,15 @@ from urllib.parse import quote
 
 from secmail import mime
 from secmail.mime import MessageTooComplex
-from web.safe_text import clean_line, safe_filename, unsurrogate
-from web.sanitise import MAX_HTML_DEPTH, Sanitised, as_text, html_depth, html_document, sanitise
+from secmail.web.safe_text import clean_line, safe_filename, unsurrogate
+from secmail.web.sanitise import (
+    MAX_HTML_DEPTH,
+    Sanitised,
+    as_text,
+    html_depth,
+    html_document,
+    sanitise,
+)
 
 __all__ = [
     "MAX_HTML_CHARS",

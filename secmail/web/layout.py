@@ -26,11 +26,12 @@ from markupsafe import Markup
 from twisted.web.iweb import IRequest
 
 from secmail.config import Settings
-from web import i18n
-from web.i18n import Translate
+from secmail.web import i18n
+from secmail.web.files import web_file
+from secmail.web.i18n import Translate
 
-TEMPLATES_DIR = os.path.join(os.path.dirname(__file__), "templates")
-STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+TEMPLATES_DIR = web_file("templates")
+STATIC_DIR = web_file("static")
 
 PAGE_CSP = (
     b"default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; "

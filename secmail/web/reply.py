@@ -14,7 +14,7 @@ refuses a line break in a header value; besides, every value taken from the orig
 from the form is cleaned of control characters first, and every address must pass the
 same checks as C{RCPT TO}. So no form field and no header of the original can add a header.
 
-Nothing here does I/O: L{build_reply} is a pure function. L{web.reply_letters} seals the
+Nothing here does I/O: L{build_reply} is a pure function. L{secmail.web.reply_letters} seals the
 mail and draws the secure letter's link tokens.
 """
 
@@ -45,9 +45,9 @@ from secmail.address import (
 )
 from secmail.config import Settings
 from secmail.notify import clean_text
-from web import render
-from web.forms import Upload
-from web.safe_text import BIDI, safe_filename, unsurrogate
+from secmail.web import render
+from secmail.web.forms import Upload
+from secmail.web.safe_text import BIDI, safe_filename, unsurrogate
 
 __all__ = [
     "MODES",

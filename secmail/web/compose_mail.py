@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_compose -*-
 """
-Pure: what D-Compose (L{web.compose}) sends and counts. The form's files made fit for a
+Pure: what D-Compose (L{secmail.web.compose}) sends and counts. The form's files made fit for a
 mail, the message to the internal mail server, the code mail and the lock notice, and
 whom a code order is counted against.
 """
@@ -18,8 +18,8 @@ from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
 from secmail.notify import Notification, build_code_mail, build_sender_notice
 from secmail.store.compose import LOCK_AFTER, LOCK_TIME, CodeLimits
-from web.forms import FormError, SubmittedForm, Upload, read_form
-from web.safe_text import safe_filename
+from secmail.web.forms import FormError, SubmittedForm, Upload, read_form
+from secmail.web.safe_text import safe_filename
 
 MAX_ADDRESS_CHARS = 254
 MAX_FILENAME_CHARS = 150

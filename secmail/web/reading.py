@@ -2,7 +2,7 @@
 """
 Reading a letter after sign-in: the reading page, its sanitised HTML in a sandboxed frame,
 inline pictures, attachments and the whole message as a download. Parsing and rendering
-run on the portal's thread pool (L{web.access.PortalBase._render}).
+run on the portal's thread pool (L{secmail.web.access.PortalBase._render}).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from twisted.web.iweb import IRequest
 from secmail.config import Settings
 from secmail.policy import strip_subject_keyword
 from secmail.store.portal import Session
-from web import errors, render, reply
-from web.access import definition_list, signed_in
-from web.forms import escape, form_arg
-from web.layout import DOWNLOAD_CSP, RESOURCE_CSP
-from web.reply_page import ReplyRoutes
-from web.site import size_text
+from secmail.web import errors, render, reply
+from secmail.web.access import definition_list, signed_in
+from secmail.web.forms import escape, form_arg
+from secmail.web.layout import DOWNLOAD_CSP, RESOURCE_CSP
+from secmail.web.reply_page import ReplyRoutes
+from secmail.web.site import size_text
 
 app = ReplyRoutes.app
 

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_reply -*-
 """
 Replying from the reading page: the Reply (and Reply all) and Forward forms, the route
-they post to (one mail per form: L{web.forms.once_id}), and the page of what was sent.
-The mails themselves are built by L{web.reply}.
+they post to (one mail per form: L{secmail.web.forms.once_id}), and the page of what was sent.
+The mails themselves are built by L{secmail.web.reply}.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from twisted.web.iweb import IRequest
 
 from secmail.store.messages import Envelope
 from secmail.store.portal import Session
-from web import errors, reply
-from web.access import PortalBase, signed_in
-from web.forms import (
+from secmail.web import errors, reply
+from secmail.web.access import PortalBase, signed_in
+from secmail.web.forms import (
     FormError,
     SubmittedForm,
     commit_once,
@@ -25,9 +25,9 @@ from web.forms import (
     same_secret,
     submitted_form,
 )
-from web.i18n import Translate
-from web.reply_letters import reply_messages
-from web.site import size_text
+from secmail.web.i18n import Translate
+from secmail.web.reply_letters import reply_messages
+from secmail.web.site import size_text
 
 app = PortalBase.app
 
