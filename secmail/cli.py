@@ -300,7 +300,7 @@ def sms_test(args: argparse.Namespace) -> int:
             now = int(time.time())
             nodes = [n for n in _wait(KeyStore(db).nodes()) if n.seen >= now - NODE_LIVE]
             master.seal_with(sealing_key(master.key_ids, nodes))
-            mail = sms_mail(settings, master, to, content)
+            mail = sms_mail(settings.routes, settings.gateway.bounce_address, master, to, content)
             _wait(MessageStore(db, master).commit([mail], int(time.time())))
 
     async def run(reactor: Any) -> None:

@@ -25,9 +25,9 @@ from email.message import EmailMessage, Message
 from email.utils import format_datetime
 from email.utils import make_msgid as email_make_msgid
 
-from secmail.config import Settings
+from secmail.config import RouteSettings
 from secmail.crypto import MasterKey
-from secmail.letters import system_mail
+from secmail.letters import routed_mail
 from secmail.store.messages import NewMessage
 
 MAX_ORIGINAL_HEADER_BYTES = 50_000
@@ -256,12 +256,12 @@ def _boundary(*contents: str) -> str:
 
 
 def bounce_message(
-    settings: Settings, master: MasterKey, to: str, content: bytes, about: str
+    routes: RouteSettings, master: MasterKey, to: str, content: bytes, about: str
 ) -> NewMessage:
     """
     A bounce ready to commit: sealed, from C{<>}, queued on the route for C{to};
     its delivery is recorded on the message it is C{about}.
     """
-    return system_mail(
-        settings, master, kind="bounce", sender="", to=to, content=content, about=about
+    return routed_mail(
+        routes, master, kind="bounce", sender="", to=to, content=content, about=about
     )

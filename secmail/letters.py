@@ -11,9 +11,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from secmail.address import Recipient
-from secmail.config import Settings
+from secmail.config import NotificationTexts, RouteSettings, Settings
 from secmail.crypto import MasterKey
 from secmail.notify import build_notification
 from secmail.store.messages import NewDelivery, NewEnvelope, NewMessage, hash_token, new_id
@@ -26,9 +27,10 @@ def verp_address(bounce_address: str, envelope_id: str) -> str:
     return f"{local}+{envelope_id}@{domain}"
 
 
-def envelopes_and_notifications(
+def new_envelopes(
     *,
-    settings: Settings,
+    texts: NotificationTexts,
+    routes: RouteSettings,
     master: MasterKey,
     message_id: str,
     sender: str,
@@ -56,13 +58,13 @@ def envelopes_and_notifications(
         )
         envelopes.append(envelope)
         notification = build_notification(
-            settings=settings,
+            texts=texts,
             recipient=recipient,
             original_sender=sender,
             original_from_display=sender_display,
             original_subject=subject,
             token=token,
-            message_id_domain=settings.gateway.hostname,
+            message_id_domain=texts.identity.hostname,
             date=date,
         )
         notifications.append(
@@ -75,7 +77,7 @@ def envelopes_and_notifications(
                         kind="notification",
                         sender=verp_address(notification.sender, envelope.id),
                         recipients=(recipient.address,),
-                        route=str(settings.routes.for_domain(recipient.domain)),
+                        route=str(routes.for_domain(recipient.domain)),
                         domain=recipient.domain,
                         notify=sender,
                         about=message_id,
@@ -95,8 +97,8 @@ def letter_events(
     return events
 
 
-def system_mail(
-    settings: Settings,
+def routed_mail(
+    routes: RouteSettings,
     master: MasterKey,
     *,
     kind: str,
@@ -121,10 +123,25 @@ def system_mail(
                 kind=kind,
                 sender=sender,
                 recipients=(to,),
-                route=str(settings.routes.for_domain(domain)),
+                route=str(routes.for_domain(domain)),
                 domain=domain,
                 notify=notify,
                 about=about,
             )
         ],
     )
+
+
+# --- for web/, which passes the whole Settings until it takes sections too (issue 11) -------
+
+
+def envelopes_and_notifications(
+    *, settings: Settings, **kwargs: Any
+) -> tuple[list[NewEnvelope], list[NewMessage]]:
+    """L{new_envelopes} with the notification texts and routes of C{settings}."""
+    return new_envelopes(texts=settings.notification_texts, routes=settings.routes, **kwargs)
+
+
+def system_mail(settings: Settings, master: MasterKey, **kwargs: Any) -> NewMessage:
+    """L{routed_mail} on the routes of C{settings}."""
+    return routed_mail(settings.routes, master, **kwargs)

@@ -28,9 +28,10 @@ from email.header import Header
 from email.headerregistry import Address
 from email.utils import format_datetime, formataddr
 from email.utils import make_msgid as email_make_msgid
+from typing import Any
 
 from secmail.address import Level, Recipient
-from secmail.config import Settings
+from secmail.config import Branding, GatewayIdentity, NotificationTexts, Settings
 
 MAX_NAME_CHARS = 78
 MAX_SUBJECT_CHARS = 200
@@ -52,7 +53,7 @@ class Notification:
 
 def build_notification(
     *,
-    settings: Settings,
+    texts: NotificationTexts,
     recipient: Recipient,
     original_sender: str,
     original_from_display: str | None,
@@ -77,14 +78,14 @@ def build_notification(
     who = clean_text(original_from_display or "", MAX_NAME_CHARS) or clean_text(
         sender, MAX_NAME_CHARS
     )
-    link = f"{settings.portal.url}/m/{token}"
+    link = f"{texts.branding.portal_url}/m/{token}"
 
     subject = (
         f"Secure message from {who} is waiting for you"
         if who
         else "A secure message is waiting for you"
     )
-    if settings.secure.notification_shows_subject and original_subject:
+    if texts.shows_subject and original_subject:
         shown = clean_text(original_subject, MAX_SUBJECT_CHARS)
         if shown:
             subject = f"{subject}: {shown}"
@@ -97,7 +98,7 @@ def build_notification(
         (
             "From",
             formataddr(
-                (f"{who or 'Secure mail'} via secmail", settings.gateway.notification_from),
+                (f"{who or 'Secure mail'} via secmail", texts.identity.notification_from),
                 charset="utf-8",
             ),
         ),
@@ -116,8 +117,8 @@ def build_notification(
         if "\r" in unfolded or "\n" in unfolded:
             raise ValueError(f"header {name} would contain a line break")
 
-    text = _text_body(settings, recipient, who, link)
-    page = _html_body(settings, recipient, who, link)
+    text = _text_body(texts, recipient, who, link)
+    page = _html_body(texts, recipient, who, link)
     # Quoted-printable never holds "=_", so this boundary cannot occur in a part;
     # deriving it from the content keeps the output a function of the input.
     boundary = "=_" + hashlib.sha256((text + page).encode()).hexdigest()[:32]
@@ -129,7 +130,7 @@ def build_notification(
         f"--{boundary}--\r\n"
     )
     return Notification(
-        sender=settings.gateway.bounce_address,
+        sender=texts.identity.bounce_address,
         recipient=recipient.address,
         content=content.encode("ascii"),
     )
@@ -191,7 +192,7 @@ def _instructions(recipient: Recipient) -> str:
     )
 
 
-def _text_body(settings: Settings, recipient: Recipient, who: str, link: str) -> str:
+def _text_body(texts: NotificationTexts, recipient: Recipient, who: str, link: str) -> str:
     sent_by = f"{who} has sent you" if who else "You have been sent"
     return "\n".join(
         [
@@ -204,21 +205,21 @@ def _text_body(settings: Settings, recipient: Recipient, who: str, link: str) ->
             "",
             _instructions(recipient),
             "",
-            f"The message is kept for {settings.secure.retention_days} days. "
+            f"The message is kept for {texts.retention_days} days. "
             "You can reply to it securely on the same page.",
             "",
             "We never ask for your password. If you did not expect this message, "
             "you can ignore this e-mail.",
             "",
-            *([phrase, ""] if (phrase := _phrase(settings)) else []),
+            *([phrase, ""] if (phrase := _phrase(texts.branding)) else []),
             "-- ",
-            f"This notification was sent by the secure e-mail gateway {settings.gateway.hostname}.",
+            f"This notification was sent by the secure e-mail gateway {texts.identity.hostname}.",
             "",
         ]
     )
 
 
-def _html_body(settings: Settings, recipient: Recipient, who: str, link: str) -> str:
+def _html_body(texts: NotificationTexts, recipient: Recipient, who: str, link: str) -> str:
     e = html.escape
     sent_by = f"{e(who)} has sent you" if who else "You have been sent"
     return "\n".join(
@@ -233,13 +234,17 @@ def _html_body(settings: Settings, recipient: Recipient, who: str, link: str) ->
             f'<p><a href="{e(link)}"><strong>Open the secure message</strong></a></p>',
             f"<p>If the link does not work, copy this address into your browser:<br>{e(link)}</p>",
             f"<p>{e(_instructions(recipient))}</p>",
-            f"<p>The message is kept for {settings.secure.retention_days} days. "
+            f"<p>The message is kept for {texts.retention_days} days. "
             "You can reply to it securely on the same page.</p>",
             "<p>We never ask for your password. If you did not expect this message, "
             "you can ignore this e-mail.</p>",
-            *([f"<p><strong>{e(phrase)}</strong></p>"] if (phrase := _phrase(settings)) else []),
+            *(
+                [f"<p><strong>{e(phrase)}</strong></p>"]
+                if (phrase := _phrase(texts.branding))
+                else []
+            ),
             '<p style="color: #666; font-size: small;">This notification was sent by the '
-            f"secure e-mail gateway {e(settings.gateway.hostname)}.</p>",
+            f"secure e-mail gateway {e(texts.identity.hostname)}.</p>",
             "</body>",
             "</html>",
             "",
@@ -247,12 +252,12 @@ def _html_body(settings: Settings, recipient: Recipient, who: str, link: str) ->
     )
 
 
-def _phrase(settings: Settings) -> str:
+def _phrase(branding: Branding) -> str:
     """
     The organisation's verification phrase as a sentence ("" when none is set). Every portal
     page shows it too; a copy of a notification made by someone else does not know it.
     """
-    phrase = settings.portal.verification_phrase
+    phrase = branding.verification_phrase
     return f"Your organisation's verification phrase: «{phrase}»" if phrase else ""
 
 
@@ -275,9 +280,9 @@ def _reply_to(address: str) -> str | None:
         return None
 
 
-def build_code_mail(
+def code_mail(
     *,
-    settings: Settings,
+    identity: GatewayIdentity,
     recipient: str,
     code: str,
     minutes: int,
@@ -303,12 +308,12 @@ def build_code_mail(
             f"If you did not ask for a code, you can ignore this e-mail: {without_it}.",
             "",
             "-- ",
-            f"The secure e-mail gateway {settings.gateway.hostname}.",
+            f"The secure e-mail gateway {identity.hostname}.",
             "",
         ]
     )
     return gateway_mail(
-        settings=settings,
+        identity=identity,
         recipient=recipient,
         subject=subject,
         text=text,
@@ -319,7 +324,7 @@ def build_code_mail(
 
 def gateway_mail(
     *,
-    settings: Settings,
+    identity: GatewayIdentity,
     recipient: str,
     subject: str,
     text: str,
@@ -331,7 +336,7 @@ def gateway_mail(
     is the bounce address, so a failure comes back to the gateway, not to a person.
     """
     headers = [
-        ("From", formataddr(("Secure mail", settings.gateway.notification_from))),
+        ("From", formataddr(("Secure mail", identity.notification_from))),
         ("To", recipient),
         ("Subject", _header_text(subject)),
         ("Date", format_datetime(date)),
@@ -345,15 +350,15 @@ def gateway_mail(
             raise ValueError(f"header {name} would contain a line break")
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     return Notification(
-        sender=settings.gateway.bounce_address,
+        sender=identity.bounce_address,
         recipient=recipient,
         content=(head + _qp_part("plain", text)).encode("ascii"),
     )
 
 
-def build_sender_notice(
+def sender_notice(
     *,
-    settings: Settings,
+    identity: GatewayIdentity,
     sender: str,
     subject: str,
     paragraphs: list[str],
@@ -362,13 +367,26 @@ def build_sender_notice(
 ) -> Notification:
     """A notice to the internal sender of a secure message about what happened to it."""
     text = "\n\n".join(
-        ["Hello,", *paragraphs, f"-- \nThe secure e-mail gateway {settings.gateway.hostname}.\n"]
+        ["Hello,", *paragraphs, f"-- \nThe secure e-mail gateway {identity.hostname}.\n"]
     )
     return gateway_mail(
-        settings=settings,
+        identity=identity,
         recipient=sender,
         subject=subject,
         text=text,
         message_id_domain=message_id_domain,
         date=date,
     )
+
+
+# --- for web/, which passes the whole Settings until it takes sections too (issue 11) -------
+
+
+def build_code_mail(*, settings: Settings, **kwargs: Any) -> Notification:
+    """L{code_mail} from the gateway's identity in C{settings}."""
+    return code_mail(identity=settings.identity, **kwargs)
+
+
+def build_sender_notice(*, settings: Settings, **kwargs: Any) -> Notification:
+    """L{sender_notice} from the gateway's identity in C{settings}."""
+    return sender_notice(identity=settings.identity, **kwargs)

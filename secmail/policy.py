@@ -2,9 +2,9 @@
 What a message is: per recipient, relayed in the clear or kept as a secure letter,
 and which route its mail (or, for secure recipients, its notification) takes.
 
-Pure functions of the envelope, the subject and the settings, so the SMTP intake
-can ask at C{RCPT TO} (L{check_recipient}) and again after C{DATA} (L{decide})
-and every rule is testable without a network or a database.
+Pure functions of the envelope, the subject and the C{[routes]} and C{[secure]} sections,
+so the SMTP intake can ask at C{RCPT TO} (L{check_recipient}) and again after C{DATA}
+(L{decide}) and every rule is testable without a network or a database.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from secmail.address import AddressError, Level, Recipient
-from secmail.config import Route, Settings
+from secmail.config import Route, RouteSettings, SecureSettings
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class MessagePolicy:
         return tuple(d for d in self.decisions if not d.secure)
 
 
-def check_recipient(recipient: Recipient, settings: Settings) -> None:
+def check_recipient(recipient: Recipient, routes: RouteSettings, secure: SecureSettings) -> None:
     """
     Refuse at C{RCPT TO} what the mode does not let through.
 
@@ -60,7 +60,7 @@ def check_recipient(recipient: Recipient, settings: Settings) -> None:
     4.5.1), which is ours and goes to the internal mail server, if there is one.
     """
     if not recipient.domain:
-        incoming = settings.routes.incoming
+        incoming = routes.incoming
         if incoming is None or incoming.mx:
             raise AddressError(
                 550,
@@ -68,12 +68,12 @@ def check_recipient(recipient: Recipient, settings: Settings) -> None:
                 "none is set up here ([routes] incoming); write postmaster@your.domain",
             )
         return
-    if settings.secure.mode != "marked" or recipient.level is not Level.PLAIN:
+    if secure.mode != "marked" or recipient.level is not Level.PLAIN:
         return
-    if settings.routes.is_incoming(recipient.domain):
+    if routes.is_incoming(recipient.domain):
         return
     local, _, domain = recipient.address.rpartition("@")
-    marked = f"{local}@{domain}{settings.secure.extension}"
+    marked = f"{local}@{domain}{secure.extension}"
     raise AddressError(
         550,
         '5.7.1 Only marked secure mail is accepted here (mode "marked"); '
@@ -82,7 +82,10 @@ def check_recipient(recipient: Recipient, settings: Settings) -> None:
 
 
 def decide(
-    recipients: Sequence[Recipient], subject: str | Sequence[str] | None, settings: Settings
+    recipients: Sequence[Recipient],
+    subject: str | Sequence[str] | None,
+    routes: RouteSettings,
+    secure: SecureSettings,
 ) -> MessagePolicy:
     """
     Decide each recipient of one message.
@@ -94,27 +97,27 @@ def decide(
     texts: a message may carry several Subject fields, each read more than one
     way, and the keyword in any of them counts, since some reader may show it.
     """
-    keyword = settings.secure.subject_keyword
+    keyword = secure.subject_keyword
     subjects = [] if subject is None else [subject] if isinstance(subject, str) else subject
-    found = settings.secure.mode == "all" and any(_keyword_found(s, keyword) for s in subjects)
+    found = secure.mode == "all" and any(_keyword_found(s, keyword) for s in subjects)
     decisions = []
     for recipient in recipients:
-        if found and recipient.level is Level.PLAIN and not _internal(recipient, settings):
+        if found and recipient.level is Level.PLAIN and not _internal(recipient, routes):
             recipient = replace(recipient, level=Level.LETTER)
-        decisions.append(Decision(recipient, _route(recipient, settings)))
+        decisions.append(Decision(recipient, _route(recipient, routes)))
     return MessagePolicy(decisions=tuple(decisions), subject_keyword_found=found)
 
 
-def _internal(recipient: Recipient, settings: Settings) -> bool:
+def _internal(recipient: Recipient, routes: RouteSettings) -> bool:
     """Mail that stays in the organisation: our domains, and the bare C{postmaster}."""
-    return not recipient.domain or settings.routes.is_incoming(recipient.domain)
+    return not recipient.domain or routes.is_incoming(recipient.domain)
 
 
-def _route(recipient: Recipient, settings: Settings) -> Route:
+def _route(recipient: Recipient, routes: RouteSettings) -> Route:
     """The bare C{postmaster} has no domain to route by: it is the internal mail server's."""
-    if not recipient.domain and settings.routes.incoming is not None:
-        return settings.routes.incoming
-    return settings.routes.for_domain(recipient.domain)
+    if not recipient.domain and routes.incoming is not None:
+        return routes.incoming
+    return routes.for_domain(recipient.domain)
 
 
 def strip_subject_keyword(subject: str, keyword: str) -> str:

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from secmail.config import Settings
+from secmail.config import QueueSettings, Retention, RouteSettings
 from secmail.crypto import IntegrityError, UnknownKeyError
 from secmail.dsn import FailedRecipient, bounce_message, build_dsn
 from secmail.masking import mask_sms_recipients
@@ -99,10 +99,10 @@ def unreadable_reason(error: BaseException) -> str | None:
     return None
 
 
-def backoff(settings: Settings, attempts: int) -> int:
+def backoff(queue: QueueSettings, attempts: int) -> int:
     """Seconds to wait after the C{attempts}-th failure: initial, doubling, capped."""
-    delay = settings.queue.retry_initial * (2 ** max(0, attempts))
-    return int(min(delay, settings.queue.retry_max))
+    delay = queue.retry_initial * (2 ** max(0, attempts))
+    return int(min(delay, queue.retry_max))
 
 
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
@@ -124,14 +124,21 @@ class OutboundQueue(ScanningService):
 
     def __init__(
         self,
-        settings: Settings,
+        queue: QueueSettings,
+        hostname: str,
+        routes: RouteSettings,
         store: MessageStore,
         sender: Sender,
         clock: IReactorTime,
         node_id: str,
     ) -> None:
+        """
+        C{hostname} is the gateway's, which signs its bounces; they go out on C{routes}.
+        """
         super().__init__(clock)
-        self.settings = settings
+        self.queue = queue
+        self.hostname = hostname
+        self.routes = routes
         self.store = store
         self.sender = sender
         self.node_id = node_id
@@ -145,10 +152,10 @@ class OutboundQueue(ScanningService):
         self.wake()
 
     def poll_interval(self) -> float:
-        return self.settings.queue.poll_interval
+        return self.queue.poll_interval
 
     def room(self) -> int:
-        return self.settings.queue.concurrency - len(self._in_flight)
+        return self.queue.concurrency - len(self._in_flight)
 
     async def claim_and_start(self, room: int) -> int:
         items = await self.store.claim_due(self.node_id, self.now(), LEASE_SECONDS, room)
@@ -331,12 +338,12 @@ class OutboundQueue(ScanningService):
 
     async def _retry(self, item: QueueItem, recipients: list[str], error: str) -> None:
         now = self.now()
-        if now - item.created >= self.settings.queue.lifetime:
-            days = self.settings.queue.lifetime / 86400
+        if now - item.created >= self.queue.lifetime:
+            days = self.queue.lifetime / 86400
             reason = f"gave up after {days:g} days in the queue; last error: {error}"
             await self._bounce(item, {r: reason for r in recipients}, remaining=())
             return
-        delay = backoff(self.settings, item.attempts)
+        delay = backoff(self.queue, item.attempts)
         log.info(
             "Queue row {id}: deferred for {delay} s: {error}", id=item.id, delay=delay, error=error
         )
@@ -460,7 +467,7 @@ class OutboundQueue(ScanningService):
         reason: str,
     ) -> NewMessage | None:
         """The RFC 3464 bounce to a row's sender, sealed and queued like any mail we write."""
-        hostname = self.settings.gateway.hostname
+        hostname = self.hostname
         content = build_dsn(
             reporting_mta=hostname,
             original_sender=item.notify,
@@ -474,7 +481,7 @@ class OutboundQueue(ScanningService):
         )
         if content is None:
             return None
-        return bounce_message(self.settings, self.store.master, item.notify, content, item.about)
+        return bounce_message(self.routes, self.store.master, item.notify, content, item.about)
 
 
 async def _together(work: list[tuple[QueueItem, Coroutine[Any, Any, None]]]) -> None:
@@ -495,8 +502,8 @@ class RetentionJob:
     C{audit_days}; run by a TimerService.
     """
 
-    def __init__(self, settings: Settings, store: MessageStore, clock: IReactorTime) -> None:
-        self.settings = settings
+    def __init__(self, retention: Retention, store: MessageStore, clock: IReactorTime) -> None:
+        self.retention = retention
         self.store = store
         self.clock = clock
 
@@ -507,10 +514,10 @@ class RetentionJob:
 
     async def _run(self) -> None:
         now = int(self.clock.seconds())
-        cutoff = now - self.settings.secure.retention_days * 86400
+        cutoff = now - self.retention.retention_days * 86400
         deleted = await self.store.delete_expired(cutoff, now)
         if deleted:
             log.info("Retention: deleted {n} expired message(s)", n=deleted)
-        pruned = await self.store.delete_old_events(now - self.settings.secure.audit_days * 86400)
+        pruned = await self.store.delete_old_events(now - self.retention.audit_days * 86400)
         if pruned:
             log.info("Retention: deleted {n} audit event(s) past audit_days", n=pruned)

@@ -239,9 +239,24 @@ def makeService(options: Options) -> IService:
 
     store = MessageStore(db, master)
     resolver = dns_client.createResolver()
-    sender = SmtpSender(settings, reactor, resolver)
-    queue = OutboundQueue(settings, store, sender, reactor, node_id)
-    intake = Intake(settings, store, master, reactor, deferToThread, on_commit=queue.wake)
+    # Each component gets its own section, or a small value made of bits of several.
+    identity = settings.identity
+    sender = SmtpSender(identity.hostname, settings.routes, settings.queue, reactor, resolver)
+    queue = OutboundQueue(
+        settings.queue, identity.hostname, settings.routes, store, sender, reactor, node_id
+    )
+    intake = Intake(
+        store,
+        master,
+        reactor,
+        deferToThread,
+        on_commit=queue.wake,
+        texts=settings.notification_texts,
+        routes=settings.routes,
+        secure=settings.secure,
+        data_dir=settings.gateway.data_dir,
+        max_message_size=settings.smtp.max_message_size,
+    )
 
     top = MultiService()
     StartStopService("database", db.start, db.stop).setServiceParent(top)
@@ -253,7 +268,7 @@ def makeService(options: Options) -> IService:
 
     async def send_mail(to: str, content: bytes) -> None:
         """An SMS by e-mail: queued like any mail the gateway writes."""
-        mail = sms_mail(settings, master, to, content)
+        mail = sms_mail(settings.routes, identity.bounce_address, master, to, content)
         await store.commit([mail], int(reactor.seconds()))
         queue.wake()
 
@@ -261,7 +276,7 @@ def makeService(options: Options) -> IService:
         await store.add_event(about, None, kind, detail, int(reactor.seconds()))
 
     backends, backend_services = build_backends(
-        settings.sms, settings.gateway.notification_from, reactor, send_mail
+        settings.sms, identity.notification_from, reactor, send_mail
     )
     for service in backend_services:
         service.setServiceParent(top)
@@ -271,7 +286,7 @@ def makeService(options: Options) -> IService:
         outbox = SmsOutbox(sms_store, SmsDispatcher(backends, record), reactor, node_id)
         outbox.setServiceParent(top)
         wake_outbox = outbox.wake
-    TimerService(3600, RetentionJob(settings, store, reactor).run).setServiceParent(top)
+    TimerService(3600, RetentionJob(settings.retention, store, reactor).run).setServiceParent(top)
 
     rotation = KeyRotation(master, KeyStore(db), reactor, node_id)
     TimerService(ROTATION_INTERVAL, rotation.run).setServiceParent(top)

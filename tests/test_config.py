@@ -273,6 +273,30 @@ def test_portal_branding_values() -> None:
     assert settings.portal.brand_name == "Example Oy"
 
 
+def test_values_for_components() -> None:
+    """The small values components get carry the keys of the sections they are built from."""
+    settings = load_text(
+        '[gateway]\nhostname = "gw.example"\nbounce_address = "b@gw.example"\n'
+        'notification_from = "n@gw.example"\n[portal]\nurl = "https://p.example/"\n'
+        'brand_name = "Example Oy"\nbrand_colour = "#aa3300"\nverification_phrase = "heron"\n'
+        "[secure]\nretention_days = 10\naudit_days = 20\nnotification_shows_subject = true\n"
+    )
+    identity = config.GatewayIdentity("gw.example", "b@gw.example", "n@gw.example")
+    assert settings.identity == identity
+    assert settings.branding == config.Branding(
+        name="Example Oy",
+        colour="#aa3300",
+        logo_file="",
+        logo_type="",
+        verification_phrase="heron",
+        portal_url="https://p.example",
+    )
+    assert settings.retention == config.Retention(retention_days=10, audit_days=20)
+    assert settings.notification_texts == config.NotificationTexts(
+        identity=identity, branding=settings.branding, retention_days=10, shows_subject=True
+    )
+
+
 def test_sms_off_by_default() -> None:
     """Without an [sms] section no backend is configured: SMS is off."""
     sms = config.load(None).sms

@@ -18,7 +18,6 @@ from secmail.crypto import CHUNK_SIZE
 from secmail.smtp.delivery import (
     GatewayDelivery,
     IncomingMessage,
-    Intake,
     subject_and_sender_name,
     subject_keyword_texts,
 )
@@ -26,7 +25,7 @@ from secmail.store.database import Database
 from secmail.store.engines import PostgresEngine, SqliteEngine
 from secmail.store.messages import MessageStore, NewMessage
 from tests.dbs import on_each_engine
-from tests.fixtures.intake import BODY, HELO, SUBJECT, T0, IntakeFixture
+from tests.fixtures.intake import BODY, HELO, SUBJECT, T0, IntakeFixture, make_intake
 from tests.fixtures.mails import parse
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
 
@@ -84,7 +83,7 @@ class IntakeTestsMixin(IntakeFixture):
         st = os.statvfs(self.data_dir)
         free = st.f_bavail * st.f_frsize
         settings = make_settings(self.data_dir, smtp={"max_message_size": free})
-        intake = Intake(settings, self.store, self.master, self.clock, deferToThread)
+        intake = make_intake(settings, self.store, self.master, self.clock, deferToThread)
         with self.assertRaises(smtp.SMTPBadSender) as e:
             GatewayDelivery(intake).validateFrom(HELO, smtp.Address(b"alice@corp.example"))
         self.assertEqual(e.exception.code, 452)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from secmail import notify
 from secmail.address import Level, Recipient, parse_recipient
 from secmail.config import Settings, from_mapping
-from secmail.notify import Notification, build_code_mail, build_notification, clean_text
+from secmail.notify import Notification, build_notification, clean_text, code_mail
 
 TOKEN = "Zm9vYmFyYmF6cXV4LXRva2VuLTI1Ni1iaXRzLWxvbmctZW5vdWdo"
 LINK = f"https://secure.corp.example/m/{TOKEN}"
@@ -45,7 +45,7 @@ REGISTERED = parse_recipient("bob@partner.example.0401234567.s", ".s", "358")
 
 def build(**overrides: Any) -> Notification:
     kwargs: dict[str, Any] = {
-        "settings": SETTINGS,
+        "texts": SETTINGS.notification_texts,
         "recipient": LETTER,
         "original_sender": "alice@corp.example",
         "original_from_display": "Alice Example",
@@ -146,7 +146,7 @@ def test_no_message_content() -> None:
 
 def test_subject_shown_when_configured() -> None:
     """notification_shows_subject appends the original subject to the notification's."""
-    msg = parsed(build(settings=make_settings(notification_shows_subject=True)))
+    msg = parsed(build(texts=make_settings(notification_shows_subject=True).notification_texts))
     assert msg["Subject"] == "Secure message from Alice Example is waiting for you: Merger plans"
 
 
@@ -207,7 +207,7 @@ def test_header_injection_is_neutralised(field: str) -> None:
     evil = "Mallory\r\nBcc: victim@evil.example\r\nX-Injected: 1"
     if field == "original_sender":
         evil = "m@x.example\r\nBcc: victim@evil.example"
-    msg = parsed(build(settings=settings, **{field: evil}))
+    msg = parsed(build(texts=settings.notification_texts, **{field: evil}))
     assert "Bcc" not in msg and "X-Injected" not in msg
     assert msg.defects == []
 
@@ -217,7 +217,7 @@ def test_crlf_only_and_short_lines() -> None:
     n = build(
         original_from_display="x" * 2000,
         original_subject="y" * 5000,
-        settings=make_settings(notification_shows_subject=True),
+        texts=make_settings(notification_shows_subject=True).notification_texts,
     )
     assert b"\r\n" in n.content
     assert b"\n" not in n.content.replace(b"\r\n", b"")
@@ -249,7 +249,7 @@ def test_any_name_and_subject_give_a_clean_mail(
         original_from_display=name,
         original_subject=subject,
         recipient=recipient,
-        settings=make_settings(notification_shows_subject=True),
+        texts=make_settings(notification_shows_subject=True).notification_texts,
     )
     assert b"\n" not in n.content.replace(b"\r\n", b"")
     assert max(len(line) for line in n.content.split(b"\r\n")) <= 998
@@ -263,8 +263,8 @@ def test_any_name_and_subject_give_a_clean_mail(
 
 def test_code_mail() -> None:
     """The code mail carries the code and its lifetime, goes to the recipient, CRLF only."""
-    mail = build_code_mail(
-        settings=SETTINGS,
+    mail = code_mail(
+        identity=SETTINGS.identity,
         recipient="bob@partner.example",
         code="012345",
         minutes=10,
@@ -283,8 +283,8 @@ def test_code_mail() -> None:
 def test_code_mail_refuses_bad_code() -> None:
     """Only a 6-digit code goes into a code mail."""
     with pytest.raises(ValueError):
-        build_code_mail(
-            settings=SETTINGS,
+        code_mail(
+            identity=SETTINGS.identity,
             recipient="bob@partner.example",
             code="12\r\nX: y",
             minutes=10,
@@ -301,7 +301,7 @@ def test_verification_phrase_in_both_parts() -> None:
             "portal": {"url": "https://secure.corp.example", "verification_phrase": "blue <heron>"},
         }
     )
-    text, page = bodies(build(settings=settings))
+    text, page = bodies(build(texts=settings.notification_texts))
     assert "Your organisation's verification phrase: «blue <heron>»" in text
     assert "Your organisation&#x27;s verification phrase: «blue &lt;heron&gt;»" in page
 

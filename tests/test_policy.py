@@ -48,7 +48,7 @@ def r(address: str) -> Recipient:
 def test_marked_mode_refuses_plain_outside_recipient() -> None:
     """In mode "marked" unmarked mail to the outside is refused with 550 5.7.1."""
     with pytest.raises(AddressError) as info:
-        check_recipient(r("bob@other.example"), MARKED)
+        check_recipient(r("bob@other.example"), MARKED.routes, MARKED.secure)
     assert info.value.code == 550
     assert info.value.text.startswith(
         '5.7.1 Only marked secure mail is accepted here (mode "marked"); '
@@ -62,7 +62,7 @@ def test_marked_mode_refuses_plain_outside_recipient() -> None:
 )
 def test_marked_mode_lets_plain_mail_to_own_domains_through(address: str) -> None:
     """Unmarked mail to incoming (and per-route) domains passes in mode "marked"."""
-    check_recipient(r(address), MARKED)
+    check_recipient(r(address), MARKED.routes, MARKED.secure)
 
 
 @pytest.mark.parametrize(
@@ -70,13 +70,13 @@ def test_marked_mode_lets_plain_mail_to_own_domains_through(address: str) -> Non
 )
 def test_marked_recipients_always_pass(address: str) -> None:
     """Marked recipients are accepted in either mode."""
-    check_recipient(r(address), MARKED)
-    check_recipient(r(address), ALL)
+    check_recipient(r(address), MARKED.routes, MARKED.secure)
+    check_recipient(r(address), ALL.routes, ALL.secure)
 
 
 def test_all_mode_accepts_plain_outside_recipient() -> None:
     """In mode "all" unmarked outside mail is accepted (and relayed)."""
-    check_recipient(r("bob@other.example"), ALL)
+    check_recipient(r("bob@other.example"), ALL.routes, ALL.secure)
 
 
 # --- routes -------------------------------------------------------------------------------
@@ -94,7 +94,8 @@ def test_routes_for_incoming_outgoing_and_override() -> None:
             r("frank@Sub.Corp.Example.s"),
         ],
         None,
-        MARKED,
+        MARKED.routes,
+        MARKED.secure,
     )
     assert [d.route for d in policy.decisions] == [
         INTERNAL,
@@ -112,8 +113,8 @@ POSTMASTER = Recipient(address="postmaster", level=Level.PLAIN, phone=None, orig
 @pytest.mark.parametrize("settings", [MARKED, ALL], ids=["marked", "all"])
 def test_bare_postmaster_goes_to_the_internal_mail_server(settings: Settings) -> None:
     """RCPT TO:<postmaster> passes in both modes and takes the incoming route, in the clear."""
-    check_recipient(POSTMASTER, settings)
-    (decision,) = decide([POSTMASTER], "[secure] hello", settings).decisions
+    check_recipient(POSTMASTER, settings.routes, settings.secure)
+    (decision,) = decide([POSTMASTER], "[secure] hello", settings.routes, settings.secure).decisions
     assert decision.route == INTERNAL
     assert decision.recipient.level is Level.PLAIN
 
@@ -123,24 +124,28 @@ def test_bare_postmaster_refused_without_internal_server(incoming: Route | None)
     """Without an internal mail server to take it, the bare postmaster is refused, saying why."""
     settings = replace(MARKED, routes=replace(MARKED.routes, incoming=incoming))
     with pytest.raises(AddressError) as info:
-        check_recipient(POSTMASTER, settings)
+        check_recipient(POSTMASTER, settings.routes, settings.secure)
     assert info.value.code == 550
     assert "[routes] incoming" in info.value.text
 
 
 def test_keyword_in_any_of_several_subjects_counts() -> None:
     """Given every Subject of a message, the keyword in any one of them makes it secure."""
-    policy = decide([r("bob@other.example")], ["Hello", "[secure] Hello"], ALL)
+    policy = decide([r("bob@other.example")], ["Hello", "[secure] Hello"], ALL.routes, ALL.secure)
     assert policy.subject_keyword_found
     assert policy.decisions[0].recipient.level is Level.LETTER
-    assert not decide([r("bob@other.example")], ["Hello", "Hi"], ALL).subject_keyword_found
-    assert not decide([r("bob@other.example")], [], ALL).subject_keyword_found
+    assert not decide(
+        [r("bob@other.example")], ["Hello", "Hi"], ALL.routes, ALL.secure
+    ).subject_keyword_found
+    assert not decide([r("bob@other.example")], [], ALL.routes, ALL.secure).subject_keyword_found
 
 
 def test_mx_outgoing_route() -> None:
     """With outgoing = "mx", outside recipients route by MX."""
     settings = replace(MARKED, routes=replace(MARKED.routes, outgoing=MX))
-    (decision,) = decide([r("bob@other.example.s")], None, settings).decisions
+    (decision,) = decide(
+        [r("bob@other.example.s")], None, settings.routes, settings.secure
+    ).decisions
     assert decision.route == MX
 
 
@@ -149,7 +154,8 @@ def test_mixed_recipients_are_decided_one_by_one() -> None:
     policy = decide(
         [r("alice@corp.example"), r("bob@other.example.s"), r("carol@x.example.0401234567.s")],
         "Hello",
-        ALL,
+        ALL.routes,
+        ALL.secure,
     )
     assert [d.recipient.level for d in policy.decisions] == [
         Level.PLAIN,
@@ -174,7 +180,8 @@ def test_keyword_makes_plain_outside_recipients_letters(subject: str) -> None:
     policy = decide(
         [r("bob@other.example"), r("alice@corp.example"), r("carol@x.example.0401234567.s")],
         subject,
-        ALL,
+        ALL.routes,
+        ALL.secure,
     )
     assert policy.subject_keyword_found
     levels = [d.recipient.level for d in policy.decisions]
@@ -185,7 +192,7 @@ def test_keyword_makes_plain_outside_recipients_letters(subject: str) -> None:
 
 def test_mode_marked_ignores_keyword() -> None:
     """In mode "marked" the keyword neither upgrades nor is reported."""
-    policy = decide([r("alice@corp.example")], "[secure] hi", MARKED)
+    policy = decide([r("alice@corp.example")], "[secure] hi", MARKED.routes, MARKED.secure)
     assert not policy.subject_keyword_found
     assert policy.decisions[0].recipient.level is Level.PLAIN
 
@@ -193,14 +200,14 @@ def test_mode_marked_ignores_keyword() -> None:
 def test_empty_keyword_never_matches() -> None:
     """An empty configured keyword turns the rule off rather than matching everything."""
     settings = make_settings("all", subject_keyword="")
-    policy = decide([r("bob@other.example")], "anything", settings)
+    policy = decide([r("bob@other.example")], "anything", settings.routes, settings.secure)
     assert not policy.subject_keyword_found
     assert not policy.decisions[0].secure
 
 
 def test_missing_subject_never_matches() -> None:
     """A message without a Subject header is decided by marking alone."""
-    policy = decide([r("bob@other.example")], None, ALL)
+    policy = decide([r("bob@other.example")], None, ALL.routes, ALL.secure)
     assert not policy.subject_keyword_found
 
 
@@ -208,9 +215,11 @@ def test_word_keyword_needs_word_boundaries() -> None:
     """A word keyword does not fire inside longer words (secure vs insecure)."""
     settings = make_settings("all", subject_keyword="secure")
     assert not decide(
-        [r("bob@other.example")], "insecure, securely", settings
+        [r("bob@other.example")], "insecure, securely", settings.routes, settings.secure
     ).subject_keyword_found
-    assert decide([r("bob@other.example")], "SECURE: offer", settings).subject_keyword_found
+    assert decide(
+        [r("bob@other.example")], "SECURE: offer", settings.routes, settings.secure
+    ).subject_keyword_found
 
 
 @pytest.mark.parametrize(
@@ -263,7 +272,7 @@ def test_decide_invariants(addresses: list[str], subject: str | None, mode: str)
     """One ordered decision per recipient, routed by domain; only the keyword upgrades outsiders."""
     settings = MARKED if mode == "marked" else ALL
     recipients = [r(a) for a in addresses]
-    policy = decide(recipients, subject, settings)
+    policy = decide(recipients, subject, settings.routes, settings.secure)
     found = mode == "all" and subject is not None and "[secure]" in subject.lower()
     assert policy.subject_keyword_found == found
     assert len(policy.decisions) == len(recipients)
@@ -290,7 +299,9 @@ def test_stripped_subject_no_longer_matches(subject: str, keyword: str) -> None:
     """After stripping, the keyword is gone, so a second pass changes nothing more."""
     settings = make_settings("all", subject_keyword=keyword)
     stripped = strip_subject_keyword(subject, keyword)
-    assert not decide([r("bob@other.example")], stripped, settings).subject_keyword_found
+    assert not decide(
+        [r("bob@other.example")], stripped, settings.routes, settings.secure
+    ).subject_keyword_found
     assert strip_subject_keyword(stripped, keyword) == stripped
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from secmail.letters import system_mail
+from secmail.letters import routed_mail
 from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.portal import (
     CODE_LIFETIME,
@@ -150,8 +150,8 @@ class PortalStoreMixin:
         env = await self.envelope()
         message_id = (await self.store.envelope_by_id(env)).message_id  # type: ignore[union-attr]
         settings = make_settings("/nonexistent/secmail-portal-store-tests")
-        notice = system_mail(
-            settings,
+        notice = routed_mail(
+            settings.routes,
             self.master,
             kind="notice",
             sender="bounces@gw.example",

@@ -15,11 +15,13 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from secmail.config import Settings
 from secmail.crypto import MasterKey
 from secmail.queue import (
     LEASE_SECONDS,
     OutboundQueue,
     RetentionJob,
+    Sender,
     backoff,
     enhanced_status,
     session_groups,
@@ -107,6 +109,15 @@ class ScriptedSender:
         return outcomes
 
 
+def make_queue(
+    settings: Settings, store: MessageStore, sender: Sender, clock: Any, node_id: str
+) -> OutboundQueue:
+    """The queue on the sections tap.py gives it."""
+    return OutboundQueue(
+        settings.queue, settings.gateway.hostname, settings.routes, store, sender, clock, node_id
+    )
+
+
 def row(id: int, route: str, domain: str, sender: str = ALICE, to: str = BOB) -> QueueItem:
     """A claimed queue row, for tests that need no database."""
     return QueueItem(id, "m", "m", "relay", sender, (to,), route, domain, sender, T0, T0, 0, "")
@@ -124,7 +135,7 @@ class PureTests(SynchronousTestCase):
         """Retry delays start at retry_initial, double per attempt and stop at retry_max."""
         settings = make_settings(tempfile.gettempdir())
         self.assertEqual(
-            [backoff(settings, n) for n in range(7)], [300, 600, 1200, 2400, 4000, 4000, 4000]
+            [backoff(settings.queue, n) for n in range(7)], [300, 600, 1200, 2400, 4000, 4000, 4000]
         )
 
     def test_enhanced_status(self) -> None:
@@ -153,7 +164,10 @@ class PureTests(SynchronousTestCase):
 
     def test_sender_refuses_mixed_rows(self) -> None:
         """SmtpSender.send_many() refuses rows that cannot share a session."""
-        sender = SmtpSender(make_settings(tempfile.gettempdir()), MemoryReactorClock(), None)
+        settings = make_settings(tempfile.gettempdir())
+        sender = SmtpSender(
+            settings.gateway.hostname, settings.routes, settings.queue, MemoryReactorClock(), None
+        )
         rows = [row(1, "mx", "a.example"), row(2, "mx", "b.example")]
         d = Deferred.fromCoroutine(sender.send_many(rows, [content_of(b"x")] * 2))
         self.failureResultOf(d, ValueError)
@@ -162,7 +176,10 @@ class PureTests(SynchronousTestCase):
     def test_sender_one_session_per_group(self) -> None:
         """SmtpSender.send_many() sends rows on a relay route over one connection, in order."""
         reactor = MemoryReactorClock()
-        sender = SmtpSender(make_settings(tempfile.gettempdir()), reactor, None)
+        settings = make_settings(tempfile.gettempdir())
+        sender = SmtpSender(
+            settings.gateway.hostname, settings.routes, settings.queue, reactor, None
+        )
         route = "smtp://192.0.2.9:2525"
         rows = [row(1, route, "x.example"), row(2, route, "y.example", sender="", to=ALICE)]
         d = Deferred.fromCoroutine(sender.send_many(rows, [content_of(b"one"), content_of(b"two")]))
@@ -199,7 +216,7 @@ class QueueTestsMixin:
         self.clock.advance(T0)
         self.settings = make_settings(tempfile.mkdtemp(prefix="secmail-queue-"))
         self.sender = ScriptedSender()
-        self.queue = OutboundQueue(self.settings, self.store, self.sender, self.clock, "node-a")
+        self.queue = make_queue(self.settings, self.store, self.sender, self.clock, "node-a")
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -633,7 +650,7 @@ class QueueTestsMixin:
         self.assertEqual(before.state, "quarantined")
         self.assertIn("released", [e[1] for e in await self.store.events(message_id)])
         # The node now has the key the row was sealed with.
-        fixed = OutboundQueue(self.settings, foreign, self.sender, self.clock, "node-a")
+        fixed = make_queue(self.settings, foreign, self.sender, self.clock, "node-a")
         await fixed.deliver(await self.claim())
         self.assertEqual(await self.rows(), [])
         self.assertEqual([i.id for i, _ in self.sender.calls], [queue_id])
@@ -706,7 +723,7 @@ class QueueTestsMixin:
     async def test_concurrency_counts_rows(self) -> None:
         """With concurrency 2, a session takes two rows; the third waits for them to finish."""
         self.settings = make_settings(self.settings.gateway.data_dir, queue={"concurrency": 2})
-        self.queue = OutboundQueue(self.settings, self.store, self.sender, self.clock, "node-a")
+        self.queue = make_queue(self.settings, self.store, self.sender, self.clock, "node-a")
         ids = [(await self.enqueue((f"{n}@partner.example",)))[1] for n in ("a", "b", "c")]
         self.queue.startService()
         self.addCleanup(self.queue.stopService)
@@ -830,7 +847,7 @@ class QueueTestsMixin:
 
         await self.store.commit([secure("old")], now=T0 - 31 * DAY)
         await self.store.commit([secure("new")], now=T0 - 29 * DAY)
-        await RetentionJob(self.settings, self.store, self.clock).run()
+        await RetentionJob(self.settings.retention, self.store, self.clock).run()
         self.assertIsNone(await self.store.envelope_by_token("old"))
         self.assertIsNotNone(await self.store.envelope_by_token("new"))
         self.assertEqual(await self.store.count_messages(), 1)
@@ -840,11 +857,11 @@ class QueueTestsMixin:
         await self.store.add_event("gone", None, "opened", "", T0 - 366 * DAY)
         await self.store.add_event("gone", None, "expired", "", T0 - 300 * DAY)
         await self.store.add_event("kept", None, "opened", "", T0 - 364 * DAY)
-        await RetentionJob(self.settings, self.store, self.clock).run()
+        await RetentionJob(self.settings.retention, self.store, self.clock).run()
         self.assertEqual([kind for _, kind, _, _ in await self.store.events("gone")], ["expired"])
         self.assertEqual(len(await self.store.events("kept")), 1)
         shorter = make_settings(self.settings.gateway.data_dir, secure={"audit_days": 200})
-        await RetentionJob(shorter, self.store, self.clock).run()
+        await RetentionJob(shorter.retention, self.store, self.clock).run()
         self.assertEqual(await self.store.events("gone"), [])
         self.assertEqual(await self.store.events("kept"), [])
 
@@ -860,12 +877,12 @@ class StoreDownTests(TestCase):
 
     async def test_retention_failure_logged(self) -> None:
         """A retention run that cannot reach the database logs and lets the timer run again."""
-        await RetentionJob(self.settings, self.store, self.clock).run()
+        await RetentionJob(self.settings.retention, self.store, self.clock).run()
         self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
 
     async def test_scan_failure_polls_again(self) -> None:
         """A queue scan that cannot reach the database is logged and retried at the next poll."""
-        queue = OutboundQueue(self.settings, self.store, ScriptedSender(), self.clock, "n")
+        queue = make_queue(self.settings, self.store, ScriptedSender(), self.clock, "n")
         queue.startService()
         self.addCleanup(queue.stopService)
         for _ in range(200):

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 import secmail.store.codes as codes_module
-from secmail.letters import system_mail
+from secmail.letters import routed_mail
 from secmail.masking import mask_number
 from secmail.store.messages import NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.portal import (
@@ -137,8 +137,8 @@ class SmsStoreMixin:
         return [kind for _, kind, _, _ in await self.store.events(message_id)]
 
     def notice(self, about: str, to: str = ALICE) -> NewMessage:
-        return system_mail(
-            self.settings,
+        return routed_mail(
+            self.settings.routes,
             self.master,
             kind="notice",
             sender=self.settings.gateway.bounce_address,

@@ -48,6 +48,7 @@ from secmail.config.smtp import SCHEMA as SMTP_SCHEMA
 from secmail.config.smtp import SmtpSettings, build_smtp
 from secmail.config.store import SCHEMA as STORE_SCHEMA
 from secmail.config.store import StoreSettings, build_store
+from secmail.config.values import Branding, GatewayIdentity, NotificationTexts, Retention
 from secmail.masking import mask_body, mask_dsn, mask_headers, mask_pin, mask_url
 
 __all__ = [
@@ -61,13 +62,17 @@ __all__ = [
     "SCHEMA",
     "SECRET_KEYS",
     "SMS_BACKENDS",
+    "Branding",
     "Checker",
     "ConfigError",
+    "GatewayIdentity",
     "GatewaySettings",
     "HttpGatewaySettings",
     "ModemSettings",
+    "NotificationTexts",
     "PortalSettings",
     "QueueSettings",
+    "Retention",
     "Route",
     "RouteSettings",
     "SecureSettings",
@@ -99,6 +104,37 @@ class Settings:
     store: StoreSettings
     queue: QueueSettings
     sms: SmsSettings = SmsSettings()
+
+    @property
+    def identity(self) -> GatewayIdentity:
+        """Who the gateway is in SMTP and on the mail it writes."""
+        gateway = self.gateway
+        return GatewayIdentity(gateway.hostname, gateway.bounce_address, gateway.notification_from)
+
+    @property
+    def branding(self) -> Branding:
+        portal = self.portal
+        return Branding(
+            name=portal.brand_name,
+            colour=portal.brand_colour,
+            logo_file=portal.logo_file,
+            logo_type=portal.logo_type,
+            verification_phrase=portal.verification_phrase,
+            portal_url=portal.url,
+        )
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(self.secure.retention_days, self.secure.audit_days)
+
+    @property
+    def notification_texts(self) -> NotificationTexts:
+        return NotificationTexts(
+            identity=self.identity,
+            branding=self.branding,
+            retention_days=self.secure.retention_days,
+            shows_subject=self.secure.notification_shows_subject,
+        )
 
     @property
     def tls_generated(self) -> bool:

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from secmail.config import Settings, SmsSettings
+from secmail.config import RouteSettings, SmsSettings
 from secmail.crypto import MasterKey
-from secmail.letters import system_mail
+from secmail.letters import routed_mail
 from secmail.services import StartStopService
 from secmail.sms.at import ModemProtocol
 from secmail.sms.dispatch import EmailSmsBackend, SmsBackend
@@ -28,13 +28,18 @@ SendMail = Callable[[str, bytes], Awaitable[None]]
 SMS_MAIL_TRAIL = "sms-by-mail"
 
 
-def sms_mail(settings: Settings, master: MasterKey, to: str, content: bytes) -> NewMessage:
-    """An SMS as e-mail, ready to commit: queued on the route for the gateway's address."""
-    return system_mail(
-        settings,
+def sms_mail(
+    routes: RouteSettings, bounce_address: str, master: MasterKey, to: str, content: bytes
+) -> NewMessage:
+    """
+    An SMS as e-mail, ready to commit: queued on the route for the gateway's address, from
+    the gateway's C{bounce_address}.
+    """
+    return routed_mail(
+        routes,
         master,
         kind="sms",
-        sender=settings.gateway.bounce_address,
+        sender=bounce_address,
         to=to,
         content=content,
         about=SMS_MAIL_TRAIL,

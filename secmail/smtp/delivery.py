@@ -36,10 +36,10 @@ from secmail.address import (
     parse_recipient,
     postmaster_recipient,
 )
-from secmail.config import Settings
+from secmail.config import NotificationTexts, RouteSettings, SecureSettings
 from secmail.crypto import MasterKey
 from secmail.dsn import bounce_message
-from secmail.letters import envelopes_and_notifications, letter_events
+from secmail.letters import letter_events, new_envelopes
 from secmail.policy import MessagePolicy, check_recipient, decide, strip_subject_keyword
 from secmail.returns import (
     ReturnedMail,
@@ -70,24 +70,38 @@ _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 
 
 class Intake:
-    """What every connection's delivery shares: settings, store and clock."""
+    """What every connection's delivery shares: its settings, store and clock."""
 
     def __init__(
         self,
-        settings: Settings,
         store: MessageStore,
         master: MasterKey,
         clock: IReactorTime,
         run_in_thread: RunInThread,
         on_commit: Callable[[], None] = lambda: None,
+        *,
+        texts: NotificationTexts,
+        routes: RouteSettings,
+        secure: SecureSettings,
+        data_dir: str,
+        max_message_size: int,
     ) -> None:
-        self.settings = settings
+        """
+        C{texts} are the notifications' (and C{texts.identity} is the gateway's name and bounce
+        address here too); C{data_dir} holds the spool, and keeps room for C{max_message_size}.
+        """
+        self.texts = texts
+        self.identity = texts.identity
+        self.routes = routes
+        self.secure = secure
+        self.data_dir = data_dir
+        self.max_message_size = max_message_size
         self.store = store
         self.master = master
         self.clock = clock
         self.run_in_thread = run_in_thread
         self.on_commit = on_commit
-        self.spool_dir = os.path.join(settings.gateway.data_dir, "spool")
+        self.spool_dir = os.path.join(data_dir, "spool")
         self._disk_checked_at = float("-inf")
         self._disk_short = False
 
@@ -112,7 +126,7 @@ class Intake:
         report = next((r for r in reports if r.address.lower() == envelope.recipient), reports[0])
         now = self.clock.seconds()
         notice = notice_for_sender(
-            hostname=self.settings.gateway.hostname,
+            hostname=self.identity.hostname,
             original_sender=envelope.sender,
             recipient=envelope.recipient,
             report=report,
@@ -122,7 +136,7 @@ class Intake:
         bounce = None
         if notice is not None:
             bounce = bounce_message(
-                self.settings,
+                self.routes,
                 self.master,
                 envelope.sender,
                 notice,
@@ -142,12 +156,12 @@ class Intake:
         if now - self._disk_checked_at >= 1.0:
             self._disk_checked_at = now
             try:
-                st = os.statvfs(self.settings.gateway.data_dir)
+                st = os.statvfs(self.data_dir)
             except OSError:
                 self._disk_short = False
             else:
                 free = st.f_bavail * st.f_frsize
-                self._disk_short = free < 1.5 * self.settings.smtp.max_message_size
+                self._disk_short = free < 1.5 * self.max_message_size
         return self._disk_short
 
 
@@ -180,7 +194,7 @@ class GatewayDelivery:
         message_id = self._transaction.id
         date = email.utils.format_datetime(datetime.fromtimestamp(self.intake.clock.seconds(), UTC))
         return (
-            f"Received: from {helo_name} ([{peer}])\r\n\tby {self.intake.settings.gateway.hostname}"
+            f"Received: from {helo_name} ([{peer}])\r\n\tby {self.intake.identity.hostname}"
             f" (secmail) with {with_} id {message_id};\r\n\t{date}"
         ).encode("ascii")
 
@@ -214,7 +228,7 @@ class GatewayDelivery:
                 raise smtp.SMTPBadRcpt(user, 553, "5.1.3 The recipient address needs a domain")
         returned = None
         if postmaster is None:
-            bounce_address = self.intake.settings.gateway.bounce_address
+            bounce_address = self.intake.identity.bounce_address
             returned = returned_envelope(str(user.dest), bounce_address)
         if (returned is None) == (transaction.returned is not None) and (
             transaction.recipients or transaction.returned is not None
@@ -225,12 +239,12 @@ class GatewayDelivery:
         if returned is not None:
             transaction.returned = returned
             return self._message
-        secure = self.intake.settings.secure
+        secure = self.intake.secure
         try:
             recipient = postmaster or parse_recipient(
                 str(user.dest), secure.extension, secure.default_country_code
             )
-            check_recipient(recipient, self.intake.settings)
+            check_recipient(recipient, self.intake.routes, secure)
         except AddressError as e:
             raise smtp.SMTPBadRcpt(user, e.code, e.text) from None
         if recipient not in transaction.recipients:
@@ -467,22 +481,21 @@ class IncomingMessage:
         return subject_and_sender_name(self._header_block)
 
     def _plan(self) -> list[NewMessage]:
-        settings = self.intake.settings
+        secure = self.intake.secure
         subject = display = None
         # Only a notification (or the subject keyword of mode "all") needs the headers read.
-        if settings.secure.mode == "all" or any(
-            r.level is not Level.PLAIN for r in self.recipients
-        ):
+        if secure.mode == "all" or any(r.level is not Level.PLAIN for r in self.recipients):
             subject, display = self._headers_of_interest()
         keyword_texts: list[str] = []
-        if settings.secure.mode == "all":
+        if secure.mode == "all":
             keyword_texts = subject_keyword_texts(self._header_block)
-        policy: MessagePolicy = decide(self.recipients, keyword_texts, settings)
+        policy: MessagePolicy = decide(self.recipients, keyword_texts, self.intake.routes, secure)
         if policy.subject_keyword_found and subject is not None:
-            subject = strip_subject_keyword(subject, settings.secure.subject_keyword)
+            subject = strip_subject_keyword(subject, secure.subject_keyword)
 
-        envelopes, gateway_made = envelopes_and_notifications(
-            settings=settings,
+        envelopes, gateway_made = new_envelopes(
+            texts=self.intake.texts,
+            routes=self.intake.routes,
             master=self.intake.master,
             message_id=self.message_id,
             sender=self.sender,

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTCP, IResolver
 from twisted.internet.threads import deferToThread
 from twisted.names.common import ResolverBase
 
-from secmail.config import Route, Settings, parse_route
+from secmail.config import QueueSettings, Route, RouteSettings, parse_route
 from secmail.smtp.mx import resolve_mx
 from secmail.smtp.outbound import deliver_many_to_hosts, result_or_raise, with_envelopes_checked
 from secmail.smtp.outgoing import (
@@ -99,7 +99,9 @@ class SmtpSender:
 
     def __init__(
         self,
-        settings: Settings,
+        hostname: str,
+        routes: RouteSettings,
+        queue: QueueSettings,
         reactor: Any,
         resolver: ResolverBase | Any,
         run_in_thread: RunInThread = deferToThread,
@@ -107,9 +109,9 @@ class SmtpSender:
         self.reactor = reactor
         self.resolver = resolver
         self.options = ClientOptions(
-            helo=settings.gateway.hostname,
-            ca_file=settings.routes.relay_ca_file or None,
-            timeouts=Timeouts(connect=settings.queue.connect_timeout),
+            helo=hostname,
+            ca_file=routes.relay_ca_file or None,
+            timeouts=Timeouts(connect=queue.connect_timeout),
             run_in_thread=run_in_thread,  # where 8-bit mail is made 7-bit for a peer
         )
 

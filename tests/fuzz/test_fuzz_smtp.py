@@ -43,12 +43,13 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from secmail.crypto import MasterKey
-from secmail.smtp.delivery import GatewayDelivery, Intake
+from secmail.smtp.delivery import GatewayDelivery
 from secmail.smtp.server import GatewayESMTP
 from secmail.store.database import Database
 from secmail.store.engines import SqliteEngine
 from secmail.store.messages import MessageStore
 from secmail.store.spool import clean_spool
+from tests.fixtures.intake import make_intake
 from tests.fuzz.support import corpus, fuzz_settings, gateway_settings
 
 HOST = "gw.example"
@@ -123,7 +124,7 @@ class Gateway:
         self.db.start()
         self.master = MasterKey(os.urandom(32))
         self.store = MessageStore(self.db, self.master)
-        self.intake = Intake(
+        self.intake = make_intake(
             self.settings,
             self.store,
             self.master,
