@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
 from secmail.config import from_mapping
+from secmail.store.envelopes import Envelope
 from web import layout
 
 SETTINGS = from_mapping(
@@ -21,6 +25,30 @@ VALUES = {
     "message_locked": {"pin": True, "sender_told": True},
     "compose_refused_address": {"address": "bob@example.org", "refused": True},
     "compose_signed_out": {"again": "/compose"},
+}
+
+ENVELOPE = Envelope(
+    id="e",
+    message_id="m",
+    recipient="bob@example.org",
+    original="bob@example.org",
+    level="letter",
+    phone=None,
+    state="new",
+    created=0,
+    sender="alice@example.com",
+)
+#: Each page that is not an error page, and values it can be shown with.
+PAGES: dict[str, dict[str, Any]] = {
+    "landing.html": {
+        "token": "t" * 30,
+        "envelope": ENVELOPE,
+        "csrf": "c",
+        "received": "2026-12-08 01:00 UTC",
+        "protection": "Secure letter",
+    },
+    "code.html": {"token": "t" * 30, "envelope": ENVELOPE, "csrf": "c", "error": "x", "sent": True},
+    "signed_out.html": {},
 }
 
 
@@ -54,6 +82,33 @@ def test_error_pages_render(name: str, language: str) -> None:
     assert r.responseHeaders.getRawHeaders(b"content-security-policy") == [layout.PAGE_CSP]
     if language != "en":
         assert "Please" not in page  # every error page's text is translated
+
+
+def test_every_page_is_listed() -> None:
+    """Each page template (not an error page, not a part) is rendered by the test below."""
+    pages = {
+        name
+        for name in layout.TEMPLATES.list_templates()
+        if not name.startswith("errors/")
+        and name not in ("layout.html", "macros.html")
+        and not name.startswith("parts/")
+    }
+    assert sorted(pages) == sorted(PAGES)
+
+
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_pages_render(name: str) -> None:
+    """Each page has the frame, a title in each language, and no line breaks of its own."""
+    titles = set()
+    for language in ("en", "fi", "sv"):
+        page = layout.template_page(request(language), SETTINGS, name, **PAGES[name]).decode()
+        assert page.startswith(f'<!DOCTYPE html><html lang="{language}"><head>')
+        assert "<h1></h1>" not in page and "<title></title>" not in page
+        assert "\n" not in page and "  " not in page  # JoinLines: template layout is not page text
+        title = re.search("<title>(.*)</title>", page)
+        assert title is not None
+        titles.add(title.group(1))
+    assert len(titles) == 3  # translated
 
 
 def test_style_sheet_from_file() -> None:

@@ -38,7 +38,14 @@ from web import errors, render
 from web.errors import CannotShow
 from web.forms import cookie_value, escape, form_arg, same_secret, set_cookie
 from web.i18n import Translate
-from web.layout import DOWNLOAD_CSP, PAGE_CSP, render_page, set_security_headers, translation
+from web.layout import (
+    DOWNLOAD_CSP,
+    PAGE_CSP,
+    render_page,
+    set_security_headers,
+    template_page,
+    translation,
+)
 
 log = Logger()
 T = TypeVar("T")
@@ -179,6 +186,10 @@ class PortalBase:
 
     def _page(self, request: IRequest, title: str, body: str, heading: bool = True) -> bytes:
         return render_page(request, self.settings, title, body, heading)
+
+    def _template(self, request: IRequest, name: str, **values: Any) -> bytes:
+        """The page C{web/templates/<name>} with C{values}, in the reader's language."""
+        return template_page(request, self.settings, name, **values)
 
     def _see_other(self, request: IRequest, location: bytes) -> bytes:
         """To a page of its own (303): reloading it posts nothing again."""
