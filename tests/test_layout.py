@@ -49,6 +49,16 @@ PAGES: dict[str, dict[str, Any]] = {
     },
     "code.html": {"token": "t" * 30, "envelope": ENVELOPE, "csrf": "c", "error": "x", "sent": True},
     "signed_out.html": {},
+    "pin.html": {
+        "token": "t" * 30,
+        "csrf": "c",
+        "number": "+358 40 *** **67",
+        "minutes": 10,
+        "wrong_number_told": False,
+        "error": "x",
+        "note": "y",
+    },
+    "wrong_number.html": {"sender": "alice@example.com"},
 }
 
 
