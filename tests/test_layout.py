@@ -10,7 +10,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from secmail.config import from_mapping
 from secmail.store.envelopes import Envelope
-from web import layout
+from web import layout, render
 
 SETTINGS = from_mapping(
     {"gateway": {"hostname": "gw.example"}, "portal": {"url": "https://secure.example"}}
@@ -38,6 +38,20 @@ ENVELOPE = Envelope(
     created=0,
     sender="alice@example.com",
 )
+MESSAGE = render.ReadableMessage(
+    subject="Hello",
+    from_="alice@example.com",
+    to=("bob@example.org",),
+    cc=("carol@example.org",),
+    date="Tue, 8 Dec 2026 01:00:00 +0000",
+    message_id=None,
+    references=None,
+    text="Hello\n  Bob",
+    html="<p>Hello</p>",
+    has_remote_images=True,
+    attachments=(render.Attachment(0, "a.pdf", "application/pdf", 1000),),
+    incomplete=True,
+)
 #: Each page that is not an error page, and values it can be shown with.
 PAGES: dict[str, dict[str, Any]] = {
     "landing.html": {
@@ -59,6 +73,15 @@ PAGES: dict[str, dict[str, Any]] = {
         "note": "y",
     },
     "wrong_number.html": {"sender": "alice@example.com"},
+    "reading.html": {
+        "heading": False,
+        "message": MESSAGE,
+        "subject": "Hello",
+        "frame": "/read/html",
+        "files": [(0, "a.pdf", "1 KB")],
+        "reply_forms": "",
+        "csrf": "c",
+    },
 }
 
 
@@ -114,11 +137,18 @@ def test_pages_render(name: str) -> None:
         page = layout.template_page(request(language), SETTINGS, name, **PAGES[name]).decode()
         assert page.startswith(f'<!DOCTYPE html><html lang="{language}"><head>')
         assert "<h1></h1>" not in page and "<title></title>" not in page
-        assert "\n" not in page and "  " not in page  # JoinLines: template layout is not page text
+        layout_only = re.sub(r"<pre>.*?</pre>", "", page, flags=re.S)  # values keep theirs
+        assert "\n" not in layout_only and "  " not in layout_only  # JoinLines
         title = re.search("<title>(.*)</title>", page)
         assert title is not None
         titles.add(title.group(1))
     assert len(titles) == 3  # translated
+
+
+def test_text_keeps_its_line_breaks() -> None:
+    """JoinLines joins the template's lines, not the letter's: its text is shown as it came."""
+    page = layout.template_page(request("en"), SETTINGS, "reading.html", **PAGES["reading.html"])
+    assert "<pre>Hello\n  Bob</pre>" in page.decode()
 
 
 def test_style_sheet_from_file() -> None:
