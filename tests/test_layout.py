@@ -11,6 +11,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from secmail.config import from_mapping
 from secmail.store.envelopes import Envelope
 from web import layout, render
+from web.reply_page import ReplyForms
 
 SETTINGS = from_mapping(
     {"gateway": {"hostname": "gw.example"}, "portal": {"url": "https://secure.example"}}
@@ -52,6 +53,17 @@ MESSAGE = render.ReadableMessage(
     attachments=(render.Attachment(0, "a.pdf", "application/pdf", 1000),),
     incomplete=True,
 )
+FORMS = ReplyForms(
+    csrf="c",
+    form_id="f",
+    can_reply=True,
+    can_reply_all=True,
+    mode="forward",
+    text="typed",
+    to="carol@example.org",
+    limit="9.8 MB",
+    domains="example.org",
+)
 #: Each page that is not an error page, and values it can be shown with.
 PAGES: dict[str, dict[str, Any]] = {
     "landing.html": {
@@ -79,9 +91,11 @@ PAGES: dict[str, dict[str, Any]] = {
         "subject": "Hello",
         "frame": "/read/html",
         "files": [(0, "a.pdf", "1 KB")],
-        "reply_forms": "",
+        "forms": FORMS,
         "csrf": "c",
     },
+    "sent.html": {"sent": "Reply to alice@example.com"},
+    "not_sent.html": {"problem": "x", "files_dropped": True, "forms": FORMS},
 }
 
 

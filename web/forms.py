@@ -150,12 +150,18 @@ def _text(data: bytes) -> str:
 # --- send once ----------------------------------------------------------------------------
 
 
+def new_form_id() -> str:
+    """
+    A value naming this rendering of a form (a hidden field C{form}). The one message the
+    form sends gets an id derived from it (L{once_id}), so that posting the form twice
+    sends it once.
+    """
+    return secrets.token_urlsafe(18)
+
+
 def form_id_field() -> str:
-    """
-    A hidden field naming this rendering of a form. The one message the form sends gets an
-    id derived from it (L{once_id}), so that posting the form twice sends it once.
-    """
-    return f'<input type="hidden" name="form" value="{secrets.token_urlsafe(18)}">'
+    """L{new_form_id} as the hidden field."""
+    return f'<input type="hidden" name="form" value="{new_form_id()}">'
 
 
 def once_id(key: bytes, scope: str, form_id: str) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from markupsafe import Markup
 from twisted.web.iweb import IRequest
 
 from secmail.config import Settings
@@ -51,7 +50,7 @@ class ReadingRoutes(ReplyRoutes):
             subject=subject,
             frame="/read/html?images=1" if form_arg(request, b"images") == "1" else "/read/html",
             files=[(a.index, a.filename, size_text(a.size)) for a in message.attachments],
-            reply_forms=Markup(self._reply_forms(_, session.csrf, choices)),  # noqa: S704
+            forms=self._reply_forms(session.csrf, choices),
             csrf=session.csrf,
         )
 
