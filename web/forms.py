@@ -159,11 +159,6 @@ def new_form_id() -> str:
     return secrets.token_urlsafe(18)
 
 
-def form_id_field() -> str:
-    """L{new_form_id} as the hidden field."""
-    return f'<input type="hidden" name="form" value="{new_form_id()}">'
-
-
 def once_id(key: bytes, scope: str, form_id: str) -> str | None:
     """The id of the one message a form may send; None for a malformed form id."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", form_id):
