@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ VALUES = {
     "message_locked": {"pin": True, "sender_told": True},
     "compose_refused_address": {"address": "bob@example.org", "refused": True},
     "compose_signed_out": {"again": "/compose"},
+    "too_large": {"limit": "9.8 MB"},
 }
 
 ENVELOPE = Envelope(
@@ -204,6 +207,36 @@ def test_text_keeps_its_line_breaks() -> None:
     """JoinLines joins the template's lines, not the letter's: its text is shown as it came."""
     page = layout.template_page(request("en"), SETTINGS, "reading.html", **PAGES["reading.html"])
     assert "<pre>Hello\n  Bob</pre>" in page.decode()
+
+
+#: An element of a page, as the pages' templates write them.
+PAGE_ELEMENT = re.compile(
+    r"<(a|button|details|div|dl|dt|dd|form|h1|h2|iframe|input|label|li|main|option|p|pre"
+    r"|select|span|strong|summary|textarea|ul)[\s>]"
+)
+
+
+def test_no_page_html_in_python() -> None:
+    """Page bodies come from templates (autoescaped), not from strings in web/*.py."""
+    found = []
+    for path in sorted(Path(layout.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and ast.get_docstring(node, clean=False) is not None
+            and isinstance(node.body[0], ast.Expr)
+        }
+        found += [
+            f"{path.name}:{node.lineno}: {node.value[:60]!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and PAGE_ELEMENT.search(node.value)
+        ]
+    assert found == []
 
 
 def test_style_sheet_from_file() -> None:

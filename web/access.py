@@ -36,12 +36,11 @@ from secmail.store.sms import SmsStore
 from secmail.store.spool import RunInThread
 from web import errors, render
 from web.errors import CannotShow
-from web.forms import cookie_value, escape, form_arg, same_secret, set_cookie
+from web.forms import cookie_value, form_arg, same_secret, set_cookie
 from web.i18n import Translate
 from web.layout import (
     DOWNLOAD_CSP,
     PAGE_CSP,
-    render_page,
     set_security_headers,
     template_page,
     translation,
@@ -184,9 +183,6 @@ class PortalBase:
     def _headers(self, request: IRequest, csp: bytes = PAGE_CSP) -> None:
         set_security_headers(request, csp)
 
-    def _page(self, request: IRequest, title: str, body: str, heading: bool = True) -> bytes:
-        return render_page(request, self.settings, title, body, heading)
-
     def _template(self, request: IRequest, name: str, **values: Any) -> bytes:
         """The page C{web/templates/<name>} with C{values}, in the reader's language."""
         return template_page(request, self.settings, name, **values)
@@ -217,11 +213,6 @@ class PortalBase:
 
     def _locked(self, request: IRequest, envelope: Envelope) -> bytes:
         return errors.locked(request, self.settings, envelope)
-
-
-def definition_list(rows: list[tuple[str, str]]) -> str:
-    """Label and value pairs (plain text) as an HTML definition list."""
-    return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows) + "</dl>"
 
 
 LinkRoute = Callable[[Any, IRequest, str, Envelope], Awaitable[bytes]]

@@ -9,7 +9,6 @@ portal's cookies.
 from __future__ import annotations
 
 import hmac
-import html
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -216,7 +215,3 @@ def cookie_value(request: IRequest, name: bytes) -> str:
     if not value or not re.fullmatch(rb"[A-Za-z0-9_-]{16,200}", value):
         return ""
     return value.decode("ascii")
-
-
-def escape(text: str) -> str:
-    return html.escape(text, quote=True)
