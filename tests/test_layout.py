@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
 import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
 from secmail.config import from_mapping
-from secmail.web import layout
+from secmail.store.envelopes import Envelope
+from secmail.web import layout, render
+from secmail.web.reply_page import ReplyForms
 
 SETTINGS = from_mapping(
     {"gateway": {"hostname": "gw.example"}, "portal": {"url": "https://secure.example"}}
@@ -21,6 +28,118 @@ VALUES = {
     "message_locked": {"pin": True, "sender_told": True},
     "compose_refused_address": {"address": "bob@example.org", "refused": True},
     "compose_signed_out": {"again": "/compose"},
+    "too_large": {"limit": "9.8 MB"},
+}
+
+ENVELOPE = Envelope(
+    id="e",
+    message_id="m",
+    recipient="bob@example.org",
+    original="bob@example.org",
+    level="letter",
+    phone=None,
+    state="new",
+    created=0,
+    sender="alice@example.com",
+)
+MESSAGE = render.ReadableMessage(
+    subject="Hello",
+    from_="alice@example.com",
+    to=("bob@example.org",),
+    cc=("carol@example.org",),
+    date="Tue, 8 Dec 2026 01:00:00 +0000",
+    message_id=None,
+    references=None,
+    text="Hello\n  Bob",
+    html="<p>Hello</p>",
+    has_remote_images=True,
+    attachments=(render.Attachment(0, "a.pdf", "application/pdf", 1000),),
+    incomplete=True,
+)
+FORMS = ReplyForms(
+    csrf="c",
+    form_id="f",
+    can_reply=True,
+    can_reply_all=True,
+    mode="forward",
+    text="typed",
+    to="carol@example.org",
+    limit="9.8 MB",
+    domains="example.org",
+)
+#: Each page that is not an error page, and values it can be shown with.
+PAGES: dict[str, dict[str, Any]] = {
+    "landing.html": {
+        "token": "t" * 30,
+        "envelope": ENVELOPE,
+        "csrf": "c",
+        "received": "2026-12-08 01:00 UTC",
+        "protection": "Secure letter",
+    },
+    "code.html": {"token": "t" * 30, "envelope": ENVELOPE, "csrf": "c", "error": "x", "sent": True},
+    "signed_out.html": {},
+    "pin.html": {
+        "token": "t" * 30,
+        "csrf": "c",
+        "number": "+358 40 *** **67",
+        "minutes": 10,
+        "wrong_number_told": False,
+        "error": "x",
+        "note": "y",
+    },
+    "wrong_number.html": {"sender": "alice@example.com"},
+    "reading.html": {
+        "heading": False,
+        "message": MESSAGE,
+        "subject": "Hello",
+        "frame": "/read/html",
+        "files": [(0, "a.pdf", "1 KB")],
+        "forms": FORMS,
+        "csrf": "c",
+    },
+    "sent.html": {"sent": "Reply to alice@example.com"},
+    "not_sent.html": {"problem": "x", "files_dropped": True, "forms": FORMS},
+    "compose/start.html": {
+        "mount": "/compose",
+        "csrf": "c",
+        "choose": True,
+        "directory": ("sales@example.org", "help@example.org"),
+        "to": "sales@example.org",
+        "sender": "",
+        "error": "x",
+        "max_address_chars": 254,
+    },
+    "compose/code.html": {
+        "mount": "/compose",
+        "csrf": "c",
+        "to": "sales@example.org",
+        "sender": "alice@example.com",
+        "error": None,
+        "minutes": 10,
+    },
+    "compose/write.html": {
+        "mount": "/compose",
+        "csrf": "c",
+        "form_id": "f",
+        "address": "alice@example.com",
+        "to": "sales@example.org",
+        "subject": "",
+        "text": "",
+        "error": None,
+        "limit": "10.2 MB",
+        "max_subject_chars": 200,
+    },
+    "compose/sent.html": {
+        "mount": "/compose",
+        "already": False,
+        "csrf": "c",
+        "address": "alice@example.com",
+        "to": "sales@example.org",
+        "files": ["a.pdf"],
+        "again": "/compose/write?to=sales@example.org",
+    },
+    "compose/use_link.html": {"example": "https://secure.example/compose/name@example.com"},
+    "compose/signed_out.html": {},
 }
 
 
@@ -54,6 +173,70 @@ def test_error_pages_render(name: str, language: str) -> None:
     assert r.responseHeaders.getRawHeaders(b"content-security-policy") == [layout.PAGE_CSP]
     if language != "en":
         assert "Please" not in page  # every error page's text is translated
+
+
+def test_every_page_is_listed() -> None:
+    """Each page template (not an error page, not a part) is rendered by the test below."""
+    pages = {
+        name
+        for name in layout.TEMPLATES.list_templates()
+        if not name.startswith("errors/")
+        and name not in ("layout.html", "macros.html")
+        and not name.startswith("parts/")
+    }
+    assert sorted(pages) == sorted(PAGES)
+
+
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_pages_render(name: str) -> None:
+    """Each page has the frame, a title in each language, and no line breaks of its own."""
+    titles = set()
+    for language in ("en", "fi", "sv"):
+        page = layout.template_page(request(language), SETTINGS, name, **PAGES[name]).decode()
+        assert page.startswith(f'<!DOCTYPE html><html lang="{language}"><head>')
+        assert "<h1></h1>" not in page and "<title></title>" not in page
+        layout_only = re.sub(r"<pre>.*?</pre>", "", page, flags=re.S)  # values keep theirs
+        assert "\n" not in layout_only and "  " not in layout_only  # JoinLines
+        title = re.search("<title>(.*)</title>", page)
+        assert title is not None
+        titles.add(title.group(1))
+    assert len(titles) == 3  # translated
+
+
+def test_text_keeps_its_line_breaks() -> None:
+    """JoinLines joins the template's lines, not the letter's: its text is shown as it came."""
+    page = layout.template_page(request("en"), SETTINGS, "reading.html", **PAGES["reading.html"])
+    assert "<pre>Hello\n  Bob</pre>" in page.decode()
+
+
+#: An element of a page, as the pages' templates write them.
+PAGE_ELEMENT = re.compile(
+    r"<(a|button|details|div|dl|dt|dd|form|h1|h2|iframe|input|label|li|main|option|p|pre"
+    r"|select|span|strong|summary|textarea|ul)[\s>]"
+)
+
+
+def test_no_page_html_in_python() -> None:
+    """Page bodies come from templates (autoescaped), not from strings in web/*.py."""
+    found = []
+    for path in sorted(Path(layout.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and ast.get_docstring(node, clean=False) is not None
+            and isinstance(node.body[0], ast.Expr)
+        }
+        found += [
+            f"{path.name}:{node.lineno}: {node.value[:60]!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and PAGE_ELEMENT.search(node.value)
+        ]
+    assert found == []
 
 
 def test_style_sheet_from_file() -> None:

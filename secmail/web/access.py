@@ -36,13 +36,13 @@ from secmail.store.sms import SmsStore
 from secmail.store.spool import RunInThread
 from secmail.web import errors, render
 from secmail.web.errors import CannotShow
-from secmail.web.forms import cookie_value, escape, form_arg, same_secret, set_cookie
+from secmail.web.forms import cookie_value, form_arg, same_secret, set_cookie
 from secmail.web.i18n import Translate
 from secmail.web.layout import (
     DOWNLOAD_CSP,
     PAGE_CSP,
-    render_page,
     set_security_headers,
+    template_page,
     translation,
 )
 
@@ -183,8 +183,9 @@ class PortalBase:
     def _headers(self, request: IRequest, csp: bytes = PAGE_CSP) -> None:
         set_security_headers(request, csp)
 
-    def _page(self, request: IRequest, title: str, body: str, heading: bool = True) -> bytes:
-        return render_page(request, self.settings, title, body, heading)
+    def _template(self, request: IRequest, name: str, **values: Any) -> bytes:
+        """The page C{web/templates/<name>} with C{values}, in the reader's language."""
+        return template_page(request, self.settings, name, **values)
 
     def _see_other(self, request: IRequest, location: bytes) -> bytes:
         """To a page of its own (303): reloading it posts nothing again."""
@@ -212,11 +213,6 @@ class PortalBase:
 
     def _locked(self, request: IRequest, envelope: Envelope) -> bytes:
         return errors.locked(request, self.settings, envelope)
-
-
-def definition_list(rows: list[tuple[str, str]]) -> str:
-    """Label and value pairs (plain text) as an HTML definition list."""
-    return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows) + "</dl>"
 
 
 LinkRoute = Callable[[Any, IRequest, str, Envelope], Awaitable[bytes]]

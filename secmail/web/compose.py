@@ -67,7 +67,6 @@ from secmail.web.forms import (
     SubmittedForm,
     commit_once,
     cookie_value,
-    escape,
     form_arg,
     once_id,
     same_secret,
@@ -77,8 +76,6 @@ from secmail.web.forms import (
 log = Logger()
 
 SESSION_COOKIE = b"__Host-secmail-compose"
-
-_e = escape
 
 
 # --- the app ------------------------------------------------------------------------------
@@ -121,16 +118,10 @@ class Compose(ComposePages):
     def directory(self, request: IRequest) -> bytes:
         """The form with a choice of the directory's addresses; changes nothing."""
         if not self.settings.portal.compose_directory:
-            _ = self._t(request)
-            use_link = _(
-                "To write a secure message to someone here, use the link they gave you. "
-                "It ends with their e-mail address, like {example}."
-            )
-            example = _e(self.settings.portal.url + MOUNT) + "/name@example.com"
-            return self._page(
+            return self._template(
                 request,
-                _("Write a secure message"),
-                f'<div class="card"><p>{use_link.format(example=example)}</p></div>',
+                "compose/use_link.html",
+                example=self.settings.portal.url + MOUNT + "/name@example.com",
             )
         return self._start_page(request, None, fixed=False)
 
@@ -328,17 +319,15 @@ class Compose(ComposePages):
             return self._already_sent(request, session)  # the other click won
         await self.sessions.add_event(session.address, "composed", f"{message_id} to {to}", now)
         self.on_commit()
-        names = "".join(f"<li>{_e(u.filename)}</li>" for u in uploads)
-        files = f'<p>{_("Attached:")}</p><ul class="files">{names}</ul>' if uploads else ""
-        on_its_way = _("Your message to {to} is on its way. Replies will come to {sender}.").format(
-            to=_e(to), sender=_e(session.address)
-        )
-        return self._page(
+        return self._template(
             request,
-            _("Message sent"),
-            f'<div class="card"><p>{on_its_way}</p>{files}'
-            f'<p class="actions"><a class="button" href="{_e(self._write_url(to))}">'
-            f"{_('Write another message')}</a></p></div>" + self._sign_out_form(_, session),
+            "compose/sent.html",
+            already=False,
+            csrf=session.csrf,
+            address=session.address,
+            to=to,
+            files=[u.filename for u in uploads],
+            again=self._write_url(to),
         )
 
     @app.route("/logout", methods=["POST"])
@@ -350,10 +339,7 @@ class Compose(ComposePages):
                 return self._bad_form(request)
             await self.sessions.end_session(session_id, self.now())
         set_cookie(request, SESSION_COOKIE, "", max_age=0)
-        _ = self._t(request)
-        return self._page(
-            request, _("Signed out"), f'<div class="card"><p>{_("You are signed out.")}</p></div>'
-        )
+        return self._template(request, "compose/signed_out.html")
 
     # --- helpers -----------------------------------------------------------------------------
 

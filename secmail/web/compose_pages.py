@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_compose -*-
 """
-D-Compose's pages (L{secmail.web.compose} has the routes): choosing whom to write to, the code
-form, the writing form, the refusals (error templates) and the CSRF token of a form before
-sign-in.
+D-Compose's pages (L{secmail.web.compose} has the routes), templates in C{web/templates/compose/}:
+choosing whom to write to, the code form, the writing form, the refusals (the
+C{errors/compose_*} templates) and the CSRF token of a form before sign-in.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from secmail.config import Settings
 from secmail.notify import clean_text
 from secmail.store.compose import CODE_LIFETIME, LOCK_TIME, CodeLimits, CodeRefusal, ComposeSession
 from secmail.web.compose_mail import MAX_ADDRESS_CHARS
-from secmail.web.forms import cookie_value, escape, form_arg, form_id_field, same_secret, set_cookie
+from secmail.web.forms import cookie_value, form_arg, new_form_id, same_secret, set_cookie
 from secmail.web.i18n import Translate
-from secmail.web.layout import error_page, render_page, set_security_headers, translation
+from secmail.web.layout import error_page, set_security_headers, template_page, translation
 
 #: Where the portal mounts this app.
 MOUNT = "/compose"
@@ -28,8 +28,6 @@ FORM_COOKIE = b"__Host-secmail-compose-form"
 #: The form cookie outlives a code (10 minutes) with room to spare.
 FORM_COOKIE_AGE = 3600
 MAX_SUBJECT_CHARS = 200
-
-_e = escape
 
 
 def megabytes(size: int) -> str:
@@ -100,66 +98,33 @@ class ComposePages:
         """The first form; C{fixed}: the address is not to be chosen (default: when not listed)."""
         request.setResponseCode(status)
         _ = self._t(request)
-        directory = self.settings.portal.compose_directory
         if fixed is None:
-            fixed = to not in directory
-        if to is None or not fixed:
-            options = "".join(
-                f'<option value="{_e(a)}"{" selected" if a == to else ""}>{_e(a)}</option>'
-                for a in directory
-            )
-            recipient = (
-                f'<label for="to">{_("To")}</label>'
-                f'<p><select id="to" name="to" required>{options}</select></p>'
-            )
-        else:
-            recipient = (
-                f"<dl><dt>{_('To')}</dt><dd>{_e(to)}</dd></dl>"
-                f'<input type="hidden" name="to" value="{_e(to)}">'
-            )
-        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
-        body = (
-            f'<form method="post" action="{MOUNT}/start" class="card">{problem}'
-            f'<input type="hidden" name="csrf" value="{self._form_token(request)}">'
-            f"{recipient}"
-            f'<label for="sender">{_("Your e-mail address")}</label>'
-            f'<p><input type="email" id="sender" name="sender" value="{_e(sender)}" '
-            f'autocomplete="email" maxlength="{MAX_ADDRESS_CHARS}" required></p>'
-            '<p class="note">'
-            + _(
-                "We will send a code to this address to make sure it is yours. "
-                "The reply to your message will come to it."
-            )
-            + "</p>"
-            f'<button type="submit">{_("Send me a code")}</button></form>'
+            fixed = to not in self.settings.portal.compose_directory
+        return self._template(
+            request,
+            "compose/start.html",
+            csrf=self._form_token(request),
+            choose=to is None or not fixed,
+            directory=self.settings.portal.compose_directory,
+            to=to,
+            sender=sender,
+            error=error,
+            max_address_chars=MAX_ADDRESS_CHARS,
         )
-        return self._page(request, _("Write a secure message"), body)
 
     def _code_page(
         self, request: IRequest, to: str, sender: str, error: str | None, status: int = 200
     ) -> bytes:
         request.setResponseCode(status)
-        _ = self._t(request)
-        csrf = self._form_token(request)
-        hidden = (
-            f'<input type="hidden" name="csrf" value="{csrf}">'
-            f'<input type="hidden" name="to" value="{_e(to)}">'
-            f'<input type="hidden" name="sender" value="{_e(sender)}">'
+        return self._template(
+            request,
+            "compose/code.html",
+            csrf=self._form_token(request),
+            to=to,
+            sender=sender,
+            error=error,
+            minutes=CODE_LIFETIME // 60,
         )
-        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
-        sent_to = _("We sent a 6-digit code to {address}. It works for {minutes} minutes.")
-        body = (
-            f'<form method="post" action="{MOUNT}/verify" class="card">{problem}'
-            f"<p>{sent_to.format(address=_e(sender), minutes=CODE_LIFETIME // 60)}</p>{hidden}"
-            f'<label for="code">{_("Code")}</label>'
-            '<input type="text" id="code" name="code" inputmode="numeric" '
-            'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required>'
-            f' <button type="submit">{_("Continue")}</button></form>'
-            f'<form method="post" action="{MOUNT}/start" class="card">{hidden}'
-            f"<p>{_('No code? Check the spam folder, or ask for a new one.')}</p>"
-            f'<button type="submit" class="secondary">{_("Send a new code")}</button></form>'
-        )
-        return self._page(request, _("Confirm your e-mail address"), body)
 
     def _write_page(
         self,
@@ -172,47 +137,22 @@ class ComposePages:
         status: int = 200,
     ) -> bytes:
         request.setResponseCode(status)
-        _ = self._t(request)
-        problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
-        limit = megabytes(self.settings.portal.max_upload_size)
-        confirmed = _("{address} (confirmed)").format(address=_e(session.address))
-        together = _("Message and attachments together: at most {limit}.").format(limit=limit)
-        body = (
-            f'<form method="post" action="{MOUNT}/send" enctype="multipart/form-data" '
-            f'class="card">{problem}'
-            f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
-            f"{form_id_field()}"
-            f'<input type="hidden" name="to" value="{_e(to)}">'
-            f"<dl><dt>{_('From')}</dt><dd>{confirmed}</dd>"
-            f"<dt>{_('To')}</dt><dd>{_e(to)}</dd></dl>"
-            f'<p><label for="subject">{_("Subject")}</label>'
-            f'<input type="text" id="subject" name="subject" value="{_e(subject)}" '
-            f'maxlength="{MAX_SUBJECT_CHARS}"></p>'
-            f'<p><label for="text">{_("Message")}</label>'
-            f'<textarea id="text" name="text" rows="12" cols="60">{_e(text)}</textarea></p>'
-            f'<p><label for="attachments">{_("Attachments")}</label>'
-            '<input type="file" id="attachments" name="attachment" multiple></p>'
-            f'<p class="note">{together}</p>'
-            f'<button type="submit">{_("Send securely")}</button></form>'
-            + self._sign_out_form(_, session)
+        return self._template(
+            request,
+            "compose/write.html",
+            csrf=session.csrf,
+            form_id=new_form_id(),
+            address=session.address,
+            to=to,
+            subject=subject,
+            text=text,
+            error=error,
+            limit=megabytes(self.settings.portal.max_upload_size),
+            max_subject_chars=MAX_SUBJECT_CHARS,
         )
-        return self._page(request, _("Write a secure message"), body)
 
     def _already_sent(self, request: IRequest, session: ComposeSession) -> bytes:
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Message sent"),
-            f'<div class="card"><p>{_("This message has already been sent.")}</p></div>'
-            + self._sign_out_form(_, session),
-        )
-
-    def _sign_out_form(self, _: Translate, session: ComposeSession) -> str:
-        return (
-            f'<form method="post" action="{MOUNT}/logout" class="card actions">'
-            f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
-            f'<button type="submit" class="secondary">{_("Sign out")}</button></form>'
-        )
+        return self._template(request, "compose/sent.html", already=True, csrf=session.csrf)
 
     def _see_other(self, request: IRequest, location: str) -> bytes:
         request.setResponseCode(303)
@@ -220,8 +160,9 @@ class ComposePages:
         set_security_headers(request)
         return b""
 
-    def _page(self, request: IRequest, title: str, body: str) -> bytes:
-        return render_page(request, self.settings, title, body)
+    def _template(self, request: IRequest, name: str, **values: Any) -> bytes:
+        """The page C{web/templates/<name>} with C{values}; its links start at L{MOUNT}."""
+        return template_page(request, self.settings, name, mount=MOUNT, **values)
 
     def _error(self, request: IRequest, code: int, name: str, **context: Any) -> bytes:
         """The error page C{web/templates/errors/<name>.html}; its links start at L{MOUNT}."""

@@ -3,8 +3,8 @@
 The Python side of C{pybabel extract} (babel.cfg): messages in C{_()} and C{N_()} calls.
 
 Babel's own Python extractor reads tokens, and before Python 3.12 an f-string is one token,
-so the many C{f"<p>{_('...')}</p>"} in the pages would be missed; reading the syntax tree
-finds every call. Used only when extracting, never by the running gateway.
+so a C{_('...')} inside an f-string would be missed; reading the syntax tree finds every
+call. Used only when extracting, never by the running gateway.
 """
 
 from __future__ import annotations

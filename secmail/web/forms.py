@@ -9,7 +9,6 @@ portal's cookies.
 from __future__ import annotations
 
 import hmac
-import html
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -150,12 +149,13 @@ def _text(data: bytes) -> str:
 # --- send once ----------------------------------------------------------------------------
 
 
-def form_id_field() -> str:
+def new_form_id() -> str:
     """
-    A hidden field naming this rendering of a form. The one message the form sends gets an
-    id derived from it (L{once_id}), so that posting the form twice sends it once.
+    A value naming this rendering of a form (a hidden field C{form}). The one message the
+    form sends gets an id derived from it (L{once_id}), so that posting the form twice
+    sends it once.
     """
-    return f'<input type="hidden" name="form" value="{secrets.token_urlsafe(18)}">'
+    return secrets.token_urlsafe(18)
 
 
 def once_id(key: bytes, scope: str, form_id: str) -> str | None:
@@ -215,7 +215,3 @@ def cookie_value(request: IRequest, name: bytes) -> str:
     if not value or not re.fullmatch(rb"[A-Za-z0-9_-]{16,200}", value):
         return ""
     return value.decode("ascii")
-
-
-def escape(text: str) -> str:
-    return html.escape(text, quote=True)

@@ -18,8 +18,8 @@ from secmail.notify import build_code_mail
 from secmail.store.messages import Envelope, new_id
 from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeState
 from secmail.web import pin
-from secmail.web.access import BROWSER_COOKIE, BROWSER_COOKIE_AGE, definition_list, letter_link
-from secmail.web.forms import cookie_value, escape, form_arg, set_cookie
+from secmail.web.access import BROWSER_COOKIE, BROWSER_COOKIE_AGE, letter_link
+from secmail.web.forms import cookie_value, form_arg, set_cookie
 from secmail.web.i18n import N_
 from secmail.web.pin import PinRoutes
 
@@ -40,23 +40,15 @@ class LandingRoutes(PinRoutes):
     async def landing(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
         """Who sent it and an "Open" button. Changes nothing: link scanners come here first."""
         _ = self._t(request)
-        when = datetime.fromtimestamp(envelope.created, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        details = definition_list(
-            [
-                (_("From"), envelope.sender or _("(unknown sender)")),
-                (_("To"), envelope.recipient),
-                (_("Received"), when),
-                (_("Protection"), _(LEVELS.get(envelope.level, envelope.level))),
-            ]
+        return self._template(
+            request,
+            "landing.html",
+            token=token,
+            envelope=envelope,
+            csrf=self._form_csrf(token),
+            received=datetime.fromtimestamp(envelope.created, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            protection=_(LEVELS.get(envelope.level, envelope.level)),
         )
-        body = (
-            f'<div class="card">{details}</div>'
-            f'<form method="post" action="/m/{escape(token)}" class="card">'
-            f'<input type="hidden" name="csrf" value="{self._form_csrf(token)}">'
-            f"<p>{_('The message is kept encrypted on this server. Open it to read it.')}</p>"
-            f'<button type="submit">{_("Open message")}</button></form>'
-        )
-        return self._page(request, _("A secure message for you"), body)
 
     @app.route("/m/<token>", methods=["POST"])
     @letter_link()
@@ -175,33 +167,12 @@ class LandingRoutes(PinRoutes):
         status: int = 200,
     ) -> bytes:
         request.setResponseCode(status)
-        _ = self._t(request)
-        csrf = self._form_csrf(token)
-        problem = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
-        if sent:
-            sent_to = _("We sent a 6-digit code to {address}. It works for 10 minutes.")
-            form = (
-                f'<form method="post" action="/m/{escape(token)}/verify" class="card">{problem}'
-                f"<p>{sent_to.format(address=escape(envelope.recipient))}</p>"
-                f'<input type="hidden" name="csrf" value="{csrf}">'
-                f'<label for="code">{_("Code")}</label>'
-                '<input type="text" id="code" name="code" inputmode="numeric" '
-                'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required>'
-                f' <button type="submit">{_("Open message")}</button></form>'
-            )
-        else:
-            form = ""
-        button_class = ' class="secondary"' if sent else ""
-        button_text = _("Send a new code") if sent else _("Send me a code")
-        confirm = _(
-            "This message was first opened in another browser. To open it here, confirm "
-            "that you are {address}: we will send a one-time code to that address."
+        return self._template(
+            request,
+            "code.html",
+            token=token,
+            envelope=envelope,
+            csrf=self._form_csrf(token),
+            error=error,
+            sent=sent,
         )
-        ask = (
-            f'<form method="post" action="/m/{escape(token)}/code" class="card">'
-            f"{'' if sent else problem}"
-            f"<p>{confirm.format(address=escape(envelope.recipient))}</p>"
-            f'<input type="hidden" name="csrf" value="{csrf}">'
-            f'<button type="submit"{button_class}>{button_text}</button></form>'
-        )
-        return self._page(request, _("Confirm it is you"), form + ask)

@@ -7,7 +7,7 @@ Pages come from Jinja2 templates in C{web/templates/} (autoescaping on), which e
 C{layout.html}. In a template, C{_()} translates a literal into the page's language and
 returns markup: the catalogues are part of the source (their tags are checked against the
 msgids by tests/test_i18n.py), and C{.format()} on the result escapes its arguments.
-Pages not yet moved to templates pass their body as ready HTML to L{render_page}.
+No page body is written in Python: a route passes values, the template writes the HTML.
 """
 
 from __future__ import annotations
@@ -129,17 +129,6 @@ def error_page(
     """The error page C{web/templates/errors/<name>.html} with its status C{code}."""
     request.setResponseCode(code)
     return template_page(request, settings, f"errors/{name}.html", **context)
-
-
-def render_page(
-    request: IRequest, settings: Settings, title: str, body: str, heading: bool = True
-) -> bytes:
-    """
-    A whole page around C{body} (already escaped HTML, already translated): for the pages
-    whose bodies are still written in Python.
-    """
-    html = Markup(body)  # noqa: S704 (the callers escape what they put in)
-    return template_page(request, settings, "layout.html", title=title, body=html, heading=heading)
 
 
 def language_links(request: IRequest, languages: Sequence[str], current: str) -> list[LanguageLink]:

@@ -1,13 +1,13 @@
 """
 The words of the registered-letter PIN challenge: the SMS text in the reader's language
-(its rules in L{secmail.sms.pin_text}, translated here by the portal's catalogues), the
-PIN page's forms, and the notices a sender gets when a letter locks or its number is
-said to be wrong. Below them, the PIN page's routes (L{PinRoutes}, part of the portal).
+(its rules in L{secmail.sms.pin_text}, translated here by the portal's catalogues) and the
+notices a sender gets when a letter locks or its number is said to be wrong. Below them,
+the PIN page's routes (L{PinRoutes}, part of the portal), whose pages are the templates
+C{pin.html} and C{wrong_number.html}.
 """
 
 from __future__ import annotations
 
-import html
 import re
 from datetime import UTC, datetime
 
@@ -29,8 +29,8 @@ from secmail.store.portal import (
 )
 from secmail.web import errors, i18n
 from secmail.web.access import PortalBase, letter_link
-from secmail.web.forms import escape, form_arg
-from secmail.web.i18n import Translate, translator
+from secmail.web.forms import form_arg
+from secmail.web.i18n import translator
 
 
 def pin_sms_text(settings: Settings, language: str, pin: str) -> str:
@@ -38,52 +38,6 @@ def pin_sms_text(settings: Settings, language: str, pin: str) -> str:
     return pin_text.pin_sms_text(
         settings.sms, settings.portal.brand_name, language, translator(language), pin
     )
-
-
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def pin_forms(
-    _: Translate,
-    *,
-    token: str,
-    csrf: str,
-    number: str,
-    wrong_number_told: bool,
-    error: str | None,
-    note: str | None,
-) -> str:
-    """The PIN page's body: type the PIN, order a new one, say the number is wrong."""
-    token = _e(token)
-    problem = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
-    said = f'<p role="status">{_e(note)}</p>' if note else ""
-    where = _("We send a 6-digit PIN by text message to {number}. It works for {minutes} minutes.")
-    hidden = f'<input type="hidden" name="csrf" value="{csrf}">'
-    verify = (
-        f'<form method="post" action="/m/{token}/pin/verify" class="card">{problem}{said}'
-        f"<p>{_e(where.format(number=mask_number(number), minutes=CODE_LIFETIME // 60))}</p>"
-        f"{hidden}"
-        f'<label for="pin">{_("PIN")}</label>'
-        '<input type="text" id="pin" name="pin" inputmode="numeric" '
-        'autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required autofocus>'
-        f' <button type="submit">{_("Open message")}</button></form>'
-    )
-    order = (
-        f'<form method="post" action="/m/{token}/pin" class="card">'
-        f"<p>{_('No text message? You can order a new PIN once a minute.')}</p>{hidden}"
-        f'<button type="submit" class="secondary">{_("Order PIN code")}</button></form>'
-    )
-    if wrong_number_told:
-        told = _("You have told the sender that this number is not yours.")
-        wrong = f'<div class="card"><p>{told}</p></div>'
-    else:
-        wrong = (
-            f'<form method="post" action="/m/{token}/wrong-number" class="card">'
-            f"<p>{_('Not your number? Tell the sender, who can send the message again.')}</p>"
-            f'{hidden}<button type="submit" class="secondary">{_("Wrong number?")}</button></form>'
-        )
-    return verify + order + wrong
 
 
 def _when(envelope: Envelope) -> str:
@@ -227,20 +181,7 @@ class PinRoutes(PortalBase):
             envelope.id, self.now(), self._gateway_mail(envelope, notice)
         ):
             self.on_commit()
-        _ = self._t(request)
-        if envelope.sender:
-            text = _("Thank you. We have told the sender ({sender}).").format(
-                sender=envelope.sender
-            )
-        else:
-            text = _("Thank you. The sender cannot be told by e-mail; please contact them.")
-        return self._page(
-            request,
-            _("The sender has been told"),
-            f'<div class="card"><p>{escape(text)}</p><p>'
-            + _("They can send the message again with the right phone number.")
-            + "</p></div>",
-        )
+        return self._template(request, "wrong_number.html", sender=envelope.sender)
 
     async def _pin_page(
         self,
@@ -312,13 +253,14 @@ class PinRoutes(PortalBase):
                 "We could not send the text message with your PIN. Please order a new PIN; "
                 "if that one does not arrive either, please contact the sender."
             )
-        body = pin_forms(
-            _,
+        return self._template(
+            request,
+            "pin.html",
             token=token,
             csrf=csrf,
-            number=number,
+            number=mask_number(number),
+            minutes=CODE_LIFETIME // 60,
             wrong_number_told=envelope.wrong_number is not None,
             error=error,
             note=note,
         )
-        return self._page(request, _("Type the PIN"), body)

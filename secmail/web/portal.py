@@ -45,14 +45,7 @@ class Portal(LandingRoutes, ReadingRoutes):
                 return self._bad_form(request)
             await self.sessions.end_session(session_id)
         set_cookie(request, SESSION_COOKIE, "", max_age=0)
-        _ = self._t(request)
-        return self._page(
-            request,
-            _("Signed out"),
-            '<div class="card"><p>'
-            + _("You are signed out. To read the message again, use the link in the e-mail.")
-            + "</p></div>",
-        )
+        return self._template(request, "signed_out.html")
 
     @app.route("/compose/", methods=["GET"])
     def compose_slash(self, request: IRequest) -> bytes:

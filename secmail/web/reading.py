@@ -15,8 +15,8 @@ from secmail.config import Settings
 from secmail.policy import strip_subject_keyword
 from secmail.store.portal import Session
 from secmail.web import errors, render, reply
-from secmail.web.access import definition_list, signed_in
-from secmail.web.forms import escape, form_arg
+from secmail.web.access import signed_in
+from secmail.web.forms import form_arg
 from secmail.web.layout import DOWNLOAD_CSP, RESOURCE_CSP
 from secmail.web.reply_page import ReplyRoutes
 from secmail.web.site import size_text
@@ -42,64 +42,17 @@ class ReadingRoutes(ReplyRoutes):
         subject = message.subject or _("(no subject)")
         if self.settings.secure.mode == "all" and self.settings.secure.subject_keyword:
             subject = strip_subject_keyword(subject, self.settings.secure.subject_keyword)
-        rows = [(_("From"), message.from_), (_("To"), ", ".join(message.to))]
-        if message.cc:
-            rows.append((_("Cc"), ", ".join(message.cc)))
-        rows.append((_("Date"), message.date))
-        parts = [f'<div class="card"><h1>{escape(subject)}</h1>{definition_list(rows)}</div>']
-        if message.html is not None:
-            images = ""
-            if message.has_remote_images:
-                images = (
-                    '<p class="note">'
-                    + _(
-                        "Pictures from the Internet are not shown, so that the "
-                        "sender cannot tell when you read the message."
-                    )
-                    + ' <a href="/read?images=1" class="button secondary">'
-                    + _("Show pictures")
-                    + "</a></p>"
-                )
-            src = "/read/html?images=1" if form_arg(request, b"images") == "1" else "/read/html"
-            parts.append(
-                f'<div class="card">{images}<iframe src="{src}" title="{escape(_("Message"))}" '
-                'sandbox="allow-popups allow-popups-to-escape-sandbox" '
-                'referrerpolicy="no-referrer"></iframe></div>'
-            )
-        elif message.text is not None:
-            parts.append(f'<div class="card"><pre>{escape(message.text)}</pre></div>')
-        if message.incomplete:
-            parts.append(
-                '<div class="card"><p class="note">'
-                + _(
-                    "Part of this message is too long or too complex to show here. "
-                    "Save the whole message (.eml) to see all of it."
-                )
-                + "</p></div>"
-            )
-        if message.html is not None and message.text is not None:
-            parts.append(
-                f'<details class="card"><summary>{_("Plain text")}</summary>'
-                f"<pre>{escape(message.text)}</pre></details>"
-            )
-        if message.attachments:
-            items = "".join(
-                f'<li><a href="/read/attachment/{a.index}">{escape(a.filename)}</a> '
-                f'<span class="note">({size_text(a.size)})</span></li>'
-                for a in message.attachments
-            )
-            parts.append(
-                f'<div class="card"><h2>{_("Attachments")}</h2><ul class="files">{items}</ul></div>'
-            )
-        parts.append(self._reply_forms(_, session.csrf, choices))
-        parts.append(
-            '<div class="card actions"><a class="button secondary" href="/read/eml">'
-            f"{_('Save the whole message (.eml)')}</a>"
-            '<form method="post" action="/logout">'
-            f'<input type="hidden" name="csrf" value="{escape(session.csrf)}">'
-            f'<button type="submit" class="secondary">{_("Sign out")}</button></form></div>'
+        return self._template(
+            request,
+            "reading.html",
+            heading=False,  # the subject is the heading
+            message=message,
+            subject=subject,
+            frame="/read/html?images=1" if form_arg(request, b"images") == "1" else "/read/html",
+            files=[(a.index, a.filename, size_text(a.size)) for a in message.attachments],
+            forms=self._reply_forms(session.csrf, choices),
+            csrf=session.csrf,
         )
-        return self._page(request, _("Secure message"), "".join(parts), heading=False)
 
     @app.route("/read/html", methods=["GET"])
     @signed_in()

@@ -1,12 +1,14 @@
 # -*- test-case-name: tests.test_reply -*-
 """
-Replying from the reading page: the Reply (and Reply all) and Forward forms, the route
-they post to (one mail per form: L{secmail.web.forms.once_id}), and the page of what was sent.
-The mails themselves are built by L{secmail.web.reply}.
+Replying from the reading page: the Reply (and Reply all) and Forward forms (the template
+C{parts/reply_forms.html}), the route they post to (one mail per form:
+L{secmail.web.forms.once_id}), and the pages of what was sent or not (C{sent.html},
+C{not_sent.html}). The mails themselves are built by L{secmail.web.reply}.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from twisted.web.iweb import IRequest
@@ -19,17 +21,33 @@ from secmail.web.forms import (
     FormError,
     SubmittedForm,
     commit_once,
-    escape,
-    form_id_field,
+    new_form_id,
     once_id,
     same_secret,
     submitted_form,
 )
-from secmail.web.i18n import Translate
 from secmail.web.reply_letters import reply_messages
 from secmail.web.site import size_text
 
 app = PortalBase.app
+
+
+@dataclass(frozen=True)
+class ReplyForms:
+    """What C{parts/reply_forms.html} shows: the forms' tokens, the choices, what was typed."""
+
+    csrf: str
+    #: One id for both forms: the page offers one reply, whichever button sends it.
+    form_id: str
+    can_reply: bool
+    can_reply_all: bool
+    #: The mode of the form sent before ("reply", "reply-all", "forward"), and what it said.
+    mode: str
+    text: str
+    to: str
+    #: At most this much (as text) goes in one reply; the organisation's domains.
+    limit: str
+    domains: str
 
 
 class ReplyRoutes(PortalBase):
@@ -112,93 +130,31 @@ class ReplyRoutes(PortalBase):
             for _, kind, envelope_id, detail in await self.store.events(session.message_id)
             if envelope_id == session.envelope_id and kind in ("replied", "forwarded")
         ]
-        _ = self._t(request)
-        back = f'<p><a class="button secondary" href="/read">{_("Back to the message")}</a></p>'
-        if not sent:
-            return self._page(
-                request,
-                _("Nothing sent"),
-                f'<div class="card"><p>{_("Nothing has been sent from this message yet.")}</p>'
-                f"{back}</div>",
-            )
-        return self._page(
-            request,
-            _("Sent"),
-            f'<div class="card" role="status"><p>{escape(sent[-1])}</p>{back}</div>',
-        )
+        return self._template(request, "sent.html", sent=sent[-1] if sent else None)
 
     def _reply_forms(
         self,
-        _: Translate,
         csrf: str,
         choices: tuple[bool, bool],
         mode: str = "",
         text: str = "",
         to: str = "",
-    ) -> str:
-        """The reading page's Reply (and Reply all) form and its Forward form.
+    ) -> ReplyForms:
+        """What the reading page's Reply (and Reply all) and Forward forms show.
 
         C{choices}: whether the reader can reply, and reply all (L{reply.reply_choices})."""
         can_reply, can_reply_all = choices
-        limit = size_text(self.settings.portal.max_upload_size)
-        # One id for both forms: the page offers one reply, whichever button sends it.
-        hidden = f'<input type="hidden" name="csrf" value="{escape(csrf)}">{form_id_field()}'
-        forms = []
-        up_to = _("Up to {limit} in all.").format(limit=limit)
-        if can_reply:
-            buttons = f'<button type="submit" name="mode" value="reply">{_("Reply")}</button>'
-            who = _("Your reply goes by e-mail to the sender, quoting the message.")
-            if can_reply_all:
-                buttons += (
-                    ' <button type="submit" name="mode" value="reply-all" class="secondary">'
-                    f"{_('Reply all')}</button>"
-                )
-                who += " " + _(
-                    "Reply all also sends it to the others the message was sent to; anyone "
-                    "outside the organisation gets it as a secure message, like this one."
-                )
-            kept = text if mode in ("reply", "reply-all") else ""
-            forms.append(
-                '<form method="post" action="/read/reply" enctype="multipart/form-data" '
-                'class="card reply" aria-labelledby="reply-heading">'
-                f'<h2 id="reply-heading">{_("Reply")}</h2>{hidden}'
-                f'<label for="reply-text">{_("Your reply")}</label>'
-                f'<textarea id="reply-text" name="text" rows="6">{escape(kept)}</textarea>'
-                f'<label for="reply-files">{_("Attach files")}</label>'
-                '<input type="file" id="reply-files" name="files" multiple>'
-                f'<p class="note">{up_to} {who}</p>'
-                f'<div class="actions">{buttons}</div></form>'
-            )
-        else:
-            forms.append(
-                '<div class="card"><p class="note">'
-                + _(
-                    "The sender of this message is outside the organisation, so you cannot "
-                    "reply from here. Please reply from your own e-mail program."
-                )
-                + "</p></div>"
-            )
-        opened = " open" if mode == "forward" else ""
-        kept = text if mode == "forward" else ""
-        only = _("Addresses in the organisation only ({domains}), separated by commas.")
-        forms.append(
-            f'<details class="card"{opened}><summary>{_("Forward")}</summary>'
-            '<form method="post" action="/read/reply" enctype="multipart/form-data" '
-            f'class="reply">{hidden}<input type="hidden" name="mode" value="forward">'
-            f'<label for="forward-to">{_("Forward to")}</label>'
-            f'<input type="text" id="forward-to" name="to" class="address" value="{escape(to)}" '
-            'autocomplete="off" required aria-describedby="forward-note">'
-            '<p class="note" id="forward-note">'
-            f"{only.format(domains=escape(reply.organisation(self.settings)))}</p>"
-            f'<label for="forward-text">{_("Your note (optional)")}</label>'
-            f'<textarea id="forward-text" name="text" rows="4">{escape(kept)}</textarea>'
-            f'<label for="forward-files">{_("Attach files")}</label>'
-            '<input type="file" id="forward-files" name="files" multiple>'
-            f'<p class="note">{up_to} {_("The message is attached as it came.")}</p>'
-            f'<div class="actions"><button type="submit">{_("Forward")}</button></div>'
-            "</form></details>"
+        return ReplyForms(
+            csrf=csrf,
+            form_id=new_form_id(),
+            can_reply=can_reply,
+            can_reply_all=can_reply_all,
+            mode=mode,
+            text=text,
+            to=to,
+            limit=size_text(self.settings.portal.max_upload_size),
+            domains=reply.organisation(self.settings),
         )
-        return "".join(forms)
 
     async def _not_sent(
         self,
@@ -215,16 +171,12 @@ class ReplyRoutes(PortalBase):
             session, reply.reply_choices, raw, envelope.recipient, self.settings
         )
         request.setResponseCode(status)
-        _ = self._t(request)
-        mode = form.text("mode")
-        again = ""
-        if form.uploads("files"):
-            again = f"<p>{_('Files you attached have to be chosen again.')}</p>"
-        body = (
-            f'<div class="card"><p class="error" role="alert">{escape(problem)}</p>{again}'
-            f'<p><a href="/read">{_("Back to the message")}</a></p></div>'
-            + self._reply_forms(
-                _, session.csrf, choices, mode, form.text("text"), form.text("to", 2000)
-            )
+        return self._template(
+            request,
+            "not_sent.html",
+            problem=problem,
+            files_dropped=bool(form.uploads("files")),
+            forms=self._reply_forms(
+                session.csrf, choices, form.text("mode"), form.text("text"), form.text("to", 2000)
+            ),
         )
-        return self._page(request, _("Not sent"), body)

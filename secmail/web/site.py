@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from secmail.config import Settings
-from secmail.web.layout import COMMON_HEADERS, RESOURCE_CSP, render_page, translation
+from secmail.web.layout import COMMON_HEADERS, RESOURCE_CSP, template_page
 
 log = Logger()
 
@@ -130,17 +130,8 @@ class BoundedRequest(Request):
             peer=peer,
             limit=self.max_body,
         )
-        _ = translation(self, self.settings)
-        larger = _(
-            "What you sent is larger than {limit}, the most that can be sent at once. "
-            "Please go back and attach fewer or smaller files."
-        )
-        page = render_page(
-            self,
-            self.settings,
-            _("Too large"),
-            '<div class="card"><p class="error" role="alert">'
-            f"{larger.format(limit=size_text(self.max_body))}</p></div>",
+        page = template_page(
+            self, self.settings, "errors/too_large.html", limit=size_text(self.max_body)
         )
         self.setHeader(b"Content-Length", str(len(page)).encode("ascii"))
         self.setHeader(b"Connection", b"close")
