@@ -541,6 +541,8 @@ def test_hostile_letters_are_shown_safely(
     page = contexts.page()
     open_letter(page, send_marked(gateway, internet, recipient, deep))
     pw_expect(page.get_by_role("heading", name="Message too complex to show")).to_be_visible()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "too-complex-page.png"), full_page=True)
     with page.expect_download() as info:
         page.get_by_role("link", name="Save the whole message (.eml)").click()
     assert b"DeepText3318" in Path(info.value.path()).read_bytes()
