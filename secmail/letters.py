@@ -11,10 +11,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
 from secmail.address import Recipient
-from secmail.config import NotificationTexts, RouteSettings, Settings
+from secmail.config import NotificationTexts, RouteSettings
 from secmail.crypto import MasterKey
 from secmail.notify import build_notification
 from secmail.store.messages import NewDelivery, NewEnvelope, NewMessage, hash_token, new_id
@@ -130,18 +129,3 @@ def routed_mail(
             )
         ],
     )
-
-
-# --- for web/, which passes the whole Settings until it takes sections too (issue 11) -------
-
-
-def envelopes_and_notifications(
-    *, settings: Settings, **kwargs: Any
-) -> tuple[list[NewEnvelope], list[NewMessage]]:
-    """L{new_envelopes} with the notification texts and routes of C{settings}."""
-    return new_envelopes(texts=settings.notification_texts, routes=settings.routes, **kwargs)
-
-
-def system_mail(settings: Settings, master: MasterKey, **kwargs: Any) -> NewMessage:
-    """L{routed_mail} on the routes of C{settings}."""
-    return routed_mail(settings.routes, master, **kwargs)

@@ -28,10 +28,9 @@ from email.header import Header
 from email.headerregistry import Address
 from email.utils import format_datetime, formataddr
 from email.utils import make_msgid as email_make_msgid
-from typing import Any
 
 from secmail.address import Level, Recipient
-from secmail.config import Branding, GatewayIdentity, NotificationTexts, Settings
+from secmail.config import Branding, GatewayIdentity, NotificationTexts
 
 MAX_NAME_CHARS = 78
 MAX_SUBJECT_CHARS = 200
@@ -377,16 +376,3 @@ def sender_notice(
         message_id_domain=message_id_domain,
         date=date,
     )
-
-
-# --- for web/, which passes the whole Settings until it takes sections too (issue 11) -------
-
-
-def build_code_mail(*, settings: Settings, **kwargs: Any) -> Notification:
-    """L{code_mail} from the gateway's identity in C{settings}."""
-    return code_mail(identity=settings.identity, **kwargs)
-
-
-def build_sender_notice(*, settings: Settings, **kwargs: Any) -> Notification:
-    """L{sender_notice} from the gateway's identity in C{settings}."""
-    return sender_notice(identity=settings.identity, **kwargs)

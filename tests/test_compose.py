@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from secmail.letters import system_mail
+from secmail.letters import routed_mail
 from secmail.store.compose import (
     CODE_LIFETIME,
     CODE_TRIES,
@@ -1070,8 +1070,8 @@ class ComposeStoreMixin:
         Wrong codes count per mailbox across codes and spellings; the 20th locks it for
         LOCK_TIME and stores the notice in that transaction; then nothing is sent or checked.
         """
-        notice = system_mail(
-            make_settings("/nonexistent/secmail-compose-tests"),
+        notice = routed_mail(
+            make_settings("/nonexistent/secmail-compose-tests").routes,
             self.master,
             kind="notice",
             sender="bounces@gw.example",

@@ -28,7 +28,7 @@ from twisted.web.resource import IResource
 
 from secmail.config import Settings
 from secmail.crypto import IntegrityError
-from secmail.letters import system_mail
+from secmail.letters import routed_mail
 from secmail.notify import Notification
 from secmail.store.messages import Envelope, MessageStore, NewMessage
 from secmail.store.portal import PortalStore, Session
@@ -165,8 +165,8 @@ class PortalBase:
         """A notice to a letter's sender, ready to commit; events go on the letter."""
         if mail is None:
             return None
-        return system_mail(
-            self.settings,
+        return routed_mail(
+            self.settings.routes,
             self.store.master,
             kind="notice",
             sender=mail.sender,

@@ -39,7 +39,7 @@ from twisted.web.iweb import IRequest
 
 from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
-from secmail.letters import system_mail
+from secmail.letters import routed_mail
 from secmail.notify import clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
@@ -369,8 +369,8 @@ class Compose(ComposePages):
         )
         await self.store.commit(
             [
-                system_mail(
-                    self.settings,
+                routed_mail(
+                    self.settings.routes,
                     self.store.master,
                     kind="code",
                     sender=mail.sender,
@@ -391,8 +391,8 @@ class Compose(ComposePages):
             recipient=sender,
             date=datetime.fromtimestamp(self.clock.seconds(), UTC),
         )
-        return system_mail(
-            self.settings,
+        return routed_mail(
+            self.settings.routes,
             self.store.master,
             kind="notice",
             sender=mail.sender,

@@ -16,7 +16,7 @@ from email.utils import format_datetime, make_msgid
 
 from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
-from secmail.notify import Notification, build_code_mail, build_sender_notice
+from secmail.notify import Notification, code_mail, sender_notice
 from secmail.store.compose import LOCK_AFTER, LOCK_TIME, CodeLimits
 from secmail.web.forms import FormError, SubmittedForm, Upload, read_form
 from secmail.web.safe_text import safe_filename
@@ -110,8 +110,8 @@ def build_compose_code_mail(
     date: datetime,
 ) -> Notification:
     """The code that proves to the portal that C{recipient} is the outsider's address."""
-    return build_code_mail(
-        settings=settings,
+    return code_mail(
+        identity=settings.identity,
         recipient=recipient,
         code=code,
         minutes=minutes,
@@ -165,8 +165,8 @@ def code_limits(settings: Settings) -> CodeLimits:
 
 def build_lock_notice(*, settings: Settings, recipient: str, date: datetime) -> Notification:
     """The mail telling the owner of C{recipient} that codes for it stopped, and why."""
-    return build_sender_notice(
-        settings=settings,
+    return sender_notice(
+        identity=settings.identity,
         sender=recipient,
         subject="Codes for writing secure messages stopped for your address",
         paragraphs=[

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from secmail.letters import system_mail
-from secmail.notify import build_code_mail
+from secmail.letters import routed_mail
+from secmail.notify import code_mail
 from secmail.store.messages import Envelope, new_id
 from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeState
 from secmail.web import pin
@@ -133,8 +133,8 @@ class LandingRoutes(PinRoutes):
     # --- registered letters: the SMS PIN ------------------------------------------------
 
     async def _mail_code(self, envelope: Envelope, code: str) -> None:
-        mail = build_code_mail(
-            settings=self.settings,
+        mail = code_mail(
+            identity=self.settings.identity,
             recipient=envelope.recipient,
             code=code,
             minutes=CODE_LIFETIME // 60,
@@ -143,8 +143,8 @@ class LandingRoutes(PinRoutes):
         )
         await self.store.commit(
             [
-                system_mail(
-                    self.settings,
+                routed_mail(
+                    self.settings.routes,
                     self.store.master,
                     kind="code",
                     sender=mail.sender,

@@ -16,7 +16,7 @@ from twisted.web.iweb import IRequest
 
 from secmail.config import Settings
 from secmail.masking import mask_number
-from secmail.notify import Notification, build_sender_notice
+from secmail.notify import Notification, sender_notice
 from secmail.sms import pin_text
 from secmail.store.messages import Envelope
 from secmail.store.portal import (
@@ -52,8 +52,8 @@ def lock_notice(settings: Settings, envelope: Envelope, now: datetime) -> Notifi
     if not envelope.sender:
         return None
     if envelope.level == "letter":
-        return build_sender_notice(
-            settings=settings,
+        return sender_notice(
+            identity=settings.identity,
             sender=envelope.sender,
             subject="Secure message locked after too many wrong codes",
             paragraphs=[
@@ -68,8 +68,8 @@ def lock_notice(settings: Settings, envelope: Envelope, now: datetime) -> Notifi
             message_id_domain=settings.gateway.hostname,
             date=now,
         )
-    return build_sender_notice(
-        settings=settings,
+    return sender_notice(
+        identity=settings.identity,
         sender=envelope.sender,
         subject="Secure message locked after too many wrong PINs",
         paragraphs=[
@@ -92,8 +92,8 @@ def wrong_number_notice(
         return None
     local, _at, domain = envelope.recipient.rpartition("@")
     example = f"{local}@{domain}.0401234567{settings.secure.extension}"
-    return build_sender_notice(
-        settings=settings,
+    return sender_notice(
+        identity=settings.identity,
         sender=envelope.sender,
         subject="Secure message: the recipient says the phone number is wrong",
         paragraphs=[

@@ -15,7 +15,7 @@ from datetime import datetime
 from secmail.address import Recipient
 from secmail.config import Settings
 from secmail.crypto import MasterKey
-from secmail.letters import envelopes_and_notifications, letter_events
+from secmail.letters import letter_events, new_envelopes
 from secmail.store.messages import NewDelivery, NewMessage, new_id
 from secmail.store.spool import SealedBytes
 from secmail.web.reply import ReplyMail
@@ -99,8 +99,9 @@ def secure_letter(
     notification for each, sent from its envelope's VERP address on the recipient's route.
     """
     message_id = new_id()
-    envelopes, notifications = envelopes_and_notifications(
-        settings=settings,
+    envelopes, notifications = new_envelopes(
+        texts=settings.notification_texts,
+        routes=settings.routes,
         master=master,
         message_id=message_id,
         sender=sender,
