@@ -18,6 +18,7 @@ from secmail.web.reply_page import ReplyForms
 SETTINGS = from_mapping(
     {"gateway": {"hostname": "gw.example"}, "portal": {"url": "https://secure.example"}}
 )
+FRAME = layout.PageFrame(SETTINGS.branding, "gw.example", SETTINGS.portal.languages)
 ERROR_PAGES = sorted(
     name.removeprefix("errors/").removesuffix(".html")
     for name in layout.TEMPLATES.list_templates()
@@ -163,9 +164,7 @@ def test_every_template_compiles() -> None:
 def test_error_pages_render(name: str, language: str) -> None:
     """Each error page has its status, the frame, a title, its language and no line breaks."""
     r = request(language)
-    page = layout.error_page(
-        r, SETTINGS, 404, name, mount="/compose", **VALUES.get(name, {})
-    ).decode()
+    page = layout.error_page(r, FRAME, 404, name, mount="/compose", **VALUES.get(name, {})).decode()
     assert r.responseCode == 404
     assert page.startswith(f'<!DOCTYPE html><html lang="{language}"><head>')
     assert "<h1></h1>" not in page and "<title></title>" not in page
@@ -192,7 +191,7 @@ def test_pages_render(name: str) -> None:
     """Each page has the frame, a title in each language, and no line breaks of its own."""
     titles = set()
     for language in ("en", "fi", "sv"):
-        page = layout.template_page(request(language), SETTINGS, name, **PAGES[name]).decode()
+        page = layout.template_page(request(language), FRAME, name, **PAGES[name]).decode()
         assert page.startswith(f'<!DOCTYPE html><html lang="{language}"><head>')
         assert "<h1></h1>" not in page and "<title></title>" not in page
         layout_only = re.sub(r"<pre>.*?</pre>", "", page, flags=re.S)  # values keep theirs
@@ -205,7 +204,7 @@ def test_pages_render(name: str) -> None:
 
 def test_text_keeps_its_line_breaks() -> None:
     """JoinLines joins the template's lines, not the letter's: its text is shown as it came."""
-    page = layout.template_page(request("en"), SETTINGS, "reading.html", **PAGES["reading.html"])
+    page = layout.template_page(request("en"), FRAME, "reading.html", **PAGES["reading.html"])
     assert "<pre>Hello\n  Bob</pre>" in page.decode()
 
 
@@ -241,7 +240,7 @@ def test_no_page_html_in_python() -> None:
 
 def test_style_sheet_from_file() -> None:
     """web/static/portal.css is served with --brand in the configured colour, once."""
-    css = layout.style_sheet(SETTINGS).decode()
+    css = layout.style_sheet(SETTINGS.branding).decode()
     assert "--brand: #1f5fae;" in css and "body {" in css
     brand = from_mapping(
         {
@@ -249,4 +248,4 @@ def test_style_sheet_from_file() -> None:
             "portal": {"url": "https://secure.example", "brand_colour": "#aa3300"},
         }
     )
-    assert layout.style_sheet(brand).decode() == css.replace("#1f5fae", "#aa3300")
+    assert layout.style_sheet(brand.branding).decode() == css.replace("#1f5fae", "#aa3300")

@@ -41,6 +41,7 @@ from secmail.web.i18n import Translate
 from secmail.web.layout import (
     DOWNLOAD_CSP,
     PAGE_CSP,
+    PageFrame,
     set_security_headers,
     template_page,
     translation,
@@ -73,6 +74,10 @@ class PortalBase:
         on_sms: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
+        #: What every page's frame shows: built once from the settings.
+        self.frame = PageFrame(
+            settings.branding, settings.gateway.hostname, settings.portal.languages
+        )
         self.sms = sms
         self.on_sms = on_sms
         self.compose = compose
@@ -178,14 +183,14 @@ class PortalBase:
     # --- answers ---------------------------------------------------------------------------
 
     def _t(self, request: IRequest) -> Translate:
-        return translation(request, self.settings)
+        return translation(request, self.frame.languages)
 
     def _headers(self, request: IRequest, csp: bytes = PAGE_CSP) -> None:
         set_security_headers(request, csp)
 
     def _template(self, request: IRequest, name: str, **values: Any) -> bytes:
         """The page C{web/templates/<name>} with C{values}, in the reader's language."""
-        return template_page(request, self.settings, name, **values)
+        return template_page(request, self.frame, name, **values)
 
     def _see_other(self, request: IRequest, location: bytes) -> bytes:
         """To a page of its own (303): reloading it posts nothing again."""
@@ -209,10 +214,10 @@ class PortalBase:
         return data
 
     def _bad_form(self, request: IRequest) -> bytes:
-        return errors.show(request, self.settings, errors.BAD_FORM)
+        return errors.show(request, self.frame, errors.BAD_FORM)
 
     def _locked(self, request: IRequest, envelope: Envelope) -> bytes:
-        return errors.locked(request, self.settings, envelope)
+        return errors.locked(request, self.frame, envelope)
 
 
 LinkRoute = Callable[[Any, IRequest, str, Envelope], Awaitable[bytes]]
@@ -233,7 +238,7 @@ def letter_link(
         async def checked(self: PortalBase, request: IRequest, token: str) -> bytes:
             envelope = await self._envelope(request, token)
             if envelope is None:
-                return errors.show(request, self.settings, errors.NOT_FOUND)
+                return errors.show(request, self.frame, errors.NOT_FOUND)
             if csrf and not self._form_csrf_ok(request, token):
                 return self._bad_form(request)
             if level is not None and envelope.level != level:
@@ -257,12 +262,12 @@ def signed_in(*, letter: bool = True) -> Callable[[ReadingRoute], ReadingRoute]:
         async def checked(self: PortalBase, request: IRequest, **kw: Any) -> bytes:
             session = await self._session(request)
             if session is None:
-                return errors.show(request, self.settings, errors.SIGNED_OUT)
+                return errors.show(request, self.frame, errors.SIGNED_OUT)
             if not letter:
                 return await route(self, request, session, **kw)
             raw = await self._raw(session)
             if raw is None:
-                return errors.show(request, self.settings, errors.GONE)
+                return errors.show(request, self.frame, errors.GONE)
             return await route(self, request, session, raw, **kw)
 
         return checked

@@ -72,6 +72,7 @@ from secmail.web.forms import (
     same_secret,
     set_cookie,
 )
+from secmail.web.layout import PageFrame
 
 log = Logger()
 
@@ -101,6 +102,10 @@ class Compose(ComposePages):
         run_in_thread: RunInThread = deferToThread,
     ) -> None:
         self.settings = settings
+        #: What every page's frame shows: built once from the settings.
+        self.frame = PageFrame(
+            settings.branding, settings.gateway.hostname, settings.portal.languages
+        )
         self.store = store
         self.sessions = compose_store
         self.clock = clock

@@ -20,7 +20,13 @@ from secmail.store.compose import CODE_LIFETIME, LOCK_TIME, CodeLimits, CodeRefu
 from secmail.web.compose_mail import MAX_ADDRESS_CHARS
 from secmail.web.forms import cookie_value, form_arg, new_form_id, same_secret, set_cookie
 from secmail.web.i18n import Translate
-from secmail.web.layout import error_page, set_security_headers, template_page, translation
+from secmail.web.layout import (
+    PageFrame,
+    error_page,
+    set_security_headers,
+    template_page,
+    translation,
+)
 
 #: Where the portal mounts this app.
 MOUNT = "/compose"
@@ -38,10 +44,11 @@ class ComposePages:
     """The pages of L{secmail.web.compose.Compose}, which sets these attributes."""
 
     settings: Settings
+    frame: PageFrame
     _csrf_key: bytes
 
     def _t(self, request: IRequest) -> Translate:
-        return translation(request, self.settings)
+        return translation(request, self.frame.languages)
 
     def _code_refusal(
         self, _: Translate, refusal: str | None, sender: str, limits: CodeLimits
@@ -162,11 +169,11 @@ class ComposePages:
 
     def _template(self, request: IRequest, name: str, **values: Any) -> bytes:
         """The page C{web/templates/<name>} with C{values}; its links start at L{MOUNT}."""
-        return template_page(request, self.settings, name, mount=MOUNT, **values)
+        return template_page(request, self.frame, name, mount=MOUNT, **values)
 
     def _error(self, request: IRequest, code: int, name: str, **context: Any) -> bytes:
         """The error page C{web/templates/errors/<name>.html}; its links start at L{MOUNT}."""
-        return error_page(request, self.settings, code, name, mount=MOUNT, **context)
+        return error_page(request, self.frame, code, name, mount=MOUNT, **context)
 
     def _no_such_address(self, request: IRequest, address: str = "") -> bytes:
         named = clean_text(address, 100) if address.strip() else ""

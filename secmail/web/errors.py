@@ -20,9 +20,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from secmail.config import Settings
 from secmail.store.messages import Envelope
-from secmail.web.layout import error_page
+from secmail.web.layout import PageFrame, error_page
 
 log = Logger()
 
@@ -58,17 +57,17 @@ NO_SUCH_ATTACHMENT = ErrorPage(404, "no_such_attachment")
 NO_SUCH_PAGE = ErrorPage(404, "no_such_page")
 
 
-def show(request: IRequest, settings: Settings, page: ErrorPage) -> bytes:
+def show(request: IRequest, frame: PageFrame, page: ErrorPage) -> bytes:
     """One of the error pages above, with its status."""
-    return error_page(request, settings, page.code, page.template)
+    return error_page(request, frame, page.code, page.template)
 
 
-def locked(request: IRequest, settings: Settings, envelope: Envelope) -> bytes:
+def locked(request: IRequest, frame: PageFrame, envelope: Envelope) -> bytes:
     """A letter locked after too many wrong codes or PINs, and who can still open it."""
     # Locked for codes (a letter): the browser it was first opened in still opens it.
     return error_page(
         request,
-        settings,
+        frame,
         403,
         "message_locked",
         pin=envelope.level != "letter",
@@ -76,25 +75,25 @@ def locked(request: IRequest, settings: Settings, envelope: Envelope) -> bytes:
     )
 
 
-def cannot_show(request: IRequest, settings: Settings, problem: CannotShow) -> bytes:
+def cannot_show(request: IRequest, frame: PageFrame, problem: CannotShow) -> bytes:
     """The page for a letter that cannot be shown, saying why and what the reader can do."""
     if problem.reason == "damaged":
-        return error_page(request, settings, 500, "message_damaged")
-    return error_page(request, settings, 422, "message_too_complex")
+        return error_page(request, frame, 500, "message_damaged")
+    return error_page(request, frame, 422, "message_too_complex")
 
 
 def add_error_handling(
     app: Klein, *, log_as: str, page_not_found: str, temporary: str, **context: Any
 ) -> None:
     """
-    The app's one error handler. Its instance has C{settings}; C{page_not_found} and
+    The app's one error handler. Its instance has C{frame} (a L{PageFrame}); C{page_not_found} and
     C{temporary} name the app's error templates for a routing error and for anything
     unexpected; C{context} is what those templates need besides the frame.
     """
 
     @app.handle_errors(Exception)
     def failed(self: Any, request: IRequest, failure: Failure) -> bytes:
-        settings: Settings = self.settings
+        frame: PageFrame = self.frame
         if failure.check(HTTPException):
             # Klein's routing errors (no such page, wrong method) come here too: the
             # visitor's mistake, answered with its own status, not a failure to log.
@@ -102,8 +101,8 @@ def add_error_handling(
             for name, value in error.get_response().headers:
                 if name in ("Location", "Allow"):
                     request.setHeader(name.encode("ascii"), value.encode("ascii", "replace"))
-            return error_page(request, settings, error.code or 404, page_not_found, **context)
+            return error_page(request, frame, error.code or 404, page_not_found, **context)
         if failure.check(CannotShow):
-            return cannot_show(request, settings, cast(CannotShow, failure.value))
+            return cannot_show(request, frame, cast(CannotShow, failure.value))
         log.failure(log_as, failure)
-        return error_page(request, settings, 500, temporary, **context)
+        return error_page(request, frame, 500, temporary, **context)

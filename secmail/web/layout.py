@@ -25,7 +25,7 @@ from jinja2.ext import Extension
 from markupsafe import Markup
 from twisted.web.iweb import IRequest
 
-from secmail.config import Settings
+from secmail.config import Branding
 from secmail.web import i18n
 from secmail.web.files import web_file
 from secmail.web.i18n import Translate
@@ -84,6 +84,18 @@ class LanguageLink:
     href: str | None
 
 
+@dataclass(frozen=True)
+class PageFrame:
+    """
+    What the frame of every page shows besides the page itself: the organisation's brand,
+    the gateway's name and the languages offered (a tenant's own, later).
+    """
+
+    branding: Branding
+    hostname: str
+    languages: tuple[str, ...]
+
+
 def set_security_headers(request: IRequest, csp: bytes = PAGE_CSP) -> None:
     """The headers every portal response carries."""
     for name, value in COMMON_HEADERS.items():
@@ -92,9 +104,9 @@ def set_security_headers(request: IRequest, csp: bytes = PAGE_CSP) -> None:
     request.setHeader(b"X-Frame-Options", b"DENY")
 
 
-def translation(request: IRequest, settings: Settings) -> Translate:
+def translation(request: IRequest, languages: Sequence[str]) -> Translate:
     """The request's language (cookie, else Accept-Language) as a gettext function."""
-    return i18n.translator(i18n.request_language(request, settings.portal.languages))
+    return i18n.translator(i18n.request_language(request, languages))
 
 
 def as_markup(_: Translate) -> Callable[[str], Markup]:
@@ -103,32 +115,35 @@ def as_markup(_: Translate) -> Callable[[str], Markup]:
     return lambda message: Markup(_(message))  # noqa: S704
 
 
-def template_page(request: IRequest, settings: Settings, name: str, **context: Any) -> bytes:
-    """The page C{name} (a template extending layout.html), with the security headers."""
+def template_page(request: IRequest, frame: PageFrame, name: str, /, **context: Any) -> bytes:
+    """
+    The page C{name} (a template extending layout.html), with the security headers.
+    Positional-only: a page's own values may use any name (the reading page has a C{frame}).
+    """
     set_security_headers(request)
     request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-    portal = settings.portal
-    language = i18n.request_language(request, portal.languages)
-    frame = {
+    branding = frame.branding
+    language = i18n.request_language(request, frame.languages)
+    values = {
         "language": language,
         "_": as_markup(i18n.translator(language)),
-        "brand": portal.brand_name,
-        "brand_is_default": portal.brand_name == DEFAULT_BRAND,
-        "hostname": settings.gateway.hostname,
-        "logo": bool(portal.logo_file),
-        "phrase": portal.verification_phrase,
-        "switch": language_links(request, portal.languages, language),
+        "brand": branding.name,
+        "brand_is_default": branding.name == DEFAULT_BRAND,
+        "hostname": frame.hostname,
+        "logo": bool(branding.logo_file),
+        "phrase": branding.verification_phrase,
+        "switch": language_links(request, frame.languages, language),
         "heading": True,
     }
-    return TEMPLATES.get_template(name).render(frame | context).encode()
+    return TEMPLATES.get_template(name).render(values | context).encode()
 
 
 def error_page(
-    request: IRequest, settings: Settings, code: int, name: str, **context: Any
+    request: IRequest, frame: PageFrame, code: int, name: str, /, **context: Any
 ) -> bytes:
     """The error page C{web/templates/errors/<name>.html} with its status C{code}."""
     request.setResponseCode(code)
-    return template_page(request, settings, f"errors/{name}.html", **context)
+    return template_page(request, frame, f"errors/{name}.html", **context)
 
 
 def language_links(request: IRequest, languages: Sequence[str], current: str) -> list[LanguageLink]:
@@ -171,9 +186,9 @@ def _style_sheet(colour: str) -> bytes:
     return _BRAND_RULE.sub(f"--brand: {colour};", _style_file()).encode()
 
 
-def style_sheet(settings: Settings) -> bytes:
+def style_sheet(branding: Branding) -> bytes:
     """web/static/portal.css in the organisation's colour (checked #rrggbb at load time)."""
-    return _style_sheet(settings.portal.brand_colour)
+    return _style_sheet(branding.colour)
 
 
 def read_file(path: str) -> bytes:

@@ -205,7 +205,7 @@ class PinRoutes(PortalBase):
                 else "Registered letter {envelope} has no phone number",
                 envelope=envelope.id,
             )
-            return errors.show(request, self.settings, errors.PIN_UNAVAILABLE)
+            return errors.show(request, self.frame, errors.PIN_UNAVAILABLE)
         note = None
         if order:
             language = i18n.request_language(request, self.settings.portal.languages)

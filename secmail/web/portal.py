@@ -59,7 +59,7 @@ class Portal(LandingRoutes, ReadingRoutes):
     def compose_branch(self, request: IRequest) -> IResource | bytes:
         """Outsiders writing to the organisation (D-Compose): its own app, see web/compose.py."""
         if self.compose is None:
-            return errors.show(request, self.settings, errors.NO_SUCH_PAGE)
+            return errors.show(request, self.frame, errors.NO_SUCH_PAGE)
         return self.compose
 
     @app.route("/static/portal.css", methods=["GET"])
@@ -67,7 +67,7 @@ class Portal(LandingRoutes, ReadingRoutes):
         self._headers(request, csp=RESOURCE_CSP)
         request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
         request.setHeader(b"Cache-Control", b"public, max-age=3600")
-        return style_sheet(self.settings)
+        return style_sheet(self.frame.branding)
 
     @app.route("/static/logo", methods=["GET"])
     async def logo(self, request: IRequest) -> bytes:

@@ -98,7 +98,7 @@ class ReadingRoutes(ReplyRoutes):
         try:
             attachment, data = await self._render(session, render.attachment_bytes, raw, index)
         except (KeyError, IndexError):
-            return errors.show(request, self.settings, errors.NO_SUCH_ATTACHMENT)
+            return errors.show(request, self.frame, errors.NO_SUCH_ATTACHMENT)
         await self.store.add_event(
             session.message_id, session.envelope_id, "downloaded", attachment.filename, self.now()
         )

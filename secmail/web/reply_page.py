@@ -71,7 +71,7 @@ class ReplyRoutes(PortalBase):
         envelope = await self.store.envelope_by_id(session.envelope_id)
         raw = await self._raw(session)
         if envelope is None or raw is None:
-            return errors.show(request, self.settings, errors.GONE)
+            return errors.show(request, self.frame, errors.GONE)
         mode, text, to = form.text("mode"), form.text("text"), form.text("to")
         uploads = form.uploads("files")
         size = len(text.encode("utf-8")) + sum(len(u.data) for u in uploads)

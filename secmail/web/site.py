@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from secmail.config import Settings
-from secmail.web.layout import COMMON_HEADERS, RESOURCE_CSP, template_page
+from secmail.web.layout import COMMON_HEADERS, RESOURCE_CSP, PageFrame, template_page
 
 log = Logger()
 
@@ -57,10 +57,10 @@ class BoundedRequest(Request):
     C{args} here, as twisted.web would, multipart ones by L{secmail.web.forms.submitted_form}.
     """
 
-    def __init__(self, channel: HTTPChannel, settings: Settings) -> None:
+    def __init__(self, channel: HTTPChannel, frame: PageFrame, max_body: int) -> None:
         super().__init__(channel, parsePOSTFormSubmission=False)
-        self.settings = settings
-        self.max_body = settings.portal.max_upload_size
+        self.frame = frame
+        self.max_body = max_body
         self._body = io.BytesIO()
         self._body_size = 0
         self._refused = False
@@ -131,7 +131,7 @@ class BoundedRequest(Request):
             limit=self.max_body,
         )
         page = template_page(
-            self, self.settings, "errors/too_large.html", limit=size_text(self.max_body)
+            self, self.frame, "errors/too_large.html", limit=size_text(self.max_body)
         )
         self.setHeader(b"Content-Length", str(len(page)).encode("ascii"))
         self.setHeader(b"Connection", b"close")
@@ -156,11 +156,12 @@ class BoundedRequest(Request):
 class BoundedRequestFactory:
     """Makes the portal's L{BoundedRequest}s (a Site's C{requestFactory})."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, frame: PageFrame, max_body: int) -> None:
+        self.frame = frame
+        self.max_body = max_body
 
     def __call__(self, channel: HTTPChannel) -> BoundedRequest:
-        return BoundedRequest(channel, self.settings)
+        return BoundedRequest(channel, self.frame, self.max_body)
 
 
 class KleinPortal(Protocol):
@@ -168,12 +169,13 @@ class KleinPortal(Protocol):
 
     app: Klein
     settings: Settings
+    frame: PageFrame
 
 
 def make_site(portal: KleinPortal) -> Site:
     site = Site(
         portal.app.resource(),
-        requestFactory=BoundedRequestFactory(portal.settings),
+        requestFactory=BoundedRequestFactory(portal.frame, portal.settings.portal.max_upload_size),
         logFormatter=access_log_line,
     )
     site.displayTracebacks = False
