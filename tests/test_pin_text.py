@@ -132,7 +132,7 @@ def test_override_one_language() -> None:
 def test_portal_sends_the_same_text(language: str) -> None:
     """The portal's PIN SMS (web.pin) is the text these rules write, in its catalogues."""
     for s in (settings(), settings(sms={"pin_text": {language: "{brand}: {pin}"}})):
-        assert pin.pin_sms_text(s, language, PIN) == pin_sms_text(s, language, PIN)
+        assert pin.pin_sms_text(s.sms, s.branding, language, PIN) == pin_sms_text(s, language, PIN)
 
 
 # --- the notices to the sender ----------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_portal_sends_the_same_text(language: str) -> None:
 
 def test_lock_notice() -> None:
     """The lock notice goes to the letter's sender, from the gateway, in ASCII only."""
-    notice = lock_notice(settings(), envelope(), NOW)
+    notice = lock_notice(settings().identity, envelope(), NOW)
     assert notice is not None
     assert notice.recipient == ALICE
     assert notice.sender == "bounces@gw.example"
@@ -159,7 +159,9 @@ def test_lock_notice() -> None:
 
 def test_wrong_number_notice_masks_number() -> None:
     """The wrong-number notice names the number masked, never whole."""
-    notice = wrong_number_notice(settings(), envelope(), NUMBER, NOW)
+    notice = wrong_number_notice(
+        settings().identity, settings().secure.extension, envelope(), NUMBER, NOW
+    )
     assert notice is not None
     assert notice.recipient == ALICE
     assert parse(notice.content)["To"] == ALICE
@@ -174,8 +176,13 @@ def test_wrong_number_notice_masks_number() -> None:
 
 def test_no_notice_for_null_sender() -> None:
     """A letter from <> gets no notice: there is nobody to write to."""
-    assert lock_notice(settings(), envelope(sender=""), NOW) is None
-    assert wrong_number_notice(settings(), envelope(sender=""), NUMBER, NOW) is None
+    assert lock_notice(settings().identity, envelope(sender=""), NOW) is None
+    assert (
+        wrong_number_notice(
+            settings().identity, settings().secure.extension, envelope(sender=""), NUMBER, NOW
+        )
+        is None
+    )
 
 
 def test_coding_2_checks_against_70() -> None:

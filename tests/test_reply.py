@@ -442,7 +442,8 @@ class ReplyMessagesTests(SynchronousTestCase):
         reply = build(mode=mode, forward_to=f"{DAVE}, someone@corp.example")
         return reply_messages(
             reply,
-            settings=self.settings,
+            texts=self.settings.notification_texts,
+            routes=self.settings.routes,
             master=self.master,
             reader=BOB,
             about="original-id",

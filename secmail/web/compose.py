@@ -160,7 +160,7 @@ class Compose(ComposePages):
             )
             return self._start_page(request, to, typed, error, status=400)
         peer = getattr(request.getClientAddress(), "host", "")
-        limits = code_limits(self.settings)
+        limits = code_limits(self.settings.portal)
         code, refusal = await self.sessions.order_code(sender, self.now(), client_key(peer), limits)
         if code is None:
             return self._start_page(
@@ -199,7 +199,9 @@ class Compose(ComposePages):
                 request,
                 to,
                 sender,
-                self._code_refusal(_, CodeRefusal.LOCKED, sender, code_limits(self.settings)),
+                self._code_refusal(
+                    _, CodeRefusal.LOCKED, sender, code_limits(self.settings.portal)
+                ),
                 status=403,
             )
         if state != CodeState.OK:
@@ -365,7 +367,7 @@ class Compose(ComposePages):
 
     async def _mail_code(self, sender: str, to: str, code: str) -> None:
         mail = build_compose_code_mail(
-            settings=self.settings,
+            identity=self.settings.identity,
             recipient=sender,
             to=to,
             code=code,
@@ -392,7 +394,7 @@ class Compose(ComposePages):
     def _lock_notice(self, sender: str) -> NewMessage:
         """The mail telling the owner of C{sender} that codes for it stopped."""
         mail = build_lock_notice(
-            settings=self.settings,
+            identity=self.settings.identity,
             recipient=sender,
             date=datetime.fromtimestamp(self.clock.seconds(), UTC),
         )

@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 from secmail.address import DestinationError, portal_destination
-from secmail.config import Settings
+from secmail.config import GatewayIdentity, PortalSettings
 from secmail.notify import Notification, code_mail, sender_notice
 from secmail.store.compose import LOCK_AFTER, LOCK_TIME, CodeLimits
 from secmail.web.forms import FormError, SubmittedForm, Upload, read_form
@@ -102,7 +102,7 @@ def build_compose_mail(
 
 def build_compose_code_mail(
     *,
-    settings: Settings,
+    identity: GatewayIdentity,
     recipient: str,
     to: str,
     code: str,
@@ -111,11 +111,11 @@ def build_compose_code_mail(
 ) -> Notification:
     """The code that proves to the portal that C{recipient} is the outsider's address."""
     return code_mail(
-        identity=settings.identity,
+        identity=identity,
         recipient=recipient,
         code=code,
         minutes=minutes,
-        message_id_domain=settings.gateway.hostname,
+        message_id_domain=identity.hostname,
         date=date,
         purpose=f"writing a secure message to {to}",
         without_it="nobody can write in your name without it",
@@ -153,8 +153,7 @@ def client_key(host: str) -> str:
     return str(ip)
 
 
-def code_limits(settings: Settings) -> CodeLimits:
-    portal = settings.portal
+def code_limits(portal: PortalSettings) -> CodeLimits:
     return CodeLimits(
         per_mailbox=portal.compose_codes_per_mailbox,
         per_client=portal.compose_codes_per_client,
@@ -163,14 +162,14 @@ def code_limits(settings: Settings) -> CodeLimits:
     )
 
 
-def build_lock_notice(*, settings: Settings, recipient: str, date: datetime) -> Notification:
+def build_lock_notice(*, identity: GatewayIdentity, recipient: str, date: datetime) -> Notification:
     """The mail telling the owner of C{recipient} that codes for it stopped, and why."""
     return sender_notice(
-        identity=settings.identity,
+        identity=identity,
         sender=recipient,
         subject="Codes for writing secure messages stopped for your address",
         paragraphs=[
-            f"On the secure message page of {settings.gateway.hostname}, a wrong code "
+            f"On the secure message page of {identity.hostname}, a wrong code "
             f"was typed {LOCK_AFTER} times to confirm the address {recipient}. To keep "
             "anyone from guessing a code and writing in your name, no codes are sent to "
             f"this address for the next {LOCK_TIME // 86400} days.",
@@ -178,6 +177,6 @@ def build_lock_notice(*, settings: Settings, recipient: str, date: datetime) -> 
             "again later. If not, someone else may have tried to use your address; no "
             "message was sent in your name.",
         ],
-        message_id_domain=settings.gateway.hostname,
+        message_id_domain=identity.hostname,
         date=date,
     )

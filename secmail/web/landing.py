@@ -102,7 +102,7 @@ class LandingRoutes(PinRoutes):
         code = form_arg(request, b"code")
         if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
             return self._code_page(request, token, envelope, _("The code has 6 digits."), sent=True)
-        notice = pin.lock_notice(self.settings, envelope, self._date())
+        notice = pin.lock_notice(self.settings.identity, envelope, self._date())
         state = await self.sessions.check_code(
             envelope.id, code, self.now(), self._gateway_mail(envelope, notice)
         )

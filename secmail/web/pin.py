@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from secmail.config import Settings
+from secmail.config import Branding, GatewayIdentity, SmsSettings
 from secmail.masking import mask_number
 from secmail.notify import Notification, sender_notice
 from secmail.sms import pin_text
@@ -33,18 +33,18 @@ from secmail.web.forms import form_arg
 from secmail.web.i18n import translator
 
 
-def pin_sms_text(settings: Settings, language: str, pin: str) -> str:
+def pin_sms_text(sms: SmsSettings, branding: Branding, language: str, pin: str) -> str:
     """The SMS that carries C{pin}, in C{language}, translated by the portal's catalogues."""
-    return pin_text.pin_sms_text(
-        settings.sms, settings.portal.brand_name, language, translator(language), pin
-    )
+    return pin_text.pin_sms_text(sms, branding.name, language, translator(language), pin)
 
 
 def _when(envelope: Envelope) -> str:
     return datetime.fromtimestamp(envelope.created, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def lock_notice(settings: Settings, envelope: Envelope, now: datetime) -> Notification | None:
+def lock_notice(
+    identity: GatewayIdentity, envelope: Envelope, now: datetime
+) -> Notification | None:
     """
     The mail telling the sender that their letter locked (after wrong PINs, or for a
     letter without PIN after wrong e-mail codes); None for a sender of C{<>}.
@@ -53,7 +53,7 @@ def lock_notice(settings: Settings, envelope: Envelope, now: datetime) -> Notifi
         return None
     if envelope.level == "letter":
         return sender_notice(
-            identity=settings.identity,
+            identity=identity,
             sender=envelope.sender,
             subject="Secure message locked after too many wrong codes",
             paragraphs=[
@@ -65,11 +65,11 @@ def lock_notice(settings: Settings, envelope: Envelope, now: datetime) -> Notifi
                 "If they did not try to open it in another browser, someone else who has "
                 "the link may have tried to open it.",
             ],
-            message_id_domain=settings.gateway.hostname,
+            message_id_domain=identity.hostname,
             date=now,
         )
     return sender_notice(
-        identity=settings.identity,
+        identity=identity,
         sender=envelope.sender,
         subject="Secure message locked after too many wrong PINs",
         paragraphs=[
@@ -79,21 +79,24 @@ def lock_notice(settings: Settings, envelope: Envelope, now: datetime) -> Notifi
             f"If {envelope.recipient} tried to read it, please check the phone number and "
             "send the message again. If not, someone else may have tried to open it.",
         ],
-        message_id_domain=settings.gateway.hostname,
+        message_id_domain=identity.hostname,
         date=now,
     )
 
 
 def wrong_number_notice(
-    settings: Settings, envelope: Envelope, number: str, now: datetime
+    identity: GatewayIdentity, extension: str, envelope: Envelope, number: str, now: datetime
 ) -> Notification | None:
-    """The mail telling the sender that the letter's number is said to be wrong."""
+    """
+    The mail telling the sender that the letter's number is said to be wrong; its example
+    address is marked with C{extension} (secure.extension).
+    """
     if not envelope.sender:
         return None
     local, _at, domain = envelope.recipient.rpartition("@")
-    example = f"{local}@{domain}.0401234567{settings.secure.extension}"
+    example = f"{local}@{domain}.0401234567{extension}"
     return sender_notice(
-        identity=settings.identity,
+        identity=identity,
         sender=envelope.sender,
         subject="Secure message: the recipient says the phone number is wrong",
         paragraphs=[
@@ -104,7 +107,7 @@ def wrong_number_notice(
             f"example {example}, or ask your administrator to correct the number in the "
             "phone directory (secmail phones) if it comes from there.",
         ],
-        message_id_domain=settings.gateway.hostname,
+        message_id_domain=identity.hostname,
         date=now,
     )
 
@@ -132,7 +135,7 @@ class PinRoutes(PortalBase):
         typed = form_arg(request, b"pin")
         if not re.fullmatch(r"\s*[0-9]{6}\s*", typed):
             return await self._pin_page(request, token, envelope, error=_("The PIN has 6 digits."))
-        notice = lock_notice(self.settings, envelope, self._date())
+        notice = lock_notice(self.settings.identity, envelope, self._date())
         state = await self.sessions.check_pin(
             envelope.id, typed, self.now(), self._gateway_mail(envelope, notice)
         )
@@ -176,7 +179,13 @@ class PinRoutes(PortalBase):
         """The reader says the number is not theirs: tell the sender, once."""
         if envelope.phone is None:
             return self._bad_form(request)
-        notice = wrong_number_notice(self.settings, envelope, envelope.phone, self._date())
+        notice = wrong_number_notice(
+            self.settings.identity,
+            self.settings.secure.extension,
+            envelope,
+            envelope.phone,
+            self._date(),
+        )
         if await self.sessions.report_wrong_number(
             envelope.id, self.now(), self._gateway_mail(envelope, notice)
         ):
@@ -212,7 +221,9 @@ class PinRoutes(PortalBase):
             state = await self.sessions.new_pin(
                 envelope.id,
                 number,
-                lambda code: pin_sms_text(self.settings, language, code),
+                lambda code: pin_sms_text(
+                    self.settings.sms, self.settings.branding, language, code
+                ),
                 self.sms.sealer,
                 self.now(),
             )

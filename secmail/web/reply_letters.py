@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from secmail.address import Recipient
-from secmail.config import Settings
+from secmail.config import NotificationTexts, RouteSettings
 from secmail.crypto import MasterKey
 from secmail.letters import letter_events, new_envelopes
 from secmail.store.messages import NewDelivery, NewMessage, new_id
@@ -24,7 +24,8 @@ from secmail.web.reply import ReplyMail
 def reply_messages(
     mail: ReplyMail,
     *,
-    settings: Settings,
+    texts: NotificationTexts,
+    routes: RouteSettings,
     master: MasterKey,
     reader: str,
     about: str,
@@ -39,7 +40,7 @@ def reply_messages(
     first has the id C{message_id} (default: a new one) and a C{written} event.
     """
     kind = "forward" if mail.mode == "forward" else "reply"
-    bounce = settings.gateway.bounce_address
+    bounce = texts.identity.bounce_address
     by_domain: dict[str, list[str]] = {}
     for address in mail.audience.internal:
         by_domain.setdefault(address.rpartition("@")[2].lower(), []).append(address)
@@ -54,7 +55,7 @@ def reply_messages(
                     kind=kind,
                     sender=bounce,
                     recipients=tuple(recipients),
-                    route=str(settings.routes.for_domain(domain)),
+                    route=str(routes.for_domain(domain)),
                     domain=domain,
                     # A failure report would quote the headers in the clear: to nobody.
                     notify="",
@@ -66,7 +67,8 @@ def reply_messages(
     ]
     if mail.audience.secure:
         messages += secure_letter(
-            settings=settings,
+            texts=texts,
+            routes=routes,
             master=master,
             content=mail.content,
             sender=reader,
@@ -82,7 +84,8 @@ def reply_messages(
 
 def secure_letter(
     *,
-    settings: Settings,
+    texts: NotificationTexts,
+    routes: RouteSettings,
     master: MasterKey,
     content: bytes,
     sender: str,
@@ -100,8 +103,8 @@ def secure_letter(
     """
     message_id = new_id()
     envelopes, notifications = new_envelopes(
-        texts=settings.notification_texts,
-        routes=settings.routes,
+        texts=texts,
+        routes=routes,
         master=master,
         message_id=message_id,
         sender=sender,

@@ -103,7 +103,8 @@ class ReplyRoutes(PortalBase):
             return await self._not_sent(request, session, raw, envelope, form, str(e), 400)
         messages = reply_messages(
             mail,
-            settings=self.settings,
+            texts=self.settings.notification_texts,
+            routes=self.settings.routes,
             master=self.store.master,
             reader=envelope.recipient,
             about=session.message_id,

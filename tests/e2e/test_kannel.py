@@ -105,14 +105,14 @@ class KannelTests(TestCase):
         """
         settings = config.from_mapping({})
         for language in ("en", "fi", "sv"):
-            text = pin_sms_text(settings, language, "418276")
+            text = pin_sms_text(settings.sms, settings.branding, language, "418276")
             number = unique_number()
             gateway = self.gateway(self.kannel.url(charset="UTF-8"))
             self.assertEqual(await gateway.send(number, text), ACCEPTED)
             self.assertEqual(self.kannel.wait_for_sms(number=number), [(number, text)])
             [sms] = [s for s in self.kannel.received() if s.number == number]
             self.assertEqual(sms.kind, "text", language)
-        self.assertIn("ä", pin_sms_text(settings, "fi", "418276"))
+        self.assertIn("ä", pin_sms_text(settings.sms, settings.branding, "fi", "418276"))
 
     async def test_kannel_defaults_lose_non_gsm_characters(self) -> None:
         """...but a character outside GSM 7-bit is lost, and Kannel still answers 202.

@@ -345,7 +345,15 @@ def check_reply(raw: bytes, mode: str, reader: tuple[str, str], text: str, forwa
     head = mail.content.partition(b"\r\n\r\n")[0]
     assert all(len(line) <= 998 for line in head.split(b"\r\n")), "header line over 998 octets"
     single_line(mail.subject)
-    reply_messages(mail, settings=SETTINGS, master=MASTER, reader=reader[0], about="m1", date=DATE)
+    reply_messages(
+        mail,
+        texts=SETTINGS.notification_texts,
+        routes=SETTINGS.routes,
+        master=MASTER,
+        reader=reader[0],
+        about="m1",
+        date=DATE,
+    )
 
 
 # --- the tests -------------------------------------------------------------------------------
