@@ -74,6 +74,11 @@ def unit_settings(**portal: Any) -> Any:
     return make_settings("/nonexistent/secmail-reply-tests", portal=portal)
 
 
+def sections(settings: Any) -> dict[str, Any]:
+    """What the reply builders read of the settings: routes, secure and the gateway's identity."""
+    return {"routes": settings.routes, "secure": settings.secure, "identity": settings.identity}
+
+
 def build(
     mode: str = "reply",
     text: str = "Thanks, Alice.",
@@ -91,7 +96,7 @@ def build(
         text=text,
         uploads=uploads,
         forward_to=forward_to,
-        settings=unit_settings(),
+        **sections(unit_settings()),
         date=DATE,
     )
 
@@ -225,13 +230,13 @@ class ReplyMailTests(SynchronousTestCase):
     def test_reply_choices(self) -> None:
         """Reply is offered for an internal sender; Reply all only when it reaches more people."""
         settings = unit_settings()
-        self.assertEqual(reply_choices(THREAD, BOB, settings), (True, True))
+        self.assertEqual(reply_choices(THREAD, BOB, **sections(settings)), (True, True))
         alone = mime(*HEAD, "", "Only Bob.")
-        self.assertEqual(reply_choices(alone, BOB, settings), (True, False))
+        self.assertEqual(reply_choices(alone, BOB, **sections(settings)), (True, False))
         outside = THREAD.replace(
             b"From: Alice Example <alice@corp.example>", b"From: " + MALLORY.encode()
         )
-        self.assertEqual(reply_choices(outside, BOB, settings), (False, False))
+        self.assertEqual(reply_choices(outside, BOB, **sections(settings)), (False, False))
 
     def test_outside_sender_refused(self) -> None:
         """A reply (or reply all) to a sender outside the organisation is refused, saying why."""
@@ -262,7 +267,7 @@ class ReplyMailTests(SynchronousTestCase):
                 text="Hi",
                 uploads=(),
                 forward_to="",
-                settings=make_settings("/nonexistent/secmail-reply-tests", gateway=gateway),
+                **sections(make_settings("/nonexistent/secmail-reply-tests", gateway=gateway)),
                 date=DATE,
             )
         self.assertIn("nobody in the organisation", str(e.exception))
@@ -344,7 +349,7 @@ class ReplyMailTests(SynchronousTestCase):
         self.assertIn(percent.decode(), str(e.exception))
         # Reply (to Alice) still works; reply all is not offered.
         self.assertEqual(build(raw=cc).audience.internal, (ALICE,))
-        self.assertEqual(reply_choices(cc, BOB, unit_settings()), (True, False))
+        self.assertEqual(reply_choices(cc, BOB, **sections(unit_settings())), (True, False))
 
     def test_attachments_intact(self) -> None:
         """Uploaded files arrive byte for byte, under safe names, with a plain MIME type."""

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
-from secmail.config import Settings
+from secmail.config import GatewayIdentity, RouteSettings, SecureSettings
 from secmail.policy import strip_subject_keyword
 from secmail.store.portal import Session
 from secmail.web import errors, render, reply
@@ -34,7 +34,10 @@ class ReadingRoutes(ReplyRoutes):
         attachments, and the reply and forward forms."""
         envelope = await self.store.envelope_by_id(session.envelope_id)
         reader = envelope.recipient if envelope is not None else ""
-        message, choices = await self._render(session, _reading, raw, reader, self.settings)
+        settings = self.settings
+        message, choices = await self._render(
+            session, _reading, raw, reader, settings.routes, settings.secure, settings.identity
+        )
         await self.store.add_event(
             session.message_id, session.envelope_id, "viewed", "", self.now()
         )
@@ -115,8 +118,12 @@ class ReadingRoutes(ReplyRoutes):
 
 
 def _reading(
-    raw: bytes, reader: str, settings: Settings
+    raw: bytes,
+    reader: str,
+    routes: RouteSettings,
+    secure: SecureSettings,
+    identity: GatewayIdentity,
 ) -> tuple[render.ReadableMessage, tuple[bool, bool]]:
     """What the reading page shows of a letter, and the reply choices: one thread's work."""
     message = render.read_message(raw, cid_url=lambda cid: "/read/cid/" + quote(cid, safe=""))
-    return message, reply.reply_choices(raw, reader, settings)
+    return message, reply.reply_choices(raw, reader, routes, secure, identity)

@@ -43,7 +43,7 @@ from secmail.address import (
     parse_recipient,
     portal_destination,
 )
-from secmail.config import Settings
+from secmail.config import GatewayIdentity, RouteSettings, SecureSettings
 from secmail.notify import clean_text
 from secmail.web import render
 from secmail.web.forms import Upload
@@ -121,47 +121,45 @@ class ReplyMail:
 # --- addresses ---------------------------------------------------------------------------
 
 
-def organisation(settings: Settings) -> str:
+def organisation(routes: RouteSettings) -> str:
     """The organisation's mail domains, for messages that say where mail may go."""
-    domains = sorted({*settings.routes.incoming_domains, *settings.routes.domains})
+    domains = sorted({*routes.incoming_domains, *routes.domains})
     return ", ".join(domains) or "(none configured)"
 
 
-def _recipient(address: str, settings: Settings) -> Recipient | None:
+def _recipient(address: str, secure: SecureSettings) -> Recipient | None:
     """The address understood as at C{RCPT TO} (marking read), or None if it is not usable."""
     try:
-        return parse_recipient(
-            address.strip(), settings.secure.extension, settings.secure.default_country_code
-        )
+        return parse_recipient(address.strip(), secure.extension, secure.default_country_code)
     except AddressError:
         return None
 
 
-def _is_internal(recipient: Recipient, settings: Settings) -> bool:
-    return settings.routes.is_incoming(recipient.domain)
+def _is_internal(recipient: Recipient, routes: RouteSettings) -> bool:
+    return routes.is_incoming(recipient.domain)
 
 
-def _plain(recipient: Recipient, settings: Settings) -> None:
+def _plain(recipient: Recipient, routes: RouteSettings) -> None:
     """
     Refuse source-route forms (C{%}, C{!}, ...) that the mail server behind could send
     elsewhere: L{portal_destination} on the unmarked address; a L{ReplyError} names it.
     """
-    internal = _is_internal(recipient, settings)
+    internal = _is_internal(recipient, routes)
     try:
-        portal_destination(recipient.address, settings.routes.is_incoming if internal else None)
+        portal_destination(recipient.address, routes.is_incoming if internal else None)
     except DestinationError as e:
         raise ReplyError(str(e)) from None
 
 
-def _marked(recipient: Recipient, settings: Settings) -> str:
+def _marked(recipient: Recipient, secure: SecureSettings) -> str:
     """The address as an internal sender writes it to reach this person securely."""
     if recipient.level is not Level.PLAIN:
         return recipient.original
-    return f"{recipient.address}{settings.secure.extension}"
+    return f"{recipient.address}{secure.extension}"
 
 
-def _gateway_addresses(settings: Settings) -> set[str]:
-    return {settings.gateway.bounce_address.lower(), settings.gateway.notification_from.lower()}
+def _gateway_addresses(identity: GatewayIdentity) -> set[str]:
+    return {identity.bounce_address.lower(), identity.notification_from.lower()}
 
 
 def _parse(raw: bytes) -> Message:
@@ -198,50 +196,64 @@ def _clean(text: str, limit: int) -> str:
     return clean_text(text, limit)
 
 
-def reply_choices(raw: bytes, reader: str, settings: Settings) -> tuple[bool, bool]:
+def reply_choices(
+    raw: bytes,
+    reader: str,
+    routes: RouteSettings,
+    secure: SecureSettings,
+    identity: GatewayIdentity,
+) -> tuple[bool, bool]:
     """Whether the reader can reply to the original's sender, and whether "reply all"
     would reach anyone more."""
     message = _parse(raw)
     try:
-        single = reply_audience(message, "reply", reader, settings)
+        single = reply_audience(message, "reply", reader, routes, secure, identity)
     except ReplyError:
         return False, False
     try:
-        everyone = reply_audience(message, "reply-all", reader, settings)
+        everyone = reply_audience(message, "reply-all", reader, routes, secure, identity)
     except ReplyError:
         return True, False  # someone in To or Cc cannot be sent to: no reply all
     more = len(everyone.internal) + len(everyone.secure) > len(single.internal)
     return True, more
 
 
-def reply_audience(message: Message, mode: str, reader: str, settings: Settings) -> Audience:
+def reply_audience(
+    message: Message,
+    mode: str,
+    reader: str,
+    routes: RouteSettings,
+    secure: SecureSettings,
+    identity: GatewayIdentity,
+) -> Audience:
     """
-    The original's sender (C{Reply-To}, else C{From}), who must be in the organisation;
-    for C{"reply-all"} also everyone else in C{To} and C{Cc} except the reader.
+    The original's sender (C{Reply-To}, else C{From}), who must be in the organisation
+    (C{routes}); for C{"reply-all"} also everyone else in C{To} and C{Cc} except the reader
+    and the gateway (C{identity}). Outsiders get a letter, marked as C{secure} says.
     """
     targets = _mailboxes(message, "Reply-To") or _mailboxes(message, "From")
     if not targets:
         raise ReplyError("The message has no sender address, so there is nobody to reply to.")
-    org = organisation(settings)
-    seen = {reader.lower()} | _gateway_addresses(settings)
+    org = organisation(routes)
+    seen = {reader.lower()} | _gateway_addresses(identity)
     to: list[tuple[str, str]] = []
     cc: list[tuple[str, str]] = []
     internal: list[str] = []
-    secure: list[Recipient] = []
+    outsiders: list[Recipient] = []
     for name, address in targets:
-        recipient = _recipient(address, settings)
+        recipient = _recipient(address, secure)
         if recipient is None:
             raise ReplyError(
                 f"The sender's address, {_clean(address, 100)}, cannot be replied to from "
                 "here. Please reply from your own e-mail program instead."
             )
-        if not _is_internal(recipient, settings):
+        if not _is_internal(recipient, routes):
             raise ReplyError(
                 f"The sender, {recipient.address}, is outside the organisation, and a reply "
                 f"from here can only go to addresses at {org}. Please reply from your own "
                 "e-mail program instead."
             )
-        _plain(recipient, settings)
+        _plain(recipient, routes)
         if recipient.address.lower() not in seen:
             seen.add(recipient.address.lower())
             to.append((name, recipient.address))
@@ -251,25 +263,25 @@ def reply_audience(message: Message, mode: str, reader: str, settings: Settings)
     if mode == "reply-all":
         for field, header in (("To", to), ("Cc", cc)):
             for name, address in _mailboxes(message, field):
-                recipient = _recipient(address, settings)
+                recipient = _recipient(address, secure)
                 if recipient is None or recipient.address.lower() in seen:
                     continue
-                _plain(recipient, settings)
+                _plain(recipient, routes)
                 seen.add(recipient.address.lower())
-                if _is_internal(recipient, settings):
+                if _is_internal(recipient, routes):
                     header.append((name, recipient.address))
                     internal.append(recipient.address)
                 else:
-                    header.append((name, _marked(recipient, settings)))
+                    header.append((name, _marked(recipient, secure)))
                     if recipient.level is Level.PLAIN:
                         recipient = replace(recipient, level=Level.LETTER)
-                    secure.append(recipient)
-    return Audience(tuple(to), tuple(cc), tuple(internal), tuple(secure))
+                    outsiders.append(recipient)
+    return Audience(tuple(to), tuple(cc), tuple(internal), tuple(outsiders))
 
 
-def forward_audience(text: str, settings: Settings) -> Audience:
+def forward_audience(text: str, routes: RouteSettings, secure: SecureSettings) -> Audience:
     """The addresses the reader typed: all of them must be in the organisation."""
-    org = organisation(settings)
+    org = organisation(routes)
     tokens = [t.strip("<>") for t in re.split(r"[\s,;]+", text) if t.strip("<>")]
     if not tokens:
         raise ReplyError(f"Type the address to forward the message to (at {org}).")
@@ -278,18 +290,18 @@ def forward_audience(text: str, settings: Settings) -> Audience:
     to: list[tuple[str, str]] = []
     seen: set[str] = set()
     for token in tokens:
-        recipient = _recipient(token, settings)
+        recipient = _recipient(token, secure)
         if recipient is None:
             raise ReplyError(
                 f"{_clean(token, 100)} is not an e-mail address. Type addresses such as "
                 f"name@{org.split(',')[0]}, separated by commas."
             )
-        if not _is_internal(recipient, settings):
+        if not _is_internal(recipient, routes):
             raise ReplyError(
                 f"{recipient.address} is outside the organisation. From here a message can be "
                 f"forwarded only to addresses at {org}, so that it stays protected."
             )
-        _plain(recipient, settings)
+        _plain(recipient, routes)
         if recipient.address.lower() not in seen:
             seen.add(recipient.address.lower())
             to.append(("", recipient.address))
@@ -308,7 +320,9 @@ def build_reply(
     text: str,
     uploads: Sequence[Upload],
     forward_to: str,
-    settings: Settings,
+    routes: RouteSettings,
+    secure: SecureSettings,
+    identity: GatewayIdentity,
     date: datetime,
     make_msgid: Callable[[], str] | None = None,
 ) -> ReplyMail:
@@ -328,10 +342,10 @@ def build_reply(
     message = _parse(original)
     readable = render.read_message(original)
     if mode == "forward":
-        audience = forward_audience(forward_to, settings)
+        audience = forward_audience(forward_to, routes, secure)
     else:
-        audience = reply_audience(message, mode, reader, settings)
-    reader_recipient = _recipient(reader_original, settings) or _recipient(reader, settings)
+        audience = reply_audience(message, mode, reader, routes, secure, identity)
+    reader_recipient = _recipient(reader_original, secure) or _recipient(reader, secure)
     if reader_recipient is None:
         raise ReplyError("Your address cannot be used as a sender. Please reply by e-mail.")
     reader_name = _reader_name(message, reader, reader_original)
@@ -342,11 +356,11 @@ def build_reply(
     if audience.cc:
         mail["Cc"] = [_address(n, a) for n, a in audience.cc]
     # Replies to this mail should reach the reader securely again: the marked address.
-    mail["Reply-To"] = _address(reader_name, _marked(reader_recipient, settings))
+    mail["Reply-To"] = _address(reader_name, _marked(reader_recipient, secure))
     subject = _subject(readable.subject, mode)
     mail["Subject"] = subject
     mail["Date"] = format_datetime(date)
-    hostname = settings.gateway.hostname
+    hostname = identity.hostname
     mail["Message-ID"] = make_msgid() if make_msgid else email_make_msgid(domain=hostname)
     parent = _message_ids(readable.message_id or "")[:1]
     references = _references(readable.references or "", parent)

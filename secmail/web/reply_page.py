@@ -95,7 +95,9 @@ class ReplyRoutes(PortalBase):
                     text=text,
                     uploads=uploads,
                     forward_to=to,
-                    settings=self.settings,
+                    routes=self.settings.routes,
+                    secure=self.settings.secure,
+                    identity=self.settings.identity,
                     date=date,
                 ),
             )
@@ -154,7 +156,7 @@ class ReplyRoutes(PortalBase):
             text=text,
             to=to,
             limit=size_text(self.settings.portal.max_upload_size),
-            domains=reply.organisation(self.settings),
+            domains=reply.organisation(self.settings.routes),
         )
 
     async def _not_sent(
@@ -168,8 +170,15 @@ class ReplyRoutes(PortalBase):
         status: int,
     ) -> bytes:
         """The problem, in words, and the forms again with what the reader typed."""
+        settings = self.settings
         choices = await self._render(
-            session, reply.reply_choices, raw, envelope.recipient, self.settings
+            session,
+            reply.reply_choices,
+            raw,
+            envelope.recipient,
+            settings.routes,
+            settings.secure,
+            settings.identity,
         )
         request.setResponseCode(status)
         return self._template(

@@ -43,6 +43,8 @@ from tests.fuzz.support import corpus, fuzz_settings, gateway_settings
 
 CORPUS = corpus()
 SETTINGS = gateway_settings(tempfile.gettempdir())
+#: What the reply builders read of the settings.
+SECTIONS = {"routes": SETTINGS.routes, "secure": SETTINGS.secure, "identity": SETTINGS.identity}
 MASTER = MasterKey(os.urandom(32))
 DATE = datetime(2024, 4, 9, 12, 0, tzinfo=UTC)
 
@@ -322,7 +324,7 @@ READERS = [
 
 def check_reply(raw: bytes, mode: str, reader: tuple[str, str], text: str, forward_to: str) -> None:
     """A reply or forward is refused in words, or is a mail with only the builder's headers."""
-    reply_choices(raw, reader[0], SETTINGS)
+    reply_choices(raw, reader[0], **SECTIONS)
     try:
         mail = build_reply(
             original=raw,
@@ -332,7 +334,7 @@ def check_reply(raw: bytes, mode: str, reader: tuple[str, str], text: str, forwa
             text=text,
             uploads=[Upload("a.txt", "text/plain", b"attached")] if not text else [],
             forward_to=forward_to,
-            settings=SETTINGS,
+            **SECTIONS,
             date=DATE,
         )
     except (ReplyError, MessageTooComplex) as e:
@@ -402,7 +404,7 @@ def test_forward_of_an_8bit_original() -> None:
         text="",
         uploads=[],
         forward_to="dave@corp.example",
-        settings=SETTINGS,
+        **SECTIONS,
         date=DATE,
     )
     assert raw.replace(b"\r\n", b"\n").split(b"\n")[2] in mail.content.replace(b"\r\n", b"\n")
