@@ -689,7 +689,9 @@ class EightBitTests(SynchronousTestCase):
             text="F\u00fcr dich",
             uploads=(),
             forward_to="dave@corp.example",
-            settings=settings,
+            routes=settings.routes,
+            secure=settings.secure,
+            identity=settings.identity,
             date=datetime(2024, 3, 1, 12, 0, tzinfo=UTC),
         )
         self.assertFalse(mail.content.isascii())
