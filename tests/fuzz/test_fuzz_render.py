@@ -44,7 +44,11 @@ from tests.fuzz.support import corpus, fuzz_settings, gateway_settings
 CORPUS = corpus()
 SETTINGS = gateway_settings(tempfile.gettempdir())
 #: What the reply builders read of the settings.
-SECTIONS = {"routes": SETTINGS.routes, "secure": SETTINGS.secure, "identity": SETTINGS.identity}
+SECTIONS: dict[str, Any] = {
+    "routes": SETTINGS.routes,
+    "secure": SETTINGS.secure,
+    "identity": SETTINGS.identity,
+}
 MASTER = MasterKey(os.urandom(32))
 DATE = datetime(2024, 4, 9, 12, 0, tzinfo=UTC)
 
