@@ -249,3 +249,25 @@ def test_style_sheet_from_file() -> None:
         }
     )
     assert layout.style_sheet(brand.branding).decode() == css.replace("#1f5fae", "#aa3300")
+
+
+#: The Klein apps (the web layer's unit of composition) and the modules that declare them.
+SETTINGS_TAKERS = {"access.py", "compose.py", "compose_pages.py", "site.py"}
+
+
+def test_only_the_apps_take_settings() -> None:
+    """Below the two Klein apps, web functions get the sections and values they read."""
+    web = Path(layout.__file__).parent
+    found = []
+    for path in sorted([*web.glob("*.py"), web.parent / "letters.py", web.parent / "notify.py"]):
+        if path.name in SETTINGS_TAKERS:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += [
+            f"{path.name}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and node.module == "secmail.config"
+            and any(alias.name == "Settings" for alias in node.names)
+        ]
+    assert found == []
