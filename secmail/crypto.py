@@ -20,7 +20,9 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -174,6 +176,30 @@ def format_ring(keys: Sequence[bytes]) -> str:
     return "".join(lines)
 
 
+@contextmanager
+def _private_file(path: str, owner_of: str | None) -> Iterator[BinaryIO]:
+    """
+    A new file at C{path}, mode 0600 from its first byte, owned like C{owner_of} when given
+    (a leftover file at C{path} is then removed, never reused with its old mode; without
+    C{owner_of} an existing file is an error, never overwritten), so that a ring written by
+    root for a gateway running as its own user stays readable by that user. Written,
+    flushed and fsynced when the block ends.
+    """
+    if owner_of is not None:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)
+        if owner_of is not None:
+            old = os.stat(owner_of)
+            if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(fd, old.st_uid, old.st_gid)
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_ring_file(path: str, keys: Sequence[bytes], *, replace: bool) -> None:
     """
     Write the ring to C{path} (mode 0600) durably: a new file, fsynced, renamed over the
@@ -182,13 +208,9 @@ def write_ring_file(path: str, keys: Sequence[bytes], *, replace: bool) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     target = path + ".new" if replace else path
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL), 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(format_ring(keys))
-        f.flush()
-        os.fsync(f.fileno())
+    with _private_file(target, owner_of=path if replace else None) as f:
+        f.write(format_ring(keys).encode("ascii"))
     if replace:
-        os.chmod(target, 0o600)
         os.replace(target, path)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
@@ -252,12 +274,8 @@ def rotate_key_file(path: str) -> tuple[MasterKey, str]:
     previous = path + ".prev"
     with open(path, "rb") as old:
         content = old.read()
-    fd = os.open(previous, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with _private_file(previous, owner_of=path) as f:
         f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(previous, 0o600)
     new = [os.urandom(KEY_SIZE), *keys]
     write_ring_file(path, new, replace=True)
     master = MasterKey(*new)

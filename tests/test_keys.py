@@ -105,6 +105,36 @@ class RingFileTests(SynchronousTestCase):
         with self.assertRaises(IntegrityError):
             ring.unwrap(wrapped[:-1] + bytes([wrapped[-1] ^ 1]), "m1", key_id)
 
+    def test_rotate_keeps_owner_and_never_reuses_a_loose_mode(self) -> None:
+        """
+        rotate run by root for a gateway's own user: the new ring and .prev keep the old
+        file's owner; leftover world-readable .new/.prev files are not reused with their mode.
+        """
+        generate_key_file(self.path)
+        for leftover in (self.path + ".new", self.path + ".prev"):
+            with open(leftover, "w") as f:
+                f.write("stale")
+            os.chmod(leftover, 0o644)
+        if os.geteuid() == 0:
+            os.chown(self.path, 1, 1)
+        _, previous = rotate_key_file(self.path)
+        for path in (self.path, previous):
+            info = os.stat(path)
+            self.assertEqual(stat.S_IMODE(info.st_mode), 0o600, path)
+            if os.geteuid() == 0:
+                self.assertEqual((info.st_uid, info.st_gid), (1, 1), path)
+        self.assertFalse(os.path.exists(self.path + ".new"))
+
+    def test_generate_never_overwrites(self) -> None:
+        """keys generate refuses an existing file: a master key is never overwritten."""
+        generate_key_file(self.path)
+        with open(self.path, "rb") as f:
+            before = f.read()
+        with self.assertRaises(FileExistsError):
+            generate_key_file(self.path)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), before)
+
     def test_sealing_key(self) -> None:
         """Seal with the newest key every live node holds; the newest when none is shared."""
         now = T0
