@@ -15,7 +15,7 @@ from datetime import datetime
 from secmail.address import Recipient
 from secmail.config import NotificationTexts, RouteSettings
 from secmail.crypto import MasterKey
-from secmail.notify import build_notification
+from secmail.notify import Notification, build_notification
 from secmail.store.messages import NewDelivery, NewEnvelope, NewMessage, hash_token, new_id
 from secmail.store.spool import SealedBytes
 
@@ -94,6 +94,21 @@ def letter_events(
     events: list[tuple[str | None, str, str]] = [(None, "received", received)]
     events += [(e.id, "notification queued", f"{e.level} for {e.recipient}") for e in envelopes]
     return events
+
+
+def code_message(
+    routes: RouteSettings, master: MasterKey, mail: Notification, about: str
+) -> NewMessage:
+    """A code mail (a letter's e-mail code, a D-Compose address code) ready to commit."""
+    return routed_mail(
+        routes,
+        master,
+        kind="code",
+        sender=mail.sender,
+        to=mail.recipient,
+        content=mail.content,
+        about=about,
+    )
 
 
 def routed_mail(

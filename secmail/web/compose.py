@@ -39,7 +39,7 @@ from twisted.web.iweb import IRequest
 
 from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
-from secmail.letters import routed_mail
+from secmail.letters import code_message, routed_mail
 from secmail.notify import clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
@@ -374,21 +374,9 @@ class Compose(ComposePages):
             minutes=CODE_LIFETIME // 60,
             date=datetime.fromtimestamp(self.clock.seconds(), UTC),
         )
-        await self.store.commit(
-            [
-                routed_mail(
-                    self.settings.routes,
-                    self.store.master,
-                    kind="code",
-                    sender=mail.sender,
-                    to=sender,
-                    content=mail.content,
-                    # Its delivery is recorded on the outsider's trail.
-                    about=trail_id(sender),
-                )
-            ],
-            self.now(),
-        )
+        # Its delivery is recorded on the outsider's trail.
+        message = code_message(self.settings.routes, self.store.master, mail, trail_id(sender))
+        await self.store.commit([message], self.now())
         self.on_commit()
 
     def _lock_notice(self, sender: str) -> NewMessage:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from secmail.letters import routed_mail
+from secmail.letters import code_message
 from secmail.notify import code_mail
 from secmail.store.messages import Envelope, new_id
 from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeState
@@ -141,20 +141,8 @@ class LandingRoutes(PinRoutes):
             message_id_domain=self.settings.gateway.hostname,
             date=datetime.fromtimestamp(self.clock.seconds(), UTC),
         )
-        await self.store.commit(
-            [
-                routed_mail(
-                    self.settings.routes,
-                    self.store.master,
-                    kind="code",
-                    sender=mail.sender,
-                    to=envelope.recipient,
-                    content=mail.content,
-                    about=envelope.message_id,
-                )
-            ],
-            self.now(),
-        )
+        message = code_message(self.settings.routes, self.store.master, mail, envelope.message_id)
+        await self.store.commit([message], self.now())
         self.on_commit()
 
     def _code_page(
