@@ -447,13 +447,14 @@ def test_size_limit(gateway: Gateway, internet: SmtpSink, internal: SmtpSink) ->
         assert not [m for m in sink.messages() if m.message_id == big_id]
 
 
-def test_bad_configuration(tmp_path: Path) -> None:
-    """An unknown key stops twistd at once, non-zero, with one line naming it and no traceback."""
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[smtp]\nbogus = 1\nlisten = ["tcp:0:interface=127.0.0.1"]\n')
+def refused_start(tmp_path: Path, conf: Path, key: str) -> list[str]:
+    """
+    Run twistd with C{conf}: it must exit at once, non-zero, without a traceback; the
+    output's lines that name C{key} are returned.
+    """
     try:
         result = subprocess.run(  # noqa: S603
-            [twistd_path(), "-n", "--pidfile=", "secmail", "--config", str(bad)],
+            [twistd_path(), "-n", "--pidfile=", "secmail", "--config", str(conf)],
             cwd=tmp_path,
             env=run_env(),
             stdin=subprocess.DEVNULL,
@@ -462,12 +463,18 @@ def test_bad_configuration(tmp_path: Path) -> None:
             timeout=20,
         )
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"twistd did not exit within 20 s with a bad config; output: {e.output!r}")
+        pytest.fail(f"twistd did not stop within 20 s ({key}); output: {e.output!r}")
     output = result.stdout.decode("utf-8", "replace")
     assert result.returncode != 0, output
     assert "Traceback" not in output, output
-    naming = [line for line in output.splitlines() if "smtp.bogus" in line]
-    assert len(naming) == 1, output
+    return [line for line in output.splitlines() if key in line]
+
+
+def test_bad_configuration(tmp_path: Path) -> None:
+    """An unknown key stops twistd at once, non-zero, with one line naming it and no traceback."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[smtp]\nbogus = 1\nlisten = ["tcp:0:interface=127.0.0.1"]\n')
+    assert len(refused_start(tmp_path, bad, "smtp.bogus")) == 1
 
 
 def test_port_taken_stops_start_up(tmp_path: Path) -> None:
@@ -482,28 +489,13 @@ def test_port_taken_stops_start_up(tmp_path: Path) -> None:
             f'[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
             '[portal]\nlisten = ["ssl:0:interface=127.0.0.1"]\n'
         )
-        try:
-            result = subprocess.run(  # noqa: S603
-                [twistd_path(), "-n", "--pidfile=", "secmail", "--config", str(conf)],
-                cwd=tmp_path,
-                env=run_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=20,
-            )
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"twistd ran on without its SMTP listener; output: {e.output!r}")
-    output = result.stdout.decode("utf-8", "replace")
-    assert result.returncode != 0, output
-    assert "Traceback" not in output, output
+        naming = refused_start(tmp_path, conf, "smtp.listen")
     # By then twistd's log has taken stderr: the line is in the log, once.
-    naming = [line for line in output.splitlines() if "smtp.listen" in line]
-    assert len(naming) == 1, output
+    assert len(naming) == 1, naming
     assert naming[0].endswith(
         f"secmail: smtp.listen: cannot listen on tcp:{port}:interface=127.0.0.1: Address "
         "already in use (another program, or another secmail, is using that port)"
-    ), output
+    ), naming
 
 
 # --- crash safety ----------------------------------------------------------------------
