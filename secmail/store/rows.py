@@ -21,6 +21,18 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
+SHORT_ID_LENGTH = 10
+
+
+def short_id(message_id: str) -> str:
+    """
+    The first ten hex digits of a message id: what every log line about the message shows,
+    like Postfix's queue id, and what C{secmail messages show} takes. Unique in practice
+    (40 bits); the commands say so when a short id names more than one message.
+    """
+    return message_id[:SHORT_ID_LENGTH]
+
+
 def hash_token(token: str) -> str:
     """
     The SHA-256 of a 256-bit random secret (a link token, a session or browser cookie): what
