@@ -80,11 +80,11 @@ class EnvelopeRows:
         )
 
     async def delete_old_events(self, cutoff: int) -> int:
-        """Delete audit-trail events recorded before C{cutoff}."""
+        """Delete messages' events and admins' audit rows recorded before C{cutoff}; how many."""
 
         def txn_(txn: Txn) -> int:
-            txn.execute("DELETE FROM events WHERE at < ?", (cutoff,))
-            return txn.rowcount
+            events = txn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
+            return events + txn.execute("DELETE FROM admin_audit WHERE at < ?", (cutoff,)).rowcount
 
         return await self.db.run(txn_)
 
