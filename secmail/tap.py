@@ -28,7 +28,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from secmail import config
+from secmail import __version__, config
 from secmail.crypto import (
     DerivedKeys,
     MasterKeyError,
@@ -37,6 +37,10 @@ from secmail.crypto import (
     load_key_file,
 )
 from secmail.logs import use_json_logs
+from secmail.monitoring.gauges import QueueGauges
+from secmail.monitoring.health import Readiness
+from secmail.monitoring.http import monitoring_site
+from secmail.monitoring.metrics import QUEUE_REFRESH
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import StartStopService
@@ -52,6 +56,7 @@ from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
 from secmail.store.keys import KeyStore, live_nodes_blocking, sealing_key
 from secmail.store.messages import MessageStore
+from secmail.store.nodes import write_probe
 from secmail.store.portal import PortalStore
 from secmail.store.sms import SmsStore
 from secmail.store.spool import clean_spool
@@ -350,4 +355,33 @@ def makeService(options: Options) -> IService:
         Listener(
             "smtp.listen", description, serverFromString(reactor, description), smtp_factory
         ).setServiceParent(top)
+    monitoring(top, reactor, settings, db, store, queue, master, node_id)
     return top
+
+
+def monitoring(
+    top: MultiService,
+    reactor: Any,
+    settings: config.Settings,
+    db: Database,
+    store: MessageStore,
+    queue: OutboundQueue,
+    master: Any,
+    node_id: str,
+) -> None:
+    """The queue's gauges, and the [metrics] listener with /metrics, /livez and /readyz."""
+    gauges = QueueGauges(store.queue_figures, reactor)
+    TimerService(QUEUE_REFRESH, gauges.run).setServiceParent(top)
+    readiness = Readiness(
+        reactor,
+        db_probe=lambda: write_probe(db, node_id, __version__, int(reactor.seconds())),
+        data_dir=settings.gateway.data_dir,
+        min_free_bytes=1.5 * settings.smtp.max_message_size,
+        read_key=lambda: deferToThread(load_key_file, master.path),
+        queue=queue,
+    )
+    site = monitoring_site(reactor, reactor.seconds(), readiness)
+    for description in settings.metrics.listen:
+        Listener(
+            "metrics.listen", description, serverFromString(reactor, description), site
+        ).setServiceParent(top)

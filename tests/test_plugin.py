@@ -135,7 +135,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_service_tree(self) -> None:
         """Database first, then queue, periodic jobs, the rendering threads, portal and the SMTP
-        listener (no SMS)."""
+        listener (no SMS), then the queue's gauges and the monitoring listener."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -150,7 +150,13 @@ class MakeServiceTests(SynchronousTestCase):
                 StartStopService,  # the portal's rendering, started before the portal
                 tap.Listener,
                 tap.Listener,
+                TimerService,  # the queue's gauges (metrics)
+                tap.Listener,  # [metrics] listen
             ],
+        )
+        self.assertEqual(
+            [c.key for c in children if isinstance(c, tap.Listener)],
+            ["portal.listen", "smtp.listen", "metrics.listen"],
         )
         self.assertIs(top.getServiceNamed("database"), children[0])
         self.assertFalse(any(c.running for c in children))
@@ -179,7 +185,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(render_pool.stop, pool.stop)
         self.assertEqual(pool.max, tap.RENDER_THREADS)
         self.assertFalse(pool.started)
-        portal, smtp = children[-2], children[-1]
+        portal, smtp = children[6], children[7]
         assert isinstance(portal, tap.Listener)
         assert isinstance(smtp, tap.Listener)
         self.assertEqual((portal.key, smtp.key), ("portal.listen", "smtp.listen"))

@@ -21,6 +21,8 @@ from typing import Any
 from secmail.config._base import LANGUAGES, Checker, ConfigError, check_endpoint, kind_of
 from secmail.config.gateway import DEFAULT_DATA_DIR, GatewaySettings, build_gateway
 from secmail.config.gateway import SCHEMA as GATEWAY_SCHEMA
+from secmail.config.metrics import SCHEMA as METRICS_SCHEMA
+from secmail.config.metrics import MetricsSettings, build_metrics
 from secmail.config.portal import (
     LOGO_TYPES,
     MAX_PHRASE_CHARS,
@@ -68,6 +70,7 @@ __all__ = [
     "GatewayIdentity",
     "GatewaySettings",
     "HttpGatewaySettings",
+    "MetricsSettings",
     "ModemSettings",
     "NotificationTexts",
     "PortalSettings",
@@ -104,6 +107,7 @@ class Settings:
     store: StoreSettings
     queue: QueueSettings
     sms: SmsSettings = SmsSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def identity(self) -> GatewayIdentity:
@@ -160,6 +164,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
     **STORE_SCHEMA,
     **QUEUE_SCHEMA,
     **SMS_SCHEMA,
+    **METRICS_SCHEMA,
 }
 
 
@@ -236,6 +241,7 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         store=store,
         queue=queue,
         sms=build_sms(values),
+        metrics=build_metrics(values.get("metrics", {})),
     )
 
 
