@@ -37,13 +37,14 @@ from secmail.crypto import (
     load_key_file,
 )
 from secmail.logs import use_json_logs
+from secmail.monitoring.counting import FLUSH_INTERVAL, DailyFlush
 from secmail.monitoring.gauges import QueueGauges
 from secmail.monitoring.health import Readiness
 from secmail.monitoring.http import monitoring_site
 from secmail.monitoring.metrics import QUEUE_REFRESH
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
-from secmail.services import StartStopService
+from secmail.services import OrderedServices, StartStopService
 from secmail.sms import pin_text
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
@@ -60,6 +61,7 @@ from secmail.store.nodes import write_probe
 from secmail.store.portal import PortalStore
 from secmail.store.sms import SmsStore
 from secmail.store.spool import clean_spool
+from secmail.store.stats import DailyStats
 from secmail.tls import CertificateError, ensure_self_signed, server_options
 
 log = Logger()
@@ -277,8 +279,12 @@ def makeService(options: Options) -> IService:
         max_message_size=settings.smtp.max_message_size,
     )
 
-    top = MultiService()
+    top = OrderedServices()
     StartStopService("database", db.start, db.stop).setServiceParent(top)
+    # The day's counts: written every FLUSH_INTERVAL, and last of all before the database closes.
+    daily = DailyFlush(DailyStats(db))
+    StartStopService("statistics", lambda: None, daily.run).setServiceParent(top)
+    TimerService(FLUSH_INTERVAL, daily.run).setServiceParent(top)
     StartStopService("queue", queue.start_after_restart, queue.stop_scanning).setServiceParent(top)
 
     # Texts and code HMACs use keys derived from the sealing master key and are checked with

@@ -107,6 +107,17 @@ PORTAL_CODE_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+PORTAL_REPLIES = Counter(
+    "secmail_portal_replies",
+    "Replies and forwards sent from the portal.",
+    registry=REGISTRY,
+)
+COMPOSE_MESSAGES = Counter(
+    "secmail_compose_messages",
+    "Messages written by outsiders with D-Compose and sent in.",
+    registry=REGISTRY,
+)
+
 # SMS
 SMS = Counter(
     "secmail_sms",
