@@ -37,6 +37,7 @@ from secmail.crypto import (
     load_key_file,
 )
 from secmail.logs import use_json_logs
+from secmail.monitoring.agent import ReportAgent, ReportBuilder, https_post
 from secmail.monitoring.counting import FLUSH_INTERVAL, DailyFlush
 from secmail.monitoring.gauges import QueueGauges
 from secmail.monitoring.health import Readiness
@@ -386,8 +387,18 @@ def monitoring(
         read_key=lambda: deferToThread(load_key_file, master.path),
         queue=queue,
     )
-    site = monitoring_site(reactor, reactor.seconds(), readiness)
+    started = reactor.seconds()
+    site = monitoring_site(reactor, started, readiness)
     for description in settings.metrics.listen:
         Listener(
             "metrics.listen", description, serverFromString(reactor, description), site
         ).setServiceParent(top)
+    if settings.monitoring.report_url:
+        try:
+            post = https_post(settings.monitoring, reactor)
+        except CertificateError as e:
+            _stop(f"monitoring.report_ca_file: {e}")
+        report = ReportBuilder(
+            reactor, node_id, started, readiness, store.queue_figures, DailyStats(db).days_of
+        )
+        ReportAgent(settings.monitoring, reactor, report.build, post).setServiceParent(top)

@@ -23,6 +23,8 @@ from secmail.config.gateway import DEFAULT_DATA_DIR, GatewaySettings, build_gate
 from secmail.config.gateway import SCHEMA as GATEWAY_SCHEMA
 from secmail.config.metrics import SCHEMA as METRICS_SCHEMA
 from secmail.config.metrics import MetricsSettings, build_metrics
+from secmail.config.monitoring import SCHEMA as MONITORING_SCHEMA
+from secmail.config.monitoring import MonitoringSettings, build_monitoring
 from secmail.config.portal import (
     LOGO_TYPES,
     MAX_PHRASE_CHARS,
@@ -71,6 +73,7 @@ __all__ = [
     "GatewaySettings",
     "HttpGatewaySettings",
     "MetricsSettings",
+    "MonitoringSettings",
     "ModemSettings",
     "NotificationTexts",
     "PortalSettings",
@@ -108,6 +111,7 @@ class Settings:
     queue: QueueSettings
     sms: SmsSettings = SmsSettings()
     metrics: MetricsSettings = MetricsSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @property
     def identity(self) -> GatewayIdentity:
@@ -165,6 +169,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
     **QUEUE_SCHEMA,
     **SMS_SCHEMA,
     **METRICS_SCHEMA,
+    **MONITORING_SCHEMA,
 }
 
 
@@ -242,6 +247,7 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         queue=queue,
         sms=build_sms(values),
         metrics=build_metrics(values.get("metrics", {})),
+        monitoring=build_monitoring(values.get("monitoring", {})),
     )
 
 
@@ -252,6 +258,8 @@ SECRET_KEYS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("sms.http", "url"): mask_url,
     ("sms.http", "headers"): mask_headers,
     ("sms.http", "body"): mask_body,
+    ("monitoring", "report_url"): mask_url,
+    ("monitoring", "report_token"): lambda v: "***" if v else "",
 }
 
 

@@ -40,3 +40,7 @@ class DailyStats:
             return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
         return await self.db.run(txn_)
+
+    async def days_of(self, day: str) -> dict[tuple[str, str, str], int]:
+        """The counts of one day (YYYY-MM-DD)."""
+        return await self.days(day, day)
