@@ -465,6 +465,17 @@ CONFIG_HELP = (
 )
 
 
+def snmp_pass(args: argparse.Namespace) -> int:
+    """net-snmp's pass_persist handler (see secmail/monitoring/snmp.py and etc/snmp/)."""
+    from secmail.monitoring import snmp
+
+    try:
+        url = args.url or snmp.metrics_url(_settings(args).metrics.listen)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    return snmp.serve(snmp.Figures(url), sys.stdin, sys.stdout)
+
+
 def parser() -> argparse.ArgumentParser:
     """
     C{--config FILE} is taken before the command and after it, at every level
@@ -552,6 +563,14 @@ def parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("key_id", help="the key id (see: secmail keys status)")
     rt.set_defaults(run=keys_retire)
+
+    sp = sub.add_parser(
+        "snmp-pass", parents=own, help="serve the gateway's figures to snmpd (pass_persist)"
+    )
+    sp.add_argument(
+        "--url", default=None, help="the gateway's metrics listener (default: from metrics.listen)"
+    )
+    sp.set_defaults(run=snmp_pass)
     return p
 
 

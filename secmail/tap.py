@@ -42,7 +42,6 @@ from secmail.monitoring.counting import FLUSH_INTERVAL, DailyFlush
 from secmail.monitoring.gauges import QueueGauges
 from secmail.monitoring.health import Readiness
 from secmail.monitoring.http import monitoring_site
-from secmail.monitoring.metrics import QUEUE_REFRESH
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import OrderedServices, StartStopService
@@ -378,7 +377,7 @@ def monitoring(
 ) -> None:
     """The queue's gauges, and the [metrics] listener with /metrics, /livez and /readyz."""
     gauges = QueueGauges(store.queue_figures, reactor)
-    TimerService(QUEUE_REFRESH, gauges.run).setServiceParent(top)
+    TimerService(max(settings.queue.poll_interval, 1.0), gauges.run).setServiceParent(top)
     readiness = Readiness(
         reactor,
         db_probe=lambda: write_probe(db, node_id, __version__, int(reactor.seconds())),

@@ -16,7 +16,7 @@ log = Logger()
 
 
 class QueueGauges:
-    """Sets the queue's gauges from one cheap query; run every L{QUEUE_REFRESH} seconds."""
+    """Sets the queue's gauges from one cheap query; run every [queue] poll_interval (>= 1 s)."""
 
     def __init__(self, figures: Callable[[int], Awaitable[QueueFigures]], clock: IReactorTime):
         self.figures = figures

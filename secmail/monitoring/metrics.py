@@ -5,7 +5,7 @@ The gateway's Prometheus metrics, in one registry of their own (L{REGISTRY}).
 Names start with C{secmail_}, are in base units (seconds, bytes) and counters end in
 C{_total}; labels are few and bounded (kinds, results, reasons; never addresses, numbers or
 ids). Every figure is counted where its event happens, so a scrape reads memory only; the
-queue's figures come from one cheap query every L{QUEUE_REFRESH} seconds
+queue's figures come from one cheap query every C{[queue] poll_interval} (at least 1 s)
 (L{secmail.monitoring.gauges.QueueGauges}). A label C{tenant} is left free for customer
 environments.
 
@@ -27,9 +27,6 @@ from prometheus_client import (
 )
 
 from secmail import __version__
-
-#: Seconds between two reads of the queue's figures.
-QUEUE_REFRESH = 15.0
 
 # No C{*_created} series beside each counter: they double the exposition and tell nothing
 # that process_start_time_seconds does not.
