@@ -42,6 +42,7 @@ from secmail.monitoring.counting import FLUSH_INTERVAL, DailyFlush
 from secmail.monitoring.gauges import QueueGauges
 from secmail.monitoring.health import Readiness
 from secmail.monitoring.http import monitoring_site
+from secmail.monitoring.statsmail import StatisticsMail
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import OrderedServices, StartStopService
@@ -401,3 +402,8 @@ def monitoring(
             reactor, node_id, started, readiness, store.queue_figures, DailyStats(db).days_of
         )
         ReportAgent(settings.monitoring, reactor, report.build, post).setServiceParent(top)
+    if settings.monitoring.statistics_to:
+        mail = StatisticsMail(
+            settings.monitoring, settings.identity, settings.routes, master, db, reactor, queue.wake
+        )
+        TimerService(3600, mail.run).setServiceParent(top)

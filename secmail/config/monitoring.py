@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from secmail.config._base import ConfigError, Schema, as_positive_number, as_str
+from secmail.config._base import ConfigError, Schema, as_mailbox, as_positive_number, as_str
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class MonitoringSettings:
     report_interval: float = 300.0
     #: Sent as C{Authorization: Bearer ...}; "" sends no such header.
     report_token: str = ""
+    #: Where the statistics mail goes; "" (default): none is sent.
+    statistics_to: str = ""
+    #: "week" (each Monday, for the week before) or "month" (on the 1st, for the month before).
+    statistics_every: str = "week"
 
 
 def _https_url(value: Any) -> str:
@@ -42,6 +46,18 @@ def _token(value: Any) -> str:
     return text
 
 
+def _optional_mailbox(value: Any) -> str:
+    text = as_str(value).strip()
+    return as_mailbox(text) if text else ""
+
+
+def _every(value: Any) -> str:
+    text = as_str(value)
+    if text not in ("week", "month"):
+        raise ValueError(f'{text!r} is neither "week" nor "month"')
+    return text
+
+
 def _interval(value: Any) -> float:
     number = as_positive_number(value)
     if number < 1:
@@ -55,6 +71,8 @@ SCHEMA: Schema = {
         "report_ca_file": as_str,
         "report_interval": _interval,
         "report_token": _token,
+        "statistics_to": _optional_mailbox,
+        "statistics_every": _every,
     },
 }
 
