@@ -234,6 +234,8 @@ def test_favicon_loads(gateway: Gateway, context: BrowserContext) -> None:
     assert icon_response.headers["content-type"] == "image/svg+xml"
     assert "server" not in icon_response.headers
     shot(page, "home-en")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, "home-en-390")
 
 
 def test_show_pictures_changes_the_page(
@@ -270,6 +272,11 @@ def test_show_pictures_changes_the_page(
     assert loaded.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [40, 20]
     assert pictures.requests == ["/logo.png"]
     shot(page, "reading-pictures-shown")
+    page.set_viewport_size({"width": 390, "height": 844})
+    width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1] + 1, f"horizontal scrolling at 390 px: {width}"
+    shot(page, "reading-pictures-shown-390")
+    page.set_viewport_size({"width": 1000, "height": 800})
 
     page.get_by_role("link", name="Hide pictures").click()
     page.wait_for_url(re.compile(r"/read$"))
