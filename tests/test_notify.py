@@ -608,3 +608,16 @@ def test_image_size(data: bytes, size: tuple[int, int] | None) -> None:
 def test_logo_shown_size(size: tuple[int, int] | None, shown: tuple[int, int]) -> None:
     """The logo is shown 40 pixels high and at most 200 wide, in its own proportions."""
     assert shown_size(size) == shown
+
+
+@pytest.mark.parametrize("brand", ["Yritys Öy – Turvaposti", "x" * 60, "Å" * 60])
+def test_non_ascii_and_long_brand_names(tmp_path: Path, brand: str) -> None:
+    """Any brand the configuration accepts gives a 7-bit mail that parses without defects."""
+    n = build(texts=branded(tmp_path, tiny_png(8, 8), brand_name=brand).notification_texts)
+    assert all(b in (9, 10, 13) or 32 <= b < 127 for b in n.content)
+    assert max(len(line) for line in n.content.split(b"\r\n")) <= 998
+    msg = parsed(n)
+    assert msg.defects == [] and all(not p.defects for p in msg.walk())
+    assert msg["From"].addresses[0].display_name == f"Alice Example via {brand}"
+    text, page = bodies(n)
+    assert text.splitlines()[0] == brand and visible_text(page).startswith(brand)
