@@ -29,13 +29,14 @@ from email.header import Header
 from email.headerregistry import Address
 from email.utils import format_datetime, formataddr
 from email.utils import make_msgid as email_make_msgid
+from functools import lru_cache
 
 from secmail.address import Level, Recipient
 from secmail.config import GatewayIdentity, NotificationTexts
 from secmail.notify_body import (
     DEFAULT_BRAND,
     Facts,
-    html_body,
+    html_lines,
     inline_logo,
     readable_until,
     text_body,
@@ -147,13 +148,16 @@ def build_notification(
         else None
     )
     text = text_body(facts)
-    page = html_body(facts, branding.colour, logo)
+    page_lines = html_lines(facts, branding.colour, logo)
+    page = "\n".join(lines for lines, _ in page_lines)
     # Quoted-printable never holds "=_", nor base64 "_", so these boundaries cannot occur
     # in a part (and neither is the start of the other); deriving them from the content
     # keeps the output a function of the input.
     digest = hashlib.sha256((text + page).encode()).hexdigest()[:32]
     boundary = "=_" + digest
-    html_part = _qp_part("html", page)
+    # Most of the page is the same in every notification: those lines are encoded once.
+    encoded = "\n".join(_qp_kept(lines) if kept else _qp(lines) for lines, kept in page_lines)
+    html_part = _qp_part("html", page, encoded)
     if logo is not None:
         related = "=_R" + digest
         html_part = (
@@ -181,11 +185,25 @@ def _header_text(value: str) -> str:
     return Header(value, "utf-8", header_name="Subject").encode(linesep="\r\n")
 
 
-def _qp_part(subtype: str, text: str) -> str:
-    """One UTF-8 text part, quoted-printable, CRLF line ends, lines of at most 76."""
+def _qp(lines: str) -> str:
+    """LF-separated lines quoted-printable, by binascii's encoder (C)."""
+    return binascii.b2a_qp(lines.encode("utf-8"), istext=True).decode("ascii")
+
+
+#: The runs of lines every notification of an organisation has; never a letter's own.
+_qp_kept = lru_cache(maxsize=64)(_qp)
+
+
+def _qp_part(subtype: str, text: str, encoded: str | None = None) -> str:
+    """
+    One UTF-8 text part, quoted-printable, CRLF line ends, lines of at most 76.
+    C{encoded}: the LF-only C{text} already encoded in runs of lines (a line break ends a
+    quoted-printable line, so runs of lines encode on their own).
+    """
     # binascii's encoder (C) on LF-only text: every LF in its output is then a line end.
     lf_only = text.replace("\r\n", "\n").replace("\r", "\n")
-    encoded = binascii.b2a_qp(lf_only.encode("utf-8"), istext=True).decode("ascii")
+    if encoded is None:
+        encoded = _qp(lf_only)
     if max(map(len, encoded.split("\n"))) > 76:
         # b2a_qp writes 77 when a line's last space falls at column 75 or 76: the email
         # package's (slower, pure Python) encoder keeps to 76.

@@ -95,27 +95,42 @@ def html_body(facts: Facts, colour: str, logo: InlineLogo | None) -> str:
     HTML: nested tables, inline styles only, at most 600 pixels wide, the brand colour as
     a header bar and a button; the logo (if any) from the mail itself, nothing remote.
     """
+    return "\n".join(lines for lines, _ in html_lines(facts, colour, logo))
+
+
+def html_lines(facts: Facts, colour: str, logo: InlineLogo | None) -> list[tuple[str, bool]]:
+    """
+    L{html_body} as runs of lines (to be joined with line breaks), each with whether it is
+    the same in every notification of the organisation (then its encoding can be kept: it
+    holds nothing of one letter).
+    """
     frame = _html_frame(facts.brand, vouch(facts), facts.phrase, facts.hostname, colour, logo)
     e = html.escape
     own = {
         "sent_by": e(facts.sent_by),
         "link": e(facts.link),
         "instructions": e(facts.instructions),
-        # One unit: a phone does not break a date over two lines.
-        "until": e(facts.until).replace(" ", "\u00a0"),
+        # The date and the time each one unit: a line may break only between them.
+        "until": e(facts.until).replace(" ", "\u00a0").replace(",\u00a0", ", "),
     }
-    # The frame alternates the organisation's fixed markup with the names of this mail's facts.
-    return "".join(own[piece] if i % 2 else piece for i, piece in enumerate(frame))
+    # A line with places alternates fixed markup with the names of this mail's facts.
+    return [
+        (lines, True)
+        if places is None
+        else ("".join(own[piece] if i % 2 else piece for i, piece in enumerate(places)), False)
+        for lines, places in frame
+    ]
 
 
 @lru_cache(maxsize=8)
 def _html_frame(
     brand: str, vouched: str, phrase: str, hostname: str, colour: str, logo: InlineLogo | None
-) -> tuple[str, ...]:
+) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
     """
-    The page of an organisation's notifications, made once: the markup split at the places
-    of one mail's own (escaped) facts, whose names are at the odd positions. The
-    configuration's values never hold a NUL (they are printable), so it marks the places.
+    The page of an organisation's notifications, made once: runs of fixed lines, and each
+    line with places for one mail's own (escaped) facts also split at them, their names at
+    the odd positions. The configuration's values never hold a NUL (they are printable),
+    so it marks the places.
     """
     e = html.escape
     on = _text_on(colour)
@@ -162,19 +177,27 @@ def _html_frame(
             f'<tr><td style="padding: 24px; {font} font-size: 16px; line-height: 24px; '
             f'color: {_TEXT};">',
             f"{paragraph}Hello,</p>",
-            f"{paragraph}\0sent_by\0 a secure message. It is not delivered by e-mail "
-            "but kept encrypted for you, and you can read it on the secure web page:</p>",
+            # A letter's own facts stand on short lines of their own (a line break is a
+            # space to HTML): only those lines are encoded for each mail.
+            paragraph,
+            "\0sent_by\0 a secure message.",
+            "It is not delivered by e-mail but kept encrypted for you, and you can read it "
+            "on the secure web page:</p>",
             '<table role="presentation" cellpadding="0" cellspacing="0" border="0" '
             'style="margin: 0 0 16px;"><tr>'
-            f'<td bgcolor="{colour}" style="background-color: {colour}; border-radius: 6px;">'
-            f'<a href="\0link\0" style="display: inline-block; padding: 12px 24px; '
-            f"{font} font-size: 16px; font-weight: bold; color: {on}; text-decoration: none; "
-            'border-radius: 6px;">Open the secure message</a></td></tr></table>',
+            f'<td bgcolor="{colour}" style="background-color: {colour}; border-radius: 6px;">',
+            '<a href="\0link\0"',
+            f'style="display: inline-block; padding: 12px 24px; {font} font-size: 16px; '
+            f'font-weight: bold; color: {on}; text-decoration: none; border-radius: 6px;">'
+            "Open the secure message</a></td></tr></table>",
             f'<p style="margin: 0 0 16px; font-size: 14px; line-height: 20px; color: {_MUTED};">'
             "If the button does not work, copy this address into your browser:<br>"
-            f'<span style="color: {_TEXT}; word-break: break-all;">\0link\0</span></p>',
-            f"{paragraph}\0instructions\0</p>",
-            f"{paragraph}<strong>You can read the message until \0until\0.</strong> "
+            f'<span style="color: {_TEXT}; word-break: break-all;">',
+            "\0link\0</span></p>",
+            paragraph,
+            "\0instructions\0</p>",
+            paragraph,
+            "<strong>You can read the message until \0until\0.</strong>",
             "It is then deleted. You can reply to it securely on the same page.</p>",
             *phrase_box,
             '<p style="margin: 0;">We never ask for your password. If you did not expect '
@@ -191,10 +214,20 @@ def _html_frame(
             "",
         ]
     )
-    pieces = tuple(page.split("\0"))
-    if len(pieces) != 11:  # five places: only a NUL in a configured value could add one
+    if page.count("\0") != 10:  # five places: only a NUL in a configured value adds one
         raise ValueError("the brand name, phrase and host name must not contain a NUL")
-    return pieces
+    frame: list[tuple[str, tuple[str, ...] | None]] = []
+    fixed: list[str] = []
+    for line in page.split("\n"):
+        if "\0" in line:
+            if fixed:
+                frame.append(("\n".join(fixed), None))
+                fixed = []
+            frame.append((line, tuple(line.split("\0"))))
+        else:
+            fixed.append(line)
+    frame.append(("\n".join(fixed), None))
+    return tuple(frame)
 
 
 def vouch(facts: Facts) -> str:
