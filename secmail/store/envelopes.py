@@ -80,10 +80,20 @@ class EnvelopeRows:
         )
 
     async def delete_old_events(self, cutoff: int) -> int:
-        """Delete messages' events and admins' audit rows recorded before C{cutoff}; how many."""
+        """
+        Delete messages' events and admins' audit rows recorded before C{cutoff}, and the
+        traces (sender and recipients) of messages received before it and gone; how many
+        events and audit rows.
+        """
 
         def txn_(txn: Txn) -> int:
             events = txn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
+            gone = (
+                "SELECT message_id FROM traces t WHERE received < ? "
+                "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = t.message_id)"
+            )
+            txn.execute(f"DELETE FROM trace_recipients WHERE message_id IN ({gone})", (cutoff,))
+            txn.execute(f"DELETE FROM traces WHERE message_id IN ({gone})", (cutoff,))
             return events + txn.execute("DELETE FROM admin_audit WHERE at < ?", (cutoff,)).rowcount
 
         return await self.db.run(txn_)
