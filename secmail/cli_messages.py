@@ -260,8 +260,12 @@ def add_messages_command(sub: Any, own: list[argparse.ArgumentParser]) -> None:
         help="withdraw a letter: its link says so, its content is deleted",
     )
     revoke.add_argument("id", help="the short id, the full message id or an envelope id")
+    # SUPPRESS: "messages --recipient A revoke ID" keeps A, never widens to every recipient.
     revoke.add_argument(
-        "--recipient", metavar="ADDRESS", help="only this recipient (default: every secure one)"
+        "--recipient",
+        metavar="ADDRESS",
+        default=argparse.SUPPRESS,
+        help="only this recipient (default: every secure one)",
     )
     revoke.set_defaults(run=messages_revoke)
 

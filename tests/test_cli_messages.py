@@ -165,6 +165,13 @@ class MessagesCommandTests(IntakeFixture, TestCase):
         self.assertIn("Withdrawn: eve@partner.example", out)
         self.assertNotIn("bob@", out)
         self.assertIn("kept for the recipients who can still read it", out)
+        # --recipient before "revoke" counts the same (it never widens to every recipient).
+        status, out, _ = self.cmd(
+            "messages", "--recipient", "bob@partner.example", "revoke", message_id
+        )
+        self.assertEqual(status, 0)
+        self.assertIn("Withdrawn: bob@partner.example", out)
+        self.assertIn("its content is deleted when its relayed copy has been delivered", out)
         status, out, err = self.cmd(
             "messages", "revoke", message_id, "--recipient", "carol@other.example"
         )

@@ -168,6 +168,20 @@ class TraceMixin(IntakeFixture):
         tokens = await self.sql("SELECT token_hash FROM envelopes")
         self.assertNotIn(tokens[0][0], shown)
 
+    async def test_no_attachment_names(self) -> None:
+        """A portal reply's event shows that files were attached, not their names."""
+        message_id = await self.letter(b"bob@partner.example.s")
+        [found] = await self.trace.search(message_id=message_id)
+        envelope_id = found.recipients[0].envelope_id
+        summary = "Reply sent by e-mail to alice@corp.example. Attached: secret-plan.pdf, b.txt."
+        await self.store.add_event(message_id, envelope_id, "replied", summary, T0)
+        [found] = await self.trace.search(message_id=message_id)
+        event = found.recipients[0].events[-1]
+        self.assertEqual(
+            (event.kind, event.detail),
+            ("replied", "Reply sent by e-mail to alice@corp.example. With attachments."),
+        )
+
     async def test_gateway_mail_is_not_a_message_of_its_own(self) -> None:
         """Notifications show in their letter's trail, not as messages of their own."""
         await self.letter(b"bob@partner.example.s")

@@ -287,7 +287,7 @@ def _load_txn(txn: Txn, rows: Sequence[Sequence[Any]]) -> list[TracedMessage]:
             + " ORDER BY id",
             part,
         ).fetchall():
-            events[m].append((envelope_id, TraceEvent(int(at), kind, detail)))
+            events[m].append((envelope_id, TraceEvent(int(at), kind, _shown(kind, detail))))
     return [_message(r, recipients[r[0]], envelopes, queued[r[0]], events[r[0]]) for r in rows]
 
 
@@ -437,6 +437,17 @@ def _revoke_txn(
                 replace(audit, action="revoked", after=f"message {message_id} from {withdrawn}"),
             )
     return [envelope_id for envelope_id, _ in todo]
+
+
+#: A portal reply's event names its attachments last (L{secmail.web.reply.ReplyMail.summary}).
+_ATTACHED = re.compile(r"(^|\s)Attached: .*\Z", re.DOTALL)
+
+
+def _shown(kind: str, detail: str) -> str:
+    """An event's detail as a trace shows it: without attachment names."""
+    if kind in ("replied", "forwarded"):
+        return _ATTACHED.sub(r"\1With attachments.", detail)
+    return detail
 
 
 def _sender_key(text: str) -> str:
