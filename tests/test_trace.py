@@ -204,6 +204,15 @@ class TraceMixin(IntakeFixture):
         self.assertEqual(await self.trace.search(recipient=BOB), [])
         self.assertEqual(await self.sql("SELECT * FROM trace_recipients"), [])
 
+    async def test_trace_stays_while_a_later_event_does(self) -> None:
+        """A trace older than the cutoff stays while the message still has a newer event."""
+        message_id = await self.letter(b"bob@partner.example.s")
+        self.clock.advance(31 * 86400)
+        await self.store.delete_expired(self.now() - 30 * 86400, self.now())
+        await self.store.delete_old_events(self.now() - 1)  # "received" goes, "expired" stays
+        [found] = await self.trace.search(recipient=BOB)
+        self.assertEqual((found.id, [e.kind for e in found.events]), (message_id, ["expired"]))
+
     async def test_old_traces_of_live_messages_stay(self) -> None:
         """Pruning the events keeps the trace of a message still stored."""
         await self.letter(b"bob@partner.example.s")

@@ -82,15 +82,16 @@ class EnvelopeRows:
     async def delete_old_events(self, cutoff: int) -> int:
         """
         Delete messages' events and admins' audit rows recorded before C{cutoff}, and the
-        traces (sender and recipients) of messages received before it and gone; how many
-        events and audit rows.
+        traces (sender and recipients) of messages received before it that are gone and have
+        no event left; how many events and audit rows.
         """
 
         def txn_(txn: Txn) -> int:
             events = txn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
             gone = (
                 "SELECT message_id FROM traces t WHERE received < ? "
-                "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = t.message_id)"
+                "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = t.message_id) "
+                "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.message_id = t.message_id)"
             )
             txn.execute(f"DELETE FROM trace_recipients WHERE message_id IN ({gone})", (cutoff,))
             txn.execute(f"DELETE FROM traces WHERE message_id IN ({gone})", (cutoff,))
