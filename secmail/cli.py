@@ -34,6 +34,7 @@ from secmail.crypto import (
     rotate_key_file,
 )
 from secmail.masking import mask_number, mask_sms_recipients
+from secmail.settings_cli import add_commands as add_settings_commands
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
 from secmail.store.database import Database, StoreUnavailable, Txn
@@ -552,6 +553,8 @@ def parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("key_id", help="the key id (see: secmail keys status)")
     rt.set_defaults(run=keys_retire)
+
+    add_settings_commands(sub, own, open_db=_open_db, wait=_wait)
     return p
 
 

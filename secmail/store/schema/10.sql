@@ -1,0 +1,3 @@
+-- Version 10: a placeholder on branch h12-settings for another helper's migration 10 (take
+-- theirs at the merge); it changes nothing, so that version 11 can be applied on this branch.
+-- compat-floor: 8
