@@ -24,6 +24,8 @@ from secmail import config, tap
 from secmail.queue import OutboundQueue
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import StartStopService
+from secmail.settings import POLL_SECONDS, SettingsPoller
+from secmail.sms.live import LiveSms
 from secmail.sms.modem import ModemLink
 from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.server import GatewayESMTPFactory
@@ -134,8 +136,8 @@ class MakeServiceTests(SynchronousTestCase):
         return service
 
     def test_service_tree(self) -> None:
-        """Database first, then queue, periodic jobs, the rendering threads, portal and the SMTP
-        listener (no SMS)."""
+        """Database first, the cluster settings' poll, the queue, the SMS holder (empty without
+        SMS), periodic jobs, the rendering threads, portal and the SMTP listener."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -143,7 +145,9 @@ class MakeServiceTests(SynchronousTestCase):
             [type(c) for c in children],
             [
                 StartStopService,  # the database
+                TimerService,  # the cluster settings' poll
                 StartStopService,  # the queue
+                LiveSms,  # the SMS backends and outbox, none here
                 TimerService,  # retention
                 TimerService,  # master key rotation
                 TimerService,  # portal session clean-up
@@ -159,7 +163,13 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(database.start.__self__, Database)  # type: ignore[attr-defined]
         self.assertEqual(database.stop, database.start.__self__.stop)  # type: ignore[attr-defined]
 
-        queue_starter = children[1]
+        poll = children[1]
+        assert isinstance(poll, TimerService)
+        self.assertIsInstance(poll.call[0].__self__, SettingsPoller)  # type: ignore[attr-defined]
+        self.assertEqual(poll.step, POLL_SECONDS)
+        self.assertEqual(list(children[3]), [])
+
+        queue_starter = children[2]
         assert isinstance(queue_starter, StartStopService)
         self.assertIs(top.getServiceNamed("queue"), queue_starter)
         queue = queue_starter.start.__self__  # type: ignore[attr-defined]
@@ -167,12 +177,12 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(queue_starter.start, queue.start_after_restart)
         self.assertEqual(queue_starter.stop, queue.stop_scanning)
 
-        rotation = children[3]
+        rotation = children[5]
         assert isinstance(rotation, TimerService)
         self.assertIsInstance(rotation.call[0].__self__, KeyRotation)  # type: ignore[attr-defined]
         self.assertEqual(rotation.step, ROTATION_INTERVAL)
 
-        render_pool = children[5]
+        render_pool = children[7]
         assert isinstance(render_pool, StartStopService)
         pool = render_pool.start.__self__  # type: ignore[attr-defined]
         self.assertIsInstance(pool, ThreadPool)
@@ -198,18 +208,15 @@ class MakeServiceTests(SynchronousTestCase):
             'order = ["modem", "smtp"]\n[sms.modem]\ndevice = "/dev/null-modem"\n'
             '[sms.smtp]\naddress = "{to}@sms.example"\n[sms.pin_text]\nen = "PIN {pin}"'
         )
-        children = list(top)
-        self.assertEqual(
-            [type(c) for c in children[:4]],
-            [StartStopService, StartStopService, StartStopService, SmsOutbox],
-        )
-        self.assertEqual([c.name for c in children[:3]], ["database", "queue", "sms-modem"])
-        modem = children[2]
+        children = list(top.getServiceNamed("sms"))
+        self.assertEqual([type(c) for c in children], [StartStopService, SmsOutbox])
+        self.assertEqual([c.name for c in children], ["sms-modem", "sms-outbox"])
+        modem = children[0]
         assert isinstance(modem, StartStopService)
         link = modem.start.__self__  # type: ignore[attr-defined]
         self.assertIsInstance(link, ModemLink)
         self.assertEqual(modem.stop, link.stop)
-        outbox = children[3]
+        outbox = children[1]
         assert isinstance(outbox, SmsOutbox)
         self.assertEqual([b.name for b in outbox.dispatcher._backends], ["modem", "smtp"])
 
