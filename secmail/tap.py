@@ -367,6 +367,7 @@ def makeService(options: Options) -> IService:
         intake.routes = new.routes
         intake.secure = new.secure
         intake.max_message_size = new.smtp.max_message_size
+        sender.use(new.gateway.hostname, new.routes, new.queue)
         queue.queue = new.queue
         queue.hostname = new.gateway.hostname
         queue.routes = new.routes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import errno
 import io
 import os
@@ -201,6 +202,28 @@ class MakeServiceTests(SynchronousTestCase):
         # A committed message wakes the queue at once.
         delivery = smtp.factory._delivery_factory()
         self.assertEqual(delivery.intake.on_commit, queue.wake)
+
+    def test_changed_settings_reach_the_components(self) -> None:
+        """What the poll hands over reaches new SMTP sessions, the intake, queue and SMS."""
+        top = self.make()
+        poller = list(top)[1].call[0].__self__  # type: ignore[attr-defined]
+        assert isinstance(poller, SettingsPoller)
+        smtp = list(top)[-1]
+        assert isinstance(smtp, tap.Listener)
+        intake = smtp.factory._delivery_factory().intake
+        # The example file sets every key; here the file's values are changed instead.
+        raw = copy.deepcopy(poller.file_raw)
+        raw["smtp"]["max_recipients"] = 7
+        raw["portal"]["verification_phrase"] = "Blue heron"
+        raw["queue"]["concurrency"] = 3
+        raw["sms"] = {"order": ["smtp"], "smtp": {"address": "{to}@sms.example"}}
+        self.assertTrue(poller.live.update(config.from_mapping(raw)))
+        self.assertEqual(smtp.factory.buildProtocol(None)._settings.max_recipients, 7)
+        self.assertEqual(intake.texts.branding.verification_phrase, "Blue heron")
+        queue = top.getServiceNamed("queue").start.__self__  # type: ignore[attr-defined]
+        self.assertEqual(queue.queue.concurrency, 3)
+        sms = top.getServiceNamed("sms")
+        self.assertEqual([c.name for c in sms], ["sms-outbox"])
 
     def test_sms_backends_wired(self) -> None:
         """With a modem in sms.order its link runs as a service before the outbox sends."""
