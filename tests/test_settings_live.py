@@ -6,12 +6,14 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from secmail.config import SmsSettings
 from secmail.config.cluster import LiveSettings, effective
 from secmail.services import StartStopService
 from secmail.sms.live import LiveSms
 from secmail.web.access import LiveFrame
+from secmail.web.layout import template_page
 
 FILE: dict[str, Any] = {"gateway": {"hostname": "gw.example"}}
 SMTP_SMS = {"sms.order": ["smtp"], "sms.smtp.address": "{to}@sms.example"}
@@ -76,3 +78,20 @@ def test_page_frame_follows_the_settings() -> None:
     assert frame.frame is first and first.branding.verification_phrase == ""
     live.update(effective(FILE, {"portal.verification_phrase": "Blue heron"}))
     assert frame.frame.branding.verification_phrase == "Blue heron"
+
+
+def english() -> Any:
+    r = DummyRequest([b""])
+    r.getCookie = lambda name: b"en" if name == b"__Host-secmail-lang" else None  # type: ignore[attr-defined]
+    return r
+
+
+def test_style_sheet_url_changes_with_the_brand_colour() -> None:
+    """Browsers keep the style sheet an hour: a colour set while running is a new URL at once."""
+    live = LiveSettings(effective(FILE, {}))
+    frame = LiveFrame(live)
+    page = template_page(english(), frame.frame, "signed_out.html").decode()
+    assert 'href="/static/portal.css?v=1f5fae"' in page
+    live.update(effective(FILE, {"portal.brand_colour": "#AA3300"}))
+    page = template_page(english(), frame.frame, "signed_out.html").decode()
+    assert 'href="/static/portal.css?v=aa3300"' in page
