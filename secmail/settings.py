@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from secmail.config import ConfigError, Settings
+from secmail.config import SCHEMA, ConfigError, Settings
 from secmail.config.cluster import (
     KEYS,
     LiveSettings,
@@ -115,6 +115,11 @@ class ClusterSettings:
             try:
                 texts[name] = None if value is None else to_toml(value)
             except ValueError as e:
+                key = KEYS[name]
+                try:  # the file's own words for a value of the wrong kind, when it has them
+                    SCHEMA[key.section][key.key](value)
+                except ValueError as wrong:
+                    raise ConfigError(f"{name}: {wrong}") from None
                 raise ConfigError(f"{name}: {e}") from None
 
         def change_txn(txn: Txn) -> None:

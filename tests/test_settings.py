@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -223,6 +224,12 @@ class ClusterSettingsTestsMixin:
         assert await self.stored() == {}
         assert await self.trail.since(0) == []
         assert await self.version() == 0
+
+    async def test_a_value_toml_cannot_hold_gets_the_files_error(self) -> None:
+        with self.assertRaises(ConfigError) as e:  # type: ignore[attr-defined]
+            await self.set({"portal.verification_phrase": datetime.date(2026, 1, 1)})
+        assert str(e.exception) == "portal.verification_phrase: must be a string, not date"
+        assert await self.stored() == {}
 
     async def test_a_key_the_file_sets_is_refused_apart(self) -> None:
         with self.assertRaises(FixedByFile) as e:  # type: ignore[attr-defined]

@@ -80,6 +80,18 @@ def test_page_frame_follows_the_settings() -> None:
     assert frame.frame.branding.verification_phrase == "Blue heron"
 
 
+class SubscriberFailureTests(SynchronousTestCase):
+    def test_one_failing_subscriber_does_not_stop_the_others(self) -> None:
+        live = LiveSettings(effective(FILE, {}))
+        seen: list[Any] = []
+        live.subscribe(lambda settings: 1 / 0)
+        live.subscribe(seen.append)
+        changed = effective(FILE, {"portal.verification_phrase": "x"})
+        self.assertTrue(live.update(changed))
+        self.assertEqual(seen, [changed])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
 def english() -> Any:
     r = DummyRequest([b""])
     r.getCookie = lambda name: b"en" if name == b"__Host-secmail-lang" else None  # type: ignore[attr-defined]

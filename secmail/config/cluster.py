@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.logger import Logger
+
 from secmail.config import SCHEMA, SECRET_KEYS, ConfigError, Settings, from_mapping
 from secmail.config._base import NodeOnly, kind_of
 
@@ -59,6 +61,8 @@ def _registry() -> dict[str, Key]:
             )
     return keys
 
+
+log = Logger()
 
 #: Every key of every section, in the order of the file's documentation.
 KEYS: dict[str, Key] = _registry()
@@ -230,10 +234,18 @@ class LiveSettings:
         self._subscribers.append(subscriber)
 
     def update(self, settings: Settings) -> bool:
-        """Use C{settings} from now on; whether they differ from the current ones."""
+        """
+        Use C{settings} from now on; whether they differ from the current ones. Every
+        subscriber is told, even when one before it fails (its failure is logged).
+        """
         if settings == self.current:
             return False
         self.current = settings
         for subscriber in self._subscribers:
-            subscriber(settings)
+            try:
+                subscriber(settings)
+            except Exception:
+                log.failure(
+                    "Applying changed settings failed in {subscriber}", subscriber=subscriber
+                )
         return True
