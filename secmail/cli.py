@@ -45,6 +45,7 @@ from secmail.crypto import (
     rotate_key_file,
 )
 from secmail.masking import mask_number, mask_sms_recipients
+from secmail.settings_cli import add_commands as add_settings_commands
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
 from secmail.store.database import StoreUnavailable
@@ -471,6 +472,7 @@ def parser() -> argparse.ArgumentParser:
     rt.set_defaults(run=keys_retire)
 
     cli_monitoring.add_commands(sub, own)
+    add_settings_commands(sub, own, open_db=open_db, wait=wait)
     return p
 
 

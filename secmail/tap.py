@@ -13,7 +13,6 @@ import errno
 import os
 import socket
 import sys
-from collections.abc import Callable
 from functools import partial
 from typing import Any, NoReturn
 
@@ -29,6 +28,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from secmail import __version__, config
+from secmail.config.cluster import LiveSettings
 from secmail.crypto import (
     DerivedKeys,
     MasterKeyError,
@@ -46,9 +46,11 @@ from secmail.monitoring.statsmail import StatisticsMail
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import OrderedServices, StartStopService
+from secmail.settings import POLL_SECONDS, SettingsPoller, checked, decode
 from secmail.sms import pin_text
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
+from secmail.sms.live import LiveSms
 from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.delivery import GatewayDelivery, Intake
 from secmail.smtp.routing import SmtpSender
@@ -60,6 +62,7 @@ from secmail.store.keys import KeyStore, live_nodes_blocking, sealing_key
 from secmail.store.messages import MessageStore
 from secmail.store.nodes import write_probe
 from secmail.store.portal import PortalStore
+from secmail.store.settings import stored_blocking
 from secmail.store.sms import SmsStore
 from secmail.store.spool import clean_spool
 from secmail.store.stats import DailyStats
@@ -105,8 +108,10 @@ class Options(usage.Options):
             if parent is None:
                 _stop("--json-logs works only under twistd (twistd secmail --json-logs)")
             use_json_logs(parent)
+        path = self["config"] or config.default_path()
         try:
-            self["settings"] = config.load(self["config"] or config.default_path())
+            self["file"] = config.read_file(path)
+            self["settings"] = config.from_mapping(self["file"])
         except config.ConfigError as e:
             _stop(str(e))
 
@@ -240,6 +245,7 @@ def makeService(options: Options) -> IService:
     except CertificateError as e:
         _stop(f"smtp.tls_certificate: {e}")
 
+    top = OrderedServices()
     engine = engine_for(settings.store.database)
     db = Database(engine, reactor)
     try:
@@ -258,6 +264,24 @@ def makeService(options: Options) -> IService:
     removed = clean_spool(os.path.join(settings.gateway.data_dir, "spool"))
     if removed:
         log.info("Removed {n} unfinished message(s) left in the spool", n=removed)
+
+    # The cluster settings stored in the database, under this node's file (secmail/settings.py).
+    file_raw = options.get("file", {})
+    extra_check = pin_text_problems_of_sms
+    try:
+        version, stored = stored_blocking(engine)
+    except Exception as e:
+        _stop(f"store.database: cannot open {engine.describe()}: {e}")
+    try:
+        settings = checked(file_raw, decode(stored), extra_check)
+    except config.ConfigError as e:
+        log.warn(
+            "Cluster settings in the database not used on this node, which runs on its file: "
+            "{error}",
+            error=str(e),
+        )
+    live = LiveSettings(settings)
+    poller = SettingsPoller(db, file_raw, live, version, extra_check)
 
     store = MessageStore(db, master)
     resolver = dns_client.createResolver()
@@ -280,12 +304,12 @@ def makeService(options: Options) -> IService:
         max_message_size=settings.smtp.max_message_size,
     )
 
-    top = OrderedServices()
     StartStopService("database", db.start, db.stop).setServiceParent(top)
     # The day's counts: written every FLUSH_INTERVAL, and last of all before the database closes.
     daily = DailyFlush(DailyStats(db))
     StartStopService("statistics", lambda: None, daily.run).setServiceParent(top)
     TimerService(FLUSH_INTERVAL, daily.run).setServiceParent(top)
+    TimerService(POLL_SECONDS, poller.run).setServiceParent(top)
     StartStopService("queue", queue.start_after_restart, queue.stop_scanning).setServiceParent(top)
 
     # Texts and code HMACs use keys derived from the sealing master key and are checked with
@@ -294,25 +318,23 @@ def makeService(options: Options) -> IService:
 
     async def send_mail(to: str, content: bytes) -> None:
         """An SMS by e-mail: queued like any mail the gateway writes."""
-        mail = sms_mail(settings.routes, identity.bounce_address, master, to, content)
+        now = live.current
+        mail = sms_mail(now.routes, now.identity.bounce_address, master, to, content)
         await store.commit([mail], int(reactor.seconds()))
         queue.wake()
 
     async def record(about: str, kind: str, detail: str) -> None:
         await store.add_event(about, None, kind, detail, int(reactor.seconds()))
 
-    backends, backend_services = build_backends(
-        settings.sms, identity.notification_from, reactor, send_mail
+    # Built again when the [sms] settings change (secmail/sms/live.py).
+    sms = LiveSms(
+        lambda sms, sender: build_backends(sms, sender, reactor, send_mail),
+        lambda backends: SmsOutbox(sms_store, SmsDispatcher(backends, record), reactor, node_id),
     )
-    for service in backend_services:
-        service.setServiceParent(top)
-    wake_outbox: Callable[[], None] = lambda: None  # noqa: E731
-    if backends:
-        # Without backends no outbox runs: rows another node wrote wait for a node with them.
-        outbox = SmsOutbox(sms_store, SmsDispatcher(backends, record), reactor, node_id)
-        outbox.setServiceParent(top)
-        wake_outbox = outbox.wake
-    TimerService(3600, RetentionJob(settings.retention, store, reactor).run).setServiceParent(top)
+    sms.apply(settings)
+    sms.setServiceParent(top)
+    retention = RetentionJob(settings.retention, store, reactor)
+    TimerService(3600, retention.run).setServiceParent(top)
 
     rotation = KeyRotation(master, KeyStore(db), reactor, node_id)
     TimerService(ROTATION_INTERVAL, rotation.run).setServiceParent(top)
@@ -327,7 +349,7 @@ def makeService(options: Options) -> IService:
     threads_reactor: Any = reactor
     StartStopService("render-pool", render_pool.start, render_pool.stop).setServiceParent(top)
     compose = Compose(
-        settings,
+        live,
         store,
         compose_store,
         reactor,
@@ -335,7 +357,7 @@ def makeService(options: Options) -> IService:
         on_commit=queue.wake,
     )
     portal = Portal(
-        settings,
+        live,
         store,
         portal_store,
         reactor,
@@ -344,7 +366,7 @@ def makeService(options: Options) -> IService:
         compose=compose.app.resource(),
         run_in_thread=partial(deferToThreadPool, threads_reactor, render_pool),
         sms=sms_store,
-        on_sms=wake_outbox,
+        on_sms=sms.wake,
     )
     site = make_site(portal)
     for description in settings.portal.listen:
@@ -362,6 +384,23 @@ def makeService(options: Options) -> IService:
         Listener(
             "smtp.listen", description, serverFromString(reactor, description), smtp_factory
         ).setServiceParent(top)
+
+    def follow(new: config.Settings) -> None:
+        """A cluster setting changed: what each component reads from now on."""
+        smtp_factory.use(new.smtp, new.gateway.hostname, tls if new.smtp.starttls else None)
+        intake.texts = new.notification_texts
+        intake.identity = new.identity
+        intake.routes = new.routes
+        intake.secure = new.secure
+        intake.max_message_size = new.smtp.max_message_size
+        sender.use(new.gateway.hostname, new.routes, new.queue)
+        queue.queue = new.queue
+        queue.hostname = new.gateway.hostname
+        queue.routes = new.routes
+        retention.retention = new.retention
+        sms.apply(new)
+
+    live.subscribe(follow)
     monitoring(top, reactor, settings, db, store, queue, master, node_id)
     return top
 
@@ -407,3 +446,8 @@ def monitoring(
             settings.monitoring, settings.identity, settings.routes, master, db, reactor, queue.wake
         )
         TimerService(3600, mail.run).setServiceParent(top)
+
+
+def pin_text_problems_of_sms(settings: config.Settings) -> list[str]:
+    """L{pin_text_problems} when SMS are sent, for settings changed while the gateway runs."""
+    return pin_text_problems(settings) if settings.sms.order else []

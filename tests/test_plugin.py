@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import errno
 import io
 import os
@@ -24,6 +25,8 @@ from secmail import config, tap
 from secmail.queue import OutboundQueue
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import StartStopService
+from secmail.settings import POLL_SECONDS, SettingsPoller
+from secmail.sms.live import LiveSms
 from secmail.sms.modem import ModemLink
 from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.server import GatewayESMTPFactory
@@ -134,8 +137,9 @@ class MakeServiceTests(SynchronousTestCase):
         return service
 
     def test_service_tree(self) -> None:
-        """Database first, then queue, periodic jobs, the rendering threads, portal and the SMTP
-        listener (no SMS), then the queue's gauges and the monitoring listener."""
+        """Database first, the day's statistics, the cluster settings' poll, the queue, the SMS
+        holder (empty without SMS), periodic jobs, the rendering threads, portal and the SMTP
+        listener, then the queue's gauges and the monitoring listener."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -145,7 +149,9 @@ class MakeServiceTests(SynchronousTestCase):
                 StartStopService,  # the database
                 StartStopService,  # the day's statistics: last written before the database closes
                 TimerService,  # the day's statistics, written every few seconds
+                TimerService,  # the cluster settings' poll
                 StartStopService,  # the queue
+                LiveSms,  # the SMS backends and outbox, none here
                 TimerService,  # retention
                 TimerService,  # master key rotation
                 TimerService,  # portal session clean-up
@@ -167,7 +173,13 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(database.start.__self__, Database)  # type: ignore[attr-defined]
         self.assertEqual(database.stop, database.start.__self__.stop)  # type: ignore[attr-defined]
 
-        queue_starter = children[3]
+        poll = children[3]
+        assert isinstance(poll, TimerService)
+        self.assertIsInstance(poll.call[0].__self__, SettingsPoller)  # type: ignore[attr-defined]
+        self.assertEqual(poll.step, POLL_SECONDS)
+        self.assertEqual(list(children[5]), [])
+
+        queue_starter = children[4]
         assert isinstance(queue_starter, StartStopService)
         self.assertIs(top.getServiceNamed("queue"), queue_starter)
         queue = queue_starter.start.__self__  # type: ignore[attr-defined]
@@ -175,19 +187,19 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(queue_starter.start, queue.start_after_restart)
         self.assertEqual(queue_starter.stop, queue.stop_scanning)
 
-        rotation = children[5]
+        rotation = children[7]
         assert isinstance(rotation, TimerService)
         self.assertIsInstance(rotation.call[0].__self__, KeyRotation)  # type: ignore[attr-defined]
         self.assertEqual(rotation.step, ROTATION_INTERVAL)
 
-        render_pool = children[7]
+        render_pool = children[9]
         assert isinstance(render_pool, StartStopService)
         pool = render_pool.start.__self__  # type: ignore[attr-defined]
         self.assertIsInstance(pool, ThreadPool)
         self.assertEqual(render_pool.stop, pool.stop)
         self.assertEqual(pool.max, tap.RENDER_THREADS)
         self.assertFalse(pool.started)
-        portal, smtp = children[8], children[9]
+        portal, smtp = children[10], children[11]
         assert isinstance(portal, tap.Listener)
         assert isinstance(smtp, tap.Listener)
         self.assertEqual((portal.key, smtp.key), ("portal.listen", "smtp.listen"))
@@ -200,26 +212,43 @@ class MakeServiceTests(SynchronousTestCase):
         delivery = smtp.factory._delivery_factory()
         self.assertEqual(delivery.intake.on_commit, queue.wake)
 
+    def test_changed_settings_reach_the_components(self) -> None:
+        """What the poll hands over reaches new SMTP sessions, the intake, queue and SMS."""
+        top = self.make()
+        poller = list(top)[3].call[0].__self__  # type: ignore[attr-defined]
+        assert isinstance(poller, SettingsPoller)
+        smtp = list(top)[11]
+        assert isinstance(smtp, tap.Listener)
+        intake = smtp.factory._delivery_factory().intake
+        # The example file sets every key; here the file's values are changed instead.
+        raw = copy.deepcopy(poller.file_raw)
+        raw["smtp"]["max_recipients"] = 7
+        raw["portal"]["verification_phrase"] = "Blue heron"
+        raw["queue"]["concurrency"] = 3
+        raw["sms"] = {"order": ["smtp"], "smtp": {"address": "{to}@sms.example"}}
+        self.assertTrue(poller.live.update(config.from_mapping(raw)))
+        self.assertEqual(smtp.factory.buildProtocol(None)._settings.max_recipients, 7)
+        self.assertEqual(intake.texts.branding.verification_phrase, "Blue heron")
+        queue = top.getServiceNamed("queue").start.__self__  # type: ignore[attr-defined]
+        self.assertEqual(queue.queue.concurrency, 3)
+        sms = top.getServiceNamed("sms")
+        self.assertEqual([c.name for c in sms], ["sms-outbox"])
+
     def test_sms_backends_wired(self) -> None:
         """With a modem in sms.order its link runs as a service before the outbox sends."""
         top = self.make(
             'order = ["modem", "smtp"]\n[sms.modem]\ndevice = "/dev/null-modem"\n'
             '[sms.smtp]\naddress = "{to}@sms.example"\n[sms.pin_text]\nen = "PIN {pin}"'
         )
-        children = [c for c in top if not isinstance(c, TimerService)]
-        self.assertEqual(
-            [type(c) for c in children[:5]],
-            [StartStopService, StartStopService, StartStopService, StartStopService, SmsOutbox],
-        )
-        self.assertEqual(
-            [c.name for c in children[:4]], ["database", "statistics", "queue", "sms-modem"]
-        )
-        modem = children[3]
+        children = list(top.getServiceNamed("sms"))
+        self.assertEqual([type(c) for c in children], [StartStopService, SmsOutbox])
+        self.assertEqual([c.name for c in children], ["sms-modem", "sms-outbox"])
+        modem = children[0]
         assert isinstance(modem, StartStopService)
         link = modem.start.__self__  # type: ignore[attr-defined]
         self.assertIsInstance(link, ModemLink)
         self.assertEqual(modem.stop, link.stop)
-        outbox = children[4]
+        outbox = children[1]
         assert isinstance(outbox, SmsOutbox)
         self.assertEqual([b.name for b in outbox.dispatcher._backends], ["modem", "smtp"])
 

@@ -94,6 +94,7 @@ __all__ = [
     "from_mapping",
     "load",
     "logo_type",
+    "read_file",
     "parse_route",
 ]
 
@@ -183,6 +184,11 @@ def default_path() -> str | None:
 
 def load(path: str | None) -> Settings:
     """Read and check the configuration file at C{path}, or the embedded defaults when None."""
+    return from_mapping(read_file(path))
+
+
+def read_file(path: str | None) -> dict[str, Any]:
+    """The file at C{path} as parsed TOML, not yet checked ({} for the embedded defaults)."""
     if path is None:
         raw: dict[str, Any] = {}
     else:
@@ -197,7 +203,7 @@ def load(path: str | None) -> Settings:
             raise ConfigError(f"{path}: is a directory, not a configuration file") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return from_mapping(raw)
+    return raw
 
 
 def from_mapping(raw: Mapping[str, Any]) -> Settings:

@@ -22,6 +22,21 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the problem."""
 
 
+class NodeOnly:
+    """
+    A key's checker, marked as a node setting: one a node needs before it reaches the
+    database, or one each node keeps for itself (its monitoring reports), so it is read only
+    from the node's own file and never stored as a cluster setting (see
+    L{secmail.config.cluster}). Every C{listen} key is one as well.
+    """
+
+    def __init__(self, checker: Checker) -> None:
+        self.checker = checker
+
+    def __call__(self, value: Any) -> Any:
+        return self.checker(value)
+
+
 def kind_of(value: Any) -> str:
     """How a wrong value is named in an error: what TOML calls it."""
     return {

@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from secmail.config._base import Schema, as_domain, as_mailbox, as_nonempty
+from secmail.config._base import NodeOnly, Schema, as_domain, as_mailbox, as_nonempty
 
 DEFAULT_DATA_DIR = "secmail-data"
 
@@ -23,7 +23,7 @@ class GatewaySettings:
 SCHEMA: Schema = {
     "gateway": {
         "hostname": as_domain,
-        "data_dir": as_nonempty,
+        "data_dir": NodeOnly(as_nonempty),
         "bounce_address": as_mailbox,
         "notification_from": as_mailbox,
     },

@@ -10,7 +10,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from secmail.config._base import ConfigError, Schema, as_mailbox, as_positive_number, as_str
+from secmail.config._base import (
+    ConfigError,
+    NodeOnly,
+    Schema,
+    as_mailbox,
+    as_positive_number,
+    as_str,
+)
 
 
 @dataclass(frozen=True)
@@ -65,14 +72,16 @@ def _interval(value: Any) -> float:
     return number
 
 
+#: Node settings: each node reports and mails on its own, as its file says (a change needs a
+#: restart of that node).
 SCHEMA: Schema = {
     "monitoring": {
-        "report_url": _https_url,
-        "report_ca_file": as_str,
-        "report_interval": _interval,
-        "report_token": _token,
-        "statistics_to": _optional_mailbox,
-        "statistics_every": _every,
+        "report_url": NodeOnly(_https_url),
+        "report_ca_file": NodeOnly(as_str),
+        "report_interval": NodeOnly(_interval),
+        "report_token": NodeOnly(_token),
+        "statistics_to": NodeOnly(_optional_mailbox),
+        "statistics_every": NodeOnly(_every),
     },
 }
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from secmail.config._base import (
     LANGUAGES,
     ConfigError,
+    NodeOnly,
     Schema,
     as_endpoints,
     as_mailbox,
@@ -127,7 +128,7 @@ def _logo_bytes(path: str) -> bytes:
 
 SCHEMA: Schema = {
     "portal": {
-        "listen": as_endpoints,
+        "listen": NodeOnly(as_endpoints),
         "url": _url,
         "compose_directory": _directory,
         "max_upload_size": as_positive_int,

@@ -9,6 +9,7 @@ from typing import Any
 
 from secmail.config._base import (
     ConfigError,
+    NodeOnly,
     Schema,
     as_bool,
     as_endpoints,
@@ -53,7 +54,7 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SCHEMA: Schema = {
     "smtp": {
-        "listen": as_endpoints,
+        "listen": NodeOnly(as_endpoints),
         "accepted_networks": _networks,
         "max_message_size": as_positive_int,
         "max_header_size": as_positive_int,
@@ -67,8 +68,8 @@ SCHEMA: Schema = {
         "transaction_timeout": as_positive_int,
         "min_data_rate": as_positive_int,
         "junk_command_limit": as_positive_int,
-        "tls_certificate": as_str,
-        "tls_key": as_str,
+        "tls_certificate": NodeOnly(as_str),
+        "tls_key": NodeOnly(as_str),
         "starttls": as_bool,
     },
 }

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from secmail.config._base import ConfigError, Schema, as_nonempty
+from secmail.config._base import ConfigError, NodeOnly, Schema, as_nonempty
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,10 @@ def _database(value: Any) -> str:
     return text
 
 
-SCHEMA: Schema = {"store": {"database": _database, "master_key_file": as_nonempty}}
+#: Both are node settings: a node reads them before it can reach the database.
+SCHEMA: Schema = {
+    "store": {"database": NodeOnly(_database), "master_key_file": NodeOnly(as_nonempty)}
+}
 
 
 def build_store(values: dict[str, Any], data_dir: str) -> StoreSettings:

@@ -108,11 +108,16 @@ class SmtpSender:
     ) -> None:
         self.reactor = reactor
         self.resolver = resolver
+        self.run_in_thread = run_in_thread  # where 8-bit mail is made 7-bit for a peer
+        self.use(hostname, routes, queue)
+
+    def use(self, hostname: str, routes: RouteSettings, queue: QueueSettings) -> None:
+        """The HELO name, relay CA file and connect timeout for sessions opened from now on."""
         self.options = ClientOptions(
             helo=hostname,
             ca_file=routes.relay_ca_file or None,
             timeouts=Timeouts(connect=queue.connect_timeout),
-            run_in_thread=run_in_thread,  # where 8-bit mail is made 7-bit for a peer
+            run_in_thread=self.run_in_thread,
         )
 
     async def send(self, item: QueueItem, content: Content) -> DeliveryResult:

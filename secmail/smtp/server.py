@@ -485,6 +485,18 @@ class GatewayESMTPFactory(smtp.SMTPFactory):
         self._tls_context_factory = tls_context_factory
         self._connections: Counter[str] = Counter()
 
+    def use(
+        self,
+        settings: SmtpSettings,
+        hostname: str,
+        tls_context_factory: IOpenSSLServerConnectionCreator | IOpenSSLContextFactory | None,
+    ) -> None:
+        """New settings for the sessions that start from now on; those running keep theirs."""
+        self.settings = settings
+        self.hostname = hostname
+        self.timeout = settings.idle_timeout
+        self._tls_context_factory = tls_context_factory
+
     def buildProtocol(self, addr: IAddress | None) -> GatewayESMTP:
         protocol = GatewayESMTP(
             self.settings,

@@ -27,6 +27,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from secmail.config import Settings
+from secmail.config.cluster import LiveSettings
 from secmail.crypto import IntegrityError
 from secmail.letters import routed_mail
 from secmail.notify import Notification
@@ -57,6 +58,25 @@ BROWSER_COOKIE_AGE = 365 * 24 * 3600
 REVOKED = "revoked"
 
 
+class LiveFrame:
+    """The L{PageFrame} of the settings now, made again only when they change."""
+
+    def __init__(self, live: LiveSettings) -> None:
+        self.live = live
+        self._made_of: Settings | None = None
+        self._frame: PageFrame | None = None
+
+    @property
+    def frame(self) -> PageFrame:
+        settings = self.live.current
+        if self._frame is None or self._made_of is not settings:
+            self._frame = PageFrame(
+                settings.branding, settings.gateway.hostname, settings.portal.languages
+            )
+            self._made_of = settings
+        return self._frame
+
+
 class PortalBase:
     """The portal's collaborators and what every route module uses (see L{secmail.web.portal})."""
 
@@ -64,7 +84,7 @@ class PortalBase:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | LiveSettings,
         store: MessageStore,
         portal_store: PortalStore,
         clock: IReactorTime,
@@ -75,11 +95,9 @@ class PortalBase:
         sms: SmsStore | None = None,
         on_sms: Callable[[], None] = lambda: None,
     ) -> None:
-        self.settings = settings
-        #: What every page's frame shows: built once from the settings.
-        self.frame = PageFrame(
-            settings.branding, settings.gateway.hostname, settings.portal.languages
-        )
+        #: The settings now: a page reads them as it is made, so a change applies at once.
+        self.live = settings if isinstance(settings, LiveSettings) else LiveSettings(settings)
+        self._frame = LiveFrame(self.live)
         self.sms = sms
         self.on_sms = on_sms
         self.compose = compose
@@ -89,6 +107,15 @@ class PortalBase:
         self.clock = clock
         self._csrf_key = csrf_key
         self.on_commit = on_commit
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.current
+
+    @property
+    def frame(self) -> PageFrame:
+        """What every page's frame shows, from the settings now."""
+        return self._frame.frame
 
     def now(self) -> int:
         return int(self.clock.seconds())

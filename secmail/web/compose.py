@@ -39,6 +39,7 @@ from twisted.web.iweb import IRequest
 
 from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
+from secmail.config.cluster import LiveSettings
 from secmail.letters import code_message, routed_mail
 from secmail.notify import clean_text
 from secmail.store.compose import (
@@ -51,6 +52,7 @@ from secmail.store.compose import (
 )
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage
 from secmail.store.spool import RunInThread, SealedBytes
+from secmail.web.access import LiveFrame
 from secmail.web.compose_mail import (
     MAX_ADDRESS_CHARS,
     build_compose_code_mail,
@@ -93,7 +95,7 @@ class Compose(ComposePages):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | LiveSettings,
         store: MessageStore,
         compose_store: ComposeStore,
         clock: IReactorTime,
@@ -101,17 +103,24 @@ class Compose(ComposePages):
         on_commit: Callable[[], None] = lambda: None,
         run_in_thread: RunInThread = deferToThread,
     ) -> None:
-        self.settings = settings
-        #: What every page's frame shows: built once from the settings.
-        self.frame = PageFrame(
-            settings.branding, settings.gateway.hostname, settings.portal.languages
-        )
+        #: The settings now: a page reads them as it is made, so a change applies at once.
+        self.live = settings if isinstance(settings, LiveSettings) else LiveSettings(settings)
+        self._frame = LiveFrame(self.live)
         self.store = store
         self.sessions = compose_store
         self.clock = clock
         self._csrf_key = csrf_key
         self.on_commit = on_commit
         self.run_in_thread = run_in_thread
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.current
+
+    @property
+    def frame(self) -> PageFrame:
+        """What every page's frame shows, from the settings now."""
+        return self._frame.frame
 
     def now(self) -> int:
         return int(self.clock.seconds())

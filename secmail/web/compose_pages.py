@@ -40,9 +40,15 @@ MAX_SUBJECT_CHARS = 200
 class ComposePages:
     """The pages of L{secmail.web.compose.Compose}, which sets these attributes."""
 
-    settings: Settings
-    frame: PageFrame
     _csrf_key: bytes
+
+    @property
+    def settings(self) -> Settings:
+        raise NotImplementedError
+
+    @property
+    def frame(self) -> PageFrame:
+        raise NotImplementedError
 
     def _t(self, request: IRequest) -> Translate:
         return translation(request, self.frame.languages)

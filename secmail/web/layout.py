@@ -132,6 +132,8 @@ def template_page(request: IRequest, frame: PageFrame, name: str, /, **context: 
         "hostname": frame.hostname,
         "logo": bool(branding.logo_file),
         "phrase": branding.verification_phrase,
+        # The style sheet is cached for an hour: a new brand colour (a live setting) is a new URL.
+        "style_version": branding.colour.lstrip("#"),
         "switch": language_links(request, frame.languages, language),
         "heading": True,
     }

@@ -149,11 +149,16 @@ class BoundedRequest(Request):
 class BoundedRequestFactory:
     """Makes the portal's L{BoundedRequest}s (a Site's C{requestFactory})."""
 
-    def __init__(self, frame: PageFrame, max_body: int) -> None:
+    def __init__(self, frame: PageFrame, max_body: int, portal: KleinPortal | None = None) -> None:
         self.frame = frame
         self.max_body = max_body
+        #: When given, each request takes the frame and the limit from the settings now.
+        self.portal = portal
 
     def __call__(self, channel: HTTPChannel) -> BoundedRequest:
+        if self.portal is not None:
+            portal = self.portal
+            return BoundedRequest(channel, portal.frame, portal.settings.portal.max_upload_size)
         return BoundedRequest(channel, self.frame, self.max_body)
 
 
@@ -161,14 +166,20 @@ class KleinPortal(Protocol):
     """What the site serves: a Klein app with the settings it runs under (L{secmail.web.portal})."""
 
     app: Klein
-    settings: Settings
-    frame: PageFrame
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def frame(self) -> PageFrame: ...
 
 
 def make_site(portal: KleinPortal) -> Site:
     site = Site(
         portal.app.resource(),
-        requestFactory=BoundedRequestFactory(portal.frame, portal.settings.portal.max_upload_size),
+        requestFactory=BoundedRequestFactory(
+            portal.frame, portal.settings.portal.max_upload_size, portal
+        ),
         logFormatter=access_log_line,
     )
     site.displayTracebacks = False
