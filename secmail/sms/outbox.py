@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from secmail import message_log
 from secmail.masking import mask_number
 from secmail.scanning import ScanningService
 from secmail.sms.dispatch import SmsDispatcher
@@ -111,7 +112,7 @@ class SmsOutbox(ScanningService):
             await self.store.drop(item, "sms failed", f"to {masked}: {e}", now)
             return
         try:
-            await self.dispatcher.send(item.number, text, about=item.message_id)
+            backend, _ = await self.dispatcher.send(item.number, text, about=item.message_id)
         except CancelledError:
             raise
         except SmsPermanentError as e:
@@ -128,3 +129,11 @@ class SmsOutbox(ScanningService):
             await self.store.retry(item, next_attempt, reason)
             return
         await self.store.sent(item)
+        recipient = await self.store.recipient(item.envelope_id) if item.envelope_id else ""
+        message_log.pin_sent(
+            item.message_id,
+            envelope_id=item.envelope_id,
+            recipient=recipient,
+            number=item.number,
+            via=backend,
+        )

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
+from secmail import message_log
 from secmail.config import GatewayIdentity, RouteSettings, SecureSettings
 from secmail.policy import strip_subject_keyword
 from secmail.store.portal import Session
@@ -40,6 +41,12 @@ class ReadingRoutes(ReplyRoutes):
         )
         await self.store.add_event(
             session.message_id, session.envelope_id, "viewed", "", self.now()
+        )
+        message_log.opened(
+            session.message_id,
+            envelope_id=session.envelope_id,
+            recipient=reader,
+            peer=getattr(request.getClientAddress(), "host", "unknown"),
         )
         _ = self._t(request)
         subject = message.subject or _("(no subject)")
