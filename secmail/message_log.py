@@ -34,6 +34,18 @@ _END_OF_DATA = re.compile(r" \(in reply to end of data\)$")
 _SMS_KINDS = ("sms",)
 
 
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def line_id(message_id: str) -> str:
+    """
+    What a line about C{message_id} starts with: its L{short_id}; a trail that is not a
+    message (C{compose:eve@example.org}, C{sms-by-mail}, for the mails written for it)
+    whole.
+    """
+    return short_id(message_id) if _HEX.fullmatch(message_id) else message_id
+
+
 def recipient_list(recipients: Sequence[tuple[str, str]]) -> str:
     """C{<bob@partner.example> (letter), <carol@corp.example> (relay)} from (address, level)."""
     return ", ".join(f"<{address}> ({level})" for address, level in recipients)
@@ -110,8 +122,8 @@ def notifications_queued(messages: Sequence[NewMessage]) -> None:
             for recipient in delivery.recipients:
                 log.info(
                     "{id}: notification {mail_id} queued to=<{to}>",
-                    id=short_id(about),
-                    message_id=short_id(about),
+                    id=line_id(about),
+                    message_id=line_id(about),
                     mail_id=short_id(mail_id),
                     to=recipient,
                 )
@@ -140,8 +152,8 @@ def delivery_status(
     shown = mask_sms_recipients([recipient])[0][0] if kind in _SMS_KINDS else recipient
     log.info(
         "{id}: {own}to=<{to}> relay={relay} delay={delay} status={status} ({reply})",
-        id=short_id(about),
-        message_id=short_id(about),
+        id=line_id(about),
+        message_id=line_id(about),
         mail_id=short_id(message_id),
         own=own,
         to=shown,

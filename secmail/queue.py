@@ -42,7 +42,6 @@ from secmail.smtp.outgoing import (
 from secmail.smtp.routing import session_key
 from secmail.store.database import StoreUnavailable
 from secmail.store.messages import MessageStore, NewMessage, QueueItem
-from secmail.store.rows import short_id
 
 log = Logger()
 
@@ -404,7 +403,7 @@ class OutboundQueue(ScanningService):
             log.warn(
                 "{message_id}: queue row {id}: {kind} to {rcpts} failed and nobody is to be told"
                 " (null sender)",
-                message_id=short_id(item.about or item.message_id),
+                message_id=message_log.line_id(item.about or item.message_id),
                 id=item.id,
                 kind=item.kind,
                 rcpts=", ".join(
@@ -434,7 +433,7 @@ class OutboundQueue(ScanningService):
         log.warn(
             "{message_id}: queue row {id}: quarantined ({kind}): {reason}; it stays out of the"
             " queue until `secmail queue retry {id}` (or `secmail queue delete {id}`)",
-            message_id=short_id(item.about or item.message_id),
+            message_id=message_log.line_id(item.about or item.message_id),
             id=item.id,
             kind=item.kind,
             reason=reason,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.mail import smtp
 from twisted.mail.interfaces import IMessageDelivery
 from twisted.trial.unittest import SynchronousTestCase
@@ -36,32 +35,13 @@ from secmail.store.sms import SmsStore
 from secmail.store.spool import SealedBytes
 from secmail.web.portal import Portal
 from tests.fixtures.intake import BODY, SUBJECT
+from tests.fixtures.logs import CapturedLog
 from tests.fixtures.mails import parse
 from tests.fixtures.portal import Letter, PortalFixture
 from tests.fixtures.settings import make_settings
 
 MX = "mx.partner.example[198.51.100.4]:25"
 INTERNAL = "mail.corp.example[192.0.2.25]:25"
-
-
-class CapturedLog:
-    """The events logged on Twisted's global publisher while a test runs."""
-
-    def __init__(self, test: Any) -> None:
-        self.events: list[dict[str, Any]] = []
-        observer = cast(ILogObserver, self.events.append)
-        globalLogPublisher.addObserver(observer)
-        test.addCleanup(globalLogPublisher.removeObserver, observer)
-
-    def lines(self, namespace: str = "secmail.messages") -> list[str]:
-        """The text of every message line, in order."""
-        return [formatEvent(e) for e in self.events if e.get("log_namespace", "") == namespace]
-
-    def everything(self) -> str:
-        """Every event of every namespace as text, with its fields: where a secret must not be."""
-        return "\n".join(
-            formatEvent(e) + " " + repr(sorted(e.items(), key=str)) for e in self.events
-        )
 
 
 class FormatTests(SynchronousTestCase):
@@ -132,6 +112,26 @@ class FormatTests(SynchronousTestCase):
         [line] = self.log.lines()
         self.assertNotIn("358401234567", self.log.everything())
         self.assertIn("to=<+358 40 *** **67@sms.example>", line)
+
+    def test_mail_about_a_trail_names_the_trail(self) -> None:
+        """A code mail of D-Compose is about an outsider's trail, not a message: named whole."""
+        message_log.delivery_status(
+            message_id="c" * 32,
+            about="compose:eve@outside.example",
+            kind="code",
+            recipient="eve@outside.example",
+            relay="none",
+            delay=0.04,
+            status="deferred",
+            reply="connection to relay.example:25 timed out",
+        )
+        self.assertEqual(
+            self.log.lines(),
+            [
+                "compose:eve@outside.example: code cccccccccc to=<eve@outside.example>"
+                " relay=none delay=0s status=deferred (connection to relay.example:25 timed out)"
+            ],
+        )
 
     def test_split_reply(self) -> None:
         """The host is taken from a reply it gave; a failure without a host has relay none."""

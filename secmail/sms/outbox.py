@@ -23,6 +23,7 @@ from secmail.masking import mask_number
 from secmail.scanning import ScanningService
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError
+from secmail.store.rows import short_id
 from secmail.store.sms import OutboxItem, SmsStore
 
 log = Logger()
@@ -122,7 +123,10 @@ class SmsOutbox(ScanningService):
             reason = str(e) if isinstance(e, SmsTemporaryError) else type(e).__name__
             next_attempt = self.now() + retry_delay(item.attempts + 1)
             log.warn(
-                "SMS to {number} will be tried again in {delay} s",
+                "{id}: SMS to {number} will be tried again in {delay} s",
+                id=short_id(item.message_id),
+                message_id=short_id(item.message_id),
+                envelope_id=item.envelope_id or "",
                 number=masked,
                 delay=next_attempt - self.now(),
             )

@@ -146,7 +146,12 @@ class Intake:
         detail = f"{report.status} {report.diagnostic}"[:500]
         await self.store.notification_returned(envelope, bounce, detail, int(now))
         log.info(
-            "Notification for envelope {id} came back: {detail}", id=envelope_id, detail=detail
+            "{id}: notification to=<{to}> came back: {detail}",
+            id=short_id(envelope.message_id),
+            message_id=short_id(envelope.message_id),
+            envelope_id=envelope_id,
+            to=envelope.recipient,
+            detail=detail,
         )
         self.on_commit()
         return b"returned"
