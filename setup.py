@@ -34,6 +34,7 @@ setup(
         "nh3>=0.2.17",
         "jinja2>=3.1",
         "babel>=2.14",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

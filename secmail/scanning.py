@@ -35,6 +35,8 @@ class ScanningService(Service):
         self._timer: IDelayedCall | None = None
         self._scanning = False
         self._rescan = False
+        #: When the last scan ended without an error (clock seconds; None: none yet).
+        self.last_scan: float | None = None
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -97,12 +99,14 @@ class ScanningService(Service):
             while True:
                 self._rescan = False
                 room = self.room()
-                if room <= 0:
+                if room <= 0:  # busy: every slot is working
+                    self.last_scan = self.clock.seconds()
                     return
                 claimed = await self.claim_and_start(room)
                 if claimed < room and not self._rescan:
                     break
             delay = await self.next_scan(delay)
+            self.last_scan = self.clock.seconds()
         except Exception:
             log.failure(
                 "Cannot read {what}; trying again in {delay} s", what=self.what, delay=delay

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 
 log = Logger()
@@ -51,3 +51,24 @@ class StartStopService(Service):
         if stopped is not None:
             return ensureDeferred(stopped)
         return None
+
+
+class OrderedServices(MultiService):
+    """
+    The gateway's service tree: children start in the order they were added and stop one after
+    another in the reverse order, each only once the one started after it has finished
+    stopping. (Twisted's L{MultiService} stops them all at once, so the database would close
+    while the queue still records the outcomes of its last deliveries.) A child whose stop
+    fails is logged, and the others stop all the same.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_each())
+
+    async def _stop_each(self) -> None:
+        for service in reversed(list(self)):
+            try:
+                await maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("Stopping {name} failed", name=service.name)

@@ -28,7 +28,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from secmail import config
+from secmail import __version__, config
 from secmail.crypto import (
     DerivedKeys,
     MasterKeyError,
@@ -36,9 +36,16 @@ from secmail.crypto import (
     generate_key_file,
     load_key_file,
 )
+from secmail.logs import use_json_logs
+from secmail.monitoring.agent import ReportAgent, ReportBuilder, https_post
+from secmail.monitoring.counting import FLUSH_INTERVAL, DailyFlush
+from secmail.monitoring.gauges import QueueGauges
+from secmail.monitoring.health import Readiness
+from secmail.monitoring.http import monitoring_site
+from secmail.monitoring.statsmail import StatisticsMail
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
-from secmail.services import StartStopService
+from secmail.services import OrderedServices, StartStopService
 from secmail.sms import pin_text
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
@@ -51,9 +58,11 @@ from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
 from secmail.store.keys import KeyStore, live_nodes_blocking, sealing_key
 from secmail.store.messages import MessageStore
+from secmail.store.nodes import write_probe
 from secmail.store.portal import PortalStore
 from secmail.store.sms import SmsStore
 from secmail.store.spool import clean_spool
+from secmail.store.stats import DailyStats
 from secmail.tls import CertificateError, ensure_self_signed, server_options
 
 log = Logger()
@@ -66,7 +75,7 @@ RENDER_THREADS = 2
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE]"
+    synopsis = "[--config FILE] [--json-logs]"
     longdesc = (
         "Runs the secmail gateway: the ESMTP server, the outbound queue and the HTTPS portal. "
         f"Without --config it reads {config.DEFAULT_FILE} when that exists, else it runs on "
@@ -81,8 +90,21 @@ class Options(usage.Options):
             "else the embedded defaults.",
         ],
     ]
+    optFlags = [
+        [
+            "json-logs",
+            None,
+            "Log one JSON object per line (time, level, namespace, text and the event's fields, "
+            "such as message_id) instead of text lines; to the same place as the text log.",
+        ],
+    ]
 
     def postOptions(self) -> None:
+        if self["json-logs"]:
+            parent = getattr(self, "parent", None)
+            if parent is None:
+                _stop("--json-logs works only under twistd (twistd secmail --json-logs)")
+            use_json_logs(parent)
         try:
             self["settings"] = config.load(self["config"] or config.default_path())
         except config.ConfigError as e:
@@ -258,8 +280,12 @@ def makeService(options: Options) -> IService:
         max_message_size=settings.smtp.max_message_size,
     )
 
-    top = MultiService()
+    top = OrderedServices()
     StartStopService("database", db.start, db.stop).setServiceParent(top)
+    # The day's counts: written every FLUSH_INTERVAL, and last of all before the database closes.
+    daily = DailyFlush(DailyStats(db))
+    StartStopService("statistics", lambda: None, daily.run).setServiceParent(top)
+    TimerService(FLUSH_INTERVAL, daily.run).setServiceParent(top)
     StartStopService("queue", queue.start_after_restart, queue.stop_scanning).setServiceParent(top)
 
     # Texts and code HMACs use keys derived from the sealing master key and are checked with
@@ -336,4 +362,48 @@ def makeService(options: Options) -> IService:
         Listener(
             "smtp.listen", description, serverFromString(reactor, description), smtp_factory
         ).setServiceParent(top)
+    monitoring(top, reactor, settings, db, store, queue, master, node_id)
     return top
+
+
+def monitoring(
+    top: MultiService,
+    reactor: Any,
+    settings: config.Settings,
+    db: Database,
+    store: MessageStore,
+    queue: OutboundQueue,
+    master: Any,
+    node_id: str,
+) -> None:
+    """The queue's gauges, and the [metrics] listener with /metrics, /livez and /readyz."""
+    gauges = QueueGauges(store.queue_figures, reactor)
+    TimerService(max(settings.queue.poll_interval, 1.0), gauges.run).setServiceParent(top)
+    readiness = Readiness(
+        reactor,
+        db_probe=lambda: write_probe(db, node_id, __version__, int(reactor.seconds())),
+        data_dir=settings.gateway.data_dir,
+        min_free_bytes=1.5 * settings.smtp.max_message_size,
+        read_key=lambda: deferToThread(load_key_file, master.path),
+        queue=queue,
+    )
+    started = reactor.seconds()
+    site = monitoring_site(reactor, started, readiness)
+    for description in settings.metrics.listen:
+        Listener(
+            "metrics.listen", description, serverFromString(reactor, description), site
+        ).setServiceParent(top)
+    if settings.monitoring.report_url:
+        try:
+            post = https_post(settings.monitoring, reactor)
+        except CertificateError as e:
+            _stop(f"monitoring.report_ca_file: {e}")
+        report = ReportBuilder(
+            reactor, node_id, started, readiness, store.queue_figures, DailyStats(db).days_of
+        )
+        ReportAgent(settings.monitoring, reactor, report.build, post).setServiceParent(top)
+    if settings.monitoring.statistics_to:
+        mail = StatisticsMail(
+            settings.monitoring, settings.identity, settings.routes, master, db, reactor, queue.wake
+        )
+        TimerService(3600, mail.run).setServiceParent(top)

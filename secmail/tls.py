@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,7 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet import ssl
-from twisted.internet.ssl import TLSVersion
+from twisted.internet.ssl import Certificate, TLSVersion, trustRootFromCertificates
+
+if TYPE_CHECKING:
+    # Twisted documents this interface but does not export it from twisted.internet.ssl.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
 # Mozilla intermediate (TLS 1.2 part; TLS 1.3 suites are fixed by OpenSSL).
 INTERMEDIATE_CIPHERS = ":".join(
@@ -100,3 +105,19 @@ def server_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(INTERMEDIATE_CIPHERS),
     )
+
+
+def trust_root_from_pem(ca_file: str) -> IOpenSSLTrustRoot:
+    """
+    Trust the CA certificates in the PEM file C{ca_file}, which may hold several. Raises
+    L{CertificateError} naming the file when it cannot be read or holds no certificate.
+    """
+    try:
+        with open(ca_file, "rb") as f:
+            pem = f.read()
+        found = x509.load_pem_x509_certificates(pem)
+    except (OSError, ValueError) as e:
+        raise CertificateError(f"cannot use CA file {ca_file!r}: {e}") from None
+    certificates = [Certificate(crypto.X509.from_cryptography(c)) for c in found]
+    root: IOpenSSLTrustRoot = trustRootFromCertificates(certificates)
+    return root

@@ -775,7 +775,7 @@ class SizeTests(ComposeFixture):
             [("attachment", "big.bin", "application/octet-stream", b"\0" * 4000)],
         )
         self.assertEqual(reply.code, 413)
-        self.assertIn("at most 0.0 MB", reply.text)
+        self.assertIn("come to 5 kB; at most 4 kB can be sent", reply.text)
         self.assertIn('value="Big"', reply.text)  # what was typed is kept
         self.assertEqual(await self.composed(), [])
         fits = await writer.send(

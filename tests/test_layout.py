@@ -29,7 +29,7 @@ VALUES = {
     "message_locked": {"pin": True, "sender_told": True},
     "compose_refused_address": {"address": "bob@example.org", "refused": True},
     "compose_signed_out": {"again": "/compose"},
-    "too_large": {"limit": "9.8 MB"},
+    "too_large": {"limit": "10.2 MB"},
 }
 
 ENVELOPE = Envelope(
@@ -65,7 +65,7 @@ FORMS = ReplyForms(
     mode="forward",
     text="typed",
     to="carol@example.org",
-    limit="9.8 MB",
+    limit="10.2 MB",
     domains="example.org",
 )
 #: Each page that is not an error page, and values it can be shown with.
@@ -79,6 +79,7 @@ PAGES: dict[str, dict[str, Any]] = {
     },
     "code.html": {"token": "t" * 30, "envelope": ENVELOPE, "csrf": "c", "error": "x", "sent": True},
     "signed_out.html": {},
+    "home.html": {"compose": True},
     "pin.html": {
         "token": "t" * 30,
         "csrf": "c",
@@ -93,8 +94,10 @@ PAGES: dict[str, dict[str, Any]] = {
         "heading": False,
         "message": MESSAGE,
         "subject": "Hello",
+        "date": "December 8, 2026, 1:00 AM UTC",
+        "images": False,
         "frame": "/read/html",
-        "files": [(0, "a.pdf", "1 KB")],
+        "files": [(0, "a.pdf", "1 kB")],
         "forms": FORMS,
         "csrf": "c",
     },

@@ -135,7 +135,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_service_tree(self) -> None:
         """Database first, then queue, periodic jobs, the rendering threads, portal and the SMTP
-        listener (no SMS)."""
+        listener (no SMS), then the queue's gauges and the monitoring listener."""
         top = self.make()
         self.assertFalse(top.running)
         children = list(top)
@@ -143,6 +143,8 @@ class MakeServiceTests(SynchronousTestCase):
             [type(c) for c in children],
             [
                 StartStopService,  # the database
+                StartStopService,  # the day's statistics: last written before the database closes
+                TimerService,  # the day's statistics, written every few seconds
                 StartStopService,  # the queue
                 TimerService,  # retention
                 TimerService,  # master key rotation
@@ -150,7 +152,13 @@ class MakeServiceTests(SynchronousTestCase):
                 StartStopService,  # the portal's rendering, started before the portal
                 tap.Listener,
                 tap.Listener,
+                TimerService,  # the queue's gauges (metrics)
+                tap.Listener,  # [metrics] listen
             ],
+        )
+        self.assertEqual(
+            [c.key for c in children if isinstance(c, tap.Listener)],
+            ["portal.listen", "smtp.listen", "metrics.listen"],
         )
         self.assertIs(top.getServiceNamed("database"), children[0])
         self.assertFalse(any(c.running for c in children))
@@ -159,7 +167,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(database.start.__self__, Database)  # type: ignore[attr-defined]
         self.assertEqual(database.stop, database.start.__self__.stop)  # type: ignore[attr-defined]
 
-        queue_starter = children[1]
+        queue_starter = children[3]
         assert isinstance(queue_starter, StartStopService)
         self.assertIs(top.getServiceNamed("queue"), queue_starter)
         queue = queue_starter.start.__self__  # type: ignore[attr-defined]
@@ -167,19 +175,19 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(queue_starter.start, queue.start_after_restart)
         self.assertEqual(queue_starter.stop, queue.stop_scanning)
 
-        rotation = children[3]
+        rotation = children[5]
         assert isinstance(rotation, TimerService)
         self.assertIsInstance(rotation.call[0].__self__, KeyRotation)  # type: ignore[attr-defined]
         self.assertEqual(rotation.step, ROTATION_INTERVAL)
 
-        render_pool = children[5]
+        render_pool = children[7]
         assert isinstance(render_pool, StartStopService)
         pool = render_pool.start.__self__  # type: ignore[attr-defined]
         self.assertIsInstance(pool, ThreadPool)
         self.assertEqual(render_pool.stop, pool.stop)
         self.assertEqual(pool.max, tap.RENDER_THREADS)
         self.assertFalse(pool.started)
-        portal, smtp = children[-2], children[-1]
+        portal, smtp = children[8], children[9]
         assert isinstance(portal, tap.Listener)
         assert isinstance(smtp, tap.Listener)
         self.assertEqual((portal.key, smtp.key), ("portal.listen", "smtp.listen"))
@@ -198,18 +206,20 @@ class MakeServiceTests(SynchronousTestCase):
             'order = ["modem", "smtp"]\n[sms.modem]\ndevice = "/dev/null-modem"\n'
             '[sms.smtp]\naddress = "{to}@sms.example"\n[sms.pin_text]\nen = "PIN {pin}"'
         )
-        children = list(top)
+        children = [c for c in top if not isinstance(c, TimerService)]
         self.assertEqual(
-            [type(c) for c in children[:4]],
-            [StartStopService, StartStopService, StartStopService, SmsOutbox],
+            [type(c) for c in children[:5]],
+            [StartStopService, StartStopService, StartStopService, StartStopService, SmsOutbox],
         )
-        self.assertEqual([c.name for c in children[:3]], ["database", "queue", "sms-modem"])
-        modem = children[2]
+        self.assertEqual(
+            [c.name for c in children[:4]], ["database", "statistics", "queue", "sms-modem"]
+        )
+        modem = children[3]
         assert isinstance(modem, StartStopService)
         link = modem.start.__self__  # type: ignore[attr-defined]
         self.assertIsInstance(link, ModemLink)
         self.assertEqual(modem.stop, link.stop)
-        outbox = children[3]
+        outbox = children[4]
         assert isinstance(outbox, SmsOutbox)
         self.assertEqual([b.name for b in outbox.dispatcher._backends], ["modem", "smtp"])
 

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from secmail.store.sms import SmsStore
 from secmail.web import access as access_module
 from secmail.web.portal import Portal
+from secmail.web.sanitise import FRAME_STYLE
 from secmail.web.site import make_site
 from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, PNG, RICH, SAFE_DISPOSITION, mime, parse
 from tests.fixtures.portal import SESSION, Browser, Letter, PortalFixture, Reply, directives
@@ -141,7 +142,7 @@ class ReadingTests(PortalFixture):
             "Quarterly figures",
             "Alice Example &lt;alice@corp.example&gt;",
             BOB,
-            "Tue, 14 Nov 2023 22:13:20 +0000",
+            "November 14, 2023, 10:13\u202fPM UTC",  # the Date header, in the reader's words
             "SecretBodyText: the numbers are bad.",
             '<iframe src="/read/html"',
             'href="/read/attachment/0"',
@@ -192,7 +193,11 @@ class ReadingTests(PortalFixture):
         self.assertEqual(reply.code, 200)
         self.assertIn(b"VisibleXssText", reply.body)
         self.assertIn(b">click</a>", reply.body)
-        body = reply.text.lower()
+        # The frame's one style sheet is ours (the interface's font); the message's is gone.
+        ours = f"<style>{FRAME_STYLE}</style>"
+        self.assertEqual(reply.text.count("<style"), 1)
+        self.assertIn(ours, reply.text)
+        body = reply.text.replace(ours, "").lower()
         for banned in (
             "<script",
             "alert(",
@@ -250,7 +255,8 @@ class ReadingTests(PortalFixture):
         self.assertEqual(reply.header("Content-Type"), "message/rfc822")
         self.assertEqual(
             reply.header("Content-Disposition"),
-            "attachment; filename=\"message.eml\"; filename*=UTF-8''message.eml",
+            'attachment; filename="Quarterly figures.eml"; '
+            "filename*=UTF-8''Quarterly%20figures.eml",
         )
         self.assertIn("saved", await self.event_kinds(letter))
 

@@ -27,6 +27,7 @@ from secmail.web.render import (
     inline_part,
     read_message,
 )
+from secmail.web.sanitise import FRAME_STYLE
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -940,13 +941,15 @@ def test_content_disposition_keeps_ordinary_names(name: str) -> None:
     assert disposition_parts(header)[1] == (unicodedata.normalize("NFC", name) or "attachment")
 
 
-def test_html_document_wraps_without_style_or_script() -> None:
-    """The iframe page declares UTF-8 and adds no style or script of its own."""
+def test_html_document_wraps_without_script() -> None:
+    """The iframe page declares UTF-8, adds no script and one style sheet: the interface's font."""
     document = html_document("<p>hi</p>")
     assert document.startswith("<!DOCTYPE html>")
     assert '<meta charset="utf-8">' in document
     assert "<body><p>hi</p></body>" in document
-    assert "<style" not in document and "<script" not in document and "style=" not in document
+    assert "<script" not in document and "style=" not in document
+    assert document.count("<style") == 1 and f"<style>{FRAME_STYLE}</style>" in document
+    assert "system-ui" in FRAME_STYLE
 
 
 def test_inline_pictures_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -802,7 +802,7 @@ class ReplyPortalTests(ReplyPortalFixture):
         big = b"x" * (LIMIT + 1)
         reply = await browser.send("reply", csrf, text="Kept text", files=[("big.bin", "x/y", big)])
         self.assertEqual(reply.code, 413)
-        self.assertIn("at most 195 KB can be sent at once", reply.text)
+        self.assertIn("come to 201 kB; at most 200 kB can be sent at once", reply.text)
         self.assertIn(">Kept text</textarea>", reply.text)
         self.assertIn("Files you attached have to be chosen again.", reply.text)
         self.assertEqual(await self.rows(), [])
@@ -984,7 +984,7 @@ class BodyLimitTests(ReplyPortalFixture):
         self.assertNotIn(b"100 Continue", answer)
         self.assertIn(b"Connection: close\r\n", answer)
         self.assertIn(b"Content-Security-Policy: ", answer)
-        self.assertIn(b"larger than 195 KB", answer)
+        self.assertIn(b"larger than 200 kB", answer)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(await self.rows(), [])
 

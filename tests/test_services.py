@@ -6,7 +6,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmail.services import StartStopService
+from secmail.services import OrderedServices, StartStopService
 
 
 class StartStopServiceTests(SynchronousTestCase):
@@ -61,3 +61,42 @@ class StartStopServiceTests(SynchronousTestCase):
         [logged] = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(str(logged.value), "leases")
         self.assertIsNone(service.stopService())
+
+
+class OrderedServicesTests(SynchronousTestCase):
+    def test_each_stops_after_the_later_one_has_stopped(self) -> None:
+        """The database is not closed while the queue is still finishing its deliveries."""
+        calls: list[str] = []
+        queue_stopping: Deferred[None] = Deferred()
+        top = OrderedServices()
+        StartStopService(
+            "database", lambda: None, lambda: calls.append("stop database")
+        ).setServiceParent(top)
+        StartStopService(
+            "queue", lambda: None, lambda: calls.append("stop queue") or queue_stopping
+        ).setServiceParent(top)
+        StartStopService(
+            "listener", lambda: None, lambda: calls.append("stop listener")
+        ).setServiceParent(top)
+        top.startService()
+        stopped = top.stopService()
+        self.assertEqual(calls, ["stop listener", "stop queue"])
+        self.assertNoResult(stopped)
+        queue_stopping.callback(None)
+        self.assertEqual(calls, ["stop listener", "stop queue", "stop database"])
+        self.successResultOf(stopped)
+        self.assertFalse(top.running)
+
+    def test_a_failing_stop_is_logged_and_the_others_stop(self) -> None:
+        calls: list[str] = []
+        top = OrderedServices()
+        StartStopService(
+            "database", lambda: None, lambda: calls.append("stop database")
+        ).setServiceParent(top)
+        StartStopService(
+            "modem", lambda: None, lambda: fail(RuntimeError("port gone"))
+        ).setServiceParent(top)
+        top.startService()
+        self.successResultOf(top.stopService())
+        self.assertEqual(calls, ["stop database"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -21,6 +21,10 @@ from typing import Any
 from secmail.config._base import LANGUAGES, Checker, ConfigError, check_endpoint, kind_of
 from secmail.config.gateway import DEFAULT_DATA_DIR, GatewaySettings, build_gateway
 from secmail.config.gateway import SCHEMA as GATEWAY_SCHEMA
+from secmail.config.metrics import SCHEMA as METRICS_SCHEMA
+from secmail.config.metrics import MetricsSettings, build_metrics
+from secmail.config.monitoring import SCHEMA as MONITORING_SCHEMA
+from secmail.config.monitoring import MonitoringSettings, build_monitoring
 from secmail.config.portal import (
     LOGO_TYPES,
     MAX_PHRASE_CHARS,
@@ -68,6 +72,8 @@ __all__ = [
     "GatewayIdentity",
     "GatewaySettings",
     "HttpGatewaySettings",
+    "MetricsSettings",
+    "MonitoringSettings",
     "ModemSettings",
     "NotificationTexts",
     "PortalSettings",
@@ -104,6 +110,8 @@ class Settings:
     store: StoreSettings
     queue: QueueSettings
     sms: SmsSettings = SmsSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @property
     def identity(self) -> GatewayIdentity:
@@ -160,6 +168,8 @@ SCHEMA: dict[str, dict[str, Checker]] = {
     **STORE_SCHEMA,
     **QUEUE_SCHEMA,
     **SMS_SCHEMA,
+    **METRICS_SCHEMA,
+    **MONITORING_SCHEMA,
 }
 
 
@@ -236,6 +246,8 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         store=store,
         queue=queue,
         sms=build_sms(values),
+        metrics=build_metrics(values.get("metrics", {})),
+        monitoring=build_monitoring(values.get("monitoring", {})),
     )
 
 
@@ -246,6 +258,8 @@ SECRET_KEYS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("sms.http", "url"): mask_url,
     ("sms.http", "headers"): mask_headers,
     ("sms.http", "body"): mask_body,
+    ("monitoring", "report_url"): mask_url,
+    ("monitoring", "report_token"): lambda v: "***" if v else "",
 }
 
 

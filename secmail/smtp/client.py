@@ -30,8 +30,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
-from cryptography import x509
-from OpenSSL import crypto
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -39,12 +37,10 @@ from twisted.internet.interfaces import (
     ITLSTransport,
 )
 from twisted.internet.ssl import (
-    Certificate,
     CertificateOptions,
     TLSVersion,
     optionsForClientTLS,
     platformTrust,
-    trustRootFromCertificates,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -63,6 +59,7 @@ from secmail.smtp.outgoing import (
     check_envelope,
 )
 from secmail.smtp.session import Reply, SmtpSession, State, Transaction, settle
+from secmail.tls import CertificateError, trust_root_from_pem
 
 if TYPE_CHECKING:
     # Twisted documents this interface but does not export it from twisted.internet.ssl.
@@ -531,11 +528,6 @@ async def _now(f: Callable[[bytes], bytes], data: bytes) -> bytes:
 def load_trust_root(ca_file: str) -> IOpenSSLTrustRoot:
     """Trust the CA certificates in the PEM file C{ca_file}, which may hold several."""
     try:
-        with open(ca_file, "rb") as f:
-            pem = f.read()
-        found = x509.load_pem_x509_certificates(pem)
-    except (OSError, ValueError) as e:
-        raise TemporaryDeliveryError(f"cannot use CA file {ca_file!r}: {e}") from None
-    certificates = [Certificate(crypto.X509.from_cryptography(c)) for c in found]
-    root: IOpenSSLTrustRoot = trustRootFromCertificates(certificates)
-    return root
+        return trust_root_from_pem(ca_file)
+    except CertificateError as e:
+        raise TemporaryDeliveryError(str(e)) from None

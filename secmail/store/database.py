@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from secmail.monitoring.metrics import DB_COMMIT, DB_ERRORS
 from secmail.store.engines import Connection, Engine
 
 T = TypeVar("T")
@@ -119,6 +121,7 @@ class Database:
         if self._pending:
             self._flush()
         if isinstance(outcome, Failure):
+            DB_ERRORS.inc()
             error = outcome.value
             for work in batch:
                 work.result.errback(
@@ -144,6 +147,7 @@ class Database:
         return self._conn
 
     def _run_batch(self, batch: list[_Work]) -> list[tuple[bool, Any]]:
+        started = time.perf_counter()
         conn = self._connection()
         try:
             cursor = conn.cursor()
@@ -175,6 +179,7 @@ class Database:
         finally:
             cursor.close()
         self.batches += 1
+        DB_COMMIT.observe(time.perf_counter() - started)
         return results
 
     def _isolated(self, cursor: Any, txn: Txn, batch: list[_Work]) -> list[tuple[bool, Any]]:

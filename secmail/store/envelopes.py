@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from secmail.store.database import Database, Txn
@@ -80,11 +81,18 @@ class EnvelopeRows:
         )
 
     async def delete_old_events(self, cutoff: int) -> int:
-        """Delete messages' events and admins' audit rows recorded before C{cutoff}; how many."""
+        """
+        Delete messages' events and admins' audit rows recorded before C{cutoff}, and the daily
+        statistics of the days before its day; how many events and audit rows.
+        """
+
+        day = datetime.fromtimestamp(cutoff, UTC).strftime("%Y-%m-%d")
 
         def txn_(txn: Txn) -> int:
             events = txn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
-            return events + txn.execute("DELETE FROM admin_audit WHERE at < ?", (cutoff,)).rowcount
+            audit = txn.execute("DELETE FROM admin_audit WHERE at < ?", (cutoff,)).rowcount
+            txn.execute("DELETE FROM stats_daily WHERE day < ?", (day,))
+            return events + audit
 
         return await self.db.run(txn_)
 

@@ -48,6 +48,17 @@ class QueueItem:
         return "deferred" if self.attempts else "queued"
 
 
+@dataclass(frozen=True)
+class QueueFigures:
+    """The queue at a glance, for metrics and health reports."""
+
+    waiting: int
+    leased: int
+    quarantined: int
+    #: When the oldest row that is not quarantined was made (None: there is none).
+    oldest_created: int | None
+
+
 _QUEUE_COLUMNS = (
     "id, message_id, about, kind, sender, recipients, route, domain, notify, created, "
     "next_attempt, attempts, last_error, quarantined"
@@ -223,6 +234,27 @@ class QueueRows:
             ).fetchone()
         )
         return int(row[0])
+
+    async def queue_figures(self, now: int) -> QueueFigures:
+        """Rows by state and the oldest row's age, in one query (no row is read)."""
+
+        def txn_(txn: Txn) -> QueueFigures:
+            row = txn.execute(
+                "SELECT COUNT(*), "
+                "SUM(CASE WHEN quarantined IS NOT NULL THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN quarantined IS NULL AND lease_until > ? THEN 1 ELSE 0 END), "
+                "MIN(CASE WHEN quarantined IS NULL THEN created END) FROM queue",
+                (now,),
+            ).fetchone()
+            total, quarantined, leased = (int(v or 0) for v in row[:3])
+            return QueueFigures(
+                waiting=total - quarantined - leased,
+                leased=leased,
+                quarantined=quarantined,
+                oldest_created=None if row[3] is None else int(row[3]),
+            )
+
+        return await self.db.run(txn_)
 
     async def queue_list(self) -> list[QueueItem]:
         return await self.db.run(

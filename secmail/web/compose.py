@@ -62,7 +62,7 @@ from secmail.web.compose_mail import (
     parse_form,
     plain_address,
 )
-from secmail.web.compose_pages import MAX_SUBJECT_CHARS, MOUNT, ComposePages, megabytes
+from secmail.web.compose_pages import MAX_SUBJECT_CHARS, MOUNT, ComposePages
 from secmail.web.errors import add_error_handling
 from secmail.web.forms import (
     SubmittedForm,
@@ -271,7 +271,7 @@ class Compose(ComposePages):
                 "The message and its attachments come to {size}; at most "
                 "{limit} can be sent. Please leave out some attachments, "
                 "or send them in more than one message."
-            ).format(size=megabytes(size), limit=megabytes(limit))
+            ).format(size=self._size(request, size), limit=self._size(request, limit, limit=True))
             return self._write_page(request, session, to, subject, text, error, status=413)
         if not text.strip() and not uploads:
             return self._write_page(

@@ -18,8 +18,9 @@ from secmail.config import Settings
 from secmail.notify import clean_text
 from secmail.store.compose import CODE_LIFETIME, LOCK_TIME, CodeLimits, CodeRefusal, ComposeSession
 from secmail.web.compose_mail import MAX_ADDRESS_CHARS
+from secmail.web.formats import size_text
 from secmail.web.forms import cookie_value, form_arg, new_form_id, same_secret, set_cookie
-from secmail.web.i18n import Translate
+from secmail.web.i18n import Translate, request_language
 from secmail.web.layout import (
     PageFrame,
     error_page,
@@ -36,10 +37,6 @@ FORM_COOKIE_AGE = 3600
 MAX_SUBJECT_CHARS = 200
 
 
-def megabytes(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"
-
-
 class ComposePages:
     """The pages of L{secmail.web.compose.Compose}, which sets these attributes."""
 
@@ -49,6 +46,10 @@ class ComposePages:
 
     def _t(self, request: IRequest) -> Translate:
         return translation(request, self.frame.languages)
+
+    def _size(self, request: IRequest, size: int, limit: bool = False) -> str:
+        """A size the one way every page writes it (L{secmail.web.formats.size_text})."""
+        return size_text(size, request_language(request, self.frame.languages), limit=limit)
 
     def _code_refusal(
         self, _: Translate, refusal: str | None, sender: str, limits: CodeLimits
@@ -154,7 +155,7 @@ class ComposePages:
             subject=subject,
             text=text,
             error=error,
-            limit=megabytes(self.settings.portal.max_upload_size),
+            limit=self._size(request, self.settings.portal.max_upload_size, limit=True),
             max_subject_chars=MAX_SUBJECT_CHARS,
         )
 

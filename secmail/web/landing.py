@@ -20,8 +20,9 @@ from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeSt
 from secmail.store.rows import short_id
 from secmail.web import pin
 from secmail.web.access import BROWSER_COOKIE, BROWSER_COOKIE_AGE, letter_link
+from secmail.web.formats import timestamp_text
 from secmail.web.forms import cookie_value, form_arg, set_cookie
-from secmail.web.i18n import N_
+from secmail.web.i18n import N_, request_language
 from secmail.web.pin import PinRoutes
 
 log = Logger()
@@ -47,7 +48,9 @@ class LandingRoutes(PinRoutes):
             token=token,
             envelope=envelope,
             csrf=self._form_csrf(token),
-            received=datetime.fromtimestamp(envelope.created, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            received=timestamp_text(
+                envelope.created, request_language(request, self.frame.languages)
+            ),
             protection=_(LEVELS.get(envelope.level, envelope.level)),
         )
 

@@ -191,6 +191,26 @@ def style_sheet(branding: Branding) -> bytes:
     return _style_sheet(branding.colour)
 
 
+#: The site's icon: a white envelope on the brand colour, drawn for 16 to 32 pixels.
+_FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<rect width="32" height="32" rx="6" fill="{colour}"/>'
+    '<rect x="5" y="9" width="22" height="15" rx="2" fill="#fff"/>'
+    '<path d="M6 10.5l10 7.5 10-7.5" fill="none" stroke="{colour}" stroke-width="2.2" '
+    'stroke-linejoin="round"/></svg>'
+)
+
+
+@cache
+def _favicon(colour: str) -> bytes:
+    return _FAVICON.format(colour=colour).encode()
+
+
+def favicon(branding: Branding) -> bytes:
+    """The site's icon (SVG) in the organisation's colour (checked #rrggbb at load time)."""
+    return _favicon(branding.colour)
+
+
 def read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()

@@ -14,7 +14,8 @@ One Klein app, its routes in modules by role: L{secmail.web.landing} (the link, 
 codes), L{secmail.web.pin} (registered letters), L{secmail.web.reading} (reading and downloads),
 L{secmail.web.reply_page} (replies); what they share in L{secmail.web.access}, errors in
 L{secmail.web.errors}, the page frame and its templates in L{secmail.web.layout}. Here:
-sign-out, the D-Compose mount, the style sheet, the logo and the language switch.
+the home page, sign-out, the D-Compose mount, the style sheet, the logo, the icon and the
+language switch.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from secmail.web.access import SESSION_COOKIE
 from secmail.web.errors import add_error_handling
 from secmail.web.forms import cookie_value, form_arg, same_secret, set_cookie
 from secmail.web.landing import LandingRoutes
-from secmail.web.layout import RESOURCE_CSP, read_file, style_sheet
+from secmail.web.layout import RESOURCE_CSP, favicon, read_file, style_sheet
 from secmail.web.reading import ReadingRoutes
 
 app = LandingRoutes.app
@@ -46,6 +47,19 @@ class Portal(LandingRoutes, ReadingRoutes):
             await self.sessions.end_session(session_id)
         set_cookie(request, SESSION_COOKIE, "", max_age=0)
         return self._template(request, "signed_out.html")
+
+    @app.route("/", methods=["GET"])
+    def home(self, request: IRequest) -> bytes:
+        """The site's own name, typed in: how to open a message, and D-Compose when it is on."""
+        return self._template(request, "home.html", compose=self.compose is not None)
+
+    @app.route("/favicon.ico", methods=["GET"])
+    def favicon(self, request: IRequest) -> bytes:
+        """The tab's icon: an envelope in the organisation's colour (SVG, nothing remote)."""
+        self._headers(request, csp=RESOURCE_CSP)
+        request.setHeader(b"Content-Type", b"image/svg+xml")
+        request.setHeader(b"Cache-Control", b"public, max-age=3600")
+        return favicon(self.frame.branding)
 
     @app.route("/compose/", methods=["GET"])
     def compose_slash(self, request: IRequest) -> bytes:

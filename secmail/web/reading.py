@@ -7,20 +7,24 @@ run on the portal's thread pool (L{secmail.web.access.PortalBase._render}).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
 from secmail import message_log
+from secmail.address import AddressError, Level, parse_recipient
 from secmail.config import GatewayIdentity, RouteSettings, SecureSettings
 from secmail.policy import strip_subject_keyword
 from secmail.store.portal import Session
 from secmail.web import errors, render, reply
 from secmail.web.access import signed_in
+from secmail.web.formats import header_date_text
 from secmail.web.forms import form_arg
+from secmail.web.i18n import request_language
 from secmail.web.layout import DOWNLOAD_CSP, RESOURCE_CSP
 from secmail.web.reply_page import ReplyRoutes
-from secmail.web.site import size_text
+from secmail.web.safe_text import MAX_FILENAME_CHARS, safe_filename
 
 app = ReplyRoutes.app
 
@@ -49,20 +53,29 @@ class ReadingRoutes(ReplyRoutes):
             peer=getattr(request.getClientAddress(), "host", "unknown"),
         )
         _ = self._t(request)
-        subject = message.subject or _("(no subject)")
-        if self.settings.secure.mode == "all" and self.settings.secure.subject_keyword:
-            subject = strip_subject_keyword(subject, self.settings.secure.subject_keyword)
+        language = request_language(request, self.frame.languages)
+        subject = self._subject(message.subject) or _("(no subject)")
+        images = form_arg(request, b"images") == "1"
         return self._template(
             request,
             "reading.html",
             heading=False,  # the subject is the heading
             message=message,
             subject=subject,
-            frame="/read/html?images=1" if form_arg(request, b"images") == "1" else "/read/html",
-            files=[(a.index, a.filename, size_text(a.size)) for a in message.attachments],
-            forms=self._reply_forms(session.csrf, choices),
+            date=header_date_text(message.date, language),
+            images=images,
+            frame="/read/html?images=1" if images else "/read/html",
+            files=[(a.index, a.filename, self._size(request, a.size)) for a in message.attachments],
+            forms=self._reply_forms(request, session.csrf, choices),
             csrf=session.csrf,
         )
+
+    def _subject(self, subject: str) -> str:
+        """The subject as the reader sees it: without the keyword that asked for security."""
+        secure = self.settings.secure
+        if secure.mode == "all" and secure.subject_keyword:
+            return strip_subject_keyword(subject, secure.subject_keyword)
+        return subject
 
     @app.route("/read/html", methods=["GET"])
     @signed_in()
@@ -75,9 +88,9 @@ class ReadingRoutes(ReplyRoutes):
             session, render.read_message, raw, load_remote_images=images, inline_images=True
         )
         img = b"img-src data: https: http:" if images else b"img-src data:"
-        self._headers(
-            request, csp=b"sandbox; default-src 'none'; " + img + b"; frame-ancestors 'self'"
-        )
+        style = b"style-src " + render.FRAME_STYLE_SOURCE.encode("ascii")
+        csp = b"sandbox; default-src 'none'; " + img + b"; " + style + b"; frame-ancestors 'self'"
+        self._headers(request, csp=csp)
         request.setHeader(b"X-Frame-Options", b"SAMEORIGIN")
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return render.html_document(message.html or "").encode("utf-8")
@@ -121,7 +134,8 @@ class ReadingRoutes(ReplyRoutes):
         await self.store.add_event(
             session.message_id, session.envelope_id, "saved", "whole message", self.now()
         )
-        return self._download(request, raw, "message.eml", content_type=b"message/rfc822")
+        subject = self._subject(await self._render(session, render.subject, raw))
+        return self._download(request, raw, eml_filename(subject), b"message/rfc822")
 
 
 def _reading(
@@ -132,5 +146,31 @@ def _reading(
     identity: GatewayIdentity,
 ) -> tuple[render.ReadableMessage, tuple[bool, bool]]:
     """What the reading page shows of a letter, and the reply choices: one thread's work."""
-    message = render.read_message(raw, cid_url=lambda cid: "/read/cid/" + quote(cid, safe=""))
+    message = render.read_message(
+        raw,
+        cid_url=lambda cid: "/read/cid/" + quote(cid, safe=""),
+        shown_address=lambda address: real_address(address, secure),
+    )
     return message, reply.reply_choices(raw, reader, routes, secure, identity)
+
+
+def real_address(address: str, secure: SecureSettings) -> str:
+    """
+    The recipient's own address for a marked one (C{bob@partner.example.s}, or with a phone
+    number before the marker): the routing form is the sender's instruction to the gateway,
+    not an address the reader knows or should reply to. Any other address as it is.
+    """
+    try:
+        recipient = parse_recipient(address, secure.extension, secure.default_country_code)
+    except AddressError:
+        return address
+    return address if recipient.level is Level.PLAIN else recipient.address
+
+
+def eml_filename(subject: str) -> str:
+    """
+    A saved message's file name: its subject made safe (L{safe_filename}; a slash in
+    "Q3/Q4" is no path here, so it becomes a dash), or message.eml.
+    """
+    name = safe_filename(re.sub(r"[/\\]", "-", subject), MAX_FILENAME_CHARS - len(".eml"))
+    return f"{name}.eml" if name else "message.eml"

@@ -19,6 +19,7 @@ import base64
 import mimetypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from secmail import mime
 from secmail.mime import MessageTooComplex
 from secmail.web.safe_text import clean_line, safe_filename, unsurrogate
 from secmail.web.sanitise import (
+    FRAME_STYLE_SOURCE,
     MAX_HTML_DEPTH,
     Sanitised,
     as_text,
@@ -35,6 +37,7 @@ from secmail.web.sanitise import (
 )
 
 __all__ = [
+    "FRAME_STYLE_SOURCE",
     "MAX_HTML_CHARS",
     "MAX_HTML_DEPTH",
     "MAX_INLINE_BYTES",
@@ -47,6 +50,7 @@ __all__ = [
     "html_document",
     "inline_part",
     "read_message",
+    "subject",
 ]
 
 
@@ -330,7 +334,19 @@ def _header(message: Message, name: str) -> str | None:
     return None if text is None else clean_line(text)
 
 
-def _addresses(message: Message, name: str) -> tuple[str, ...]:
+def _keep(address: str) -> str:
+    return address
+
+
+def _address_text(address: Address, shown: Callable[[str], str]) -> str:
+    """C{Name <addr>}, with the address as the reader is to see it (C{shown})."""
+    real = shown(address.addr_spec)
+    if real == address.addr_spec:
+        return str(address)
+    return str(Address(display_name=address.display_name, addr_spec=real))
+
+
+def _addresses(message: Message, name: str, shown: Callable[[str], str] = _keep) -> tuple[str, ...]:
     found: list[str] = []
     try:
         values = message.get_all(name) or []
@@ -339,7 +355,7 @@ def _addresses(message: Message, name: str) -> tuple[str, ...]:
         return (clean_line(text),) if text else ()
     for value in values:
         try:
-            addresses = [str(a) for a in getattr(value, "addresses", ())]
+            addresses = [_address_text(a, shown) for a in getattr(value, "addresses", ())]
         except Exception:
             addresses = []
         if addresses:
@@ -371,8 +387,12 @@ def read_message(
     load_remote_images: bool = False,
     cid_url: Callable[[str], str] = _default_cid_url,
     inline_images: bool = False,
+    shown_address: Callable[[str], str] = _keep,
 ) -> ReadableMessage:
     """Everything the reading page shows. Never raises for a malformed message.
+
+    C{shown_address} maps each address in To and Cc to the one the reader is to see
+    (the real address for a marked one, L{secmail.web.reading.real_address}).
 
     C{cid_url} maps a Content-ID (percent-decoded, without angle brackets) to the URL
     that serves it through L{inline_part}. With C{inline_images}, the pictures are put
@@ -383,13 +403,13 @@ def read_message(
     """
     message = _parse(raw)
     if message is None:
-        return _unreadable(raw, None)
+        return _unreadable(raw, None, shown_address)
     try:
         if inline_images:
             cid_url = _data_urls(message)
-        return _readable(message, raw, load_remote_images, cid_url)
+        return _readable(message, raw, load_remote_images, cid_url, shown_address)
     except Exception:
-        return _unreadable(raw, message)
+        return _unreadable(raw, message, shown_address)
 
 
 def _data_urls(message: EmailMessage) -> Callable[[str], str]:
@@ -418,7 +438,9 @@ def _data_urls(message: EmailMessage) -> Callable[[str], str]:
     return data_url
 
 
-def _unreadable(raw: bytes, message: EmailMessage | None) -> ReadableMessage:
+def _unreadable(
+    raw: bytes, message: EmailMessage | None, shown: Callable[[str], str] = _keep
+) -> ReadableMessage:
     """The last resort: whatever headers can be read, and the body as text."""
 
     def header(name: str) -> str | None:
@@ -428,8 +450,8 @@ def _unreadable(raw: bytes, message: EmailMessage | None) -> ReadableMessage:
     return ReadableMessage(
         subject=header("Subject") or "",
         from_=header("From") or "",
-        to=() if message is None else _addresses(message, "To"),
-        cc=() if message is None else _addresses(message, "Cc"),
+        to=() if message is None else _addresses(message, "To", shown),
+        cc=() if message is None else _addresses(message, "Cc", shown),
         date=header("Date") or "",
         message_id=header("Message-ID"),
         references=header("References"),
@@ -446,6 +468,7 @@ def _readable(
     raw: bytes,
     load_remote_images: bool,
     cid_url: Callable[[str], str],
+    shown: Callable[[str], str],
 ) -> ReadableMessage:
     html_part = _body(message, "html")
     html: str | None = None
@@ -474,8 +497,8 @@ def _readable(
     return ReadableMessage(
         subject=_header(message, "Subject") or "",
         from_=_header(message, "From") or "",
-        to=_addresses(message, "To"),
-        cc=_addresses(message, "Cc"),
+        to=_addresses(message, "To", shown),
+        cc=_addresses(message, "Cc", shown),
         date=_header(message, "Date") or "",
         message_id=_header(message, "Message-ID"),
         references=_header(message, "References"),
@@ -485,6 +508,15 @@ def _readable(
         attachments=attachments,
         incomplete=incomplete,
     )
+
+
+def subject(raw: bytes) -> str:
+    """The message's subject, from its head only: also for a message too complex to show."""
+    try:
+        message = mime.parse(raw, headers_only=True)
+    except Exception:
+        return ""
+    return _header(message, "Subject") or ""
 
 
 def attachment_bytes(raw: bytes, index: int) -> tuple[Attachment, bytes]:

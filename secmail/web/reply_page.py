@@ -19,6 +19,7 @@ from secmail.store.portal import Session
 from secmail.store.rows import short_id
 from secmail.web import errors, reply
 from secmail.web.access import PortalBase, signed_in
+from secmail.web.formats import size_text
 from secmail.web.forms import (
     FormError,
     SubmittedForm,
@@ -28,8 +29,8 @@ from secmail.web.forms import (
     same_secret,
     submitted_form,
 )
+from secmail.web.i18n import request_language
 from secmail.web.reply_letters import reply_messages
-from secmail.web.site import size_text
 
 app = PortalBase.app
 
@@ -54,6 +55,10 @@ class ReplyForms:
 
 class ReplyRoutes(PortalBase):
     """C{/read/reply} and C{/read/sent}, and the forms the reading page shows."""
+
+    def _size(self, request: IRequest, size: int, limit: bool = False) -> str:
+        """A size the one way every page writes it (L{secmail.web.formats.size_text})."""
+        return size_text(size, request_language(request, self.frame.languages), limit=limit)
 
     @app.route("/read/reply", methods=["POST"])
     @signed_in(letter=False)
@@ -82,7 +87,7 @@ class ReplyRoutes(PortalBase):
             problem = self._t(request)(
                 "Your message and files come to {size}; at most {limit} can be "
                 "sent at once. Please attach fewer or smaller files."
-            ).format(size=size_text(size), limit=size_text(limit))
+            ).format(size=self._size(request, size), limit=self._size(request, limit, limit=True))
             return await self._not_sent(request, session, raw, envelope, form, problem, 413)
         now = self.now()
         date = datetime.fromtimestamp(self.clock.seconds(), UTC)
@@ -145,6 +150,7 @@ class ReplyRoutes(PortalBase):
 
     def _reply_forms(
         self,
+        request: IRequest,
         csrf: str,
         choices: tuple[bool, bool],
         mode: str = "",
@@ -163,7 +169,7 @@ class ReplyRoutes(PortalBase):
             mode=mode,
             text=text,
             to=to,
-            limit=size_text(self.settings.portal.max_upload_size),
+            limit=self._size(request, self.settings.portal.max_upload_size, limit=True),
             domains=reply.organisation(self.settings.routes),
         )
 
@@ -195,6 +201,11 @@ class ReplyRoutes(PortalBase):
             problem=problem,
             files_dropped=bool(form.uploads("files")),
             forms=self._reply_forms(
-                session.csrf, choices, form.text("mode"), form.text("text"), form.text("to", 2000)
+                request,
+                session.csrf,
+                choices,
+                form.text("mode"),
+                form.text("text"),
+                form.text("to", 2000),
             ),
         )

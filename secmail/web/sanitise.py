@@ -8,6 +8,8 @@ two are independent layers. L{secmail.web.render} decides what of a message is s
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html as html_entities
 import re
 from collections.abc import Callable
@@ -33,6 +35,8 @@ _ATTRIBUTES = {
     "*": set(),  # nh3 otherwise keeps lang and title everywhere
     "a": {"href"},
     "img": {"src", "alt", "width", "height"},
+    # A table's own borders and spacing: mail that draws a grid with them keeps it.
+    "table": {"border", "cellpadding", "cellspacing"},
     "td": set(_CELL),
     "th": set(_CELL),
     "font": {"color", "size", "face"},
@@ -107,13 +111,26 @@ def sanitise(html: str, *, load_remote_images: bool, cid_url: Callable[[str], st
     return Sanitised(cleaned, bool(remote), frozenset(content_ids))
 
 
+#: The frame's one style sheet, ours: the interface's font and text colour (web/static/portal.css),
+#: and pictures that fit the frame. The message itself brings no style (no <style>, no style=).
+FRAME_STYLE = (
+    'body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d2330;'
+    "line-height:1.5;margin:.75rem;overflow-wrap:anywhere}"
+    "img{max-width:100%;height:auto}"
+)
+#: The CSP source that allows L{FRAME_STYLE} and no other style.
+FRAME_STYLE_SOURCE = (
+    "'sha256-" + base64.b64encode(hashlib.sha256(FRAME_STYLE.encode()).digest()).decode() + "'"
+)
+
+
 def html_document(sanitised_html: str) -> str:
-    """The page for the sandboxed iframe. No <style>: its CSP allows no styles at all."""
+    """The page for the sandboxed iframe: its CSP allows the one style sheet L{FRAME_STYLE}."""
     return (
         "<!DOCTYPE html>\n"
         '<html><head><meta charset="utf-8">'
         '<meta name="referrer" content="no-referrer">'
-        "<title>Message</title></head>"
+        f"<title>Message</title><style>{FRAME_STYLE}</style></head>"
         f"<body>{sanitised_html}</body></html>\n"
     )
 

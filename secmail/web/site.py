@@ -20,18 +20,11 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from secmail.config import Settings
+from secmail.web.formats import size_text
+from secmail.web.i18n import request_language
 from secmail.web.layout import COMMON_HEADERS, RESOURCE_CSP, PageFrame, template_page
 
 log = Logger()
-
-
-def size_text(n: int) -> str:
-    """A size as the reader reads it (limits, attachments)."""
-    if n < 1024:
-        return f"{n} bytes"
-    if n < 1024 * 1024:
-        return f"{n / 1024:.0f} KB"
-    return f"{n / (1024 * 1024):.1f} MB"
 
 
 def access_log_line(timestamp: str, request: Any) -> str:
@@ -130,9 +123,9 @@ class BoundedRequest(Request):
             peer=peer,
             limit=self.max_body,
         )
-        page = template_page(
-            self, self.frame, "errors/too_large.html", limit=size_text(self.max_body)
-        )
+        language = request_language(self, self.frame.languages)
+        limit = size_text(self.max_body, language, limit=True)
+        page = template_page(self, self.frame, "errors/too_large.html", limit=limit)
         self.setHeader(b"Content-Length", str(len(page)).encode("ascii"))
         self.setHeader(b"Connection", b"close")
         head = b"".join(

@@ -349,6 +349,7 @@ class Gateway:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.smtp_port = free_port()
         self.portal_port = free_port()
+        self.metrics_port = free_port()
         self.data_dir = self.dir / "secmail-data"
         self.config_path = self.dir / "secmail.toml"
         self.log_path = self.dir / "gw.log"
@@ -369,6 +370,7 @@ class Gateway:
                 "url": self.portal_url,
             },
             "queue": {"poll_interval": 0.5},
+            "metrics": {"listen": [f"tcp:{self.metrics_port}:interface={LOOPBACK}"]},
         }
         for section, values in (settings or {}).items():
             config.setdefault(section, {}).update(values)
