@@ -99,13 +99,18 @@ def accepted_messages(messages: Sequence[NewMessage], *, peer: str, sender: str,
     notifications_queued(messages)
 
 
-def refused(*, peer: str, command: str, code: int, reason: str) -> None:
-    """An SMTP command of a transaction (MAIL, RCPT, DATA, the end of DATA) was refused."""
+def refused(*, peer: str, command: str, code: int, reason: str, sender: str | None = None) -> None:
+    """
+    An SMTP command of a transaction (MAIL, RCPT, DATA, the end of DATA) was refused;
+    C{sender} is the transaction's, once MAIL was accepted (None before).
+    """
     log.info(
-        "refused: {command} from {peer}: {code} {reason}",
+        "refused: {command} from {peer}{sender_text}: {code} {reason}",
         message_id="",
         peer=peer,
         command=command,
+        sender=sender if sender is not None else "",
+        sender_text=f" sender=<{sender}>" if sender is not None else "",
         code=code,
         reason=reason,
     )

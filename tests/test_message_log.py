@@ -15,15 +15,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.mail import smtp
-from twisted.mail.interfaces import IMessageDelivery
+from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from secmail import message_log
 from secmail.crypto import MasterKey
+from secmail.logs import as_record
 from secmail.queue import LEASE_SECONDS, OutboundQueue
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.outbox import SmsOutbox
@@ -133,6 +135,20 @@ class FormatTests(SynchronousTestCase):
             ],
         )
 
+    def test_json_record_has_the_fields(self) -> None:
+        """With --json-logs a line is an object with its text and stable field names."""
+        message_log.opened(
+            "3f9a2c81d0" + "0" * 22, envelope_id="e1", recipient="bob@x", peer="203.0.113.9"
+        )
+        [event] = self.log.events
+        record = as_record(event)
+        self.assertEqual(record["namespace"], "secmail.messages")
+        self.assertEqual(record["text"], "3f9a2c81d0: opened to=<bob@x> from 203.0.113.9")
+        self.assertEqual(
+            (record["message_id"], record["envelope_id"], record["peer"]),
+            ("3f9a2c81d0", "e1", "203.0.113.9"),
+        )
+
     def test_split_reply(self) -> None:
         """The host is taken from a reply it gave; a failure without a host has relay none."""
         self.assertEqual(
@@ -216,16 +232,30 @@ class RefusedTests(SynchronousTestCase):
             b"DATA",
             b"MAIL FROM:<alice@corp.example>",
             b"RCPT TO:<nobody@partner.example>",
-            b"NOOP",
+            b"DATA",
+            b"RSET",
+            b"MAIL FROM:<>",
+            b"RCPT TO:<ok@corp.example>",
+            b"DATA",
+            b"Subject: SecretSubjectText",
+            b"",
+            b"SecretBodyText",
+            b".",
         ):
             protocol.dataReceived(line + b"\r\n")
+        self.assertIn(b"554 5.6.0 refused at the end\r\n", transport.value())
         self.assertEqual(
             log.lines(),
             [
                 "refused: DATA from 192.0.2.10: 503 5.5.1 Error: need MAIL command",
-                "refused: RCPT TO:<nobody@partner.example> from 192.0.2.10: 550 5.1.1 nobody here",
+                "refused: RCPT TO:<nobody@partner.example> from 192.0.2.10"
+                " sender=<alice@corp.example>: 550 5.1.1 nobody here",
+                "refused: DATA from 192.0.2.10 sender=<alice@corp.example>:"
+                " 554 5.5.1 Error: no valid recipients",
+                "refused: end of DATA from 192.0.2.10 sender=<>: 554 5.6.0 refused at the end",
             ],
         )
+        self.assertNotIn("Secret", log.everything())
 
 
 @implementer(IMessageDelivery)
@@ -236,10 +266,26 @@ class _RefusingDelivery:
         return origin
 
     def validateTo(self, user: Any) -> Any:
+        if str(user.dest).startswith("ok@"):
+            return _RefusedAtTheEnd
         raise smtp.SMTPBadRcpt(user, 550, "5.1.1 nobody here")
 
     def receivedHeader(self, *args: Any) -> bytes:
         return b""
+
+
+@implementer(IMessageSMTP)
+class _RefusedAtTheEnd:
+    """A message that takes every line and is refused at the final dot."""
+
+    def lineReceived(self, line: bytes) -> None:
+        pass
+
+    def eomReceived(self) -> Any:
+        return fail(smtp.SMTPServerError(554, "5.6.0 refused at the end"))
+
+    def connectionLost(self) -> None:
+        pass
 
 
 class ScriptedSender:

@@ -86,8 +86,10 @@ class GatewayESMTP(GatewayConnection):
 
         self._messages: list[IMessageSMTP] = []
         self._data_error: tuple[int, bytes] | None = None
-        #: The transaction command being answered (MAIL, RCPT, DATA, end of DATA), for the log.
+        #: The transaction command being answered (MAIL, RCPT, DATA, end of DATA) and the
+        #: transaction's sender (None before MAIL), for the log.
         self._answering: str | None = None
+        self._answering_sender: str | None = None
         self._limits = MessageLimits(settings)
 
         self._commands: dict[bytes, Callable[[bytes], None]] = {
@@ -181,6 +183,7 @@ class GatewayESMTP(GatewayConnection):
         if verb in TRANSACTION_COMMANDS:
             rest = parts[1] if len(parts) == 2 else b""
             self._answering = printable(verb + (b" " + rest if rest else b""))[:300]
+            self._answering_sender = str(self._from) if self._from is not None else None
         if verb in FORBIDDEN_COMMANDS:
             _log.warn("Dropping SMTP client {client}: sent {verb}", client=self._client, verb=verb)
             self._abort_transaction()
@@ -211,6 +214,7 @@ class GatewayESMTP(GatewayConnection):
                 command=self._answering,
                 code=code,
                 reason=" ".join(reason.split()),
+                sender=self._answering_sender,
             )
         super().sendCode(code, message)
 
