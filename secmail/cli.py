@@ -1,5 +1,7 @@
 """
 The C{secmail} command for admins: check the configuration, look after the queue and keys.
+(C{secmail messages} and C{queue show} are in L{secmail.cli_messages}; what every command
+shares, in L{secmail.cli_db}.)
 
 It works on the same database as the running gateway (both engines take
 concurrent use), so queue changes take effect at the gateway's next queue scan.
@@ -8,7 +10,6 @@ concurrent use), so queue changes take effect at the gateway's next queue scan.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import re
 import sqlite3
@@ -16,15 +17,25 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 import secmail
-from secmail import config
+from secmail import cli_messages, cli_monitoring, config
 from secmail.address import AddressError, parse_phone, split_address
+from secmail.cli_db import (
+    NO_KEY,
+    CommandError,
+    config_path,
+    load_settings,
+    one_line,
+    open_db,
+    open_store,
+    wait,
+    when,
+)
 from secmail.crypto import (
     MasterKey,
     MasterKeyError,
@@ -36,111 +47,17 @@ from secmail.crypto import (
 from secmail.masking import mask_number, mask_sms_recipients
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
-from secmail.store.database import Database, StoreUnavailable, Txn
-from secmail.store.engines import engine_for
+from secmail.store.database import StoreUnavailable
 from secmail.store.keys import NODE_LIVE, KeyStore, retire_problems, sealing_key
 from secmail.store.messages import MessageStore
 from secmail.store.sms import SmsStore
 
-T = TypeVar("T")
-
-
-class CommandError(Exception):
-    """Printed as one line, exit status 1."""
-
-
-class BlockingDatabase(Database):
-    """The same transactions, run at once on the calling thread (no reactor in a CLI)."""
-
-    def __init__(self, database: str) -> None:
-        super().__init__(engine_for(database), reactor=None)
-        self.prepare_blocking()
-        self._blocking = self.engine.connect()
-
-    def run(self, function: Callable[[Txn], T], /) -> Deferred[T]:
-        cursor = self._blocking.cursor()
-        try:
-            cursor.execute(self.engine.begin)
-            result = function(Txn(self.engine, cursor))
-            cursor.execute("COMMIT")
-        except Exception:
-            cursor.execute("ROLLBACK")
-            return fail(Failure())
-        return succeed(result)
-
-    def stop(self) -> None:
-        self._blocking.close()
-
-
-def _wait(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine whose awaits all complete at once (see L{BlockingDatabase})."""
-    results: list[Any] = []
-    Deferred.fromCoroutine(coroutine).addBoth(results.append)
-    if not results:
-        raise RuntimeError("operation did not complete synchronously")
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-def _config_path(args: argparse.Namespace) -> str | None:
-    """C{--config} wherever it was given, else L{config.DEFAULT_FILE} when it exists."""
-    return getattr(args, "config", None) or config.default_path()
-
-
-def _settings(args: argparse.Namespace) -> config.Settings:
-    return config.load(_config_path(args))
-
-
-def _source(path: str | None) -> str:
-    return f"from {path}" if path else "from the embedded defaults"
-
-
-@contextmanager
-def _open_db(args: argparse.Namespace, settings: config.Settings) -> Iterator[BlockingDatabase]:
-    """
-    The gateway's database. A command never makes a new, empty one: the answer "the queue is
-    empty" about a database the gateway does not use would mislead, so a database that is
-    not there (or holds no secmail tables) is an error naming where it was looked for.
-    """
-    engine = engine_for(settings.store.database)
-    try:
-        present = engine.has_schema()
-    except (sqlite3.Error, psycopg.Error) as e:
-        raise CommandError(f"store.database: cannot open {engine.describe()}: {e}") from None
-    if not present:
-        raise CommandError(
-            f"no secmail database at {engine.describe()} (store.database "
-            f"{_source(_config_path(args))}): start the gateway once with this configuration, "
-            "or name the file it runs with: secmail --config FILE ..."
-        )
-    try:
-        db = BlockingDatabase(settings.store.database)
-    except StoreUnavailable as e:
-        raise CommandError(f"store.database: {e}") from None
-    except Exception as e:
-        raise CommandError(f"store.database: cannot open the database: {e}") from None
-    try:
-        yield db
-    finally:
-        db.stop()
-
-
-#: For commands that read no message content and seal nothing: no master key needed.
-_NO_KEY = b"\0" * 32
-
-
-@contextmanager
-def _open_store(args: argparse.Namespace) -> Iterator[MessageStore]:
-    with _open_db(args, _settings(args)) as db:
-        yield MessageStore(db, MasterKey(_NO_KEY))
-
 
 @contextmanager
 def _open_phones(args: argparse.Namespace) -> Iterator[tuple[config.Settings, SmsStore]]:
-    settings = _settings(args)
-    with _open_db(args, settings) as db:
-        yield settings, SmsStore(db, _NO_KEY)
+    settings = load_settings(args)
+    with open_db(args, settings) as db:
+        yield settings, SmsStore(db, NO_KEY)
 
 
 def _address(text: str) -> str:
@@ -159,7 +76,7 @@ def _number(text: str, settings: config.Settings) -> str:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    path = args.file or _config_path(args)
+    path = args.file or config_path(args)
     settings = config.load(path)
     if settings.sms.order:
         from secmail.tap import pin_text_problems  # the portal's catalogues translate
@@ -172,10 +89,6 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(timestamp: int) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 #: What an admin does about quarantined rows, printed under C{queue list}.
 QUARANTINE_HINT = (
     "Such a row is not tried until you fix the cause (such as a node with another master key) "
@@ -184,8 +97,8 @@ QUARANTINE_HINT = (
 
 
 def queue_list(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
-        items = _wait(store.queue_list())
+    with open_store(args) as store:
+        items = wait(store.queue_list())
     quarantined = sum(1 for item in items if item.quarantined is not None)
     if args.quarantined:
         items = [item for item in items if item.quarantined is not None]
@@ -194,29 +107,31 @@ def queue_list(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'ID':>6}  {'KIND':<12} {'NEXT TRY (UTC)':<19}  {'TRIES':>5}  {'STATE':<11}  "
-        "RECIPIENTS / LAST ERROR"
+        f"{'AGE':>4}  SENDER -> RECIPIENTS / LAST ERROR"
     )
+    now = int(time.time())
     for item in items:
         recipients, last_error = list(item.recipients), item.last_error
         if item.kind == "sms":  # an SMS by e-mail: the address is the phone number
             recipients, last_error = mask_sms_recipients(recipients, last_error)
-        next_try = "-" if item.quarantined is not None else _when(item.next_attempt)
+        next_try = "-" if item.quarantined is not None else when(item.next_attempt)
         print(
             f"{item.id:>6}  {item.kind:<12} {next_try:<19}  {item.attempts:>5}  "
-            f"{item.state:<11}  {', '.join(recipients)} via {item.route}"
+            f"{item.state:<11}  {cli_messages.age(now - item.created):>4}  "
+            f"<{item.sender}> -> {', '.join(recipients)} via {item.route}"
         )
         if item.quarantined is not None:
-            last_error = f"quarantined {_when(item.quarantined)} UTC: {last_error}"
+            last_error = f"quarantined {when(item.quarantined)} UTC: {last_error}"
         if last_error:
-            print(f"{'':>6}  {'':<12} {'':<19}  {'':>5}  {'':<11}  {last_error}")
+            print(f"{'':>6}  {'':<12} {'':<19}  {'':>5}  {'':<11}  {'':>4}  {last_error}")
     if quarantined:
         print(f"Quarantined: {quarantined} row{'' if quarantined == 1 else 's'}. {QUARANTINE_HINT}")
     return 0
 
 
 def queue_retry(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
-        item = _wait(store.queue_retry(args.id, int(time.time())))
+    with open_store(args) as store:
+        item = wait(store.queue_retry(args.id, int(time.time())))
     if item is None:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
     if item.quarantined is not None:
@@ -227,8 +142,8 @@ def queue_retry(args: argparse.Namespace) -> int:
 
 
 def queue_delete(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
-        deleted = _wait(store.queue_delete(args.id, int(time.time())))
+    with open_store(args) as store:
+        deleted = wait(store.queue_delete(args.id, int(time.time())))
     if not deleted:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
     print(f"Queue row {args.id} deleted; its recipients will not get it and no bounce is sent.")
@@ -239,28 +154,28 @@ def phones_add(args: argparse.Namespace) -> int:
     with _open_phones(args) as (settings, phones):
         address = _address(args.address)
         number = _number(args.number, settings)
-        new = _wait(phones.set_phone(address, number, int(time.time())))
+        new = wait(phones.set_phone(address, number, int(time.time())))
     print(f"{'Added' if new else 'Changed'}: {address} {number}")
     return 0
 
 
 def phones_list(args: argparse.Namespace) -> int:
     with _open_phones(args) as (_, phones):
-        entries = _wait(phones.phones())
+        entries = wait(phones.phones())
     if not entries:
         print("The phone directory is empty.")
         return 0
     width = max(len("ADDRESS"), *(len(address) for address, _, _ in entries))
     print(f"{'ADDRESS':<{width}}  {'NUMBER':<16}  CHANGED (UTC)")
     for address, number, updated in entries:
-        print(f"{address:<{width}}  {number:<16}  {_when(updated)}")
+        print(f"{address:<{width}}  {number:<16}  {when(updated)}")
     return 0
 
 
 def phones_remove(args: argparse.Namespace) -> int:
     with _open_phones(args) as (_, phones):
         address = _address(args.address)
-        removed = _wait(phones.remove_phone(address))
+        removed = wait(phones.remove_phone(address))
     if not removed:
         raise CommandError(f"{address} is not in the phone directory (see: secmail phones list)")
     print(f"Removed: {address}")
@@ -269,15 +184,15 @@ def phones_remove(args: argparse.Namespace) -> int:
 
 def sms_outbox(args: argparse.Namespace) -> int:
     with _open_phones(args) as (_, store):
-        rows = _wait(store.outbox())
+        rows = wait(store.outbox())
     if not rows:
         print("The SMS outbox is empty.")
         return 0
     print(f"{'ID':>6}  {'NUMBER':<18}  {'NEXT TRY (UTC)':<19}  {'EXPIRES (UTC)':<19}  {'TRIES':>5}")
     for item, next_attempt, last_error in rows:
         print(
-            f"{item.id:>6}  {mask_number(item.number):<18}  {_when(next_attempt):<19}  "
-            f"{_when(item.expires):<19}  {item.attempts:>5}"
+            f"{item.id:>6}  {mask_number(item.number):<18}  {when(next_attempt):<19}  "
+            f"{when(item.expires):<19}  {item.attempts:>5}"
         )
         if last_error:
             print(f"{'':>6}  {last_error}")
@@ -286,7 +201,7 @@ def sms_outbox(args: argparse.Namespace) -> int:
 
 def sms_test(args: argparse.Namespace) -> int:
     """Send a test SMS through each configured backend on its own; report each result."""
-    settings = _settings(args)
+    settings = load_settings(args)
     if not settings.sms.order:
         raise CommandError("sms.order is empty: no SMS backend is configured")
     number = _number(args.number, settings)
@@ -295,13 +210,13 @@ def sms_test(args: argparse.Namespace) -> int:
 
     async def send_mail(to: str, content: bytes) -> None:
         master = load_key_file(settings.store.master_key_file)
-        with _open_db(args, settings) as db:
+        with open_db(args, settings) as db:
             # Seal like the gateways do: with a key every running node holds.
             now = int(time.time())
-            nodes = [n for n in _wait(KeyStore(db).nodes()) if n.seen >= now - NODE_LIVE]
+            nodes = [n for n in wait(KeyStore(db).nodes()) if n.seen >= now - NODE_LIVE]
             master.seal_with(sealing_key(master.key_ids, nodes))
             mail = sms_mail(settings.routes, settings.gateway.bounce_address, master, to, content)
-            _wait(MessageStore(db, master).commit([mail], int(time.time())))
+            wait(MessageStore(db, master).commit([mail], int(time.time())))
 
     async def run(reactor: Any) -> None:
         backends, services = build_backends(
@@ -371,7 +286,7 @@ def keys_generate(args: argparse.Namespace) -> int:
 
 def keys_rotate(args: argparse.Namespace) -> int:
     """A new current key first in the ring; the running gateways do the rest."""
-    settings = _settings(args)
+    settings = load_settings(args)
     path = settings.store.master_key_file
     try:
         master, previous = rotate_key_file(path)
@@ -389,13 +304,13 @@ def keys_rotate(args: argparse.Namespace) -> int:
 
 def keys_status(args: argparse.Namespace) -> int:
     """The ring's keys, what each still protects, and which keys each node holds."""
-    settings = _settings(args)
+    settings = load_settings(args)
     master = load_key_file(settings.store.master_key_file)
     now = int(time.time())
-    with _open_db(args, settings) as db:
+    with open_db(args, settings) as db:
         keys = KeyStore(db)
-        usage = _wait(keys.usage(now))
-        nodes = _wait(keys.nodes())
+        usage = wait(keys.usage(now))
+        nodes = wait(keys.nodes())
     print(f"Key ring {master.path}:")
     print(f"{'KEY ID':<16}  {'ROLE':<8}  {'MESSAGES':>8}  {'SMS':>5}  {'CODES':>5}")
 
@@ -420,7 +335,7 @@ def keys_status(args: argparse.Namespace) -> int:
         for node in nodes:
             stale = "" if node.seen >= now - NODE_LIVE else "  (not running?)"
             print(
-                f"{node.node:<32}  {node.sealing:<16}  {_when(node.seen):<19}  "
+                f"{node.node:<32}  {node.sealing:<16}  {when(node.seen):<19}  "
                 f"{', '.join(node.key_ids)}{stale}"
             )
     if missing:
@@ -435,7 +350,7 @@ def keys_status(args: argparse.Namespace) -> int:
 
 def keys_retire(args: argparse.Namespace) -> int:
     """Remove a retired key from the ring, only when nothing uses it."""
-    settings = _settings(args)
+    settings = load_settings(args)
     path = settings.store.master_key_file
     master = load_key_file(path)
     if args.key_id not in master.key_ids:
@@ -445,9 +360,9 @@ def keys_retire(args: argparse.Namespace) -> int:
             f"key {args.key_id} is the current key; rotate first (secmail keys rotate)"
         )
     now = int(time.time())
-    with _open_db(args, settings) as db:
+    with open_db(args, settings) as db:
         keys = KeyStore(db)
-        problems = retire_problems(args.key_id, _wait(keys.usage(now)), _wait(keys.nodes()), now)
+        problems = retire_problems(args.key_id, wait(keys.usage(now)), wait(keys.nodes()), now)
     if problems:
         raise CommandError(f"not retired: {problems[0]}")
     remove_from_key_file(path, args.key_id)
@@ -463,32 +378,6 @@ CONFIG_HELP = (
     f"the configuration file (default: {config.DEFAULT_FILE} when it exists, else the "
     "embedded defaults); may stand before or after the command"
 )
-
-
-def stats(args: argparse.Namespace) -> int:
-    """The day's statistics of the last N days (UTC), as the statistics mail shows them."""
-    from secmail.monitoring.summary import last_days, lines, table, utc_today
-    from secmail.store.stats import DailyStats
-
-    if not 1 <= args.days <= 3660:
-        raise CommandError(f"--days: {args.days} is not between 1 and 3660")
-    days = last_days(utc_today(time.time()), args.days)
-    with _open_db(args, _settings(args)) as db:
-        counts = _wait(DailyStats(db).days(days[0], days[-1]))
-    print(f"secmail statistics, {days[0]} to {days[-1]} (UTC), all nodes")
-    print(table(lines(counts, days), days, per_day=args.days <= 14), end="")
-    return 0
-
-
-def snmp_pass(args: argparse.Namespace) -> int:
-    """net-snmp's pass_persist handler (see secmail/monitoring/snmp.py and etc/snmp/)."""
-    from secmail.monitoring import snmp
-
-    try:
-        url = args.url or snmp.metrics_url(_settings(args).metrics.listen)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-    return snmp.serve(snmp.Figures(url), sys.stdin, sys.stdout)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -532,6 +421,8 @@ def parser() -> argparse.ArgumentParser:
     d = qsub.add_parser("delete", parents=own, help="drop a queued delivery without bouncing it")
     d.add_argument("id", type=int)
     d.set_defaults(run=queue_delete)
+    cli_messages.add_queue_show(qsub, own)
+    cli_messages.add_messages_command(sub, own)
 
     ph = sub.add_parser(
         "phones", parents=own, help="the phone directory for addresses without a number"
@@ -579,17 +470,7 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("key_id", help="the key id (see: secmail keys status)")
     rt.set_defaults(run=keys_retire)
 
-    sa = sub.add_parser("stats", parents=own, help="the daily statistics of the last days")
-    sa.add_argument("--days", type=int, default=7, help="how many days, today included (7)")
-    sa.set_defaults(run=stats)
-
-    sp = sub.add_parser(
-        "snmp-pass", parents=own, help="serve the gateway's figures to snmpd (pass_persist)"
-    )
-    sp.add_argument(
-        "--url", default=None, help="the gateway's metrics listener (default: from metrics.listen)"
-    )
-    sp.set_defaults(run=snmp_pass)
+    cli_monitoring.add_commands(sub, own)
     return p
 
 
@@ -603,11 +484,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (sqlite3.Error, psycopg.Error) as e:
         print(f"secmail: database error: {type(e).__name__}: {one_line(str(e))}", file=sys.stderr)
         return 1
-
-
-def one_line(text: str) -> str:
-    """Errors from libraries may span lines (psycopg's do); an admin gets one."""
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ It carries the portal link and what the recipient has to do, and never any of
 the message's content: the notification travels in the clear. Only the subject
 may be shown, and only when the administrator turns that on.
 
+What it says, and its HTML layout, are in L{secmail.notify_body}; with a logo the HTML
+part and the logo (base64, encoded once per logo) form a C{multipart/related}.
 Assembled directly as 7-bit MIME (quoted-printable UTF-8 parts, RFC 2047 words in
 headers): building it with L{email.message.EmailMessage} cost more than everything
 else on the accept path. Text from the original message is cleaned of control and
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import html
 import re
 import unicodedata
 from collections.abc import Callable
@@ -28,9 +29,18 @@ from email.header import Header
 from email.headerregistry import Address
 from email.utils import format_datetime, formataddr
 from email.utils import make_msgid as email_make_msgid
+from functools import lru_cache
 
 from secmail.address import Level, Recipient
-from secmail.config import Branding, GatewayIdentity, NotificationTexts
+from secmail.config import GatewayIdentity, NotificationTexts
+from secmail.notify_body import (
+    DEFAULT_BRAND,
+    Facts,
+    html_lines,
+    inline_logo,
+    readable_until,
+    text_body,
+)
 
 MAX_NAME_CHARS = 78
 MAX_SUBJECT_CHARS = 200
@@ -97,7 +107,10 @@ def build_notification(
         (
             "From",
             formataddr(
-                (f"{who or 'Secure mail'} via secmail", texts.identity.notification_from),
+                (
+                    f"{who} via {texts.branding.name}" if who else texts.branding.name,
+                    texts.identity.notification_from,
+                ),
                 charset="utf-8",
             ),
         ),
@@ -116,16 +129,46 @@ def build_notification(
         if "\r" in unfolded or "\n" in unfolded:
             raise ValueError(f"header {name} would contain a line break")
 
-    text = _text_body(texts, recipient, who, link)
-    page = _html_body(texts, recipient, who, link)
-    # Quoted-printable never holds "=_", so this boundary cannot occur in a part;
-    # deriving it from the content keeps the output a function of the input.
-    boundary = "=_" + hashlib.sha256((text + page).encode()).hexdigest()[:32]
+    branding = texts.branding
+    facts = Facts(
+        brand=branding.name,
+        organisation=(
+            branding.name if branding.name != DEFAULT_BRAND else "the sender's organisation"
+        ),
+        sent_by=f"{who} has sent you" if who else "You have been sent",
+        link=link,
+        instructions=_instructions(recipient),
+        until=readable_until(date, texts.retention_days),
+        phrase=branding.verification_phrase,
+        hostname=texts.identity.hostname,
+    )
+    logo = (
+        inline_logo(branding.logo, branding.logo_type, texts.identity.hostname)
+        if branding.logo
+        else None
+    )
+    text = text_body(facts)
+    page_lines = html_lines(facts, branding.colour, logo)
+    page = "\n".join(lines for lines, _ in page_lines)
+    # Quoted-printable never holds "=_", nor base64 "_", so these boundaries cannot occur
+    # in a part (and neither is the start of the other); deriving them from the content
+    # keeps the output a function of the input.
+    digest = hashlib.sha256((text + page).encode()).hexdigest()[:32]
+    boundary = "=_" + digest
+    # Most of the page is the same in every notification: those lines are encoded once.
+    encoded = "\n".join(_qp_kept(lines) if kept else _qp(lines) for lines, kept in page_lines)
+    html_part = _qp_part("html", page, encoded)
+    if logo is not None:
+        related = "=_R" + digest
+        html_part = (
+            f'Content-Type: multipart/related;\r\n boundary="{related}"; type="text/html"\r\n'
+            f"\r\n--{related}\r\n{html_part}--{related}\r\n{logo.part}--{related}--\r\n"
+        )
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     content = (
         f'{head}Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'
         f"--{boundary}\r\n{_qp_part('plain', text)}"
-        f"--{boundary}\r\n{_qp_part('html', page)}"
+        f"--{boundary}\r\n{html_part}"
         f"--{boundary}--\r\n"
     )
     return Notification(
@@ -142,12 +185,26 @@ def _header_text(value: str) -> str:
     return Header(value, "utf-8", header_name="Subject").encode(linesep="\r\n")
 
 
-def _qp_part(subtype: str, text: str) -> str:
-    """One UTF-8 text part, quoted-printable, CRLF line ends, lines of at most 76."""
+def _qp(lines: str) -> str:
+    """LF-separated lines quoted-printable, by binascii's encoder (C)."""
+    return binascii.b2a_qp(lines.encode("utf-8"), istext=True).decode("ascii")
+
+
+#: The runs of lines every notification of an organisation has; never a letter's own.
+_qp_kept = lru_cache(maxsize=64)(_qp)
+
+
+def _qp_part(subtype: str, text: str, encoded: str | None = None) -> str:
+    """
+    One UTF-8 text part, quoted-printable, CRLF line ends, lines of at most 76.
+    C{encoded}: the LF-only C{text} already encoded in runs of lines (a line break ends a
+    quoted-printable line, so runs of lines encode on their own).
+    """
     # binascii's encoder (C) on LF-only text: every LF in its output is then a line end.
     lf_only = text.replace("\r\n", "\n").replace("\r", "\n")
-    encoded = binascii.b2a_qp(lf_only.encode("utf-8"), istext=True).decode("ascii")
-    if any(len(line) > 76 for line in encoded.split("\n")):
+    if encoded is None:
+        encoded = _qp(lf_only)
+    if max(map(len, encoded.split("\n"))) > 76:
         # b2a_qp writes 77 when a line's last space falls at column 75 or 76: the email
         # package's (slower, pure Python) encoder keeps to 76.
         latin = lf_only.encode("utf-8").decode("latin-1")  # one char per byte, as it wants
@@ -189,75 +246,6 @@ def _instructions(recipient: Recipient) -> str:
         "tied to that browser; to read it later in another browser or on another device, "
         "you will be asked for a code that is sent to this e-mail address."
     )
-
-
-def _text_body(texts: NotificationTexts, recipient: Recipient, who: str, link: str) -> str:
-    sent_by = f"{who} has sent you" if who else "You have been sent"
-    return "\n".join(
-        [
-            "Hello,",
-            "",
-            f"{sent_by} a secure message. It is not delivered by e-mail but kept "
-            "encrypted for you, and you can read it on the secure web page at this link:",
-            "",
-            link,
-            "",
-            _instructions(recipient),
-            "",
-            f"The message is kept for {texts.retention_days} days. "
-            "You can reply to it securely on the same page.",
-            "",
-            "We never ask for your password. If you did not expect this message, "
-            "you can ignore this e-mail.",
-            "",
-            *([phrase, ""] if (phrase := _phrase(texts.branding)) else []),
-            "-- ",
-            f"This notification was sent by the secure e-mail gateway {texts.identity.hostname}.",
-            "",
-        ]
-    )
-
-
-def _html_body(texts: NotificationTexts, recipient: Recipient, who: str, link: str) -> str:
-    e = html.escape
-    sent_by = f"{e(who)} has sent you" if who else "You have been sent"
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            '<head><meta charset="utf-8"><title>Secure message</title></head>',
-            '<body style="font-family: sans-serif; line-height: 1.5;">',
-            "<p>Hello,</p>",
-            f"<p>{sent_by} a secure message. It is not delivered by e-mail but kept "
-            "encrypted for you, and you can read it on the secure web page:</p>",
-            f'<p><a href="{e(link)}"><strong>Open the secure message</strong></a></p>',
-            f"<p>If the link does not work, copy this address into your browser:<br>{e(link)}</p>",
-            f"<p>{e(_instructions(recipient))}</p>",
-            f"<p>The message is kept for {texts.retention_days} days. "
-            "You can reply to it securely on the same page.</p>",
-            "<p>We never ask for your password. If you did not expect this message, "
-            "you can ignore this e-mail.</p>",
-            *(
-                [f"<p><strong>{e(phrase)}</strong></p>"]
-                if (phrase := _phrase(texts.branding))
-                else []
-            ),
-            '<p style="color: #666; font-size: small;">This notification was sent by the '
-            f"secure e-mail gateway {e(texts.identity.hostname)}.</p>",
-            "</body>",
-            "</html>",
-            "",
-        ]
-    )
-
-
-def _phrase(branding: Branding) -> str:
-    """
-    The organisation's verification phrase as a sentence ("" when none is set). Every portal
-    page shows it too; a copy of a notification made by someone else does not know it.
-    """
-    phrase = branding.verification_phrase
-    return f"Your organisation's verification phrase: «{phrase}»" if phrase else ""
 
 
 def _null_to_empty(address: str) -> str:

@@ -387,3 +387,30 @@ def test_example_sms_sections_load_when_uncommented() -> None:
     assert settings.sms.order == ("modem", "http", "smtp")
     assert settings.sms.modem is not None and settings.sms.http is not None
     assert settings.sms.smtp_address == "{to}@sms.example.net"
+
+
+# --- the logo's bytes, which every notification carries (issue 12, item 9) -----------------
+
+
+def test_logo_bytes_read_at_load_time(tmp_path: Any) -> None:
+    """The logo is read once, when the file is loaded; check-config shows only its size."""
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(PNG_BYTES)
+    settings = load_text(f'[portal]\nlogo_file = "{logo}"\n')
+    assert settings.portal.logo == PNG_BYTES == settings.branding.logo
+    assert settings.notification_texts.branding.logo == PNG_BYTES
+    lines = config.describe(settings)
+    assert f"portal.logo = '{len(PNG_BYTES)} bytes'" in lines
+    assert not any("PNG" in line for line in lines)
+
+
+def test_logo_too_big_for_notifications_refused(tmp_path: Any) -> None:
+    """A logo over MAX_LOGO_BYTES stops the start with one line naming the key and the limit."""
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(PNG_BYTES + b"\x00" * config.MAX_LOGO_BYTES)
+    with pytest.raises(
+        ConfigError, match=r"^portal.logo_file: .* is larger than 100 kB; every notification"
+    ):
+        load_text(f'[portal]\nlogo_file = "{logo}"\n')
+    logo.write_bytes(PNG_BYTES + b"\x00" * (config.MAX_LOGO_BYTES - len(PNG_BYTES)))
+    assert len(load_text(f'[portal]\nlogo_file = "{logo}"\n').portal.logo) == config.MAX_LOGO_BYTES

@@ -27,6 +27,7 @@ from secmail.config.monitoring import SCHEMA as MONITORING_SCHEMA
 from secmail.config.monitoring import MonitoringSettings, build_monitoring
 from secmail.config.portal import (
     LOGO_TYPES,
+    MAX_LOGO_BYTES,
     MAX_PHRASE_CHARS,
     PortalSettings,
     build_portal,
@@ -60,6 +61,7 @@ __all__ = [
     "DEFAULT_FILE",
     "LANGUAGES",
     "LOGO_TYPES",
+    "MAX_LOGO_BYTES",
     "MAX_PHRASE_CHARS",
     "MX",
     "PIN_TEXT_PLACEHOLDERS",
@@ -129,6 +131,7 @@ class Settings:
             logo_type=portal.logo_type,
             verification_phrase=portal.verification_phrase,
             portal_url=portal.url,
+            logo=portal.logo,
         )
 
     @property
@@ -279,6 +282,8 @@ def _describe(section: str, settings: Any, lines: list[str]) -> None:
             value = masker(value)
         if isinstance(value, Route):
             value = str(value)
+        elif isinstance(value, bytes):  # the logo's bytes: only their size
+            value = f"{len(value)} bytes"
         elif is_dataclass(value):  # a sub-table such as [sms.modem]
             _describe(f"{section}.{f.name}", value, lines)
             continue

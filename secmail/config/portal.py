@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +24,8 @@ from secmail.config.routes import RouteSettings
 #: Logo formats by their first bytes. Not SVG: an SVG can carry script.
 LOGO_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 MAX_PHRASE_CHARS = 40
+#: Every notification carries the logo inline, so it has to stay small.
+MAX_LOGO_BYTES = 100_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class PortalSettings:
     logo_file: str = ""
     #: The logo's media type (image/png or image/jpeg), found from its bytes at load time.
     logo_type: str = ""
+    #: The logo's bytes, read once at load time: every notification carries them inline.
+    logo: bytes = field(default=b"", repr=False)
     verification_phrase: str = ""
     languages: tuple[str, ...] = LANGUAGES
     #: D-Compose code mails: to one mailbox (lower-cased, +tag removed) in 24 hours, for
@@ -106,6 +110,21 @@ def logo_type(path: str) -> str:
     raise ValueError(f"{path!r} is not a PNG or JPEG image (SVG and other formats are refused)")
 
 
+def _logo_bytes(path: str) -> bytes:
+    """The logo's bytes; ValueError if it is too big to go inline in every notification."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_LOGO_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
+    if len(data) > MAX_LOGO_BYTES:
+        raise ValueError(
+            f"{path!r} is larger than {MAX_LOGO_BYTES // 1000} kB; every notification carries "
+            "the logo, so use a smaller image (a logo 40 pixels high is enough)"
+        )
+    return data
+
+
 SCHEMA: Schema = {
     "portal": {
         "listen": as_endpoints,
@@ -137,6 +156,7 @@ def build_portal(values: dict[str, Any], routes: RouteSettings) -> PortalSetting
                 portal,
                 logo_file=os.path.abspath(portal.logo_file),
                 logo_type=logo_type(portal.logo_file),
+                logo=_logo_bytes(portal.logo_file),
             )
         except ValueError as e:
             raise ConfigError(f"portal.logo_file: {e}") from None

@@ -8,7 +8,7 @@ notification texts) can later be handed in without touching the component.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Branding:
     verification_phrase: str
     #: The portal's address, without a trailing slash; letter links start with it.
     portal_url: str
+    #: The logo's bytes (read once at load time; b"" without a logo): notifications carry it.
+    logo: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)

@@ -82,17 +82,25 @@ class EnvelopeRows:
 
     async def delete_old_events(self, cutoff: int) -> int:
         """
-        Delete messages' events and admins' audit rows recorded before C{cutoff}, and the daily
-        statistics of the days before its day; how many events and audit rows.
+        Delete messages' events and admins' audit rows recorded before C{cutoff}, the traces
+        (sender and recipients) of messages received before it that are gone and have no event
+        left, and the daily statistics of the days before its day; how many events and audit
+        rows.
         """
 
         day = datetime.fromtimestamp(cutoff, UTC).strftime("%Y-%m-%d")
 
         def txn_(txn: Txn) -> int:
             events = txn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
-            audit = txn.execute("DELETE FROM admin_audit WHERE at < ?", (cutoff,)).rowcount
+            gone = (
+                "SELECT message_id FROM traces t WHERE received < ? "
+                "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = t.message_id) "
+                "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.message_id = t.message_id)"
+            )
+            txn.execute(f"DELETE FROM trace_recipients WHERE message_id IN ({gone})", (cutoff,))
+            txn.execute(f"DELETE FROM traces WHERE message_id IN ({gone})", (cutoff,))
             txn.execute("DELETE FROM stats_daily WHERE day < ?", (day,))
-            return events + audit
+            return events + txn.execute("DELETE FROM admin_audit WHERE at < ?", (cutoff,)).rowcount
 
         return await self.db.run(txn_)
 

@@ -266,6 +266,21 @@ class QueueRows:
             ]
         )
 
+    async def queue_row(self, queue_id: int) -> tuple[QueueItem, str | None, int | None] | None:
+        """One row, with who holds its lease and until when (C{secmail queue show})."""
+
+        def txn_(txn: Txn) -> tuple[QueueItem, str | None, int | None] | None:
+            row = txn.execute(
+                f"SELECT {_QUEUE_COLUMNS}, lease_owner, lease_until FROM queue WHERE id = ?",
+                (queue_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            until = row[-1]
+            return _queue_item(row[:-2]), row[-2], None if until is None else int(until)
+
+        return await self.db.run(txn_)
+
     async def queue_retry(self, queue_id: int, now: int) -> QueueItem | None:
         """
         Make the row due now; a quarantined row goes back into the queue (an audit event).

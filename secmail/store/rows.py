@@ -192,6 +192,7 @@ def insert_messages_txn(txn: Txn, messages: Sequence[NewMessage], now: int) -> l
         insert_rows_txn(
             txn, "events", ("message_id", "envelope_id", "at", "kind", "detail"), events
         )
+    insert_traces_txn(txn, messages, now)
     deliveries = [
         (
             m.content.message_id,
@@ -231,6 +232,46 @@ def insert_messages_txn(txn: Txn, messages: Sequence[NewMessage], now: int) -> l
     return sorted(int(row[0]) for row in rows)
 
 
+#: The kinds of message a trace finds: mail handed to the gateway, and what outsiders write
+#: in the portal. What the gateway writes about them (notifications, codes, bounces) shows
+#: in their events instead.
+TRACED_KINDS = ("mail", "compose")
+
+
+def insert_traces_txn(txn: Txn, messages: Sequence[NewMessage], now: int) -> None:
+    """
+    What L{secmail.store.trace} searches: the sender and every recipient of each message,
+    secure or relayed, kept with the events after the message and its queue rows are gone.
+    """
+    traced = [m for m in messages if m.kind in TRACED_KINDS]
+    if not traced:
+        return
+    insert_rows_txn(
+        txn,
+        "traces",
+        ("message_id", "received", "sender", "kind"),
+        [(m.content.message_id, now, m.sender.lower(), m.kind) for m in traced],
+    )
+    recipients: list[tuple[str, str, str, str, str | None]] = []
+    for m in traced:
+        own = m.content.message_id
+        recipients += [
+            (own, e.recipient.lower(), e.original.lower(), e.level, e.id) for e in m.envelopes
+        ]
+        recipients += [
+            (own, address.lower(), address.lower(), d.kind, None)
+            for d in m.deliveries
+            if d.about in ("", own)
+            for address in d.recipients
+        ]
+    insert_rows_txn(
+        txn,
+        "trace_recipients",
+        ("message_id", "address", "original", "level", "envelope_id"),
+        recipients,
+    )
+
+
 def add_event_txn(
     txn: Txn, message_id: str, envelope_id: str | None, kind: str, detail: str, now: int
 ) -> None:
@@ -240,11 +281,23 @@ def add_event_txn(
     )
 
 
-def drop_unused_message_txn(txn: Txn, message_id: str) -> None:
-    """Delete a message nothing refers to any more (no queue row, no secure envelope)."""
-    txn.execute(
+def drop_unused_message_txn(txn: Txn, message_id: str) -> int:
+    """
+    Delete a message nothing refers to any more (no queue row, no secure envelope); or only
+    its content when every secure envelope of it is revoked (the rows stay, so that the
+    links answer "withdrawn"). How many chunks went with the content alone.
+    """
+    if txn.execute(
         "DELETE FROM messages WHERE id = ? "
         "AND NOT EXISTS (SELECT 1 FROM queue WHERE message_id = ?) "
         "AND NOT EXISTS (SELECT 1 FROM envelopes WHERE message_id = ?)",
         (message_id, message_id, message_id),
-    )
+    ).rowcount:
+        return 0
+    return txn.execute(
+        "DELETE FROM message_chunks WHERE message_id = ? "
+        "AND NOT EXISTS (SELECT 1 FROM queue WHERE message_id = ?) "
+        "AND EXISTS (SELECT 1 FROM envelopes WHERE message_id = ?) "
+        "AND NOT EXISTS (SELECT 1 FROM envelopes WHERE message_id = ? AND state <> 'revoked')",
+        (message_id, message_id, message_id, message_id),
+    ).rowcount

@@ -53,6 +53,8 @@ T = TypeVar("T")
 SESSION_COOKIE = b"__Host-secmail-session"
 BROWSER_COOKIE = b"__Host-secmail-browser"
 BROWSER_COOKIE_AGE = 365 * 24 * 3600
+#: The state of a letter its sender withdrew (L{secmail.store.trace.MessageTrace.revoke}).
+REVOKED = "revoked"
 
 
 class PortalBase:
@@ -239,6 +241,8 @@ def letter_link(
             envelope = await self._envelope(request, token)
             if envelope is None:
                 return errors.show(request, self.frame, errors.NOT_FOUND)
+            if envelope.state == REVOKED:
+                return errors.show(request, self.frame, errors.WITHDRAWN)
             if csrf and not self._form_csrf_ok(request, token):
                 return self._bad_form(request)
             if level is not None and envelope.level != level:
@@ -267,7 +271,12 @@ def signed_in(*, letter: bool = True) -> Callable[[ReadingRoute], ReadingRoute]:
                 return await route(self, request, session, **kw)
             raw = await self._raw(session)
             if raw is None:
-                return errors.show(request, self.frame, errors.GONE)
+                # Revoking ends the letter's sessions; this is for one open meanwhile.
+                envelope = await self.store.envelope_by_id(session.envelope_id)
+                withdrawn = envelope is not None and envelope.state == REVOKED
+                return errors.show(
+                    request, self.frame, errors.WITHDRAWN if withdrawn else errors.GONE
+                )
             return await route(self, request, session, raw, **kw)
 
         return checked

@@ -45,6 +45,8 @@ class ErrorPage(NamedTuple):
 NOT_FOUND = ErrorPage(404, "message_not_found")
 #: The session's letter has expired and been deleted.
 GONE = ErrorPage(410, "message_deleted")
+#: The sender withdrew the letter (C{secmail messages revoke}, the admin API).
+WITHDRAWN = ErrorPage(410, "message_withdrawn")
 #: A page after sign-in without a (live) session.
 SIGNED_OUT = ErrorPage(401, "signed_out")
 #: A form whose CSRF token is missing, old or from elsewhere.
