@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from secmail import message_log
 from secmail.config import QueueSettings, Retention, RouteSettings
 from secmail.crypto import IntegrityError, UnknownKeyError
 from secmail.dsn import FailedRecipient, bounce_message, build_dsn
@@ -299,7 +300,6 @@ class OutboundQueue(ScanningService):
             await self._quarantine(item, list(item.recipients), damaged[item.id])
             return
         if isinstance(outcome, PermanentDeliveryError):
-            log.info("Queue row {id}: permanent failure: {error}", id=item.id, error=str(outcome))
             failed = {r: outcome.recipients.get(r, str(outcome)) for r in item.recipients}
             await self._bounce(item, failed, remaining=())
             return
@@ -314,10 +314,9 @@ class OutboundQueue(ScanningService):
             return
         result = outcome
         now = self.now()
-        if result.accepted:
-            log.info(
-                "Queue row {id}: delivered to {n} recipient(s)", id=item.id, n=len(result.accepted)
-            )
+        relay, reply = message_log.split_reply(result.reply)
+        for recipient in result.accepted:
+            self._log_status(item, recipient, "sent", result.reply, relay, reply)
         if result.accepted and (result.permanent or result.temporary):
             await self.store.add_event(
                 item.about,
@@ -332,11 +331,41 @@ class OutboundQueue(ScanningService):
                 return
         if result.temporary:
             error = "; ".join(result.temporary.values())
-            await self._retry(item, list(result.temporary), error)
+            await self._retry(item, list(result.temporary), error, result.temporary)
         elif not result.permanent:
             await self.store.delivered(item, result.accepted, "250", now)
 
-    async def _retry(self, item: QueueItem, recipients: list[str], error: str) -> None:
+    def _log_status(
+        self,
+        item: QueueItem,
+        recipient: str,
+        status: str,
+        text: str,
+        relay: str | None = None,
+        reply: str | None = None,
+    ) -> None:
+        """The recipient's line: its status, the host that answered and what it said."""
+        if relay is None or reply is None:
+            relay, reply = message_log.split_reply(text)
+        message_log.delivery_status(
+            message_id=item.message_id,
+            about=item.about,
+            kind=item.kind,
+            recipient=recipient,
+            relay=relay,
+            delay=self.clock.seconds() - item.created,
+            status=status,
+            reply=reply,
+        )
+
+    async def _retry(
+        self,
+        item: QueueItem,
+        recipients: list[str],
+        error: str,
+        texts: dict[str, str] | None = None,
+    ) -> None:
+        """Try C{recipients} again later; C{texts} has each one's own reply, if known."""
         now = self.now()
         if now - item.created >= self.queue.lifetime:
             days = self.queue.lifetime / 86400
@@ -344,9 +373,8 @@ class OutboundQueue(ScanningService):
             await self._bounce(item, {r: reason for r in recipients}, remaining=())
             return
         delay = backoff(self.queue, item.attempts)
-        log.info(
-            "Queue row {id}: deferred for {delay} s: {error}", id=item.id, delay=delay, error=error
-        )
+        for recipient in recipients:
+            self._log_status(item, recipient, "deferred", (texts or {}).get(recipient, error))
         await self.store.defer(item, recipients, now + delay, error, now)
 
     async def _bounce(
@@ -354,6 +382,8 @@ class OutboundQueue(ScanningService):
     ) -> bool:
         """Bounce C{failed}; False when the bounce could not be built and the row is quarantined."""
         now = self.now()
+        for recipient, text in failed.items():
+            self._log_status(item, recipient, "bounced", text)
         bounce = None
         if item.notify:
             try:
@@ -371,7 +401,9 @@ class OutboundQueue(ScanningService):
                 return False
         else:
             log.warn(
-                "Queue row {id}: {kind} to {rcpts} failed and nobody is to be told (null sender)",
+                "{message_id}: queue row {id}: {kind} to {rcpts} failed and nobody is to be told"
+                " (null sender)",
+                message_id=message_log.line_id(item.about or item.message_id),
                 id=item.id,
                 kind=item.kind,
                 rcpts=", ".join(
@@ -399,8 +431,9 @@ class OutboundQueue(ScanningService):
         """
         self.quarantined_count += 1
         log.warn(
-            "Queue row {id}: quarantined ({kind}): {reason}; it stays out of the queue until "
-            "`secmail queue retry {id}` (or `secmail queue delete {id}`)",
+            "{message_id}: queue row {id}: quarantined ({kind}): {reason}; it stays out of the"
+            " queue until `secmail queue retry {id}` (or `secmail queue delete {id}`)",
+            message_id=message_log.line_id(item.about or item.message_id),
             id=item.id,
             kind=item.kind,
             reason=reason,

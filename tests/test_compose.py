@@ -40,11 +40,13 @@ from secmail.store.compose import (
 from secmail.store.database import Database
 from secmail.store.messages import QueueItem
 from secmail.store.portal import PortalStore
+from secmail.store.rows import short_id
 from secmail.web.compose import Compose
 from secmail.web.compose_mail import MAX_FILENAME_CHARS, client_key, parse_form, upload_name
 from secmail.web.portal import Portal
 from tests.dbs import on_each_engine, open_store
 from tests.fixtures.intake import IntakeFixture
+from tests.fixtures.logs import CapturedLog
 from tests.fixtures.mails import BINARY, PNG, parse
 from tests.fixtures.portal import Browser, Reply, directives
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
@@ -582,6 +584,7 @@ class SendTests(ComposeFixture):
         """
         writer = await self.signed_in()
         commits = self.commits
+        log = CapturedLog(self)
         reply = await writer.send(
             [
                 ("csrf", await self.write_csrf(writer)),
@@ -605,6 +608,16 @@ class SendTests(ComposeFixture):
         self.assertEqual(row.sender, "bounces@gw.example")
         self.assertEqual(row.notify, "")
         self.assertEqual(row.about, row.message_id)
+        self.assertEqual(
+            log.lines(),
+            [
+                f"{short_id(row.message_id)}: accepted from 127.0.0.1 via D-Compose"
+                f" sender=<{OUTSIDER}> size={len(await self.store.read_all(row.message_id))}"
+                f" recipients=<{SALES}> (relay)"
+            ],
+        )
+        for secret in ("Offer for the tender", "please find our offer"):
+            self.assertNotIn(secret, log.everything())
 
         raw = await self.store.read_all(row.message_id)
         mail = parse(raw)

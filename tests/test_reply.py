@@ -31,6 +31,7 @@ from twisted.web.http import HTTPChannel
 from secmail.address import Level
 from secmail.crypto import MasterKey
 from secmail.store.messages import NewMessage, hash_token
+from secmail.store.rows import short_id
 from secmail.web import forms, site
 from secmail.web.forms import Upload, parse_multipart
 from secmail.web.portal import Portal
@@ -42,6 +43,7 @@ from secmail.web.reply import (
 )
 from secmail.web.reply_letters import reply_messages
 from secmail.web.site import make_site
+from tests.fixtures.logs import CapturedLog
 from tests.fixtures.mails import ALICE, BINARY, BOB, HEAD, RICH, mime, parse
 from tests.fixtures.portal import Browser, Letter, PortalFixture, Reply
 from tests.fixtures.settings import INTERNAL, RELAY, make_settings
@@ -695,10 +697,30 @@ class ReplyPortalTests(ReplyPortalFixture):
     async def test_reply_all_makes_a_secure_letter(self) -> None:
         """Reply all: an outsider gets only a notification of a secure letter she can read."""
         letter, browser, csrf = await self.reader()
+        log = CapturedLog(self)
         reply = await browser.send("reply-all", csrf, text="SecretReplyText for everyone")
         self.assertEqual(reply.code, 303, reply.text)
         [row] = await self.sent()
         self.assertEqual(row.recipients, (ALICE, DAVE))
+        [notice] = await self.rows("notification")
+        copy = short_id(notice.about)
+        via = f"from 127.0.0.1 via the portal (reply-all to {short_id(letter.message_id)})"
+        self.assertEqual(len(log.lines()), 3, log.lines())
+        self.assertRegex(
+            log.lines()[0],
+            rf"^{short_id(row.message_id)}: accepted {re.escape(via)} sender=<{BOB}> size=\d+"
+            rf" recipients=<{ALICE}> \(relay\), <{DAVE}> \(relay\)$",
+        )
+        self.assertRegex(
+            log.lines()[1],
+            rf"^{copy}: accepted {re.escape(via)} sender=<{BOB}> size=\d+"
+            rf" recipients=<{CAROL}> \(letter\)$",
+        )
+        self.assertEqual(
+            log.lines()[2],
+            f"{copy}: notification {short_id(notice.message_id)} queued to=<{CAROL}>",
+        )
+        self.assertNotIn("SecretReplyText", log.everything())
         for item in await self.rows():
             if CAROL in item.recipients:
                 self.assertEqual(item.kind, "notification")

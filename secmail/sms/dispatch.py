@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from secmail.masking import mask_number
 from secmail.sms.at import ModemError
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError, classify
+from secmail.store.rows import short_id
 
 log = Logger()
 
@@ -82,7 +83,9 @@ class SmsDispatcher:
                 how = "temporary" if kind is SmsTemporaryError else "permanent"
                 failures.append(f"{backend.name}: {reason}")
                 log.warn(
-                    "SMS to {number} not sent by {backend} ({how}): {reason}",
+                    "{id}: SMS to {number} not sent by {backend} ({how}): {reason}",
+                    id=short_id(about),
+                    message_id=short_id(about),
                     number=masked,
                     backend=backend.name,
                     how=how,

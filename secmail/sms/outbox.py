@@ -18,10 +18,12 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from secmail import message_log
 from secmail.masking import mask_number
 from secmail.scanning import ScanningService
 from secmail.sms.dispatch import SmsDispatcher
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError
+from secmail.store.rows import short_id
 from secmail.store.sms import OutboxItem, SmsStore
 
 log = Logger()
@@ -111,7 +113,7 @@ class SmsOutbox(ScanningService):
             await self.store.drop(item, "sms failed", f"to {masked}: {e}", now)
             return
         try:
-            await self.dispatcher.send(item.number, text, about=item.message_id)
+            backend, _ = await self.dispatcher.send(item.number, text, about=item.message_id)
         except CancelledError:
             raise
         except SmsPermanentError as e:
@@ -121,10 +123,21 @@ class SmsOutbox(ScanningService):
             reason = str(e) if isinstance(e, SmsTemporaryError) else type(e).__name__
             next_attempt = self.now() + retry_delay(item.attempts + 1)
             log.warn(
-                "SMS to {number} will be tried again in {delay} s",
+                "{id}: SMS to {number} will be tried again in {delay} s",
+                id=short_id(item.message_id),
+                message_id=short_id(item.message_id),
+                envelope_id=item.envelope_id or "",
                 number=masked,
                 delay=next_attempt - self.now(),
             )
             await self.store.retry(item, next_attempt, reason)
             return
         await self.store.sent(item)
+        recipient = await self.store.recipient(item.envelope_id) if item.envelope_id else ""
+        message_log.pin_sent(
+            item.message_id,
+            envelope_id=item.envelope_id,
+            recipient=recipient,
+            number=item.number,
+            via=backend,
+        )

@@ -27,7 +27,7 @@ from twisted.mail import smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
-from secmail import mime
+from secmail import message_log, mime
 from secmail.address import (
     AddressError,
     Level,
@@ -54,6 +54,7 @@ from secmail.store.messages import (
     NewMessage,
     new_id,
 )
+from secmail.store.rows import short_id
 from secmail.store.spool import RunInThread, SpooledMessage
 
 log = Logger()
@@ -145,7 +146,12 @@ class Intake:
         detail = f"{report.status} {report.diagnostic}"[:500]
         await self.store.notification_returned(envelope, bounce, detail, int(now))
         log.info(
-            "Notification for envelope {id} came back: {detail}", id=envelope_id, detail=detail
+            "{id}: notification to=<{to}> came back: {detail}",
+            id=short_id(envelope.message_id),
+            message_id=short_id(envelope.message_id),
+            envelope_id=envelope_id,
+            to=envelope.recipient,
+            detail=detail,
         )
         self.on_commit()
         return b"returned"
@@ -172,6 +178,7 @@ class _Transaction:
     message: IncomingMessage | ReturnedMail | None = None
     returned: str | None = None  # the envelope id, for mail to our bounce address
     id: str = field(default_factory=new_id)
+    client: str = "unknown"  # the client's address, for the log
 
 
 @implementer(IMessageDelivery)
@@ -210,7 +217,8 @@ class GatewayDelivery:
         if sender and any(c in sender for c in "\r\n\0 "):
             raise smtp.SMTPBadSender(origin, 553, "5.1.7 Sender address is not valid")
         self._abort()
-        self._transaction = _Transaction(sender=sender)
+        client = helo[1].decode("ascii", "replace") if helo and len(helo) > 1 else ""
+        self._transaction = _Transaction(sender=sender, client=client or "unknown")
         return origin
 
     def validateTo(self, user: smtp.User) -> Callable[[], IncomingMessage | ReturnedMail]:
@@ -264,7 +272,11 @@ class GatewayDelivery:
                 )
             else:
                 transaction.message = IncomingMessage(
-                    self.intake, transaction.sender, transaction.recipients, transaction.id
+                    self.intake,
+                    transaction.sender,
+                    transaction.recipients,
+                    transaction.id,
+                    client=transaction.client,
                 )
         return transaction.message
 
@@ -373,12 +385,21 @@ class IncomingMessage:
     """One transaction's message: streamed through the encryptor, committed at the final dot."""
 
     def __init__(
-        self, intake: Intake, sender: str, recipients: list[Recipient], message_id: str
+        self,
+        intake: Intake,
+        sender: str,
+        recipients: list[Recipient],
+        message_id: str,
+        *,
+        client: str = "unknown",
     ) -> None:
         self.intake = intake
         self.sender = sender
         self.recipients = recipients
         self.message_id = message_id
+        self.client = client
+        self._short_id = short_id(message_id)
+        self._levels: list[tuple[str, str]] = []  # (recipient, level) as decided, for the log
         self.done = False
         self._headers: list[bytes] | None = []
         self._in_field = False
@@ -429,10 +450,11 @@ class IncomingMessage:
         self._headers = None
         if self._gateway_headers_removed:
             log.info(
-                "Removed {count} X-Secmail- header field(s) from message {id} from <{sender}>:"
+                "{id}: removed {count} X-Secmail- header field(s) from <{sender}>:"
                 " only the gateway sets them",
                 count=self._gateway_headers_removed,
-                id=self.message_id,
+                id=short_id(self.message_id),
+                message_id=short_id(self.message_id),
                 sender=self.sender,
             )
 
@@ -448,12 +470,22 @@ class IncomingMessage:
             messages = self._plan()
             await self.intake.store.commit(messages, self.intake.now())
         except StoreUnavailable as e:
-            log.error("Message {id} not accepted: {error}", id=self.message_id, error=str(e))
+            log.error(
+                "{id}: not accepted: {error}",
+                id=self._short_id,
+                message_id=self._short_id,
+                error=str(e),
+            )
             raise smtp.SMTPServerError(
                 451, "4.3.0 Temporary failure storing the message, try again later"
             ) from e
         except OSError as e:
-            log.error("Message {id} not accepted: {error}", id=self.message_id, error=str(e))
+            log.error(
+                "{id}: not accepted: {error}",
+                id=self._short_id,
+                message_id=self._short_id,
+                error=str(e),
+            )
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise smtp.SMTPServerError(452, "4.3.1 Insufficient system storage") from e
             raise smtp.SMTPServerError(
@@ -461,12 +493,20 @@ class IncomingMessage:
             ) from e
         except Exception as e:
             # E.g. an SQLite error inside the transaction (not a StoreUnavailable): still a 4xx.
-            log.failure("Message {id} not accepted", id=self.message_id)
+            log.failure("{id}: not accepted", id=self._short_id, message_id=self._short_id)
             raise smtp.SMTPServerError(
                 451, "4.3.0 Temporary failure storing the message, try again later"
             ) from e
         finally:
             self._spool.discard()
+        message_log.accepted(
+            self.message_id,
+            peer=self.client,
+            sender=self.sender,
+            size=self._spool.size,
+            recipients=self._levels,
+        )
+        message_log.notifications_queued(messages)
         self.intake.on_commit()
         return self.message_id.encode("ascii")
 
@@ -492,6 +532,10 @@ class IncomingMessage:
         policy: MessagePolicy = decide(self.recipients, keyword_texts, self.intake.routes, secure)
         if policy.subject_keyword_found and subject is not None:
             subject = strip_subject_keyword(subject, secure.subject_keyword)
+        self._levels = [
+            (d.recipient.address, d.recipient.level.value if d.secure else "relay")
+            for d in policy.decisions
+        ]
 
         envelopes, gateway_made = new_envelopes(
             texts=self.intake.texts,

@@ -33,6 +33,7 @@ from twisted.mail import smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from twisted.python.failure import Failure
 
+from secmail import message_log
 from secmail.config import SmtpSettings
 from secmail.smtp.connection import GatewayConnection
 from secmail.smtp.limits import (
@@ -49,6 +50,9 @@ from secmail.smtp.limits import (
 _log = Logger()
 
 DeliveryFactory = Callable[[], IMessageDelivery]
+
+TRANSACTION_COMMANDS = frozenset({b"MAIL", b"RCPT", b"DATA"})
+"""The commands whose refusal is logged as a refused message (with the end of DATA)."""
 
 
 class GatewayESMTP(GatewayConnection):
@@ -82,6 +86,10 @@ class GatewayESMTP(GatewayConnection):
 
         self._messages: list[IMessageSMTP] = []
         self._data_error: tuple[int, bytes] | None = None
+        #: The transaction command being answered (MAIL, RCPT, DATA, end of DATA) and the
+        #: transaction's sender (None before MAIL), for the log.
+        self._answering: str | None = None
+        self._answering_sender: str | None = None
         self._limits = MessageLimits(settings)
 
         self._commands: dict[bytes, Callable[[bytes], None]] = {
@@ -171,6 +179,11 @@ class GatewayESMTP(GatewayConnection):
             self.sendCode(500, "5.5.2 Error: bad syntax")
             return
         verb = parts[0].upper()
+        self._answering = None
+        if verb in TRANSACTION_COMMANDS:
+            rest = parts[1] if len(parts) == 2 else b""
+            self._answering = printable(verb + (b" " + rest if rest else b""))[:300]
+            self._answering_sender = str(self._from) if self._from is not None else None
         if verb in FORBIDDEN_COMMANDS:
             _log.warn("Dropping SMTP client {client}: sent {verb}", client=self._client, verb=verb)
             self._abort_transaction()
@@ -191,6 +204,19 @@ class GatewayESMTP(GatewayConnection):
                 self._close_with(421, f"4.7.0 {self._hostname} Error: too many junk commands")
                 return
         handler(parts[1] if len(parts) == 2 else b"")
+
+    def sendCode(self, code: int, message: bytes | str = b"") -> None:
+        """Send a reply; a refused transaction command gets its log line (never the DATA)."""
+        if code >= 400 and self._answering is not None and not self._lost:
+            reason = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+            message_log.refused(
+                peer=self._client or "unknown",
+                command=self._answering,
+                code=code,
+                reason=" ".join(reason.split()),
+                sender=self._answering_sender,
+            )
+        super().sendCode(code, message)
 
     def lookupMethod(self, command: bytes | str) -> Callable[[bytes], None] | None:
         """Only our commands exist (no AUTH, no TURN): the same table the dispatcher uses."""
@@ -416,18 +442,13 @@ class GatewayESMTP(GatewayConnection):
     def _fail_data(self, code: int, text: str) -> None:
         """Store nothing, keep reading to CRLF.CRLF, then answer with the first error found."""
         if self._data_error is None:
-            _log.info(
-                "Refusing message from {client}: {code} {text}",
-                client=self._client,
-                code=code,
-                text=text,
-            )
             self._data_error = (code, text.encode("utf-8"))
         messages, self._messages = self._messages, []
         _abort(messages)
 
     def _end_of_data(self) -> None:
         self.mode = smtp.COMMAND
+        self._answering = "end of DATA"
         self._stop_transaction_clock()
         error, self._data_error = self._data_error, None
         messages, self._messages = self._messages, []

@@ -149,6 +149,15 @@ class SmsStore:
             lambda txn: txn.execute("DELETE FROM sms_outbox WHERE id = ?", (item.id,))
         )
 
+    async def recipient(self, envelope_id: str) -> str:
+        """The address of an SMS's envelope, for the log ('' when it is gone)."""
+        row = await self.db.run(
+            lambda txn: txn.execute(
+                "SELECT recipient FROM envelopes WHERE id = ?", (envelope_id,)
+            ).fetchone()
+        )
+        return str(row[0]) if row is not None else ""
+
     async def retry(self, item: OutboxItem, next_attempt: int, error: str) -> None:
         await self.db.run(
             lambda txn: txn.execute(

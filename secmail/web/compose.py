@@ -37,6 +37,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from secmail import message_log
 from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
 from secmail.config.cluster import LiveSettings
@@ -306,33 +307,34 @@ class Compose(ComposePages):
             f"by {session.address} (address proved by e-mail code) to {to}, "
             f"{len(uploads)} attachment(s), {size} bytes"
         )
-        committed = await commit_once(
-            self.store,
-            [
-                NewMessage(
-                    content=SealedBytes(self.store.master, message_id, content),
-                    kind="compose",
-                    sender=bounce,
-                    deliveries=[
-                        NewDelivery(
-                            kind="compose",
-                            sender=bounce,
-                            recipients=(to,),
-                            route=str(self.settings.routes.for_domain(domain)),
-                            domain=domain,
-                            notify="",
-                            about=message_id,
-                        )
-                    ],
-                    events=[(None, "composed", detail)],
-                )
-            ],
-            now,
-            message_id,
-            "composed",
-        )
+        composed = [
+            NewMessage(
+                content=SealedBytes(self.store.master, message_id, content),
+                kind="compose",
+                sender=bounce,
+                deliveries=[
+                    NewDelivery(
+                        kind="compose",
+                        sender=bounce,
+                        recipients=(to,),
+                        route=str(self.settings.routes.for_domain(domain)),
+                        domain=domain,
+                        notify="",
+                        about=message_id,
+                    )
+                ],
+                events=[(None, "composed", detail)],
+            )
+        ]
+        committed = await commit_once(self.store, composed, now, message_id, "composed")
         if not committed:
             return self._already_sent(request, session)  # the other click won
+        message_log.accepted_messages(
+            composed,
+            peer=getattr(request.getClientAddress(), "host", "unknown"),
+            sender=session.address,
+            via="D-Compose",
+        )
         await self.sessions.add_event(session.address, "composed", f"{message_id} to {to}", now)
         self.on_commit()
         return self._template(

@@ -17,6 +17,7 @@ from secmail.letters import code_message
 from secmail.notify import code_mail
 from secmail.store.messages import Envelope, new_id
 from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeState
+from secmail.store.rows import short_id
 from secmail.web import pin
 from secmail.web.access import BROWSER_COOKIE, BROWSER_COOKIE_AGE, letter_link
 from secmail.web.formats import timestamp_text
@@ -117,8 +118,11 @@ class LandingRoutes(PinRoutes):
             )
         if state == CodeState.LOCKED_NOW:
             log.warn(
-                "Letter {envelope} locked for codes after too many wrong codes",
-                envelope=envelope.id,
+                "{id}: locked for codes after too many wrong codes to=<{to}>",
+                id=short_id(envelope.message_id),
+                message_id=short_id(envelope.message_id),
+                envelope_id=envelope.id,
+                to=envelope.recipient,
             )
             self.on_commit()
         if state in (CodeState.LOCKED, CodeState.LOCKED_NOW):

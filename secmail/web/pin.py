@@ -27,6 +27,7 @@ from secmail.store.portal import (
     PinOrder,
     PinState,
 )
+from secmail.store.rows import short_id
 from secmail.web import errors, i18n
 from secmail.web.access import PortalBase, letter_link
 from secmail.web.forms import form_arg
@@ -167,8 +168,11 @@ class PinRoutes(PortalBase):
             )
         if state == PinState.LOCKED_NOW:
             log.warn(
-                "Registered letter {envelope} locked after too many wrong PINs",
-                envelope=envelope.id,
+                "{id}: locked after too many wrong PINs to=<{to}>",
+                id=short_id(envelope.message_id),
+                message_id=short_id(envelope.message_id),
+                envelope_id=envelope.id,
+                to=envelope.recipient,
             )
             self.on_commit()
         return self._locked(request, envelope)

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
+from secmail import message_log
 from secmail.address import AddressError, Level, parse_recipient
 from secmail.config import GatewayIdentity, RouteSettings, SecureSettings
 from secmail.policy import strip_subject_keyword
@@ -44,6 +45,12 @@ class ReadingRoutes(ReplyRoutes):
         )
         await self.store.add_event(
             session.message_id, session.envelope_id, "viewed", "", self.now()
+        )
+        message_log.opened(
+            session.message_id,
+            envelope_id=session.envelope_id,
+            recipient=reader,
+            peer=getattr(request.getClientAddress(), "host", "unknown"),
         )
         _ = self._t(request)
         language = request_language(request, self.frame.languages)

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 
 from twisted.web.iweb import IRequest
 
+from secmail import message_log
 from secmail.store.messages import Envelope
 from secmail.store.portal import Session
+from secmail.store.rows import short_id
 from secmail.web import errors, reply
 from secmail.web.access import PortalBase, signed_in
 from secmail.web.formats import size_text
@@ -120,6 +122,12 @@ class ReplyRoutes(PortalBase):
         )
         if not await commit_once(self.store, messages, now, reply_id, "written"):
             return self._to_sent_page(request)  # the other click won
+        message_log.accepted_messages(
+            messages,
+            peer=getattr(request.getClientAddress(), "host", "unknown"),
+            sender=envelope.recipient,
+            via=f"the portal ({mail.mode} to {short_id(session.message_id)})",
+        )
         self.on_commit()
         kind = "forwarded" if mail.mode == "forward" else "replied"
         await self.store.add_event(session.message_id, session.envelope_id, kind, mail.summary, now)

@@ -189,6 +189,30 @@ def test_marked_mail_gets_notification_without_content(
     assert token not in log
     assert invented not in log
 
+    # The log follows the message by its short id (README: "Following a message in the log").
+    accepted = re.search(
+        rf"([0-9a-f]{{10}}): accepted from 127\.0\.0\.1 sender=<{re.escape(SENDER)}>"
+        rf" size=\d+ recipients=<{re.escape(address)}> \(letter\)",
+        log,
+    )
+    assert accepted is not None, gateway.tail()
+    sid = accepted.group(1)
+    life = [
+        rf"{sid}: notification [0-9a-f]{{10}} queued to=<{re.escape(address)}>",
+        rf"{sid}: notification [0-9a-f]{{10}} to=<{re.escape(address)}>"
+        rf" relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+ delay=[0-9.]+s status=sent \(250 .*\)",
+        rf"{sid}: opened to=<{re.escape(address)}> from 127\.0\.0\.1",
+    ]
+    for pattern in life:
+        poll(
+            lambda pattern=pattern: re.search(pattern, gateway.log_text()) is not None,
+            5,
+            lambda pattern=pattern: f"no line {pattern!r} in the log:\n" + gateway.tail(),
+        )
+    log = gateway.log_text()
+    for secret in (subject, "Zebra4711", "Kumquat9931"):
+        assert secret not in log
+
 
 def test_mixed_recipients(gateway: Gateway, internet: SmtpSink, internal: SmtpSink) -> None:
     """One message: the .s recipient gets a notification, the internal one the original."""
