@@ -34,6 +34,10 @@ setup(
         "nh3>=0.2.17",
         "jinja2>=3.1",
         "babel>=2.14",
+        # The admin console: argon2id password hashes, TOTP codes, the terminal QR code.
+        "argon2-cffi>=23.1",
+        "pyotp>=2.9",
+        "segno>=1.6",
     ],
     extras_require={
         "test": [

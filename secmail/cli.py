@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 import secmail
 from secmail import config
 from secmail.address import AddressError, parse_phone, split_address
+from secmail.cli_admin import CommandTools, add_admin_commands
 from secmail.crypto import (
     MasterKey,
     MasterKeyError,
@@ -552,6 +553,8 @@ def parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("key_id", help="the key id (see: secmail keys status)")
     rt.set_defaults(run=keys_retire)
+
+    add_admin_commands(sub, own, CommandTools(BlockingDatabase, _wait, CommandError, _settings))
     return p
 
 

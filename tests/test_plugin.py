@@ -148,8 +148,9 @@ class MakeServiceTests(SynchronousTestCase):
                 TimerService,  # master key rotation
                 TimerService,  # portal session clean-up
                 StartStopService,  # the portal's rendering, started before the portal
-                tap.Listener,
-                tap.Listener,
+                tap.Listener,  # the portal
+                tap.Listener,  # the admin console
+                tap.Listener,  # SMTP
             ],
         )
         self.assertIs(top.getServiceNamed("database"), children[0])
@@ -179,10 +180,17 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(render_pool.stop, pool.stop)
         self.assertEqual(pool.max, tap.RENDER_THREADS)
         self.assertFalse(pool.started)
-        portal, smtp = children[-2], children[-1]
+        portal, admin, smtp = children[-3:]
         assert isinstance(portal, tap.Listener)
+        assert isinstance(admin, tap.Listener)
         assert isinstance(smtp, tap.Listener)
-        self.assertEqual((portal.key, smtp.key), ("portal.listen", "smtp.listen"))
+        self.assertEqual(
+            (portal.key, admin.key, smtp.key), ("portal.listen", "admin.listen", "smtp.listen")
+        )
+        # The console: TLS with the same certificate, around a site of its own (not the portal's).
+        self.assertIsInstance(admin.factory, TLSMemoryBIOFactory)
+        self.assertEqual(admin.endpoint._port, 9443)  # type: ignore[attr-defined]
+        self.assertIsNot(admin.factory.wrappedFactory, portal.factory.wrappedFactory)  # type: ignore[attr-defined]
         # "ssl:" without key files: TLS with our own certificate around the portal's site.
         self.assertIsInstance(portal.factory, TLSMemoryBIOFactory)
         self.assertEqual(portal.endpoint._port, 18443)  # type: ignore[attr-defined]

@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 from secmail.config._base import LANGUAGES, Checker, ConfigError, check_endpoint, kind_of
+from secmail.config.admin import SCHEMA as ADMIN_SCHEMA
+from secmail.config.admin import AdminSettings, build_admin
 from secmail.config.gateway import DEFAULT_DATA_DIR, GatewaySettings, build_gateway
 from secmail.config.gateway import SCHEMA as GATEWAY_SCHEMA
 from secmail.config.portal import (
@@ -62,6 +64,7 @@ __all__ = [
     "SCHEMA",
     "SECRET_KEYS",
     "SMS_BACKENDS",
+    "AdminSettings",
     "Branding",
     "Checker",
     "ConfigError",
@@ -104,6 +107,7 @@ class Settings:
     store: StoreSettings
     queue: QueueSettings
     sms: SmsSettings = SmsSettings()
+    admin: AdminSettings = AdminSettings()
 
     @property
     def identity(self) -> GatewayIdentity:
@@ -160,6 +164,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
     **STORE_SCHEMA,
     **QUEUE_SCHEMA,
     **SMS_SCHEMA,
+    **ADMIN_SCHEMA,
 }
 
 
@@ -236,6 +241,7 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         store=store,
         queue=queue,
         sms=build_sms(values),
+        admin=build_admin(values.get("admin", {}), portal.listen),
     )
 
 

@@ -349,6 +349,7 @@ class Gateway:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.smtp_port = free_port()
         self.portal_port = free_port()
+        self.admin_port = free_port()
         self.data_dir = self.dir / "secmail-data"
         self.config_path = self.dir / "secmail.toml"
         self.log_path = self.dir / "gw.log"
@@ -369,6 +370,8 @@ class Gateway:
                 "url": self.portal_url,
             },
             "queue": {"poll_interval": 0.5},
+            # Its own port, so that gateways run side by side (the default is 9443).
+            "admin": {"listen": [f"ssl:{self.admin_port}:interface={LOOPBACK}"]},
         }
         for section, values in (settings or {}).items():
             config.setdefault(section, {}).update(values)
@@ -380,6 +383,10 @@ class Gateway:
     @property
     def portal_url(self) -> str:
         return f"https://{LOOPBACK}:{self.portal_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"https://{LOOPBACK}:{self.admin_port}"
 
     @property
     def hostname(self) -> str:

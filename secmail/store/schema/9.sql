@@ -1,0 +1,4 @@
+-- Version 9: PLACEHOLDER in branch h12-admin only. Schema 9 belongs to another helper's branch
+-- (live settings); this empty step lets schema 10 apply here. At merge, keep the other
+-- branch's 9.sql and drop this file.
+-- compat-floor: 8
