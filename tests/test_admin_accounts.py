@@ -22,6 +22,7 @@ from secmail.admin.roles import FULL, NONE, VIEW, Role, RoleError
 from secmail.crypto import DerivedKeys, MasterKey
 from secmail.store.admins import ADMIN_SESSION_IDLE, ADMIN_SESSION_MAX, Actor, AdminStore
 from secmail.store.audit import AuditTrail
+from secmail.store.keys import retire_problems, usage_txn
 from tests.dbs import on_each_engine, open_store
 
 #: Cheap hashes for tests; the gateway uses argon2-cffi's defaults (argon2id, 64 MiB).
@@ -264,3 +265,23 @@ class AccountsTestsMixin:
         assert found is not None and found[1].allows("actions", FULL)
         assert not found[1].allows("audit", VIEW)
         assert ("alice", ADDRESS, "role made") in await self.actions()
+
+
+@on_each_engine
+class SecondFactorKeyTestsMixin:
+    engine_name = "sqlite"
+
+    def setUp(self) -> None:
+        _, self.db, _, _ = open_store(self.engine_name, self.addCleanup)  # type: ignore[attr-defined]
+
+    async def test_a_key_sealing_a_second_factor_is_not_retired(self) -> None:
+        """secmail keys retire refuses a key that still seals an admin's TOTP secret."""
+        master = MasterKey(os.urandom(32))
+        accounts = AdminAccounts(
+            AdminStore(self.db), DerivedKeys(master, "admin-totp"), Clock(), hasher=FAST
+        )
+        await accounts.add("alice", "admin", PASSWORD, CLI)
+        usage = await self.db.run(lambda txn: usage_txn(txn, START))
+        assert usage[master.key_id].rows["admin second factors"] == 1
+        problems = retire_problems(master.key_id, usage, [], START)
+        assert len(problems) == 1 and "secmail admin add" in problems[0]
