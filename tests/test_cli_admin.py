@@ -16,8 +16,9 @@ import pyotp
 from twisted.trial.unittest import TestCase
 
 from secmail import cli
-from secmail.admin.accounts import AdminAccounts, SignIn
+from secmail.admin.accounts import AccountError, AdminAccounts, SignIn
 from secmail.cli import BlockingDatabase, _wait
+from secmail.cli_admin import read_password
 from secmail.crypto import DerivedKeys, load_key_file
 from secmail.store.admins import AdminStore
 from secmail.store.audit import AuditTrail
@@ -125,3 +126,36 @@ class AdminCommandTests(TestCase):
         self.assertEqual(status, 1)
         self.assertIn(f"sqlite:{self.db_path}", err)
         self.assertFalse(os.path.exists(self.db_path))
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class TerminalTests(TestCase):
+    def test_password_is_asked_twice_on_a_terminal(self) -> None:
+        with mock.patch("getpass.getpass", side_effect=[PASSWORD, PASSWORD]) as asked:
+            self.assertEqual(read_password(FakeTerminal(), io.StringIO()), PASSWORD)
+        self.assertEqual(asked.call_count, 2)
+        with mock.patch("getpass.getpass", side_effect=[PASSWORD, PASSWORD + "x"]):
+            with self.assertRaisesRegex(AccountError, "differ"):
+                read_password(FakeTerminal(), io.StringIO())
+
+    def test_a_terminal_gets_a_qr_code_under_the_uri(self) -> None:
+        directory = tempfile.mkdtemp(prefix="secmail-cli-admin-")
+        config = os.path.join(directory, "secmail.toml")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(f'[gateway]\ndata_dir = "{os.path.join(directory, "data")}"\n')
+        out = FakeTerminal()
+        with (
+            mock.patch("getpass.getpass", side_effect=[PASSWORD, PASSWORD]),
+            mock.patch("sys.stdin", FakeTerminal()),
+            contextlib.redirect_stdout(out),
+        ):
+            status = cli.main(["admin", "add", "alice", "--role", "admin", "--config", config])
+        self.assertEqual(status, 0)
+        lines = out.getvalue().splitlines()
+        at = [n for n, line in enumerate(lines) if line.startswith("otpauth://totp/")]
+        self.assertEqual(len(at), 1)
+        self.assertGreater(len(lines) - at[0], 10)  # the code's rows follow the URI's line

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,15 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
-from tests.e2e.harness import LOOPBACK, REPO_ROOT, Gateway, SmtpSink, run_env, unverified_tls
+from tests.e2e.harness import (
+    LOOPBACK,
+    REPO_ROOT,
+    Gateway,
+    GatewayError,
+    SmtpSink,
+    run_env,
+    unverified_tls,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -164,3 +173,22 @@ def test_console_sign_in_audit_and_api(gateway: Gateway) -> None:
     actions = [(r["admin"], r["action"]) for r in json.loads(body)]
     assert ("alice", "sign-in") in actions and ("alice", "sign-out") in actions
     assert gateway.portal_get("/api/v1/audit").status == 404
+
+
+def test_admin_port_taken_stops_start_up(
+    tmp_path: Path, internet: SmtpSink, internal: SmtpSink
+) -> None:
+    """The console's port taken: twistd stops with one line naming admin.listen, no traceback."""
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        endpoint = f"ssl:{port}:interface={LOOPBACK}"
+        gw = Gateway(tmp_path / "gw", internet, internal, {"admin": {"listen": [endpoint]}})
+        with pytest.raises(GatewayError):
+            gw.start()
+    log = gw.log_text()
+    naming = [line for line in log.splitlines() if "admin.listen" in line]
+    assert len(naming) == 1, log
+    assert f"secmail: admin.listen: cannot listen on {endpoint}: Address already in use" in log
+    assert "Traceback" not in log
