@@ -184,6 +184,14 @@ class AccountsTestsMixin:
         self.clock.advance(START + ADMIN_SESSION_MAX + 1 - self.clock.seconds())
         assert await self.accounts.session(result.session) is None
 
+    async def test_stale_sessions_are_deleted(self) -> None:
+        """The periodic clean-up (tap.SessionCleanup) removes sessions past 15 minutes idle."""
+        secret = await self.add()
+        result = await self.accounts.sign_in("alice", PASSWORD, code(secret, START), ADDRESS)
+        assert await self.store.delete_stale(START + ADMIN_SESSION_IDLE) == 0
+        assert await self.store.delete_stale(START + ADMIN_SESSION_IDLE + 1) == 1
+        assert await self.accounts.session(result.session) is None
+
     async def test_sign_out_ends_the_session(self) -> None:
         secret = await self.add()
         result = await self.accounts.sign_in("alice", PASSWORD, code(secret, START), ADDRESS)
