@@ -184,6 +184,18 @@ class AccountsTestsMixin:
         self.clock.advance(START + ADMIN_SESSION_MAX + 1 - self.clock.seconds())
         assert await self.accounts.session(result.session) is None
 
+    async def test_a_new_sign_in_ends_the_browsers_old_session(self) -> None:
+        secret = await self.add()
+        old = await self.accounts.sign_in("alice", PASSWORD, code(secret, START), ADDRESS)
+        self.clock.advance(STEP)
+        now = self.clock.seconds()
+        new = await self.accounts.sign_in(
+            "alice", PASSWORD, code(secret, now), ADDRESS, replaces=old.session
+        )
+        assert new.outcome == SignIn.OK and new.session != old.session
+        assert await self.accounts.session(old.session) is None
+        assert await self.accounts.session(new.session) is not None
+
     async def test_stale_sessions_are_deleted(self) -> None:
         """The periodic clean-up (tap.SessionCleanup) removes sessions past 15 minutes idle."""
         secret = await self.add()

@@ -163,8 +163,13 @@ class AdminAccounts:
         uri = pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name=self.issuer)
         return NewAdmin(new, uri)
 
-    async def sign_in(self, name: str, password: str, code: str, address: str) -> SignIn:
-        """Check a name, password and TOTP code; every outcome is audited."""
+    async def sign_in(
+        self, name: str, password: str, code: str, address: str, replaces: str | None = None
+    ) -> SignIn:
+        """
+        Check a name, password and TOTP code; every outcome is audited. A new session id at
+        every sign-in; C{replaces}, the browser's session before, ends with it.
+        """
         now = self.now()
         row = await self.store.get(name) if _NAME.fullmatch(name) else None
         if row is not None and row.locked_until > now:
@@ -180,7 +185,7 @@ class AdminAccounts:
             step = None if secret is None else matching_step(secret, code, now, row.totp_last_step)
         if row is not None and step is not None:
             session, csrf = new_session()
-            if await self.store.signed_in(name, step, now, session, csrf, address):
+            if await self.store.signed_in(name, step, now, session, csrf, address, replaces):
                 return SignIn(SignIn.OK, session, csrf)
         shown = name if _NAME.fullmatch(name) else "(not an admin name)"
         if await self.store.failed(shown, now, address, MAX_FAILURES, LOCK_SECONDS):

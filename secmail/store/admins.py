@@ -170,13 +170,20 @@ class AdminStore:
     # --- sign-in ------------------------------------------------------------------------
 
     async def signed_in(
-        self, name: str, step: int, now: int, session_id: str, csrf: str, address: str
+        self,
+        name: str,
+        step: int,
+        now: int,
+        session_id: str,
+        csrf: str,
+        address: str,
+        replaces: str | None = None,
     ) -> bool:
         """
         A good password and the code of TOTP C{step}: record the step (so the code is not
         taken again), clear the failures, start a session and audit it, in one transaction.
         False, and nothing written, when the step was used already or the name is locked:
-        a concurrent sign-in got there first.
+        a concurrent sign-in got there first. C{replaces}: the browser's old session, ended.
         """
 
         def txn_(txn: Txn) -> bool:
@@ -187,7 +194,7 @@ class AdminStore:
             )
             if txn.rowcount != 1:
                 return False
-            self.sessions.create_txn(txn, session_id, csrf, (name,), now)
+            self.sessions.create_txn(txn, session_id, csrf, (name,), now, replaces)
             _audit(txn, Actor(name, address), now, "sign-in")
             return True
 

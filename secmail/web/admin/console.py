@@ -137,6 +137,7 @@ class Console(ConsoleBase):
             form_arg(request, b"password", 1024),
             form_arg(request, b"code", 16),
             client_address(request),
+            replaces=cookie_value(request, SESSION_COOKIE) or None,
         )
         if result.outcome == SignIn.OK:
             set_strict_cookie(request, SESSION_COOKIE, result.session, None)
