@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,10 +19,15 @@ class AdminSettings:
 SCHEMA: Schema = {"admin": {"listen": as_endpoints}}
 
 
+def _any_port(endpoint: str) -> bool:
+    """Port 0: each listener gets a free port of its own, so the same string is no clash."""
+    return re.match(r"(ssl|tcp):(port=)?0(:|$)", endpoint) is not None
+
+
 def build_admin(values: dict[str, Any], portal_listen: tuple[str, ...]) -> AdminSettings:
     """The section from its checked keys; no endpoint may be one of the portal's."""
     admin = replace(AdminSettings(), **values)
-    shared = [e for e in admin.listen if e in portal_listen]
+    shared = [e for e in admin.listen if e in portal_listen and not _any_port(e)]
     if shared:
         raise ConfigError(
             f"admin.listen: {', '.join(shared)} is also in portal.listen; the console needs "
