@@ -35,6 +35,10 @@ setup(
         "jinja2>=3.1",
         "babel>=2.14",
         "prometheus-client>=0.20",
+        # The admin console: argon2id password hashes, TOTP codes, the terminal QR code.
+        "argon2-cffi>=23.1",
+        "pyotp>=2.9",
+        "segno>=1.6",
     ],
     extras_require={
         "test": [

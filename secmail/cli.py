@@ -25,8 +25,10 @@ from twisted.python.failure import Failure
 import secmail
 from secmail import cli_messages, cli_monitoring, config
 from secmail.address import AddressError, parse_phone, split_address
+from secmail.cli_admin import CommandTools, add_admin_commands
 from secmail.cli_db import (
     NO_KEY,
+    BlockingDatabase,
     CommandError,
     config_path,
     load_settings,
@@ -473,6 +475,8 @@ def parser() -> argparse.ArgumentParser:
 
     cli_monitoring.add_commands(sub, own)
     add_settings_commands(sub, own, open_db=open_db, wait=wait)
+    tools = CommandTools(BlockingDatabase, wait, CommandError, load_settings)
+    add_admin_commands(sub, own, tools)
     return p
 
 

@@ -108,6 +108,8 @@ def after_wrong(rules: CodeRules, tries: int, failures: int) -> str:
     return CodeState.WRONG if tries < rules.tries else CodeState.EXPIRED
 
 
-def session_alive(created: int, last_seen: int, now: int) -> bool:
-    """A session lives SESSION_IDLE after its last request and SESSION_MAX after it began."""
-    return now - last_seen <= SESSION_IDLE and now - created <= SESSION_MAX
+def session_alive(
+    created: int, last_seen: int, now: int, idle: int = SESSION_IDLE, lifetime: int = SESSION_MAX
+) -> bool:
+    """A session lives C{idle} after its last request and C{lifetime} after it began."""
+    return now - last_seen <= idle and now - created <= lifetime

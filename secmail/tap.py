@@ -28,6 +28,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from secmail import __version__, config
+from secmail.admin.accounts import AdminAccounts
 from secmail.config.cluster import LiveSettings
 from secmail.crypto import (
     DerivedKeys,
@@ -55,6 +56,8 @@ from secmail.sms.outbox import SmsOutbox
 from secmail.smtp.delivery import GatewayDelivery, Intake
 from secmail.smtp.routing import SmtpSender
 from secmail.smtp.server import GatewayESMTPFactory
+from secmail.store.admins import AdminStore
+from secmail.store.audit import AuditTrail
 from secmail.store.compose import ComposeStore
 from secmail.store.database import Database, StoreUnavailable
 from secmail.store.engines import engine_for
@@ -162,18 +165,27 @@ def listen_problem(error: CannotListenError) -> str:
 
 
 class SessionCleanup:
-    """Removes timed-out portal and compose sessions and old codes; run by a TimerService."""
+    """Removes timed-out portal, compose and console sessions and old codes (a TimerService)."""
 
-    def __init__(self, sessions: PortalStore, compose: ComposeStore, clock: Any) -> None:
+    def __init__(
+        self,
+        sessions: PortalStore,
+        compose: ComposeStore,
+        clock: Any,
+        admins: AdminStore | None = None,
+    ) -> None:
         self.sessions = sessions
         self.compose = compose
         self.clock = clock
+        self.admins = admins
 
     def run(self) -> Deferred[None]:
         async def run() -> None:
             now = int(self.clock.seconds())
             await self.sessions.delete_stale_sessions(now)
             await self.compose.delete_stale(now)
+            if self.admins is not None:
+                await self.admins.delete_stale(now)
 
         return Deferred.fromCoroutine(run()).addErrback(
             lambda f: log.failure("Session clean-up failed; will try again", f)
@@ -211,6 +223,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
     from twisted.names import client as dns_client
 
+    from secmail.web.admin.console import Console
     from secmail.web.compose import Compose
     from secmail.web.portal import Portal
     from secmail.web.site import make_site
@@ -341,7 +354,8 @@ def makeService(options: Options) -> IService:
 
     portal_store = PortalStore(db, DerivedKeys(master, "portal-codes"))
     compose_store = ComposeStore(db, DerivedKeys(master, "compose-codes"))
-    cleanup = SessionCleanup(portal_store, compose_store, reactor)
+    admin_store = AdminStore(db)
+    cleanup = SessionCleanup(portal_store, compose_store, reactor, admin_store)
     TimerService(600, cleanup.run).setServiceParent(top)
     # Reading a letter (MIME parse, charset decoding, HTML sanitising) is CPU work a
     # message's author controls: never on the reactor thread.
@@ -372,6 +386,22 @@ def makeService(options: Options) -> IService:
     for description in settings.portal.listen:
         endpoint, factory = portal_endpoint(reactor, description, tls, site)
         Listener("portal.listen", description, endpoint, factory).setServiceParent(top)
+
+    # The admin console and its API: an app and a site of their own, on their own listeners.
+    accounts = AdminAccounts(
+        admin_store,
+        DerivedKeys(master, "admin-totp"),
+        reactor,
+        run_in_thread=deferToThread,
+        issuer=f"secmail {identity.hostname}",
+    )
+    console = Console(
+        settings, accounts, AuditTrail(db), reactor, form_key=derive_key(master, "admin-csrf")
+    )
+    admin_site = make_site(console)
+    for description in settings.admin.listen:
+        endpoint, factory = portal_endpoint(reactor, description, tls, admin_site)
+        Listener("admin.listen", description, endpoint, factory).setServiceParent(top)
 
     smtp_factory = GatewayESMTPFactory(
         settings.smtp,

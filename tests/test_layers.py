@@ -82,3 +82,15 @@ def test_masking_defined_once() -> None:
         if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") in names
     }
     assert found == {f"secmail.masking.{name}" for name in names}
+
+
+def test_portal_does_not_reach_the_console() -> None:
+    """The admin console (secmail.web.admin) is its own app: no portal module imports it, so
+    none of its routes can end up on the portal's listeners; only tap.py puts it on its own."""
+    wrong = {
+        module(path): sorted(n for n in imports(path) if within(n, "secmail.web.admin"))
+        for path in sources("secmail")
+        if not within(module(path), "secmail.web.admin") and module(path) != "secmail.tap"
+    }
+    assert {name: found for name, found in wrong.items() if found} == {}
+    assert "secmail.web.admin.console" in imports(ROOT / "secmail" / "tap.py")

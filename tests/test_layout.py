@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
+from secmail.admin.roles import AREAS, LEVELS, Role
 from secmail.config import from_mapping
+from secmail.store.audit import AuditRow
 from secmail.store.envelopes import Envelope
 from secmail.web import layout, render
+from secmail.web.admin.access import AREA_NAMES, LEVEL_NAMES
 from secmail.web.reply_page import ReplyForms
 
 SETTINGS = from_mapping(
@@ -25,7 +28,18 @@ ERROR_PAGES = sorted(
     if name.startswith("errors/") and name != "errors/notice.html"
 )
 # What each error page needs besides the frame.
+#: The admin console's frame (secmail/web/admin/access.py), signed out and signed in.
+ADMIN_OUT: dict[str, Any] = {"me": "", "role": "", "csrf": "", "menu": (), "here": ""}
+ADMIN_IN: dict[str, Any] = {
+    "me": "alice",
+    "role": "admin",
+    "csrf": "c",
+    "menu": [("/admins", "Admins and roles"), ("/audit", "Audit log")],
+    "here": "/admins",
+}
 VALUES = {
+    "admin_not_found": ADMIN_OUT,
+    "admin_problem": ADMIN_OUT,
     "message_locked": {"pin": True, "sender_told": True},
     "compose_refused_address": {"address": "bob@example.org", "refused": True},
     "compose_signed_out": {"again": "/compose"},
@@ -144,6 +158,30 @@ PAGES: dict[str, dict[str, Any]] = {
     },
     "compose/use_link.html": {"example": "https://secure.example/compose/name@example.com"},
     "compose/signed_out.html": {},
+    # The admin console.
+    "admin/signin.html": ADMIN_OUT
+    | {"form_csrf": "c", "problem": "failed", "name": "alice", "signed_out": True},
+    "admin/home.html": ADMIN_IN,
+    "admin/forbidden.html": ADMIN_IN,
+    "admin/bad_form.html": ADMIN_IN,
+    "admin/audit.html": ADMIN_IN
+    | {
+        "since": "2026-12-01",
+        "problem": False,
+        "rows": [("2026-12-01 10:00:00", AuditRow(0, "alice", "192.0.2.1", "sign-in"))],
+        "limit": 1000,
+    },
+    "admin/admins.html": ADMIN_IN
+    | {
+        "admins": [("alice", "admin", "2026-12-01", False, 1)],
+        "roles": [("admin", True, ["full"] * len(AREAS))],
+        "areas": [(area, AREA_NAMES[area]) for area in AREAS],
+        "levels": [(level, LEVEL_NAMES[level]) for level in LEVELS],
+        "level_names": LEVEL_NAMES,
+        "can_change": True,
+        "problem": "name",
+        "draft": Role("x", {}),
+    },
 }
 
 
@@ -183,7 +221,7 @@ def test_every_page_is_listed() -> None:
         name
         for name in layout.TEMPLATES.list_templates()
         if not name.startswith("errors/")
-        and name not in ("layout.html", "macros.html")
+        and name not in ("layout.html", "macros.html", "admin/layout.html")
         and not name.startswith("parts/")
     }
     assert sorted(pages) == sorted(PAGES)

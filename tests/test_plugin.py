@@ -156,15 +156,16 @@ class MakeServiceTests(SynchronousTestCase):
                 TimerService,  # master key rotation
                 TimerService,  # portal session clean-up
                 StartStopService,  # the portal's rendering, started before the portal
-                tap.Listener,
-                tap.Listener,
+                tap.Listener,  # the portal
+                tap.Listener,  # the admin console
+                tap.Listener,  # SMTP
                 TimerService,  # the queue's gauges (metrics)
                 tap.Listener,  # [metrics] listen
             ],
         )
         self.assertEqual(
             [c.key for c in children if isinstance(c, tap.Listener)],
-            ["portal.listen", "smtp.listen", "metrics.listen"],
+            ["portal.listen", "admin.listen", "smtp.listen", "metrics.listen"],
         )
         self.assertIs(top.getServiceNamed("database"), children[0])
         self.assertFalse(any(c.running for c in children))
@@ -199,10 +200,17 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(render_pool.stop, pool.stop)
         self.assertEqual(pool.max, tap.RENDER_THREADS)
         self.assertFalse(pool.started)
-        portal, smtp = children[10], children[11]
+        portal, admin, smtp = children[10], children[11], children[12]
         assert isinstance(portal, tap.Listener)
+        assert isinstance(admin, tap.Listener)
         assert isinstance(smtp, tap.Listener)
-        self.assertEqual((portal.key, smtp.key), ("portal.listen", "smtp.listen"))
+        self.assertEqual(
+            (portal.key, admin.key, smtp.key), ("portal.listen", "admin.listen", "smtp.listen")
+        )
+        # The console: TLS with the same certificate, around a site of its own (not the portal's).
+        self.assertIsInstance(admin.factory, TLSMemoryBIOFactory)
+        self.assertEqual(admin.endpoint._port, 9443)  # type: ignore[attr-defined]
+        self.assertIsNot(admin.factory.wrappedFactory, portal.factory.wrappedFactory)  # type: ignore[attr-defined]
         # "ssl:" without key files: TLS with our own certificate around the portal's site.
         self.assertIsInstance(portal.factory, TLSMemoryBIOFactory)
         self.assertEqual(portal.endpoint._port, 18443)  # type: ignore[attr-defined]
@@ -217,7 +225,7 @@ class MakeServiceTests(SynchronousTestCase):
         top = self.make()
         poller = list(top)[3].call[0].__self__  # type: ignore[attr-defined]
         assert isinstance(poller, SettingsPoller)
-        smtp = list(top)[11]
+        smtp = list(top)[12]
         assert isinstance(smtp, tap.Listener)
         intake = smtp.factory._delivery_factory().intake
         # The example file sets every key; here the file's values are changed instead.

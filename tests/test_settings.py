@@ -73,6 +73,7 @@ def test_node_settings_and_secrets() -> None:
         "store.database",
         "store.master_key_file",
         "metrics.listen",
+        "admin.listen",
         # Each node reports and mails on its own.
         "monitoring.report_url",
         "monitoring.report_ca_file",

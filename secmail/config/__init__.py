@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 from secmail.config._base import LANGUAGES, Checker, ConfigError, check_endpoint, kind_of
+from secmail.config.admin import SCHEMA as ADMIN_SCHEMA
+from secmail.config.admin import AdminSettings, build_admin
 from secmail.config.gateway import DEFAULT_DATA_DIR, GatewaySettings, build_gateway
 from secmail.config.gateway import SCHEMA as GATEWAY_SCHEMA
 from secmail.config.metrics import SCHEMA as METRICS_SCHEMA
@@ -68,6 +70,7 @@ __all__ = [
     "SCHEMA",
     "SECRET_KEYS",
     "SMS_BACKENDS",
+    "AdminSettings",
     "Branding",
     "Checker",
     "ConfigError",
@@ -115,6 +118,7 @@ class Settings:
     sms: SmsSettings = SmsSettings()
     metrics: MetricsSettings = MetricsSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    admin: AdminSettings = AdminSettings()
 
     @property
     def identity(self) -> GatewayIdentity:
@@ -174,6 +178,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
     **SMS_SCHEMA,
     **METRICS_SCHEMA,
     **MONITORING_SCHEMA,
+    **ADMIN_SCHEMA,
 }
 
 
@@ -257,6 +262,7 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         sms=build_sms(values),
         metrics=build_metrics(values.get("metrics", {})),
         monitoring=build_monitoring(values.get("monitoring", {})),
+        admin=build_admin(values.get("admin", {}), portal.listen),
     )
 
 

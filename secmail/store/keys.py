@@ -30,6 +30,8 @@ _KEYED = (
     ("sms_outbox", "SMS texts", "expires"),
     ("access_codes", "portal codes and PINs", "expires"),
     ("compose_codes", "D-Compose codes", "expires"),
+    # Not re-sealed by a rotation: `secmail admin add NAME` again seals under the newest key.
+    ("admins", "admin second factors", None),
 )
 
 
@@ -200,6 +202,12 @@ def retire_problems(
             f"key {key_id} still protects {counts}; a running gateway re-wraps message keys "
             "within minutes and SMS texts and codes expire within 10 minutes "
             "(see: secmail keys status)"
+            + (
+                "; admin second factors move to the newest key when each admin is added again "
+                "(secmail admin add NAME --role ROLE)"
+                if used.rows.get("admin second factors")
+                else ""
+            )
         )
     unlabelled = usage.get("")
     if unlabelled is not None and unlabelled.total:

@@ -32,6 +32,7 @@ class SessionTable(Generic[S]):
 
     @param subject: the columns that say whose session it is (stored at creation).
     @param build: makes a live session of the C{read} values, C{csrf=} and C{created=}.
+    @param idle: seconds a session lives after its last request; C{lifetime}: after it began.
     @param read: what L{touch_txn} reads of it (columns of C{s}, the session row, or of a
         table C{join} brings in); the subject columns by default.
     """
@@ -43,7 +44,11 @@ class SessionTable(Generic[S]):
         build: Callable[..., S],
         read: str = "",
         join: str = "",
+        idle: int = SESSION_IDLE,
+        lifetime: int = SESSION_MAX,
     ) -> None:
+        self.idle = idle
+        self.lifetime = lifetime
         self.table = table
         self.subject = tuple(subject)
         self.build = build
@@ -83,7 +88,7 @@ class SessionTable(Generic[S]):
         if row is None:
             return None
         csrf, created, last_seen = row[-3], int(row[-2]), int(row[-1])
-        if not session_alive(created, last_seen, now):
+        if not session_alive(created, last_seen, now, self.idle, self.lifetime):
             txn.execute(f"DELETE FROM {self.table} WHERE id_hash = ?", (id_hash,))
             return None
         txn.execute(f"UPDATE {self.table} SET last_seen = ? WHERE id_hash = ?", (now, id_hash))
@@ -105,6 +110,6 @@ class SessionTable(Generic[S]):
         """Remove sessions past their idle or absolute limit; how many went."""
         txn.execute(
             f"DELETE FROM {self.table} WHERE last_seen < ? OR created < ?",
-            (now - SESSION_IDLE, now - SESSION_MAX),
+            (now - self.idle, now - self.lifetime),
         )
         return txn.rowcount

@@ -350,6 +350,7 @@ class Gateway:
         self.smtp_port = free_port()
         self.portal_port = free_port()
         self.metrics_port = free_port()
+        self.admin_port = free_port()
         self.data_dir = self.dir / "secmail-data"
         self.config_path = self.dir / "secmail.toml"
         self.log_path = self.dir / "gw.log"
@@ -371,6 +372,8 @@ class Gateway:
             },
             "queue": {"poll_interval": 0.5},
             "metrics": {"listen": [f"tcp:{self.metrics_port}:interface={LOOPBACK}"]},
+            # Its own port, so that gateways run side by side (the default is 9443).
+            "admin": {"listen": [f"ssl:{self.admin_port}:interface={LOOPBACK}"]},
         }
         for section, values in (settings or {}).items():
             config.setdefault(section, {}).update(values)
@@ -382,6 +385,10 @@ class Gateway:
     @property
     def portal_url(self) -> str:
         return f"https://{LOOPBACK}:{self.portal_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"https://{LOOPBACK}:{self.admin_port}"
 
     @property
     def hostname(self) -> str:

@@ -512,6 +512,7 @@ def test_port_taken_stops_start_up(tmp_path: Path) -> None:
             f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
             f'[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
             '[portal]\nlisten = ["ssl:0:interface=127.0.0.1"]\n'
+            '[admin]\nlisten = ["ssl:0:interface=127.0.0.1"]\n'
         )
         naming = refused_start(tmp_path, conf, "smtp.listen")
     # By then twistd's log has taken stderr: the line is in the log, once.
