@@ -288,7 +288,9 @@ class BrandingTests(PortalFixture):
         """The landing page carries the organisation's name, logo and verification phrase."""
         letter = await self.letter()
         page = await self.browser().get(letter.link)
-        self.assertIn('<img src="/static/logo" alt=""><strong>Example Oy</strong>', page.text)
+        self.assertIn(
+            '<img src="/static/logo" alt=""><p class="brand"><strong>Example Oy</strong>', page.text
+        )
         self.assertIn(f"Your organisation's verification phrase: «{PHRASE}»", page.text)
         self.assertNotIn("style=", page.text)
         self.assertNotIn("<script", page.text)
