@@ -16,6 +16,7 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -137,13 +138,9 @@ class Audit:
         assert not self.failures, "WCAG 2.1 AA problems:\n" + "\n".join(self.failures)
 
 
-def test_reading_pages_pass_wcag_aa(
-    gateway: Gateway, internet: SmtpSink, contexts: Contexts
-) -> None:
-    """Landing, reading, forward, sent, signed out, the code page and the error pages."""
-    audit = Audit()
-    recipient = unique("a11y") + "@partner.example"
-    message = new_message(recipient, "Figures for the audit")
+def letter_to_read() -> EmailMessage:
+    """A letter with all a reading page shows: Cc, HTML with a remote picture, a file."""
+    message = new_message("reader@partner.example", "Figures for the audit")
     message["Cc"] = f"Carol Outside <{CAROL}>"
     message.set_content("The plain text part.\n")
     message.add_alternative(
@@ -152,7 +149,15 @@ def test_reading_pages_pass_wcag_aa(
         subtype="html",
     )
     message.add_attachment(tiny_png(), "image", "png", filename="chart.png")
-    link = send_marked(gateway, internet, recipient, message)
+    return message
+
+
+def test_reading_pages_pass_wcag_aa(
+    gateway: Gateway, internet: SmtpSink, contexts: Contexts
+) -> None:
+    """Landing, reading, forward, sent, signed out, the code page and the error pages."""
+    audit = Audit()
+    link = send_marked(gateway, internet, unique("a11y") + "@partner.example", letter_to_read())
 
     page = contexts.page()
     page.goto(link)
@@ -273,3 +278,34 @@ def test_the_audit_finds_problems(contexts: Contexts) -> None:
     problems = layout_problems(page)
     assert any(p.startswith('label "To" touches') for p in problems), problems
     assert any("800px wide" in p or "wide in a 390px" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("language", ["fi", "sv"])
+def test_translated_pages_pass_wcag_aa(
+    language: str, gateway: Gateway, internet: SmtpSink, contexts: Contexts
+) -> None:
+    """Finnish and Swedish words are longer: the pages with forms, in each (the browser's
+    Accept-Language chooses), pass the same audit, and say so in their lang attribute."""
+    audit = Audit()
+    page = contexts.page(locale=language)
+    link = send_marked(gateway, internet, unique("kieli") + "@partner.example", letter_to_read())
+    page.goto(link)
+    assert page.locator("html").get_attribute("lang") == language
+    audit.check(page, f"{language}-landing")
+    page.locator("main form button[type=submit]").click()
+    page.wait_for_url(re.compile(r"/read$"))
+    audit.check(page, f"{language}-reading")
+    page.goto(f"{gateway.portal_url}/compose/{SALES}")
+    audit.check(page, f"{language}-compose-start-fixed")
+    page.goto(f"{gateway.portal_url}/compose")
+    audit.check(page, f"{language}-compose-start")
+
+    letter = send_registered(gateway, internet)
+    page.goto(f"{gateway.portal_url}/m/{letter.token}")
+    page.locator("main form button[type=submit]").click()
+    pw_expect(page.locator("#pin")).to_be_visible()
+    audit.check(page, f"{language}-pin")
+    page.locator('form[action$="/wrong-number"] button').click()
+    pw_expect(page.locator('button[value="yes"]')).to_be_visible()
+    audit.check(page, f"{language}-wrong-number-confirm")
+    audit.assert_clean(6)
