@@ -155,7 +155,7 @@ def letter_to_read() -> EmailMessage:
 def test_reading_pages_pass_wcag_aa(
     gateway: Gateway, internet: SmtpSink, contexts: Contexts
 ) -> None:
-    """Landing, reading, forward, sent, signed out, the code page and the error pages."""
+    """Landing, reading, forward, sent, signed out, the code pages and the error pages."""
     audit = Audit()
     link = send_marked(gateway, internet, unique("a11y") + "@partner.example", letter_to_read())
 
@@ -168,6 +168,10 @@ def test_reading_pages_pass_wcag_aa(
     page.get_by_text("Forward", exact=True).first.click()
     pw_expect(page.get_by_label("Forward to")).to_be_visible()
     audit.check(page, "reading-forward")
+    response = page.goto(f"{gateway.portal_url}/read/attachment/9")
+    assert response is not None and response.status == 404
+    audit.check(page, "error-no-such-attachment")
+    page.goto(f"{gateway.portal_url}/read")
     page.get_by_label("Your reply").fill("Thank you.")
     page.get_by_role("button", name="Reply", exact=True).click()
     page.wait_for_url(re.compile(r"/read/sent$"))
@@ -184,13 +188,18 @@ def test_reading_pages_pass_wcag_aa(
 
     other = contexts.page()  # another browser: it needs a code by e-mail
     other.goto(link)
+    other.locator('input[name="csrf"]').evaluate("input => { input.value = 'forged'; }")
+    other.get_by_role("button", name="Open message").click()
+    pw_expect(other.get_by_role("heading", name="Please try again")).to_be_visible()
+    audit.check(other, "error-bad-form")
+    other.goto(link)
     other.get_by_role("button", name="Open message").click()
     pw_expect(other.get_by_role("heading", name="Confirm it is you")).to_be_visible()
     audit.check(other, "code")
     other.get_by_role("button", name="Send me a code").click()
     pw_expect(other.get_by_label("Code")).to_be_visible()
     audit.check(other, "code-sent")
-    audit.assert_clean(10)
+    audit.assert_clean(12)
 
 
 def test_compose_pages_pass_wcag_aa(
