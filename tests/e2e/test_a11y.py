@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Locator, Page
 from playwright.sync_api import expect as pw_expect
 
 from tests.e2e.axe import describe, layout_problems, violations
@@ -138,6 +138,25 @@ class Audit:
         assert not self.failures, "WCAG 2.1 AA problems:\n" + "\n".join(self.failures)
 
 
+def assert_focus_ring(page: Page, target: Locator, shot: str) -> None:
+    """Tab (at most 10 times) to C{target}: it shows the 3 px focus ring in --focus, which
+    tests/test_contrast.py checks against the cards and the page (WCAG 1.4.11 and 2.4.7)."""
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if target.evaluate("e => e === document.activeElement"):
+            break
+    else:
+        raise AssertionError(f"Tab never reached {target}")
+    ring = target.evaluate(
+        "e => { const s = getComputedStyle(e); return [s.outlineStyle, s.outlineWidth,"
+        " s.outlineColor, getComputedStyle(document.documentElement)"
+        ".getPropertyValue('--focus').trim()]; }"
+    )
+    assert ring[:3] == ["solid", "3px", "rgb(161, 92, 0)"] and ring[3] == "#a15c00", ring
+    name = re.sub(r"[^a-z]+", "-", shot.lower()).strip("-")
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
 def letter_to_read() -> EmailMessage:
     """A letter with all a reading page shows: Cc, HTML with a remote picture, a file."""
     message = new_message("reader@partner.example", "Figures for the audit")
@@ -247,6 +266,8 @@ def test_registered_pages_pass_wcag_aa(
     page.get_by_role("button", name="Open message").click()
     pw_expect(page.get_by_role("heading", name="Type the PIN")).to_be_visible()
     audit.check(page, "pin")
+    for name in ("Open message", "Order PIN code", "Wrong number?"):
+        assert_focus_ring(page, page.get_by_role("button", name=name), f"pin-focus-{name}")
     page.get_by_label("PIN", exact=True).fill("12345")
     page.get_by_label("PIN", exact=True).evaluate("input => input.removeAttribute('pattern')")
     page.get_by_role("button", name="Open message").click()
