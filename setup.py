@@ -46,6 +46,8 @@ setup(
             "hypothesis>=6.100",
             "aiosmtpd>=1.4.6",
             "playwright>=1.45",
+            # Ships axe-core's axe.min.js (MPL-2.0; the wrapper is MIT): tests/e2e/axe.py.
+            "axe-playwright-python>=0.1.8",
             "ruff>=0.6",
             "mypy>=1.11",
             "mypy-zope>=1.0.5",

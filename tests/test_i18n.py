@@ -126,7 +126,7 @@ def test_sources_have_messages() -> None:
     """The extraction itself works (else the catalogue tests below would pass on nothing)."""
     messages = wrapped_messages()
     assert "Open message" in messages and "Write a secure message" in messages
-    assert "Your organisation's verification phrase: «{phrase}»" in messages  # layout.html
+    assert "Verification phrase: «{phrase}»" in messages  # layout.html
     assert "Message deleted" in messages  # web/templates/errors/
     assert len(messages) > 80
 
@@ -292,8 +292,10 @@ class BrandingTests(PortalFixture):
         """The landing page carries the organisation's name, logo and verification phrase."""
         letter = await self.letter()
         page = await self.browser().get(letter.link)
-        self.assertIn('<img src="/static/logo" alt=""><strong>Example Oy</strong>', page.text)
-        self.assertIn(f"Your organisation's verification phrase: «{PHRASE}»", page.text)
+        self.assertIn(
+            '<img src="/static/logo" alt=""><p class="brand"><strong>Example Oy</strong>', page.text
+        )
+        self.assertIn(f"Verification phrase: «{PHRASE}»", page.text)
         self.assertNotIn("style=", page.text)
         self.assertNotIn("<script", page.text)
 
@@ -301,7 +303,7 @@ class BrandingTests(PortalFixture):
         """Every page shows the phrase, in the page's language."""
         page = await self.browser(**{"__Host-secmail-lang": "fi"}).get("/read")
         self.assertEqual(page.code, 401)
-        self.assertIn(f"Organisaatiosi varmistuslause: «{PHRASE}»", page.text)
+        self.assertIn(f"Varmistuslause: «{PHRASE}»", page.text)
 
     async def test_header_is_escaped(self) -> None:
         """A name or phrase with markup in it is shown as text: the templates autoescape."""

@@ -103,6 +103,7 @@ PAGES: dict[str, dict[str, Any]] = {
         "error": "x",
         "note": "y",
     },
+    "wrong_number_confirm.html": {"token": "t" * 30, "csrf": "c", "number": "+358 40 *** **67"},
     "wrong_number.html": {"sender": "alice@example.com"},
     "reading.html": {
         "heading": False,

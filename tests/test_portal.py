@@ -711,18 +711,55 @@ class RegisteredTests(PortalFixture):
         self.assertEqual(len(await self.notices()), 1)
         self.assertIn("locked", await self.event_kinds(letter))
 
+    async def test_wrong_number_asks_first(self) -> None:
+        """ "Wrong number?" asks before the sender is told (a form, no script): "No" goes back
+        to the PIN page without telling anyone or sending a PIN; "Yes" tells the sender."""
+        letter = await self.letter(level="registered")
+        browser, reply = await self.opened(letter)
+        sent = len(await self.outbox())
+        asked = await browser.post(f"{letter.link}/wrong-number", {"csrf": reply.csrf()})
+        self.assertEqual(asked.code, 200)
+        self.assertIn("Is this number not yours?", asked.text)
+        self.assertIn("+49 15 *** *** *00", asked.text)
+        self.assertNotIn(PHONE, asked.text)
+        self.assertIn(f'<form method="post" action="{letter.link}/wrong-number"', asked.text)
+        self.assertIn('name="answer" value="yes"', asked.text)
+        self.assertIn('name="answer" value="no"', asked.text)
+        self.assertNotIn("<script", asked.text)
+        for answer in ("", "maybe", "YES"):  # only "yes" tells
+            form = {"csrf": asked.csrf(), "answer": answer}
+            again = await browser.post(f"{letter.link}/wrong-number", form)
+            self.assertIn("Is this number not yours?", again.text, answer)
+        back = await browser.post(
+            f"{letter.link}/wrong-number", {"csrf": asked.csrf(), "answer": "no"}
+        )
+        self.assertEqual(back.code, 200)
+        self.assertIn("Type the PIN", back.text)
+        self.assertIn(f'action="{letter.link}/wrong-number"', back.text)
+        self.assertEqual(await self.notices(), [])
+        self.assertEqual(len(await self.outbox()), sent)  # going back sends no new PIN
+        told = await browser.post(
+            f"{letter.link}/wrong-number", {"csrf": asked.csrf(), "answer": "yes"}
+        )
+        self.assertIn(f"We have told the sender ({ALICE})", told.text)
+        self.assertEqual(len(await self.notices()), 1)
+
     async def test_wrong_number_tells_the_sender_once(self) -> None:
         """A wrong-number report tells the sender once (number masked), then is not offered."""
         letter = await self.letter(level="registered")
         browser, reply = await self.opened(letter)
         self.assertIn(f'action="{letter.link}/wrong-number"', reply.text)
-        told = await browser.post(f"{letter.link}/wrong-number", {"csrf": reply.csrf()})
+        told = await browser.post(
+            f"{letter.link}/wrong-number", {"csrf": reply.csrf(), "answer": "yes"}
+        )
         self.assertEqual(told.code, 200)
         self.assertIn(f"We have told the sender ({ALICE})", told.text)
         [notice] = await self.notices()
         self.assertIn("says that the phone number its PIN goes to (+49 15 *** *** *00)", notice)
         self.assertNotIn(PHONE, notice)
-        await browser.post(f"{letter.link}/wrong-number", {"csrf": reply.csrf()})
+        for form in ({"csrf": reply.csrf()}, {"csrf": reply.csrf(), "answer": "yes"}):
+            again = await browser.post(f"{letter.link}/wrong-number", form)
+            self.assertIn("The sender has been told", again.text)  # not asked again
         self.assertEqual(len(await self.notices()), 1)
         self.clock.advance(61)
         page = await browser.post(f"{letter.link}/pin", {"csrf": reply.csrf()})
@@ -749,7 +786,9 @@ class RegisteredTests(PortalFixture):
             f"{letter.link}/pin/verify", {"csrf": landing.csrf(), "pin": await self.sent_pin()}
         )
         self.assertEqual(signed.code, 303)
-        told = await browser.post(f"{letter.link}/wrong-number", {"csrf": landing.csrf()})
+        told = await browser.post(
+            f"{letter.link}/wrong-number", {"csrf": landing.csrf(), "answer": "yes"}
+        )
         self.assertEqual(told.code, 200)
         [notice] = await self.notices()
         self.assertIn("correct the number in the phone directory", notice)

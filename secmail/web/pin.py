@@ -3,7 +3,7 @@ The words of the registered-letter PIN challenge: the SMS text in the reader's l
 (its rules in L{secmail.sms.pin_text}, translated here by the portal's catalogues) and the
 notices a sender gets when a letter locks or its number is said to be wrong. Below them,
 the PIN page's routes (L{PinRoutes}, part of the portal), whose pages are the templates
-C{pin.html} and C{wrong_number.html}.
+C{pin.html}, C{wrong_number_confirm.html} and C{wrong_number.html}.
 """
 
 from __future__ import annotations
@@ -180,9 +180,23 @@ class PinRoutes(PortalBase):
     @app.route("/m/<token>/wrong-number", methods=["POST"])
     @letter_link(level="registered")
     async def wrong_number(self, request: IRequest, token: str, envelope: Envelope) -> bytes:
-        """The reader says the number is not theirs: tell the sender, once."""
+        """
+        The reader says the number is not theirs. The first form (no C{answer}) asks them
+        to confirm; C{answer=yes} tells the sender, once; C{answer=no} goes back to the PIN.
+        """
         if envelope.phone is None:
             return self._bad_form(request)
+        answer = form_arg(request, b"answer")
+        if answer == "no":
+            return await self._pin_page(request, token, envelope)
+        if answer != "yes" and envelope.wrong_number is None:
+            return self._template(
+                request,
+                "wrong_number_confirm.html",
+                token=token,
+                csrf=self._form_csrf(token),
+                number=mask_number(envelope.phone),
+            )
         notice = wrong_number_notice(
             self.settings.identity,
             self.settings.secure.extension,
