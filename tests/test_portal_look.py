@@ -142,6 +142,16 @@ class PageTests(PortalFixture):
         self.assertNotIn("partner.example.s", page)
         self.assertNotIn("358401234567", page)
 
+    async def test_no_date_row_without_a_date_header(self) -> None:
+        """A message without a Date header shows no empty Date row."""
+        undated = mime(f"From: {ALICE}", "To: bob@partner.example.s", "Subject: Hi", "", "Text.")
+        browser = await self.signed_in(await self.letter(undated))
+        page = (await browser.get("/read")).text
+        self.assertIn("<dt>To</dt>", page)
+        self.assertNotIn("<dt>Date</dt>", page)
+        dated = (await (await self.signed_in(await self.letter(ADDRESSED))).get("/read")).text
+        self.assertIn("<dt>Date</dt>", dated)
+
     async def test_dates_in_the_readers_language(self) -> None:
         """The landing and reading pages write their dates the reader's way (here Finnish)."""
         self.clock.advance(WHEN.timestamp() - self.clock.seconds())
