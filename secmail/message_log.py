@@ -9,6 +9,9 @@ sent. A mail the gateway writes about a message (a notification, a bounce, a cod
 message of its own: its lines start with the id of the message it is about and name its own
 id after its kind. A refused transaction has no message yet: its line starts with C{refused}.
 
+Each of these events is also counted (L{secmail.monitoring.counting.count}: the Prometheus
+metrics and the day's statistics), here, so the log and the figures never disagree.
+
 Every line is a Twisted log event with named fields (C{message_id} always, C{envelope_id}
 and C{peer} where there is one), so a JSON observer gets stable names. The lines carry
 addresses, sizes, hosts and the peers' replies; never subjects, bodies, tokens, links, PINs,
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 from twisted.logger import Logger
 
 from secmail.masking import mask_number, mask_sms_recipients
+from secmail.monitoring.counting import count
 from secmail.store.rows import NewMessage, short_id
 
 log = Logger(namespace="secmail.messages")
@@ -65,6 +69,9 @@ def accepted(
     envelope sender, its size and each recipient with its level (C{relay} for mail sent on
     in the clear, C{letter}, C{registered}). C{via} names a way in other than SMTP.
     """
+    if not via:
+        for level in sorted({level for _, level in recipients}):
+            count("smtp_messages", level)
     log.info(
         "{id}: accepted from {peer}{via} sender=<{sender}> size={size} recipients={recipients}",
         id=short_id(message_id),
@@ -86,6 +93,7 @@ def accepted_messages(messages: Sequence[NewMessage], *, peer: str, sender: str,
     for message in messages:
         if any(d.kind == "notification" for d in message.deliveries):
             continue
+        count("compose_messages" if via == "D-Compose" else "portal_replies")
         recipients = [(e.recipient, e.level) for e in message.envelopes]
         recipients += [(r, "relay") for d in message.deliveries for r in d.recipients]
         accepted(
@@ -104,6 +112,7 @@ def refused(*, peer: str, command: str, code: int, reason: str, sender: str | No
     An SMTP command of a transaction (MAIL, RCPT, DATA, the end of DATA) was refused;
     C{sender} is the transaction's, once MAIL was accepted (None before).
     """
+    count("smtp_refused", f"{command.lower().replace(' ', '_')}/{code}")
     log.info(
         "refused: {command} from {peer}{sender_text}: {code} {reason}",
         message_id="",
@@ -150,6 +159,7 @@ def delivery_status(
     host that answered (C{none} when none did), seconds since the message came in and the
     peer's reply (or why there was none).
     """
+    count("deliveries", kind, status)
     about = about or message_id
     if status == "sent":
         reply = _END_OF_DATA.sub("", reply)  # what else would a 250 be in reply to
@@ -184,6 +194,7 @@ def split_reply(text: str) -> tuple[str, str]:
 
 def opened(message_id: str, *, envelope_id: str, recipient: str, peer: str) -> None:
     """A recipient read the letter in the portal."""
+    count("portal_reads")
     log.info(
         "{id}: opened to=<{to}> from {peer}",
         id=short_id(message_id),
@@ -198,6 +209,7 @@ def pin_sent(
     message_id: str, *, envelope_id: str | None, recipient: str, number: str, via: str
 ) -> None:
     """A backend took the SMS with a registered letter's PIN (the number masked)."""
+    count("sms", via, "sent")
     log.info(
         "{id}: PIN sent to=<{to}> phone={phone} via {via}",
         id=short_id(message_id),

@@ -32,6 +32,7 @@ from secmail.config import QueueSettings, Retention, RouteSettings
 from secmail.crypto import IntegrityError, UnknownKeyError
 from secmail.dsn import FailedRecipient, bounce_message, build_dsn
 from secmail.masking import mask_sms_recipients
+from secmail.monitoring import counting
 from secmail.scanning import ScanningService
 from secmail.smtp.outgoing import (
     DeliveryOutcome,
@@ -412,6 +413,8 @@ class OutboundQueue(ScanningService):
             )
         error = "; ".join(sorted(set(failed.values())))
         await self.store.fail(item, list(failed), error, bounce, now, remaining=list(remaining))
+        if bounce is not None:
+            counting.count("bounces")
         return True
 
     async def _quarantine(
@@ -430,6 +433,7 @@ class OutboundQueue(ScanningService):
         delivered, so the admin looks at it (C{secmail queue list}) and retries or deletes it.
         """
         self.quarantined_count += 1
+        counting.count("deliveries", item.kind, "quarantined")
         log.warn(
             "{message_id}: queue row {id}: quarantined ({kind}): {reason}; it stays out of the"
             " queue until `secmail queue retry {id}` (or `secmail queue delete {id}`)",
@@ -445,6 +449,8 @@ class OutboundQueue(ScanningService):
             except Exception:
                 log.failure("Queue row {id}: the bounce for its quarantine failed", id=item.id)
         await self.store.quarantine(item, recipients, reason, bounce, self.now())
+        if bounce is not None:
+            counting.count("bounces")
 
     def _damaged_bounce(
         self, item: QueueItem, recipients: list[str], diagnostics: dict[str, str]

@@ -121,3 +121,53 @@ class DailyStatsTestsMixin:
         assert await self.stats.days("2000-01-01", "2100-01-01") == {
             ("2026-12-07", "bounces", ""): 2
         }
+
+
+def test_the_message_log_counts_what_it_logs() -> None:
+    """Each event of the message log moves its counter: one place, so they never disagree."""
+    from secmail import message_log
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        value("secmail_smtp_messages_total", kind="letter"),
+        value("secmail_smtp_messages_total", kind="relay"),
+        value("secmail_smtp_refused_total", reason="rcpt/550"),
+        value("secmail_deliveries_total", kind="notification", result="deferred"),
+        value("secmail_portal_reads_total"),
+        value("secmail_sms_total", backend="modem", result="sent"),
+    )
+    message_log.accepted(
+        "a" * 32,
+        peer="192.0.2.1",
+        sender="alice@corp.example",
+        size=10,
+        recipients=[("b@p.example", "letter"), ("c@p.example", "letter"), ("d@p.example", "relay")],
+    )
+    message_log.refused(peer="192.0.2.1", command="RCPT", code=550, reason="5.1.1 no")
+    message_log.delivery_status(
+        message_id="b" * 32,
+        about="a" * 32,
+        kind="notification",
+        recipient="b@p.example",
+        relay="none",
+        delay=1.0,
+        status="deferred",
+        reply="connection refused",
+    )
+    message_log.opened("a" * 32, envelope_id="e", recipient="b@p.example", peer="192.0.2.9")
+    message_log.pin_sent(
+        "a" * 32, envelope_id="e", recipient="b@p.example", number="+358401234567", via="modem"
+    )
+    after = (
+        value("secmail_smtp_messages_total", kind="letter"),
+        value("secmail_smtp_messages_total", kind="relay"),
+        value("secmail_smtp_refused_total", reason="rcpt/550"),
+        value("secmail_deliveries_total", kind="notification", result="deferred"),
+        value("secmail_portal_reads_total"),
+        value("secmail_sms_total", backend="modem", result="sent"),
+    )
+    # Two letter recipients are one message of kind letter.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1, 1, 1]
+    assert counting.take_pending()[("2026-12-07", "smtp_refused", "rcpt/550")] == 1

@@ -58,20 +58,17 @@ def sample(name: str, **labels: str) -> int:
 
 def error_counts() -> dict[str, int]:
     """Errors counted since the process started."""
+    by_result: dict[str, int] = {}
+    for family in metrics.DELIVERIES.collect():
+        for s in family.samples:
+            if s.name.endswith("_total"):
+                result = s.labels.get("result", "")
+                by_result[result] = by_result.get(result, 0) + int(s.value)
     return {
         "database": sample("secmail_db_errors_total"),
-        "deliveries_deferred": sum(
-            sample("secmail_deliveries_total", kind=kind, result="deferred")
-            for kind in ("relay", "notification", "bounce")
-        ),
-        "deliveries_bounced": sum(
-            sample("secmail_deliveries_total", kind=kind, result="bounced")
-            for kind in ("relay", "notification", "bounce")
-        ),
-        "quarantined": sum(
-            sample("secmail_deliveries_total", kind=kind, result="quarantined")
-            for kind in ("relay", "notification", "bounce")
-        ),
+        "deliveries_deferred": by_result.get("deferred", 0),
+        "deliveries_bounced": by_result.get("bounced", 0),
+        "quarantined": by_result.get("quarantined", 0),
     }
 
 

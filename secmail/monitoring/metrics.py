@@ -65,8 +65,8 @@ SMTP_REFUSED = Counter(
 # Outgoing mail
 DELIVERIES = Counter(
     "secmail_deliveries",
-    "Delivery attempts of queue rows, by kind (relay, notification, bounce) and result"
-    " (sent, deferred, bounced, quarantined).",
+    "Recipients of queue rows tried, by the row's kind (relay, notification, bounce, code,"
+    " sms, statistics, ...) and result (sent, deferred, bounced, quarantined).",
     ["kind", "result"],
     registry=REGISTRY,
 )

@@ -24,6 +24,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from secmail.masking import mask_number
+from secmail.monitoring import counting
 from secmail.sms.at import ModemError
 from secmail.sms.errors import SmsPermanentError, SmsTemporaryError, classify
 from secmail.store.rows import short_id
@@ -82,6 +83,7 @@ class SmsDispatcher:
                 reason = _reason(e, text)
                 how = "temporary" if kind is SmsTemporaryError else "permanent"
                 failures.append(f"{backend.name}: {reason}")
+                counting.count("sms", backend.name, "failed")
                 log.warn(
                     "{id}: SMS to {number} not sent by {backend} ({how}): {reason}",
                     id=short_id(about),

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from secmail import message_log
 from secmail.config import SmtpSettings
+from secmail.monitoring import counting
 from secmail.smtp.connection import GatewayConnection
 from secmail.smtp.limits import (
     BARE_NEWLINE,
@@ -108,6 +109,7 @@ class GatewayESMTP(GatewayConnection):
 
     def connectionMade(self) -> None:
         """Refuse clients outside the accepted networks or over their connection limit."""
+        counting.count("smtp_sessions")
         peer = self._wire.getPeer()
         self._client = client_name(peer)
         self._helo = (None, self._client.encode("ascii", "replace"))

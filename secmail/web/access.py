@@ -30,6 +30,7 @@ from secmail.config import Settings
 from secmail.config.cluster import LiveSettings
 from secmail.crypto import IntegrityError
 from secmail.letters import routed_mail
+from secmail.monitoring import counting
 from secmail.notify import Notification
 from secmail.store.messages import Envelope, MessageStore, NewMessage
 from secmail.store.portal import PortalStore, Session
@@ -158,6 +159,7 @@ class PortalBase:
         if old:
             await self.sessions.end_session(old)  # a new session id at every sign-in
         session_id = await self.sessions.create_session(envelope.id, self.now(), how)
+        counting.count("portal_opens")
         set_cookie(request, SESSION_COOKIE, session_id)
         return self._see_other(request, b"/read")
 

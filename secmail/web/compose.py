@@ -42,6 +42,7 @@ from secmail.address import DestinationError, portal_destination
 from secmail.config import Settings
 from secmail.config.cluster import LiveSettings
 from secmail.letters import code_message, routed_mail
+from secmail.monitoring import counting
 from secmail.notify import clean_text
 from secmail.store.compose import (
     CODE_LIFETIME,
@@ -181,6 +182,7 @@ class Compose(ComposePages):
                 status=403 if refusal == CodeRefusal.LOCKED else 429,
             )
         await self._mail_code(sender, to, code)
+        counting.count("portal_codes", "compose")
         return self._code_page(request, to, sender, None)
 
     @app.route("/verify", methods=["POST"])
@@ -199,6 +201,8 @@ class Compose(ComposePages):
         if not re.fullmatch(r"\s*[0-9]{6}\s*", code):
             return self._code_page(request, to, sender, _("The code has 6 digits."), status=400)
         state = await self.sessions.check_code(sender, code, self.now(), self._lock_notice(sender))
+        if state in (CodeState.WRONG, CodeState.LOCKED_NOW):
+            counting.count("portal_code_failures", "compose")
         if state == CodeState.WRONG:
             return self._code_page(request, to, sender, _("That code is not right. Try again."))
         if state == CodeState.LOCKED_NOW:

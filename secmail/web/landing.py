@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from secmail.letters import code_message
+from secmail.monitoring import counting
 from secmail.notify import code_mail
 from secmail.store.messages import Envelope, new_id
 from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeState
@@ -96,6 +97,7 @@ class LandingRoutes(PinRoutes):
         if code is None:
             return self._locked(request, envelope)
         await self._mail_code(envelope, code)
+        counting.count("portal_codes", "email")
         return self._code_page(request, token, envelope, None, sent=True)
 
     @app.route("/m/<token>/verify", methods=["POST"])
@@ -112,6 +114,8 @@ class LandingRoutes(PinRoutes):
         )
         if state == CodeState.OK:
             return await self._sign_in(request, envelope, "e-mail code")
+        if state in (CodeState.WRONG, CodeState.LOCKED_NOW):
+            counting.count("portal_code_failures", "email")
         if state == CodeState.WRONG:
             return self._code_page(
                 request, token, envelope, _("That code is not right. Please try again."), sent=True

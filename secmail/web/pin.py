@@ -16,6 +16,7 @@ from twisted.web.iweb import IRequest
 
 from secmail.config import Branding, GatewayIdentity, SmsSettings
 from secmail.masking import mask_number
+from secmail.monitoring import counting
 from secmail.notify import Notification, sender_notice
 from secmail.sms import pin_text
 from secmail.store.messages import Envelope
@@ -142,6 +143,8 @@ class PinRoutes(PortalBase):
         )
         if state == PinState.OK:
             return await self._sign_in(request, envelope, "SMS PIN")
+        if state in (PinState.WRONG, PinState.LOCKED_NOW):
+            counting.count("portal_code_failures", "pin")
         if state == PinState.WRONG:
             return await self._pin_page(
                 request, token, envelope, error=_("That PIN is not right. Please try again.")
@@ -246,6 +249,7 @@ class PinRoutes(PortalBase):
                 self.now(),
             )
             if state == PinOrder.SENT:
+                counting.count("portal_codes", "pin")
                 self.on_sms()
                 note = _("A new PIN is on its way.")
             elif state == PinOrder.TOO_SOON:

@@ -11,13 +11,22 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import LOOPBACK, Gateway, SmtpSink, make_message, poll, running
+from tests.e2e.harness import (
+    LOOPBACK,
+    Gateway,
+    SmtpSink,
+    make_message,
+    poll,
+    run_env,
+    running,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +89,16 @@ def test_not_ready_without_the_master_key_file(gateway: Gateway) -> None:
     assert ready(gateway)[0] == 200
 
 
+def sample(text: str, series: str) -> float:
+    """The value of one series (name and labels as written) in an exposition."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_metrics_exposition(gateway: Gateway, internet: SmtpSink) -> None:
+    before = get(gateway, "/metrics")[2].decode()
     message = make_message(
         sender="alice@corp.example",
         to="mon@partner.example.s",
@@ -98,6 +116,13 @@ def test_metrics_exposition(gateway: Gateway, internet: SmtpSink) -> None:
     assert "secmail_db_commit_seconds_count" in text
     assert "process_resident_memory_bytes" in text
     assert "mon@partner.example" not in text and "alice" not in text
+    # The counters moved with the letter: taken in, its notification sent, an SMTP session.
+    for series in (
+        'secmail_smtp_messages_total{kind="letter"}',
+        'secmail_deliveries_total{kind="notification",result="sent"}',
+        "secmail_smtp_sessions_total",
+    ):
+        assert sample(text, series) >= sample(before, series) + 1, series
     promtool = shutil.which("promtool")
     if promtool:
         result = subprocess.run(
@@ -105,3 +130,36 @@ def test_metrics_exposition(gateway: Gateway, internet: SmtpSink) -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout + result.stderr == b"", result.stdout + result.stderr
+
+
+def test_daily_statistics_survive_the_stop(
+    tmp_path: Path, internet: SmtpSink, internal: SmtpSink
+) -> None:
+    """What a gateway counted is in the database after it stops: secmail stats shows it."""
+    gw = Gateway(tmp_path / "stats", internet, internal)
+    with running(gw):
+        for n in range(2):
+            to = f"stats{n}@partner.example.s"
+            message = make_message(
+                sender="alice@corp.example", to=to, subject="s", message_id=f"<stats{n}@corp>"
+            )
+            assert gw.send("alice@corp.example", [to], message) == {}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "secmail.cli",
+            "--config",
+            str(gw.config_path),
+            "stats",
+            "--days",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {r.rsplit(None, 2)[0].strip(): r.split()[-1] for r in result.stdout.splitlines()[2:]}
+    assert rows["Received"] == "2" and rows["secure letters"] == "2", result.stdout

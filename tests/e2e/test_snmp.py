@@ -108,6 +108,7 @@ def test_snmpget_returns_the_queue_depth(
                 f"{BASE}.{n}.0" for n in range(1, 13)
             ]
             assert f"{BASE}.3.0 = INTEGER: 1" in walk  # ready
+            assert f"{BASE}.8.0 = Counter64: 3" in walk  # letters taken in
         finally:
             snmpd.terminate()
             try:
