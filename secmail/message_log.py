@@ -12,10 +12,11 @@ id after its kind. A refused transaction has no message yet: its line starts wit
 Each of these events is also counted (L{secmail.monitoring.counting.count}: the Prometheus
 metrics and the day's statistics), here, so the log and the figures never disagree.
 
-Every line is a Twisted log event with named fields (C{message_id} always, C{envelope_id}
-and C{peer} where there is one), so a JSON observer gets stable names. The lines carry
-addresses, sizes, hosts and the peers' replies; never subjects, bodies, tokens, links, PINs,
-codes or whole phone numbers (L{secmail.masking}).
+Every line is a Twisted log event with named fields (C{event}: accepted, refused,
+notification queued, sent, deferred, bounced, opened, pin sent; C{message_id} always,
+C{envelope_id} and C{peer} where there is one), so a JSON observer gets stable names. The
+lines carry addresses, sizes, hosts and the peers' replies; never subjects, bodies, tokens,
+links, PINs, codes or whole phone numbers (L{secmail.masking}).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def accepted(
             count("smtp_messages", level)
     log.info(
         "{id}: accepted from {peer}{via} sender=<{sender}> size={size} recipients={recipients}",
+        event="accepted",
         id=short_id(message_id),
         message_id=short_id(message_id),
         peer=peer,
@@ -115,6 +117,7 @@ def refused(*, peer: str, command: str, code: int, reason: str, sender: str | No
     count("smtp_refused", f"{command.lower().replace(' ', '_')}/{code}")
     log.info(
         "refused: {command} from {peer}{sender_text}: {code} {reason}",
+        event="refused",
         message_id="",
         peer=peer,
         command=command,
@@ -136,6 +139,7 @@ def notifications_queued(messages: Sequence[NewMessage]) -> None:
             for recipient in delivery.recipients:
                 log.info(
                     "{id}: notification {mail_id} queued to=<{to}>",
+                    event="notification queued",
                     id=line_id(about),
                     message_id=line_id(about),
                     mail_id=short_id(mail_id),
@@ -167,6 +171,7 @@ def delivery_status(
     shown = mask_sms_recipients([recipient])[0][0] if kind in _SMS_KINDS else recipient
     log.info(
         "{id}: {own}to=<{to}> relay={relay} delay={delay} status={status} ({reply})",
+        event=status,
         id=line_id(about),
         message_id=line_id(about),
         mail_id=short_id(message_id),
@@ -197,6 +202,7 @@ def opened(message_id: str, *, envelope_id: str, recipient: str, peer: str) -> N
     count("portal_reads")
     log.info(
         "{id}: opened to=<{to}> from {peer}",
+        event="opened",
         id=short_id(message_id),
         message_id=short_id(message_id),
         envelope_id=envelope_id,
@@ -212,6 +218,7 @@ def pin_sent(
     count("sms", via, "sent")
     log.info(
         "{id}: PIN sent to=<{to}> phone={phone} via {via}",
+        event="pin sent",
         id=short_id(message_id),
         message_id=short_id(message_id),
         envelope_id=envelope_id or "",

@@ -145,8 +145,8 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(record["namespace"], "secmail.messages")
         self.assertEqual(record["text"], "3f9a2c81d0: opened to=<bob@x> from 203.0.113.9")
         self.assertEqual(
-            (record["message_id"], record["envelope_id"], record["peer"]),
-            ("3f9a2c81d0", "e1", "203.0.113.9"),
+            (record["event"], record["message_id"], record["envelope_id"], record["peer"]),
+            ("opened", "3f9a2c81d0", "e1", "203.0.113.9"),
         )
 
     def test_split_reply(self) -> None:
