@@ -278,6 +278,7 @@ class BrandingTests(PortalFixture):
             brand_colour="#aa3300",
             logo_file=self.logo_path,
             logo_type="image/png",
+            logo=PNG,  # read with the configuration, as config.load does
             verification_phrase=PHRASE,
         )
 
@@ -322,7 +323,9 @@ class BrandingTests(PortalFixture):
         self.assertNotIn("#1f5fae", css.text)
 
     async def test_logo_served(self) -> None:
-        """/static/logo is the configured file, with its type and a no-content CSP."""
+        """/static/logo is the configured file as read at load, with its type and a strict CSP."""
+        os.unlink(self.logo_path)  # served from memory: the file is not read again
+        self.addCleanup(lambda: open(self.logo_path, "wb").close())
         logo = await self.browser().get("/static/logo")
         self.assertEqual(logo.code, 200)
         self.assertEqual(logo.body, PNG)
@@ -340,12 +343,13 @@ class BrandingTests(PortalFixture):
             brand_colour=defaults.brand_colour,
             logo_file="",
             logo_type="",
+            logo=b"",
             verification_phrase="",
         )
         self.assertEqual((await self.browser().get("/static/logo")).code, 404)
         letter = await self.letter()
         page = await self.browser().get(letter.link)
         self.assertNotIn("<img", page.text)
-        self.assertNotIn("verification phrase", page.text)
+        self.assertNotIn("erification phrase", page.text)
         css = await self.browser().get("/static/portal.css")
         self.assertIn("--brand: #1f5fae;", css.text)

@@ -28,7 +28,7 @@ from secmail.web.access import SESSION_COOKIE
 from secmail.web.errors import add_error_handling
 from secmail.web.forms import cookie_value, form_arg, same_secret, set_cookie
 from secmail.web.landing import LandingRoutes
-from secmail.web.layout import RESOURCE_CSP, favicon, read_file, style_sheet
+from secmail.web.layout import RESOURCE_CSP, favicon, style_sheet
 from secmail.web.reading import ReadingRoutes
 
 app = LandingRoutes.app
@@ -85,16 +85,18 @@ class Portal(LandingRoutes, ReadingRoutes):
 
     @app.route("/static/logo", methods=["GET"])
     async def logo(self, request: IRequest) -> bytes:
-        """The organisation's logo (PNG or JPEG, checked when the configuration was read)."""
+        """
+        The organisation's logo (PNG or JPEG), as read and checked with the configuration: the
+        same bytes as the notifications carry, never the file read again per request.
+        """
         self._headers(request, csp=RESOURCE_CSP)
         portal = self.settings.portal
-        if not portal.logo_file:
+        if not portal.logo:
             request.setResponseCode(404)
             return b""
-        data: bytes = await self.run_in_thread(read_file, portal.logo_file)
         request.setHeader(b"Content-Type", portal.logo_type.encode("ascii"))
         request.setHeader(b"Cache-Control", b"public, max-age=3600")
-        return data
+        return portal.logo
 
     @app.route("/lang/<code>", methods=["GET"])
     def choose_language(self, request: IRequest, code: str) -> bytes:
