@@ -152,6 +152,24 @@ class AccountsTestsMixin:
         later = await self.accounts.sign_in("alice", PASSWORD, code(secret, now), ADDRESS)
         assert later.outcome == SignIn.OK
 
+    async def test_a_name_that_is_no_admin_answers_like_one(self) -> None:
+        """Five failures "lock" a name that does not exist too, for 15 minutes: the answers
+        do not tell which names are admins."""
+        await self.add()
+        outcomes = [
+            (await self.accounts.sign_in("mallory", "guess", "000000", ADDRESS)).outcome
+            for _ in range(6)
+        ]
+        assert outcomes == [SignIn.FAILED] * 4 + [SignIn.LOCKED] * 2
+        assert (await self.actions())[-3:] == [
+            ("mallory", ADDRESS, "sign-in failed"),
+            ("mallory", ADDRESS, "locked"),
+            ("mallory", ADDRESS, "sign-in locked"),
+        ]
+        self.clock.advance(LOCK_SECONDS + 1)
+        again = await self.accounts.sign_in("mallory", "guess", "000000", ADDRESS)
+        assert again.outcome == SignIn.FAILED
+
     async def test_a_good_sign_in_clears_the_failures(self) -> None:
         secret = await self.add()
         for _ in range(4):

@@ -172,8 +172,11 @@ class AdminAccounts:
         """
         now = self.now()
         row = await self.store.get(name) if _NAME.fullmatch(name) else None
-        if row is not None and row.locked_until > now:
-            await self.store.refused_locked(name, now, address)
+        shown = name if _NAME.fullmatch(name) else "(not an admin name)"
+        if (row is not None and row.locked_until > now) or (
+            row is None and await self.store.locked_without_account(shown, now, LOCK_SECONDS)
+        ):
+            await self.store.refused_locked(shown, now, address)
             return SignIn(SignIn.LOCKED)
         password = password[:MAX_PASSWORD]
         good = await self.run_in_thread(
@@ -187,7 +190,6 @@ class AdminAccounts:
             session, csrf = new_session()
             if await self.store.signed_in(name, step, now, session, csrf, address, replaces):
                 return SignIn(SignIn.OK, session, csrf)
-        shown = name if _NAME.fullmatch(name) else "(not an admin name)"
         if await self.store.failed(shown, now, address, MAX_FAILURES, LOCK_SECONDS):
             log.warn(
                 "Admin {name} locked for {minutes} minutes after {n} failed sign-ins; "

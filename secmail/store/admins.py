@@ -212,7 +212,14 @@ class AdminStore:
                 "UPDATE admins SET failures = failures + 1 WHERE name = ? RETURNING failures",
                 (name,),
             ).fetchone()
-            if row is None or int(row[0]) < limit:
+            if row is None:
+                # No such admin: counted from the audit trail, so that the answers (and the
+                # lock) are the same as for a real name, which is not given away.
+                if _failures_since_lock_txn(txn, name) < limit:
+                    return False
+                _audit(txn, Actor(name, address), now, "locked", f"{limit} failed sign-ins")
+                return True
+            if int(row[0]) < limit:
                 return False
             txn.execute(
                 "UPDATE admins SET failures = 0, locked_until = ? WHERE name = ?",
@@ -222,6 +229,17 @@ class AdminStore:
             return True
 
         return await self.db.run(txn_)
+
+    async def locked_without_account(self, name: str, now: int, lock_for: int) -> bool:
+        """Whether a name that is no admin was "locked" in the last C{lock_for} seconds."""
+        row = await self.db.run(
+            lambda txn: txn.execute(
+                "SELECT 1 FROM admin_audit WHERE admin = ? AND action = 'locked' AND at > ? "
+                "LIMIT 1",
+                (name, now - lock_for),
+            ).fetchone()
+        )
+        return row is not None
 
     async def refused_locked(self, name: str, now: int, address: str) -> None:
         await self.db.run(lambda txn: _audit(txn, Actor(name, address), now, "sign-in locked"))
@@ -322,3 +340,14 @@ class AdminStore:
             return new
 
         return await self.db.run(txn_)
+
+
+def _failures_since_lock_txn(txn: Txn, name: str) -> int:
+    """The failed sign-ins under C{name} in the audit trail since its last lock."""
+    row = txn.execute(
+        "SELECT COUNT(*) FROM admin_audit WHERE admin = ? AND action = 'sign-in failed' AND "
+        "at > COALESCE((SELECT MAX(at) FROM admin_audit WHERE admin = ? AND action = 'locked'), "
+        "-1)",
+        (name, name),
+    ).fetchone()
+    return int(row[0])
