@@ -24,6 +24,7 @@ from playwright.sync_api import Locator, Page
 from playwright.sync_api import expect as pw_expect
 
 from tests.e2e.axe import describe, layout_problems, violations
+from tests.e2e.chromium import needs_chromium
 from tests.e2e.fake_sms import FakeSmsGateway, http_sms_settings
 from tests.e2e.harness import Gateway, SinkMessage, SmtpSink
 from tests.e2e.mails import unique
@@ -44,9 +45,7 @@ from tests.e2e.test_browser import (  # noqa: F401 (fixtures)
     tiny_png,
 )
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
+pytestmark = needs_chromium
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
 SHOTS = Path(os.environ.get("SECMAIL_SHOTS") or ARTIFACTS / "a11y")
 CAROL = "carol@partner.example"

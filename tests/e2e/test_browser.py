@@ -34,6 +34,7 @@ from playwright.sync_api import (
 from playwright.sync_api import expect as pw_expect
 
 from secmail.web.sanitise import FRAME_STYLE
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
 from tests.e2e.fake_sms import FakeSmsGateway
 from tests.e2e.harness import Gateway, SinkMessage, SmtpSink, poll
 from tests.e2e.mails import link_token, notification_for, text_parts, unique
@@ -42,19 +43,7 @@ from tests.e2e.registered import MASKED, NUMBER, pin_of, send_registered, wrong
 SENDER = "alice@corp.example"
 BOB = "bob@partner.example"
 SALES = "sales@corp.example"
-CHROMIUM = "/usr/bin/chromium"
-# tests/run installs Debian's chromium when it runs as root (CI does); elsewhere these skip.
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-TIMEOUT_MS = 15_000
+pytestmark = needs_chromium
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -21,21 +21,11 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
 from tests.e2e.harness import Gateway, SinkMessage, SmtpSink, make_message, running
 from tests.e2e.mails import link_token, msgid, notification_for
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-TIMEOUT_MS = 15_000
+pytestmark = needs_chromium
 SHOTS = Path(os.environ.get("SECMAIL_SHOTS") or Path(__file__).resolve().parent / "artifacts")
 BRAND = "Corp Oy Secure Mail"
 COLOUR = "#0b5d3b"

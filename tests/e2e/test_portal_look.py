@@ -25,23 +25,13 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
 from secmail.tls import ensure_self_signed
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
 from tests.e2e.harness import LOOPBACK, Gateway, SmtpSink
 from tests.e2e.mails import link_token, notification_for, unique
 
 SENDER = "alice@corp.example"
 SALES = "sales@corp.example"
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-TIMEOUT_MS = 15_000
+pytestmark = needs_chromium
 SHOTS = Path(os.environ.get("SECMAIL_SHOTS", "/work/shots/portal"))
 
 pw_expect.set_options(timeout=TIMEOUT_MS)
