@@ -20,6 +20,7 @@ from secmail.crypto import DerivedKeys, MasterKey
 from secmail.resend import LetterResend
 from secmail.store.admins import Actor, AdminStore
 from secmail.store.audit import AuditTrail
+from secmail.store.messages import hash_token
 from secmail.store.portal import PortalStore
 from secmail.store.trace import MessageTrace
 from secmail.web.admin.console import Console
@@ -253,9 +254,7 @@ class AdminTraceMixin(IntakeFixture):
         assert new_hash != old_hash and binding is None and opened is None and state == "notified"
         after = await self.rows("notification")
         assert len(after) == 1 and after[0].message_id not in before
-        assert after[0].sender.endswith(f"+{envelope_id}@gw.example") or envelope_id in (
-            after[0].sender
-        )
+        assert f"+{envelope_id}@" in after[0].sender  # the envelope's VERP address
         content = await self.store.read_all(after[0].message_id)
         assert f"/m/{token}".encode() in content.replace(b"=\r\n", b"")
         assert self.commits == commits + 1
@@ -266,8 +265,6 @@ class AdminTraceMixin(IntakeFixture):
     async def test_old_link_stops_working(self) -> None:
         """The link from the first notification finds nothing after a resend (404)."""
         token = secrets.token_urlsafe(32)
-        from secmail.store.messages import hash_token
-
         message_id = await self.letter()
         await self.db.run(
             lambda txn: txn.execute("UPDATE envelopes SET token_hash = ?", (hash_token(token),))
