@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
+from tests.e2e.fake_sms import FakeSmsGateway
 from tests.e2e.harness import (
     LOOPBACK,
     REPO_ROOT,
@@ -36,6 +38,7 @@ from tests.e2e.harness import (
     unverified_tls,
 )
 from tests.e2e.mails import link_token, msgid, notification_for, unique
+from tests.e2e.registered import MASKED, send_registered
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -104,6 +107,23 @@ def fresh_code(secret: str) -> str:
     return totp.now()  # type: ignore[no-any-return]
 
 
+def add_admin(gw: Gateway, name: str, role: str) -> str:
+    """C{secmail admin add}: the TOTP secret."""
+    added = secmail_admin(gw, "add", name, "--role", role, stdin=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    [uri] = [line for line in added.stdout.splitlines() if line.startswith("otpauth://totp/")]
+    return pyotp.parse_uri(uri).secret  # type: ignore[no-any-return]
+
+
+def sign_in(page: Page, gw: Gateway, name: str, secret: str) -> None:
+    page.goto(gw.admin_url + "/signin")
+    page.fill("#name", name)
+    page.fill("#password", PASSWORD)
+    page.fill("#code", fresh_code(secret))
+    page.click("main button[type=submit]")
+    pw_expect(page).to_have_url(gw.admin_url + "/")
+
+
 def shoot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -128,10 +148,7 @@ def test_helpdesk_finds_and_withdraws_a_letter(gateway: Gateway, internet: SmtpS
     token = send_letter(gateway, internet, address, subject)
     assert gateway.portal_get(f"/m/{token}").status == 200
 
-    added = secmail_admin(gateway, "add", "hanna", "--role", "helpdesk", stdin=PASSWORD + "\n")
-    assert added.returncode == 0, added.stderr
-    [uri] = [line for line in added.stdout.splitlines() if line.startswith("otpauth://totp/")]
-    secret = pyotp.parse_uri(uri).secret
+    secret = add_admin(gateway, "hanna", "helpdesk")
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -143,12 +160,7 @@ def test_helpdesk_finds_and_withdraws_a_letter(gateway: Gateway, internet: SmtpS
             )
             context.set_default_timeout(TIMEOUT_MS)
             page = context.new_page()
-            page.goto(gateway.admin_url + "/signin")
-            page.fill("#name", "hanna")
-            page.fill("#password", PASSWORD)
-            page.fill("#code", fresh_code(secret))
-            page.click("main button[type=submit]")
-            pw_expect(page).to_have_url(gateway.admin_url + "/")
+            sign_in(page, gateway, "hanna", secret)
             page.click("nav.menu >> text=Message trace")
             pw_expect(page).to_have_url(gateway.admin_url + "/trace")
             page.fill("#recipient", f"{address}.s")
@@ -231,3 +243,61 @@ def test_api_resend_sends_a_new_link(gateway: Gateway, internet: SmtpSink) -> No
     resent = [r for r in audit if r["action"] == "resent"]
     assert len(resent) == 1 and resent[0]["admin"] == "desk", audit
     assert resent[0]["after"] == f"message {message_id} to {address}"
+
+
+def test_pin_and_sms_events_shown_first(
+    http_gateway: Gateway, internet: SmtpSink, http_sms: FakeSmsGateway
+) -> None:
+    """ "I never got my PIN": the registered letter's PIN order and its SMS are in the trace
+    (API and page), with the masked number only."""
+    letter = send_registered(http_gateway, internet, "pia")
+    landing = http_gateway.portal_get(f"/m/{letter.token}")
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', landing.body.decode("utf-8"))
+    assert csrf is not None
+    assert http_gateway.portal_post(f"/m/{letter.token}", {"csrf": csrf.group(1)}).status == 200
+    http_sms.wait_for_accepted(1)
+    secret = add_admin(http_gateway, "piet", "helpdesk")
+    token = secmail_admin(http_gateway, "token", "piet").stdout.strip()
+
+    def traced() -> dict[str, Any]:
+        status, found = api(
+            http_gateway, "GET", f"/api/v1/messages?recipient={letter.recipient}", token
+        )
+        assert status == 200 and len(found) == 1, found
+        return found[0]  # type: ignore[no-any-return]
+
+    message = traced()
+    for _ in range(50):  # the SMS event is written just after the gateway accepted the text
+        if any(e["kind"] == "sms sent" for e in message["events"]):
+            break
+        time.sleep(0.1)
+        message = traced()
+    [recipient] = message["recipients"]
+    assert recipient["level"] == "registered"
+    assert "PIN ordered" in [e["kind"] for e in recipient["events"]]
+    [sent] = [e for e in message["events"] if e["kind"] == "sms sent"]
+    assert MASKED in sent["detail"], sent  # the number only masked
+    answer = json.dumps(message)
+    for secret_text in (letter.subject, letter.body, letter.token, "401234567"):
+        assert secret_text not in answer, secret_text
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS
+        )
+        try:
+            context = browser.new_context(
+                ignore_https_errors=True, viewport={"width": 1280, "height": 900}
+            )
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            sign_in(page, http_gateway, "piet", secret)
+            page.goto(http_gateway.admin_url + f"/trace/{message['id']}")
+            panel = page.locator(".card.pin")
+            pw_expect(panel).to_contain_text("PIN ordered")
+            pw_expect(panel).to_contain_text("sms sent")
+            pw_expect(panel).to_contain_text(sent["detail"])
+            assert letter.subject not in page.content()
+            shoot(page, "trace-registered-pin")
+        finally:
+            browser.close()
