@@ -27,7 +27,9 @@ from secmail.web.admin.console import Console
 from secmail.web.portal import Portal
 from tests.dbs import on_each_engine
 from tests.fixtures.intake import BODY, IntakeFixture
+from tests.fixtures.mails import parse
 from tests.fixtures.portal import BASE, Browser, Reply
+from tests.fixtures.settings import make_settings
 
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 PASSWORD = "correct horse battery staple"
@@ -300,6 +302,28 @@ class AdminTraceMixin(IntakeFixture):
         assert len(self.tokens) == 1
         rows = await AuditTrail(self.db).since(0)
         assert rows[-1].after == f"message {message_id} to {CAROL}"
+
+    async def test_resent_notification_is_built_as_the_intake_builds_it(self) -> None:
+        """The same From name, Subject (shown when the settings say so) and route as the
+        first notification, read from the stored message; only the link differs."""
+        self.settings = make_settings(
+            self.data_dir, secure={"mode": "all", "notification_shows_subject": True}
+        )
+        self.intake.texts = self.settings.notification_texts
+        message_id = await self.letter()
+        [first] = await self.rows("notification")
+        first_mail = parse(await self.store.read_all(first.message_id))
+        api = await self.api()
+        assert (await api.call("POST", f"/api/v1/messages/{message_id}/resend")).code == 200
+        [again] = await self.rows("notification")
+        mail = parse(await self.store.read_all(again.message_id))
+        assert mail["Subject"] == first_mail["Subject"]
+        assert SUBJECT in mail["Subject"] and "Alice Example" in mail["From"]
+        assert (again.route, again.sender, again.recipients) == (
+            first.route,
+            first.sender,
+            first.recipients,
+        )
 
     async def test_locked_letter_cannot_be_resent(self) -> None:
         message_id = await self.letter()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 from typing import Any
+from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
@@ -141,6 +142,11 @@ def is_bad_event(event: TraceEvent) -> bool:
 def _addresses(message: TracedMessage, envelope_ids: list[str]) -> list[str]:
     """The recipients' addresses of the envelopes an action changed, in the message's order."""
     return [r.address for r in message.recipients if r.envelope_id in envelope_ids]
+
+
+def _back_to(message_id: str, done: str) -> bytes:
+    """The message's page after an action (the id as checked: hex digits, quoted anyway)."""
+    return f"/trace/{quote(message_id.strip().lower(), safe='')}?done={done}".encode("ascii")
 
 
 def action_status(error: TraceError) -> int:
@@ -337,7 +343,7 @@ class TracePages(ConsoleBase):
         except TraceError as e:
             request.setResponseCode(action_status(e))
             return await self._message_page(request, who, message_id, problem=str(e))
-        return self.see_other(request, f"/trace/{message_id}?done=revoked".encode())
+        return self.see_other(request, _back_to(message_id, "revoked"))
 
     @guarded("/trace/<message_id>/resend", "actions", FULL, methods=("POST",))
     async def resend_page(self, request: IRequest, who: SignedIn, message_id: str) -> bytes:
@@ -346,7 +352,7 @@ class TracePages(ConsoleBase):
         except TraceError as e:
             request.setResponseCode(action_status(e))
             return await self._message_page(request, who, message_id, problem=str(e))
-        return self.see_other(request, f"/trace/{message_id}?done=resent".encode())
+        return self.see_other(request, _back_to(message_id, "resent"))
 
     def _action_recipient(self, request: IRequest) -> str | None:
         """The JSON body's C{recipient} (None without a body). @raise TraceError."""
