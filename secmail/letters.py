@@ -56,35 +56,70 @@ def new_envelopes(
             token_hash=hash_token(token),
         )
         envelopes.append(envelope)
-        notification = build_notification(
-            texts=texts,
-            recipient=recipient,
-            original_sender=sender,
-            original_from_display=sender_display,
-            original_subject=subject,
-            token=token,
-            message_id_domain=texts.identity.hostname,
-            date=date,
-        )
         notifications.append(
-            NewMessage(
-                content=SealedBytes(master, new_id(), notification.content),
-                kind="notification",
-                sender=notification.sender,
-                deliveries=[
-                    NewDelivery(
-                        kind="notification",
-                        sender=verp_address(notification.sender, envelope.id),
-                        recipients=(recipient.address,),
-                        route=str(routes.for_domain(recipient.domain)),
-                        domain=recipient.domain,
-                        notify=sender,
-                        about=message_id,
-                    )
-                ],
+            notification_message(
+                texts=texts,
+                routes=routes,
+                master=master,
+                message_id=message_id,
+                envelope_id=envelope.id,
+                sender=sender,
+                sender_display=sender_display,
+                subject=subject,
+                recipient=recipient,
+                token=token,
+                date=date,
             )
         )
     return envelopes, notifications
+
+
+def notification_message(
+    *,
+    texts: NotificationTexts,
+    routes: RouteSettings,
+    master: MasterKey,
+    message_id: str,
+    envelope_id: str,
+    sender: str,
+    sender_display: str | None,
+    subject: str | None,
+    recipient: Recipient,
+    token: str,
+    date: datetime,
+) -> NewMessage:
+    """
+    The notification of envelope C{envelope_id} (of message C{message_id}) with the link for
+    C{token}: sealed, sent from the envelope's VERP address on the recipient's route, with
+    failures reported to C{sender} and its events on the letter's audit trail. The intake's
+    and a resend's (L{secmail.resend}) are made here alike.
+    """
+    notification = build_notification(
+        texts=texts,
+        recipient=recipient,
+        original_sender=sender,
+        original_from_display=sender_display,
+        original_subject=subject,
+        token=token,
+        message_id_domain=texts.identity.hostname,
+        date=date,
+    )
+    return NewMessage(
+        content=SealedBytes(master, new_id(), notification.content),
+        kind="notification",
+        sender=notification.sender,
+        deliveries=[
+            NewDelivery(
+                kind="notification",
+                sender=verp_address(notification.sender, envelope_id),
+                recipients=(recipient.address,),
+                route=str(routes.for_domain(recipient.domain)),
+                domain=recipient.domain,
+                notify=sender,
+                about=message_id,
+            )
+        ],
+    )
 
 
 def letter_events(

@@ -45,6 +45,7 @@ from secmail.monitoring.health import Readiness
 from secmail.monitoring.http import monitoring_site
 from secmail.monitoring.statsmail import StatisticsMail
 from secmail.queue import OutboundQueue, RetentionJob
+from secmail.resend import LetterResend
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import OrderedServices, StartStopService
 from secmail.settings import POLL_SECONDS, SettingsPoller, checked, decode
@@ -69,6 +70,7 @@ from secmail.store.settings import stored_blocking
 from secmail.store.sms import SmsStore
 from secmail.store.spool import clean_spool
 from secmail.store.stats import DailyStats
+from secmail.store.trace import MessageTrace
 from secmail.tls import CertificateError, ensure_self_signed, server_options
 
 log = Logger()
@@ -395,8 +397,23 @@ def makeService(options: Options) -> IService:
         run_in_thread=deferToThread,
         issuer=f"secmail {identity.hostname}",
     )
+    # Message trace, revoke and resend in the console (secmail/web/admin/trace.py).
+    trace = MessageTrace(
+        db,
+        extension=settings.secure.extension,
+        default_country_code=settings.secure.default_country_code,
+    )
+    resender = LetterResend(
+        store, master, trace, lambda: live.current, reactor, on_commit=queue.wake
+    )
     console = Console(
-        settings, accounts, AuditTrail(db), reactor, form_key=derive_key(master, "admin-csrf")
+        settings,
+        accounts,
+        AuditTrail(db),
+        reactor,
+        form_key=derive_key(master, "admin-csrf"),
+        trace=trace,
+        resender=resender,
     )
     admin_site = make_site(console)
     for description in settings.admin.listen:
@@ -429,6 +446,8 @@ def makeService(options: Options) -> IService:
         queue.routes = new.routes
         retention.retention = new.retention
         sms.apply(new)
+        trace.extension = new.secure.extension
+        trace.default_country_code = new.secure.default_country_code
 
     live.subscribe(follow)
     monitoring(top, reactor, settings, db, store, queue, master, node_id)

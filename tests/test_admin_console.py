@@ -105,6 +105,10 @@ class ConsoleTests(TestCase):
         assert pages and apis
         wrong: list[tuple[Endpoint, str, int]] = []
         for n, endpoint in enumerate(REGISTRY):
+            # A path with an id (<message_id>) gets one that names nothing: allowed, the route
+            # itself answers (404), so anything but the guard's 401/403 means it let it through.
+            path = re.sub(r"<[^>]+>", "0123456789", endpoint.path)
+            by_id = path != endpoint.path
             for level in LEVELS:
                 role = f"r{n}-{level}"
                 await self.store.save_role(Role(role, {endpoint.area: level}), START, CLI)
@@ -113,34 +117,32 @@ class ConsoleTests(TestCase):
                 if endpoint.api:
                     await self.add(name, role)
                     token = await self.accounts.make_token(name, CLI)
-                    reply = await ApiClient(self.resource, token).request(
-                        endpoint.method, endpoint.path
-                    )
+                    reply = await ApiClient(self.resource, token).request(endpoint.method, path)
                     expected = 200 if allowed else 403
                     if reply.code == 403:
                         assert "error" in json.loads(reply.body)
                 else:
                     browser = await self.signed_in(name, role)
                     if endpoint.method == "GET":
-                        reply = await browser.get(endpoint.path)
+                        reply = await browser.get(path)
                         expected = 200 if allowed else 403
                     else:
                         home = await browser.get("/")
                         reply = await browser.post(
-                            endpoint.path, {"csrf": home.csrf(), "name": f"made{n}{level}"}
+                            path, {"csrf": home.csrf(), "name": f"made{n}{level}"}
                         )
                         expected = 303 if allowed else 403
+                if by_id and allowed and reply.code not in (303, 401, 403):
+                    continue
                 if reply.code != expected:
                     wrong.append((endpoint, level, reply.code))
             if endpoint.api:
                 for token in (None, "x" * 43):
-                    reply = await ApiClient(self.resource, token).request(
-                        endpoint.method, endpoint.path
-                    )
+                    reply = await ApiClient(self.resource, token).request(endpoint.method, path)
                     if reply.code != 401 or "error" not in json.loads(reply.body):
                         wrong.append((endpoint, f"token {token}", reply.code))
             else:
-                reply = await Browser(self.resource).request(endpoint.method, endpoint.path)
+                reply = await Browser(self.resource).request(endpoint.method, path)
                 if reply.code != 303 or reply.header("Location") != "/signin":
                     wrong.append((endpoint, "signed out", reply.code))
         assert wrong == []
@@ -170,7 +172,8 @@ class ConsoleTests(TestCase):
         home = await browser.get("/")
         assert home.code == 200 and "alice" in home.text
         assert re.findall(r'<nav class="menu".*?</nav>', home.text) and 'href="/audit"' in home.text
-        assert "/trace" not in home.text and "/settings" not in home.text  # not built yet
+        assert 'href="/trace"' in home.text
+        assert "/settings" not in home.text  # not built yet
         assert home.header("Strict-Transport-Security") is not None
         assert home.header("Cache-Control") == "no-store"
 

@@ -14,7 +14,9 @@ from secmail.admin.roles import AREAS, LEVELS, Role
 from secmail.config import from_mapping
 from secmail.store.audit import AuditRow
 from secmail.store.envelopes import Envelope
+from secmail.store.trace import TracedMessage, TracedRecipient, TraceEvent
 from secmail.web import layout, render
+from secmail.web.admin import trace as admin_trace
 from secmail.web.admin.access import AREA_NAMES, LEVEL_NAMES
 from secmail.web.reply_page import ReplyForms
 
@@ -37,6 +39,23 @@ ADMIN_IN: dict[str, Any] = {
     "menu": [("/admins", "Admins and roles"), ("/audit", "Audit log")],
     "here": "/admins",
 }
+TRACED = TracedMessage(
+    id="0" * 32,
+    received=1_800_000_000,
+    sender="alice@corp.example",
+    kind="mail",
+    recipients=[
+        TracedRecipient(
+            "bob@partner.example",
+            "registered",
+            "notified",
+            "1" * 32,
+            [TraceEvent(1_800_000_000, "PIN ordered", "to +35840****567")],
+        ),
+        TracedRecipient("carol@other.example", "relay", "delivered", None, []),
+    ],
+    events=[TraceEvent(1_800_000_300, "sms failed", "modem to +35840****567: no network")],
+)
 VALUES = {
     "admin_not_found": ADMIN_OUT,
     "admin_problem": ADMIN_OUT,
@@ -183,6 +202,49 @@ PAGES: dict[str, dict[str, Any]] = {
         "problem": "name",
         "draft": Role("x", {}),
     },
+    # Message trace (secmail/web/admin/trace.py).
+    "admin/trace.html": ADMIN_IN
+    | {
+        "fields": {
+            "recipient": "bob@partner.example",
+            "sender": "",
+            "since": "",
+            "until": "",
+            "id": "",
+        },
+        "searched": True,
+        "problem": "",
+        "results": [
+            {
+                "id": "0" * 32,
+                "short": "0" * 10,
+                "received": "2026-12-01 10:00:00",
+                "sender": "alice@corp.example",
+                "recipients": [("bob@partner.example", "registered", "locked")],
+            }
+        ],
+        "limit": 100,
+        "level_names": admin_trace.LEVEL_NAMES,
+        "state_names": admin_trace.STATE_NAMES,
+    },
+    "admin/trace_message.html": ADMIN_IN
+    | {
+        "message": TRACED,
+        "received": "2026-12-01 10:00:00",
+        "pin": [("2026-12-01 10:05:00", TRACED.events[0], "")],
+        "shown_time": admin_trace.shown_time,
+        "is_bad": admin_trace.is_bad_event,
+        "is_pin": admin_trace.is_pin_event,
+        "can_act": True,
+        "secure": TRACED.recipients,
+        "done": "resent",
+        "problem": "",
+        "level_names": admin_trace.LEVEL_NAMES,
+        "state_names": admin_trace.STATE_NAMES,
+    },
+    "admin/trace_revoke.html": ADMIN_IN
+    | {"message": TRACED, "recipient": "", "addresses": ["bob@partner.example"]},
+    "admin/trace_missing.html": ADMIN_IN | {"problem": "no message has the id 0123456789"},
 }
 
 

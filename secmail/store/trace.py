@@ -30,6 +30,14 @@ class TraceError(ValueError):
     """A search or a revoke that cannot be done: one line for a person (the API's 400)."""
 
 
+class UnknownMessage(TraceError):
+    """No message has the id given (the API's 404)."""
+
+
+class LetterConflict(TraceError):
+    """The letter is not in a state that allows it: withdrawn, locked, gone (the API's 409)."""
+
+
 @dataclass(frozen=True)
 class TraceEvent:
     at: int  # unix seconds
@@ -122,16 +130,16 @@ class MessageTrace:
         """
         if limit < 1:
             raise TraceError(f"limit must be at least 1, not {limit}")
-        keys = None if recipient is None else self._recipient_keys(recipient)
+        keys = None if recipient is None else self.recipient_keys(recipient)
         sender_key = None if sender is None else _sender_key(sender)
         if message_id is not None:
-            _check_id(message_id)
+            check_id(message_id)
 
         def txn_(txn: Txn) -> list[TracedMessage]:
             where: list[str] = []
             params: list[Any] = []
             if message_id is not None:
-                found, _ = _resolve_txn(txn, message_id)
+                found, _ = resolve_txn(txn, message_id)
                 if found is None:
                     return []
                 where.append("t.message_id = ?")
@@ -168,10 +176,10 @@ class MessageTrace:
         """
         found = await self.search(message_id=message_id, limit=1)
         if not found:
-            raise TraceError(f"no message has the id {message_id.strip()}")
+            raise UnknownMessage(f"no message has the id {message_id.strip()}")
         return found[0]
 
-    def _recipient_keys(self, text: str) -> tuple[str, str]:
+    def recipient_keys(self, text: str) -> tuple[str, str]:
         """The real address and the address as given, lower-cased, for a recipient search."""
         given = text.strip()
         try:
@@ -203,8 +211,8 @@ class MessageTrace:
 
         @raise TraceError: no such message, no such secure recipient of it, or none at all.
         """
-        _check_id(message_id)
-        keys = None if recipient is None else self._recipient_keys(recipient)
+        check_id(message_id)
+        keys = None if recipient is None else self.recipient_keys(recipient)
         return await self.db.run(
             lambda txn: _revoke_txn(txn, message_id, keys, recipient, now, audit)
         )
@@ -213,12 +221,12 @@ class MessageTrace:
 # --- reading a message's trail ---------------------------------------------------------
 
 
-def _check_id(text: str) -> None:
+def check_id(text: str) -> None:
     if not re.fullmatch(rf"[0-9a-f]{{{SHORT_ID_LENGTH},32}}", text.strip().lower()):
         raise TraceError(f"{text.strip()!r} is not a message id: {_ID_HELP}")
 
 
-def _resolve_txn(txn: Txn, text: str) -> tuple[str | None, str | None]:
+def resolve_txn(txn: Txn, text: str) -> tuple[str | None, str | None]:
     """The message a full, short or envelope id names, and the envelope id if it was one."""
     wanted = text.strip().lower()
     if len(wanted) == 32:
@@ -385,16 +393,16 @@ def _revoke_txn(
     now: int,
     audit: AuditRow | None,
 ) -> list[str]:
-    message_id, envelope_only = _resolve_txn(txn, text)
+    message_id, envelope_only = resolve_txn(txn, text)
     if message_id is None:
-        raise TraceError(f"no message has the id {text.strip()}")
+        raise UnknownMessage(f"no message has the id {text.strip()}")
     rows = txn.execute(
         "SELECT id, recipient, original, state FROM envelopes WHERE message_id = ? "
         "ORDER BY created, id",
         (message_id,),
     ).fetchall()
     if not rows:
-        raise TraceError(
+        raise LetterConflict(
             f"message {short_id(message_id)} has no letter left to withdraw: it was relayed "
             "in the clear, or it has expired and been deleted"
         )

@@ -20,8 +20,10 @@ from twisted.web.iweb import IRequest
 from secmail.admin.accounts import AdminAccounts, SignIn
 from secmail.admin.roles import AREAS, BUILT_IN, FULL, LEVELS, VIEW, Role, RoleError, check_name
 from secmail.config import Settings
+from secmail.resend import LetterResend
 from secmail.store.admins import Actor
 from secmail.store.audit import AuditRow, AuditTrail
+from secmail.store.trace import MessageTrace
 from secmail.web import i18n
 from secmail.web.admin.access import (
     AREA_NAMES,
@@ -37,6 +39,7 @@ from secmail.web.admin.access import (
     json_error,
     set_strict_cookie,
 )
+from secmail.web.admin.trace import TracePages
 from secmail.web.errors import add_error_handling
 from secmail.web.forms import cookie_value, form_arg, same_secret
 from secmail.web.layout import RESOURCE_CSP, STATIC_DIR, set_security_headers, style_sheet
@@ -83,7 +86,7 @@ def _admin_css() -> str:
         return f.read()
 
 
-class Console(ConsoleBase):
+class Console(TracePages, ConsoleBase):
     """The console's Klein app (L{secmail.web.site.make_site} serves it on C{[admin] listen})."""
 
     def __init__(
@@ -93,9 +96,16 @@ class Console(ConsoleBase):
         trail: AuditTrail,
         clock: Any,
         form_key: bytes,
+        *,
+        trace: MessageTrace | None = None,
+        resender: LetterResend | None = None,
     ) -> None:
         super().__init__(settings, accounts, clock, form_key)
         self.trail = trail
+        # Message trace and actions (secmail/web/admin/trace.py): the audit trail's database.
+        self.trace = trace or MessageTrace(trail.db)
+        if resender is not None:
+            self.resender = resender
 
     def now(self) -> int:
         return int(self.clock.seconds())
