@@ -17,6 +17,7 @@ from secmail.store.envelopes import Envelope
 from secmail.web import layout, render
 from secmail.web.admin.access import AREA_NAMES, LEVEL_NAMES
 from secmail.web.reply_page import ReplyForms
+from tests.fixtures import ops_pages
 
 SETTINGS = from_mapping(
     {"gateway": {"hostname": "gw.example"}, "portal": {"url": "https://secure.example"}}
@@ -182,6 +183,8 @@ PAGES: dict[str, dict[str, Any]] = {
         "problem": "name",
         "draft": Role("x", {}),
     },
+    # ops13: overview, queue, SMS outbox, phone and D-Compose directory.
+    **ops_pages.PAGES,
 }
 
 

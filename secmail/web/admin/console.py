@@ -28,7 +28,6 @@ from secmail.web.admin.access import (
     FORM_COOKIE,
     LEVEL_NAMES,
     SESSION_COOKIE,
-    ConsoleBase,
     SignedIn,
     app,
     client_address,
@@ -37,6 +36,8 @@ from secmail.web.admin.access import (
     json_error,
     set_strict_cookie,
 )
+from secmail.web.admin.operations import OperationsPages
+from secmail.web.admin.overview import Operations, OverviewPages
 from secmail.web.errors import add_error_handling
 from secmail.web.forms import cookie_value, form_arg, same_secret
 from secmail.web.layout import RESOURCE_CSP, STATIC_DIR, set_security_headers, style_sheet
@@ -83,7 +84,7 @@ def _admin_css() -> str:
         return f.read()
 
 
-class Console(ConsoleBase):
+class Console(OverviewPages, OperationsPages):
     """The console's Klein app (L{secmail.web.site.make_site} serves it on C{[admin] listen})."""
 
     def __init__(
@@ -93,9 +94,11 @@ class Console(ConsoleBase):
         trail: AuditTrail,
         clock: Any,
         form_key: bytes,
+        ops: Operations,
     ) -> None:
         super().__init__(settings, accounts, clock, form_key)
         self.trail = trail
+        self.ops = ops
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -107,6 +110,8 @@ class Console(ConsoleBase):
         who = await self.page_admin(request)
         if who is None:
             return self.see_other(request, b"/signin")
+        if who.role.allows("overview", VIEW):  # the overview is the home page of who may see it
+            return await self.overview_page(request, who)
         return self.page(request, who, "admin/home.html")
 
     @app.route("/signin", methods=["GET"])
