@@ -214,7 +214,7 @@ class OverviewPages(ConsoleBase):
             "admin/overview.html",
             figures=figures,
             days=days,
-            received=bars(received.values, days, 600, 160),
+            received=bars(received.values, days, 600, 119),
             received_top=max(received.values),
             queue=queue,
             age=age,
