@@ -19,7 +19,9 @@ from secmail.admin.roles import VIEW
 from secmail.config import Settings
 from secmail.config.cluster import LiveSettings
 from secmail.monitoring.summary import LINES, Line, last_days, lines, utc_today
+from secmail.store.messages import MessageStore
 from secmail.store.queue_rows import QueueFigures
+from secmail.store.sms import SmsStore
 from secmail.web.admin.access import ConsoleBase, SignedIn, guarded, json_body, json_error
 from secmail.web.forms import form_arg
 from secmail.web.i18n import N_
@@ -52,10 +54,10 @@ SMS_NAME = N_("SMS {result} via {backend}")
 class Operations:
     """What the overview, queue, SMS outbox and directory pages read and change."""
 
-    #: L{secmail.store.messages.MessageStore}: queue_list/row/retry/delete/figures.
-    queue: Any
-    #: L{secmail.store.sms.SmsStore}: the outbox and the phone directory.
-    sms: Any
+    #: queue_list, queue_retry, queue_delete, queue_figures.
+    queue: MessageStore
+    #: The outbox and the phone directory.
+    sms: SmsStore
     #: L{secmail.store.stats.DailyStats}.days.
     stats: Callable[[str, str], Awaitable[Mapping[tuple[str, str, str], int]]]
     #: The settings this node uses now (the phone country code, the D-Compose directory).
