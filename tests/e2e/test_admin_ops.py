@@ -87,10 +87,11 @@ def secmail_admin(gw: Gateway, *args: str, stdin: str = "") -> str:
     return done.stdout
 
 
-def call(port: int, method: str, path: str, token: str) -> tuple[int, Any]:
+def call(port: int, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
     conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=15, context=unverified_tls())
     try:
-        conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, data, headers={"Authorization": f"Bearer {token}"})
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -153,6 +154,10 @@ def test_queue_api_retry_and_console_overview(gateway: Gateway, internet: SmtpSi
     assert row["state"] == "deferred" and "451" in row["last_error"]
     assert row["created"].endswith("Z") and row["sender"] == SENDER
     some_statistics(gateway)
+    status, entry = call(
+        port, "PUT", "/api/v1/phones/Bob@Partner.Example", token, {"number": "040 1234567"}
+    )
+    assert status == 200 and entry["number"] == "+358401234567" and entry["added"] is True
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -191,9 +196,11 @@ def test_queue_api_retry_and_console_overview(gateway: Gateway, internet: SmtpSi
             shoot(page, "queue-confirm-delete")
             page.click(".confirm >> text=Cancel")
 
-            for path, name in (("/sms", "sms"), ("/phones", "phones")):
-                page.goto(gateway.admin_url + path)
-                shoot(page, name)
+            page.goto(gateway.admin_url + "/sms")
+            shoot(page, "sms")
+            page.goto(gateway.admin_url + "/phones")
+            pw_expect(page.locator("tbody")).to_contain_text("bob@partner.example")
+            shoot(page, "phones")
             page.goto(gateway.admin_url + "/compose-directory")
             pw_expect(page.locator("ul.directory")).to_contain_text("sales@corp.example")
             shoot(page, "compose-directory")
