@@ -245,6 +245,18 @@ def parse_phone(text: str, default_country_code: str) -> str:
         raise AddressError(501, f"{text!r} is not a valid phone number") from None
 
 
+def directory_address(text: str) -> str:
+    """
+    An address for the phone directory (C{secmail phones}, the admin console), lower-cased;
+    L{AddressError} whose C{text} names what is wrong, without an SMTP status code.
+    """
+    try:
+        local, domain = split_address(text.strip())
+    except AddressError as e:
+        raise AddressError(e.code, re.sub(r"^\d\.\d\.\d+ ", "", e.text)) from None
+    return f"{local}@{domain}".lower()
+
+
 def _bad_phone(number: str, country: str) -> AddressError:
     if not (number.isascii() and number.isdigit() and len(number) <= 2 * MAX_PHONE_DIGITS):
         number = "(not digits only)"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sqlite3
 import sys
 import time
@@ -24,7 +23,7 @@ from twisted.python.failure import Failure
 
 import secmail
 from secmail import cli_messages, cli_monitoring, config
-from secmail.address import AddressError, parse_phone, split_address
+from secmail.address import AddressError, directory_address, parse_phone
 from secmail.cli_admin import CommandTools, add_admin_commands
 from secmail.cli_db import (
     NO_KEY,
@@ -65,10 +64,9 @@ def _open_phones(args: argparse.Namespace) -> Iterator[tuple[config.Settings, Sm
 
 def _address(text: str) -> str:
     try:
-        local, domain = split_address(text.strip())
+        return directory_address(text)
     except AddressError as e:
-        raise CommandError(re.sub(r"^\d\.\d\.\d+ ", "", e.text)) from None
-    return f"{local}@{domain}".lower()
+        raise CommandError(e.text) from None
 
 
 def _number(text: str, settings: config.Settings) -> str:

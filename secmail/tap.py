@@ -226,6 +226,7 @@ def makeService(options: Options) -> IService:
     from twisted.names import client as dns_client
 
     from secmail.web.admin.console import Console
+    from secmail.web.admin.overview import Operations
     from secmail.web.compose import Compose
     from secmail.web.portal import Portal
     from secmail.web.site import make_site
@@ -414,6 +415,7 @@ def makeService(options: Options) -> IService:
         form_key=derive_key(master, "admin-csrf"),
         trace=trace,
         resender=resender,
+        ops=Operations(queue=store, sms=sms_store, stats=DailyStats(db).days, live=live),
     )
     admin_site = make_site(console)
     for description in settings.admin.listen:

@@ -16,14 +16,18 @@ from argon2 import PasswordHasher
 from treq.testing import StubTreq
 
 from secmail.admin.accounts import AdminAccounts
+from secmail.config.cluster import LiveSettings
 from secmail.crypto import DerivedKeys, MasterKey
 from secmail.resend import LetterResend
 from secmail.store.admins import Actor, AdminStore
 from secmail.store.audit import AuditTrail
 from secmail.store.messages import hash_token
 from secmail.store.portal import PortalStore
+from secmail.store.sms import SmsStore
+from secmail.store.stats import DailyStats
 from secmail.store.trace import MessageTrace
 from secmail.web.admin.console import Console
+from secmail.web.admin.overview import Operations
 from secmail.web.portal import Portal
 from tests.dbs import on_each_engine
 from tests.fixtures.intake import BODY, IntakeFixture
@@ -89,6 +93,12 @@ class AdminTraceMixin(IntakeFixture):
             AuditTrail(self.db),
             self.clock,
             form_key=os.urandom(32),
+            ops=Operations(
+                self.store,
+                SmsStore(self.db, DerivedKeys(self.master, "sms-outbox")),
+                DailyStats(self.db).days,
+                LiveSettings(self.settings),
+            ),
             trace=self.trace,
             resender=self.resender,
         )

@@ -19,6 +19,7 @@ from secmail.web import layout, render
 from secmail.web.admin import trace as admin_trace
 from secmail.web.admin.access import AREA_NAMES, LEVEL_NAMES
 from secmail.web.reply_page import ReplyForms
+from tests.fixtures import ops_pages
 
 SETTINGS = from_mapping(
     {"gateway": {"hostname": "gw.example"}, "portal": {"url": "https://secure.example"}}
@@ -245,6 +246,8 @@ PAGES: dict[str, dict[str, Any]] = {
     "admin/trace_revoke.html": ADMIN_IN
     | {"message": TRACED, "recipient": "", "addresses": ["bob@partner.example"]},
     "admin/trace_missing.html": ADMIN_IN | {"problem": "no message has the id 0123456789"},
+    # ops13: overview, queue, SMS outbox, phone and D-Compose directory.
+    **ops_pages.PAGES,
 }
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from secmail.masking import mask_sms_recipients
+from secmail.store.audit import AuditRow, audit_txn
 from secmail.store.database import Database, Txn
 from secmail.store.rows import (
     NewMessage,
@@ -281,10 +282,13 @@ class QueueRows:
 
         return await self.db.run(txn_)
 
-    async def queue_retry(self, queue_id: int, now: int) -> QueueItem | None:
+    async def queue_retry(
+        self, queue_id: int, now: int, audit: AuditRow | None = None
+    ) -> QueueItem | None:
         """
         Make the row due now; a quarantined row goes back into the queue (an audit event).
-        Returns the row as it was, or None when there is no such row.
+        Returns the row as it was, or None when there is no such row. With C{audit}, that
+        admin's audit row (action C{queue row retried}) is written in the same transaction.
         """
 
         def txn_(txn: Txn) -> QueueItem | None:
@@ -299,16 +303,22 @@ class QueueRows:
             if item.quarantined is not None:
                 detail = _detail(item, item.recipients, "released from quarantine by admin")
                 add_event_txn(txn, item.about, None, "released", detail, now)
+            if audit is not None:
+                audit_txn(txn, replace(audit, action="queue row retried", after=describe(item)))
             return item
 
         return await self.db.run(txn_)
 
-    async def queue_delete(self, queue_id: int, now: int) -> bool:
+    async def queue_delete(self, queue_id: int, now: int, audit: AuditRow | None = None) -> bool:
+        """Drop the row without a bounce; with C{audit}, its audit row in the same transaction."""
+
         def txn_(txn: Txn) -> bool:
             item = _queue_row_txn(txn, queue_id)
             if item is None:
                 return False
             txn.execute("DELETE FROM queue WHERE id = ?", (queue_id,))
+            if audit is not None:
+                audit_txn(txn, replace(audit, action="queue row deleted", before=describe(item)))
             add_event_txn(
                 txn,
                 item.about,
@@ -326,6 +336,14 @@ class QueueRows:
     async def release_queue_leases(self, node_id: str) -> None:
         """After a restart, the rows this node had leased are due again at once."""
         await self.db.run(lambda txn: release_leases_txn(txn, "queue", node_id))
+
+
+def describe(item: QueueItem) -> str:
+    """A queue row in an audit row: its id, kind, recipients (an SMS's number masked), route."""
+    recipients = list(item.recipients)
+    if item.kind == "sms":
+        recipients = mask_sms_recipients(recipients)[0]
+    return f"queue row {item.id}: {item.kind} to {', '.join(recipients)} via {item.route}"[:1000]
 
 
 def _detail(item: QueueItem, recipients: Sequence[str], text: str) -> str:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secmail.crypto import DerivedKeys, purpose_keys
+from secmail.masking import mask_number
+from secmail.store.audit import AuditRow, audit_txn
 from secmail.store.database import Database, Txn
 from secmail.store.queue_rows import claim_due_txn, release_leases_txn
 from secmail.store.rows import add_event_txn
@@ -216,29 +218,56 @@ class SmsStore:
 
     # --- the phone directory ------------------------------------------------------------
 
-    async def set_phone(self, address: str, number: str, now: int) -> bool:
-        """Add or change an address's number; True when the address was new."""
+    async def set_phone(
+        self, address: str, number: str, now: int, audit: AuditRow | None = None
+    ) -> bool:
+        """
+        Add or change an address's number; True when the address was new. With C{audit},
+        that admin's audit row (numbers masked) is written in the same transaction.
+        """
         address = address.lower()
 
         def txn_(txn: Txn) -> bool:
-            txn.execute(
-                "UPDATE phones SET number = ?, updated = ? WHERE address = ?",
-                (number, now, address),
-            )
-            if txn.rowcount:
-                return False
-            txn.execute(
-                "INSERT INTO phones (address, number, updated) VALUES (?, ?, ?)",
-                (address, number, now),
-            )
-            return True
+            row = txn.execute("SELECT number FROM phones WHERE address = ?", (address,)).fetchone()
+            if row is not None:
+                txn.execute(
+                    "UPDATE phones SET number = ?, updated = ? WHERE address = ?",
+                    (number, now, address),
+                )
+            else:
+                txn.execute(
+                    "INSERT INTO phones (address, number, updated) VALUES (?, ?, ?)",
+                    (address, number, now),
+                )
+            if audit is not None:
+                audit_txn(
+                    txn,
+                    replace(
+                        audit,
+                        action="phone number changed" if row else "phone number added",
+                        before=None if row is None else _phone(address, row[0]),
+                        after=_phone(address, number),
+                    ),
+                )
+            return row is None
 
         return await self.db.run(txn_)
 
-    async def remove_phone(self, address: str) -> bool:
+    async def remove_phone(self, address: str, audit: AuditRow | None = None) -> bool:
+        """Remove an address's number; False when it had none (and no audit row is written)."""
+        address = address.lower()
+
         def txn_(txn: Txn) -> bool:
-            txn.execute("DELETE FROM phones WHERE address = ?", (address.lower(),))
-            return txn.rowcount > 0
+            row = txn.execute("SELECT number FROM phones WHERE address = ?", (address,)).fetchone()
+            if row is None:
+                return False
+            txn.execute("DELETE FROM phones WHERE address = ?", (address,))
+            if audit is not None:
+                audit_txn(
+                    txn,
+                    replace(audit, action="phone number removed", before=_phone(address, row[0])),
+                )
+            return True
 
         return await self.db.run(txn_)
 
@@ -257,3 +286,8 @@ class SmsStore:
             ).fetchone()
         )
         return None if row is None else str(row[0])
+
+
+def _phone(address: str, number: str) -> str:
+    """A directory entry in an audit row: the address and its number, masked as in the log."""
+    return f"{address} {mask_number(number)}"

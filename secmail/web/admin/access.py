@@ -44,6 +44,12 @@ API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 #: The console's pages that exist, in menu order: (area, path, name).
 MENU = (
     ("trace", "/trace", N_("Message trace")),
+    # ops13: the overview is the home page (/) of a role that may see it.
+    ("queue", "/queue", N_("Queue")),
+    ("sms", "/sms", N_("SMS outbox")),
+    ("phones", "/phones", N_("Phone directory")),
+    ("phones", "/compose-directory", N_("D-Compose directory")),
+    # ops13 end
     ("admins", "/admins", N_("Admins and roles")),
     ("audit", "/audit", N_("Audit log")),
 )

@@ -30,7 +30,6 @@ from secmail.web.admin.access import (
     FORM_COOKIE,
     LEVEL_NAMES,
     SESSION_COOKIE,
-    ConsoleBase,
     SignedIn,
     app,
     client_address,
@@ -39,6 +38,8 @@ from secmail.web.admin.access import (
     json_error,
     set_strict_cookie,
 )
+from secmail.web.admin.operations import OperationsPages
+from secmail.web.admin.overview import Operations, OverviewPages
 from secmail.web.admin.trace import TracePages
 from secmail.web.errors import add_error_handling
 from secmail.web.forms import cookie_value, form_arg, same_secret
@@ -86,7 +87,7 @@ def _admin_css() -> str:
         return f.read()
 
 
-class Console(TracePages, ConsoleBase):
+class Console(TracePages, OverviewPages, OperationsPages):
     """The console's Klein app (L{secmail.web.site.make_site} serves it on C{[admin] listen})."""
 
     def __init__(
@@ -97,11 +98,13 @@ class Console(TracePages, ConsoleBase):
         clock: Any,
         form_key: bytes,
         *,
+        ops: Operations,
         trace: MessageTrace | None = None,
         resender: LetterResend | None = None,
     ) -> None:
         super().__init__(settings, accounts, clock, form_key)
         self.trail = trail
+        self.ops = ops
         # Message trace and actions (secmail/web/admin/trace.py): the audit trail's database.
         self.trace = trace or MessageTrace(trail.db)
         if resender is not None:
@@ -117,6 +120,8 @@ class Console(TracePages, ConsoleBase):
         who = await self.page_admin(request)
         if who is None:
             return self.see_other(request, b"/signin")
+        if who.role.allows("overview", VIEW):  # the overview is the home page of who may see it
+            return await self.overview_page(request, who)
         return self.page(request, who, "admin/home.html")
 
     @app.route("/signin", methods=["GET"])
