@@ -47,7 +47,7 @@ from secmail.monitoring.statsmail import StatisticsMail
 from secmail.queue import OutboundQueue, RetentionJob
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import OrderedServices, StartStopService
-from secmail.settings import POLL_SECONDS, SettingsPoller, checked, decode
+from secmail.settings import POLL_SECONDS, ClusterSettings, SettingsPoller, checked, decode
 from secmail.sms import pin_text
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
@@ -395,8 +395,15 @@ def makeService(options: Options) -> IService:
         run_in_thread=deferToThread,
         issuer=f"secmail {identity.hostname}",
     )
+    # The settings page and API change the cluster settings with this node's file and checks.
+    origin = options.get("config") or config.default_path() or "the embedded defaults"
     console = Console(
-        settings, accounts, AuditTrail(db), reactor, form_key=derive_key(master, "admin-csrf")
+        settings,
+        accounts,
+        AuditTrail(db),
+        reactor,
+        form_key=derive_key(master, "admin-csrf"),
+        cluster=ClusterSettings(db, file_raw, origin, extra_check),
     )
     admin_site = make_site(console)
     for description in settings.admin.listen:

@@ -18,6 +18,7 @@ from secmail.admin.accounts import AdminAccounts
 from secmail.admin.roles import FULL, LEVELS, NONE, VIEW, Role
 from secmail.config import from_mapping
 from secmail.crypto import DerivedKeys, MasterKey
+from secmail.settings import ClusterSettings
 from secmail.store.admins import Actor, AdminStore
 from secmail.store.audit import AuditTrail
 from secmail.web.admin.access import REGISTRY, SESSION_COOKIE, Endpoint
@@ -71,7 +72,12 @@ class ConsoleTests(TestCase):
         )
         settings = from_mapping({"gateway": {"hostname": "gw.example"}})
         self.console = Console(
-            settings, self.accounts, AuditTrail(self.db), self.clock, form_key=os.urandom(32)
+            settings,
+            self.accounts,
+            AuditTrail(self.db),
+            self.clock,
+            form_key=os.urandom(32),
+            cluster=ClusterSettings(self.db, {}, "secmail.toml"),
         )
         self.resource = self.console.app.resource()
         self.secrets: dict[str, str] = {}
@@ -170,7 +176,7 @@ class ConsoleTests(TestCase):
         home = await browser.get("/")
         assert home.code == 200 and "alice" in home.text
         assert re.findall(r'<nav class="menu".*?</nav>', home.text) and 'href="/audit"' in home.text
-        assert "/trace" not in home.text and "/settings" not in home.text  # not built yet
+        assert "/trace" not in home.text  # not built yet
         assert home.header("Strict-Transport-Security") is not None
         assert home.header("Cache-Control") == "no-store"
 

@@ -43,6 +43,7 @@ API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 
 #: The console's pages that exist, in menu order: (area, path, name).
 MENU = (
+    ("settings", "/settings", N_("Settings")),
     ("admins", "/admins", N_("Admins and roles")),
     ("audit", "/audit", N_("Audit log")),
 )

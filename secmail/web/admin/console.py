@@ -20,6 +20,7 @@ from twisted.web.iweb import IRequest
 from secmail.admin.accounts import AdminAccounts, SignIn
 from secmail.admin.roles import AREAS, BUILT_IN, FULL, LEVELS, VIEW, Role, RoleError, check_name
 from secmail.config import Settings
+from secmail.settings import ClusterSettings
 from secmail.store.admins import Actor
 from secmail.store.audit import AuditRow, AuditTrail
 from secmail.web import i18n
@@ -37,6 +38,7 @@ from secmail.web.admin.access import (
     json_error,
     set_strict_cookie,
 )
+from secmail.web.admin.settings_pages import SettingsPages
 from secmail.web.errors import add_error_handling
 from secmail.web.forms import cookie_value, form_arg, same_secret
 from secmail.web.layout import RESOURCE_CSP, STATIC_DIR, set_security_headers, style_sheet
@@ -83,7 +85,7 @@ def _admin_css() -> str:
         return f.read()
 
 
-class Console(ConsoleBase):
+class Console(SettingsPages, ConsoleBase):
     """The console's Klein app (L{secmail.web.site.make_site} serves it on C{[admin] listen})."""
 
     def __init__(
@@ -93,9 +95,11 @@ class Console(ConsoleBase):
         trail: AuditTrail,
         clock: Any,
         form_key: bytes,
+        cluster: ClusterSettings,
     ) -> None:
         super().__init__(settings, accounts, clock, form_key)
         self.trail = trail
+        self.cluster = cluster
 
     def now(self) -> int:
         return int(self.clock.seconds())
