@@ -23,6 +23,7 @@ from secmail.crypto import DerivedKeys, MasterKey
 from secmail.settings import ClusterSettings
 from secmail.store.admins import Actor, AdminStore
 from secmail.store.audit import AuditRow, AuditTrail
+from secmail.web import i18n
 from secmail.web.admin.console import Console
 from secmail.web.admin.settings_help import HELP, SECTION_HELP, SECTIONS
 from tests.dbs import on_each_engine, open_store
@@ -43,11 +44,12 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "secmail.toml"
 # --- the help texts and the example file ----------------------------------------------------
 
 
-def file_comments(text: str) -> tuple[list[str], dict[str, tuple[str, ...]], dict[str, Any]]:
+def file_comments(text: str) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """
     The sections of the example file in order, the comment lines above each section header
-    (where there are some) and above each key (written, or commented out as an example). A
-    key right under another of its section without a comment of its own shares that one's.
+    (where there are some) and above each key (written, or commented out as an example), each
+    comment's lines joined with a space. A key right under another of its section without a
+    comment of its own shares that one's.
     """
     order: list[str] = []
     sections: dict[str, tuple[str, ...]] = {}
@@ -79,7 +81,11 @@ def file_comments(text: str) -> tuple[list[str], dict[str, tuple[str, ...]], dic
             block.append(stripped[1:].strip())
         elif not stripped:
             block = []
-    return order, sections, keys
+    return (
+        order,
+        {name: " ".join(lines) for name, lines in sections.items()},
+        {name: " ".join(lines) for name, lines in keys.items()},
+    )
 
 
 def test_help_texts_are_the_example_files_comments() -> None:
@@ -91,7 +97,9 @@ def test_help_texts_are_the_example_files_comments() -> None:
     assert HELP == keys
     assert list(HELP) == list(keys) and set(HELP) == set(KEYS)
     assert {KEYS[name].section for name in HELP} == set(SECTIONS)
-    assert HELP["portal.verification_phrase"][0].startswith("A short phrase")
+    assert HELP["portal.verification_phrase"].startswith("A short phrase (at most 40 char")
+    assert HELP["smtp.hard_error_limit"] == HELP["smtp.soft_error_limit"]
+    assert HELP["sms.smtp.address"] == "" and SECTION_HELP["sms.smtp"]
 
 
 def test_the_parser_sees_a_changed_comment() -> None:
@@ -315,6 +323,7 @@ class SettingsConsoleMixin:
         headings = re.findall(r"<h2>\[([a-z.]+)\]</h2>", text)
         assert headings == list(SECTIONS)
         assert "A short phrase (at most 40 characters) chosen by the organisation" in text
+        assert "Default: secmail-bounces@&lt;hostname&gt;" in text  # the file's words, escaped
 
         def block(name: str) -> str:
             found = re.search(
@@ -336,6 +345,16 @@ class SettingsConsoleMixin:
         url = block("sms.http.url")
         assert "hunter2" not in text and "password=***" in url and ">database<" in url
         assert re.search(r'<input type="text" id="v-sms.http.url" name="value" value=""', url)
+
+    async def test_page_in_finnish_with_translated_help(self) -> None:
+        """The help texts come in the page's language, from the catalogue."""
+        browser = await self.signed_in("alice")
+        browser.cookies[i18n.LANG_COOKIE.decode()] = "fi"
+        page = await browser.get("/settings")
+        assert "<h1>Asetukset</h1>" in page.text
+        assert "Organisaation valitsema lyhyt tunnuslause (enintään 40 merkkiä)" in page.text
+        assert "secmail-bounces@&lt;hostname&gt;" in page.text
+        assert "A short phrase" not in page.text
 
     async def test_page_form_changes_a_key_and_shows_errors_next_to_it(self) -> None:
         """A key's form stores its value (303 back, audited as the admin); a refused value

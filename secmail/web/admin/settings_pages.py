@@ -23,6 +23,7 @@ from secmail.admin.roles import FULL, VIEW
 from secmail.config import ConfigError
 from secmail.config.cluster import KEYS, FixedByFile, check_change, read_value, to_toml
 from secmail.settings import DATABASE, DEFAULT, FILE, ClusterSettings
+from secmail.web import i18n
 from secmail.web.admin.access import (
     ConsoleBase,
     SignedIn,
@@ -152,10 +153,12 @@ class SettingsPages(ConsoleBase):
     ) -> bytes:
         shown = await self.cluster.show()
         can_change = who.role.allows("settings", FULL)
+        # Plain text for the template to escape: the file's texts show <hostname> and such.
+        translate = i18n.translator(i18n.request_language(request, self.frame.languages))
         sections = []
         for section in SECTIONS:
             rows = []
-            for name, help_lines in HELP.items():
+            for name, help_text in HELP.items():
                 key = KEYS[name]
                 if key.section != section:
                     continue
@@ -170,7 +173,7 @@ class SettingsPages(ConsoleBase):
                     {
                         "name": name,
                         "key": key.key,
-                        "help": " ".join(help_lines),
+                        "help": translate(help_text) if help_text else "",
                         "value": "" if value is None else field_text(value),
                         "unset": value is None,
                         "secret": key.secret,
@@ -181,7 +184,8 @@ class SettingsPages(ConsoleBase):
                         "error": problem[1] if problem and problem[0] == name else "",
                     }
                 )
-            sections.append((section, " ".join(SECTION_HELP.get(section, ())), rows))
+            section_help = SECTION_HELP.get(section, "")
+            sections.append((section, translate(section_help) if section_help else "", rows))
         return self.page(
             request,
             who,
