@@ -38,7 +38,7 @@ from secmail.web.i18n import N_
 
 #: The largest PATCH body read, in bytes (every key with a long value fits many times).
 MAX_BODY = 256 * 1024
-#: What a masked secret shows in place of the secret (secmail.config.masking).
+#: What a masked secret shows in place of the secret (secmail.config.SECRET_KEYS).
 MASK = "***"
 SOURCE_NAMES = {DEFAULT: N_("default"), FILE: N_("file"), DATABASE: N_("database")}
 BAD_BODY = (
