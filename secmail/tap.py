@@ -48,7 +48,7 @@ from secmail.queue import OutboundQueue, RetentionJob
 from secmail.resend import LetterResend
 from secmail.rotation import ROTATION_INTERVAL, KeyRotation
 from secmail.services import OrderedServices, StartStopService
-from secmail.settings import POLL_SECONDS, SettingsPoller, checked, decode
+from secmail.settings import POLL_SECONDS, ClusterSettings, SettingsPoller, checked, decode
 from secmail.sms import pin_text
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.dispatch import SmsDispatcher
@@ -407,6 +407,8 @@ def makeService(options: Options) -> IService:
     resender = LetterResend(
         store, master, trace, lambda: live.current, reactor, on_commit=queue.wake
     )
+    # The settings page and API change the cluster settings with this node's file and checks.
+    origin = options.get("config") or config.default_path() or "the embedded defaults"
     console = Console(
         settings,
         accounts,
@@ -416,6 +418,7 @@ def makeService(options: Options) -> IService:
         trace=trace,
         resender=resender,
         ops=Operations(queue=store, sms=sms_store, stats=DailyStats(db).days, live=live),
+        cluster=ClusterSettings(db, file_raw, origin, extra_check),
     )
     admin_site = make_site(console)
     for description in settings.admin.listen:

@@ -17,17 +17,14 @@ from twisted.trial.unittest import TestCase
 from secmail.admin.accounts import AdminAccounts
 from secmail.admin.roles import FULL, LEVELS, NONE, VIEW, Role
 from secmail.config import from_mapping
-from secmail.config.cluster import LiveSettings
 from secmail.crypto import DerivedKeys, MasterKey
 from secmail.store.admins import Actor, AdminStore
 from secmail.store.audit import AuditTrail
-from secmail.store.sms import SmsStore
-from secmail.store.stats import DailyStats
 from secmail.web.admin.access import REGISTRY, SESSION_COOKIE, Endpoint
 from secmail.web.admin.console import Console
-from secmail.web.admin.overview import Operations
 from secmail.web.layout import PAGE_CSP
 from tests.dbs import open_store
+from tests.fixtures import console as fixture_console
 from tests.fixtures.portal import BASE, Browser, PortalFixture, Reply
 
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -95,12 +92,8 @@ class ConsoleTests(TestCase):
             AuditTrail(self.db),
             self.clock,
             form_key=os.urandom(32),
-            ops=Operations(
-                store,
-                SmsStore(self.db, DerivedKeys(master, "sms-outbox")),
-                DailyStats(self.db).days,
-                LiveSettings(settings),
-            ),
+            ops=fixture_console.operations(self.db, settings, master, store),
+            cluster=fixture_console.cluster(self.db),
         )
         self.resource = self.console.app.resource()
         self.secrets: dict[str, str] = {}
@@ -203,7 +196,7 @@ class ConsoleTests(TestCase):
         assert home.code == 200 and "alice" in home.text
         assert re.findall(r'<nav class="menu".*?</nav>', home.text) and 'href="/audit"' in home.text
         assert 'href="/trace"' in home.text
-        assert "/settings" not in home.text  # not built yet
+        assert 'href="/settings"' in home.text
         assert home.header("Strict-Transport-Security") is not None
         assert home.header("Cache-Control") == "no-store"
 

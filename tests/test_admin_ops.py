@@ -29,6 +29,7 @@ from secmail.store.stats import DailyStats
 from secmail.web.admin.console import Console
 from secmail.web.admin.overview import Operations, bars, parse_days
 from tests.dbs import on_each_engine, open_store
+from tests.fixtures import console as fixture_console
 from tests.fixtures.portal import BASE, Browser, Reply
 
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -98,6 +99,7 @@ class OperationsMixin:
             self.clock,
             form_key=os.urandom(32),
             ops=Operations(self.store, self.sms, self.stats.days, LiveSettings(self.settings)),
+            cluster=fixture_console.cluster(self.db),
         )
         self.resource = console.app.resource()
         self.totp: dict[str, str] = {}

@@ -16,20 +16,17 @@ from argon2 import PasswordHasher
 from treq.testing import StubTreq
 
 from secmail.admin.accounts import AdminAccounts
-from secmail.config.cluster import LiveSettings
 from secmail.crypto import DerivedKeys, MasterKey
 from secmail.resend import LetterResend
 from secmail.store.admins import Actor, AdminStore
 from secmail.store.audit import AuditTrail
 from secmail.store.messages import hash_token
 from secmail.store.portal import PortalStore
-from secmail.store.sms import SmsStore
-from secmail.store.stats import DailyStats
 from secmail.store.trace import MessageTrace
 from secmail.web.admin.console import Console
-from secmail.web.admin.overview import Operations
 from secmail.web.portal import Portal
 from tests.dbs import on_each_engine
+from tests.fixtures import console as fixture_console
 from tests.fixtures.intake import BODY, IntakeFixture
 from tests.fixtures.mails import parse
 from tests.fixtures.portal import BASE, Browser, Reply
@@ -93,12 +90,8 @@ class AdminTraceMixin(IntakeFixture):
             AuditTrail(self.db),
             self.clock,
             form_key=os.urandom(32),
-            ops=Operations(
-                self.store,
-                SmsStore(self.db, DerivedKeys(self.master, "sms-outbox")),
-                DailyStats(self.db).days,
-                LiveSettings(self.settings),
-            ),
+            ops=fixture_console.operations(self.db, self.settings, self.master, self.store),
+            cluster=fixture_console.cluster(self.db),
             trace=self.trace,
             resender=self.resender,
         )

@@ -248,6 +248,39 @@ PAGES: dict[str, dict[str, Any]] = {
     "admin/trace_missing.html": ADMIN_IN | {"problem": "no message has the id 0123456789"},
     # ops13: overview, queue, SMS outbox, phone and D-Compose directory.
     **ops_pages.PAGES,
+    "admin/settings.html": ADMIN_IN
+    | {
+        "sections": [
+            (
+                "portal",
+                "The portal.",
+                [
+                    {
+                        "name": f"portal.{key}",
+                        "key": key,
+                        "help": "Help.",
+                        "value": "x",
+                        "unset": False,
+                        "secret": secret,
+                        "source": source,
+                        "source_name": source,
+                        "why": why,
+                        "draft": None,
+                        "error": error,
+                    }
+                    for key, secret, source, why, error in [
+                        ("brand_name", False, "file", "file", ""),
+                        ("listen", False, "default", "node", ""),
+                        ("url", False, "database", "", "portal.url: wrong"),
+                        ("token", True, "database", "", ""),
+                    ]
+                ],
+            )
+        ],
+        "can_change": True,
+        "origin": "/etc/secmail/secmail.toml",
+        "saved": "portal.url",
+    },
 }
 
 

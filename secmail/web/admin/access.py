@@ -50,6 +50,7 @@ MENU = (
     ("phones", "/phones", N_("Phone directory")),
     ("phones", "/compose-directory", N_("D-Compose directory")),
     # ops13 end
+    ("settings", "/settings", N_("Settings")),
     ("admins", "/admins", N_("Admins and roles")),
     ("audit", "/audit", N_("Audit log")),
 )

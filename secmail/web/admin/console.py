@@ -21,6 +21,7 @@ from secmail.admin.accounts import AdminAccounts, SignIn
 from secmail.admin.roles import AREAS, BUILT_IN, FULL, LEVELS, VIEW, Role, RoleError, check_name
 from secmail.config import Settings
 from secmail.resend import LetterResend
+from secmail.settings import ClusterSettings
 from secmail.store.admins import Actor
 from secmail.store.audit import AuditRow, AuditTrail
 from secmail.store.trace import MessageTrace
@@ -40,6 +41,7 @@ from secmail.web.admin.access import (
 )
 from secmail.web.admin.operations import OperationsPages
 from secmail.web.admin.overview import Operations, OverviewPages
+from secmail.web.admin.settings_pages import SettingsPages
 from secmail.web.admin.trace import TracePages
 from secmail.web.errors import add_error_handling
 from secmail.web.forms import cookie_value, form_arg, same_secret
@@ -87,7 +89,7 @@ def _admin_css() -> str:
         return f.read()
 
 
-class Console(TracePages, OverviewPages, OperationsPages):
+class Console(SettingsPages, TracePages, OverviewPages, OperationsPages):
     """The console's Klein app (L{secmail.web.site.make_site} serves it on C{[admin] listen})."""
 
     def __init__(
@@ -99,12 +101,14 @@ class Console(TracePages, OverviewPages, OperationsPages):
         form_key: bytes,
         *,
         ops: Operations,
+        cluster: ClusterSettings,
         trace: MessageTrace | None = None,
         resender: LetterResend | None = None,
     ) -> None:
         super().__init__(settings, accounts, clock, form_key)
         self.trail = trail
         self.ops = ops
+        self.cluster = cluster
         # Message trace and actions (secmail/web/admin/trace.py): the audit trail's database.
         self.trace = trace or MessageTrace(trail.db)
         if resender is not None:
