@@ -488,6 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (sqlite3.Error, psycopg.Error) as e:
         print(f"secmail: database error: {type(e).__name__}: {one_line(str(e))}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (secmail messages | head): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
