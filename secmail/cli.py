@@ -34,6 +34,7 @@ from secmail.cli_db import (
     one_line,
     open_db,
     open_store,
+    system_user,
     wait,
     when,
 )
@@ -49,6 +50,7 @@ from secmail.masking import mask_number, mask_sms_recipients
 from secmail.settings_cli import add_commands as add_settings_commands
 from secmail.sms.backends import build_backends, sms_mail
 from secmail.sms.errors import SmsTemporaryError, classify
+from secmail.store.audit import AuditRow
 from secmail.store.database import StoreUnavailable
 from secmail.store.keys import NODE_LIVE, KeyStore, retire_problems, sealing_key
 from secmail.store.messages import MessageStore
@@ -130,9 +132,15 @@ def queue_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(now: int) -> AuditRow:
+    """The audit row of a change made with this command (the store fills in what changed)."""
+    return AuditRow(now, system_user(), "local", "")
+
+
 def queue_retry(args: argparse.Namespace) -> int:
     with open_store(args) as store:
-        item = wait(store.queue_retry(args.id, int(time.time())))
+        now = int(time.time())
+        item = wait(store.queue_retry(args.id, now, audit=_audit(now)))
     if item is None:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
     if item.quarantined is not None:
@@ -144,7 +152,8 @@ def queue_retry(args: argparse.Namespace) -> int:
 
 def queue_delete(args: argparse.Namespace) -> int:
     with open_store(args) as store:
-        deleted = wait(store.queue_delete(args.id, int(time.time())))
+        now = int(time.time())
+        deleted = wait(store.queue_delete(args.id, now, audit=_audit(now)))
     if not deleted:
         raise CommandError(f"queue row {args.id} does not exist (see: secmail queue list)")
     print(f"Queue row {args.id} deleted; its recipients will not get it and no bounce is sent.")
@@ -155,7 +164,8 @@ def phones_add(args: argparse.Namespace) -> int:
     with _open_phones(args) as (settings, phones):
         address = _address(args.address)
         number = _number(args.number, settings)
-        new = wait(phones.set_phone(address, number, int(time.time())))
+        now = int(time.time())
+        new = wait(phones.set_phone(address, number, now, audit=_audit(now)))
     print(f"{'Added' if new else 'Changed'}: {address} {number}")
     return 0
 
@@ -176,7 +186,7 @@ def phones_list(args: argparse.Namespace) -> int:
 def phones_remove(args: argparse.Namespace) -> int:
     with _open_phones(args) as (_, phones):
         address = _address(args.address)
-        removed = wait(phones.remove_phone(address))
+        removed = wait(phones.remove_phone(address, audit=_audit(int(time.time()))))
     if not removed:
         raise CommandError(f"{address} is not in the phone directory (see: secmail phones list)")
     print(f"Removed: {address}")

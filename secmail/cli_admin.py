@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from secmail import config
 from secmail.admin.accounts import AccountError, AdminAccounts
 from secmail.admin.roles import BUILT_IN, RoleError
+from secmail.cli_db import system_user
 from secmail.crypto import DerivedKeys, MasterKey, generate_key_file, load_key_file
 from secmail.store.admins import Actor, AdminStore
 from secmail.store.engines import engine_for
@@ -77,11 +78,7 @@ def add_admin_commands(sub: Any, own: list[argparse.ArgumentParser], tools: Comm
 
 
 def _actor() -> Actor:
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return Actor(user, "local")
+    return Actor(system_user(), "local")
 
 
 @contextmanager

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import pwd
 import sqlite3
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -124,3 +126,16 @@ def when(timestamp: int) -> str:
 def one_line(text: str) -> str:
     """Errors from libraries may span lines (psycopg's do); an admin gets one."""
     return " ".join(text.split())
+
+
+def system_user() -> str:
+    """
+    Who ran the command, as the admins' audit trail names them: the effective user, and the
+    one who ran sudo when that was someone else (C{secmail (sudo by alice)}).
+    """
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        name = f"uid {os.geteuid()}"
+    by = os.environ.get("SUDO_USER", "")
+    return f"{name} (sudo by {by})" if by and by != name else name

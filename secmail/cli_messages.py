@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import pwd
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from secmail.cli_db import NO_KEY, CommandError, load_settings, open_db, wait
+from secmail.cli_db import NO_KEY, CommandError, load_settings, open_db, system_user, wait
 from secmail.crypto import MasterKey
 from secmail.masking import mask_sms_recipients
 from secmail.store.audit import AuditRow
@@ -150,14 +148,6 @@ def messages_show(args: argparse.Namespace) -> int:
         for event in recipient.events:
             print(f"  {local_time(event.at)}  {event.kind}: {event.detail}")
     return 0
-
-
-def system_user() -> str:
-    """Who ran the command, as the audit trail names them."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
 
 
 def messages_revoke(args: argparse.Namespace) -> int:

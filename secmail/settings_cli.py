@@ -12,8 +12,6 @@ Example Ltd} needs no TOML quotes, only the shell's.
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -21,6 +19,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from secmail import config
+from secmail.cli_db import system_user
 from secmail.config.cluster import KEYS, check_change, read_value, to_toml
 from secmail.settings import DATABASE, FILE, ClusterSettings
 from secmail.store.database import Database
@@ -97,11 +96,3 @@ def change(args: argparse.Namespace, open_db: OpenDb, wait: Wait, value: Any) ->
     if source == DATABASE or value is None:
         print("secmail: stored; running gateways apply it within 5 seconds", file=sys.stderr)
     return 0
-
-
-def system_user() -> str:
-    """Who ran the command, for the audit trail."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sqlite3
 import stat
 import tempfile
 import time
@@ -437,6 +438,21 @@ class PhonesCommandTests(SynchronousTestCase):
 
     def phones(self, *args: str) -> tuple[int, str, str]:
         return run(["phones", "--config", self.config, *args])
+
+    def test_changes_are_in_the_admins_audit_trail(self) -> None:
+        """Each change made with the command is an audit row: who ran it, 'local', what."""
+        self.phones("add", "bob@partner.example", "+358 40 123 4567")
+        self.phones("remove", "bob@partner.example")
+        self.phones("remove", "bob@partner.example")  # refused: no row
+        with sqlite3.connect(os.path.join(self.dir, "secmail.sqlite")) as conn:
+            rows = conn.execute(
+                "SELECT admin, address, action FROM admin_audit ORDER BY id"
+            ).fetchall()
+        self.assertEqual(
+            [(address, action) for _, address, action in rows],
+            [("local", "phone number added"), ("local", "phone number removed")],
+        )
+        self.assertTrue(all(admin for admin, _, _ in rows))
 
     def test_add_change_list_remove(self) -> None:
         self.assertEqual(self.phones("list"), (0, "The phone directory is empty.\n", ""))
