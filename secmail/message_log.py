@@ -109,12 +109,22 @@ def accepted_messages(messages: Sequence[NewMessage], *, peer: str, sender: str,
     notifications_queued(messages)
 
 
+#: The commands a refusal is counted by (never their arguments: addresses are no label).
+_VERBS = {"MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
+
+
+def refused_verb(command: str) -> str:
+    """C{rcpt} for C{RCPT TO:<bob@...>}; C{end_of_data} for the end of DATA."""
+    words = command.split(None, 1)
+    return _VERBS.get(words[0].upper(), "end_of_data") if words else "end_of_data"
+
+
 def refused(*, peer: str, command: str, code: int, reason: str, sender: str | None = None) -> None:
     """
     An SMTP command of a transaction (MAIL, RCPT, DATA, the end of DATA) was refused;
     C{sender} is the transaction's, once MAIL was accepted (None before).
     """
-    count("smtp_refused", f"{command.lower().replace(' ', '_')}/{code}")
+    count("smtp_refused", f"{refused_verb(command)}/{code}")
     log.info(
         "refused: {command} from {peer}{sender_text}: {code} {reason}",
         event="refused",

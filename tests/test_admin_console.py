@@ -263,6 +263,26 @@ class ConsoleTests(TestCase):
             ("alice", "role made")
         ]
 
+    async def test_no_role_gives_more_than_its_maker_has(self) -> None:
+        """Full rights on "admins" alone make no role with other rights, nor change one's own."""
+        await self.store.save_role(Role("keeper", {"admins": FULL}), START, CLI)
+        browser = await self.signed_in("kim", "keeper")
+        page = await browser.get("/admins")
+        for form in (
+            {"name": "keeper", "admins": "full", "settings": "full"},  # its own role
+            {"name": "wider", "settings": "full"},  # a right it does not have
+            {"name": "wider", "audit": "view"},
+        ):
+            refused = await browser.post("/admins/roles", {"csrf": page.csrf(), **form})
+            assert refused.code == 403 and "only rights your own role has" in refused.text
+        assert await self.store.role("wider") is None
+        keeper = await self.store.role("keeper")
+        assert keeper is not None and keeper.level("settings") == NONE
+        made = await browser.post(
+            "/admins/roles", {"csrf": page.csrf(), "name": "narrow", "admins": "view"}
+        )
+        assert made.code == 303
+
     async def test_auditor_sees_admins_without_the_form(self) -> None:
         browser = await self.signed_in("ann", "auditor")
         page = await browser.get("/admins")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
@@ -145,7 +146,13 @@ def test_the_message_log_counts_what_it_logs() -> None:
         size=10,
         recipients=[("b@p.example", "letter"), ("c@p.example", "letter"), ("d@p.example", "relay")],
     )
-    message_log.refused(peer="192.0.2.1", command="RCPT", code=550, reason="5.1.1 no")
+    # The command line as the server passes it: the address must not become a label.
+    message_log.refused(
+        peer="192.0.2.1",
+        command="RCPT TO:<bob@partner.example.0401234567.s>",
+        code=550,
+        reason="no",
+    )
     message_log.delivery_status(
         message_id="b" * 32,
         about="a" * 32,
@@ -171,3 +178,5 @@ def test_the_message_log_counts_what_it_logs() -> None:
     # Two letter recipients are one message of kind letter.
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1, 1, 1]
     assert counting.take_pending()[("2026-12-07", "smtp_refused", "rcpt/550")] == 1
+    exposition = generate_latest(metrics.REGISTRY).decode()
+    assert "partner.example" not in exposition and "0401234567" not in exposition

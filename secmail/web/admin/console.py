@@ -220,6 +220,13 @@ class Console(SettingsPages, TracePages, OverviewPages, OperationsPages):
         if name in BUILT_IN:
             request.setResponseCode(400)
             return await self._admins_page(request, who, "built_in", draft)
+        # No admin makes rights they do not hold, nor changes the role they act with: full
+        # rights on "admins" are not full rights on everything.
+        if name == who.role.name or any(
+            level != "none" and not who.role.allows(area, level) for area, level in rights.items()
+        ):
+            request.setResponseCode(403)
+            return await self._admins_page(request, who, "beyond_own", draft)
         await self.accounts.store.save_role(
             draft, self.now(), Actor(who.name, client_address(request))
         )
