@@ -242,6 +242,8 @@ class ReadingTests(PortalFixture):
         self.assertIsNone(reply.headers.getRawHeaders(b"X"))
         self.assertEqual(reply.header("Cache-Control"), "no-store")
         self.assertIn("downloaded", await self.event_kinds(letter))
+        details = [d for _, kind, _, d in await self.store.events(letter.message_id)]
+        self.assertIn(f"attachment 1, {len(BINARY)} bytes", details)  # its place, not its name
         missing = await browser.get("/read/attachment/1")
         self.assertEqual(missing.code, 404)
 

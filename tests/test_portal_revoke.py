@@ -57,6 +57,21 @@ class RevokedLetterTests(PortalFixture):
         self.assertEqual(reply.code, 410)
         self.assertIn(WITHDRAWN, reply.text)
 
+    async def test_session_on_a_withdrawn_letter_whose_content_stays(self) -> None:
+        """Withdrawn for this recipient while another may still read it: the content stays,
+        but a session of this recipient (begun or open meanwhile) reads nothing."""
+        letter = await self.letter()
+        browser = await self.signed_in(letter)
+        await self.db.run(
+            lambda txn: txn.execute(
+                "UPDATE envelopes SET state = 'revoked' WHERE id = ?", (letter.envelope_id,)
+            )
+        )
+        for path in ("/read", "/read/attachment/0", "/read/eml"):
+            reply = await browser.get(path)
+            self.assertEqual(reply.code, 410, path)
+            self.assertIn(WITHDRAWN, reply.text)
+
     async def test_withdrawn_page_is_translated(self) -> None:
         """The withdrawn page speaks the reader's language."""
         letter = await self.letter()

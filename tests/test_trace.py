@@ -182,6 +182,16 @@ class TraceMixin(IntakeFixture):
             ("replied", "Reply sent by e-mail to alice@corp.example. With attachments."),
         )
 
+    async def test_no_downloaded_attachment_names(self) -> None:
+        """A download's event (also one stored with its file name before) shows no name."""
+        message_id = await self.letter(b"bob@partner.example.s")
+        [found] = await self.trace.search(message_id=message_id)
+        envelope_id = found.recipients[0].envelope_id
+        await self.store.add_event(message_id, envelope_id, "downloaded", "secret-plan.pdf", T0)
+        [found] = await self.trace.search(message_id=message_id)
+        event = found.recipients[0].events[-1]
+        self.assertEqual((event.kind, event.detail), ("downloaded", "an attachment"))
+
     async def test_gateway_mail_is_not_a_message_of_its_own(self) -> None:
         """Notifications show in their letter's trail, not as messages of their own."""
         await self.letter(b"bob@partner.example.s")

@@ -455,6 +455,8 @@ def _shown(kind: str, detail: str) -> str:
     """An event's detail as a trace shows it: without attachment names."""
     if kind in ("replied", "forwarded"):
         return _ATTACHED.sub(r"\1With attachments.", detail)
+    if kind == "downloaded" and not detail.startswith("attachment "):
+        return "an attachment"  # a row from before names were kept out of the trail
     return detail
 
 

@@ -298,14 +298,14 @@ def signed_in(*, letter: bool = True) -> Callable[[ReadingRoute], ReadingRoute]:
                 return errors.show(request, self.frame, errors.SIGNED_OUT)
             if not letter:
                 return await route(self, request, session, **kw)
+            # Revoking ends the letter's sessions; this is for one begun or open meanwhile
+            # (the content stays while another recipient may still read it).
+            envelope = await self.store.envelope_by_id(session.envelope_id)
+            if envelope is not None and envelope.state == REVOKED:
+                return errors.show(request, self.frame, errors.WITHDRAWN)
             raw = await self._raw(session)
             if raw is None:
-                # Revoking ends the letter's sessions; this is for one open meanwhile.
-                envelope = await self.store.envelope_by_id(session.envelope_id)
-                withdrawn = envelope is not None and envelope.state == REVOKED
-                return errors.show(
-                    request, self.frame, errors.WITHDRAWN if withdrawn else errors.GONE
-                )
+                return errors.show(request, self.frame, errors.GONE)
             return await route(self, request, session, raw, **kw)
 
         return checked

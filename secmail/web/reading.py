@@ -122,8 +122,13 @@ class ReadingRoutes(ReplyRoutes):
             attachment, data = await self._render(session, render.attachment_bytes, raw, index)
         except (KeyError, IndexError):
             return errors.show(request, self.frame, errors.NO_SUCH_ATTACHMENT)
+        # The audit trail says which one by its place, never by its name (names are content).
         await self.store.add_event(
-            session.message_id, session.envelope_id, "downloaded", attachment.filename, self.now()
+            session.message_id,
+            session.envelope_id,
+            "downloaded",
+            f"attachment {index + 1}, {len(data)} bytes",
+            self.now(),
         )
         return self._download(request, data, attachment.filename)
 
