@@ -31,7 +31,7 @@ from secmail.config.cluster import (
 )
 from secmail.store.audit import AuditRow, audit_txn
 from secmail.store.database import Database, Txn
-from secmail.store.settings import stored_txn, version_txn, write_txn
+from secmail.store.settings import lock_txn, stored_txn, version_txn, write_txn
 
 log = Logger()
 
@@ -123,6 +123,7 @@ class ClusterSettings:
                 raise ConfigError(f"{name}: {e}") from None
 
         def change_txn(txn: Txn) -> None:
+            lock_txn(txn)
             stored = decode(stored_txn(txn))
             new = dict(stored)
             for name, text in texts.items():

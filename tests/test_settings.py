@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from twisted.application.internet import TimerService
 from twisted.internet import task
@@ -27,8 +28,9 @@ from secmail.config.cluster import (
 from secmail.settings import POLL_SECONDS, ClusterSettings, SettingsPoller
 from secmail.smtp.server import GatewayESMTPFactory
 from secmail.store.audit import AuditRow, AuditTrail
-from secmail.store.settings import stored_txn, version_txn
-from tests.dbs import on_each_engine, open_store
+from secmail.store.database import Database, Txn
+from secmail.store.settings import lock_txn, stored_txn, version_txn, write_txn
+from tests.dbs import NO_POSTGRES, POSTGRES_DSN, make_engine, on_each_engine, open_store
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "secmail.toml"
 FILE: dict[str, Any] = {
@@ -313,3 +315,33 @@ class ClusterSettingsTestsMixin:
         await self.set({"secure.audit_days": 300}, now=2000)
         await poller.run()
         assert live.current.secure.audit_days == 300
+
+
+@pytest.mark.skipif(not POSTGRES_DSN, reason=NO_POSTGRES)
+def test_two_changes_at_once_run_one_after_the_other() -> None:
+    """On PostgreSQL a change's first statement (lock_txn) takes the settings' lock: a second
+    change waits for the first, then reads what it stored (not a stale snapshot)."""
+    cleanups: list[Any] = []
+    engine = make_engine("postgresql", lambda f, *a: cleanups.append((f, a)))
+    try:
+        Database(engine, None).prepare_blocking()
+        first, second = engine.connect(), engine.connect()
+        a, b = Txn(engine, first.cursor()), Txn(engine, second.cursor())
+        a.execute(engine.begin)
+        lock_txn(a)
+        write_txn(a, {"portal.verification_phrase": '"a"'}, "x", 0)
+        b.execute(engine.begin)
+        b.execute("SET LOCAL lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            lock_txn(b)
+        b.execute("ROLLBACK")
+        a.execute("COMMIT")
+        b.execute(engine.begin)
+        lock_txn(b)
+        assert stored_txn(b) == {"portal.verification_phrase": '"a"'}
+        b.execute("ROLLBACK")
+        first.close()
+        second.close()
+    finally:
+        for f, args in reversed(cleanups):
+            f(*args)

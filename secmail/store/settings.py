@@ -23,6 +23,16 @@ def stored_txn(txn: Txn) -> dict[str, str]:
     return dict(txn.execute("SELECT key, value FROM settings ORDER BY key").fetchall())
 
 
+def lock_txn(txn: Txn) -> None:
+    """
+    Take the settings' write lock (the version row) before reading them for a change: two
+    changes at once (two nodes, the console and a command) then run one after the other, each
+    checked against what the other stored (PostgreSQL reads committed data per statement;
+    SQLite's BEGIN IMMEDIATE already serialises writers).
+    """
+    txn.execute("UPDATE settings_version SET version = version WHERE id = 1")
+
+
 def write_txn(txn: Txn, changes: Mapping[str, str | None], admin: str, now: int) -> int:
     """
     Store C{changes} (a key's TOML text, or None to remove the key) and raise the version
