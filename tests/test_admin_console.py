@@ -297,6 +297,22 @@ class ConsoleTests(TestCase):
         bad = await browser.get("/audit?since=yesterday")
         assert "YYYY-MM-DD" in bad.text
 
+    async def test_api_failures_are_json(self) -> None:
+        """Whatever goes wrong under /api/ (a bad number, the database, a fault) is JSON."""
+        await self.signed_in("alice")
+        api = ApiClient(self.resource, await self.accounts.make_token("alice", CLI))
+        bad = await api.get("/api/v1/messages?limit=%C2%B2")  # a digit, but not 0-9
+        assert bad.code == 400 and "error" in json.loads(bad.body)
+
+        async def broken(*args: Any, **kw: Any) -> Any:
+            raise RuntimeError("the disk is on fire")
+
+        self.console.trail.since = broken  # type: ignore[method-assign]
+        failed = await api.get("/api/v1/audit")
+        assert failed.code == 500 and failed.header("Content-Type") == "application/json"
+        assert json.loads(failed.body) == {"error": "a temporary problem on the gateway; try again"}
+        assert len(self.flushLoggedErrors(RuntimeError)) == 1
+
     async def test_api_audit_as_the_contract_says(self) -> None:
         """GET /api/v1/audit?since=: at, admin, address, action; key/before/after only where
         they apply; 400 with a JSON error for a bad since."""

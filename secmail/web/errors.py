@@ -12,6 +12,7 @@ L{secmail.web.layout.error_page} with its status; the functions here name the po
 
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple, cast
 
 from klein import Klein
@@ -85,17 +86,41 @@ def cannot_show(request: IRequest, frame: PageFrame, problem: CannotShow) -> byt
 
 
 def add_error_handling(
-    app: Klein, *, log_as: str, page_not_found: str, temporary: str, **context: Any
+    app: Klein,
+    *,
+    log_as: str,
+    page_not_found: str,
+    temporary: str,
+    json_under: bytes | None = None,
+    **context: Any,
 ) -> None:
     """
     The app's one error handler. Its instance has C{frame} (a L{PageFrame}); C{page_not_found} and
     C{temporary} name the app's error templates for a routing error and for anything
-    unexpected; C{context} is what those templates need besides the frame.
+    unexpected; C{context} is what those templates need besides the frame. Under the path
+    prefix C{json_under} (an API) the answer is JSON C{{"error": ...}} instead of a page.
     """
+
+    def as_json(request: IRequest, code: int, message: str) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps({"error": message}).encode("utf-8")
 
     @app.handle_errors(Exception)
     def failed(self: Any, request: IRequest, failure: Failure) -> bytes:
         frame: PageFrame = self.frame
+        api = json_under is not None and bytes(request.path or b"").startswith(json_under)
+        if api and failure.check(HTTPException):
+            routing = cast(HTTPException, failure.value)
+            for name, value in routing.get_response().headers:
+                if name == "Allow":
+                    request.setHeader(b"Allow", value.encode("ascii", "replace"))
+            code = routing.code or 404
+            return as_json(request, code, "method not allowed" if code == 405 else "not found")
+        if api:
+            log.failure(log_as, failure)
+            return as_json(request, 500, "a temporary problem on the gateway; try again")
         if failure.check(HTTPException):
             # Klein's routing errors (no such page, wrong method) come here too: the
             # visitor's mistake, answered with its own status, not a failure to log.

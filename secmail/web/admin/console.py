@@ -292,6 +292,7 @@ class Console(SettingsPages, TracePages, OverviewPages, OperationsPages):
 add_error_handling(
     app,
     log_as="Admin console request failed",
+    json_under=b"/api/",
     page_not_found="admin_not_found",
     temporary="admin_problem",
     me="",

@@ -99,7 +99,7 @@ def request_json(request: IRequest) -> Any:
 
 def queue_id(text: str) -> int | None:
     text = text.strip()
-    return int(text) if text.isdigit() and len(text) < 19 else None
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 class OperationsPages(ConsoleBase):

@@ -169,7 +169,7 @@ def parse_days(text: str) -> int:
     """The API's C{days}: a whole number from 1 to L{MAX_DAYS}; ValueError naming it else."""
     if not text:
         return DEFAULT_DAYS
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_DAYS:
+    if not (text.strip().isascii() and text.strip().isdigit()) or not 1 <= int(text) <= MAX_DAYS:
         raise ValueError(f"days: {text[:20]!r} is not a whole number from 1 to {MAX_DAYS}")
     return int(text)
 

@@ -215,7 +215,7 @@ class TracePages(ConsoleBase):
         limit = SEARCH_LIMIT
         if fields.pop("limit"):
             text = form_arg(request, b"limit", 10)
-            if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+            if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
                 return json_error(request, 400, f"limit: {text!r} is not a number from 1 to 1000")
             limit = int(text)
         try:
