@@ -44,3 +44,10 @@ class AuditTrailTestsMixin:
         await self.trail.record(AuditRow(300, "a", "local", "y"))
         assert await self.store.delete_old_events(200) == 1
         assert [r.action for r in await self.trail.since(0)] == ["y"]
+
+    async def test_newest_first_keeps_the_newest_when_cut(self) -> None:
+        for at in (100, 200, 300):
+            await self.trail.record(AuditRow(at, "a", "local", f"x{at}"))
+        rows = await self.trail.newest(150, limit=1)
+        assert [r.action for r in rows] == ["x300"]
+        assert [r.action for r in await self.trail.newest(0)] == ["x300", "x200", "x100"]

@@ -116,7 +116,7 @@ class AdminStore:
     ) -> bool:
         """
         Add an admin, or reset an existing one's role, password and second factor (and end
-        its sessions). True when the name was new.
+        its sessions and API tokens). True when the name was new.
 
         @raise RoleError: there is no role C{role}.
         """
@@ -136,7 +136,9 @@ class AdminStore:
                     (name, role, password_hash, sealed_secret, key_id, now),
                 )
             else:
+                # A reset is what an admin whose factors leaked gets: nothing of theirs lives on.
                 self.sessions.end_all_txn(txn, "admin", name)
+                txn.execute("DELETE FROM admin_tokens WHERE admin = ?", (name,))
             _audit(txn, actor, now, "admin added" if new else "admin reset", f"{name} ({role})")
             return new
 

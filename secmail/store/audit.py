@@ -53,3 +53,16 @@ class AuditTrail:
             return [AuditRow(int(r[0]), *r[1:]) for r in rows]
 
         return await self.db.run(txn_)
+
+    async def newest(self, at: int, limit: int = 1000) -> list[AuditRow]:
+        """The newest C{limit} rows from C{at} on, newest first (the console's page)."""
+
+        def txn_(txn: Txn) -> list[AuditRow]:
+            rows = txn.execute(
+                "SELECT at, admin, address, action, setting, before, after FROM admin_audit "
+                "WHERE at >= ? ORDER BY at DESC, id DESC LIMIT ?",
+                (at, limit),
+            ).fetchall()
+            return [AuditRow(int(r[0]), *r[1:]) for r in rows]
+
+        return await self.db.run(txn_)

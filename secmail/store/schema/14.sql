@@ -39,3 +39,7 @@ CREATE TABLE admin_sessions (
     csrf TEXT NOT NULL
 );
 CREATE INDEX admin_sessions_admin ON admin_sessions(admin);
+
+-- Failed sign-ins and locks of a name are counted from the audit trail (also for names that
+-- are no admin): by name, action and time.
+CREATE INDEX admin_audit_admin ON admin_audit(admin, action, at);

@@ -244,14 +244,14 @@ class Console(SettingsPages, TracePages, OverviewPages, OperationsPages):
                 since = parse_since(given)
             except ValueError:
                 problem = True
-        rows = [] if problem else await self.trail.since(since, AUDIT_LIMIT)
+        rows = [] if problem else await self.trail.newest(since, AUDIT_LIMIT)
         return self.page(
             request,
             who,
             "admin/audit.html",
             since=given or rfc3339(since)[:10],
             problem=problem,
-            rows=[(rfc3339(r.at).replace("T", " ").removesuffix("Z"), r) for r in reversed(rows)],
+            rows=[(rfc3339(r.at).replace("T", " ").removesuffix("Z"), r) for r in rows],
             limit=AUDIT_LIMIT,
         )
 
