@@ -178,7 +178,10 @@ def delivery_status(
     if status == "sent":
         reply = _END_OF_DATA.sub("", reply)  # what else would a 250 be in reply to
     own = f"{kind} {short_id(message_id)} " if about != message_id else ""
-    shown = mask_sms_recipients([recipient])[0][0] if kind in _SMS_KINDS else recipient
+    shown = recipient
+    if kind in _SMS_KINDS:  # the number is the address, and the peer's reply may echo it
+        masked, reply = mask_sms_recipients([recipient], reply)
+        shown = masked[0]
     log.info(
         "{id}: {own}to=<{to}> relay={relay} delay={delay} status={status} ({reply})",
         event=status,

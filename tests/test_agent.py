@@ -93,6 +93,21 @@ class AgentTests(SynchronousTestCase):
             clock.advance(1)
             self.assertEqual(len(poster.bodies), before + 1, wait)
 
+    def test_stopping_during_a_report_is_no_failure(self) -> None:
+        pending: Deferred[int] = Deferred()
+
+        async def hanging(body: bytes) -> int:
+            return await pending
+
+        clock = Clock()
+        agent = ReportAgent(SETTINGS, clock, small_report, hanging)
+        with capturedLogs() as events:
+            agent.startService()
+            clock.advance(0)
+            agent.stopService()
+        assert agent.failures == 0
+        assert [e for e in events if e["log_level"] >= LogLevel.warn] == []
+
     def test_stop_cancels_the_timer(self) -> None:
         poster = Poster()
         clock, agent = self.start(poster)
@@ -128,6 +143,22 @@ class BuilderTests(SynchronousTestCase):
             set(report["errors"]),
             {"database", "deliveries_deferred", "deliveries_bounced", "quarantined"},
         )
+
+    def test_a_hung_database_does_not_stop_the_report(self) -> None:
+        clock = Clock()
+        builder = ReportBuilder(
+            clock,
+            "n",
+            0,
+            FakeReadiness(),  # type: ignore[arg-type]
+            lambda now: Deferred(),  # never answers
+            lambda day: succeed({}),
+        )
+        d = Deferred.fromCoroutine(builder.build())
+        assert not d.called
+        clock.advance(2)
+        report = self.successResultOf(d)
+        self.assertIsNone(report["queue"])
 
     def test_database_down_still_reports(self) -> None:
         def down(now: int) -> Deferred[QueueFigures]:

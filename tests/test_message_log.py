@@ -108,11 +108,11 @@ class FormatTests(SynchronousTestCase):
             recipient="358401234567@sms.example",
             relay="none",
             delay=0,
-            status="deferred",
-            reply="connection refused",
+            status="bounced",
+            reply="550 5.1.1 <358401234567@sms.example>: Recipient address rejected",
         )
         [line] = self.log.lines()
-        self.assertNotIn("358401234567", self.log.everything())
+        self.assertNotIn("358401234567", self.log.everything())  # nor in the peer's echo
         self.assertIn("to=<+358 40 *** **67@sms.example>", line)
 
     def test_mail_about_a_trail_names_the_trail(self) -> None:

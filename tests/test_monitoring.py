@@ -8,8 +8,10 @@ from typing import Any
 
 from prometheus_client import generate_latest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -152,6 +154,21 @@ class AnswerTests(TestCase):
         assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
         body = json.loads(b"".join(request.written))
         assert body["status"] == "live" and body["uptime_seconds"] == 30
+
+
+class GoneCallerTests(TestCase):
+    def test_a_caller_that_left_gets_no_answer_and_no_error(self) -> None:
+        pending: Deferred[tuple[int, dict[str, Any]]] = Deferred()
+
+        async def slow() -> tuple[int, dict[str, Any]]:
+            return await pending
+
+        request = DummyRequest([b""])
+        JsonAnswer(slow).render_GET(request)  # type: ignore[arg-type]
+        request.processingFailed(Failure(ConnectionDone()))  # the probe hung up
+        pending.callback((200, {"status": "live"}))
+        assert request.written == []
+        assert self.flushLoggedErrors() == []
 
 
 def test_size_text() -> None:

@@ -37,16 +37,18 @@ process_start_time_seconds 1.0
 
 
 class FakeFigures(snmp.Figures):
-    def __init__(self, metrics: str | None, ready: bool = True) -> None:
+    def __init__(self, metrics: str | None, ready: bool | None = True) -> None:
         super().__init__("http://127.0.0.1:9464", clock=lambda: 0.0)
         self.metrics = metrics
         self.ready = ready
         self.fetches = 0
 
-    def fetch(self, path: str) -> bytes:
+    def fetch(self, path: str, timeout: float = snmp.FETCH_TIMEOUT) -> bytes:
         self.fetches += 1
         if self.metrics is None:
             raise ConnectionRefusedError(111, "Connection refused")
+        if path == "/readyz" and self.ready is None:
+            raise TimeoutError("timed out")
         if path == "/metrics":
             return self.metrics.encode()
         return b'{"status": "ready"}' if self.ready else b'{"status": "not ready"}'
@@ -89,6 +91,10 @@ def test_a_walk_reads_the_gateway_once() -> None:
 def test_readiness_and_availability() -> None:
     assert talk(FakeFigures(METRICS, ready=False), "get", f"{BASE}.3.0")[2] == "2"
     assert talk(FakeFigures(METRICS, ready=True), "get", f"{BASE}.3.0")[2] == "1"
+    slow = FakeFigures(METRICS, ready=None)  # /readyz did not answer in time
+    assert talk(slow, "get", f"{BASE}.2.0")[2] == "1"  # available
+    assert talk(slow, "get", f"{BASE}.3.0")[2] == "2"  # not ready
+    assert talk(slow, "get", f"{BASE}.4.0")[2] == "5"  # and the figures are still there
     down = FakeFigures(None)
     assert talk(down, "get", f"{BASE}.2.0") == [f"{BASE}.2.0", "integer", "2"]
     assert talk(down, "get", f"{BASE}.4.0") == ["NONE"]

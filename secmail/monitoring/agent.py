@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -25,7 +25,7 @@ from secmail import __version__
 from secmail.config.monitoring import MonitoringSettings
 from secmail.masking import mask_url
 from secmail.monitoring import metrics
-from secmail.monitoring.health import Readiness
+from secmail.monitoring.health import CHECK_TIMEOUT, Readiness
 from secmail.store.queue_rows import QueueFigures
 
 log = Logger()
@@ -90,6 +90,17 @@ def describe_error(error: Exception) -> str:
     return " ".join(f"{type(error).__name__}: {text}".split())[:300]
 
 
+async def _bounded(work: Awaitable[Any], clock: IReactorTime) -> Any:
+    """C{work}'s result, or TimeoutError after L{CHECK_TIMEOUT} seconds."""
+
+    async def run() -> Any:
+        return await work
+
+    attempt = Deferred.fromCoroutine(run())
+    attempt.addTimeout(CHECK_TIMEOUT, clock)
+    return await attempt
+
+
 class ReportBuilder:
     """Gathers one report: readiness checks, the queue, errors and the day's counters."""
 
@@ -124,7 +135,8 @@ class ReportBuilder:
             "today": None,
         }
         try:
-            figures = await self.queue_figures(int(now))
+            # Bounded like the checks: a hung database must not stop the reports.
+            figures = await _bounded(self.queue_figures(int(now)), self.clock)
             oldest = figures.oldest_created
             report["queue"] = {
                 "waiting": figures.waiting,
@@ -133,7 +145,7 @@ class ReportBuilder:
                 "oldest_age_seconds": 0 if oldest is None else max(int(now) - oldest, 0),
             }
             day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
-            report["today"] = today_counts(await self.day_counts(day))
+            report["today"] = today_counts(await _bounded(self.day_counts(day), self.clock))
         except Exception as e:  # the database is down: the checks say so; report anyway
             log.debug("Report without queue figures: {error}", error=str(e))
         return report
@@ -193,6 +205,10 @@ class ReportAgent(Service):
             body = json.dumps(await self.build()).encode("utf-8")
             code = await self.post(body)
             problem = None if 200 <= code < 300 else f"HTTP {code}"
+        except CancelledError:
+            if not self.running:
+                return False  # stopping: not a failed report
+            problem = "CancelledError"
         except Exception as e:
             problem = describe_error(e)
         if problem is None:

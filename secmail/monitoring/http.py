@@ -38,7 +38,12 @@ class JsonAnswer(Resource):
         async def run() -> tuple[int, dict[str, Any]]:
             return await self.answer()
 
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
         def send(result: tuple[int, dict[str, Any]]) -> None:
+            if gone:  # the caller stopped waiting (a probe's own timeout): nobody to answer
+                return
             code, body = result
             request.setResponseCode(code)
             request.setHeader(b"content-type", b"application/json")
@@ -46,11 +51,13 @@ class JsonAnswer(Resource):
             request.write(json.dumps(body, indent=1).encode("utf-8") + b"\n")
             request.finish()
 
-        def failed(failure: Failure) -> None:
+        def failed_answer(failure: Failure) -> tuple[int, dict[str, Any]]:
             log.failure("Health answer failed", failure)
-            send((500, {"status": "error"}))
+            return 500, {"status": "error"}
 
-        Deferred.fromCoroutine(run()).addCallbacks(send, failed)
+        Deferred.fromCoroutine(run()).addErrback(failed_answer).addCallback(send).addErrback(
+            lambda f: log.failure("Sending a health answer failed", f)
+        )
         return NOT_DONE_YET
 
 

@@ -33,8 +33,9 @@ from prometheus_client.parser import text_string_to_metric_families
 BASE = (1, 3, 6, 1, 4, 1, 8072, 9999, 9999, 25, 1)
 #: Seconds a reading of the gateway's figures is used for.
 CACHE_SECONDS = 5.0
-#: Seconds to wait for the gateway's answer.
+#: Seconds to wait for the gateway's answer; for /readyz longer than its checks may take (2 s).
 FETCH_TIMEOUT = 2.0
+READY_TIMEOUT = 4.0
 
 COUNTER_MAX = 2**64 - 1
 GAUGE_MAX = 2**32 - 1
@@ -128,9 +129,9 @@ class Figures:
         self._metrics: dict[str, float] = {}
         self._ready: dict[str, object] = {}
 
-    def fetch(self, path: str) -> bytes:
+    def fetch(self, path: str, timeout: float = FETCH_TIMEOUT) -> bytes:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=FETCH_TIMEOUT) as answer:  # noqa: S310 - our own listener
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as answer:  # noqa: S310 - our own listener
                 return bytes(answer.read())
         except urllib.error.HTTPError as e:  # /readyz answers 503 with its JSON
             return bytes(e.read())
@@ -141,13 +142,14 @@ class Figures:
             self._read_at = now
             try:
                 self._metrics = parse_metrics(self.fetch("/metrics").decode("utf-8"))
-                ready = json.loads(self.fetch("/readyz"))
-                self._ready = {
-                    "ready": ready.get("status") == "ready",
-                    "version": self._version(),
-                }
             except (OSError, ValueError):
                 self._metrics, self._ready = {}, {}
+                return self._metrics, self._ready
+            try:  # a slow or failing readiness answer means not ready, not unavailable
+                ready = json.loads(self.fetch("/readyz", READY_TIMEOUT)).get("status") == "ready"
+            except (OSError, ValueError, AttributeError):
+                ready = False
+            self._ready = {"ready": ready, "version": self._version()}
         return self._metrics, self._ready
 
     def _version(self) -> str | None:
