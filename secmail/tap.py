@@ -291,10 +291,12 @@ def makeService(options: Options) -> IService:
     try:
         settings = checked(file_raw, decode(stored), extra_check)
     except config.ConfigError as e:
-        log.warn(
-            "Cluster settings in the database not used on this node, which runs on its file: "
-            "{error}",
-            error=str(e),
+        # Not on the file alone: without the cluster's settings (secure.mode, the subject
+        # keyword, accepted networks, routes) a node could relay in the clear what the others
+        # would keep secure. One line naming the key; `secmail settings unset KEY` mends it.
+        _stop(
+            f"the cluster settings in the database cannot be used with this node's file: {e} "
+            "(secmail settings show|unset KEY)"
         )
     live = LiveSettings(settings)
     poller = SettingsPoller(db, file_raw, live, version, extra_check)

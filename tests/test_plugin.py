@@ -276,6 +276,33 @@ class MakeServiceTests(SynchronousTestCase):
             "160; shorten it",
         )
 
+    def test_stored_settings_this_file_cannot_use_stop_start_up(self) -> None:
+        """Not a node on its file alone (it could relay in the clear what the cluster keeps
+        secure): one line naming the key, and how to mend it."""
+        from secmail.store.engines import SqliteEngine
+
+        database = os.path.join(self.dir, "secmail.sqlite")
+        Database(SqliteEngine(database), None).prepare_blocking()
+        conf = os.path.join(self.dir, "small.toml")
+        with open(conf, "w", encoding="utf-8") as f:
+            f.write(f'[gateway]\ndata_dir = "{self.dir}"\n[metrics]\nlisten = []\n')
+        import sqlite3
+
+        with sqlite3.connect(database) as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value, changed_at, changed_by) "
+                "VALUES ('smtp.max_recipients', '\"many\"', 0, 'x')"
+            )
+        options = tap.Options()
+        options.parseOptions(["--config", conf])
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as e:
+            tap.makeService(options)
+        self.assertEqual(e.exception.code, 1)
+        [line] = err.getvalue().splitlines()
+        self.assertIn("smtp.max_recipients", line)
+        self.assertIn("secmail settings show|unset KEY", line)
+
     def test_first_start_files(self) -> None:
         """A first start makes a 0600 database and master key, and a self-signed certificate."""
         self.make()
