@@ -87,6 +87,7 @@ def notification_message(
     recipient: Recipient,
     token: str,
     date: datetime,
+    arrived: datetime | None = None,
 ) -> NewMessage:
     """
     The notification of envelope C{envelope_id} (of message C{message_id}) with the link for
@@ -103,6 +104,7 @@ def notification_message(
         token=token,
         message_id_domain=texts.identity.hostname,
         date=date,
+        arrived=arrived,
     )
     return NewMessage(
         content=SealedBytes(master, new_id(), notification.content),

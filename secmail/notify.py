@@ -71,6 +71,7 @@ def build_notification(
     message_id_domain: str,
     date: datetime,
     make_msgid: Callable[[], str] | None = None,
+    arrived: datetime | None = None,
 ) -> Notification:
     """
     Build the notification for one secure recipient.
@@ -138,7 +139,8 @@ def build_notification(
         sent_by=f"{who} has sent you" if who else "You have been sent",
         link=link,
         instructions=_instructions(recipient),
-        until=readable_until(date, texts.retention_days),
+        # Retention counts from the letter's arrival (a resend is dated later).
+        until=readable_until(arrived or date, texts.retention_days),
         phrase=branding.verification_phrase,
         hostname=texts.identity.hostname,
     )

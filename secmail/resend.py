@@ -98,6 +98,7 @@ class LetterResend:
                         ),
                         token=token,
                         date=date,
+                        arrived=datetime.fromtimestamp(letter.created, UTC),
                     ),
                 )
             )

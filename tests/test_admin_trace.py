@@ -328,6 +328,23 @@ class AdminTraceMixin(IntakeFixture):
             first.recipients,
         )
 
+    async def test_resent_on_a_later_day_promises_the_first_deadline(self) -> None:
+        """A resend says the letter can be read until its arrival + retention_days, not
+        later: the retention job deletes it by its arrival."""
+        message_id = await self.letter()
+        [first] = await self.rows("notification")
+        first_text = (await self.store.read_all(first.message_id)).decode("ascii", "replace")
+        self.clock.advance(10 * 86400)
+        api = await self.api()
+        assert (await api.call("POST", f"/api/v1/messages/{message_id}/resend")).code == 200
+        [again] = await self.rows("notification")
+        text = (await self.store.read_all(again.message_id)).decode("ascii", "replace")
+
+        def until(mail: str) -> str:
+            return mail.split("read the message until", 1)[1].split(".", 1)[0]
+
+        assert until(text) == until(first_text)
+
     async def test_locked_letter_cannot_be_resent(self) -> None:
         message_id = await self.letter()
         await self.db.run(lambda txn: txn.execute("UPDATE envelopes SET locked = 5"))

@@ -345,3 +345,11 @@ def test_two_changes_at_once_run_one_after_the_other() -> None:
     finally:
         for f, args in reversed(cleanups):
             f(*args)
+
+
+@pytest.mark.parametrize("text", ["a\x7fb", 'quote " and \\ back', "tab\tand\nnewline", "ää €"])
+def test_any_text_is_stored_and_read_back(text: str) -> None:
+    """Every string a setting may hold survives the database's TOML form (DEL too)."""
+    from secmail.config.cluster import from_toml, to_toml
+
+    assert from_toml(to_toml(text)) == text

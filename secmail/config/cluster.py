@@ -184,7 +184,8 @@ def to_toml(value: Any) -> str:
             raise ValueError(f"{value!r} cannot be stored")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        # JSON's string form is TOML's basic string, but for DEL, which TOML wants escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list | tuple):
         return "[" + ", ".join(to_toml(v) for v in value) + "]"
     if isinstance(value, Mapping):

@@ -41,6 +41,8 @@ class LetterToResend:
     phone: str | None
     #: The letter's envelope sender ('' for <>).
     sender: str
+    #: When the letter came in (unix seconds): it can be read until then + retention_days.
+    created: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def _letters_txn(
         raise UnknownMessage(f"no message has the id {text.strip()}")
     short = short_id(message_id)
     rows = txn.execute(
-        "SELECT e.id, e.recipient, e.original, e.level, e.phone, e.state, e.locked, m.sender "
+        "SELECT e.id, e.recipient, e.original, e.level, e.phone, e.state, e.locked, m.sender, "
+        "m.created "
         "FROM envelopes e JOIN messages m ON m.id = e.message_id WHERE e.message_id = ? "
         "ORDER BY e.created, e.id",
         (message_id,),
@@ -121,7 +124,9 @@ def _letters_txn(
             "PINs: a locked letter cannot be resent"
         )
     return [
-        LetterToResend(str(r[0]), message_id, str(r[1]), str(r[2]), str(r[3]), r[4], str(r[7]))
+        LetterToResend(
+            str(r[0]), message_id, str(r[1]), str(r[2]), str(r[3]), r[4], str(r[7]), int(r[8])
+        )
         for r in live
     ]
 

@@ -388,9 +388,10 @@ class TracePages(ConsoleBase):
             message = await self.trace.message(message_id)
         except TraceError as e:
             return json_error(request, action_status(e), str(e))
-        return json_body(
-            request, {"revoked": _addresses(message, revoked), "message": message_json(message)}
-        )
+        body: dict[str, Any] = {"revoked": _addresses(message, revoked)}
+        if who.role.allows("trace", VIEW):  # the trail is the trace area's to show
+            body["message"] = message_json(message)
+        return json_body(request, body)
 
     @guarded("/api/v1/messages/<message_id>/resend", "actions", FULL, methods=("POST",), api=True)
     async def api_resend(self, request: IRequest, who: SignedIn, message_id: str) -> bytes:
@@ -399,6 +400,7 @@ class TracePages(ConsoleBase):
             message = await self.trace.message(message_id)
         except TraceError as e:
             return json_error(request, action_status(e), str(e))
-        return json_body(
-            request, {"resent": _addresses(message, resent), "message": message_json(message)}
-        )
+        body: dict[str, Any] = {"resent": _addresses(message, resent)}
+        if who.role.allows("trace", VIEW):
+            body["message"] = message_json(message)
+        return json_body(request, body)
