@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NoReturn
 
@@ -441,20 +442,34 @@ def makeService(options: Options) -> IService:
 
     def follow(new: config.Settings) -> None:
         """A cluster setting changed: what each component reads from now on."""
-        smtp_factory.use(new.smtp, new.gateway.hostname, tls if new.smtp.starttls else None)
         intake.texts = new.notification_texts
         intake.identity = new.identity
         intake.routes = new.routes
         intake.secure = new.secure
         intake.max_message_size = new.smtp.max_message_size
-        sender.use(new.gateway.hostname, new.routes, new.queue)
         queue.queue = new.queue
         queue.hostname = new.gateway.hostname
         queue.routes = new.routes
         retention.retention = new.retention
-        sms.apply(new)
         trace.extension = new.secure.extension
         trace.default_country_code = new.secure.default_country_code
+        # The steps that build something may fail; each on its own, so one does not keep
+        # the others on the old settings.
+        steps: list[tuple[str, Callable[[], object]]] = [
+            (
+                "new SMTP sessions",
+                lambda: smtp_factory.use(
+                    new.smtp, new.gateway.hostname, tls if new.smtp.starttls else None
+                ),
+            ),
+            ("outgoing SMTP", lambda: sender.use(new.gateway.hostname, new.routes, new.queue)),
+            ("the SMS backends", lambda: sms.apply(new)),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                log.failure("Applying changed settings to {what} failed", what=what)
 
     live.subscribe(follow)
     monitoring(top, reactor, settings, db, store, queue, master, node_id)

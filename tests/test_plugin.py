@@ -242,6 +242,26 @@ class MakeServiceTests(SynchronousTestCase):
         sms = top.getServiceNamed("sms")
         self.assertEqual([c.name for c in sms], ["sms-outbox"])
 
+    def test_a_failing_step_does_not_keep_the_others_on_old_settings(self) -> None:
+        """When the SMS backends cannot be built anew, the rest follows the change all the same."""
+        top = self.make()
+        poller = list(top)[3].call[0].__self__  # type: ignore[attr-defined]
+        sms = top.getServiceNamed("sms")
+
+        def broken(new: object) -> None:
+            raise RuntimeError("no such serial port")
+
+        sms.apply = broken  # type: ignore[attr-defined]
+        raw = copy.deepcopy(poller.file_raw)
+        raw["smtp"]["max_recipients"] = 9
+        raw["queue"]["concurrency"] = 4
+        self.assertTrue(poller.live.update(config.from_mapping(raw)))
+        queue = top.getServiceNamed("queue").start.__self__  # type: ignore[attr-defined]
+        self.assertEqual(queue.queue.concurrency, 4)
+        smtp = list(top)[12]
+        self.assertEqual(smtp.factory.buildProtocol(None)._settings.max_recipients, 9)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_sms_backends_wired(self) -> None:
         """With a modem in sms.order its link runs as a service before the outbox sends."""
         top = self.make(
