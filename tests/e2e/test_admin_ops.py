@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
 from tests.e2e.harness import (
     LOOPBACK,
     REPO_ROOT,
@@ -35,18 +35,7 @@ from tests.e2e.harness import (
     unverified_tls,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-TIMEOUT_MS = 15_000
+pytestmark = needs_chromium
 PASSWORD = "a long admin pass phrase"
 SENDER = "alice@corp.example"
 SLOW = "slow@partner.example"

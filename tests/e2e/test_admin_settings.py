@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import http.client
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
 from tests.e2e.harness import (
     LOOPBACK,
     REPO_ROOT,
@@ -36,15 +36,6 @@ from tests.e2e.harness import (
     unverified_tls,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-TIMEOUT_MS = 15_000
 PASSWORD = "a long admin pass phrase"
 PHRASE = "Heron at dawn"
 SHOTS = (
@@ -149,7 +140,7 @@ def test_setting_changed_through_the_api_shows_on_the_portal_within_5_seconds(
     assert "File Ltd" in page_text(gw)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing")
+@needs_chromium
 def test_settings_page_in_a_browser(gateway: Gateway) -> None:
     """Sign in, change a key with its form, see an error next to a key, at two widths."""
     gw = gateway

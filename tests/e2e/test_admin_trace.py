@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
 from tests.e2e.fake_sms import FakeSmsGateway
 from tests.e2e.harness import (
     LOOPBACK,
@@ -40,18 +40,7 @@ from tests.e2e.harness import (
 from tests.e2e.mails import link_token, msgid, notification_for, unique
 from tests.e2e.registered import MASKED, send_registered
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-TIMEOUT_MS = 15_000
+pytestmark = needs_chromium
 PASSWORD = "a long helpdesk pass phrase"
 SENDER = "alice@corp.example"
 SHOTS = (
