@@ -12,25 +12,21 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
+from playwright.sync_api import sync_playwright
 
 from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
+from tests.e2e.console import fresh_code, secmail_admin, shooter
 from tests.e2e.harness import (
     LOOPBACK,
-    REPO_ROOT,
     Gateway,
     GatewayError,
     SmtpSink,
-    run_env,
     unverified_tls,
 )
 
@@ -41,6 +37,9 @@ SHOTS = (
     if Path("/work/shots/admin").is_dir()
     else Path(__file__).resolve().parent / "artifacts" / "admin"
 )
+
+
+shoot = shooter(SHOTS)
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +53,6 @@ def gateway(
         gw.stop()
 
 
-def secmail_admin(gw: Gateway, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "secmail.cli", "admin", *args, "--config", str(gw.config_path)],
-        cwd=REPO_ROOT,
-        env=run_env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def get(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=15, context=unverified_tls())
     try:
@@ -75,19 +62,6 @@ def get(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
-
-
-def fresh_code(secret: str) -> str:
-    """A code not used before: wait for the next 30-second step when this one is near its end."""
-    totp = pyotp.TOTP(secret)
-    if totp.interval - time.time() % totp.interval < 3:
-        time.sleep(totp.interval - time.time() % totp.interval + 0.2)
-    return totp.now()  # type: ignore[no-any-return]
-
-
-def shoot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def test_console_sign_in_audit_and_api(gateway: Gateway) -> None:

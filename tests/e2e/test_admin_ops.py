@@ -8,11 +8,7 @@ and Finnish) go to /work/shots/ops13/ when that directory exists (else tests/e2e
 
 from __future__ import annotations
 
-import http.client
-import json
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +16,17 @@ from typing import Any
 
 import pyotp
 import pytest
-from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
+from playwright.sync_api import sync_playwright
 
+from tests.e2e import console
 from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
+from tests.e2e.console import fresh_code, shooter
 from tests.e2e.harness import (
-    LOOPBACK,
-    REPO_ROOT,
     Gateway,
     SmtpSink,
     make_message,
     poll,
-    run_env,
-    unverified_tls,
 )
 
 pytestmark = needs_chromium
@@ -44,6 +38,19 @@ SHOTS = (
     if Path("/work/shots/ops13").is_dir()
     else Path(__file__).resolve().parent / "artifacts" / "ops13"
 )
+
+
+shoot = shooter(SHOTS)
+
+
+def secmail_admin(gw: Gateway, *args: str, stdin: str = "") -> str:
+    done = console.secmail_admin(gw, *args, stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def call(port: int, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+    return console.api_call(port, method, path, token, body)
 
 
 @pytest.fixture(scope="module")
@@ -60,43 +67,6 @@ def gateway(
         yield gw.start()
     finally:
         gw.stop()
-
-
-def secmail_admin(gw: Gateway, *args: str, stdin: str = "") -> str:
-    done = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "secmail.cli", "admin", *args, "--config", str(gw.config_path)],
-        cwd=REPO_ROOT,
-        env=run_env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def call(port: int, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
-    conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=15, context=unverified_tls())
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        conn.request(method, path, data, headers={"Authorization": f"Bearer {token}"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
-
-
-def fresh_code(secret: str) -> str:
-    totp = pyotp.TOTP(secret)
-    if totp.interval - time.time() % totp.interval < 3:
-        time.sleep(totp.interval - time.time() % totp.interval + 0.2)
-    return totp.now()  # type: ignore[no-any-return]
-
-
-def shoot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def some_statistics(gw: Gateway) -> None:

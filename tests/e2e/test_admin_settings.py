@@ -11,29 +11,23 @@ tests/e2e/artifacts/settings).
 from __future__ import annotations
 
 import html
-import http.client
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pyotp
 import pytest
-from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
+from playwright.sync_api import sync_playwright
 
 from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
+from tests.e2e.console import api_call as call
+from tests.e2e.console import secmail_admin, shooter
 from tests.e2e.harness import (
     LOOPBACK,
-    REPO_ROOT,
     Gateway,
     SmtpSink,
     poll,
-    run_env,
-    unverified_tls,
 )
 
 PASSWORD = "a long admin pass phrase"
@@ -45,43 +39,12 @@ SHOTS = (
 )
 
 
-def secmail_admin(gw: Gateway, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "secmail.cli", "admin", *args, "--config", str(gw.config_path)],
-        cwd=REPO_ROOT,
-        env=run_env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def call(port: int, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
-    """One HTTPS request with a Bearer token and a JSON body; the status and the JSON answer."""
-    conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=15, context=unverified_tls())
-    try:
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        data = None if body is None else json.dumps(body).encode()
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-        try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, raw
-    finally:
-        conn.close()
-
-
 def page_text(gw: Gateway) -> str:
     """The text of a portal page (the page-not-found page has the frame and the phrase)."""
     return html.unescape(gw.portal_get("/no-such-page").body.decode("utf-8"))
 
 
-def shoot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+shoot = shooter(SHOTS)
 
 
 @pytest.fixture(scope="module")

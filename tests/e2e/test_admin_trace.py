@@ -10,11 +10,8 @@ Screenshots (1280 and 390 px) go to /work/shots/trace13/ when that directory can
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,16 +23,13 @@ from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
 from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, needs_chromium
+from tests.e2e.console import api_call, fresh_code, secmail_admin, shooter
 from tests.e2e.fake_sms import FakeSmsGateway
 from tests.e2e.harness import (
-    LOOPBACK,
-    REPO_ROOT,
     Gateway,
     SmtpSink,
     make_message,
-    run_env,
     running,
-    unverified_tls,
 )
 from tests.e2e.mails import link_token, msgid, notification_for, unique
 from tests.e2e.registered import MASKED, send_registered
@@ -50,6 +44,13 @@ SHOTS = (
 )
 
 
+shoot = shooter(SHOTS)
+
+
+def api(gw: Gateway, method: str, path: str, token: str, body: object = None) -> tuple[int, Any]:
+    return api_call(gw.admin_port, method, path, token, body)
+
+
 @pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, internet: SmtpSink, internal: SmtpSink
@@ -57,43 +58,6 @@ def gateway(
     gw = Gateway(tmp_path_factory.mktemp("trace-console"), internet, internal)
     with running(gw) as started:
         yield started
-
-
-def secmail_admin(gw: Gateway, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "secmail.cli", "admin", *args, "--config", str(gw.config_path)],
-        cwd=REPO_ROOT,
-        env=run_env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def api(gw: Gateway, method: str, path: str, token: str, body: object = None) -> tuple[int, Any]:
-    conn = http.client.HTTPSConnection(
-        LOOPBACK, gw.admin_port, timeout=15, context=unverified_tls()
-    )
-    try:
-        headers = {"Authorization": f"Bearer {token}"}
-        data = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            data = json.dumps(body).encode()
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
-
-
-def fresh_code(secret: str) -> str:
-    """A code not used before: wait for the next 30-second step when this one is near its end."""
-    totp = pyotp.TOTP(secret)
-    if totp.interval - time.time() % totp.interval < 3:
-        time.sleep(totp.interval - time.time() % totp.interval + 0.2)
-    return totp.now()  # type: ignore[no-any-return]
 
 
 def add_admin(gw: Gateway, name: str, role: str) -> str:
@@ -111,11 +75,6 @@ def sign_in(page: Page, gw: Gateway, name: str, secret: str) -> None:
     page.fill("#code", fresh_code(secret))
     page.click("main button[type=submit]")
     pw_expect(page).to_have_url(gw.admin_url + "/")
-
-
-def shoot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def send_letter(gw: Gateway, internet: SmtpSink, address: str, subject: str) -> str:
