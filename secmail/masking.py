@@ -73,11 +73,17 @@ def mask_dsn(dsn: str) -> str:
 
 
 def mask_url(url: Any) -> str:
-    """The URL without its password or query values (Kannel takes them there), placeholders kept."""
+    """
+    The URL without its password, or without its user when it stands alone (an API key), and
+    without its query values (Kannel takes them there); placeholders kept.
+    """
     parts = urlsplit(str(url))
     netloc = parts.netloc
-    if parts.password:
-        netloc = netloc.replace(":" + parts.password + "@", ":***@")
+    if "@" in netloc:
+        credentials, _, host = netloc.rpartition("@")
+        user, colon, _ = credentials.partition(":")
+        # A user with a password is a name; alone before the @ it is usually an API key.
+        netloc = (f"{user}:***@" if colon else "***@") + host
     return parts._replace(netloc=netloc, query=mask_form(parts.query)).geturl()
 
 

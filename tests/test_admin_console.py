@@ -313,6 +313,15 @@ class ConsoleTests(TestCase):
         assert json.loads(failed.body) == {"error": "a temporary problem on the gateway; try again"}
         assert len(self.flushLoggedErrors(RuntimeError)) == 1
 
+    async def test_a_wrong_method_is_405_naming_the_right_ones(self) -> None:
+        await self.signed_in("alice")
+        api = ApiClient(self.resource, await self.accounts.make_token("alice", CLI))
+        wrong = await api.request("DELETE", "/api/v1/settings")
+        assert wrong.code == 405 and wrong.header("Allow") == "GET, PATCH"
+        assert "error" in json.loads(wrong.body)
+        nothing = await api.get("/api/v1/nothing")
+        assert nothing.code == 404 and "error" in json.loads(nothing.body)
+
     async def test_api_audit_as_the_contract_says(self) -> None:
         """GET /api/v1/audit?since=: at, admin, address, action; key/before/after only where
         they apply; 400 with a JSON error for a bad since."""

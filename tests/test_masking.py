@@ -82,3 +82,10 @@ def test_mask_secrets() -> None:
     assert (mask_pin("1234"), mask_pin("")) == ("***", "")
     assert mask_dsn("postgresql://u:s3cret@db/x") == "postgresql://u:***@db/x"
     assert mask_dsn("sqlite:/var/lib/secmail.sqlite") == "sqlite:/var/lib/secmail.sqlite"
+
+
+def test_mask_url_hides_a_lone_user_part() -> None:
+    """An API key given as the URL's user (https://KEY@host/...) is hidden too."""
+    assert mask_url("https://s3cr3tkey@sms.example/send?to={to}") == (
+        "https://***@sms.example/send?to={to}"
+    )

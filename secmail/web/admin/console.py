@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from functools import cache
 from typing import Any
 
@@ -30,6 +31,7 @@ from secmail.web.admin.access import (
     AREA_NAMES,
     FORM_COOKIE,
     LEVEL_NAMES,
+    REGISTRY,
     SESSION_COOKIE,
     SignedIn,
     app,
@@ -269,7 +271,12 @@ class Console(SettingsPages, TracePages, OverviewPages, OperationsPages):
 
     @app.route("/api/", branch=True)
     def api_unknown(self, request: IRequest) -> bytes:
-        """Any other API path: a JSON 404, not a page."""
+        """Any other API path or method: a JSON 404 (or 405 naming the methods), not a page."""
+        path = (request.path or b"").decode("ascii", "replace")
+        allowed = sorted({e.method for e in REGISTRY if e.api and _route_matches(e.path, path)})
+        if allowed:
+            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+            return json_error(request, 405, f"{path} takes {', '.join(allowed)}")
         return json_error(request, 404, "no such API endpoint (see docs/admin-api.md)")
 
     # --- style sheet, language ----------------------------------------------------------
@@ -301,3 +308,9 @@ add_error_handling(
     menu=(),
     here="",
 )
+
+
+def _route_matches(route: str, path: str) -> bool:
+    """Whether a registered path (with <placeholders>) names C{path}."""
+    pattern = re.sub(r"<[^>]+>", "[^/]+", re.escape(route).replace(r"\<", "<").replace(r"\>", ">"))
+    return re.fullmatch(pattern, path.rstrip("/") or "/") is not None
