@@ -78,7 +78,32 @@ class LiveFrame:
         return self._frame
 
 
-class PortalBase:
+class FollowsSettings:
+    """
+    What the portal and D-Compose share: the settings now (a page reads them as it is made, so
+    a change applies at once), the page frame made of them, and the clock's time.
+    """
+
+    clock: IReactorTime
+
+    def follow(self, settings: Settings | LiveSettings) -> None:
+        self.live = settings if isinstance(settings, LiveSettings) else LiveSettings(settings)
+        self._frame = LiveFrame(self.live)
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.current
+
+    @property
+    def frame(self) -> PageFrame:
+        """What every page's frame shows, from the settings now."""
+        return self._frame.frame
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+
+class PortalBase(FollowsSettings):
     """The portal's collaborators and what every route module uses (see L{secmail.web.portal})."""
 
     app = Klein()
@@ -96,9 +121,7 @@ class PortalBase:
         sms: SmsStore | None = None,
         on_sms: Callable[[], None] = lambda: None,
     ) -> None:
-        #: The settings now: a page reads them as it is made, so a change applies at once.
-        self.live = settings if isinstance(settings, LiveSettings) else LiveSettings(settings)
-        self._frame = LiveFrame(self.live)
+        self.follow(settings)
         self.sms = sms
         self.on_sms = on_sms
         self.compose = compose
@@ -108,18 +131,6 @@ class PortalBase:
         self.clock = clock
         self._csrf_key = csrf_key
         self.on_commit = on_commit
-
-    @property
-    def settings(self) -> Settings:
-        return self.live.current
-
-    @property
-    def frame(self) -> PageFrame:
-        """What every page's frame shows, from the settings now."""
-        return self._frame.frame
-
-    def now(self) -> int:
-        return int(self.clock.seconds())
 
     def _date(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), UTC)

@@ -54,7 +54,6 @@ from secmail.store.compose import (
 )
 from secmail.store.messages import MessageStore, NewDelivery, NewMessage
 from secmail.store.spool import RunInThread, SealedBytes
-from secmail.web.access import LiveFrame
 from secmail.web.compose_mail import (
     MAX_ADDRESS_CHARS,
     build_compose_code_mail,
@@ -76,7 +75,6 @@ from secmail.web.forms import (
     same_secret,
     set_cookie,
 )
-from secmail.web.layout import PageFrame
 
 log = Logger()
 
@@ -105,27 +103,13 @@ class Compose(ComposePages):
         on_commit: Callable[[], None] = lambda: None,
         run_in_thread: RunInThread = deferToThread,
     ) -> None:
-        #: The settings now: a page reads them as it is made, so a change applies at once.
-        self.live = settings if isinstance(settings, LiveSettings) else LiveSettings(settings)
-        self._frame = LiveFrame(self.live)
+        self.follow(settings)
         self.store = store
         self.sessions = compose_store
         self.clock = clock
         self._csrf_key = csrf_key
         self.on_commit = on_commit
         self.run_in_thread = run_in_thread
-
-    @property
-    def settings(self) -> Settings:
-        return self.live.current
-
-    @property
-    def frame(self) -> PageFrame:
-        """What every page's frame shows, from the settings now."""
-        return self._frame.frame
-
-    def now(self) -> int:
-        return int(self.clock.seconds())
 
     # --- choosing whom to write to, and proving one's own address ----------------------------
 

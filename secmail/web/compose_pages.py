@@ -14,15 +14,14 @@ from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
-from secmail.config import Settings
 from secmail.notify import clean_text
 from secmail.store.compose import CODE_LIFETIME, LOCK_TIME, CodeLimits, CodeRefusal, ComposeSession
+from secmail.web.access import FollowsSettings
 from secmail.web.compose_mail import MAX_ADDRESS_CHARS
 from secmail.web.formats import size_text
 from secmail.web.forms import cookie_value, form_arg, new_form_id, same_secret, set_cookie
 from secmail.web.i18n import Translate, request_language
 from secmail.web.layout import (
-    PageFrame,
     error_page,
     set_security_headers,
     template_page,
@@ -37,18 +36,10 @@ FORM_COOKIE_AGE = 3600
 MAX_SUBJECT_CHARS = 200
 
 
-class ComposePages:
+class ComposePages(FollowsSettings):
     """The pages of L{secmail.web.compose.Compose}, which sets these attributes."""
 
     _csrf_key: bytes
-
-    @property
-    def settings(self) -> Settings:
-        raise NotImplementedError
-
-    @property
-    def frame(self) -> PageFrame:
-        raise NotImplementedError
 
     def _t(self, request: IRequest) -> Translate:
         return translation(request, self.frame.languages)
