@@ -13,7 +13,7 @@ Each of these events is also counted (L{secmail.monitoring.counting.count}: the 
 metrics and the day's statistics), here, so the log and the figures never disagree.
 
 Every line is a Twisted log event with named fields (C{event}: accepted, refused,
-notification queued, sent, deferred, bounced, opened, pin sent; C{message_id} always,
+notification queued, sent, deferred, bounced, opened, pin sent, locked; C{message_id} always,
 C{envelope_id} and C{peer} where there is one), so a JSON observer gets stable names. The
 lines carry addresses, sizes, hosts and the peers' replies; never subjects, bodies, tokens,
 links, PINs, codes or whole phone numbers (L{secmail.masking}).
@@ -238,4 +238,17 @@ def pin_sent(
         to=recipient,
         phone=mask_number(number),
         via=via,
+    )
+
+
+def letter_locked(message_id: str, *, envelope_id: str, recipient: str, reason: str) -> None:
+    """A letter locked for its recipient (C{reason}: "after too many wrong PINs", ...)."""
+    log.warn(
+        "{id}: locked {reason} to=<{to}>",
+        event="locked",
+        id=short_id(message_id),
+        message_id=short_id(message_id),
+        envelope_id=envelope_id,
+        reason=reason,
+        to=recipient,
     )

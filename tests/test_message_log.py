@@ -494,3 +494,21 @@ class LifeTests(PortalFixture):
         ]
         for secret in secrets:
             self.assertNotIn(secret, everything)
+
+
+def test_a_locked_letter_is_a_line_of_its_life() -> None:
+    """Locking a letter is logged under its short id, with its event name, never a code."""
+    from twisted.logger import capturedLogs, formatEvent
+
+    with capturedLogs() as events:
+        message_log.letter_locked(
+            "3f9a2c81d0" + "0" * 22,
+            envelope_id="e1",
+            recipient="bob@partner.example",
+            reason="after too many wrong PINs",
+        )
+    [event] = events
+    assert formatEvent(event) == (
+        "3f9a2c81d0: locked after too many wrong PINs to=<bob@partner.example>"
+    )
+    assert (event["event"], event["envelope_id"]) == ("locked", "e1")

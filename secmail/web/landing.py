@@ -10,15 +10,14 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from secmail import message_log
 from secmail.letters import code_message
 from secmail.monitoring import counting
 from secmail.notify import code_mail
 from secmail.store.messages import Envelope, new_id
 from secmail.store.portal import CODE_LIFETIME, CODES_PER_DAY, CodeOrder, CodeState
-from secmail.store.rows import short_id
 from secmail.web import pin
 from secmail.web.access import BROWSER_COOKIE, BROWSER_COOKIE_AGE, letter_link
 from secmail.web.formats import timestamp_text
@@ -26,7 +25,6 @@ from secmail.web.forms import cookie_value, form_arg, set_cookie
 from secmail.web.i18n import N_, request_language
 from secmail.web.pin import PinRoutes
 
-log = Logger()
 app = PinRoutes.app
 
 LEVELS = {
@@ -121,12 +119,11 @@ class LandingRoutes(PinRoutes):
                 request, token, envelope, _("That code is not right. Please try again."), sent=True
             )
         if state == CodeState.LOCKED_NOW:
-            log.warn(
-                "{id}: locked for codes after too many wrong codes to=<{to}>",
-                id=short_id(envelope.message_id),
-                message_id=short_id(envelope.message_id),
+            message_log.letter_locked(
+                envelope.message_id,
                 envelope_id=envelope.id,
-                to=envelope.recipient,
+                recipient=envelope.recipient,
+                reason="for codes after too many wrong codes",
             )
             self.on_commit()
         if state in (CodeState.LOCKED, CodeState.LOCKED_NOW):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from secmail import message_log
 from secmail.config import Branding, GatewayIdentity, SmsSettings
 from secmail.masking import mask_number
 from secmail.monitoring import counting
@@ -28,7 +29,6 @@ from secmail.store.portal import (
     PinOrder,
     PinState,
 )
-from secmail.store.rows import short_id
 from secmail.web import errors, i18n
 from secmail.web.access import PortalBase, letter_link
 from secmail.web.forms import form_arg
@@ -170,12 +170,11 @@ class PinRoutes(PortalBase):
                 ),
             )
         if state == PinState.LOCKED_NOW:
-            log.warn(
-                "{id}: locked after too many wrong PINs to=<{to}>",
-                id=short_id(envelope.message_id),
-                message_id=short_id(envelope.message_id),
+            message_log.letter_locked(
+                envelope.message_id,
                 envelope_id=envelope.id,
-                to=envelope.recipient,
+                recipient=envelope.recipient,
+                reason="after too many wrong PINs",
             )
             self.on_commit()
         return self._locked(request, envelope)
