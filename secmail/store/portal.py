@@ -78,6 +78,8 @@ PIN_RULES = CodeRules(
 class Session:
     envelope_id: str
     message_id: str
+    #: The envelope's state as the session was read (C{revoked}: it reads nothing more).
+    state: str
     csrf: str
     created: int
 
@@ -158,7 +160,7 @@ class PortalStore:
             "sessions",
             ("envelope_id",),
             Session,
-            read="s.envelope_id, e.message_id",
+            read="s.envelope_id, e.message_id, e.state",
             join="JOIN envelopes e ON e.id = s.envelope_id",
         )
 

@@ -311,8 +311,7 @@ def signed_in(*, letter: bool = True) -> Callable[[ReadingRoute], ReadingRoute]:
                 return await route(self, request, session, **kw)
             # Revoking ends the letter's sessions; this is for one begun or open meanwhile
             # (the content stays while another recipient may still read it).
-            envelope = await self.store.envelope_by_id(session.envelope_id)
-            if envelope is not None and envelope.state == REVOKED:
+            if session.state == REVOKED:
                 return errors.show(request, self.frame, errors.WITHDRAWN)
             raw = await self._raw(session)
             if raw is None:
